@@ -1,0 +1,87 @@
+// Package audit writes egressd's decision records: one JSON object per line,
+// one line per DNS query, connection or HTTP request. Field names are part of
+// the public interface (docs/audit.md) and must not change.
+package audit
+
+import (
+	"encoding/json"
+	"io"
+	"sync"
+	"time"
+)
+
+// Kind is what was decided on.
+type Kind string
+
+const (
+	KindDNS     Kind = "dns"
+	KindConnect Kind = "connect" // explicit proxy CONNECT tunnel
+	KindHTTP    Kind = "http"    // one plain-HTTP request (explicit or transparent)
+	KindTLS     Kind = "tls"     // transparent connection decided on SNI
+	KindTCP     Kind = "tcp"     // transparent connection with no name (learned address or IP rule)
+)
+
+// Record is one decision. Zero-valued optional fields are omitted.
+type Record struct {
+	Time      time.Time `json:"time"`
+	SandboxID string    `json:"sandbox_id,omitempty"`
+	Kind      Kind      `json:"kind"`
+	// Target is the name or IP literal the client asked for, normalised.
+	Target string `json:"target"`
+	// Port is the destination port (53 for DNS).
+	Port uint16 `json:"port"`
+	// QType is the DNS query type (dns only).
+	QType string `json:"qtype,omitempty"`
+	// Addrs are the addresses answered (dns) or dialled (others).
+	Addrs    []string `json:"addrs,omitempty"`
+	Decision string   `json:"decision"` // "allow" or "deny"
+	Reason   string   `json:"reason"`   // a policy.Reason, or an error class such as "upstream-error"
+	Rule     string   `json:"rule,omitempty"`
+	Source   string   `json:"rule_source,omitempty"`
+	// Client is the sandbox-side address of the client.
+	Client string `json:"client,omitempty"`
+	// Error describes a failure after the decision (dial error, upstream timeout).
+	Error string `json:"error,omitempty"`
+	// BytesUp/BytesDown/DurationMS are set on the record written when a
+	// connection ends.
+	BytesUp    int64   `json:"bytes_up,omitempty"`
+	BytesDown  int64   `json:"bytes_down,omitempty"`
+	DurationMS float64 `json:"duration_ms,omitempty"`
+}
+
+// Logger writes records as JSON lines. A nil *Logger discards everything, so
+// callers need no nil checks. Safe for concurrent use.
+type Logger struct {
+	mu        sync.Mutex
+	w         io.Writer
+	sandboxID string
+	now       func() time.Time
+}
+
+// New returns a Logger writing to w, stamping every record with sandboxID.
+func New(w io.Writer, sandboxID string) *Logger {
+	return &Logger{w: w, sandboxID: sandboxID, now: time.Now}
+}
+
+// Log writes r as one line. Time and SandboxID are filled when empty. Write
+// errors are dropped: an audit sink that fails must not stop enforcement
+// (every decision is still enforced; metrics count the failure upstream).
+func (l *Logger) Log(r Record) {
+	if l == nil || l.w == nil {
+		return
+	}
+	if r.Time.IsZero() {
+		r.Time = l.now()
+	}
+	if r.SandboxID == "" {
+		r.SandboxID = l.sandboxID
+	}
+	b, err := json.Marshal(&r)
+	if err != nil {
+		return
+	}
+	b = append(b, '\n')
+	l.mu.Lock()
+	_, _ = l.w.Write(b)
+	l.mu.Unlock()
+}

@@ -1,0 +1,3 @@
+module github.com/egressd/egressd
+
+go 1.26.8
