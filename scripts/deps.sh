@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs what egressd's build, demo and tests need on a Debian machine, and
+# only what is missing. Run as root. Safe to run again.
+set -euo pipefail
+
+need_go="1.26"
+if ! command -v go >/dev/null 2>&1 && [ -x /usr/local/go/bin/go ]; then
+	export PATH="/usr/local/go/bin:$PATH"
+fi
+if ! command -v go >/dev/null 2>&1; then
+	echo "deps: Go $need_go or newer is required (https://go.dev/doc/install); not found on PATH" >&2
+	exit 1
+fi
+
+# command → Debian package providing it
+declare -A pkgs=(
+	[iptables]=iptables [ip6tables]=iptables [iptables-restore]=iptables
+	[ip]=iproute2 [runc]=runc [curl]=curl [dig]=dnsutils [conntrack]=conntrack
+	[socat]=socat [nc]=netcat-openbsd [dnsperf]=dnsperf [openssl]=openssl
+	[python3]=python3 [strace]=strace [git]=git [make]=make [gcc]=gcc
+)
+missing=()
+for cmd in "${!pkgs[@]}"; do
+	command -v "$cmd" >/dev/null 2>&1 || missing+=("${pkgs[$cmd]}")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+	if [ "$(id -u)" -ne 0 ]; then
+		echo "deps: missing packages (${missing[*]}); run as root to install them" >&2
+		exit 1
+	fi
+	mapfile -t uniq < <(printf '%s\n' "${missing[@]}" | sort -u)
+	echo "deps: installing ${uniq[*]}" >&2
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -qq
+	apt-get install -y -qq --no-install-recommends "${uniq[@]}" >/dev/null
+fi
+
+# The sandbox firewall uses the iptables-legacy or nft backend, whichever the
+# kernel supports; both need these modules, loaded on demand by iptables.
+exit 0
