@@ -1,0 +1,117 @@
+// Package admin serves egressd's admin endpoint: health, readiness,
+// Prometheus metrics, policy reload and the resolved policy. It must never be
+// reachable from the sandbox: serve it on a unix socket outside anything
+// mounted into the container, or on a loopback port the sandbox firewall
+// protects (DESIGN.md, THREATS G3).
+package admin
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Handlers are the daemon's hooks. Nil hooks answer 501.
+type Handlers struct {
+	// Ready reports whether every listener is serving and a policy is in force.
+	Ready func() bool
+	// Reload re-reads the policy files; an error means the last good policy
+	// stays in force, and is returned to the caller with status 422.
+	Reload func() error
+	// Policy returns the resolved policy with provenance, JSON-encodable.
+	Policy func() any
+	// Gatherer supplies /metrics; nil serves no metrics.
+	Gatherer prometheus.Gatherer
+}
+
+// Handler returns the admin HTTP handler.
+func Handler(h Handlers) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if h.Ready == nil || !h.Ready() {
+			http.Error(w, "not ready", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ready")
+	})
+	mux.HandleFunc("POST /reload", func(w http.ResponseWriter, _ *http.Request) {
+		if h.Reload == nil {
+			http.Error(w, "reload not supported", http.StatusNotImplemented)
+			return
+		}
+		if err := h.Reload(); err != nil {
+			http.Error(w, "reload refused, last good policy stays in force:\n"+err.Error(), http.StatusUnprocessableEntity)
+			return
+		}
+		fmt.Fprintln(w, "reloaded")
+	})
+	mux.HandleFunc("GET /policy", func(w http.ResponseWriter, _ *http.Request) {
+		if h.Policy == nil {
+			http.Error(w, "no policy view", http.StatusNotImplemented)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(h.Policy())
+	})
+	if h.Gatherer != nil {
+		mux.Handle("GET /metrics", promhttp.HandlerFor(h.Gatherer, promhttp.HandlerOpts{}))
+	}
+	return mux
+}
+
+// Listen binds addr: "unix:/path/to.sock" (a stale socket file is replaced,
+// mode 0600) or a TCP "host:port".
+func Listen(addr string) (net.Listener, error) {
+	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
+		if path == "" {
+			return nil, errors.New("admin listen address unix: needs a path")
+		}
+		if fi, err := os.Lstat(path); err == nil && fi.Mode()&os.ModeSocket != 0 {
+			_ = os.Remove(path)
+		}
+		ln, err := net.Listen("unix", path)
+		if err != nil {
+			return nil, fmt.Errorf("admin socket %s: %w", path, err)
+		}
+		if err := os.Chmod(path, 0o600); err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("admin socket %s: %w", path, err)
+		}
+		return ln, nil
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("admin listener %s: %w", addr, err)
+	}
+	return ln, nil
+}
+
+// Serve serves h on ln until ctx ends, then shuts down within a second.
+func Serve(ctx context.Context, ln net.Listener, h http.Handler) error {
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 30 * time.Second}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+		sctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+		return nil
+	}
+}
