@@ -1,0 +1,160 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/egressd/egressd/internal/daemon"
+	"github.com/egressd/egressd/policy"
+)
+
+const serveUsage = `usage: egressd serve [flags]
+
+Runs the DNS resolver and the explicit and transparent proxy that enforce the
+policy, inside a sandbox's network namespace. Listens before it says ready
+(log line "ready", --ready-fd), reloads the policy on file change, SIGHUP and
+POST /reload, and shuts down gracefully on SIGTERM.
+
+`
+
+func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := newFlagSet("serve", serveUsage, stderr)
+	var (
+		policies, allow, block                                         listFlag
+		dnsListen, proxyListen, transparentListen                      listListFlag
+		profile, adminListen, upstream, auditLog, logFormat, sandboxID string
+		mark                                                           uint
+		readyFD                                                        int
+		cfg                                                            daemon.Config
+	)
+	fs.Var(&policies, "policy", "policy `FILE` (repeatable, applied in order; watched for changes)")
+	fs.StringVar(&profile, "profile", "", "built-in base `profile` (default: the policy's, else standard)")
+	fs.Var(&allow, "allow", "allow `PATTERN` on top of the policy (repeatable)")
+	fs.Var(&block, "block", "block `PATTERN` on top of the policy (repeatable)")
+	fs.Var(&dnsListen, "dns-listen", "resolver `ADDR` for UDP and TCP (repeatable or comma-separated; default 127.0.0.1:53,[::1]:53)")
+	fs.Var(&proxyListen, "proxy-listen", "explicit proxy `ADDR` (default 127.0.0.1:3128)")
+	fs.Var(&transparentListen, "transparent-listen", "transparent proxy `ADDR`, the REDIRECT target (default 127.0.0.1:15001,[::1]:15001)")
+	fs.StringVar(&adminListen, "admin-listen", "", "admin endpoint `ADDR|unix:PATH` (/healthz /readyz /metrics /reload /policy); empty: none")
+	fs.StringVar(&upstream, "upstream-dns", "", "upstream resolvers `ADDR[,ADDR]` (default: network.upstream_dns, else /etc/resolv.conf)")
+	fs.UintVar(&mark, "mark", 0, "SO_MARK `N` set on every upstream socket (needs CAP_NET_ADMIN); 0: none")
+	fs.StringVar(&auditLog, "audit-log", "", "write one JSON line per decision to `PATH` (- for stdout); empty: none")
+	fs.StringVar(&logFormat, "log-format", "text", "operational log format on stderr: `text|json`")
+	fs.StringVar(&sandboxID, "sandbox-id", "", "sandbox `ID` stamped on every audit record")
+	fs.IntVar(&readyFD, "ready-fd", -1, "write \"ready\\n\" to file descriptor `N` and close it once serving")
+	fs.IntVar(&cfg.DNSMaxNameLen, "dns-max-name-len", 0, "refuse query names longer than `N` bytes (default 253)")
+	fs.Float64Var(&cfg.DNSQueryRate, "dns-rate", 0, "queries per second allowed per client (default 200; negative: no limit)")
+	fs.IntVar(&cfg.MaxTunnels, "max-tunnels", 0, "cap on concurrent proxied connections (default 4096)")
+	fs.IntVar(&cfg.MaxTunnelsPerDest, "max-tunnels-per-dest", 0, "cap on concurrent connections per destination (default 512)")
+	fs.DurationVar(&cfg.HeaderTimeout, "header-timeout", 0, "bound on reading a request head or ClientHello (default 10s)")
+	fs.DurationVar(&cfg.IdleTimeout, "idle-timeout", 0, "close tunnels idle this long (default 5m)")
+	fs.DurationVar(&cfg.DialTimeout, "dial-timeout", 0, "upstream connect timeout (default 10s)")
+	fs.DurationVar(&cfg.ShutdownGrace, "shutdown-grace", 5*time.Second, "time open tunnels get to finish after SIGTERM")
+	if err := fs.Parse(args); err != nil {
+		return flagExit(err)
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "egressd serve: unexpected argument %q\n", fs.Arg(0))
+		return exitUsage
+	}
+	if logFormat != "text" && logFormat != "json" {
+		fmt.Fprintf(stderr, "egressd serve: --log-format %q: want text or json\n", logFormat)
+		return exitUsage
+	}
+	if mark > 0xffffffff {
+		fmt.Fprintf(stderr, "egressd serve: --mark %d does not fit in 32 bits\n", mark)
+		return exitUsage
+	}
+	var handler slog.Handler = slog.NewTextHandler(stderr, nil)
+	if logFormat == "json" {
+		handler = slog.NewJSONHandler(stderr, nil)
+	}
+	cfg.Logger = slog.New(handler)
+	cfg.PolicyFiles, cfg.Profile, cfg.AdminListen, cfg.SandboxID, cfg.Mark = policies, profile, adminListen, sandboxID, uint32(mark)
+	if len(allow) > 0 {
+		cfg.Overrides = append(cfg.Overrides, policy.Setting{Key: "network.allow", Values: allow, Source: policy.Flag("--allow")})
+	}
+	if len(block) > 0 {
+		cfg.Overrides = append(cfg.Overrides, policy.Setting{Key: "network.block", Values: block, Source: policy.Flag("--block")})
+	}
+	cfg.DNSListen = orDefault(dnsListen, "127.0.0.1:53", "[::1]:53")
+	cfg.ProxyListen = orDefault(proxyListen, "127.0.0.1:3128")
+	cfg.TransparentListen = orDefault(transparentListen, "127.0.0.1:15001", "[::1]:15001")
+	if upstream != "" {
+		cfg.UpstreamDNS = strings.Split(upstream, ",")
+	}
+	switch auditLog {
+	case "":
+	case "-":
+		cfg.Audit = stdout
+	default:
+		f, err := os.OpenFile(auditLog, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
+		if err != nil {
+			fmt.Fprintf(stderr, "egressd serve: audit log: %v\n", err)
+			return exitUsage
+		}
+		defer f.Close()
+		cfg.Audit = f
+	}
+	if readyFD >= 0 {
+		f := os.NewFile(uintptr(readyFD), "ready-fd")
+		if f == nil {
+			fmt.Fprintf(stderr, "egressd serve: --ready-fd %d is not an open file descriptor\n", readyFD)
+			return exitUsage
+		}
+		cfg.Ready = func() {
+			_, _ = f.WriteString("ready\n")
+			f.Close()
+		}
+	}
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	reload := make(chan struct{}, 1)
+	go func() {
+		for range hup {
+			select {
+			case reload <- struct{}{}:
+			default:
+			}
+		}
+	}()
+	cfg.Reload = reload
+
+	d, err := daemon.New(cfg)
+	if err != nil {
+		fmt.Fprintf(stderr, "egressd serve: %s\n", strings.TrimRight(err.Error(), "\n"))
+		return exitUsage
+	}
+	if err := d.Run(ctx); err != nil {
+		fmt.Fprintf(stderr, "egressd serve: %v\n", err)
+		return exitFail
+	}
+	return exitOK
+}
+
+// listListFlag is a repeatable flag whose values may also be comma-separated.
+type listListFlag []string
+
+func (l *listListFlag) String() string { return strings.Join(*l, ",") }
+func (l *listListFlag) Set(v string) error {
+	for _, s := range strings.Split(v, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			*l = append(*l, s)
+		}
+	}
+	return nil
+}
+
+func orDefault(l []string, def ...string) []string {
+	if len(l) > 0 {
+		return l
+	}
+	return def
+}

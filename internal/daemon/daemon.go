@@ -1,0 +1,466 @@
+// Package daemon runs `egressd serve`: it loads the policy, binds every
+// listener, wires the DNS resolver (dnsfilter) to the proxy (proxy) through
+// the learned-address table and the resolver path, serves the admin endpoint,
+// hot-reloads the policy, and shuts everything down in order.
+//
+//	policy files ──► load ──► policy.Live ◄── reload (fsnotify, SIGHUP, POST /reload)
+//	                              │
+//	     ┌────────────────────────┼───────────────────────┐
+//	     ▼                        ▼                       ▼
+//	 dnsfilter.Server ──Resolve/LearnedNames──► proxy.Proxy        admin (/metrics …)
+//	 UDP+TCP :53                               explicit :3128
+//	                                           transparent :15001
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/egressd/egressd/audit"
+	"github.com/egressd/egressd/dnsfilter"
+	"github.com/egressd/egressd/internal/admin"
+	"github.com/egressd/egressd/internal/watch"
+	"github.com/egressd/egressd/policy"
+	"github.com/egressd/egressd/proxy"
+)
+
+// Config is everything `egressd serve` is told. Zero values are documented
+// per field; cmd/egressd fills it from flags.
+type Config struct {
+	// PolicyFiles are applied in order on the built-in Profile; they are
+	// watched and re-read on change. Empty means the built-in profile alone.
+	PolicyFiles []string
+	// Profile is the built-in base profile; "" lets the files choose.
+	Profile string
+	// Overrides are applied after the files on every load (e.g. --allow).
+	Overrides []policy.Setting
+
+	// DNSListen are the resolver's addresses (UDP and TCP each).
+	DNSListen []string
+	// ProxyListen are explicit-proxy addresses (HTTP_PROXY/HTTPS_PROXY).
+	ProxyListen []string
+	// TransparentListen are the targets of the firewall's TCP REDIRECT.
+	TransparentListen []string
+	// AdminListen is "unix:/path" or "host:port"; "" serves no admin endpoint.
+	AdminListen string
+
+	// UpstreamDNS are the resolvers allowed names are forwarded to
+	// ("ip" or "ip:port"). Empty means the policy's network.upstream_dns,
+	// and if that is empty too, the nameservers of ResolvConf.
+	UpstreamDNS []string
+	// ResolvConf is read for nameservers when no upstream is configured.
+	// "" means /etc/resolv.conf.
+	ResolvConf string
+	// Mark is set as SO_MARK on every upstream socket. 0 sets none.
+	Mark uint32
+
+	// SandboxID is stamped on every audit record.
+	SandboxID string
+	// Audit receives one JSON line per decision; nil writes none.
+	Audit io.Writer
+	// Logger receives operational logs; nil discards them.
+	Logger *slog.Logger
+
+	// DNS limits: see dnsfilter.Config (zero means its default).
+	DNSMaxNameLen int
+	DNSQueryRate  float64
+	// Proxy limits: see proxy.Config (zero means its default).
+	MaxTunnels        int
+	MaxTunnelsPerDest int
+	HeaderTimeout     time.Duration
+	IdleTimeout       time.Duration
+	DialTimeout       time.Duration
+
+	// ShutdownGrace is how long open tunnels may finish after SIGTERM before
+	// they are closed. 0 means 5s.
+	ShutdownGrace time.Duration
+	// Reload delivers a value for every external reload request (SIGHUP).
+	// nil means none.
+	Reload <-chan struct{}
+	// Ready is called once, after every listener is bound and serving and a
+	// policy is in force. nil means nobody is told.
+	Ready func()
+}
+
+// Daemon is one running egressd.
+type Daemon struct {
+	cfg   Config
+	log   *slog.Logger
+	live  policy.Live
+	reg   *prometheus.Registry
+	audit *audit.Logger
+
+	dns   *dnsfilter.Server
+	proxy *proxy.Proxy
+
+	explicit, transparent []net.Listener
+	adminLn               net.Listener
+
+	reloadMu     sync.Mutex
+	profile      atomic.Pointer[policy.Profile]
+	self         []netip.Addr
+	ready        atomic.Bool
+	reloadsOK    prometheus.Counter
+	reloadsError prometheus.Counter
+}
+
+// New loads the policy and binds every listener. Nothing is served until Run.
+// On error everything bound so far is closed.
+func New(cfg Config) (d *Daemon, err error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.ShutdownGrace <= 0 {
+		cfg.ShutdownGrace = 5 * time.Second
+	}
+	if len(cfg.DNSListen)+len(cfg.ProxyListen)+len(cfg.TransparentListen) == 0 {
+		return nil, errors.New("nothing to serve: give at least one of --dns-listen, --proxy-listen, --transparent-listen")
+	}
+	d = &Daemon{cfg: cfg, log: cfg.Logger, reg: prometheus.NewRegistry()}
+	d.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	d.reloadsOK = prometheus.NewCounter(prometheus.CounterOpts{Name: "egressd_policy_reloads_total", Help: "Policy reloads that took effect."})
+	d.reloadsError = prometheus.NewCounter(prometheus.CounterOpts{Name: "egressd_policy_reload_failures_total", Help: "Policy reloads refused (the last good policy stayed in force)."})
+	d.reg.MustRegister(d.reloadsOK, d.reloadsError)
+	if cfg.Audit != nil {
+		d.audit = audit.New(cfg.Audit, cfg.SandboxID)
+	}
+	defer func() {
+		if err != nil {
+			d.closeListeners()
+		}
+	}()
+
+	// Our own addresses are guarded (THREATS C6); collect them from every
+	// listener address before the first policy is compiled.
+	selfPorts, err := d.selfAddrPorts()
+	if err != nil {
+		return nil, err
+	}
+	prof, m, err := d.load()
+	if err != nil {
+		return nil, err
+	}
+	d.profile.Store(prof)
+	d.live.Store(m)
+
+	upstreams := cfg.UpstreamDNS
+	if len(upstreams) == 0 {
+		for _, ap := range prof.Network.UpstreamDNS {
+			upstreams = append(upstreams, ap.String())
+		}
+	}
+	if len(upstreams) == 0 {
+		upstreams, err = resolvConfServers(cfg.ResolvConf)
+		if err != nil {
+			return nil, err
+		}
+	}
+	upstreams, err = normaliseUpstreams(upstreams)
+	if err != nil {
+		return nil, err
+	}
+	d.dns, err = dnsfilter.New(dnsfilter.Config{
+		Policy:        &d.live,
+		Upstreams:     upstreams,
+		Mark:          cfg.Mark,
+		BlockResponse: string(prof.Network.DNSBlockResponse),
+		MaxNameLen:    cfg.DNSMaxNameLen,
+		QueryRate:     cfg.DNSQueryRate,
+		Audit:         d.audit,
+		Logger:        d.log.With("component", "dns"),
+		Metrics:       d.reg,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("configuring the DNS resolver: %w", err)
+	}
+	d.proxy, err = proxy.New(proxy.Config{
+		Policy:            &d.live,
+		Resolver:          d.dns,
+		Learned:           d.dns,
+		Mark:              cfg.Mark,
+		HeaderTimeout:     cfg.HeaderTimeout,
+		IdleTimeout:       cfg.IdleTimeout,
+		DialTimeout:       cfg.DialTimeout,
+		MaxTunnels:        cfg.MaxTunnels,
+		MaxTunnelsPerDest: cfg.MaxTunnelsPerDest,
+		Audit:             d.audit,
+		Logger:            d.log.With("component", "proxy"),
+		Metrics:           d.reg,
+		SelfAddrs:         selfPorts,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("configuring the proxy: %w", err)
+	}
+
+	for _, a := range cfg.DNSListen {
+		if err := d.dns.Listen(a); err != nil {
+			return nil, fmt.Errorf("DNS listener %s: %w", a, err)
+		}
+	}
+	for _, a := range cfg.ProxyListen {
+		ln, err := net.Listen("tcp", a)
+		if err != nil {
+			return nil, fmt.Errorf("proxy listener: %w", err)
+		}
+		d.explicit = append(d.explicit, ln)
+	}
+	for _, a := range cfg.TransparentListen {
+		ln, err := net.Listen("tcp", a)
+		if err != nil {
+			return nil, fmt.Errorf("transparent listener: %w", err)
+		}
+		d.transparent = append(d.transparent, ln)
+	}
+	if cfg.AdminListen != "" {
+		if d.adminLn, err = admin.Listen(cfg.AdminListen); err != nil {
+			return nil, err
+		}
+	}
+	return d, nil
+}
+
+// selfAddrPorts returns every listener address as an AddrPort and records
+// their IPs in d.self for the matcher's guard. Port 0 (tests) is kept: the
+// proxy adds the bound addresses of its own listeners itself.
+func (d *Daemon) selfAddrPorts() ([]netip.AddrPort, error) {
+	var out []netip.AddrPort
+	addrs := append(append(append([]string{}, d.cfg.DNSListen...), d.cfg.ProxyListen...), d.cfg.TransparentListen...)
+	if d.cfg.AdminListen != "" && !strings.HasPrefix(d.cfg.AdminListen, "unix:") {
+		addrs = append(addrs, d.cfg.AdminListen)
+	}
+	seen := map[netip.Addr]bool{}
+	for _, a := range addrs {
+		ap, err := netip.ParseAddrPort(a)
+		if err != nil {
+			return nil, fmt.Errorf("listen address %q: want IP:port or [IPv6]:port: %w", a, err)
+		}
+		ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+		out = append(out, ap)
+		if ip := ap.Addr(); !ip.IsUnspecified() && !seen[ip] {
+			seen[ip] = true
+			d.self = append(d.self, ip)
+		}
+	}
+	return out, nil
+}
+
+// load resolves the policy files and compiles the matcher. It changes
+// nothing: the caller decides whether to put the result in force.
+func (d *Daemon) load() (*policy.Profile, *policy.Matcher, error) {
+	prof, warnings, err := policy.Resolve(policy.ResolveOptions{Profile: d.cfg.Profile, Files: d.cfg.PolicyFiles, Overrides: d.cfg.Overrides})
+	for _, w := range warnings {
+		d.log.Warn("policy warning", "warning", w.String())
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	if prof.Network.Mode != policy.ModeFiltered {
+		return nil, nil, fmt.Errorf("network.mode is %q (%s): egressd serve enforces filtered mode only", prof.Network.Mode, prof.SourceOf("network.mode"))
+	}
+	np := prof.NetworkPolicy()
+	np.Self = append(np.Self, d.self...)
+	m, err := policy.NewMatcher(np)
+	if err != nil {
+		return nil, nil, fmt.Errorf("compiling policy: %w", err)
+	}
+	return prof, m, nil
+}
+
+// Reload re-reads the policy. On any error the last good policy stays in
+// force and the error (with file:line:col) is returned and logged. On
+// success every later decision uses the new policy, and open tunnels the new
+// policy denies are closed.
+func (d *Daemon) Reload() error {
+	d.reloadMu.Lock()
+	defer d.reloadMu.Unlock()
+	prof, m, err := d.load()
+	if err != nil {
+		d.reloadsError.Inc()
+		d.log.Error("policy reload refused; the last good policy stays in force", "error", err.Error())
+		return err
+	}
+	d.profile.Store(prof)
+	d.live.Store(m)
+	d.proxy.Reevaluate()
+	d.reloadsOK.Inc()
+	d.log.Info("policy reloaded", "allow_rules", len(prof.Network.Allow), "block_rules", len(prof.Network.Block))
+	return nil
+}
+
+// Run serves until ctx ends or a listener fails, then shuts down: listeners
+// close at once, open tunnels get ShutdownGrace to finish.
+func (d *Daemon) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errc := make(chan error, 4+len(d.explicit)+len(d.transparent))
+	var wg sync.WaitGroup
+	goServe := func(name string, f func() error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := f(); err != nil && !errors.Is(err, proxy.ErrClosed) && ctx.Err() == nil {
+				errc <- fmt.Errorf("%s: %w", name, err)
+			}
+		}()
+	}
+	goServe("DNS resolver", func() error { return d.dns.Serve(ctx) })
+	for _, ln := range d.explicit {
+		goServe("explicit proxy "+ln.Addr().String(), func() error { return d.proxy.ServeExplicit(ln) })
+	}
+	for _, ln := range d.transparent {
+		goServe("transparent proxy "+ln.Addr().String(), func() error { return d.proxy.ServeTransparent(ln) })
+	}
+	if d.adminLn != nil {
+		h := admin.Handler(admin.Handlers{
+			Ready:    d.ready.Load,
+			Reload:   d.Reload,
+			Policy:   func() any { return d.profile.Load().Explain() },
+			Gatherer: d.reg,
+		})
+		goServe("admin endpoint", func() error { return admin.Serve(ctx, d.adminLn, h) })
+	}
+	if len(d.cfg.PolicyFiles) > 0 {
+		w, err := watch.New(d.cfg.PolicyFiles, 0)
+		if err != nil {
+			// Reload by SIGHUP and POST /reload still works; say so loudly.
+			d.log.Error("policy files are not watched; reload with SIGHUP or POST /reload", "error", err.Error())
+		} else {
+			goServe("policy watcher", func() error { return w.Run(ctx, func() { _ = d.Reload() }) })
+		}
+	}
+	if d.cfg.Reload != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-d.cfg.Reload:
+					_ = d.Reload()
+				}
+			}
+		}()
+	}
+
+	d.ready.Store(true)
+	d.log.Info("ready", "dns", d.cfg.DNSListen, "proxy", d.cfg.ProxyListen, "transparent", d.cfg.TransparentListen, "admin", d.cfg.AdminListen)
+	if d.cfg.Ready != nil {
+		d.cfg.Ready()
+	}
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-errc:
+		d.log.Error("listener failed; shutting down", "error", runErr.Error())
+	}
+	d.ready.Store(false)
+	d.shutdown()
+	cancel()
+	wg.Wait()
+	return runErr
+}
+
+func (d *Daemon) shutdown() {
+	sctx, cancel := context.WithTimeout(context.Background(), d.cfg.ShutdownGrace)
+	defer cancel()
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		if err := d.proxy.Shutdown(sctx); err != nil {
+			d.log.Info("proxy shutdown: tunnels closed after the grace period", "error", err.Error())
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		_ = d.dns.Shutdown(sctx)
+	}()
+	wg.Wait()
+	d.closeListeners()
+}
+
+// closeListeners closes what New bound and Run did not take over.
+func (d *Daemon) closeListeners() {
+	for _, ln := range append(append([]net.Listener{}, d.explicit...), d.transparent...) {
+		ln.Close()
+	}
+	if d.adminLn != nil {
+		d.adminLn.Close()
+	}
+	if d.dns != nil {
+		sctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_ = d.dns.Shutdown(sctx)
+		cancel()
+	}
+}
+
+// Registry is the daemon's metrics registry (for tests).
+func (d *Daemon) Registry() *prometheus.Registry { return d.reg }
+
+// ProxyAddrs, TransparentAddrs and DNSAddrs return the bound addresses
+// (useful with port 0).
+func (d *Daemon) ProxyAddrs() []net.Addr       { return addrsOf(d.explicit) }
+func (d *Daemon) TransparentAddrs() []net.Addr { return addrsOf(d.transparent) }
+func (d *Daemon) DNSAddrs() []netip.AddrPort   { return d.dns.Addrs() }
+
+func addrsOf(lns []net.Listener) []net.Addr {
+	out := make([]net.Addr, len(lns))
+	for i, ln := range lns {
+		out[i] = ln.Addr()
+	}
+	return out
+}
+
+// resolvConfServers reads nameserver lines from path ("" = /etc/resolv.conf).
+func resolvConfServers(path string) ([]string, error) {
+	if path == "" {
+		path = "/etc/resolv.conf"
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("no upstream DNS given (--upstream-dns or network.upstream_dns) and %s is unreadable: %w", path, err)
+	}
+	var out []string
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 2 && f[0] == "nameserver" {
+			out = append(out, f[1])
+		}
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("no upstream DNS given (--upstream-dns or network.upstream_dns) and %s lists no nameserver", path)
+	}
+	return out, nil
+}
+
+// normaliseUpstreams turns "ip" and "ip:port" into "ip:port" (port 53).
+func normaliseUpstreams(in []string) ([]string, error) {
+	out := make([]string, 0, len(in))
+	for _, s := range in {
+		if ap, err := netip.ParseAddrPort(s); err == nil {
+			out = append(out, ap.String())
+			continue
+		}
+		ip, err := netip.ParseAddr(strings.Trim(s, "[]"))
+		if err != nil || ip.Zone() != "" {
+			return nil, fmt.Errorf("upstream DNS %q: want an IP address, optionally with :port", s)
+		}
+		out = append(out, netip.AddrPortFrom(ip.Unmap(), 53).String())
+	}
+	return out, nil
+}
