@@ -1,0 +1,181 @@
+package policy
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+)
+
+// FloorError is the refusal of a profile less restrictive than the security
+// floor. It names every field that violates it.
+type FloorError struct {
+	// Floor is the canonical name of the floor profile.
+	Floor string
+	// Violations are in field order.
+	Violations []Violation
+}
+
+// Violation is one field of a profile below the floor.
+type Violation struct {
+	// Field is the field key, "network.mode".
+	Field string
+	// Value is the profile's value as written in a policy file.
+	Value string
+	// Source is where Value came from.
+	Source Source
+	// Floor is the floor profile's name and FloorValue its value of the
+	// field (or what it requires).
+	Floor, FloorValue string
+}
+
+// String renders `network.mode = "host" (flag:--net) is less restrictive
+// than floor standard ("filtered")`.
+func (v Violation) String() string {
+	src := positionString(v.Source)
+	if src != "" {
+		src = " (" + src + ")"
+	}
+	return fmt.Sprintf("%s = %s%s is less restrictive than floor %s (%s)", v.Field, v.Value, src, v.Floor, v.FloorValue)
+}
+
+func (e *FloorError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "profile is less restrictive than the security floor %s:", e.Floor)
+	for _, v := range e.Violations {
+		b.WriteString("\n  ")
+		b.WriteString(v.String())
+	}
+	return b.String()
+}
+
+// CheckFloor refuses a profile less restrictive than the built-in profile
+// floor (an alias is accepted; "" means no floor). The error is a
+// *FloorError naming each violating field. The ordering, field by field
+// ("<" = less restrictive):
+//
+//   - network.mode: host < filtered < none.
+//   - network.allow: when the floor filters, an allow rule matching every
+//     name ("*", "**", "*:*") is a violation. Other allow rules are not:
+//     adding hosts is what tenants do, even on top of strict.
+//   - network.block: every block rule of the floor must be present.
+//   - filesystem.read_only, process.no_new_privileges,
+//     commands.allowlist_only: false < true.
+//   - process.cap_add: any capability the floor does not add.
+//   - process.seccomp: unconfined < a custom profile path < moderate <
+//     strict. A custom profile cannot be judged by name, so it satisfies
+//     only a floor of unconfined.
+//   - process.pids_limit, process.memory, process.cpus, process.timeout:
+//     a limit larger than the floor's, or none (0) where the floor has
+//     one.
+//   - process.user: root < non-root. A user name other than "root" cannot
+//     be proved non-root before the sandbox's /etc/passwd is read, so under
+//     a non-root floor it is a violation: use a numeric uid.
+//   - commands.block: every command the floor blocks must be blocked.
+//
+// Not compared: tmpfs mounts, the workspace and mount_cwd (operator-chosen
+// mounts), env (what a sandbox is given, not what it may do),
+// default_ports (any allow rule can name its port), dns_block_response and
+// upstream_dns.
+func CheckFloor(p *Profile, floor string) error {
+	if floor == "" {
+		return nil
+	}
+	f, err := BuiltinProfile(floor)
+	if err != nil {
+		return fmt.Errorf("security floor: %w", err)
+	}
+	e := &FloorError{Floor: f.Name}
+	add := func(field, value, floorValue string, src Source) {
+		e.Violations = append(e.Violations, Violation{Field: field, Value: value, Source: src, Floor: f.Name, FloorValue: floorValue})
+	}
+	scalarAt := func(key string) (string, Source) { return fieldByKey[key].render(p), p.Sources[key] }
+	floorAt := func(key string) string { return fieldByKey[key].render(f) }
+	violatesScalar := func(key string) {
+		v, src := scalarAt(key)
+		add(key, v, floorAt(key), src)
+	}
+
+	modeRank := map[Mode]int{ModeHost: 0, ModeFiltered: 1, ModeNone: 2}
+	if modeRank[p.Network.Mode] < modeRank[f.Network.Mode] {
+		violatesScalar("network.mode")
+	}
+	if f.Network.Mode != ModeHost {
+		for _, r := range p.Network.Allow {
+			if matchesEverything(r) {
+				add("network.allow", tomlString(r.Text), "no rule allowing every name", r.Source)
+			}
+		}
+	}
+	for _, fb := range f.Network.Block {
+		if !slices.ContainsFunc(p.Network.Block, func(r *Rule) bool { return r.Text == fb.Text }) {
+			add("network.block", "(without "+tomlString(fb.Text)+")", tomlString(fb.Text), p.Sources["network.block"])
+		}
+	}
+	if f.Filesystem.ReadOnly && !p.Filesystem.ReadOnly {
+		violatesScalar("filesystem.read_only")
+	}
+	if f.Process.User.Name == "" && f.Process.User.UID != 0 && (p.Process.User.IsRoot() || p.Process.User.Name != "") {
+		v, src := scalarAt("process.user")
+		want := "a non-root numeric uid"
+		if p.Process.User.Name != "" && !p.Process.User.IsRoot() {
+			want += "; a user name cannot be checked before launch"
+		}
+		add("process.user", v, want, src)
+	}
+	for _, key := range []string{"process.pids_limit", "process.memory"} {
+		pv, fv := p.Process.PidsLimit, f.Process.PidsLimit
+		if key == "process.memory" {
+			pv, fv = p.Process.Memory, f.Process.Memory
+		}
+		if fv > 0 && (pv <= 0 || pv > fv) {
+			violatesScalar(key)
+		}
+	}
+	if f.Process.CPUs > 0 && (p.Process.CPUs <= 0 || p.Process.CPUs > f.Process.CPUs) {
+		violatesScalar("process.cpus")
+	}
+	if f.Process.Timeout > 0 && (p.Process.Timeout <= 0 || p.Process.Timeout > f.Process.Timeout) {
+		violatesScalar("process.timeout")
+	}
+	if f.Process.NoNewPrivileges && !p.Process.NoNewPrivileges {
+		violatesScalar("process.no_new_privileges")
+	}
+	for _, c := range p.Process.CapAdd {
+		if !slices.Contains(f.Process.CapAdd, c) {
+			floorCaps := "none"
+			if len(f.Process.CapAdd) > 0 {
+				floorCaps = strings.Join(f.Process.CapAdd, ", ")
+			}
+			add("process.cap_add", tomlString(c), floorCaps, p.Sources[elemKey("process.cap_add", c)])
+		}
+	}
+	if seccompRank(p.Process.Seccomp) < seccompRank(f.Process.Seccomp) {
+		violatesScalar("process.seccomp")
+	}
+	if f.Commands.AllowlistOnly && !p.Commands.AllowlistOnly {
+		violatesScalar("commands.allowlist_only")
+	}
+	for _, c := range f.Commands.Block {
+		if !slices.Contains(p.Commands.Block, c) {
+			add("commands.block", "(without "+tomlString(c)+")", tomlString(c), p.Sources["commands.block"])
+		}
+	}
+	if len(e.Violations) == 0 {
+		return nil
+	}
+	return e
+}
+
+// seccompRank orders seccomp settings from least to most restrictive; a
+// custom profile ranks just above unconfined (see CheckFloor).
+func seccompRank(s string) int {
+	switch s {
+	case SeccompUnconfined, "":
+		return 0
+	case SeccompModerate:
+		return 2
+	case SeccompStrict:
+		return 3
+	}
+	return 1
+}

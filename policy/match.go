@@ -1,0 +1,303 @@
+package policy
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+)
+
+// NetworkPolicy is the network part of a resolved profile: what NewMatcher
+// compiles.
+type NetworkPolicy struct {
+	// Mode is the network mode. The zero value means ModeFiltered. In
+	// ModeNone every decision denies. ModeHost is decided like ModeFiltered
+	// (in host mode nothing enforces the decisions, but they stay meaningful
+	// for "what would be allowed").
+	Mode Mode
+	// Allow and Block are the rules, in the order written (the order picks
+	// the reported rule among equally specific matches). Nil entries are an
+	// error.
+	Allow, Block []*Rule
+	// DefaultPorts are the ports a portless allow rule allows; nil or empty
+	// means [80, 443]. A portless block rule blocks every port.
+	DefaultPorts []uint16
+	// Self are egressd's own addresses: always guarded unless an allow IP
+	// rule names them (a /32 or /128 rule for that address).
+	Self []netip.Addr
+}
+
+var defaultPorts = []uint16{80, 443}
+
+// NewMatcher compiles a network policy. Exact and suffix rules go into hash
+// maps keyed by normalised name, IP rules into per-prefix-length maps, so
+// the cost of a decision depends on the length of the name (and the number
+// of globs and distinct prefix lengths), not on the number of rules.
+func NewMatcher(n NetworkPolicy) (*Matcher, error) {
+	m := &Matcher{mode: n.Mode}
+	switch n.Mode {
+	case ModeNone, ModeFiltered, ModeHost:
+	case "":
+		m.mode = ModeFiltered
+	default:
+		return nil, fmt.Errorf("compiling network policy: unknown mode %q (want none, filtered or host)", n.Mode)
+	}
+	m.defaultPorts = defaultPorts
+	if len(n.DefaultPorts) > 0 {
+		for _, p := range n.DefaultPorts {
+			if p == 0 {
+				return nil, errors.New("compiling network policy: default port 0 (ports are 1-65535)")
+			}
+		}
+		m.defaultPorts = slices.Clone(n.DefaultPorts)
+	}
+	if err := m.allow.add(n.Allow, "allow"); err != nil {
+		return nil, err
+	}
+	if err := m.block.add(n.Block, "block"); err != nil {
+		return nil, err
+	}
+	for i, a := range n.Self {
+		c, ok := canonAddr(a)
+		if !ok {
+			return nil, fmt.Errorf("compiling network policy: self address %d (%v) is not a valid address without a zone", i, a)
+		}
+		if m.self == nil {
+			m.self = make(map[netip.Addr]string, len(n.Self))
+		}
+		m.self[c] = "self " + netip.PrefixFrom(c, c.BitLen()).String()
+	}
+	return m, nil
+}
+
+// ruleSet is one list (allow or block), compiled.
+type ruleSet struct {
+	exact  map[string][]*Rule // kindExact by name
+	suffix map[string][]*Rule // kindBelow and kindApex by suffix
+	globs  []*Rule
+	any    []*Rule
+	ips    prefixTable
+}
+
+func (s *ruleSet) add(rules []*Rule, list string) error {
+	for i, r := range rules {
+		if r == nil {
+			return fmt.Errorf("compiling network policy: %s rule %d is nil", list, i)
+		}
+		switch r.kind {
+		case kindExact:
+			if s.exact == nil {
+				s.exact = make(map[string][]*Rule)
+			}
+			s.exact[r.name] = append(s.exact[r.name], r)
+		case kindBelow, kindApex:
+			if s.suffix == nil {
+				s.suffix = make(map[string][]*Rule)
+			}
+			s.suffix[r.name] = append(s.suffix[r.name], r)
+		case kindGlob:
+			s.globs = append(s.globs, r)
+		case kindAny:
+			s.any = append(s.any, r)
+		case kindPrefix:
+			s.ips.add(r)
+		default:
+			return fmt.Errorf("compiling network policy: %s rule %d (%q) was not made by ParseRule", list, i, r.Text)
+		}
+	}
+	return nil
+}
+
+// firstPort returns the first rule of rs (in written order) whose ports
+// match.
+func firstPort(rs []*Rule, port uint16, defaults []uint16, block bool) *Rule {
+	for _, r := range rs {
+		if r.portsMatch(port, defaults, block) {
+			return r
+		}
+	}
+	return nil
+}
+
+// lookupName returns the most specific rule matching the normalised name
+// and port, or nil. Specificity: an exact rule; then suffix rules, longest
+// suffix first (at equal suffix, `*.x` and `.x` rank alike, first written
+// wins); then globs; then `*`. Among equals the first written rule wins.
+//
+// The suffix walk slices the name at each dot and looks the rest up in one
+// map: no allocation, and at most one lookup per label.
+func (s *ruleSet) lookupName(name string, port uint16, defaults []uint16, block bool) *Rule {
+	if len(s.exact) > 0 {
+		if r := firstPort(s.exact[name], port, defaults, block); r != nil {
+			return r
+		}
+	}
+	if len(s.suffix) > 0 {
+		for _, r := range s.suffix[name] {
+			if r.kind == kindApex && r.portsMatch(port, defaults, block) {
+				return r
+			}
+		}
+		for i := 0; i < len(name); i++ {
+			if name[i] != '.' {
+				continue
+			}
+			if r := firstPort(s.suffix[name[i+1:]], port, defaults, block); r != nil {
+				return r
+			}
+		}
+	}
+	for _, r := range s.globs {
+		if r.portsMatch(port, defaults, block) && r.glob.match(name) {
+			return r
+		}
+	}
+	return firstPort(s.any, port, defaults, block)
+}
+
+// prefixTable holds IP rules in one map keyed by masked prefix, plus the
+// distinct prefix lengths in use per family, longest first. A lookup costs
+// one map probe per distinct length (at most 33 for IPv4, 129 for IPv6),
+// however many rules there are.
+type prefixTable struct {
+	m            map[netip.Prefix][]*Rule
+	lens4, lens6 []int
+}
+
+func (t *prefixTable) add(r *Rule) {
+	if t.m == nil {
+		t.m = make(map[netip.Prefix][]*Rule)
+	}
+	p := r.prefix
+	if _, seen := t.m[p]; !seen {
+		lens := &t.lens6
+		if p.Addr().Is4() {
+			lens = &t.lens4
+		}
+		if !slices.Contains(*lens, p.Bits()) {
+			*lens = append(*lens, p.Bits())
+			slices.SortFunc(*lens, func(a, b int) int { return b - a })
+		}
+	}
+	t.m[p] = append(t.m[p], r)
+}
+
+// lookup returns the most specific (longest prefix, then first written) IP
+// rule holding the canonical address a whose ports match, considering only
+// prefixes of at least minBits bits.
+func (t *prefixTable) lookup(a netip.Addr, port uint16, defaults []uint16, block bool, minBits int) *Rule {
+	if len(t.m) == 0 {
+		return nil
+	}
+	lens := t.lens6
+	if a.Is4() {
+		lens = t.lens4
+	}
+	for _, l := range lens {
+		if l < minBits {
+			break
+		}
+		p, err := a.Prefix(l)
+		if err != nil {
+			continue
+		}
+		if r := firstPort(t.m[p], port, defaults, block); r != nil {
+			return r
+		}
+	}
+	return nil
+}
+
+// Mode returns the network mode; a nil Matcher reports ModeNone.
+func (m *Matcher) Mode() Mode {
+	if m == nil {
+		return ModeNone
+	}
+	return m.mode
+}
+
+// DecideName decides a connection to a host name (raw or already
+// normalised) on port: steps 1-3 of the decision order.
+//
+//  1. the name does not normalise (NormalizeName) → deny, invalid-name
+//  2. a block rule matches name and port → deny, blocked-by (block wins)
+//  3. an allow rule matches name and port → allow, allowed-by
+//  4. else deny, no-allow-rule
+//
+// Name rules never match IP literals: an IP-address-looking string is an
+// invalid name here (use DecideAddr). Port 0 means "for some port" (see
+// DecideNameAnyPort). A nil Matcher or mode none denies (no-allow-rule).
+// For a canonical name without "xn--" labels DecideName does not allocate.
+func (m *Matcher) DecideName(name string, port uint16) Decision {
+	if m == nil || m.mode == ModeNone {
+		return Decision{Reason: ReasonNoAllowRule}
+	}
+	n, ok := NormalizeName(name)
+	if !ok {
+		return Decision{Reason: ReasonInvalidName}
+	}
+	if r := m.block.lookupName(n, port, nil, true); r != nil {
+		return Decision{Reason: ReasonBlockedBy, Rule: r}
+	}
+	if r := m.allow.lookupName(n, port, m.defaultPorts, false); r != nil {
+		return Decision{Allow: true, Reason: ReasonAllowedBy, Rule: r}
+	}
+	return Decision{Reason: ReasonNoAllowRule}
+}
+
+// DecideNameAnyPort is the DNS question: is name allowed for at least one
+// port? It is DecideName with port 0: an allow rule counts if it allows any
+// port, and a block rule counts only if it blocks every port (portless or
+// `:*`). Several port-limited block rules that together cover every port an
+// allow rule opens are not combined: the name is then answered in DNS, and
+// every connection to it is still denied per port.
+func (m *Matcher) DecideNameAnyPort(name string) Decision { return m.DecideName(name, 0) }
+
+// DecideAddr decides a connection to an IP-literal destination: block IP
+// rules (blocked-by), then allow IP rules only — name rules, `*` included,
+// never match an address — (else no-allow-rule), then the address guard: an
+// allowed address in a guarded range is still refused (guarded-address)
+// unless an allow IP rule lies inside that range and covers the port (see
+// the guard.go comment); the decision then reports that rule. IPv4-mapped
+// addresses are decided as IPv4. Port 0 means "for some port". A nil Matcher
+// or mode none denies. DecideAddr does not allocate.
+func (m *Matcher) DecideAddr(addr netip.Addr, port uint16) Decision {
+	if m == nil || m.mode == ModeNone {
+		return Decision{Reason: ReasonNoAllowRule}
+	}
+	a, ok := canonAddr(addr)
+	if !ok {
+		return Decision{Reason: ReasonInvalidName}
+	}
+	if r := m.block.ips.lookup(a, port, nil, true, 0); r != nil {
+		return Decision{Reason: ReasonBlockedBy, Rule: r}
+	}
+	allow := m.allow.ips.lookup(a, port, m.defaultPorts, false, 0)
+	if allow == nil {
+		return Decision{Reason: ReasonNoAllowRule}
+	}
+	g, guarded := m.guardFor(a)
+	if !guarded {
+		return Decision{Allow: true, Reason: ReasonAllowedBy, Rule: allow}
+	}
+	if r := m.allow.ips.lookup(a, port, m.defaultPorts, false, g.prefix.Bits()); r != nil {
+		return Decision{Allow: true, Reason: ReasonAllowedBy, Rule: r}
+	}
+	return Decision{Reason: ReasonGuardedAddress}
+}
+
+// Decide dispatches on the target: DecideName for a name, DecideAddr for an
+// address. A target with both or neither set, or with port 0 (a connection
+// always has a port), is invalid-name. A nil Matcher denies.
+func (m *Matcher) Decide(t Target) Decision {
+	if m == nil || m.mode == ModeNone {
+		return Decision{Reason: ReasonNoAllowRule}
+	}
+	if t.Port == 0 || (t.Name != "") == t.Addr.IsValid() {
+		return Decision{Reason: ReasonInvalidName}
+	}
+	if t.Name != "" {
+		return m.DecideName(t.Name, t.Port)
+	}
+	return m.DecideAddr(t.Addr, t.Port)
+}
