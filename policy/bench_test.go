@@ -88,7 +88,7 @@ func linearBest(rules []*Rule, n string, port uint16, defaults []uint16, block b
 		if r.kind == kindPrefix || !r.portsMatch(port, defaults, block) || !r.matchName(n) {
 			continue
 		}
-		if best == nil || less(nameRank(r), nameRank(best)) {
+		if best == nil || rankLess(nameRank(r), nameRank(best)) {
 			best = r
 		}
 	}

@@ -271,7 +271,7 @@ func FuzzMatcher(f *testing.F) {
 			t.Helper()
 			if got != want {
 				t.Fatalf("%s: matcher %+v (rule %v), reference %+v (rule %v)\npolicy allow=%v block=%v defaults=%v self=%v",
-					what, got, got.Rule, want, want.Rule, texts(pol.Allow), texts(pol.Block), pol.DefaultPorts, pol.Self)
+					what, got, got.Rule, want, want.Rule, fuzzRuleTexts(pol.Allow), fuzzRuleTexts(pol.Block), pol.DefaultPorts, pol.Self)
 			}
 		}
 		check("DecideName("+name+")", m.DecideName(name, port), ref.DecideName(name, port))
@@ -289,7 +289,7 @@ func FuzzMatcher(f *testing.F) {
 	})
 }
 
-func texts(rules []*Rule) []string {
+func fuzzRuleTexts(rules []*Rule) []string {
 	var out []string
 	for _, r := range rules {
 		out = append(out, r.Text)

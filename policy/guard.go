@@ -41,8 +41,13 @@ type guardRange struct {
 }
 
 // guardTable is sorted by prefix length, longest first, so the first hit is
-// the most specific range.
-var guardTable = buildGuardTable([]struct{ kind, prefix string }{
+// the most specific range; guard4 and guard6 are its IPv4 and IPv6 parts.
+var (
+	guardTable     = buildGuardTable(guardRanges)
+	guard4, guard6 = splitGuardTable(guardTable)
+)
+
+var guardRanges = []struct{ kind, prefix string }{
 	// IPv4.
 	{"unspecified", "0.0.0.0/8"},
 	{"private", "10.0.0.0/8"},
@@ -74,7 +79,18 @@ var guardTable = buildGuardTable([]struct{ kind, prefix string }{
 	{"link-local", "fe80::/10"},
 	{"site-local", "fec0::/10"},
 	{"multicast", "ff00::/8"},
-})
+}
+
+func splitGuardTable(t []guardRange) (v4, v6 []guardRange) {
+	for _, g := range t {
+		if g.prefix.Addr().Is4() {
+			v4 = append(v4, g)
+		} else {
+			v6 = append(v6, g)
+		}
+	}
+	return v4, v6
+}
 
 func buildGuardTable(in []struct{ kind, prefix string }) []guardRange {
 	out := make([]guardRange, 0, len(in))
@@ -111,12 +127,35 @@ func GuardedRange(addr netip.Addr) (label string, guarded bool) {
 // lookupGuard finds the most specific guarded range holding a canonical
 // address.
 func lookupGuard(a netip.Addr) (guardRange, bool) {
-	for _, g := range guardTable {
+	table := guard6
+	if a.Is4() {
+		table = guard4
+	}
+	for _, g := range table {
 		if g.prefix.Contains(a) {
 			return g, true
 		}
 	}
 	return guardRange{}, false
+}
+
+// GuardedRange is the package GuardedRange plus the policy's Self
+// addresses, labelled "self 10.200.0.2/32": the label to append to a
+// guarded-address denial from this Matcher. A nil Matcher knows no Self
+// addresses.
+func (m *Matcher) GuardedRange(addr netip.Addr) (label string, guarded bool) {
+	a, ok := canonAddr(addr)
+	if !ok {
+		return "invalid", true
+	}
+	if m == nil {
+		return GuardedRange(a)
+	}
+	g, ok := m.guardFor(a)
+	if !ok {
+		return "", false
+	}
+	return g.label, true
 }
 
 // guardFor is lookupGuard plus the policy's own addresses, which are guarded

@@ -137,60 +137,60 @@ func TestGuardAddrClassifiesResolvedAddresses(t *testing.T) {
 		port uint16
 		want dec
 	}{
-		{"203.0.113.7", 443, guardPass()},
-		{"2001:db8::1", 443, guardPass()},
-		{"64:ff9c::1", 443, guardPass()},
-		{"100.63.255.254", 443, guardPass()},
-		{"100.128.0.1", 443, guardPass()},
+		{"203.0.113.7", 443, wantGuardPass()},
+		{"2001:db8::1", 443, wantGuardPass()},
+		{"64:ff9c::1", 443, wantGuardPass()},
+		{"100.63.255.254", 443, wantGuardPass()},
+		{"100.128.0.1", 443, wantGuardPass()},
 		// Block IP rules always apply.
-		{"203.0.113.66", 443, blocked("203.0.113.66")},
-		{"::ffff:203.0.113.66", 443, blocked("203.0.113.66")},
-		{"203.0.113.66", 0, blocked("203.0.113.66")},
-		{"198.51.100.9", 25, blocked("198.51.100.0/24:25")},
-		{"198.51.100.9", 443, guardPass()},
-		{"198.51.100.9", 0, guardPass()}, // a port-limited block does not remove the address from DNS
-		{"10.1.2.99", 443, blocked("10.1.2.99")},
+		{"203.0.113.66", 443, wantBlocked("203.0.113.66")},
+		{"::ffff:203.0.113.66", 443, wantBlocked("203.0.113.66")},
+		{"203.0.113.66", 0, wantBlocked("203.0.113.66")},
+		{"198.51.100.9", 25, wantBlocked("198.51.100.0/24:25")},
+		{"198.51.100.9", 443, wantGuardPass()},
+		{"198.51.100.9", 0, wantGuardPass()}, // a port-limited block does not remove the address from DNS
+		{"10.1.2.99", 443, wantBlocked("10.1.2.99")},
 		// Lifting: the rule lies inside the refusing range and covers the port.
-		{"10.1.2.7", 443, allowed("10.1.2.0/24")},
-		{"10.1.2.7", 80, allowed("10.1.2.0/24")},
-		{"10.1.2.7", 0, allowed("10.1.2.0/24")},
-		{"10.1.2.7", 22, guarded()}, // 0.0.0.0/0:* covers 22 but lifts nothing
-		{"10.1.3.7", 443, guarded()},
-		{"192.168.7.7", 5432, allowed("192.168.7.7:5432")},
-		{"192.168.7.7", 443, guarded()},
-		{"192.168.7.8", 5432, guarded()},
-		{"::ffff:192.168.7.7", 5432, allowed("192.168.7.7:5432")},
-		{"10.9.9.9", 443, guarded()}, // 10.0.0.0/7 is wider than 10.0.0.0/8
-		{"127.0.0.1", 443, guarded()},
-		{"127.0.0.53", 443, allowed("127.0.0.53")},
-		{"::1", 443, guarded()},
-		{"169.254.1.1", 443, allowed("169.254.0.0/16")},
-		{"169.254.169.254", 80, guarded()},
-		{"169.254.169.254", 0, guarded()},
-		{"::ffff:169.254.169.254", 80, guarded()},
-		{"169.254.170.2", 80, guarded()},
-		{"fd00:ec2::254", 80, guarded()}, // the metadata /128 is narrower than fd00::/8
-		{"fd12::1", 443, allowed("[fd00::/8]:*")},
-		{"fc00::1", 443, guarded()},
-		{"fe80::1", 443, guarded()},
-		{"100.64.0.1", 8080, allowed("100.64.0.0/10:8080")},
-		{"100.64.0.1", 443, guarded()},
-		{"100.100.100.200", 8080, guarded()},
-		{"168.63.129.16", 80, guarded()},
-		{"64:ff9b::8.8.8.8", 443, allowed("64:ff9b::/96")},
-		{"64:ff9b:1::1", 443, guarded()},
-		{"2002:808:808::1", 443, guarded()},
-		{"2001::1", 443, guarded()},
-		{"::8.8.8.8", 443, guarded()},
-		{"0.0.0.0", 80, guarded()},
-		{"::", 80, guarded()},
-		{"255.255.255.255", 80, guarded()},
-		{"ff02::2", 80, guarded()},
-		{"224.0.0.251", 5353, guarded()},
+		{"10.1.2.7", 443, wantAllowed("10.1.2.0/24")},
+		{"10.1.2.7", 80, wantAllowed("10.1.2.0/24")},
+		{"10.1.2.7", 0, wantAllowed("10.1.2.0/24")},
+		{"10.1.2.7", 22, wantGuarded()}, // 0.0.0.0/0:* covers 22 but lifts nothing
+		{"10.1.3.7", 443, wantGuarded()},
+		{"192.168.7.7", 5432, wantAllowed("192.168.7.7:5432")},
+		{"192.168.7.7", 443, wantGuarded()},
+		{"192.168.7.8", 5432, wantGuarded()},
+		{"::ffff:192.168.7.7", 5432, wantAllowed("192.168.7.7:5432")},
+		{"10.9.9.9", 443, wantGuarded()}, // 10.0.0.0/7 is wider than 10.0.0.0/8
+		{"127.0.0.1", 443, wantGuarded()},
+		{"127.0.0.53", 443, wantAllowed("127.0.0.53")},
+		{"::1", 443, wantGuarded()},
+		{"169.254.1.1", 443, wantAllowed("169.254.0.0/16")},
+		{"169.254.169.254", 80, wantGuarded()},
+		{"169.254.169.254", 0, wantGuarded()},
+		{"::ffff:169.254.169.254", 80, wantGuarded()},
+		{"169.254.170.2", 80, wantGuarded()},
+		{"fd00:ec2::254", 80, wantGuarded()}, // the metadata /128 is narrower than fd00::/8
+		{"fd12::1", 443, wantAllowed("[fd00::/8]:*")},
+		{"fc00::1", 443, wantGuarded()},
+		{"fe80::1", 443, wantGuarded()},
+		{"100.64.0.1", 8080, wantAllowed("100.64.0.0/10:8080")},
+		{"100.64.0.1", 443, wantGuarded()},
+		{"100.100.100.200", 8080, wantGuarded()},
+		{"168.63.129.16", 80, wantGuarded()},
+		{"64:ff9b::8.8.8.8", 443, wantAllowed("64:ff9b::/96")},
+		{"64:ff9b:1::1", 443, wantGuarded()},
+		{"2002:808:808::1", 443, wantGuarded()},
+		{"2001::1", 443, wantGuarded()},
+		{"::8.8.8.8", 443, wantGuarded()},
+		{"0.0.0.0", 80, wantGuarded()},
+		{"::", 80, wantGuarded()},
+		{"255.255.255.255", 80, wantGuarded()},
+		{"ff02::2", 80, wantGuarded()},
+		{"224.0.0.251", 5353, wantGuarded()},
 		// Self addresses are guarded; 10.200.0.0/16 lies outside the /32 range.
-		{"10.200.0.2", 443, guarded()},
-		{"10.200.0.3", 443, guarded()},
-		{"10.200.0.4", 443, allowed("10.200.0.0/16")},
+		{"10.200.0.2", 443, wantGuarded()},
+		{"10.200.0.3", 443, wantGuarded()},
+		{"10.200.0.4", 443, wantAllowed("10.200.0.0/16")},
 	}
 	for _, tc := range tests {
 		got := m.GuardAddr(netip.MustParseAddr(tc.addr), tc.port)
@@ -209,17 +209,36 @@ func TestAllowRuleNamingSelfLiftsTheGuard(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if diff := cmp.Diff(guarded(), summarize(m.GuardAddr(self, 443))); diff != "" {
+	if diff := cmp.Diff(wantGuarded(), summarize(m.GuardAddr(self, 443))); diff != "" {
 		t.Errorf("self via /24 (-want +got):\n%s", diff)
 	}
-	if diff := cmp.Diff(guarded(), summarize(m.DecideAddr(self, 443))); diff != "" {
+	if diff := cmp.Diff(wantGuarded(), summarize(m.DecideAddr(self, 443))); diff != "" {
 		t.Errorf("DecideAddr self via /24 (-want +got):\n%s", diff)
 	}
-	if diff := cmp.Diff(allowed("2001:db8::1/128"), summarize(m.GuardAddr(netip.MustParseAddr("2001:db8::1"), 443))); diff != "" {
+	if diff := cmp.Diff(wantAllowed("2001:db8::1/128"), summarize(m.GuardAddr(netip.MustParseAddr("2001:db8::1"), 443))); diff != "" {
 		t.Errorf("self named by /128 (-want +got):\n%s", diff)
 	}
-	if diff := cmp.Diff(guardPass(), summarize(m.GuardAddr(netip.MustParseAddr("203.0.113.2"), 443))); diff != "" {
+	if diff := cmp.Diff(wantGuardPass(), summarize(m.GuardAddr(netip.MustParseAddr("203.0.113.2"), 443))); diff != "" {
 		t.Errorf("not self (-want +got):\n%s", diff)
+	}
+	for _, tc := range []struct {
+		addr string
+		want rangeResult
+	}{
+		{"203.0.113.1", rangeResult{"self 203.0.113.1/32", true}},
+		{"::ffff:203.0.113.1", rangeResult{"self 203.0.113.1/32", true}},
+		{"2001:db8::1", rangeResult{"self 2001:db8::1/128", true}},
+		{"203.0.113.2", rangeResult{}},
+		{"10.0.0.1", rangeResult{"private 10.0.0.0/8", true}},
+	} {
+		label, g := m.GuardedRange(netip.MustParseAddr(tc.addr))
+		if diff := cmp.Diff(tc.want, rangeResult{label, g}); diff != "" {
+			t.Errorf("Matcher.GuardedRange(%s) (-want +got):\n%s", tc.addr, diff)
+		}
+	}
+	var nilM *Matcher
+	if label, g := nilM.GuardedRange(netip.MustParseAddr("10.0.0.1")); !g || label != "private 10.0.0.0/8" {
+		t.Errorf("nil Matcher.GuardedRange = %q, %v", label, g)
 	}
 }
 
@@ -228,20 +247,20 @@ func TestDecideAddrAppliesTheGuardToIPLiterals(t *testing.T) {
 		[]string{"0.0.0.0/0", "::/0", "10.1.2.0/24:5432", "203.0.113.0/24"},
 		[]string{"203.0.113.66"})
 	for _, p := range []probe{
-		{"203.0.113.7", 443, allowed("203.0.113.0/24")},
-		{"8.8.8.8", 443, allowed("0.0.0.0/0")},
-		{"203.0.113.66", 443, blocked("203.0.113.66")},
-		{"127.0.0.1", 443, guarded()},
-		{"::ffff:127.0.0.1", 443, guarded()},
-		{"169.254.169.254", 80, guarded()},
-		{"::169.254.169.254", 80, guarded()},
-		{"64:ff9b::a9fe:a9fe", 80, guarded()},
-		{"2002:a9fe:a9fe::1", 80, guarded()},
-		{"10.1.2.7", 5432, allowed("10.1.2.0/24:5432")},
-		{"10.1.2.7", 443, guarded()},
-		{"10.1.2.7", 22, noRule()},
-		{"2001:db8::1", 443, allowed("::/0")},
-		{"fe80::1", 443, guarded()},
+		{"203.0.113.7", 443, wantAllowed("203.0.113.0/24")},
+		{"8.8.8.8", 443, wantAllowed("0.0.0.0/0")},
+		{"203.0.113.66", 443, wantBlocked("203.0.113.66")},
+		{"127.0.0.1", 443, wantGuarded()},
+		{"::ffff:127.0.0.1", 443, wantGuarded()},
+		{"169.254.169.254", 80, wantGuarded()},
+		{"::169.254.169.254", 80, wantGuarded()},
+		{"64:ff9b::a9fe:a9fe", 80, wantGuarded()},
+		{"2002:a9fe:a9fe::1", 80, wantGuarded()},
+		{"10.1.2.7", 5432, wantAllowed("10.1.2.0/24:5432")},
+		{"10.1.2.7", 443, wantGuarded()},
+		{"10.1.2.7", 22, wantNoRule()},
+		{"2001:db8::1", 443, wantAllowed("::/0")},
+		{"fe80::1", 443, wantGuarded()},
 	} {
 		decideProbe(t, m, p)
 	}

@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -155,53 +156,98 @@ func (s *ruleSet) lookupName(name string, port uint16, defaults []uint16, block 
 	return firstPort(s.any, port, defaults, block)
 }
 
-// prefixTable holds IP rules in one map keyed by masked prefix, plus the
-// distinct prefix lengths in use per family, longest first. A lookup costs
-// one map probe per distinct length (at most 33 for IPv4, 129 for IPv6),
-// however many rules there are.
+// prefixTable holds IP rules in hash maps keyed by (masked address, prefix
+// length) — a single integer for IPv4 — plus the distinct prefix lengths in
+// use per family, longest first. A lookup costs one map probe per distinct
+// length (at most 33 for IPv4, 129 for IPv6), however many rules there are.
 type prefixTable struct {
-	m            map[netip.Prefix][]*Rule
+	v4           map[uint64][]*Rule
+	v6           map[v6Key][]*Rule
 	lens4, lens6 []int
 }
 
-func (t *prefixTable) add(r *Rule) {
-	if t.m == nil {
-		t.m = make(map[netip.Prefix][]*Rule)
+type v6Key struct {
+	hi, lo uint64
+	bits   int
+}
+
+// v4Key packs an IPv4 address masked to bits, and bits, into one integer.
+func v4Key(a netip.Addr, bits int) uint64 {
+	b := a.As4()
+	x := uint64(binary.BigEndian.Uint32(b[:]))
+	if bits < 32 {
+		x &^= 1<<(32-bits) - 1
 	}
+	return x<<8 | uint64(bits)
+}
+
+// key6 returns the map key of an IPv6 address masked to bits.
+func key6(a netip.Addr, bits int) v6Key {
+	b := a.As16()
+	hi, lo := binary.BigEndian.Uint64(b[:8]), binary.BigEndian.Uint64(b[8:])
+	switch {
+	case bits == 0:
+		hi, lo = 0, 0
+	case bits < 64:
+		hi &^= 1<<(64-bits) - 1
+		lo = 0
+	case bits < 128:
+		lo &^= 1<<(128-bits) - 1
+	}
+	return v6Key{hi: hi, lo: lo, bits: bits}
+}
+
+func (t *prefixTable) add(r *Rule) {
 	p := r.prefix
-	if _, seen := t.m[p]; !seen {
-		lens := &t.lens6
-		if p.Addr().Is4() {
-			lens = &t.lens4
-		}
+	addLen := func(lens *[]int) {
 		if !slices.Contains(*lens, p.Bits()) {
 			*lens = append(*lens, p.Bits())
 			slices.SortFunc(*lens, func(a, b int) int { return b - a })
 		}
 	}
-	t.m[p] = append(t.m[p], r)
+	if p.Addr().Is4() {
+		if t.v4 == nil {
+			t.v4 = make(map[uint64][]*Rule)
+		}
+		k := v4Key(p.Addr(), p.Bits())
+		t.v4[k] = append(t.v4[k], r)
+		addLen(&t.lens4)
+		return
+	}
+	if t.v6 == nil {
+		t.v6 = make(map[v6Key][]*Rule)
+	}
+	k := key6(p.Addr(), p.Bits())
+	t.v6[k] = append(t.v6[k], r)
+	addLen(&t.lens6)
 }
 
 // lookup returns the most specific (longest prefix, then first written) IP
 // rule holding the canonical address a whose ports match, considering only
 // prefixes of at least minBits bits.
 func (t *prefixTable) lookup(a netip.Addr, port uint16, defaults []uint16, block bool, minBits int) *Rule {
-	if len(t.m) == 0 {
+	if a.Is4() {
+		if len(t.v4) == 0 {
+			return nil
+		}
+		for _, l := range t.lens4 {
+			if l < minBits {
+				break
+			}
+			if r := firstPort(t.v4[v4Key(a, l)], port, defaults, block); r != nil {
+				return r
+			}
+		}
 		return nil
 	}
-	lens := t.lens6
-	if a.Is4() {
-		lens = t.lens4
+	if len(t.v6) == 0 {
+		return nil
 	}
-	for _, l := range lens {
+	for _, l := range t.lens6 {
 		if l < minBits {
 			break
 		}
-		p, err := a.Prefix(l)
-		if err != nil {
-			continue
-		}
-		if r := firstPort(t.m[p], port, defaults, block); r != nil {
+		if r := firstPort(t.v6[key6(a, l)], port, defaults, block); r != nil {
 			return r
 		}
 	}
@@ -276,14 +322,12 @@ func (m *Matcher) DecideAddr(addr netip.Addr, port uint16) Decision {
 	if allow == nil {
 		return Decision{Reason: ReasonNoAllowRule}
 	}
-	g, guarded := m.guardFor(a)
-	if !guarded {
-		return Decision{Allow: true, Reason: ReasonAllowedBy, Rule: allow}
+	// allow is the longest matching prefix, so if any rule lifts the guard
+	// (a matching rule at least as long as the guarded range), allow does.
+	if g, guarded := m.guardFor(a); guarded && allow.prefix.Bits() < g.prefix.Bits() {
+		return Decision{Reason: ReasonGuardedAddress}
 	}
-	if r := m.allow.ips.lookup(a, port, m.defaultPorts, false, g.prefix.Bits()); r != nil {
-		return Decision{Allow: true, Reason: ReasonAllowedBy, Rule: r}
-	}
-	return Decision{Reason: ReasonGuardedAddress}
+	return Decision{Allow: true, Reason: ReasonAllowedBy, Rule: allow}
 }
 
 // Decide dispatches on the target: DecideName for a name, DecideAddr for an

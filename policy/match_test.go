@@ -2,6 +2,7 @@ package policy
 
 import (
 	"net/netip"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -23,12 +24,12 @@ func summarize(d Decision) dec {
 	return s
 }
 
-func allowed(rule string) dec { return dec{Allow: true, Reason: ReasonAllowedBy, Rule: rule} }
-func blocked(rule string) dec { return dec{Reason: ReasonBlockedBy, Rule: rule} }
-func guarded() dec            { return dec{Reason: ReasonGuardedAddress} }
-func invalid() dec            { return dec{Reason: ReasonInvalidName} }
-func noRule() dec             { return dec{Reason: ReasonNoAllowRule} }
-func guardPass() dec          { return dec{Allow: true, Reason: ReasonAllowedBy} }
+func wantAllowed(rule string) dec { return dec{Allow: true, Reason: ReasonAllowedBy, Rule: rule} }
+func wantBlocked(rule string) dec { return dec{Reason: ReasonBlockedBy, Rule: rule} }
+func wantGuarded() dec            { return dec{Reason: ReasonGuardedAddress} }
+func wantInvalid() dec            { return dec{Reason: ReasonInvalidName} }
+func wantNoRule() dec             { return dec{Reason: ReasonNoAllowRule} }
+func wantGuardPass() dec          { return dec{Allow: true, Reason: ReasonAllowedBy} }
 func parseRules(t testing.TB, texts []string, src Source) []*Rule {
 	t.Helper()
 	var rules []*Rule
@@ -81,7 +82,7 @@ func decideProbe(t *testing.T, m *Matcher, p probe) {
 	if strings.Contains(p.host, ":") {
 		hostport = "[" + p.host + "]"
 	}
-	tg, err := ParseTarget(hostport+":"+itoa(int(p.port)), 0)
+	tg, err := ParseTarget(hostport+":"+strconv.Itoa(int(p.port)), 0)
 	if err != nil {
 		if p.want.Reason != ReasonInvalidName {
 			t.Errorf("ParseTarget(%q): %v, want a target", hostport, err)
@@ -91,17 +92,6 @@ func decideProbe(t *testing.T, m *Matcher, p probe) {
 	if diff := cmp.Diff(p.want, summarize(m.Decide(tg))); diff != "" {
 		t.Errorf("Decide(%v) (-want +got):\n%s", tg, diff)
 	}
-}
-
-func itoa(n int) string {
-	if n == 0 {
-		return "0"
-	}
-	var b []byte
-	for ; n > 0; n /= 10 {
-		b = append([]byte{byte('0' + n%10)}, b...)
-	}
-	return string(b)
 }
 
 func TestDecideFollowsThePatternTable(t *testing.T) {
@@ -114,121 +104,121 @@ func TestDecideFollowsThePatternTable(t *testing.T) {
 			name:  "exact name matches only itself (B3, B4)",
 			allow: []string{"github.com"},
 			probes: []probe{
-				{"github.com", 443, allowed("github.com")},
-				{"GitHub.COM", 443, allowed("github.com")},
-				{"github.com.", 443, allowed("github.com")},
-				{"api.github.com", 443, noRule()},
-				{"notgithub.com", 443, noRule()},
-				{"github.comx", 443, noRule()},
-				{"evil-github.com", 443, noRule()},
-				{"github.com.evil.com", 443, noRule()},
-				{"github.co", 443, noRule()},
-				{"ithub.com", 443, noRule()},
-				{"github.com..", 443, invalid()},
-				{"attacker.example\x00.github.com", 443, invalid()},
-				{"github.com\x00", 443, invalid()},
+				{"github.com", 443, wantAllowed("github.com")},
+				{"GitHub.COM", 443, wantAllowed("github.com")},
+				{"github.com.", 443, wantAllowed("github.com")},
+				{"api.github.com", 443, wantNoRule()},
+				{"notgithub.com", 443, wantNoRule()},
+				{"github.comx", 443, wantNoRule()},
+				{"evil-github.com", 443, wantNoRule()},
+				{"github.com.evil.com", 443, wantNoRule()},
+				{"github.co", 443, wantNoRule()},
+				{"ithub.com", 443, wantNoRule()},
+				{"github.com..", 443, wantInvalid()},
+				{"attacker.example\x00.github.com", 443, wantInvalid()},
+				{"github.com\x00", 443, wantInvalid()},
 			},
 		},
 		{
 			name:  "*.suffix matches strictly below at any depth, never the apex (B3, B4, B5)",
 			allow: []string{"*.github.com"},
 			probes: []probe{
-				{"api.github.com", 443, allowed("*.github.com")},
-				{"a.b.c.github.com", 443, allowed("*.github.com")},
-				{"API.GitHub.com.", 443, allowed("*.github.com")},
-				{"github.com", 443, noRule()},
-				{"evil-github.com", 443, noRule()},
-				{"notgithub.com", 443, noRule()},
-				{"github.com.evil.com", 443, noRule()},
-				{"api.github.com.evil.com", 443, noRule()},
-				{"apigithub.com", 443, noRule()},
-				{"api.github.comx", 443, noRule()},
-				{"evil.example\x00.github.com", 443, invalid()},
-				{".github.com", 443, invalid()},
+				{"api.github.com", 443, wantAllowed("*.github.com")},
+				{"a.b.c.github.com", 443, wantAllowed("*.github.com")},
+				{"API.GitHub.com.", 443, wantAllowed("*.github.com")},
+				{"github.com", 443, wantNoRule()},
+				{"evil-github.com", 443, wantNoRule()},
+				{"notgithub.com", 443, wantNoRule()},
+				{"github.com.evil.com", 443, wantNoRule()},
+				{"api.github.com.evil.com", 443, wantNoRule()},
+				{"apigithub.com", 443, wantNoRule()},
+				{"api.github.comx", 443, wantNoRule()},
+				{"evil.example\x00.github.com", 443, wantInvalid()},
+				{".github.com", 443, wantInvalid()},
 			},
 		},
 		{
 			name:  ".suffix matches the apex and everything below",
 			allow: []string{".github.com"},
 			probes: []probe{
-				{"github.com", 443, allowed(".github.com")},
-				{"api.github.com", 443, allowed(".github.com")},
-				{"a.b.github.com", 443, allowed(".github.com")},
-				{"notgithub.com", 443, noRule()},
-				{"github.comx", 443, noRule()},
-				{"github.com.evil.com", 443, noRule()},
+				{"github.com", 443, wantAllowed(".github.com")},
+				{"api.github.com", 443, wantAllowed(".github.com")},
+				{"a.b.github.com", 443, wantAllowed(".github.com")},
+				{"notgithub.com", 443, wantNoRule()},
+				{"github.comx", 443, wantNoRule()},
+				{"github.com.evil.com", 443, wantNoRule()},
 			},
 		},
 		{
 			name:  "glob: * within one label, ** across labels",
 			allow: []string{"api-*.example.com", "**.deep.test", "a?c.q.test", "foo.*.mid.test"},
 			probes: []probe{
-				{"api-v1.example.com", 443, allowed("api-*.example.com")},
-				{"API-V1.example.com", 443, allowed("api-*.example.com")},
-				{"api-.example.com", 443, allowed("api-*.example.com")},
-				{"api-v1.x.example.com", 443, noRule()},
-				{"x.api-v1.example.com", 443, noRule()},
-				{"api.example.com", 443, noRule()},
-				{"api-v1.example.com.evil.com", 443, noRule()},
-				{"a.deep.test", 443, allowed("**.deep.test")},
-				{"a.b.c.deep.test", 443, allowed("**.deep.test")},
-				{"deep.test", 443, noRule()},
-				{"notdeep.test", 443, noRule()},
-				{"abc.q.test", 443, allowed("a?c.q.test")},
-				{"ac.q.test", 443, noRule()},
-				{"a.c.q.test", 443, noRule()},
-				{"foo.x.mid.test", 443, allowed("foo.*.mid.test")},
-				{"foo.x.y.mid.test", 443, noRule()},
+				{"api-v1.example.com", 443, wantAllowed("api-*.example.com")},
+				{"API-V1.example.com", 443, wantAllowed("api-*.example.com")},
+				{"api-.example.com", 443, wantAllowed("api-*.example.com")},
+				{"api-v1.x.example.com", 443, wantNoRule()},
+				{"x.api-v1.example.com", 443, wantNoRule()},
+				{"api.example.com", 443, wantNoRule()},
+				{"api-v1.example.com.evil.com", 443, wantNoRule()},
+				{"a.deep.test", 443, wantAllowed("**.deep.test")},
+				{"a.b.c.deep.test", 443, wantAllowed("**.deep.test")},
+				{"deep.test", 443, wantNoRule()},
+				{"notdeep.test", 443, wantNoRule()},
+				{"abc.q.test", 443, wantAllowed("a?c.q.test")},
+				{"ac.q.test", 443, wantNoRule()},
+				{"a.c.q.test", 443, wantNoRule()},
+				{"foo.x.mid.test", 443, wantAllowed("foo.*.mid.test")},
+				{"foo.x.y.mid.test", 443, wantNoRule()},
 			},
 		},
 		{
 			name:  "* matches every name but never an IP",
 			allow: []string{"*"},
 			probes: []probe{
-				{"anything.example", 443, allowed("*")},
-				{"localhost", 80, allowed("*")},
-				{"anything.example", 22, noRule()},
-				{"203.0.113.7", 443, noRule()},
-				{"2001:db8::1", 443, noRule()},
-				{"127.0.0.1", 443, noRule()},
-				{"0x7f000001", 443, invalid()},
-				{"127｡0｡0｡1", 443, invalid()},
+				{"anything.example", 443, wantAllowed("*")},
+				{"localhost", 80, wantAllowed("*")},
+				{"anything.example", 22, wantNoRule()},
+				{"203.0.113.7", 443, wantNoRule()},
+				{"2001:db8::1", 443, wantNoRule()},
+				{"127.0.0.1", 443, wantNoRule()},
+				{"0x7f000001", 443, wantInvalid()},
+				{"127｡0｡0｡1", 443, wantInvalid()},
 			},
 		},
 		{
 			name:  "IP and CIDR rules match addresses only",
 			allow: []string{"203.0.113.7", "198.51.100.0/24", "2001:db8::/32", "[2001:db8:1::1]:8443"},
 			probes: []probe{
-				{"203.0.113.7", 443, allowed("203.0.113.7")},
-				{"::ffff:203.0.113.7", 443, allowed("203.0.113.7")},
-				{"203.0.113.8", 443, noRule()},
-				{"198.51.100.200", 80, allowed("198.51.100.0/24")},
-				{"198.51.101.1", 80, noRule()},
-				{"2001:db8::1", 443, allowed("2001:db8::/32")},
-				{"2001:db8:1::1", 8443, allowed("[2001:db8:1::1]:8443")},
-				{"2001:db8:1::1", 443, allowed("2001:db8::/32")},
-				{"2001:db9::1", 443, noRule()},
-				{"203.0.113.7", 22, noRule()},
+				{"203.0.113.7", 443, wantAllowed("203.0.113.7")},
+				{"::ffff:203.0.113.7", 443, wantAllowed("203.0.113.7")},
+				{"203.0.113.8", 443, wantNoRule()},
+				{"198.51.100.200", 80, wantAllowed("198.51.100.0/24")},
+				{"198.51.101.1", 80, wantNoRule()},
+				{"2001:db8::1", 443, wantAllowed("2001:db8::/32")},
+				{"2001:db8:1::1", 8443, wantAllowed("[2001:db8:1::1]:8443")},
+				{"2001:db8:1::1", 443, wantAllowed("2001:db8::/32")},
+				{"2001:db9::1", 443, wantNoRule()},
+				{"203.0.113.7", 22, wantNoRule()},
 			},
 		},
 		{
 			name:  "ports: portless allow = default ports, explicit constraints, :*",
 			allow: []string{"web.test", "ssh.test:22", "range.test:8000-8100", "all.test:*", "*.sub.test:8443"},
 			probes: []probe{
-				{"web.test", 80, allowed("web.test")},
-				{"web.test", 443, allowed("web.test")},
-				{"web.test", 8080, noRule()},
-				{"web.test", 22, noRule()},
-				{"ssh.test", 22, allowed("ssh.test:22")},
-				{"ssh.test", 443, noRule()},
-				{"range.test", 8000, allowed("range.test:8000-8100")},
-				{"range.test", 8100, allowed("range.test:8000-8100")},
-				{"range.test", 7999, noRule()},
-				{"range.test", 8101, noRule()},
-				{"all.test", 1, allowed("all.test:*")},
-				{"all.test", 65535, allowed("all.test:*")},
-				{"a.sub.test", 8443, allowed("*.sub.test:8443")},
-				{"a.sub.test", 443, noRule()},
+				{"web.test", 80, wantAllowed("web.test")},
+				{"web.test", 443, wantAllowed("web.test")},
+				{"web.test", 8080, wantNoRule()},
+				{"web.test", 22, wantNoRule()},
+				{"ssh.test", 22, wantAllowed("ssh.test:22")},
+				{"ssh.test", 443, wantNoRule()},
+				{"range.test", 8000, wantAllowed("range.test:8000-8100")},
+				{"range.test", 8100, wantAllowed("range.test:8000-8100")},
+				{"range.test", 7999, wantNoRule()},
+				{"range.test", 8101, wantNoRule()},
+				{"all.test", 1, wantAllowed("all.test:*")},
+				{"all.test", 65535, wantAllowed("all.test:*")},
+				{"a.sub.test", 8443, wantAllowed("*.sub.test:8443")},
+				{"a.sub.test", 443, wantNoRule()},
 			},
 		},
 		{
@@ -236,13 +226,13 @@ func TestDecideFollowsThePatternTable(t *testing.T) {
 			allow: []string{"*:*"},
 			block: []string{"evil.test", "mail.test:25", "hi.test:1024-65535"},
 			probes: []probe{
-				{"evil.test", 443, blocked("evil.test")},
-				{"evil.test", 22, blocked("evil.test")},
-				{"evil.test", 65535, blocked("evil.test")},
-				{"mail.test", 25, blocked("mail.test:25")},
-				{"mail.test", 587, allowed("*:*")},
-				{"hi.test", 1024, blocked("hi.test:1024-65535")},
-				{"hi.test", 1023, allowed("*:*")},
+				{"evil.test", 443, wantBlocked("evil.test")},
+				{"evil.test", 22, wantBlocked("evil.test")},
+				{"evil.test", 65535, wantBlocked("evil.test")},
+				{"mail.test", 25, wantBlocked("mail.test:25")},
+				{"mail.test", 587, wantAllowed("*:*")},
+				{"hi.test", 1024, wantBlocked("hi.test:1024-65535")},
+				{"hi.test", 1023, wantAllowed("*:*")},
 			},
 		},
 		{
@@ -250,13 +240,13 @@ func TestDecideFollowsThePatternTable(t *testing.T) {
 			allow: []string{"api.evil.test:443", "*.evil.test", ".good.test", "secret.good.test", "*", "203.0.113.7"},
 			block: []string{"*.evil.test", "secret.good.test", "203.0.113.0/24"},
 			probes: []probe{
-				{"api.evil.test", 443, blocked("*.evil.test")},
-				{"x.y.evil.test", 443, blocked("*.evil.test")},
-				{"evil.test", 443, allowed("*")},
-				{"secret.good.test", 443, blocked("secret.good.test")},
-				{"SECRET.good.test.", 443, blocked("secret.good.test")},
-				{"other.good.test", 443, allowed(".good.test")},
-				{"203.0.113.7", 443, blocked("203.0.113.0/24")},
+				{"api.evil.test", 443, wantBlocked("*.evil.test")},
+				{"x.y.evil.test", 443, wantBlocked("*.evil.test")},
+				{"evil.test", 443, wantAllowed("*")},
+				{"secret.good.test", 443, wantBlocked("secret.good.test")},
+				{"SECRET.good.test.", 443, wantBlocked("secret.good.test")},
+				{"other.good.test", 443, wantAllowed(".good.test")},
+				{"203.0.113.7", 443, wantBlocked("203.0.113.0/24")},
 			},
 		},
 		{
@@ -264,44 +254,44 @@ func TestDecideFollowsThePatternTable(t *testing.T) {
 			allow: []string{"github.com", "203.0.113.7"},
 			block: []string{"*"},
 			probes: []probe{
-				{"github.com", 443, blocked("*")},
-				{"203.0.113.7", 443, allowed("203.0.113.7")},
+				{"github.com", 443, wantBlocked("*")},
+				{"203.0.113.7", 443, wantAllowed("203.0.113.7")},
 			},
 		},
 		{
 			name:   "empty policy denies everything",
-			probes: []probe{{"github.com", 443, noRule()}, {"203.0.113.7", 443, noRule()}},
+			probes: []probe{{"github.com", 443, wantNoRule()}, {"203.0.113.7", 443, wantNoRule()}},
 		},
 		{
 			name:  "invalid names are denied before any rule (step 1)",
 			allow: []string{"*"},
 			block: []string{},
 			probes: []probe{
-				{"", 443, invalid()},
-				{"a..b", 443, invalid()},
-				{strings.Repeat("a", 64) + ".com", 443, invalid()},
-				{strings.Repeat("a.", 127) + "com", 443, invalid()},
-				{"example.123", 443, invalid()},
-				{"2130706433", 443, invalid()},
-				{"0177.0.0.1", 443, invalid()},
-				{"127.1", 443, invalid()},
-				{"evil%2eexample", 443, invalid()},
-				{"github.com@evil.example", 443, invalid()},
-				{"a b.com", 443, invalid()},
+				{"", 443, wantInvalid()},
+				{"a..b", 443, wantInvalid()},
+				{strings.Repeat("a", 64) + ".com", 443, wantInvalid()},
+				{strings.Repeat("a.", 127) + "com", 443, wantInvalid()},
+				{"example.123", 443, wantInvalid()},
+				{"2130706433", 443, wantInvalid()},
+				{"0177.0.0.1", 443, wantInvalid()},
+				{"127.1", 443, wantInvalid()},
+				{"evil%2eexample", 443, wantInvalid()},
+				{"github.com@evil.example", 443, wantInvalid()},
+				{"a b.com", 443, wantInvalid()},
 			},
 		},
 		{
 			name:  "IDN: rules and requests meet on the A-label",
 			allow: []string{"bücher.de", "github.com", "*.例え.テスト"},
 			probes: []probe{
-				{"bücher.de", 443, allowed("bücher.de")},
-				{"xn--bcher-kva.de", 443, allowed("bücher.de")},
-				{"BÜCHER.de", 443, allowed("bücher.de")},
-				{"ｇithub.com", 443, allowed("github.com")},
-				{"ＧＩＴＨＵＢ。ｃｏｍ", 443, allowed("github.com")},
-				{"gіthub.com", 443, noRule()},
-				{"xn--gthub-n2e.com", 443, noRule()},
-				{"a.xn--r8jz45g.xn--zckzah", 443, allowed("*.例え.テスト")},
+				{"bücher.de", 443, wantAllowed("bücher.de")},
+				{"xn--bcher-kva.de", 443, wantAllowed("bücher.de")},
+				{"BÜCHER.de", 443, wantAllowed("bücher.de")},
+				{"ｇithub.com", 443, wantAllowed("github.com")},
+				{"ＧＩＴＨＵＢ。ｃｏｍ", 443, wantAllowed("github.com")},
+				{"gіthub.com", 443, wantNoRule()},
+				{"xn--gthub-n2e.com", 443, wantNoRule()},
+				{"a.xn--r8jz45g.xn--zckzah", 443, wantAllowed("*.例え.テスト")},
 			},
 		},
 		{
@@ -309,11 +299,11 @@ func TestDecideFollowsThePatternTable(t *testing.T) {
 			allow: []string{"*"},
 			block: []string{"ｅvil.example", "xn--gthub-n2e.com"},
 			probes: []probe{
-				{"evil.example", 443, blocked("ｅvil.example")},
-				{"EVIL.example.", 443, blocked("ｅvil.example")},
-				{"evil。example", 443, blocked("ｅvil.example")},
-				{"gіthub.com", 443, blocked("xn--gthub-n2e.com")},
-				{"github.com", 443, allowed("*")},
+				{"evil.example", 443, wantBlocked("ｅvil.example")},
+				{"EVIL.example.", 443, wantBlocked("ｅvil.example")},
+				{"evil。example", 443, wantBlocked("ｅvil.example")},
+				{"gіthub.com", 443, wantBlocked("xn--gthub-n2e.com")},
+				{"github.com", 443, wantAllowed("*")},
 			},
 		},
 	}
@@ -332,16 +322,16 @@ func TestDecideReportsTheMostSpecificRuleThenTheFirstWritten(t *testing.T) {
 		[]string{"*", "api-*.github.com", ".com", ".github.com", "*.github.com", "api.github.com:443", "api.github.com", "*.api.github.com", "203.0.113.0/24", "203.0.113.0/25", "203.0.113.7", "203.0.113.7"},
 		nil)
 	for _, p := range []probe{
-		{"api.github.com", 443, allowed("api.github.com:443")}, // exact, first written that fits the port
-		{"api.github.com", 80, allowed("api.github.com")},
-		{"v1.api.github.com", 443, allowed("*.api.github.com")}, // longest suffix
-		{"api-v1.github.com", 443, allowed(".github.com")},      // suffix before glob; .x written before *.x
-		{"github.com", 443, allowed(".github.com")},
-		{"gitlab.com", 443, allowed(".com")},
-		{"example.org", 443, allowed("*")},
-		{"203.0.113.7", 443, allowed("203.0.113.7")}, // longest prefix; first of two equal rules
-		{"203.0.113.8", 443, allowed("203.0.113.0/25")},
-		{"203.0.113.200", 443, allowed("203.0.113.0/24")},
+		{"api.github.com", 443, wantAllowed("api.github.com:443")}, // exact, first written that fits the port
+		{"api.github.com", 80, wantAllowed("api.github.com")},
+		{"v1.api.github.com", 443, wantAllowed("*.api.github.com")}, // longest suffix
+		{"api-v1.github.com", 443, wantAllowed(".github.com")},      // suffix before glob; .x written before *.x
+		{"github.com", 443, wantAllowed(".github.com")},
+		{"gitlab.com", 443, wantAllowed(".com")},
+		{"example.org", 443, wantAllowed("*")},
+		{"203.0.113.7", 443, wantAllowed("203.0.113.7")}, // longest prefix; first of two equal rules
+		{"203.0.113.8", 443, wantAllowed("203.0.113.0/25")},
+		{"203.0.113.200", 443, wantAllowed("203.0.113.0/24")},
 	} {
 		decideProbe(t, m, p)
 	}
@@ -364,12 +354,12 @@ func TestDecideDefaultPortsComeFromThePolicy(t *testing.T) {
 		t.Errorf("zero Mode compiled to %q, want filtered", m.Mode())
 	}
 	for _, p := range []probe{
-		{"web.test", 8080, allowed("web.test")},
-		{"web.test", 443, noRule()},
-		{"web.test", 80, noRule()},
-		{"ported.test", 443, allowed("ported.test:443")},
-		{"203.0.113.7", 8080, allowed("203.0.113.7")},
-		{"203.0.113.7", 443, noRule()},
+		{"web.test", 8080, wantAllowed("web.test")},
+		{"web.test", 443, wantNoRule()},
+		{"web.test", 80, wantNoRule()},
+		{"ported.test", 443, wantAllowed("ported.test:443")},
+		{"203.0.113.7", 8080, wantAllowed("203.0.113.7")},
+		{"203.0.113.7", 443, wantNoRule()},
 	} {
 		decideProbe(t, m, p)
 	}
@@ -383,15 +373,15 @@ func TestDecideNameAnyPortAnswersForDNS(t *testing.T) {
 		name string
 		want dec
 	}{
-		{"web.test", allowed("web.test")},
-		{"ssh.test", allowed("ssh.test:22")},
-		{"evil.test", blocked("evil.test")},
-		{"unknown.test", noRule()},
+		{"web.test", wantAllowed("web.test")},
+		{"ssh.test", wantAllowed("ssh.test:22")},
+		{"evil.test", wantBlocked("evil.test")},
+		{"unknown.test", wantNoRule()},
 		// A block on one port leaves port 80 open: the name resolves.
-		{"portblocked.test", allowed("portblocked.test")},
+		{"portblocked.test", wantAllowed("portblocked.test")},
 		// `:*` blocks every port, like a portless block.
-		{"allports.test", blocked("allports.test:*")},
-		{"bad..name", invalid()},
+		{"allports.test", wantBlocked("allports.test:*")},
+		{"bad..name", wantInvalid()},
 	}
 	for _, tc := range tests {
 		if diff := cmp.Diff(tc.want, summarize(m.DecideNameAnyPort(tc.name))); diff != "" {
@@ -419,7 +409,7 @@ func TestNilMatcherAndModeNoneDenyEverything(t *testing.T) {
 				"GuardAddr":         m.GuardAddr(addr, 443),
 				"Decide":            m.Decide(Target{Name: "github.com", Port: 443}),
 			} {
-				if diff := cmp.Diff(noRule(), summarize(d)); diff != "" {
+				if diff := cmp.Diff(wantNoRule(), summarize(d)); diff != "" {
 					t.Errorf("%s (-want +got):\n%s", what, diff)
 				}
 			}
@@ -438,14 +428,14 @@ func TestDecideRefusesMalformedTargets(t *testing.T) {
 		{Name: "a..b", Port: 443},
 		{Addr: netip.MustParseAddr("fe80::1%eth0"), Port: 443},
 	} {
-		if diff := cmp.Diff(invalid(), summarize(m.Decide(tg))); diff != "" {
+		if diff := cmp.Diff(wantInvalid(), summarize(m.Decide(tg))); diff != "" {
 			t.Errorf("Decide(%#v) (-want +got):\n%s", tg, diff)
 		}
 	}
-	if diff := cmp.Diff(invalid(), summarize(m.DecideAddr(netip.Addr{}, 443))); diff != "" {
+	if diff := cmp.Diff(wantInvalid(), summarize(m.DecideAddr(netip.Addr{}, 443))); diff != "" {
 		t.Errorf("DecideAddr(zero) (-want +got):\n%s", diff)
 	}
-	if diff := cmp.Diff(invalid(), summarize(m.GuardAddr(netip.MustParseAddr("fe80::1%eth0"), 443))); diff != "" {
+	if diff := cmp.Diff(wantInvalid(), summarize(m.GuardAddr(netip.MustParseAddr("fe80::1%eth0"), 443))); diff != "" {
 		t.Errorf("GuardAddr(zoned) (-want +got):\n%s", diff)
 	}
 }

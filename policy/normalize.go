@@ -64,6 +64,9 @@ func nameByte(c byte) bool {
 // NormalizeName is idempotent, and for input that is already canonical and
 // has no "xn--" label it returns its argument without allocating.
 func NormalizeName(raw string) (name string, ok bool) {
+	if len(raw) > maxRawNameLen {
+		return "", false
+	}
 	fast := true
 	for i := 0; i < len(raw); i++ {
 		if !nameByte(raw[i]) {
@@ -84,7 +87,7 @@ func NormalizeName(raw string) (name string, ok bool) {
 
 // normalizeSlow handles input with upper-case ASCII or non-ASCII runes.
 func normalizeSlow(raw string) (string, bool) {
-	if len(raw) > maxRawNameLen || !utf8.ValidString(raw) {
+	if !utf8.ValidString(raw) {
 		return "", false
 	}
 	var b strings.Builder

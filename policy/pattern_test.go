@@ -12,7 +12,7 @@ import (
 )
 
 // describe renders the compiled form of a rule for table tests.
-func describe(r *Rule) string {
+func describeRule(r *Rule) string {
 	var s string
 	switch r.kind {
 	case kindExact:
@@ -97,7 +97,7 @@ func TestParseRuleCompilesEveryPatternShape(t *testing.T) {
 			if err != nil {
 				t.Fatalf("ParseRule(%q): %v", tc.in, err)
 			}
-			if diff := cmp.Diff(tc.want, describe(r)); diff != "" {
+			if diff := cmp.Diff(tc.want, describeRule(r)); diff != "" {
 				t.Errorf("ParseRule(%q) (-want +got):\n%s", tc.in, diff)
 			}
 			if r.Text != tc.in || r.Source != Flag("--allow") {
@@ -179,7 +179,7 @@ func TestParseRuleRefusesBadPatternsWithAHint(t *testing.T) {
 		t.Run(tc.in, func(t *testing.T) {
 			r, err := ParseRule(tc.in, Source{})
 			if err == nil {
-				t.Fatalf("ParseRule(%q) = %s, want an error", tc.in, describe(r))
+				t.Fatalf("ParseRule(%q) = %s, want an error", tc.in, describeRule(r))
 			}
 			var pe *PatternError
 			if !errors.As(err, &pe) {

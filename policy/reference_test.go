@@ -112,14 +112,14 @@ func (ref *refMatcher) bestName(rules []*Rule, n string, port uint16, block bool
 		if r.kind == kindPrefix || !ref.nameMatches(r, n) || !ref.portMatches(r, port, block) {
 			continue
 		}
-		if best == nil || less(nameRank(r), nameRank(best)) {
+		if best == nil || rankLess(nameRank(r), nameRank(best)) {
 			best = r
 		}
 	}
 	return best
 }
 
-func less(a, b [2]int) bool { return a[0] < b[0] || a[0] == b[0] && a[1] < b[1] }
+func rankLess(a, b [2]int) bool { return a[0] < b[0] || a[0] == b[0] && a[1] < b[1] }
 
 // bestIP returns the longest matching prefix rule of at least minBits bits.
 func (ref *refMatcher) bestIP(rules []*Rule, a netip.Addr, port uint16, block bool, minBits int) *Rule {
