@@ -1,0 +1,290 @@
+package firewall
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// fakeIPT is an in-memory netfilter for one family: the filter and nat
+// tables with their built-in chains. List and ChainExists answer like
+// `iptables -S` (including iptables-nft's unhelpful "incompatible" error for
+// a missing chain); restore interprets the subset of iptables-restore the
+// package writes, strictly (a chain must exist before a rule jumps to it, -X
+// needs an empty, unreferenced chain, -D needs the rule), and commits a table
+// only at its COMMIT line, all or nothing.
+type fakeIPT struct {
+	tables map[string]*fakeTable
+	// calls records every operation ("List filter OUTPUT", "restore"), so
+	// tests can count how many execs the real tools would cost.
+	calls []string
+	// listErr and restoreErr, if set, fail the matching operations.
+	listErr, restoreErr error
+	// batches holds every batch restore received.
+	batches []string
+}
+
+type fakeTable struct {
+	chains  []string            // in creation order, built-ins first
+	builtin map[string]bool     //
+	rules   map[string][]string // chain → rule specs (after "-A CHAIN ")
+}
+
+func newFakeIPT() *fakeIPT {
+	k := &fakeIPT{tables: map[string]*fakeTable{}}
+	for table, builtins := range map[string][]string{
+		"filter": {"INPUT", "FORWARD", "OUTPUT"},
+		"nat":    {"PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"},
+	} {
+		t := &fakeTable{builtin: map[string]bool{}, rules: map[string][]string{}}
+		for _, c := range builtins {
+			t.chains = append(t.chains, c)
+			t.builtin[c] = true
+			t.rules[c] = nil
+		}
+		k.tables[table] = t
+	}
+	return k
+}
+
+func (t *fakeTable) clone() *fakeTable {
+	c := &fakeTable{chains: slices.Clone(t.chains), builtin: maps.Clone(t.builtin), rules: map[string][]string{}}
+	for name, rules := range t.rules {
+		c.rules[name] = slices.Clone(rules)
+	}
+	return c
+}
+
+type fakeNotExistError struct{ table, chain string }
+
+func (e *fakeNotExistError) Error() string {
+	return fmt.Sprintf("exit status 1: iptables v1.8.9 (nf_tables): chain `%s' in table `%s' is incompatible, use 'nft' tool.", e.chain, e.table)
+}
+
+func (k *fakeIPT) List(table, chain string) ([]string, error) {
+	k.calls = append(k.calls, "List "+table+" "+chain)
+	if k.listErr != nil {
+		return nil, k.listErr
+	}
+	t, ok := k.tables[table]
+	if !ok {
+		return nil, fmt.Errorf("fake: no table %q", table)
+	}
+	rules, ok := t.rules[chain]
+	if !ok {
+		return nil, &fakeNotExistError{table, chain}
+	}
+	var out []string
+	if t.builtin[chain] {
+		out = append(out, "-P "+chain+" ACCEPT")
+	} else {
+		out = append(out, "-N "+chain)
+	}
+	for _, r := range rules {
+		out = append(out, "-A "+chain+" "+r)
+	}
+	return out, nil
+}
+
+func (k *fakeIPT) ChainExists(table, chain string) (bool, error) {
+	k.calls = append(k.calls, "ChainExists "+table+" "+chain)
+	t, ok := k.tables[table]
+	if !ok {
+		return false, fmt.Errorf("fake: no table %q", table)
+	}
+	_, ok = t.rules[chain]
+	return ok, nil
+}
+
+func (k *fakeIPT) restore(_ context.Context, batch []byte) error {
+	k.calls = append(k.calls, "restore")
+	k.batches = append(k.batches, string(batch))
+	if k.restoreErr != nil {
+		return k.restoreErr
+	}
+	var (
+		name string
+		cur  *fakeTable
+	)
+	for n, line := range strings.Split(string(batch), "\n") {
+		if err := k.restoreLine(&name, &cur, line); err != nil {
+			return fmt.Errorf("fake iptables-restore: line %d %q: %w", n+1, line, err)
+		}
+	}
+	if cur != nil {
+		return fmt.Errorf("fake iptables-restore: table %s has no COMMIT", name)
+	}
+	return nil
+}
+
+func (k *fakeIPT) restoreLine(name *string, cur **fakeTable, line string) error {
+	line = strings.TrimSpace(line)
+	if line == "" || strings.HasPrefix(line, "#") {
+		return nil
+	}
+	if table, ok := strings.CutPrefix(line, "*"); ok {
+		if *cur != nil {
+			return errors.New("table started before COMMIT")
+		}
+		t, ok := k.tables[table]
+		if !ok {
+			return fmt.Errorf("no table %q", table)
+		}
+		*name, *cur = table, t.clone()
+		return nil
+	}
+	t := *cur
+	if t == nil {
+		return errors.New("rule outside a table")
+	}
+	if line == "COMMIT" {
+		k.tables[*name] = t
+		*cur = nil
+		return nil
+	}
+	if decl, ok := strings.CutPrefix(line, ":"); ok {
+		f := strings.Fields(decl)
+		if len(f) != 3 {
+			return errors.New("bad chain declaration")
+		}
+		chain := f[0]
+		if t.builtin[chain] {
+			return nil
+		}
+		if _, exists := t.rules[chain]; exists {
+			t.rules[chain] = nil // --noflush: declaring a user chain flushes it
+			return nil
+		}
+		t.chains = append(t.chains, chain)
+		t.rules[chain] = nil
+		return nil
+	}
+	f := strings.Fields(line)
+	if len(f) < 2 {
+		return errors.New("bad command")
+	}
+	cmd, chain, rest := f[0], f[1], f[2:]
+	rules, exists := t.rules[chain]
+	if !exists {
+		return fmt.Errorf("no chain %s", chain)
+	}
+	checkTarget := func(spec []string) error {
+		for i := 0; i+1 < len(spec); i++ {
+			if spec[i] != "-j" && spec[i] != "-g" {
+				continue
+			}
+			switch target := spec[i+1]; target {
+			case "ACCEPT", "DROP", "RETURN", "REJECT", "REDIRECT":
+			default:
+				if _, ok := t.rules[target]; !ok {
+					return fmt.Errorf("no chain/target %s", target)
+				}
+			}
+		}
+		return nil
+	}
+	switch cmd {
+	case "-A":
+		if err := checkTarget(rest); err != nil {
+			return err
+		}
+		t.rules[chain] = append(rules, strings.Join(rest, " "))
+	case "-I":
+		if len(rest) < 2 {
+			return errors.New("-I needs a position and a rule")
+		}
+		pos, err := strconv.Atoi(rest[0])
+		if err != nil || pos < 1 || pos > len(rules)+1 {
+			return fmt.Errorf("bad position %q", rest[0])
+		}
+		if err := checkTarget(rest[1:]); err != nil {
+			return err
+		}
+		t.rules[chain] = slices.Insert(rules, pos-1, strings.Join(rest[1:], " "))
+	case "-D":
+		if len(rest) == 1 {
+			if pos, err := strconv.Atoi(rest[0]); err == nil {
+				if pos < 1 || pos > len(rules) {
+					return fmt.Errorf("no rule %d", pos)
+				}
+				t.rules[chain] = slices.Delete(rules, pos-1, pos)
+				return nil
+			}
+		}
+		i := slices.Index(rules, strings.Join(rest, " "))
+		if i < 0 {
+			return errors.New("no such rule")
+		}
+		t.rules[chain] = slices.Delete(rules, i, i+1)
+	case "-F":
+		t.rules[chain] = nil
+	case "-X":
+		if t.builtin[chain] {
+			return errors.New("cannot delete a built-in chain")
+		}
+		if len(rules) > 0 {
+			return errors.New("chain not empty")
+		}
+		for other, rs := range t.rules {
+			for _, r := range rs {
+				if slices.Contains(strings.Fields(r), chain) {
+					return fmt.Errorf("chain referenced from %s", other)
+				}
+			}
+		}
+		delete(t.rules, chain)
+		t.chains = slices.DeleteFunc(t.chains, func(c string) bool { return c == chain })
+	default:
+		return fmt.Errorf("unsupported command %s", cmd)
+	}
+	return nil
+}
+
+// add appends a rule by hand, as a foreign tool (or an attacker) would,
+// creating a user chain if needed.
+func (k *fakeIPT) add(table, chain, spec string) {
+	t := k.tables[table]
+	if _, ok := t.rules[chain]; !ok {
+		t.chains = append(t.chains, chain)
+	}
+	t.rules[chain] = append(t.rules[chain], spec)
+}
+
+// insert puts a rule at 1-based position pos by hand.
+func (k *fakeIPT) insert(table, chain string, pos int, spec string) {
+	t := k.tables[table]
+	t.rules[chain] = slices.Insert(t.rules[chain], pos-1, spec)
+}
+
+// deleteRule removes the 1-based rule pos by hand.
+func (k *fakeIPT) deleteRule(table, chain string, pos int) {
+	t := k.tables[table]
+	t.rules[chain] = slices.Delete(t.rules[chain], pos-1, pos)
+}
+
+// save renders the whole state like iptables-save (without counters).
+func (k *fakeIPT) save() string {
+	var b strings.Builder
+	for _, name := range tableOrder {
+		t := k.tables[name]
+		b.WriteString("*" + name + "\n")
+		for _, c := range t.chains {
+			policy := "-"
+			if t.builtin[c] {
+				policy = "ACCEPT"
+			}
+			b.WriteString(":" + c + " " + policy + "\n")
+		}
+		for _, c := range t.chains {
+			for _, r := range t.rules[c] {
+				b.WriteString("-A " + c + " " + r + "\n")
+			}
+		}
+		b.WriteString("COMMIT\n")
+	}
+	return b.String()
+}

@@ -1,0 +1,295 @@
+package firewall
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+)
+
+// Install puts the rule set for cfg into the network namespace at nsPath (a
+// bind mount such as /var/run/netns/NAME, or /proc/PID/ns/net), for IPv4 and
+// IPv6, then sets net.ipv4.ping_group_range to "1 0" there and flushes the
+// namespace's conntrack table.
+//
+// It is idempotent and replaces whatever an earlier Install left: each
+// family's chains are refilled and their jumps repaired (exactly one, as rule 1
+// of its built-in chain) in one iptables-restore batch, so a re-install over a
+// live namespace never has a moment without rules. The conntrack flush comes
+// after the rules are in place, so every connection the kernel still tracks
+// afterwards was judged by them (THREATS G7: a flow that predates the rules
+// cannot ride the ESTABLISHED rule).
+//
+// Both families or nothing: if iptables or ip6tables (or their -restore) is
+// missing, Install fails before touching the namespace. Any other error
+// leaves the namespace unfit for use (parts may be installed): the caller
+// must not start a workload in it, and should destroy it or Install again.
+// Install does not Verify; call Verify when the result must be proven.
+func Install(ctx context.Context, nsPath string, cfg Config) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("installing firewall in %s: %w", nsPath, err)
+	}
+	bs, err := lookupBackends()
+	if err != nil {
+		return fmt.Errorf("installing firewall in %s: %w", nsPath, err)
+	}
+	err = forEachFamily(nsPath, func(f family) error {
+		if err := install(ctx, bs[f], f, cfg); err != nil {
+			return fmt.Errorf("installing %s rules in %s: %w", f, nsPath, err)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	return inNetns(nsPath, func() error {
+		if err := setPingGroupRange(); err != nil {
+			return fmt.Errorf("installing firewall in %s: %w", nsPath, err)
+		}
+		if err := flushConntrack(); err != nil {
+			return fmt.Errorf("installing firewall in %s: %w", nsPath, err)
+		}
+		return nil
+	})
+}
+
+// Verify checks that the namespace at nsPath holds exactly what Install(cfg)
+// puts there: each of our chains rule for rule, a jump to each as rule 1 of
+// its built-in chain and no other reference to them, no chain the mode does
+// not use, and ping_group_range "1 0". A difference is reported as a
+// *DriftError listing every problem; failing to read the state is another
+// error. Both mean the namespace must not be used.
+func Verify(ctx context.Context, nsPath string, cfg Config) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("verifying firewall in %s: %w", nsPath, err)
+	}
+	bs, err := lookupBackends()
+	if err != nil {
+		return fmt.Errorf("verifying firewall in %s: %w", nsPath, err)
+	}
+	var problems [len(families)][]string
+	err = forEachFamily(nsPath, func(f family) error {
+		p, err := verify(ctx, bs[f], f, cfg)
+		if err != nil {
+			return fmt.Errorf("verifying %s rules in %s: %w", f, nsPath, err)
+		}
+		problems[f] = p
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	all := append(problems[ipv4], problems[ipv6]...)
+	err = inNetns(nsPath, func() error {
+		if err := checkPingGroupRange(); err != nil {
+			all = append(all, err.Error())
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("verifying firewall in %s: %w", nsPath, err)
+	}
+	if len(all) > 0 {
+		return &DriftError{NSPath: nsPath, Problems: all}
+	}
+	return nil
+}
+
+// Flush removes the project's chains and every rule that references them
+// from the built-in chains of the namespace at nsPath, both families, then
+// empties the namespace's conntrack table. No other rule or chain is touched.
+// Flushing a namespace without our chains is not an error. A rule in another
+// chain than INPUT/OUTPUT that jumps to ours makes Flush fail (the chain
+// cannot be deleted while referenced) rather than edit a rule we do not own.
+//
+// For pooled reuse, Install over the previous tenant's rules is enough and
+// leaves no gap; Flush is for tearing the firewall down.
+func Flush(ctx context.Context, nsPath string) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("flushing firewall in %s: %w", nsPath, err)
+	}
+	bs, err := lookupBackends()
+	if err != nil {
+		return fmt.Errorf("flushing firewall in %s: %w", nsPath, err)
+	}
+	err = forEachFamily(nsPath, func(f family) error {
+		if err := flush(ctx, bs[f], f); err != nil {
+			return fmt.Errorf("flushing %s rules in %s: %w", f, nsPath, err)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	return inNetns(nsPath, func() error {
+		if err := flushConntrack(); err != nil {
+			return fmt.Errorf("flushing firewall in %s: %w", nsPath, err)
+		}
+		return nil
+	})
+}
+
+// DriftError is Verify's report that a namespace's firewall differs from its
+// config. Problems are sentences a person can act on, one per difference.
+type DriftError struct {
+	NSPath   string
+	Problems []string
+}
+
+func (e *DriftError) Error() string {
+	return fmt.Sprintf("firewall in %s differs from its config: %s", e.NSPath, strings.Join(e.Problems, "; "))
+}
+
+// forEachFamily runs fn for IPv4 and IPv6 concurrently, each on its own
+// thread inside the namespace, and joins their errors.
+func forEachFamily(nsPath string, fn func(f family) error) error {
+	var errs [len(families)]error
+	done := make(chan struct{}, len(families))
+	for _, f := range families {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			errs[f] = inNetns(nsPath, func() error { return fn(f) })
+		}()
+	}
+	for range families {
+		<-done
+	}
+	return errors.Join(errs[:]...)
+}
+
+// install brings one family's rules to cfg: it reads the three built-in
+// chains we hook, then sends one batch that refills our chains, repairs the
+// jumps and removes chains the mode does not use.
+func install(ctx context.Context, b backend, f family, cfg Config) error {
+	rs := buildRuleset(cfg, f)
+	plan := make(map[hook]hookPlan, len(hooks))
+	for _, h := range hooks {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		listing, err := b.List(h.table, h.builtin)
+		if err != nil {
+			return fmt.Errorf("listing %s %s: %w", h.table, h.builtin, err)
+		}
+		_, want := rs[h]
+		p, _ := planJumps(f, h, listing, want)
+		p.remove = !want
+		plan[h] = p
+	}
+	return b.restore(ctx, render(f, "mode "+string(cfg.Mode), rs, plan))
+}
+
+// flush removes one family's chains and every reference to them from the
+// built-in chains we hook, in one batch.
+func flush(ctx context.Context, b backend, f family) error {
+	plan := make(map[hook]hookPlan, len(hooks))
+	for _, h := range hooks {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		listing, err := b.List(h.table, h.builtin)
+		if err != nil {
+			return fmt.Errorf("listing %s %s: %w", h.table, h.builtin, err)
+		}
+		p, _ := planJumps(f, h, listing, false)
+		p.remove = true
+		plan[h] = p
+	}
+	return b.restore(ctx, render(f, "flush", ruleset{}, plan))
+}
+
+// verify lists one family's chains and returns every difference from cfg.
+// The error is for failing to read, not for differences.
+func verify(ctx context.Context, b backend, f family, cfg Config) ([]string, error) {
+	rs := buildRuleset(cfg, f)
+	var problems []string
+	for _, h := range hooks {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		rules, want := rs[h]
+		if want {
+			listing, err := b.List(h.table, h.chain)
+			if err != nil {
+				// go-iptables cannot tell "no such chain" from other failures
+				// for iptables-nft (its message is "incompatible"), so ask.
+				exists, xerr := b.ChainExists(h.table, h.chain)
+				if xerr != nil || exists {
+					return nil, fmt.Errorf("listing %s: %w", h, err)
+				}
+				problems = append(problems, fmt.Sprintf("%s %s: chain missing", f, h))
+			} else {
+				wantLines := []string{"-N " + h.chain}
+				for _, r := range rules {
+					wantLines = append(wantLines, "-A "+h.chain+" "+r)
+				}
+				gotLines := make([]string, 0, len(listing))
+				for _, l := range listing {
+					if l = normalise(l); l != "" {
+						gotLines = append(gotLines, l)
+					}
+				}
+				if d := diffLines(wantLines, gotLines); d != "" {
+					problems = append(problems, fmt.Sprintf("%s %s differs (-want +got):\n%s", f, h, d))
+				}
+			}
+		} else {
+			exists, err := b.ChainExists(h.table, h.chain)
+			if err != nil {
+				return nil, fmt.Errorf("checking for %s: %w", h, err)
+			}
+			if exists {
+				problems = append(problems, fmt.Sprintf("%s %s: chain exists, but mode %s has none", f, h, cfg.Mode))
+			}
+		}
+		listing, err := b.List(h.table, h.builtin)
+		if err != nil {
+			return nil, fmt.Errorf("listing %s %s: %w", h.table, h.builtin, err)
+		}
+		_, p := planJumps(f, h, listing, want)
+		problems = append(problems, p...)
+	}
+	return problems, nil
+}
+
+// diffLines returns a line diff of want and got ("- " for a line only in
+// want, "+ " for one only in got), or "" if they are equal. It uses the
+// longest common subsequence, so one deleted rule shows as one line.
+func diffLines(want, got []string) string {
+	n, m := len(want), len(got)
+	lcs := make([][]int, n+1)
+	for i := range lcs {
+		lcs[i] = make([]int, m+1)
+	}
+	for i := n - 1; i >= 0; i-- {
+		for j := m - 1; j >= 0; j-- {
+			if want[i] == got[j] {
+				lcs[i][j] = lcs[i+1][j+1] + 1
+			} else {
+				lcs[i][j] = max(lcs[i+1][j], lcs[i][j+1])
+			}
+		}
+	}
+	var b strings.Builder
+	i, j := 0, 0
+	for i < n || j < m {
+		switch {
+		case i < n && j < m && want[i] == got[j]:
+			i++
+			j++
+		case j < m && (i == n || lcs[i][j+1] >= lcs[i+1][j]):
+			b.WriteString("  + " + got[j] + "\n")
+			j++
+		default:
+			b.WriteString("  - " + want[i] + "\n")
+			i++
+		}
+	}
+	return strings.TrimSuffix(b.String(), "\n")
+}
