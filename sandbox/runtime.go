@@ -1,0 +1,377 @@
+package sandbox
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
+
+// DefaultRuntime is the OCI runtime used when none is named.
+const DefaultRuntime = "runc"
+
+// KnownRuntimes are the runtime names NewRuntime accepts besides a path.
+var KnownRuntimes = []string{"runc", "crun", "runsc"}
+
+const (
+	// killGrace is how long Run waits, after ctx ends, for the runtime to
+	// report the killed container before killing the runtime itself.
+	killGrace = 5 * time.Second
+	// commandTimeout bounds the runtime's short commands (kill, delete,
+	// list) when the caller's context has no deadline.
+	commandTimeout = 30 * time.Second
+	// runtimeLog is the runtime's own log file in the bundle.
+	runtimeLog = "runtime.log"
+)
+
+// Runtime runs containers with an OCI runtime binary (runc's command line:
+// crun and runsc accept the same commands used here).
+type Runtime struct {
+	// Name is what was asked for ("runc", "crun", "runsc" or a path).
+	Name string
+	// Path is the binary.
+	Path string
+	// Root is the runtime's state directory (--root); "" means the
+	// runtime's default (/run/runc for runc as root), where `runc list`
+	// shows the containers.
+	Root string
+}
+
+// NewRuntime finds the OCI runtime name (a known name looked up in PATH, or
+// a path to a binary) and returns it with state directory root ("" for the
+// runtime's default).
+func NewRuntime(name, root string) (*Runtime, error) {
+	if name == "" {
+		name = DefaultRuntime
+	}
+	if root != "" && !filepath.IsAbs(root) {
+		return nil, fmt.Errorf("runtime state directory %q is not an absolute path", root)
+	}
+	var p string
+	if strings.Contains(name, "/") {
+		st, err := os.Stat(name)
+		if err != nil {
+			return nil, fmt.Errorf("runtime %s: %w", name, err)
+		}
+		if !st.Mode().IsRegular() || st.Mode().Perm()&0o111 == 0 {
+			return nil, fmt.Errorf("runtime %s is not an executable file", name)
+		}
+		p = name
+	} else {
+		known := false
+		for _, k := range KnownRuntimes {
+			known = known || k == name
+		}
+		if !known {
+			return nil, fmt.Errorf("unknown runtime %q: want one of %s, or the path of an OCI runtime binary", name, strings.Join(KnownRuntimes, ", "))
+		}
+		var err error
+		p, err = exec.LookPath(name)
+		if err != nil {
+			return nil, fmt.Errorf("runtime %s not found: install it or use --runtime %s", name, DefaultRuntime)
+		}
+	}
+	return &Runtime{Name: name, Path: p, Root: root}, nil
+}
+
+// Stdio is where a container's standard streams go. A nil field is
+// /dev/null.
+//
+// The runtime is never handed one of these as a file: runc changes the
+// owner of its stdio to the container user (fixStdioPermissions), which
+// for a host file or terminal would give the sandbox's uid a host inode.
+// Streams are copied through pipes instead. Stdin is copied by a goroutine
+// that ends at its next Read after the container exits (pass nil, or a
+// reader the caller closes, for none to linger).
+type Stdio struct {
+	Stdin          io.Reader
+	Stdout, Stderr io.Writer
+}
+
+var containerID = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$`)
+
+func checkID(id string) error {
+	if !containerID.MatchString(id) {
+		return fmt.Errorf("container id %q: want letters, digits, '_', '.' and '-', starting with a letter or digit", id)
+	}
+	return nil
+}
+
+func (r *Runtime) command(ctx context.Context, args ...string) *exec.Cmd {
+	var full []string
+	if r.Root != "" {
+		full = append(full, "--root", r.Root)
+	}
+	full = append(full, args...)
+	return exec.CommandContext(ctx, r.Path, full...)
+}
+
+// Run runs the container id from bundleDir in the foreground (`runc run
+// --bundle DIR ID`, no terminal) and returns the exit code of its process
+// (128+N when killed by signal N).
+//
+// When ctx ends first (the launch's timeout, say), the container is killed
+// (SIGKILL to its init, which takes its whole pid namespace with it) and
+// Run returns the exit code with ctx's error wrapped. A runtime failure
+// (bad spec, missing rootfs) is an error carrying the runtime's message,
+// read from runtime.log in the bundle. Run does not delete the container:
+// runc removes one that ran to the end itself; call Delete in every case
+// anyway, it is idempotent.
+func (r *Runtime) Run(ctx context.Context, id, bundleDir string, stdio Stdio) (int, error) {
+	if err := checkID(id); err != nil {
+		return -1, err
+	}
+	if !filepath.IsAbs(bundleDir) {
+		return -1, fmt.Errorf("bundle %q is not an absolute path", bundleDir)
+	}
+	logPath := filepath.Join(bundleDir, runtimeLog)
+	if err := os.Remove(logPath); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return -1, fmt.Errorf("clearing %s: %w", logPath, err)
+	}
+	cmd := r.command(ctx, "--log", logPath, "--log-format", "json", "run", "--bundle", bundleDir, id)
+	cmd.Dir = bundleDir
+	cmd.Env = []string{"PATH=" + DefaultPath}
+
+	// Stdin: /dev/null, or a pipe fed by a goroutine (see Stdio).
+	var stdinW *os.File
+	if stdio.Stdin == nil {
+		devnull, err := os.Open(os.DevNull)
+		if err != nil {
+			return -1, err
+		}
+		defer devnull.Close()
+		cmd.Stdin = devnull
+	} else {
+		pr, pw, err := os.Pipe()
+		if err != nil {
+			return -1, fmt.Errorf("stdin pipe: %w", err)
+		}
+		defer pr.Close()
+		cmd.Stdin = pr
+		stdinW = pw
+	}
+	cmd.Stdout = pipeOnly(stdio.Stdout)
+	cmd.Stderr = pipeOnly(stdio.Stderr)
+	cmd.Cancel = func() error {
+		kctx, cancel := context.WithTimeout(context.Background(), killGrace)
+		defer cancel()
+		if err := r.Kill(kctx, id, syscall.SIGKILL); err != nil {
+			// The runtime itself may be stuck; let exec kill it.
+			return cmd.Process.Kill()
+		}
+		return nil
+	}
+	cmd.WaitDelay = killGrace
+
+	if err := cmd.Start(); err != nil {
+		if stdinW != nil {
+			stdinW.Close()
+		}
+		return -1, fmt.Errorf("starting %s: %w", r.Name, err)
+	}
+	if stdinW != nil {
+		// The child has its copy; without ours, the copy sees EPIPE once
+		// the container is gone.
+		_ = cmd.Stdin.(*os.File).Close()
+		go copyStdin(stdinW, stdio.Stdin)
+	}
+	waitErr := cmd.Wait()
+
+	code := -1
+	if st := cmd.ProcessState; st != nil {
+		code = st.ExitCode()
+		if ws, ok := st.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			code = 128 + int(ws.Signal())
+		}
+	}
+	if ctxErr := ctx.Err(); ctxErr != nil {
+		return code, fmt.Errorf("container %s: %w", id, ctxErr)
+	}
+	if msg := runtimeErrors(logPath); msg != "" {
+		return code, fmt.Errorf("%s run %s: %s", r.Name, id, msg)
+	}
+	var exitErr *exec.ExitError
+	if waitErr != nil && !errors.As(waitErr, &exitErr) && !errors.Is(waitErr, exec.ErrWaitDelay) {
+		return code, fmt.Errorf("%s run %s: %w", r.Name, id, waitErr)
+	}
+	return code, nil
+}
+
+// pipeOnly hides an *os.File behind a plain writer, so exec copies through
+// a pipe instead of handing the runtime the file itself; nil stays nil
+// (exec opens /dev/null).
+func pipeOnly(w io.Writer) io.Writer {
+	if w == nil {
+		return nil
+	}
+	return struct{ io.Writer }{w}
+}
+
+// copyStdin feeds the container's stdin pipe until src ends or the
+// container stops reading.
+func copyStdin(dst *os.File, src io.Reader) {
+	_, _ = io.Copy(dst, src)
+	_ = dst.Close()
+}
+
+// runtimeErrors returns the error-level messages of a runtime's JSON log.
+func runtimeErrors(logPath string) string {
+	f, err := os.Open(logPath)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	var msgs []string
+	sc := bufio.NewScanner(io.LimitReader(f, 1<<20))
+	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
+	for sc.Scan() {
+		var e struct {
+			Level string `json:"level"`
+			Msg   string `json:"msg"`
+		}
+		if json.Unmarshal(sc.Bytes(), &e) != nil {
+			continue
+		}
+		if (e.Level == "error" || e.Level == "fatal") && e.Msg != "" {
+			msgs = append(msgs, e.Msg)
+		}
+	}
+	return strings.Join(msgs, "; ")
+}
+
+// shortCtx bounds a short runtime command when ctx has no deadline.
+func shortCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeout(ctx, commandTimeout)
+}
+
+func (r *Runtime) runShort(ctx context.Context, args ...string) ([]byte, error) {
+	ctx, cancel := shortCtx(ctx)
+	defer cancel()
+	cmd := r.command(ctx, args...)
+	cmd.Env = []string{"PATH=" + DefaultPath}
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		msg := strings.TrimSpace(stderr.String())
+		if msg == "" {
+			msg = err.Error()
+		}
+		return stdout.Bytes(), &runtimeError{cmd: r.Name + " " + strings.Join(args, " "), msg: msg}
+	}
+	return stdout.Bytes(), nil
+}
+
+type runtimeError struct{ cmd, msg string }
+
+func (e *runtimeError) Error() string { return e.cmd + ": " + e.msg }
+
+// notFound reports whether a runtime error says the container does not
+// exist (runc: "container does not exist"; crun: "... No such file or
+// directory"; runsc: "... not found").
+func notFound(err error) bool {
+	var re *runtimeError
+	if !errors.As(err, &re) {
+		return false
+	}
+	m := strings.ToLower(re.msg)
+	return strings.Contains(m, "does not exist") || strings.Contains(m, "no such file or directory") ||
+		strings.Contains(m, "not found")
+}
+
+// Kill sends sig to the container's init process (`runc kill ID SIG`).
+// With the container's own pid namespace, SIGKILL ends every process in it.
+func (r *Runtime) Kill(ctx context.Context, id string, sig syscall.Signal) error {
+	if err := checkID(id); err != nil {
+		return err
+	}
+	_, err := r.runShort(ctx, "kill", id, strconv.Itoa(int(sig)))
+	return err
+}
+
+// Delete removes the container (`runc delete --force ID`), killing what is
+// left of it. A container that does not exist is not an error, so Delete
+// is safe in every cleanup path.
+func (r *Runtime) Delete(ctx context.Context, id string) error {
+	if err := checkID(id); err != nil {
+		return err
+	}
+	_, err := r.runShort(ctx, "delete", "--force", id)
+	if err != nil && !notFound(err) {
+		return err
+	}
+	return nil
+}
+
+// ContainerState is one container the runtime knows.
+type ContainerState struct {
+	ID      string    `json:"id"`
+	Pid     int       `json:"pid"`
+	Status  string    `json:"status"`
+	Bundle  string    `json:"bundle"`
+	Created time.Time `json:"created"`
+}
+
+// List returns the runtime's containers (`runc list --format json`).
+func (r *Runtime) List(ctx context.Context) ([]ContainerState, error) {
+	out, err := r.runShort(ctx, "list", "--format", "json")
+	if err != nil {
+		return nil, err
+	}
+	var states []ContainerState
+	if err := json.Unmarshal(bytes.TrimSpace(out), &states); err != nil {
+		return nil, fmt.Errorf("%s list: %w", r.Name, err)
+	}
+	return states, nil
+}
+
+// WriteBundle writes spec as dir/config.json (mode 0600: it holds the
+// environment, secrets included), creating dir (mode 0700) if needed. The
+// file is replaced atomically.
+func WriteBundle(dir string, spec *specs.Spec) error {
+	if spec == nil || spec.Root == nil || spec.Process == nil {
+		return errors.New("writing the bundle: incomplete spec (no root or process)")
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("writing the bundle: %w", err)
+	}
+	data, err := json.MarshalIndent(spec, "", "\t")
+	if err != nil {
+		return fmt.Errorf("writing the bundle: %w", err)
+	}
+	tmp, err := os.CreateTemp(dir, ".config.json.*")
+	if err != nil {
+		return fmt.Errorf("writing the bundle: %w", err)
+	}
+	defer os.Remove(tmp.Name())
+	if err := tmp.Chmod(0o600); err != nil {
+		tmp.Close()
+		return fmt.Errorf("writing the bundle: %w", err)
+	}
+	if _, err := tmp.Write(append(data, '\n')); err != nil {
+		tmp.Close()
+		return fmt.Errorf("writing the bundle: %w", err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("writing the bundle: %w", err)
+	}
+	if err := os.Rename(tmp.Name(), filepath.Join(dir, "config.json")); err != nil {
+		return fmt.Errorf("writing the bundle: %w", err)
+	}
+	return nil
+}

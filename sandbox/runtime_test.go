@@ -1,0 +1,661 @@
+package sandbox
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"sort"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/egressd/egressd/policy"
+)
+
+func requireRootForContainers(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: mounts and runs containers")
+	}
+}
+
+func requireRunc(t testing.TB) *Runtime {
+	t.Helper()
+	requireRootForContainers(t)
+	rt, err := NewRuntime("runc", "")
+	if err != nil {
+		t.Skipf("needs runc: %v", err)
+	}
+	return rt
+}
+
+// testID is a unique container id with the egt- prefix.
+func containerTestID(t testing.TB) string {
+	var b [6]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		t.Fatal(err)
+	}
+	return "egt-" + hex.EncodeToString(b[:])
+}
+
+// mountsUnder lists mount points at or below dir (from mountinfo).
+func mountsBelow(t testing.TB, dir string) []string {
+	t.Helper()
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for line := range strings.SplitSeq(string(data), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 5 {
+			continue
+		}
+		mp := unescapeMountinfo(f[4])
+		if mp == dir || strings.HasPrefix(mp, dir+"/") {
+			out = append(out, mp)
+		}
+	}
+	return out
+}
+
+func unescapeMountinfo(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			var v byte
+			ok := true
+			for _, c := range s[i+1 : i+4] {
+				if c < '0' || c > '7' {
+					ok = false
+					break
+				}
+				v = v*8 + byte(c-'0')
+			}
+			if ok {
+				b.WriteByte(v)
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+// stateDir makes a private directory for one test sandbox and removes it
+// at the end, refusing to (and failing the test) if anything is still
+// mounted below it.
+func containerStateDir(t testing.TB) string {
+	t.Helper()
+	base := "/run/egressd-test"
+	if err := os.MkdirAll(base, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	dir, err := os.MkdirTemp(base, "egt-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if m := mountsBelow(t, dir); len(m) > 0 {
+			t.Errorf("mounts left under %s: %v (not removing it)", dir, m)
+			return
+		}
+		if err := os.RemoveAll(dir); err != nil {
+			t.Errorf("removing %s: %v", dir, err)
+		}
+		_ = os.Remove(base) // only when no other test still uses it
+	})
+	return dir
+}
+
+// sandboxRun is one container run by runSandbox.
+type sandboxRun struct {
+	code           int
+	stdout, stderr string
+	err            error
+}
+
+// runSandbox runs args in a container built from p the way the launcher
+// does (rootfs overlay over the host root, BuildEnv, BlockedPaths,
+// BuildSpec, WriteBundle, Run) and cleans everything up.
+func runSandbox(t *testing.T, rt *Runtime, p *policy.Profile, args []string, secrets []string) sandboxRun {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	dir := containerStateDir(t)
+	id := containerTestID(t)
+	bundle := filepath.Join(dir, "bundle")
+
+	rootfs, cleanupRootfs, err := PrepareRootfs(ctx, "/", dir, !p.Filesystem.ReadOnly)
+	if err != nil {
+		t.Fatalf("PrepareRootfs: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := rt.Delete(context.Background(), id); err != nil {
+			t.Errorf("Delete %s: %v", id, err)
+		}
+		if err := cleanupRootfs(); err != nil {
+			t.Errorf("rootfs cleanup: %v", err)
+		}
+	})
+	user, err := ResolveUser(rootfs, p.Process.User)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env, err := BuildEnv(p, user.Home, []string{"TERM=dumb", "SECRET_TOKEN=nope"}, nil, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	masks, err := BlockedPaths(rootfs, p.Commands.Block, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(bundle, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	opts := SpecOptions{
+		Args:        args,
+		Env:         env,
+		Hostname:    "egt-box",
+		RootfsDir:   rootfs,
+		MaskPaths:   masks,
+		User:        user,
+		CgroupsPath: id,
+	}
+	if p.Network.Mode != policy.ModeHost {
+		opts.ResolvConf, opts.Hosts, err = WriteEtcFiles(bundle, netip.MustParseAddr("127.0.0.53"), "egt-box")
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	spec, err := BuildSpec(p, opts)
+	if err != nil {
+		t.Fatalf("BuildSpec: %v", err)
+	}
+	if err := WriteBundle(bundle, spec); err != nil {
+		t.Fatal(err)
+	}
+	var stdout, stderr bytes.Buffer
+	outW, errW := NewMasker(&stdout, secrets), NewMasker(&stderr, secrets)
+	code, err := rt.Run(ctx, id, bundle, Stdio{Stdout: outW, Stderr: errW})
+	_ = outW.Close()
+	_ = errW.Close()
+	return sandboxRun{code: code, stdout: stdout.String(), stderr: stderr.String(), err: err}
+}
+
+func offlineStrict(t *testing.T) *policy.Profile {
+	t.Helper()
+	p, err := policy.BuiltinProfile("strict")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Network.Mode = policy.ModeNone // --net none: a fresh, empty namespace
+	return p
+}
+
+// TestStrictSandboxIsConfined runs a shell in the strict profile and checks
+// what it may and may not do: non-root, read-only root, writable /tmp,
+// no new user namespace (THREATS G1), no capabilities.
+func TestStrictSandboxIsConfined(t *testing.T) {
+	rt := requireRunc(t)
+	p := offlineStrict(t)
+	script := `id -u; touch /x 2>&1; touch /tmp/ok && echo tmp-ok; unshare -U true 2>&1; ` +
+		`grep -E '^Cap(Eff|Bnd|Prm|Amb):' /proc/self/status; grep NoNewPrivs /proc/self/status; ` +
+		`cp /bin/true /tmp/t && /tmp/t 2>&1; ` +
+		`cp /bin/true /sandbox/t && /sandbox/t && echo workspace-exec-ok; pwd; ` +
+		`touch "$HOME/x" ~/.cache/x && echo home-ok "$HOME"; ` +
+		`ls -A /run | wc -l | sed 's/^/run-entries=/'; ` +
+		`grep nameserver /etc/resolv.conf; hostname; grep -c egt-box /etc/hosts | sed 's/^/hosts=/'; ` +
+		`echo done`
+	r := runSandbox(t, rt, p, []string{"/bin/sh", "-c", script}, nil)
+	if r.err != nil || r.code != 0 {
+		t.Fatalf("run: code %d, err %v\nstdout:\n%s\nstderr:\n%s", r.code, r.err, r.stdout, r.stderr)
+	}
+	t.Logf("output:\n%s", r.stdout)
+	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+	if lines[0] != "100" {
+		t.Errorf("uid = %q, want 100", lines[0])
+	}
+	for _, want := range []string{
+		"touch: cannot touch '/x': Read-only file system",
+		"tmp-ok",
+		"unshare: unshare failed: Operation not permitted",
+		"CapEff:\t0000000000000000",
+		"CapBnd:\t0000000000000000",
+		"CapPrm:\t0000000000000000",
+		"CapAmb:\t0000000000000000",
+		"NoNewPrivs:\t1",
+		"/tmp/t: Permission denied", // /tmp is noexec
+		"workspace-exec-ok",
+		"/sandbox",
+		"home-ok /home/sandbox",
+		"run-entries=0", // the host's /run (and this test's bundle in it) is hidden
+		"nameserver 127.0.0.53",
+		"egt-box",
+		"hosts=1",
+		"done",
+	} {
+		if !slices.ContainsFunc(lines, func(l string) bool { return strings.Contains(l, want) }) {
+			t.Errorf("output lacks %q", want)
+		}
+	}
+	if strings.Contains(r.stdout, "SECRET_TOKEN") {
+		t.Errorf("an environment variable the profile does not pass reached the sandbox")
+	}
+}
+
+// TestUnshareRefusedBySeccompNotByAccident shows the strict run above
+// refuses unshare because of its seccomp filter: the same sandbox without
+// the filter can create a user namespace.
+func TestUnshareRefusedBySeccompNotByAccident(t *testing.T) {
+	rt := requireRunc(t)
+	p := offlineStrict(t)
+	p.Process.Seccomp = policy.SeccompUnconfined
+	r := runSandbox(t, rt, p, []string{"/bin/sh", "-c", "unshare -U true 2>&1 && echo userns-ok"}, nil)
+	if r.err != nil {
+		t.Fatalf("run: %v\n%s%s", r.err, r.stdout, r.stderr)
+	}
+	if !strings.Contains(r.stdout, "userns-ok") {
+		t.Skipf("this kernel refuses user namespaces without seccomp too (%q); the strict test proves nothing more here", r.stdout)
+	}
+}
+
+// TestBlockedCommandFailsForEveryProcess checks masking: a blocked command
+// fails by name through a shell, by absolute path, and through env, while
+// other commands still run.
+func TestBlockedCommandFailsForEveryProcess(t *testing.T) {
+	rt := requireRunc(t)
+	if _, err := os.Stat("/usr/bin/curl"); err != nil {
+		t.Skip("needs /usr/bin/curl on the host")
+	}
+	p := offlineStrict(t)
+	p.Commands.Block = []string{"curl"}
+	script := `sh -c curl; echo "sh=$?"; /usr/bin/curl; echo "abs=$?"; /bin/curl; echo "bin=$?"; ` +
+		`env curl; echo "env=$?"; ls / >/dev/null && echo ls-ok`
+	r := runSandbox(t, rt, p, []string{"/bin/sh", "-c", script}, nil)
+	if r.err != nil {
+		t.Fatalf("run: %v\n%s%s", r.err, r.stdout, r.stderr)
+	}
+	t.Logf("stdout:\n%sstderr:\n%s", r.stdout, r.stderr)
+	// dash reports a command found but not executable with status 127.
+	if !strings.Contains(r.stdout, "sh=126") && !strings.Contains(r.stdout, "sh=127") {
+		t.Errorf("sh -c curl did not fail with 126/127")
+	}
+	for _, want := range []string{"abs=126", "bin=126", "env=126", "ls-ok"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("stdout lacks %q", want)
+		}
+	}
+	for _, want := range []string{"sh: 1: curl: Permission denied", "/usr/bin/curl: Permission denied", "env: 'curl': Permission denied"} {
+		if !strings.Contains(r.stderr, want) {
+			t.Errorf("stderr lacks %q", want)
+		}
+	}
+}
+
+// TestSecretIsMaskedInContainerOutput runs a container that prints a
+// secret byte by byte (so it crosses pipe writes) and checks it never
+// reaches the output.
+func TestSecretIsMaskedInContainerOutput(t *testing.T) {
+	rt := requireRunc(t)
+	p := offlineStrict(t)
+	const secret = "s3cr3t-T0KEN-value"
+	script := `for c in ` + strings.Join(strings.Split(secret, ""), " ") + `; do printf %s "$c"; sleep 0.01; done; echo; ` +
+		`echo "again ` + secret + ` end" >&2`
+	r := runSandbox(t, rt, p, []string{"/bin/sh", "-c", script}, []string{secret})
+	if r.err != nil || r.code != 0 {
+		t.Fatalf("run: code %d err %v", r.code, r.err)
+	}
+	if strings.Contains(r.stdout+r.stderr, secret) {
+		t.Fatalf("secret leaked: stdout %q stderr %q", r.stdout, r.stderr)
+	}
+	if r.stdout != SecretMask+"\n" || r.stderr != "again "+SecretMask+" end\n" {
+		t.Errorf("stdout %q stderr %q, want the secret masked", r.stdout, r.stderr)
+	}
+}
+
+// TestWritableRootDoesNotChangeHost writes into a standard (writable root)
+// sandbox and checks the host file system is untouched.
+func TestWritableRootDoesNotChangeHost(t *testing.T) {
+	rt := requireRunc(t)
+	p, err := policy.BuiltinProfile("standard")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Network.Mode = policy.ModeNone
+	p.Process.User = policy.User{} // root, to be able to write /etc
+	name := "/etc/" + containerTestID(t)
+	r := runSandbox(t, rt, p, []string{"/bin/sh", "-c", "echo x > " + name + " && cat " + name + " && echo wrote"}, nil)
+	if r.err != nil || !strings.Contains(r.stdout, "wrote") {
+		t.Fatalf("run: code %d err %v out %q err %q", r.code, r.err, r.stdout, r.stderr)
+	}
+	if _, err := os.Stat(name); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("host %s after the sandbox wrote it: %v (want not exist)", name, err)
+	}
+}
+
+// TestRunTimeoutKillsContainer checks that ending Run's context kills the
+// container and reports the deadline.
+func TestRunTimeoutKillsContainer(t *testing.T) {
+	rt := requireRunc(t)
+	p := offlineStrict(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	dir := containerStateDir(t)
+	id := containerTestID(t)
+	rootfs, cleanup, err := PrepareRootfs(ctx, "/", dir, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := rt.Delete(context.Background(), id); err != nil {
+			t.Error(err)
+		}
+		if err := cleanup(); err != nil {
+			t.Error(err)
+		}
+	})
+	user, _ := ResolveUser(rootfs, p.Process.User)
+	env, _ := BuildEnv(p, user.Home, nil, nil, "")
+	spec, err := BuildSpec(p, SpecOptions{Args: []string{"/bin/sleep", "60"}, Env: env, RootfsDir: rootfs, User: user, CgroupsPath: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bundle := filepath.Join(dir, "bundle")
+	if err := WriteBundle(bundle, spec); err != nil {
+		t.Fatal(err)
+	}
+	runCtx, runCancel := context.WithTimeout(ctx, 1500*time.Millisecond)
+	defer runCancel()
+	start := time.Now()
+	code, err := rt.Run(runCtx, id, bundle, Stdio{})
+	took := time.Since(start)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Run error = %v, want deadline exceeded", err)
+	}
+	if code != 128+int(syscall.SIGKILL) {
+		t.Errorf("exit code = %d, want %d (killed)", code, 128+int(syscall.SIGKILL))
+	}
+	if took > 10*time.Second {
+		t.Errorf("Run took %v after a 1.5s deadline", took)
+	}
+}
+
+// TestRuntimeReportsBadSpec checks that a spec the runtime refuses is an
+// error with the runtime's message, not a plain exit code.
+func TestRuntimeReportsBadSpec(t *testing.T) {
+	rt := requireRunc(t)
+	dir := containerStateDir(t)
+	id := containerTestID(t)
+	p := offlineStrict(t)
+	env, _ := BuildEnv(p, DefaultHome, nil, nil, "")
+	spec, err := BuildSpec(p, SpecOptions{Args: []string{"/bin/true"}, Env: env, RootfsDir: filepath.Join(dir, "missing-rootfs"), User: User{UID: 100, GID: 100}, CgroupsPath: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := WriteBundle(dir, spec); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = rt.Delete(context.Background(), id) })
+	_, err = rt.Run(context.Background(), id, dir, Stdio{})
+	if err == nil || !strings.Contains(err.Error(), "runc run "+id) {
+		t.Errorf("Run with a missing rootfs: err = %v, want a runc error", err)
+	}
+}
+
+func TestDeleteMissingContainerIsNotAnError(t *testing.T) {
+	rt := requireRunc(t)
+	if err := rt.Delete(context.Background(), containerTestID(t)); err != nil {
+		t.Errorf("Delete of an unknown container: %v", err)
+	}
+	if _, err := rt.List(context.Background()); err != nil {
+		t.Errorf("List: %v", err)
+	}
+}
+
+func TestNewRuntime(t *testing.T) {
+	if _, err := NewRuntime("docker", ""); err == nil || !strings.Contains(err.Error(), "unknown runtime") {
+		t.Errorf("NewRuntime(docker) err = %v, want unknown runtime", err)
+	}
+	if _, err := exec.LookPath("crun"); err != nil {
+		_, err := NewRuntime("crun", "")
+		want := "runtime crun not found: install it or use --runtime runc"
+		if err == nil || err.Error() != want {
+			t.Errorf("NewRuntime(crun) err = %v, want %q", err, want)
+		}
+	}
+	if _, err := NewRuntime("/nonexistent/runc", ""); err == nil {
+		t.Error("NewRuntime of a missing path succeeded")
+	}
+	if _, err := NewRuntime("runc", "relative/root"); err == nil {
+		t.Error("NewRuntime with a relative root succeeded")
+	}
+}
+
+func TestContainerIDCannotBeAnOption(t *testing.T) {
+	for _, id := range []string{"", "-rf", "--root=/", "a/b", "a b", strings.Repeat("a", 200)} {
+		if err := checkID(id); err == nil {
+			t.Errorf("checkID(%q) accepted", id)
+		}
+	}
+	for _, id := range []string{"egt-1", "a", "A.b_c-9"} {
+		if err := checkID(id); err != nil {
+			t.Errorf("checkID(%q): %v", id, err)
+		}
+	}
+}
+
+func TestWriteBundleIsPrivate(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "b")
+	p := offlineStrict(t)
+	spec, err := BuildSpec(p, SpecOptions{Args: []string{"true"}, RootfsDir: "/r", User: User{UID: 100, GID: 100}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := WriteBundle(dir, spec); err != nil {
+		t.Fatal(err)
+	}
+	for path, want := range map[string]os.FileMode{dir: 0o700 | os.ModeDir, filepath.Join(dir, "config.json"): 0o600} {
+		st, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Mode() != want {
+			t.Errorf("%s mode %v, want %v", path, st.Mode(), want)
+		}
+	}
+	if err := WriteBundle(dir, nil); err == nil {
+		t.Error("WriteBundle(nil) succeeded")
+	}
+}
+
+func TestRuntimeErrorsReadsJSONLog(t *testing.T) {
+	f := filepath.Join(t.TempDir(), "log")
+	log := `{"level":"info","msg":"starting"}
+not json
+{"level":"error","msg":"container_linux.go:380: starting container process caused: exec: \"nope\": executable file not found in $PATH"}
+`
+	if err := os.WriteFile(f, []byte(log), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	got := runtimeErrors(f)
+	if !strings.Contains(got, `exec: "nope": executable file not found`) || strings.Contains(got, "starting\n") {
+		t.Errorf("runtimeErrors = %q", got)
+	}
+	if runtimeErrors(filepath.Join(t.TempDir(), "none")) != "" {
+		t.Error("a missing log gave errors")
+	}
+}
+
+// BenchmarkRuncRunTrue measures `runc run` of /bin/true with a minimal spec
+// from the strict profile (fresh netns), rootfs prepared once. Run with
+// -benchtime=10x; it reports the median.
+func BenchmarkRuncRunTrue(b *testing.B) {
+	requireRootForContainers(b)
+	rt, err := NewRuntime("runc", "")
+	if err != nil {
+		b.Skip(err)
+	}
+	ctx := context.Background()
+	dir := containerStateDir(b)
+	rootfs, cleanup, err := PrepareRootfs(ctx, "/", dir, false)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() {
+		if err := cleanup(); err != nil {
+			b.Error(err)
+		}
+	})
+	p, _ := policy.BuiltinProfile("strict")
+	p.Network.Mode = policy.ModeNone
+	env, _ := BuildEnv(p, DefaultHome, nil, nil, "")
+	bundle := filepath.Join(dir, "bundle")
+	var times []time.Duration
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		id := containerTestID(b)
+		spec, err := BuildSpec(p, SpecOptions{Args: []string{"/bin/true"}, Env: env, RootfsDir: rootfs, User: User{UID: 100, GID: 100}, CgroupsPath: id})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := WriteBundle(bundle, spec); err != nil {
+			b.Fatal(err)
+		}
+		start := time.Now()
+		code, err := rt.Run(ctx, id, bundle, Stdio{})
+		times = append(times, time.Since(start))
+		if err != nil || code != 0 {
+			b.Fatalf("run: %d %v", code, err)
+		}
+		if err := rt.Delete(ctx, id); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+	sort.Slice(times, func(i, j int) bool { return times[i] < times[j] })
+	b.ReportMetric(float64(times[len(times)/2].Microseconds())/1000, "ms-median")
+}
+
+// seccompProbe prints "name=errno" (0: the call succeeded) for raw system
+// calls, so high argument bits reach the kernel as given. x86_64 numbers.
+const seccompProbe = `
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+def sc(nr, *args):
+    ctypes.set_errno(0)
+    r = libc.syscall(ctypes.c_long(nr), *[ctypes.c_long(a) for a in args])
+    if r == 0 and nr == 56:
+        os._exit(0)
+    if r < 0:
+        return ctypes.get_errno()
+    if nr == 41:
+        os.close(r)
+    elif nr == 56:
+        os.waitpid(r, 0)
+    return 0
+SOCKET, CLONE, CLONE3 = 41, 56, 435
+probes = [
+    ("unix", SOCKET, 1, 1, 0),
+    ("inet", SOCKET, 2, 1, 0),
+    ("netlink", SOCKET, 16, 2, 0),
+    ("vsock", SOCKET, 40, 1, 0),
+    ("vsock-high-bits", SOCKET, (1 << 32) | 40, 1, 0),
+    ("appletalk", SOCKET, 5, 2, 0),
+    ("clone3", CLONE3, 0, 0),
+    ("clone-newuser", CLONE, 0x10000000 | 17, 0, 0, 0, 0),
+]
+for name, nr, *args in probes:
+    print("%s=%d" % (name, sc(nr, *args)))
+`
+
+// TestSeccompRefusesSocketFamiliesAndUserNamespaces runs raw system calls
+// under each built-in filter (THREATS F4, F5, G1): non-IP socket families,
+// including a domain with high bits set that the kernel truncates to
+// AF_VSOCK, clone3 (ENOSYS, so libc falls back to clone) and clone with
+// CLONE_NEWUSER. The unconfined row shows the kernel alone would allow them.
+func TestSeccompRefusesSocketFamiliesAndUserNamespaces(t *testing.T) {
+	rt := requireRunc(t)
+	if runtime.GOARCH != "amd64" {
+		t.Skip("the probe uses x86_64 system call numbers")
+	}
+	if _, err := exec.LookPath("python3"); err != nil {
+		t.Skip("needs python3 on the host")
+	}
+	const (
+		ok     = "0"
+		eperm  = "1"
+		enosys = "38"
+	)
+	tests := []struct {
+		seccomp string
+		want    map[string]string // probe → errno; absent: anything but EPERM
+	}{
+		{policy.SeccompStrict, map[string]string{"unix": ok, "inet": ok, "netlink": eperm, "vsock": eperm,
+			"vsock-high-bits": eperm, "appletalk": eperm, "clone3": enosys, "clone-newuser": eperm}},
+		{policy.SeccompModerate, map[string]string{"unix": ok, "inet": ok, "netlink": ok, "vsock": eperm,
+			"vsock-high-bits": eperm, "clone3": enosys, "clone-newuser": eperm}},
+		{policy.SeccompUnconfined, map[string]string{"unix": ok, "inet": ok, "netlink": ok}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.seccomp, func(t *testing.T) {
+			p := offlineStrict(t)
+			p.Process.Seccomp = tc.seccomp
+			r := runSandbox(t, rt, p, []string{"python3", "-c", seccompProbe}, nil)
+			if r.err != nil || r.code != 0 {
+				t.Fatalf("probe: code %d err %v\n%s%s", r.code, r.err, r.stdout, r.stderr)
+			}
+			got := map[string]string{}
+			for line := range strings.SplitSeq(strings.TrimSpace(r.stdout), "\n") {
+				k, v, _ := strings.Cut(line, "=")
+				got[k] = v
+			}
+			for probe, want := range tc.want {
+				if got[probe] != want {
+					t.Errorf("%s: errno %s, want %s", probe, got[probe], want)
+				}
+			}
+			if tc.seccomp == policy.SeccompUnconfined {
+				for _, probe := range []string{"vsock", "vsock-high-bits", "clone3"} {
+					if got[probe] == eperm || got[probe] == enosys {
+						t.Errorf("%s: errno %s without a filter: the filtered rows prove nothing", probe, got[probe])
+					}
+				}
+			}
+			t.Logf("%s: %v", tc.seccomp, got)
+		})
+	}
+}
+
+// TestOpenProfileRunsOnTheHostNetwork runs the open profile (host network,
+// root, writable root, no seccomp): still no capabilities and its own pid
+// namespace.
+func TestOpenProfileRunsOnTheHostNetwork(t *testing.T) {
+	rt := requireRunc(t)
+	p, err := policy.BuiltinProfile("open")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hostNS, err := os.Readlink("/proc/self/ns/net")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := runSandbox(t, rt, p, []string{"/bin/sh", "-c", "id -u; readlink /proc/self/ns/net; grep CapEff /proc/self/status; echo $$"}, nil)
+	if r.err != nil || r.code != 0 {
+		t.Fatalf("run: code %d err %v\n%s%s", r.code, r.err, r.stdout, r.stderr)
+	}
+	want := "0\n" + hostNS + "\nCapEff:\t0000000000000000\n1\n"
+	if r.stdout != want {
+		t.Errorf("stdout %q, want %q", r.stdout, want)
+	}
+}

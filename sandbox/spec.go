@@ -1,0 +1,622 @@
+package sandbox
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"net/netip"
+	"os"
+	"path"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/egressd/egressd/policy"
+)
+
+const (
+	// DefaultHostname is the sandbox's host name when none is given.
+	DefaultHostname = "sandbox"
+	// DefaultHome is the home directory of a numeric non-root user (the
+	// built-in profiles' 100:100), which has no passwd entry to name one.
+	DefaultHome = "/home/sandbox"
+	// DefaultPath is the PATH a sandbox gets when nothing sets one.
+	DefaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+	// ProfileAnnotation is the spec annotation naming the profile.
+	ProfileAnnotation = "io.egressd.profile"
+
+	cpuPeriod = 100000 // µs, the CFS default
+	nofile    = 4096
+)
+
+// User is the resolved identity the sandboxed command runs as.
+type User struct {
+	UID, GID uint32
+	// AdditionalGids are supplementary groups (from the rootfs's
+	// /etc/group for a named user); nil means none.
+	AdditionalGids []uint32
+	// Home is the user's home directory inside the sandbox, where "~/"
+	// tmpfs paths go and HOME points.
+	Home string
+}
+
+// IsRoot reports whether the user is uid 0.
+func (u User) IsRoot() bool { return u.UID == 0 }
+
+// SpecOptions are the per-launch inputs of BuildSpec that the profile does
+// not hold. Paths are as the OCI runtime sees them (host paths), unless
+// said to be inside the sandbox.
+type SpecOptions struct {
+	// Args is the command and its arguments. Required.
+	Args []string
+	// Env is the complete environment, "NAME=VALUE" (see BuildEnv); nothing
+	// else reaches the sandbox.
+	Env []string
+	// Cwd is the working directory inside the sandbox; "" means the
+	// profile's workspace.
+	Cwd string
+	// Hostname is the sandbox's host name; "" means DefaultHostname.
+	Hostname string
+	// NetNSPath is the sandbox's network namespace (/run/netns/NAME or
+	// /proc/PID/ns/net), joined by the container. Required in filtered
+	// mode; in none mode "" gives the container a fresh namespace with only
+	// loopback; in host mode it must be "" (no network namespace at all).
+	NetNSPath string
+	// RootfsDir is the container's root file system (PrepareRootfs).
+	// Required, absolute.
+	RootfsDir string
+	// ResolvConf and Hosts are generated files (WriteEtcFiles) bind-mounted
+	// read-only at /etc/resolv.conf and /etc/hosts; "" leaves the rootfs's
+	// own file.
+	ResolvConf, Hosts string
+	// WorkspaceDir is a host directory bound read-write at the profile's
+	// workspace (the only host path a sandbox may change). Required when
+	// the profile sets filesystem.mount_cwd; "" otherwise gives the
+	// workspace a fresh tmpfs.
+	WorkspaceDir string
+	// MaskPaths are paths inside the sandbox hidden behind a read-only,
+	// non-executable empty device (BlockedPaths), so no process of the
+	// sandbox can execute them.
+	MaskPaths []string
+	// User is the resolved identity (ResolveUser).
+	User User
+	// CgroupsPath is the container's cgroup. A relative path is placed
+	// under the runtime's own cgroup (runc, cgroupfs driver); "" lets the
+	// runtime choose (runc: a cgroup named after the container id).
+	CgroupsPath string
+	// Seccomp says what conditional seccomp rules are evaluated against;
+	// its Caps are filled from the profile. The zero value means this
+	// machine.
+	Seccomp SeccompEnv
+}
+
+// BuildSpec returns the OCI runtime spec for one sandboxed command from a
+// resolved profile. The result depends only on p and opts (and, for a
+// seccomp profile file, that file), so equal inputs give equal specs.
+//
+// What every sandbox gets, whatever the profile:
+//
+//   - its own pid, ipc, uts, mount and cgroup namespaces, and a network
+//     namespace unless the mode is host. No user namespace: the launcher
+//     runs as real root and the container's users are real host users
+//     without capabilities (a user namespace would give the workload
+//     CAP_NET_ADMIN over namespaces it owns, see THREATS G1);
+//   - the runtime's /proc, a tmpfs /dev with only the standard devices,
+//     /dev/pts, /dev/shm, /dev/mqueue, a read-only /sys, and runc's default
+//     masked and read-only paths (/proc/kcore, /proc/sys, ...);
+//   - fresh tmpfs mounts over /tmp (noexec, nosuid, nodev), /var/tmp and
+//     /run, so no host scratch file or host socket (docker.sock, D-Bus:
+//     THREATS F5) shows through the host root;
+//   - for a non-root user, a tmpfs home (mode 0700, owned by the user); the
+//     profile's "~/" tmpfs paths go under it and are owned by the user too;
+//   - the workspace: WorkspaceDir bound read-write, or a tmpfs the user
+//     owns; both allow executing files (nosuid, nodev);
+//   - capabilities: none but cap_add, in the bounding, effective and
+//     permitted sets (and inheritable + ambient for a non-root user, so they
+//     survive exec); no_new_privileges as the profile says; RLIMIT_NOFILE
+//     4096 and no core dumps;
+//   - pids, memory (swap may not extend it) and CPU limits when set;
+//   - the seccomp filter the profile names.
+//
+// The root is read-only when the profile says so; otherwise it is what
+// RootfsDir is (PrepareRootfs makes it a throwaway overlay).
+func BuildSpec(p *policy.Profile, opts SpecOptions) (*specs.Spec, error) {
+	if p == nil {
+		return nil, errors.New("building the container spec: no profile")
+	}
+	if len(opts.Args) == 0 || opts.Args[0] == "" {
+		return nil, errors.New("building the container spec: no command to run")
+	}
+	if !isCleanAbs(opts.RootfsDir) {
+		return nil, fmt.Errorf("building the container spec: rootfs %q is not an absolute clean path", opts.RootfsDir)
+	}
+	for _, e := range opts.Env {
+		name, _, ok := strings.Cut(e, "=")
+		if !ok || name == "" || strings.ContainsRune(e, 0) {
+			return nil, fmt.Errorf("building the container spec: environment entry %q is not NAME=VALUE", e)
+		}
+	}
+	user := opts.User
+	if user.Home == "" {
+		user.Home = defaultHome(user.UID)
+	}
+	if !isCleanAbs(user.Home) {
+		return nil, fmt.Errorf("building the container spec: home %q is not an absolute clean path", user.Home)
+	}
+	workspace := p.Filesystem.Workspace
+	if workspace == "" {
+		workspace = "/sandbox"
+	}
+	if err := checkMountTarget(workspace); err != nil {
+		return nil, fmt.Errorf("filesystem.workspace %q: %w", workspace, err)
+	}
+	cwd := opts.Cwd
+	if cwd == "" {
+		cwd = workspace
+	}
+	if !isCleanAbs(cwd) {
+		return nil, fmt.Errorf("building the container spec: working directory %q is not an absolute clean path", cwd)
+	}
+	hostname := opts.Hostname
+	if hostname == "" {
+		hostname = DefaultHostname
+	}
+	if !validHostname(hostname) {
+		return nil, fmt.Errorf("building the container spec: %q is not a host name", hostname)
+	}
+
+	caps, err := normalizeCaps(p.Process.CapAdd)
+	if err != nil {
+		return nil, err
+	}
+	senv := opts.Seccomp
+	senv.Caps = caps
+	filter, err := LoadSeccomp(p.Process.Seccomp, senv)
+	if err != nil {
+		return nil, err
+	}
+
+	namespaces, err := buildNamespaces(p.Network.Mode, opts.NetNSPath)
+	if err != nil {
+		return nil, err
+	}
+	mounts, err := buildMounts(p, opts, user, workspace)
+	if err != nil {
+		return nil, err
+	}
+
+	spec := &specs.Spec{
+		Version:  specs.Version,
+		Hostname: hostname,
+		Root:     &specs.Root{Path: opts.RootfsDir, Readonly: p.Filesystem.ReadOnly},
+		Process: &specs.Process{
+			Terminal: false,
+			User: specs.User{
+				UID:            user.UID,
+				GID:            user.GID,
+				AdditionalGids: slices.Clone(user.AdditionalGids),
+			},
+			Args:            slices.Clone(opts.Args),
+			Env:             slices.Clone(opts.Env),
+			Cwd:             cwd,
+			Capabilities:    buildCaps(caps, user.IsRoot()),
+			NoNewPrivileges: p.Process.NoNewPrivileges,
+			Rlimits: []specs.POSIXRlimit{
+				{Type: "RLIMIT_CORE", Hard: 0, Soft: 0},
+				{Type: "RLIMIT_NOFILE", Hard: nofile, Soft: nofile},
+			},
+		},
+		Mounts:      mounts,
+		Annotations: map[string]string{ProfileAnnotation: p.Name},
+		Linux: &specs.Linux{
+			Namespaces:        namespaces,
+			Resources:         buildResources(p.Process),
+			CgroupsPath:       opts.CgroupsPath,
+			Seccomp:           filter,
+			RootfsPropagation: "rprivate",
+			MaskedPaths: []string{
+				"/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys",
+				"/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats",
+				"/proc/sched_debug", "/sys/firmware", "/proc/scsi",
+			},
+			ReadonlyPaths: []string{
+				"/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger",
+			},
+		},
+	}
+	return spec, nil
+}
+
+func defaultHome(uid uint32) string {
+	if uid == 0 {
+		return "/root"
+	}
+	return DefaultHome
+}
+
+func isCleanAbs(p string) bool {
+	return p != "" && path.IsAbs(p) && path.Clean(p) == p && !strings.ContainsRune(p, 0)
+}
+
+// checkMountTarget refuses paths no sandbox mount may cover.
+func checkMountTarget(p string) error {
+	if !isCleanAbs(p) {
+		return errors.New("not an absolute clean path")
+	}
+	if p == "/" {
+		return errors.New("mounting over / is not allowed")
+	}
+	for _, sys := range []string{"/proc", "/sys", "/dev"} {
+		if p == sys || strings.HasPrefix(p, sys+"/") {
+			return fmt.Errorf("mounting over %s is not allowed", sys)
+		}
+	}
+	return nil
+}
+
+// validHostname is RFC 1123: dot-separated labels of letters, digits and
+// hyphens, 1-63 bytes each, 253 in all.
+func validHostname(h string) bool {
+	if len(h) == 0 || len(h) > 253 {
+		return false
+	}
+	for label := range strings.SplitSeq(h, ".") {
+		if len(label) == 0 || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for i := 0; i < len(label); i++ {
+			c := label[i]
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+func normalizeCaps(in []string) ([]string, error) {
+	var out []string
+	for _, c := range in {
+		n, ok := policy.NormalizeCapability(c)
+		if !ok {
+			return nil, fmt.Errorf("process.cap_add: %q is not a Linux capability", c)
+		}
+		out = append(out, n)
+	}
+	slices.Sort(out)
+	return slices.Compact(out), nil
+}
+
+// buildCaps gives the kept capabilities. A non-nil struct even when empty:
+// runc leaves a process's capabilities alone when the field is absent.
+func buildCaps(caps []string, root bool) *specs.LinuxCapabilities {
+	c := &specs.LinuxCapabilities{
+		Bounding:  slices.Clone(caps),
+		Effective: slices.Clone(caps),
+		Permitted: slices.Clone(caps),
+	}
+	if !root && len(caps) > 0 {
+		// Ambient capabilities must also be inheritable; they are what
+		// keeps a capability across a non-root user's exec.
+		c.Inheritable = slices.Clone(caps)
+		c.Ambient = slices.Clone(caps)
+	}
+	return c
+}
+
+func buildNamespaces(mode policy.Mode, netns string) ([]specs.LinuxNamespace, error) {
+	ns := []specs.LinuxNamespace{
+		{Type: specs.PIDNamespace},
+		{Type: specs.IPCNamespace},
+		{Type: specs.UTSNamespace},
+		{Type: specs.MountNamespace},
+	}
+	if netns != "" && !isCleanAbs(netns) {
+		return nil, fmt.Errorf("network namespace path %q is not an absolute clean path", netns)
+	}
+	switch mode {
+	case policy.ModeHost:
+		if netns != "" {
+			return nil, fmt.Errorf("network mode host shares the host's network namespace; a namespace path (%s) makes no sense", netns)
+		}
+	case policy.ModeNone:
+		ns = append(ns, specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: netns})
+	case policy.ModeFiltered:
+		if netns == "" {
+			return nil, errors.New("network mode filtered needs the sandbox's network namespace (where egressd runs); none was given")
+		}
+		ns = append(ns, specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: netns})
+	default:
+		return nil, fmt.Errorf("unknown network mode %q", mode)
+	}
+	ns = append(ns, specs.LinuxNamespace{Type: specs.CgroupNamespace})
+	return ns, nil
+}
+
+func buildResources(pr policy.ProcessSettings) *specs.LinuxResources {
+	r := &specs.LinuxResources{
+		// Deny every device; the runtime adds back the standard ones
+		// (null, zero, full, random, urandom, tty, ptmx).
+		Devices: []specs.LinuxDeviceCgroup{{Allow: false, Access: "rwm"}},
+	}
+	if pr.PidsLimit > 0 {
+		limit := pr.PidsLimit
+		r.Pids = &specs.LinuxPids{Limit: &limit}
+	}
+	if pr.Memory > 0 {
+		limit := pr.Memory
+		// memory+swap equal to memory: swap cannot extend the limit.
+		r.Memory = &specs.LinuxMemory{Limit: &limit, Swap: &limit}
+	}
+	if pr.CPUs > 0 {
+		period := uint64(cpuPeriod)
+		quota := int64(math.Ceil(pr.CPUs * cpuPeriod))
+		if quota < 1000 { // the kernel's minimum quota is 1 ms
+			quota = 1000
+		}
+		r.CPU = &specs.LinuxCPU{Quota: &quota, Period: &period}
+	}
+	return r
+}
+
+// mountSpec is one mount to sort.
+type mountSpec struct {
+	m   specs.Mount
+	key string // where it came from, for conflict errors
+}
+
+func buildMounts(p *policy.Profile, opts SpecOptions, user User, workspace string) ([]specs.Mount, error) {
+	sys := []specs.Mount{
+		{Destination: "/proc", Type: "proc", Source: "proc", Options: []string{"nosuid", "noexec", "nodev"}},
+		{Destination: "/dev", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "strictatime", "mode=755", "size=65536k"}},
+		{Destination: "/dev/pts", Type: "devpts", Source: "devpts", Options: []string{"nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"}},
+		{Destination: "/dev/shm", Type: "tmpfs", Source: "shm", Options: []string{"nosuid", "noexec", "nodev", "mode=1777", "size=65536k"}},
+		{Destination: "/dev/mqueue", Type: "mqueue", Source: "mqueue", Options: []string{"nosuid", "noexec", "nodev"}},
+		{Destination: "/sys", Type: "sysfs", Source: "sysfs", Options: []string{"nosuid", "noexec", "nodev", "ro"}},
+		{Destination: "/sys/fs/cgroup", Type: "cgroup", Source: "cgroup", Options: []string{"nosuid", "noexec", "nodev", "relatime", "ro"}},
+	}
+
+	byDest := map[string]*mountSpec{}
+	var order []string
+	add := func(ms mountSpec) error {
+		if prev, ok := byDest[ms.m.Destination]; ok {
+			return fmt.Errorf("%s and %s both mount %s", prev.key, ms.key, ms.m.Destination)
+		}
+		byDest[ms.m.Destination] = &ms
+		order = append(order, ms.m.Destination)
+		return nil
+	}
+	roBind := []string{"bind", "ro", "nosuid", "nodev", "noexec"}
+	for _, f := range []struct{ src, dst string }{{opts.ResolvConf, "/etc/resolv.conf"}, {opts.Hosts, "/etc/hosts"}} {
+		if f.src == "" {
+			continue
+		}
+		if !isCleanAbs(f.src) {
+			return nil, fmt.Errorf("%s source %q is not an absolute clean path", f.dst, f.src)
+		}
+		if err := add(mountSpec{m: specs.Mount{Destination: f.dst, Type: "bind", Source: f.src, Options: roBind}, key: "generated " + f.dst}); err != nil {
+			return nil, err
+		}
+	}
+
+	// Scratch tmpfs mounts: the always-present ones merged with the
+	// profile's (a profile entry for the same path sets size and mode and
+	// adds options; the baseline options are never removed).
+	type scratch struct {
+		size    int64
+		mode    uint32
+		opts    []string
+		owned   bool // owned by the sandbox user
+		key     string
+		profile bool
+	}
+	tmpfs := map[string]*scratch{
+		"/tmp":     {mode: 0o1777, opts: []string{"noexec", "nosuid", "nodev"}, key: "the sandbox's /tmp"},
+		"/var/tmp": {mode: 0o1777, opts: []string{"nosuid", "nodev"}, key: "the sandbox's /var/tmp"},
+		"/run":     {mode: 0o755, opts: []string{"noexec", "nosuid", "nodev"}, key: "the sandbox's /run"},
+	}
+	if !user.IsRoot() {
+		if err := checkMountTarget(user.Home); err != nil {
+			return nil, fmt.Errorf("home %q: %w", user.Home, err)
+		}
+		if _, clash := tmpfs[user.Home]; clash {
+			return nil, fmt.Errorf("home %q is one of the sandbox's scratch directories", user.Home)
+		}
+		tmpfs[user.Home] = &scratch{mode: 0o700, opts: []string{"nosuid", "nodev"}, owned: true, key: "the user's home"}
+	}
+	for _, t := range p.Filesystem.Tmpfs {
+		dest := policy.ExpandHome(t.Path, user.Home)
+		key := fmt.Sprintf("filesystem.tmpfs %s (%s)", t.Path, t.Source)
+		if err := checkMountTarget(dest); err != nil {
+			return nil, fmt.Errorf("%s: %w", key, err)
+		}
+		for _, o := range t.Options {
+			if o != "nosuid" && o != "nodev" && o != "noexec" {
+				return nil, fmt.Errorf("%s: option %q is not nosuid, nodev or noexec", key, o)
+			}
+		}
+		underHome := strings.HasPrefix(t.Path, "~")
+		s, ok := tmpfs[dest]
+		switch {
+		case ok && s.profile:
+			return nil, fmt.Errorf("%s and %s both mount %s", s.key, key, dest)
+		case ok && s.owned:
+			return nil, fmt.Errorf("%s mounts over the user's home %s; name a directory under it", key, dest)
+		case ok:
+			s.size, s.mode, s.key, s.profile = t.Size, t.EffectiveMode(), key, true
+			s.opts = append(s.opts, t.Options...)
+		default:
+			tmpfs[dest] = &scratch{size: t.Size, mode: t.EffectiveMode(), opts: slices.Clone(t.Options),
+				owned: underHome && !user.IsRoot(), key: key, profile: true}
+		}
+	}
+	for dest, s := range tmpfs {
+		opts := slices.Clone(s.opts)
+		slices.Sort(opts)
+		opts = slices.Compact(opts)
+		opts = append(opts, "mode="+strconv.FormatUint(uint64(s.mode), 8))
+		if s.size > 0 {
+			opts = append(opts, "size="+strconv.FormatInt(s.size, 10))
+		}
+		if s.owned {
+			opts = append(opts, "uid="+strconv.FormatUint(uint64(user.UID), 10), "gid="+strconv.FormatUint(uint64(user.GID), 10))
+		}
+		if err := add(mountSpec{m: specs.Mount{Destination: dest, Type: "tmpfs", Source: "tmpfs", Options: opts}, key: s.key}); err != nil {
+			return nil, err
+		}
+	}
+
+	// The workspace.
+	switch {
+	case opts.WorkspaceDir != "":
+		if !isCleanAbs(opts.WorkspaceDir) || opts.WorkspaceDir == "/" {
+			return nil, fmt.Errorf("workspace directory %q: want an absolute clean path other than /", opts.WorkspaceDir)
+		}
+		if err := add(mountSpec{m: specs.Mount{Destination: workspace, Type: "bind", Source: opts.WorkspaceDir,
+			Options: []string{"bind", "rw", "nosuid", "nodev"}}, key: "the workspace (filesystem.workspace)"}); err != nil {
+			return nil, err
+		}
+	case p.Filesystem.MountCwd:
+		return nil, errors.New("filesystem.mount_cwd is set but no workspace directory was given")
+	default:
+		opts := []string{"nodev", "nosuid", "mode=755", "uid=" + strconv.FormatUint(uint64(user.UID), 10),
+			"gid=" + strconv.FormatUint(uint64(user.GID), 10)}
+		if err := add(mountSpec{m: specs.Mount{Destination: workspace, Type: "tmpfs", Source: "tmpfs", Options: opts},
+			key: "the workspace (filesystem.workspace)"}); err != nil {
+			return nil, err
+		}
+	}
+
+	// Parents before children: a path sorts after its prefix.
+	slices.Sort(order)
+	out := sys
+	for _, d := range order {
+		out = append(out, byDest[d].m)
+	}
+
+	// Masks last, so nothing mounted later uncovers a masked file.
+	masks := slices.Clone(opts.MaskPaths)
+	slices.Sort(masks)
+	masks = slices.Compact(masks)
+	for _, m := range masks {
+		if err := checkMountTarget(m); err != nil {
+			return nil, fmt.Errorf("masked command %q: %w", m, err)
+		}
+		if _, ok := byDest[m]; ok {
+			return nil, fmt.Errorf("masked command %q is also a mount point", m)
+		}
+		out = append(out, specs.Mount{Destination: m, Type: "bind", Source: os.DevNull, Options: roBind})
+	}
+	return out, nil
+}
+
+// WriteEtcFiles writes the sandbox's resolv.conf (its only resolver is
+// nameserver, egressd's DNS listener) and hosts (localhost and hostname)
+// into dir, for SpecOptions.ResolvConf and Hosts.
+func WriteEtcFiles(dir string, nameserver netip.Addr, hostname string) (resolvConf, hosts string, err error) {
+	if !nameserver.IsValid() || nameserver.Zone() != "" {
+		return "", "", fmt.Errorf("writing resolv.conf: %q is not a nameserver address", nameserver)
+	}
+	if hostname == "" {
+		hostname = DefaultHostname
+	}
+	if !validHostname(hostname) {
+		return "", "", fmt.Errorf("writing hosts: %q is not a host name", hostname)
+	}
+	resolvConf = filepath.Join(dir, "resolv.conf")
+	hosts = filepath.Join(dir, "hosts")
+	rc := "# generated by egressd: the sandbox's only resolver\nnameserver " + nameserver.Unmap().String() + "\n"
+	h := "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t" + hostname + "\n"
+	if err := os.WriteFile(resolvConf, []byte(rc), 0o644); err != nil {
+		return "", "", fmt.Errorf("writing resolv.conf: %w", err)
+	}
+	if err := os.WriteFile(hosts, []byte(h), 0o644); err != nil {
+		return "", "", fmt.Errorf("writing hosts: %w", err)
+	}
+	return resolvConf, hosts, nil
+}
+
+// BuildEnv computes a sandbox's environment, sorted by name:
+//
+//  1. PATH=DefaultPath and HOME=home;
+//  2. the variables named by the profile's env.pass, copied from callerEnv
+//     when set there ("NAME=VALUE" entries; others are ignored);
+//  3. the profile's env.set;
+//  4. extra (the launch's --env): "NAME=VALUE" sets, a bare "NAME" copies
+//     the variable from callerEnv (nothing if unset there);
+//  5. in filtered mode with a proxyURL, HTTP_PROXY, HTTPS_PROXY, http_proxy
+//     and https_proxy = proxyURL and NO_PROXY, no_proxy =
+//     "localhost,127.0.0.1,::1", so proxy-aware clients use egressd
+//     explicitly (THREATS G4: the firewall sends the rest there anyway).
+//
+// A later step overrides an earlier one. An invalid extra entry (no name, a
+// name that is not letters, digits and _, a NUL byte) is an error.
+func BuildEnv(p *policy.Profile, home string, callerEnv, extra []string, proxyURL string) ([]string, error) {
+	caller := map[string]string{}
+	for _, e := range callerEnv {
+		if k, v, ok := strings.Cut(e, "="); ok && k != "" {
+			caller[k] = v
+		}
+	}
+	if home == "" {
+		home = "/"
+	}
+	env := map[string]string{"PATH": DefaultPath, "HOME": home}
+	for _, name := range p.Env.Pass {
+		if v, ok := caller[name]; ok {
+			env[name] = v
+		}
+	}
+	for k, v := range p.Env.Set {
+		if !validEnvName(k) || strings.ContainsRune(v, 0) {
+			return nil, fmt.Errorf("env.set %q: not a valid variable", k)
+		}
+		env[k] = v
+	}
+	for _, e := range extra {
+		k, v, hasValue := strings.Cut(e, "=")
+		if !validEnvName(k) || strings.ContainsRune(v, 0) {
+			return nil, fmt.Errorf("--env %q: want NAME=VALUE or NAME, with a name of letters, digits and _", e)
+		}
+		if !hasValue {
+			if cv, ok := caller[k]; ok {
+				env[k] = cv
+			}
+			continue
+		}
+		env[k] = v
+	}
+	if p.Network.Mode == policy.ModeFiltered && proxyURL != "" {
+		if strings.ContainsAny(proxyURL, "\x00\n") {
+			return nil, fmt.Errorf("proxy URL %q is not valid", proxyURL)
+		}
+		for _, k := range []string{"HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"} {
+			env[k] = proxyURL
+		}
+		env["NO_PROXY"] = "localhost,127.0.0.1,::1"
+		env["no_proxy"] = env["NO_PROXY"]
+	}
+	out := make([]string, 0, len(env))
+	for k, v := range env {
+		out = append(out, k+"="+v)
+	}
+	slices.Sort(out)
+	return out, nil
+}
+
+func validEnvName(s string) bool {
+	if s == "" || len(s) > 255 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c == '_' || i > 0 && c >= '0' && c <= '9') {
+			return false
+		}
+	}
+	return true
+}
