@@ -1,0 +1,439 @@
+// Command proxybench measures egressd's proxy against a direct loopback
+// connection and a minimal splice relay (the ceiling), side by side in one
+// run: bulk throughput and new tunnels per second with added latency.
+// See README.md for how to run it (run.sh) and the figures.
+package main
+
+import (
+	"bytes"
+	"cmp"
+	"context"
+	"encoding/binary"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"log/slog"
+	"net"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/egressd/egressd/internal/sockopt"
+	"github.com/egressd/egressd/policy"
+	"github.com/egressd/egressd/proxy"
+)
+
+var (
+	bulkBytes   = flag.Int64("bulk-bytes", 512<<20, "bytes per bulk transfer")
+	rounds      = flag.Int("rounds", 5, "bulk rounds per path (median reported)")
+	rateDur     = flag.Duration("rate-dur", time.Second, "duration of one connection-rate round")
+	rateRounds  = flag.Int("rate-rounds", 3, "connection-rate rounds per path (median reported)")
+	workers     = flag.Int("workers", 4, "concurrent clients in the connection-rate test")
+	transparent = flag.Bool("transparent", false, "also measure the transparent path (run inside run.sh's netns with its REDIRECT rules)")
+	only        = flag.String("only", "", "measure only paths whose name contains this")
+	mark        = flag.Uint("mark", 0x1e5, "SO_MARK of egressd's and the relay's upstream sockets (transparent mode)")
+)
+
+const (
+	egressdTPort = 15001           // REDIRECT target for egressdTAddr
+	relayTPort   = 15002           // REDIRECT target for relayTAddr
+	egressdTAddr = "198.51.100.30" // transparent destinations (run.sh puts them on lo)
+	relayTAddr   = "198.51.100.31"
+	sinkTPort    = 9000
+)
+
+// path is one way from a client to the sink.
+type path struct {
+	name string
+	// dial returns a connection that carries payload to the sink.
+	dial func() (net.Conn, error)
+}
+
+func main() {
+	flag.Parse()
+	log.SetFlags(0)
+	sink := startSink("127.0.0.1:0")
+	sinkAddr := sink.Addr().String()
+
+	relay := startRelayConnect()
+	p, explicit := startEgressd()
+
+	paths := []path{
+		{"direct", func() (net.Conn, error) { return net.Dial("tcp", sinkAddr) }},
+		{"relay-connect (io.Copy splice)", func() (net.Conn, error) { return dialConnect(relay, sinkAddr) }},
+		{"egressd-connect", func() (net.Conn, error) { return dialConnect(explicit, sinkAddr) }},
+	}
+	if *transparent {
+		startSink(net.JoinHostPort(egressdTAddr, fmt.Sprint(sinkTPort)))
+		startSink(net.JoinHostPort(relayTAddr, fmt.Sprint(sinkTPort)))
+		startRelayTransparent(fmt.Sprintf("127.0.0.1:%d", relayTPort))
+		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", egressdTPort))
+		check(err)
+		go p.ServeTransparent(ln)
+		paths = append(paths,
+			path{"relay-transparent (splice)", func() (net.Conn, error) { return net.Dial("tcp", net.JoinHostPort(relayTAddr, fmt.Sprint(sinkTPort))) }},
+			path{"egressd-transparent", func() (net.Conn, error) {
+				return net.Dial("tcp", net.JoinHostPort(egressdTAddr, fmt.Sprint(sinkTPort)))
+			}},
+		)
+	}
+	var sel []path
+	for _, pa := range paths {
+		if strings.Contains(pa.name, *only) {
+			sel = append(sel, pa)
+		}
+	}
+
+	if *rounds == 0 {
+		*rounds = 0
+	}
+	fmt.Printf("bulk: %d MiB per transfer, median of %d rounds (paths interleaved per round)\n", *bulkBytes>>20, *rounds)
+	bulk := make(map[string][]float64)
+	for r := 0; r < *rounds; r++ {
+		for _, pa := range sel {
+			bulk[pa.name] = append(bulk[pa.name], bulkOnce(pa))
+		}
+	}
+	fmt.Printf("%-32s %12s %10s\n", "path", "MiB/s", "vs relay")
+	for _, pa := range sel {
+		if len(bulk[pa.name]) == 0 {
+			continue
+		}
+		m := median(bulk[pa.name])
+		fmt.Printf("%-32s %12.0f %10s\n", pa.name, m, ratio(m, bulk, pa.name))
+	}
+
+	if *rateRounds == 0 {
+		return
+	}
+	fmt.Printf("\nnew tunnels: %d workers, %s per round, median of %d rounds; latency = dial..first byte back\n", *workers, *rateDur, *rateRounds)
+	type rateRes struct {
+		rate     float64
+		p50, p99 time.Duration
+	}
+	rates := make(map[string][]rateRes)
+	for r := 0; r < *rateRounds; r++ {
+		for _, pa := range sel {
+			rt, p50, p99 := rateOnce(pa)
+			rates[pa.name] = append(rates[pa.name], rateRes{rt, p50, p99})
+		}
+	}
+	direct50 := time.Duration(0)
+	fmt.Printf("%-32s %12s %10s %10s %10s %14s\n", "path", "conn/s", "vs relay", "p50", "p99", "p50 added")
+	rateMedians := make(map[string][]float64)
+	for _, pa := range sel {
+		for _, x := range rates[pa.name] {
+			rateMedians[pa.name] = append(rateMedians[pa.name], x.rate)
+		}
+	}
+	for _, pa := range sel {
+		rs := rates[pa.name]
+		slices.SortFunc(rs, func(a, b rateRes) int { return cmp.Compare(a.rate, b.rate) })
+		mid := rs[len(rs)/2]
+		if pa.name == "direct" {
+			direct50 = mid.p50
+		}
+		added := "-"
+		if direct50 > 0 && pa.name != "direct" {
+			added = (mid.p50 - direct50).Round(time.Microsecond).String()
+		}
+		fmt.Printf("%-32s %12.0f %10s %10s %10s %14s\n", pa.name, mid.rate, ratio(mid.rate, rateMedians, pa.name),
+			mid.p50.Round(time.Microsecond), mid.p99.Round(time.Microsecond), added)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_ = p.Shutdown(ctx)
+}
+
+// ratio compares v with the minimal relay of the same kind.
+func ratio(v float64, all map[string][]float64, name string) string {
+	ref := "relay-connect (io.Copy splice)"
+	if strings.Contains(name, "transparent") {
+		ref = "relay-transparent (splice)"
+	}
+	if name == ref || len(all[ref]) == 0 {
+		return ""
+	}
+	return fmt.Sprintf("%.0f%%", 100*v/median(all[ref]))
+}
+
+// bulkOnce sends bulkBytes through pa and returns MiB/s, timed until the
+// sink confirms it received everything.
+func bulkOnce(pa path) float64 {
+	c, err := pa.dial()
+	check(err)
+	defer c.Close()
+	buf := make([]byte, 256<<10)
+	buf[0] = 'B'
+	start := time.Now()
+	for left := *bulkBytes; left > 0; {
+		n := min(left, int64(len(buf)))
+		w, err := c.Write(buf[:n])
+		check(err)
+		left -= int64(w)
+	}
+	check(c.(*net.TCPConn).CloseWrite())
+	var got [8]byte
+	_, err = io.ReadFull(c, got[:])
+	check(err)
+	el := time.Since(start)
+	if n := int64(binary.BigEndian.Uint64(got[:])); n != *bulkBytes {
+		log.Fatalf("%s: sink got %d bytes, sent %d", pa.name, n, *bulkBytes)
+	}
+	return float64(*bulkBytes) / (1 << 20) / el.Seconds()
+}
+
+// rateOnce opens connections through pa from several workers for rateDur:
+// each sends one byte and waits for it to come back.
+func rateOnce(pa path) (float64, time.Duration, time.Duration) {
+	var (
+		mu    sync.Mutex
+		lats  []time.Duration
+		count atomic.Int64
+		wg    sync.WaitGroup
+	)
+	deadline := time.Now().Add(*rateDur)
+	start := time.Now()
+	for range *workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var local []time.Duration
+			b := []byte{'e'}
+			for time.Now().Before(deadline) {
+				t0 := time.Now()
+				c, err := pa.dial()
+				check(err)
+				_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+				_, err = c.Write(b)
+				check(err)
+				_, err = io.ReadFull(c, b)
+				check(err)
+				local = append(local, time.Since(t0))
+				_ = c.(*net.TCPConn).SetLinger(0) // no TIME_WAIT pile-up on the client side
+				c.Close()
+				count.Add(1)
+			}
+			mu.Lock()
+			lats = append(lats, local...)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	el := time.Since(start)
+	slices.Sort(lats)
+	p := func(q float64) time.Duration { return lats[min(len(lats)-1, int(q*float64(len(lats))))] }
+	return float64(count.Load()) / el.Seconds(), p(0.50), p(0.99)
+}
+
+// startSink serves two requests: 'B' bulk (count bytes to EOF, answer the
+// count) and 'e' echo (answer one byte).
+func startSink(addr string) net.Listener {
+	ln, err := net.Listen("tcp", addr)
+	check(err)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				buf := make([]byte, 256<<10)
+				n, err := c.Read(buf[:1])
+				if err != nil || n != 1 {
+					return
+				}
+				if buf[0] == 'e' {
+					_, _ = c.Write(buf[:1])
+					_, _ = io.Copy(io.Discard, c) // until the client closes
+					return
+				}
+				total := int64(1)
+				for {
+					n, err := c.Read(buf)
+					total += int64(n)
+					if err != nil {
+						break
+					}
+				}
+				var out [8]byte
+				binary.BigEndian.PutUint64(out[:], uint64(total))
+				_, _ = c.Write(out[:])
+			}()
+		}
+	}()
+	return ln
+}
+
+// startEgressd runs egressd's proxy with an explicit listener; the policy
+// allows the loopback sink and the transparent destinations by IP rule.
+func startEgressd() (*proxy.Proxy, string) {
+	var np policy.NetworkPolicy
+	for _, text := range []string{"127.0.0.1:*", egressdTAddr + ":*"} {
+		r, err := policy.ParseRule(text, policy.Flag("--allow"))
+		check(err)
+		np.Allow = append(np.Allow, r)
+	}
+	m, err := policy.NewMatcher(np)
+	check(err)
+	var live policy.Live
+	live.Store(m)
+	cfg := proxy.Config{Policy: &live, Logger: slog.New(slog.DiscardHandler), MaxTunnels: -1, MaxTunnelsPerDest: -1}
+	if *transparent {
+		cfg.Mark = uint32(*mark)
+	}
+	p, err := proxy.New(cfg)
+	check(err)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	check(err)
+	go p.ServeExplicit(ln)
+	return p, ln.Addr().String()
+}
+
+// dialConnect opens a CONNECT tunnel to target through the proxy at addr.
+func dialConnect(addr, target string) (net.Conn, error) {
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", target, target)
+	var head []byte
+	buf := make([]byte, 256)
+	for !bytes.HasSuffix(head, []byte("\r\n\r\n")) {
+		n, err := c.Read(buf)
+		if err != nil {
+			c.Close()
+			return nil, err
+		}
+		head = append(head, buf[:n]...)
+	}
+	if !bytes.HasPrefix(head, []byte("HTTP/1.1 200")) {
+		c.Close()
+		return nil, fmt.Errorf("CONNECT: %q", head)
+	}
+	return c, nil
+}
+
+// startRelayConnect is the ceiling for the explicit path: the least a
+// CONNECT proxy can do (read the head, dial, 200, io.Copy both ways).
+func startRelayConnect() string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	check(err)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				var head []byte
+				buf := make([]byte, 512)
+				for !bytes.HasSuffix(head, []byte("\r\n\r\n")) {
+					n, err := c.Read(buf)
+					if err != nil {
+						c.Close()
+						return
+					}
+					head = append(head, buf[:n]...)
+				}
+				target := strings.Fields(string(head))[1]
+				up, err := net.Dial("tcp", target)
+				if err != nil {
+					c.Close()
+					return
+				}
+				_, _ = io.WriteString(c, "HTTP/1.1 200 Connection established\r\n\r\n")
+				splice(c.(*net.TCPConn), up.(*net.TCPConn))
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+// startRelayTransparent is the ceiling for the transparent path: original
+// destination, dial, io.Copy both ways.
+func startRelayTransparent(addr string) {
+	ln, err := net.Listen("tcp", addr)
+	check(err)
+	d := net.Dialer{Control: sockopt.MarkControl(uint32(*mark))}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				orig, err := origDst4(c.(*net.TCPConn))
+				if err != nil {
+					c.Close()
+					return
+				}
+				up, err := d.Dial("tcp", orig.String())
+				if err != nil {
+					c.Close()
+					return
+				}
+				splice(c.(*net.TCPConn), up.(*net.TCPConn))
+			}()
+		}
+	}()
+}
+
+func splice(a, b *net.TCPConn) {
+	done := make(chan struct{})
+	go func() {
+		_, _ = io.Copy(b, a)
+		_ = b.CloseWrite()
+		close(done)
+	}()
+	_, _ = io.Copy(a, b)
+	_ = a.CloseWrite()
+	<-done
+	a.Close()
+	b.Close()
+}
+
+func origDst4(c *net.TCPConn) (netip.AddrPort, error) {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return netip.AddrPort{}, err
+	}
+	var sa [16]byte
+	var serr error
+	err = raw.Control(func(fd uintptr) {
+		l := uint32(len(sa))
+		_, _, e := unix.Syscall6(unix.SYS_GETSOCKOPT, fd, unix.SOL_IP, 80, uintptr(unsafe.Pointer(&sa[0])), uintptr(unsafe.Pointer(&l)), 0)
+		if e != 0 {
+			serr = e
+		}
+	})
+	if err != nil {
+		return netip.AddrPort{}, err
+	}
+	if serr != nil {
+		return netip.AddrPort{}, serr
+	}
+	return netip.AddrPortFrom(netip.AddrFrom4([4]byte(sa[4:8])), binary.BigEndian.Uint16(sa[2:4])), nil
+}
+
+func median(xs []float64) float64 {
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+func check(err error) {
+	if err != nil && !errors.Is(err, syscall.EINTR) {
+		log.Fatal(err)
+	}
+}

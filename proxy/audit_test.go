@@ -1,0 +1,197 @@
+package proxy
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/egressd/egressd/audit"
+)
+
+// One audit line per decision: denials at once, allows when they end,
+// with bytes and duration.
+func TestAuditLinePerDecision(t *testing.T) {
+	rec := newTCPRecorder(t, "127.0.0.1:0")
+	up := newUpstreamHTTP(t)
+	h := newHarness(t, policyFile(t, map[int]string{1: "allow allowed.test:*", 2: "allow 127.0.0.1:*", 9: "block *.evil.test"}))
+	h.res.set("allowed.test", "127.0.0.1")
+
+	c, _, _ := h.connect(fmt.Sprintf("allowed.test:%d", rec.port))
+	echo(t, c, "0123456789")
+	c.Close()
+	h.audit.waitRecords(t, 1)
+	h.connect("x.evil.test:443")
+	h.audit.waitRecords(t, 2)
+	h.request(fmt.Sprintf("POST http://allowed.test:%d/p HTTP/1.1\r\nHost: allowed.test:%d\r\nContent-Length: 5\r\n\r\nhello", up.port, up.port))
+	h.audit.waitRecords(t, 3)
+	h.request("GET http://nope.test/ HTTP/1.1\r\nHost: nope.test\r\n\r\n")
+
+	rs := h.audit.waitRecords(t, 4)
+	upstream := fmt.Sprintf("127.0.0.1:%d", rec.port)
+	httpUp := fmt.Sprintf("127.0.0.1:%d", up.port)
+	want := []audit.Record{
+		{Kind: audit.KindConnect, Target: "allowed.test", Port: rec.port, Addrs: []string{upstream}, Decision: "allow",
+			Reason: "allowed-by", Rule: "allowed.test:*", Source: "policy.toml:1", BytesUp: 10, BytesDown: 10},
+		{Kind: audit.KindConnect, Target: "x.evil.test", Port: 443, Decision: "deny", Reason: "blocked-by",
+			Rule: "*.evil.test", Source: "policy.toml:9"},
+		{Kind: audit.KindHTTP, Target: "allowed.test", Port: up.port, Addrs: []string{httpUp}, Decision: "allow",
+			Reason: "allowed-by", Rule: "allowed.test:*", Source: "policy.toml:1", BytesUp: 5, BytesDown: int64(len(fmt.Sprintf("hello allowed.test:%d /p body=5", up.port)))},
+		{Kind: audit.KindHTTP, Target: "nope.test", Port: 80, Decision: "deny", Reason: "no-allow-rule"},
+	}
+	if diff := cmp.Diff(want, rs, cmpopts.IgnoreFields(audit.Record{}, "Time", "SandboxID", "Client", "DurationMS"), cmpopts.EquateEmpty()); diff != "" {
+		t.Errorf("audit records (-want +got):\n%s", diff)
+	}
+	for _, r := range rs {
+		if r.SandboxID != "test" || !strings.HasPrefix(r.Client, "127.0.0.1:") || r.Time.IsZero() {
+			t.Errorf("record %+v lacks sandbox, client or time", r)
+		}
+		if r.Decision == "allow" && r.DurationMS <= 0 {
+			t.Errorf("allow record %+v has no duration", r)
+		}
+	}
+}
+
+// DESIGN "Performance notes": the relay hands the bare *net.TCPConn of
+// both sides to io.Copy (so TCPConn.ReadFrom splices), and counts bytes
+// from what io.Copy returns.
+func TestSpliceFastPathKept(t *testing.T) {
+	var mu sync.Mutex
+	var seen []string
+	var copied int64
+	orig := copyFn
+	copyFn = func(dst io.Writer, src io.Reader) (int64, error) {
+		n, err := orig(dst, src)
+		mu.Lock()
+		seen = append(seen, fmt.Sprintf("%T<-%T", dst, src))
+		copied += n
+		mu.Unlock()
+		return n, err
+	}
+	t.Cleanup(func() { copyFn = orig })
+
+	rec := newTCPRecorder(t, "127.0.0.1:0")
+	th := newTransparentHarness(t, policyOf(t, basePolicy(t)...))
+	th.res.set("allowed.test", "127.0.0.1")
+	payload := bytes.Repeat([]byte("0123456789abcdef"), 1<<16) // 1 MiB
+
+	c, _, _ := th.connect(fmt.Sprintf("allowed.test:%d", rec.port))
+	go func() { c.Write(payload); c.(*net.TCPConn).CloseWrite() }()
+	got, err := io.ReadAll(c)
+	if err != nil || !bytes.Equal(got, payload) {
+		t.Fatalf("CONNECT echo: %d bytes, %v", len(got), err)
+	}
+	c = th.dialTo(fmt.Sprintf("127.0.0.1:%d", rec.port)) // raw TCP, allowed by the IP rule
+	go func() { c.Write(payload); c.(*net.TCPConn).CloseWrite() }()
+	got, err = io.ReadAll(c)
+	if err != nil || !bytes.Equal(got, payload) {
+		t.Fatalf("transparent echo: %d bytes, %v", len(got), err)
+	}
+	rs := th.audit.waitRecords(t, 2)
+
+	mu.Lock()
+	defer mu.Unlock()
+	if len(seen) != 4 {
+		t.Fatalf("copy calls %v, want 4 (two directions, two tunnels)", seen)
+	}
+	for _, s := range seen {
+		if s != "*net.TCPConn<-*net.TCPConn" {
+			t.Errorf("relay copied %s; the splice fast path needs *net.TCPConn on both sides", s)
+		}
+	}
+	var audited int64
+	for _, r := range rs {
+		audited += r.BytesUp + r.BytesDown
+	}
+	if want := int64(4 * len(payload)); audited != want || copied > want {
+		t.Errorf("audited %d bytes, copied %d; want %d (counted from io.Copy's results)", audited, copied, want)
+	}
+}
+
+// THREATS A7: pooled upstream connections are keyed by the vetted origin:
+// two names on the same address and port never share one.
+func TestUpstreamPoolNotSharedAcrossHosts(t *testing.T) {
+	var mu sync.Mutex
+	remotes := map[string]map[string]bool{} // Host → upstream-side remote addresses
+	srv := newUpstreamHTTP(t)
+	srv.srv.Config.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		if remotes[r.Host] == nil {
+			remotes[r.Host] = map[string]bool{}
+		}
+		remotes[r.Host][r.RemoteAddr] = true
+		mu.Unlock()
+		io.WriteString(w, "ok")
+	})
+	h := newHarness(t, policyOf(t, "allow a.test:*", "allow b.test:*", "allow 127.0.0.1:*"))
+	h.res.set("a.test", "127.0.0.1")
+	h.res.set("b.test", "127.0.0.1")
+	for i := range 6 {
+		host := []string{"a.test", "b.test"}[i%2]
+		resp, _ := h.request(fmt.Sprintf("GET http://%s:%d/ HTTP/1.1\r\nHost: %s:%d\r\n\r\n", host, srv.port, host, srv.port))
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("request %d: %d", i, resp.StatusCode)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	a, b := remotes[fmt.Sprintf("a.test:%d", srv.port)], remotes[fmt.Sprintf("b.test:%d", srv.port)]
+	if len(a) == 0 || len(b) == 0 {
+		t.Fatalf("upstream saw %v", remotes)
+	}
+	for r := range a {
+		if b[r] {
+			t.Fatalf("upstream connection %s carried requests for both a.test and b.test", r)
+		}
+	}
+	if len(a) > 1 || len(b) > 1 {
+		t.Logf("note: pool did not reuse (%d, %d connections)", len(a), len(b))
+	}
+}
+
+func TestMetricsRegistered(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	h := newHarness(t, policyOf(t, "allow 127.0.0.1:*"), func(c *Config) { c.Metrics = reg })
+	h.connect("denied.test:443")
+	h.audit.waitRecords(t, 1)
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	found := false
+	for _, mf := range mfs {
+		names = append(names, mf.GetName())
+		if mf.GetName() != "egressd_proxy_decisions_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			if labels["kind"] == "connect" && labels["result"] == "deny" && labels["reason"] == "no-allow-rule" {
+				found = m.GetCounter().GetValue() == 1
+			}
+		}
+	}
+	if !found {
+		t.Errorf("decisions{connect,deny,no-allow-rule} is not 1")
+	}
+	for _, want := range []string{"egressd_proxy_decisions_total", "egressd_proxy_open_tunnels"} {
+		if !strings.Contains(strings.Join(names, " "), want) {
+			t.Errorf("metric %s not registered (have %v)", want, names)
+		}
+	}
+	if _, err := New(Config{Policy: h.live, Metrics: reg}); err == nil {
+		t.Error("a second Proxy on the same registry registered silently")
+	}
+}

@@ -1,0 +1,128 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"time"
+
+	"github.com/egressd/egressd/policy"
+)
+
+// The upstream dialer. Names are resolved once through Config.Resolver
+// (never the system resolver), every address passes Matcher.GuardAddr and
+// the self check, and the connection goes to exactly an address that
+// passed: there is no second resolution between check and connect
+// (THREATS C5).
+
+// vetTarget returns the addresses egressd may dial for t under m, in the
+// order to try them. A name is resolved and each answer guarded; an IP
+// literal is decided by DecideAddr. prefer, when it is among the vetted
+// addresses, goes first (a transparent client's original destination).
+// The error is a *denial when policy or the self check refused every
+// address.
+func (p *Proxy) vetTarget(ctx context.Context, m *policy.Matcher, t policy.Target, prefer netip.Addr) ([]netip.AddrPort, error) {
+	if t.Addr.IsValid() {
+		if d := m.DecideAddr(t.Addr, t.Port); !d.Allow {
+			return nil, denyAddr(d, t.Addr)
+		}
+		ap := netip.AddrPortFrom(t.Addr, t.Port)
+		if p.isSelf(ap) {
+			return nil, denyf(http.StatusForbidden, ReasonSelf, "%s is egressd's own listener", ap)
+		}
+		return []netip.AddrPort{ap}, nil
+	}
+	if p.cfg.Resolver == nil {
+		return nil, denyf(http.StatusBadGateway, ReasonResolve, "no resolver configured for %s", t.Name)
+	}
+	rctx, cancel := context.WithTimeout(ctx, p.cfg.DialTimeout)
+	addrs, err := p.cfg.Resolver.Resolve(rctx, t.Name)
+	cancel()
+	if err != nil {
+		if d, ok := asDenial(err); ok {
+			return nil, d
+		}
+		return nil, denyf(http.StatusBadGateway, ReasonResolve, "resolving %s: %v", t.Name, err)
+	}
+	var (
+		out   []netip.AddrPort
+		first *denial
+	)
+	for _, a := range addrs {
+		a = a.Unmap()
+		if !a.IsValid() || a.Zone() != "" {
+			continue
+		}
+		if d := m.GuardAddr(a, t.Port); !d.Allow {
+			if first == nil {
+				first = denyAddr(d, a)
+			}
+			continue
+		}
+		ap := netip.AddrPortFrom(a, t.Port)
+		if p.isSelf(ap) {
+			if first == nil {
+				first = denyf(http.StatusForbidden, ReasonSelf, "%s resolves to %s, egressd's own listener", t.Name, ap)
+			}
+			continue
+		}
+		if a == prefer {
+			out = append([]netip.AddrPort{ap}, out...)
+			continue
+		}
+		out = append(out, ap)
+	}
+	if len(out) == 0 {
+		if first != nil {
+			return nil, first
+		}
+		return nil, denyf(http.StatusBadGateway, ReasonResolve, "%s has no addresses", t.Name)
+	}
+	return out, nil
+}
+
+// dialVetted connects to the first of addrs that answers, each attempt
+// bounded by DialTimeout, with the socket mark set. It returns the
+// connection, the address it reached and every address tried.
+func (p *Proxy) dialVetted(ctx context.Context, addrs []netip.AddrPort) (net.Conn, netip.AddrPort, []string, error) {
+	tried := make([]string, 0, len(addrs))
+	var errs []error
+	for _, ap := range addrs {
+		if err := ctx.Err(); err != nil {
+			errs = append(errs, err)
+			break
+		}
+		tried = append(tried, ap.String())
+		start := time.Now()
+		c, err := p.dialer.DialContext(ctx, "tcp", ap.String())
+		p.met.dialed(time.Since(start), err)
+		if err == nil {
+			return c, ap, tried, nil
+		}
+		errs = append(errs, err)
+	}
+	return nil, netip.AddrPort{}, tried, fmt.Errorf("connecting upstream: %w", errors.Join(errs...))
+}
+
+// dialTarget vets t and dials it.
+func (p *Proxy) dialTarget(ctx context.Context, m *policy.Matcher, t policy.Target, prefer netip.Addr) (net.Conn, netip.AddrPort, []string, error) {
+	addrs, err := p.vetTarget(ctx, m, t, prefer)
+	if err != nil {
+		return nil, netip.AddrPort{}, nil, err
+	}
+	return p.dialVetted(ctx, addrs)
+}
+
+// upstreamFailure is the denial answered when the upstream cannot be
+// reached after an allow: 504 for a timeout, 502 otherwise.
+func upstreamFailure(err error) *denial {
+	status := http.StatusBadGateway
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, context.DeadlineExceeded) {
+		status = http.StatusGatewayTimeout
+	}
+	return denyf(status, ReasonUpstream, "%v", err)
+}

@@ -1,0 +1,314 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/textproto"
+	"strings"
+)
+
+// HTTP/1.x request heads, parsed strictly (RFC 9112; THREATS A6, A7, A9).
+// net/http's server cannot be used for this: it deletes the Host header
+// after reading an absolute-form request and silently resolves
+// Content-Length + Transfer-Encoding, which are exactly the things a
+// filtering proxy must see. So egressd reads heads itself and refuses what
+// a lenient parser would guess at.
+
+const (
+	// maxHeadBytes bounds a request head (request line and headers).
+	maxHeadBytes = 32 << 10
+	// maxHeaderLines bounds the number of header fields.
+	maxHeaderLines = 100
+	// headReadBuffer is the bufio size for client connections; a single
+	// head line longer than this is refused.
+	headReadBuffer = 16 << 10
+)
+
+var (
+	errHeadTooLarge = errors.New("request head too large")
+)
+
+// headError is a request head egressd refuses to interpret.
+type headError struct{ msg string }
+
+func (e *headError) Error() string { return "bad request: " + e.msg }
+
+func badHead(format string, args ...any) error {
+	return &headError{msg: fmt.Sprintf(format, args...)}
+}
+
+// requestHead is a parsed, validated request head.
+type requestHead struct {
+	method string
+	target string // request-target as sent
+	proto  string // "HTTP/1.1" or "HTTP/1.0"
+	header http.Header
+	// host is the Host header value; hasHost says whether there was one.
+	host    string
+	hasHost bool
+	// contentLength is the body length, or -1 when there is no
+	// Content-Length (then chunked says whether there is a chunked body).
+	contentLength int64
+	chunked       bool
+	// keepAlive: the client may send another request on this connection.
+	keepAlive bool
+	// expectContinue: the client waits for "100 Continue" before its body.
+	expectContinue bool
+}
+
+// readRequestHead reads one request head from br: every line up to and
+// including the empty line. Lines must end in CRLF and the head must fit in
+// max bytes. On error it returns what it read.
+func readRequestHead(br *bufio.Reader, max int) ([]byte, error) {
+	var head []byte
+	for {
+		line, err := br.ReadSlice('\n')
+		head = append(head, line...)
+		if err != nil {
+			switch {
+			case errors.Is(err, bufio.ErrBufferFull):
+				return head, errHeadTooLarge
+			case len(head) > 0 && errors.Is(err, io.EOF):
+				return head, badHead("connection closed inside the request head")
+			}
+			return head, err
+		}
+		if len(head) > max {
+			return head, errHeadTooLarge
+		}
+		if len(line) < 2 || line[len(line)-2] != '\r' {
+			return head, badHead("bare LF line ending")
+		}
+		if len(line) == 2 {
+			return head, nil
+		}
+	}
+}
+
+// parseRequestHead parses a head read by readRequestHead.
+func parseRequestHead(b []byte) (*requestHead, error) {
+	if !bytes.HasSuffix(b, []byte("\r\n\r\n")) && !bytes.Equal(b, []byte("\r\n")) {
+		return nil, badHead("head does not end with an empty line")
+	}
+	lines := strings.Split(string(b[:len(b)-2]), "\r\n")
+	lines = lines[:len(lines)-1] // the split leaves "" after the last CRLF
+	if len(lines) == 0 {
+		return nil, badHead("empty line instead of a request line")
+	}
+	for _, l := range lines {
+		if strings.ContainsAny(l, "\r\n") {
+			return nil, badHead("bare CR or LF inside the head")
+		}
+	}
+	h := &requestHead{header: make(http.Header, len(lines)), contentLength: -1}
+	if err := h.parseRequestLine(lines[0]); err != nil {
+		return nil, err
+	}
+	if len(lines)-1 > maxHeaderLines {
+		return nil, badHead("more than %d header fields", maxHeaderLines)
+	}
+	for _, l := range lines[1:] {
+		if err := h.addField(l); err != nil {
+			return nil, err
+		}
+	}
+	if err := h.interpret(); err != nil {
+		return nil, err
+	}
+	return h, nil
+}
+
+func (h *requestHead) parseRequestLine(l string) error {
+	method, rest, ok1 := strings.Cut(l, " ")
+	target, proto, ok2 := strings.Cut(rest, " ")
+	if !ok1 || !ok2 || strings.IndexByte(proto, ' ') >= 0 {
+		return badHead("request line is not METHOD SP TARGET SP VERSION")
+	}
+	if method == "" || !isToken(method) {
+		return badHead("bad method %q", method)
+	}
+	if target == "" {
+		return badHead("empty request-target")
+	}
+	for i := 0; i < len(target); i++ {
+		if c := target[i]; c < 0x21 || c > 0x7e {
+			return badHead("byte %#02x in request-target", c)
+		}
+	}
+	if proto != "HTTP/1.1" && proto != "HTTP/1.0" {
+		return badHead("unsupported protocol %q", proto)
+	}
+	h.method, h.target, h.proto = method, target, proto
+	return nil
+}
+
+func (h *requestHead) addField(l string) error {
+	if l == "" {
+		return badHead("empty header line")
+	}
+	if l[0] == ' ' || l[0] == '\t' {
+		return badHead("obsolete line folding")
+	}
+	name, value, ok := strings.Cut(l, ":")
+	if !ok {
+		return badHead("header line without a colon")
+	}
+	if name == "" || !isToken(name) {
+		return badHead("bad header name %q (no whitespace before the colon)", name)
+	}
+	value = strings.Trim(value, " \t")
+	for i := 0; i < len(value); i++ {
+		if c := value[i]; (c < 0x20 && c != '\t') || c == 0x7f {
+			return badHead("control byte %#02x in header %s", c, name)
+		}
+	}
+	key := textproto.CanonicalMIMEHeaderKey(name)
+	h.header[key] = append(h.header[key], value)
+	return nil
+}
+
+// interpret checks framing and the connection-level headers.
+func (h *requestHead) interpret() error {
+	hdr := h.header
+	if v := hdr["Host"]; len(v) > 1 {
+		return badHead("%d Host headers", len(v))
+	} else if len(v) == 1 {
+		h.host, h.hasHost = v[0], true
+	}
+	cl, hasCL := hdr["Content-Length"]
+	te, hasTE := hdr["Transfer-Encoding"]
+	if hasCL && hasTE {
+		return badHead("both Content-Length and Transfer-Encoding (ambiguous framing)")
+	}
+	if hasCL {
+		if len(cl) != 1 {
+			return badHead("%d Content-Length headers", len(cl))
+		}
+		n, ok := parseContentLength(cl[0])
+		if !ok {
+			return badHead("bad Content-Length %q", cl[0])
+		}
+		h.contentLength = n
+	}
+	if hasTE {
+		if h.proto == "HTTP/1.0" {
+			return badHead("Transfer-Encoding in an HTTP/1.0 request")
+		}
+		if len(te) != 1 || !strings.EqualFold(te[0], "chunked") {
+			return badHead("Transfer-Encoding %q (only a single \"chunked\" is accepted)", strings.Join(te, ", "))
+		}
+		h.chunked = true
+	}
+	if h.method == http.MethodConnect && (hasCL || hasTE) {
+		return badHead("CONNECT with a body")
+	}
+	h.keepAlive = h.proto == "HTTP/1.1"
+	for _, v := range hdr["Connection"] {
+		for tok := range strings.SplitSeq(v, ",") {
+			tok = strings.TrimSpace(tok)
+			switch {
+			case tok == "":
+			case strings.EqualFold(tok, "close"):
+				h.keepAlive = false
+			case strings.EqualFold(tok, "keep-alive"):
+				if h.proto == "HTTP/1.0" {
+					h.keepAlive = true
+				}
+			default:
+				if !isToken(tok) {
+					return badHead("bad Connection option %q", tok)
+				}
+			}
+		}
+	}
+	// A 1.0 "Connection: keep-alive, close" still closes.
+	for _, v := range hdr["Connection"] {
+		if hasToken(v, "close") {
+			h.keepAlive = false
+		}
+	}
+	for _, v := range hdr["Expect"] {
+		if strings.EqualFold(strings.TrimSpace(v), "100-continue") {
+			h.expectContinue = true
+		}
+	}
+	return nil
+}
+
+// parseContentLength accepts 1*DIGIT, at most 18 digits (no sign, no
+// spaces, no hex).
+func parseContentLength(s string) (int64, bool) {
+	if s == "" || len(s) > 18 {
+		return 0, false
+	}
+	var n int64
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = n*10 + int64(c-'0')
+	}
+	return n, true
+}
+
+func hasToken(v, token string) bool {
+	for tok := range strings.SplitSeq(v, ",") {
+		if strings.EqualFold(strings.TrimSpace(tok), token) {
+			return true
+		}
+	}
+	return false
+}
+
+// isToken reports whether s is an RFC 9110 token.
+func isToken(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if !isTchar(s[i]) {
+			return false
+		}
+	}
+	return s != ""
+}
+
+func isTchar(c byte) bool {
+	switch {
+	case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		return true
+	}
+	return strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0
+}
+
+// hopHeaders are removed from every forwarded request and response (RFC
+// 9110 §7.6.1), with every header the Connection header names. Upgrade
+// and HTTP2-Settings go too: egressd does not let a plain-HTTP request turn
+// into an opaque stream (h2c, WebSocket; THREATS A9). Every Proxy-* header
+// is removed as well (see stripHopHeaders).
+var hopHeaders = []string{
+	"Connection", "Keep-Alive", "Te", "Trailer", "Transfer-Encoding",
+	"Upgrade", "Http2-Settings", "Expect",
+}
+
+// stripHopHeaders removes hop-by-hop headers, the headers named in
+// Connection, and every Proxy-* header from h.
+func stripHopHeaders(h http.Header) {
+	for _, v := range h["Connection"] {
+		for tok := range strings.SplitSeq(v, ",") {
+			if tok = strings.TrimSpace(tok); tok != "" {
+				h.Del(tok)
+			}
+		}
+	}
+	for _, k := range hopHeaders {
+		delete(h, k)
+	}
+	for k := range h {
+		if len(k) >= 6 && strings.EqualFold(k[:6], "Proxy-") {
+			delete(h, k)
+		}
+	}
+}

@@ -1,0 +1,98 @@
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are the proxy's Prometheus collectors. They always exist (so the
+// hot path has no nil checks); New registers them only when
+// Config.Metrics is set.
+//
+//	egressd_proxy_decisions_total{kind,result,reason}  final verdict per connection or request
+//	egressd_proxy_open_tunnels                         client connections being served
+//	egressd_proxy_bytes_total{direction="up"|"down"}   bytes relayed (counted when a connection or request ends)
+//	egressd_proxy_dial_duration_seconds{result}        upstream TCP connect latency
+//	egressd_proxy_limit_refusals_total{limit}          work refused by MaxTunnels / MaxTunnelsPerDest
+type metrics struct {
+	decisions  *prometheus.CounterVec
+	open       prometheus.Gauge
+	bytes      *prometheus.CounterVec
+	bytesUp    prometheus.Counter
+	bytesDown  prometheus.Counter
+	dial       *prometheus.HistogramVec
+	dialOK     prometheus.Observer
+	dialErr    prometheus.Observer
+	refusals   *prometheus.CounterVec
+	refTunnels prometheus.Counter
+	refDest    prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "egressd_proxy_decisions_total",
+			Help: "Proxy verdicts, one per connection (connect, tls, tcp) or request (http), by kind, result (allow, deny) and reason.",
+		}, []string{"kind", "result", "reason"}),
+		open: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "egressd_proxy_open_tunnels",
+			Help: "Client connections the proxy is serving (CONNECT tunnels, transparent connections, HTTP client connections).",
+		}),
+		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "egressd_proxy_bytes_total",
+			Help: "Payload bytes relayed, up (client to upstream) and down, counted when a connection or request ends.",
+		}, []string{"direction"}),
+		dial: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "egressd_proxy_dial_duration_seconds",
+			Help:    "Time to connect to a vetted upstream address, by result (ok, error).",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		}, []string{"result"}),
+		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "egressd_proxy_limit_refusals_total",
+			Help: "Connections or requests refused because a limit was reached, by limit (tunnels, per_destination).",
+		}, []string{"limit"}),
+	}
+	m.bytesUp = m.bytes.WithLabelValues("up")
+	m.bytesDown = m.bytes.WithLabelValues("down")
+	m.dialOK = m.dial.WithLabelValues("ok")
+	m.dialErr = m.dial.WithLabelValues("error")
+	m.refTunnels = m.refusals.WithLabelValues("tunnels")
+	m.refDest = m.refusals.WithLabelValues("per_destination")
+	if reg == nil {
+		return m, nil
+	}
+	for _, c := range []prometheus.Collector{m.decisions, m.open, m.bytes, m.dial, m.refusals} {
+		if err := reg.Register(c); err != nil {
+			var are prometheus.AlreadyRegisteredError
+			if errors.As(err, &are) {
+				return nil, fmt.Errorf("registering proxy metrics: %w (one Proxy per registry)", err)
+			}
+			return nil, fmt.Errorf("registering proxy metrics: %w", err)
+		}
+	}
+	return m, nil
+}
+
+func (m *metrics) decision(kind, result, reason string) {
+	m.decisions.WithLabelValues(kind, result, reason).Inc()
+}
+
+func (m *metrics) dialed(d time.Duration, err error) {
+	if err != nil {
+		m.dialErr.Observe(d.Seconds())
+		return
+	}
+	m.dialOK.Observe(d.Seconds())
+}
+
+func (m *metrics) relayed(up, down int64) {
+	if up > 0 {
+		m.bytesUp.Add(float64(up))
+	}
+	if down > 0 {
+		m.bytesDown.Add(float64(down))
+	}
+}

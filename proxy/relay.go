@@ -1,0 +1,130 @@
+package proxy
+
+import (
+	"errors"
+	"io"
+	"net"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// The relay. Between two *net.TCPConn, io.Copy becomes TCPConn.ReadFrom,
+// which moves the bytes with splice(2) and never copies them through user
+// space. Wrapping either side (to count bytes, say) silently loses that
+// and doubles the CPU per byte (DESIGN "Performance notes"). So the relay
+// hands the bare connections to io.Copy, counts from its return values,
+// and watches idleness through TCP_INFO instead of per-read deadlines.
+
+// copyFn is the relay's copy; tests replace it to check that both sides
+// arrive as *net.TCPConn.
+var copyFn = io.Copy
+
+// relay is one bidirectional tunnel between client and upstream.
+type relay struct {
+	client, upstream net.Conn
+	down             int64
+	downErr          error
+	downDone         chan struct{}
+}
+
+// startRelay starts the upstream→client direction at once (server-first
+// protocols: SMTP banners, MySQL greetings) and returns the relay; the
+// caller finishes with run once the client side may flow.
+func startRelay(client, upstream net.Conn) *relay {
+	r := &relay{client: client, upstream: upstream, downDone: make(chan struct{})}
+	go r.copyDown()
+	return r
+}
+
+// copyDown copies upstream→client until upstream's end of stream, then
+// half-closes the client.
+func (r *relay) copyDown() {
+	defer close(r.downDone)
+	r.down, r.downErr = copyFn(r.client, r.upstream)
+	if r.downErr != nil {
+		// Reset or closed: stop the other direction too.
+		_ = r.client.Close()
+		_ = r.upstream.Close()
+		return
+	}
+	closeWrite(r.client)
+}
+
+// run writes prefix (the bytes peeked from the client) upstream, then
+// copies client→upstream until the client's end of stream, waits for the
+// other direction and closes both. It returns the bytes each way.
+func (r *relay) run(prefix []byte) (up, down int64, err error) {
+	if len(prefix) > 0 {
+		n, werr := r.upstream.Write(prefix)
+		up += int64(n)
+		if werr != nil {
+			err = werr
+		}
+	}
+	if err == nil {
+		var n int64
+		n, err = copyFn(r.upstream, r.client)
+		up += n
+	}
+	if err != nil {
+		_ = r.client.Close()
+		_ = r.upstream.Close()
+	} else {
+		closeWrite(r.upstream)
+	}
+	<-r.downDone
+	_ = r.client.Close()
+	_ = r.upstream.Close()
+	if err == nil {
+		err = r.downErr
+	}
+	return up, r.down, err
+}
+
+// abort closes both sides and waits for the upstream→client copy.
+func (r *relay) abort() int64 {
+	resetConn(r.client)
+	_ = r.upstream.Close()
+	<-r.downDone
+	return r.down
+}
+
+func closeWrite(c net.Conn) {
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		_ = cw.CloseWrite()
+		return
+	}
+	_ = c.Close()
+}
+
+// socketIdle returns how long c has neither received nor sent payload,
+// from the kernel's TCP_INFO; ok is false when c is not a TCP socket.
+func socketIdle(c net.Conn) (time.Duration, bool) {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return 0, false
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return 0, false
+	}
+	var info *unix.TCPInfo
+	var ierr error
+	if err := raw.Control(func(fd uintptr) {
+		info, ierr = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
+	}); err != nil || ierr != nil {
+		return 0, false
+	}
+	ms := min(info.Last_data_recv, info.Last_data_sent)
+	return time.Duration(ms) * time.Millisecond, true
+}
+
+// isTemporaryAcceptError reports accept errors that pass: out of file
+// descriptors or buffers, a connection aborted before it was accepted.
+func isTemporaryAcceptError(err error) bool {
+	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) ||
+		errors.Is(err, syscall.ENOBUFS) || errors.Is(err, syscall.ENOMEM) ||
+		errors.Is(err, syscall.ECONNABORTED)
+}
