@@ -119,7 +119,7 @@ type Daemon struct {
 
 // New loads the policy and binds every listener. Nothing is served until Run.
 // On error everything bound so far is closed.
-func New(cfg Config) (d *Daemon, err error) {
+func New(cfg Config) (_ *Daemon, err error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -129,7 +129,7 @@ func New(cfg Config) (d *Daemon, err error) {
 	if len(cfg.DNSListen)+len(cfg.ProxyListen)+len(cfg.TransparentListen) == 0 {
 		return nil, errors.New("nothing to serve: give at least one of --dns-listen, --proxy-listen, --transparent-listen")
 	}
-	d = &Daemon{cfg: cfg, log: cfg.Logger, reg: prometheus.NewRegistry()}
+	d := &Daemon{cfg: cfg, log: cfg.Logger, reg: prometheus.NewRegistry()}
 	d.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	d.reloadsOK = prometheus.NewCounter(prometheus.CounterOpts{Name: "egressd_policy_reloads_total", Help: "Policy reloads that took effect."})
 	d.reloadsError = prometheus.NewCounter(prometheus.CounterOpts{Name: "egressd_policy_reload_failures_total", Help: "Policy reloads refused (the last good policy stayed in force)."})
