@@ -1,0 +1,34 @@
+// Package dnsfilter is the sandbox's DNS resolver: it answers, forwards or
+// refuses each query by the policy, filters the answers it forwards through
+// the address guard, caches them, and keeps the table of DNS-learned
+// addresses the transparent proxy consults for name-less TCP.
+//
+//	client query (UDP/TCP, redirected port 53)
+//	   │
+//	   ▼
+//	rate limit per client IP ── over ──► REFUSED
+//	one question, opcode QUERY, EDNS v0 ── else ──► FORMERR / NOTIMP / BADVERS
+//	class IN; not ANY/AXFR/IXFR/meta ── else ──► REFUSED
+//	name ≤ MaxNameLen ── else ──► REFUSED
+//	Matcher.DecideNameAnyPort(name) ── deny ──► NXDOMAIN (or REFUSED), never forwarded
+//	qtype in A AAAA CNAME MX SRV TXT ── else ──► NOERROR, no data (HTTPS/SVCB never forwarded)
+//	   │ allowed
+//	   ▼
+//	cache (name,qtype) ── miss ──► one fresh upstream query: new ID, one question,
+//	   │                           class IN, lower-cased name, our EDNS size;
+//	   │                           UDP over reused sockets, TCP on TC; SO_MARK
+//	   ▼
+//	filter with the CURRENT matcher (memoised per matcher):
+//	   CNAME target blocked/invalid ──► whole answer denied (NXDOMAIN/REFUSED)
+//	   A/AAAA through GuardAddr(addr, 0): guarded ones stripped; all stripped ──► NOERROR, no data
+//	   │
+//	   ├──► learned-address table: address → allowed names of the chain, until TTL
+//	   ▼
+//	reply: the client's question as asked, records for the canonical name,
+//	TTLs counted down, truncated (TC=1) to the client's UDP buffer
+//
+// Every client query yields one audit record (rate-limited ones: at most one
+// per client per second). Resolve is the same path for the proxy's own
+// lookups; LearnedNames is what the proxy reads through its own one-method
+// interface. dnsfilter never imports proxy.
+package dnsfilter

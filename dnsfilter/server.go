@@ -1,0 +1,317 @@
+package dnsfilter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/miekg/dns"
+	"golang.org/x/net/netutil"
+
+	"github.com/egressd/egressd/policy"
+)
+
+// maxQuerySize is the largest UDP query read; longer datagrams are cut and
+// then fail to parse (FORMERR). Real queries are far smaller.
+const maxQuerySize = 4096
+
+// Server is the sandbox's DNS resolver. Create it with New, bind with
+// Listen, run with Serve, stop with Shutdown. It is also a dns.Handler.
+type Server struct {
+	set     settings
+	policy  PolicySource
+	audit   auditPipe
+	log     *slog.Logger
+	m       *metrics
+	up      exchanger
+	cache   *cache
+	learned *learnedTable
+	limiter *limiter
+	flight  flight
+	gen     atomic.Uint64 // bumped by Reset
+
+	baseCtx context.Context
+	cancel  context.CancelFunc
+
+	mu       sync.Mutex
+	pcs      []net.PacketConn
+	lns      []net.Listener
+	servers  []*dnsServer
+	serving  bool
+	shutdown bool
+	done     chan struct{} // closed when Shutdown starts
+	stopped  chan struct{} // closed when Shutdown has finished
+}
+
+type dnsServer struct {
+	srv     *dns.Server
+	started chan struct{}
+	closer  io.Closer
+}
+
+// New validates cfg and builds a Server. It binds nothing.
+func New(cfg Config) (*Server, error) {
+	set, err := cfg.settings()
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{
+		set:     set,
+		policy:  cfg.Policy,
+		audit:   auditPipe{log: cfg.Audit},
+		log:     cfg.Logger,
+		cache:   newCache(set.cacheSize),
+		learned: newLearnedTable(set.learnedSize),
+		limiter: newLimiter(set.rate, set.burst),
+		done:    make(chan struct{}),
+		stopped: make(chan struct{}),
+	}
+	if l, ok := cfg.Policy.(*policy.Live); ok && l == nil {
+		s.policy = nil // a typed nil would panic in Current: deny everything instead
+	}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	s.m = newMetrics(s.cache.len, s.learned.len)
+	if err := s.m.register(cfg.Metrics); err != nil {
+		return nil, err
+	}
+	s.up = newUpstreams(set.upstreams, set.mark, set.timeout, set.maxUpstream, s.m)
+	s.baseCtx, s.cancel = context.WithCancel(context.Background())
+	return s, nil
+}
+
+func (s *Server) matcher() *policy.Matcher {
+	if s.policy == nil {
+		return nil
+	}
+	return s.policy.Current()
+}
+
+// Listen binds addr ("127.0.0.1:53", "[::1]:53") for UDP and TCP. With port
+// 0 both get the same free port. Call it before Serve, once per address;
+// queries that arrive before Serve are answered once it runs.
+func (s *Server) Listen(addr string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.serving || s.shutdown {
+		return errors.New("dnsfilter: Listen after Serve or Shutdown")
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("dns listen address %q: %w", addr, err)
+	}
+	var lastErr error
+	for range 10 { // port 0: retry when TCP cannot get UDP's port
+		pc, err := net.ListenPacket("udp", addr)
+		if err != nil {
+			return fmt.Errorf("binding DNS on udp %s: %w", addr, err)
+		}
+		tcpAddr := net.JoinHostPort(host, fmt.Sprint(pc.LocalAddr().(*net.UDPAddr).Port))
+		ln, err := net.Listen("tcp", tcpAddr)
+		if err != nil {
+			pc.Close()
+			lastErr = fmt.Errorf("binding DNS on tcp %s: %w", tcpAddr, err)
+			if port == "0" && errors.Is(err, syscall.EADDRINUSE) {
+				continue
+			}
+			return lastErr
+		}
+		s.pcs = append(s.pcs, pc)
+		s.lns = append(s.lns, ln)
+		s.log.Info("dns listening", "addr", pc.LocalAddr().String())
+		return nil
+	}
+	return lastErr
+}
+
+// Addrs returns the bound addresses (one per Listen; UDP and TCP share it).
+func (s *Server) Addrs() []netip.AddrPort {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]netip.AddrPort, 0, len(s.pcs))
+	for _, pc := range s.pcs {
+		out = append(out, pc.LocalAddr().(*net.UDPAddr).AddrPort())
+	}
+	return out
+}
+
+// Serve answers queries on every bound address until ctx ends or Shutdown
+// is called (then it returns nil), or a listener fails (then it shuts the
+// others down and returns the error).
+func (s *Server) Serve(ctx context.Context) error {
+	s.mu.Lock()
+	if s.serving || s.shutdown {
+		s.mu.Unlock()
+		return errors.New("dnsfilter: Serve called twice or after Shutdown")
+	}
+	if len(s.pcs) == 0 {
+		s.mu.Unlock()
+		return errors.New("dnsfilter: Serve without Listen")
+	}
+	s.serving = true
+	for _, pc := range s.pcs {
+		s.servers = append(s.servers, s.newDNSServer(&dns.Server{PacketConn: pc, UDPSize: maxQuerySize}, pc))
+	}
+	for _, ln := range s.lns {
+		ln := netutil.LimitListener(ln, s.set.maxTCPConns)
+		s.servers = append(s.servers, s.newDNSServer(&dns.Server{Listener: ln}, ln))
+	}
+	s.audit.start()
+	errc := make(chan error, len(s.servers))
+	for _, ds := range s.servers {
+		go func() { errc <- ds.srv.ActivateAndServe() }()
+	}
+	n := len(s.servers)
+	s.mu.Unlock()
+
+	var err error
+	select {
+	case <-ctx.Done():
+	case <-s.done:
+	case err = <-errc:
+		n--
+		select {
+		case <-s.done:
+			err = nil // the listener was closed by a concurrent Shutdown
+		default:
+		}
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if serr := s.Shutdown(sctx); err == nil {
+		err = serr
+	}
+	// Every server goroutine ends once its listener is shut down or closed.
+	for ; n > 0; n-- {
+		select {
+		case <-errc:
+		case <-sctx.Done():
+			n = 0
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("dns server: %w", err)
+	}
+	return nil
+}
+
+func (s *Server) newDNSServer(srv *dns.Server, c io.Closer) *dnsServer {
+	ds := &dnsServer{srv: srv, started: make(chan struct{}), closer: c}
+	srv.Handler = s
+	srv.MsgAcceptFunc = acceptQuery
+	srv.NotifyStartedFunc = func() { close(ds.started) }
+	srv.ReadTimeout = 2 * time.Second
+	srv.WriteTimeout = 2 * time.Second
+	srv.IdleTimeout = func() time.Duration { return 8 * time.Second }
+	return ds
+}
+
+// Shutdown stops the listeners, waits (until ctx ends) for queries in
+// progress, cancels upstream queries still running, closes the upstream
+// sockets and writes the audit records still queued. Calling it again waits
+// for the first call to finish and returns nil.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	if s.shutdown {
+		s.mu.Unlock()
+		select {
+		case <-s.stopped:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	defer close(s.stopped)
+	s.shutdown = true
+	close(s.done)
+	servers := s.servers
+	pcs, lns := s.pcs, s.lns
+	s.mu.Unlock()
+
+	var errs []error
+	if len(servers) == 0 {
+		// Never served: just release the sockets.
+		for _, pc := range pcs {
+			pc.Close()
+		}
+		for _, ln := range lns {
+			ln.Close()
+		}
+	}
+	for _, ds := range servers {
+		select {
+		case <-ds.started:
+			if err := ds.srv.ShutdownContext(ctx); err != nil {
+				errs = append(errs, err)
+			}
+		default:
+			// Not started (yet): closing the socket makes
+			// ActivateAndServe return as soon as it starts reading.
+			ds.closer.Close()
+		}
+	}
+	s.cancel()
+	s.up.close()
+	s.audit.stop()
+	return errors.Join(errs...)
+}
+
+// Reset forgets everything learned from past queries — the answer cache, the
+// learned-address table and the per-client rate buckets — so a pooled sandbox
+// can be handed to the next tenant. Lookups in flight during Reset neither
+// cache nor learn their answers.
+func (s *Server) Reset() {
+	s.gen.Add(1)
+	s.cache.reset()
+	s.learned.reset()
+	s.limiter.reset()
+}
+
+// LearnedNames returns the names, allowed by the policy when they were
+// answered, whose unexpired DNS answers contained addr. IPv4-mapped IPv6
+// addresses are looked up as IPv4.
+func (s *Server) LearnedNames(addr netip.Addr) []string {
+	return s.learned.names(addr, s.set.now())
+}
+
+// acceptQuery lets through every query (opcode QUERY, QR clear) so that the
+// handler answers and audits malformed ones itself; it ignores responses (no
+// reflection) and answers other opcodes NOTIMP.
+func acceptQuery(dh dns.Header) dns.MsgAcceptAction {
+	if dh.Bits&(1<<15) != 0 {
+		return dns.MsgIgnore
+	}
+	if opcode := int(dh.Bits>>11) & 0xF; opcode != dns.OpcodeQuery {
+		return dns.MsgRejectNotImplemented
+	}
+	return dns.MsgAccept
+}
+
+// ServeDNS answers one client query. It implements dns.Handler.
+func (s *Server) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
+	var client netip.Addr
+	tcp := false
+	switch a := w.RemoteAddr().(type) {
+	case *net.UDPAddr:
+		client = a.AddrPort().Addr().Unmap()
+	case *net.TCPAddr:
+		client = a.AddrPort().Addr().Unmap()
+		tcp = true
+	}
+	resp := s.respond(req, client, tcp)
+	if resp == nil {
+		return
+	}
+	if err := w.WriteMsg(resp); err != nil {
+		s.log.Debug("dns: writing reply", "client", client, "err", err)
+	}
+}
