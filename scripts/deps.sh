@@ -17,7 +17,7 @@ declare -A pkgs=(
 	[iptables]=iptables [ip6tables]=iptables [iptables-restore]=iptables
 	[ip]=iproute2 [runc]=runc [curl]=curl [dig]=dnsutils [conntrack]=conntrack
 	[socat]=socat [nc]=netcat-openbsd [dnsperf]=dnsperf [openssl]=openssl
-	[python3]=python3 [strace]=strace [git]=git [make]=make [gcc]=gcc
+	[python3]=python3 [strace]=strace [ping]=iputils-ping [git]=git [make]=make [gcc]=gcc
 )
 missing=()
 for cmd in "${!pkgs[@]}"; do

@@ -95,7 +95,7 @@ func run(launcherBin, egressdBin, profile string, n int) error {
 	fmt.Printf("  %-22s median %7s   p90 %7s   min %7s\n", "wall", ms(median(walls)), ms(pct(walls, 90)), ms(slices.Min(walls)))
 	fmt.Printf("  %-22s median %7s   (user+system, every process of the run)\n", "cpu", ms(median(cpus)))
 	fmt.Println("phases (--timings; firewall, uplink, egressd and container run in parallel inside setup):")
-	for _, k := range []string{"reap", "netns", "firewall", "uplink", "egressd", "container", "setup", "create", "run", "teardown", "total"} {
+	for _, k := range []string{"prepare", "reap", "netns", "firewall", "uplink", "egressd", "container", "setup", "create", "run", "teardown", "total"} {
 		if v := phases[k]; len(v) > 0 {
 			fmt.Printf("  %-22s median %7s   p90 %7s\n", k, ms(median(v)), ms(pct(v, 90)))
 		}

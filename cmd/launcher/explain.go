@@ -1,0 +1,109 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/egressd/egressd/policy"
+	"github.com/egressd/egressd/sandbox"
+)
+
+func cmdExplain(args []string, stdout, stderr io.Writer) int {
+	fs, f := newLaunchFlags("explain", explainUsage, stderr, true)
+	cmdArgs, err := parseLaunch(fs, args)
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			printUsage(fs, explainUsage, stdout)
+			return 0
+		}
+		fail(stderr, err)
+		return exitLauncher
+	}
+	p, warnings, err := f.resolve()
+	if err != nil {
+		fail(stderr, err)
+		return exitLauncher
+	}
+	cfg, err := f.config(p, cmdArgs, false)
+	if err != nil {
+		fail(stderr, err)
+		return exitLauncher
+	}
+	ex, err := sandbox.Explain(cfg)
+	if err != nil {
+		fail(stderr, sandbox.MaskErr(err, secretValues(cfg)))
+		return exitLauncher
+	}
+	if f.json {
+		out := struct {
+			Profile  []policy.Provenance `json:"profile"`
+			Warnings []string            `json:"warnings,omitempty"`
+			Firewall *explainFirewall    `json:"firewall,omitempty"`
+			Uplink   string              `json:"uplink,omitempty"`
+			Egressd  []string            `json:"egressd,omitempty"`
+			Spec     any                 `json:"spec"`
+		}{Profile: ex.Profile, Uplink: ex.Uplink, Egressd: ex.Egressd, Spec: ex.Spec}
+		for _, w := range warnings {
+			out.Warnings = append(out.Warnings, w.String())
+		}
+		if ex.FirewallIPv4 != "" {
+			out.Firewall = &explainFirewall{IPv4: ex.FirewallIPv4, IPv6: ex.FirewallIPv6}
+		}
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(out); err != nil {
+			fail(stderr, err)
+			return exitLauncher
+		}
+		return 0
+	}
+	for _, w := range warnings {
+		fmt.Fprintf(stderr, "launcher: %s\n", oneLine(w.String()))
+	}
+	fmt.Fprintf(stdout, "# Profile %q: every value and where it came from\n", p.Name)
+	io.WriteString(stdout, policy.FormatProvenance(ex.Profile))
+	if ex.FirewallIPv4 != "" {
+		fmt.Fprintf(stdout, "\n# Firewall, IPv4, in the sandbox's network namespace (iptables-restore input)\n%s", ex.FirewallIPv4)
+		fmt.Fprintf(stdout, "\n# Firewall, IPv6\n%s", ex.FirewallIPv6)
+	} else {
+		fmt.Fprintf(stdout, "\n# Firewall: none (network.mode %q: the host's network namespace)\n", p.Network.Mode)
+	}
+	if ex.Uplink != "" {
+		fmt.Fprintf(stdout, "\n# Uplink NAT, in the launcher's namespace (the /30 is chosen at launch)\n%s", ex.Uplink)
+	}
+	if len(ex.Egressd) > 0 {
+		fmt.Fprintf(stdout, "\n# egressd, inside the sandbox's namespace\n%s\n", strings.Join(ex.Egressd, " "))
+	}
+	spec, err := json.MarshalIndent(ex.Spec, "", "  ")
+	if err != nil {
+		fail(stderr, err)
+		return exitLauncher
+	}
+	fmt.Fprintf(stdout, "\n# OCI runtime spec (environment values redacted)\n%s\n", spec)
+	return 0
+}
+
+type explainFirewall struct {
+	IPv4 string `json:"ipv4"`
+	IPv6 string `json:"ipv6"`
+}
+
+func cmdCleanup(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 {
+		fail(stderr, fmt.Errorf("cleanup takes no arguments"))
+		return exitLauncher
+	}
+	reaped, err := sandbox.Reap("")
+	for _, id := range reaped {
+		fmt.Fprintf(stdout, "removed %s\n", id)
+	}
+	if err != nil {
+		fail(stderr, err)
+		return exitLauncher
+	}
+	return 0
+}

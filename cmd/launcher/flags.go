@@ -1,0 +1,285 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/egressd/egressd/policy"
+	"github.com/egressd/egressd/sandbox"
+)
+
+// launchFlags are the flags run and explain share.
+type launchFlags struct {
+	profile   string
+	policies  listFlag
+	floor     string
+	settings  settings
+	upstream  []string
+	rootfs    string
+	runtime   string
+	secrets   listFlag
+	secretEnv listFlag
+	workdir   string
+	subnet    string
+	auditLog  string
+	egressd   string
+	quiet     bool
+	timings   bool
+	json      bool // explain only
+}
+
+// listFlag is a repeatable string flag.
+type listFlag []string
+
+func (l *listFlag) String() string     { return strings.Join(*l, ",") }
+func (l *listFlag) Set(v string) error { *l = append(*l, v); return nil }
+
+// settings collects the flags that are policy settings, in command-line
+// order, each with its flag as the source: they are decoded and checked
+// exactly like the same key in a policy file.
+type settings []policy.Setting
+
+// settingFlag is one such flag.
+type settingFlag struct {
+	s          *settings
+	key, name  string
+	isBool     bool
+	transform  func(string) (key, value string)
+	lastString string
+}
+
+func (f *settingFlag) String() string { return f.lastString }
+func (f *settingFlag) Set(v string) error {
+	key := f.key
+	if f.transform != nil {
+		key, v = f.transform(v)
+	}
+	f.lastString = v
+	*f.s = append(*f.s, policy.Setting{Key: key, Values: []string{v}, Source: policy.Flag(f.name)})
+	return nil
+}
+func (f *settingFlag) IsBoolFlag() bool { return f.isBool }
+
+// upstreamFlag collects --upstream-dns values (repeatable or
+// comma-separated) into one setting.
+type upstreamFlag struct{ vals *[]string }
+
+func (f upstreamFlag) String() string { return "" }
+func (f upstreamFlag) Set(v string) error {
+	for _, s := range strings.Split(v, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			*f.vals = append(*f.vals, s)
+		}
+	}
+	return nil
+}
+
+const runUsage = `usage: launcher run [flags] -- CMD [ARGS...]
+
+Runs CMD in a sandbox with the resolved profile (built-in profile, then
+--policy files, then these flags). Flags that set a policy key are checked
+like the key in a file and shown as their source ("flag:--allow").
+
+`
+
+const explainUsage = `usage: launcher explain [flags] [--json] -- CMD [ARGS...]
+
+Prints, without running anything, what "launcher run" with the same flags
+would set up: the resolved profile with the source of every value, the
+firewall rules and the OCI runtime spec.
+
+`
+
+func newLaunchFlags(name, usageText string, stderr io.Writer, explain bool) (*flag.FlagSet, *launchFlags) {
+	f := &launchFlags{}
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	// Parse errors are reported by the caller as one line; -h prints the
+	// usage (printUsage).
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
+	setting := func(flagName, key, usage string) {
+		fs.Var(&settingFlag{s: &f.settings, key: key, name: "--" + flagName}, flagName, usage)
+	}
+	boolSetting := func(flagName, key, usage string) {
+		fs.Var(&settingFlag{s: &f.settings, key: key, name: "--" + flagName, isBool: true}, flagName, usage)
+	}
+	fs.StringVar(&f.profile, "profile", "", "built-in base `profile`: open, standard, strict, offline (default: the policy's, else standard)")
+	fs.Var(&f.policies, "policy", "policy `FILE` (repeatable, applied in order)")
+	setting("allow", "network.allow", "allow `PATTERN` (repeatable): host, *.domain, .domain, IP, CIDR, with :PORT")
+	setting("block", "network.block", "block `PATTERN` (repeatable); block wins over every allow")
+	setting("net", "network.mode", "network `MODE`: none, filtered or host")
+	fs.StringVar(&f.floor, "floor", "", "security floor `PROFILE`: refuse a profile less restrictive (default $EGRESSD_SECURITY_FLOOR)")
+	fs.StringVar(&f.rootfs, "rootfs", "", "`DIR` to build the container's root on (default: the host root, read-only underneath)")
+	fs.StringVar(&f.runtime, "runtime", "", "OCI runtime: runc, crun, runsc or a `PATH` (default runc)")
+	fs.Var(&settingFlag{s: &f.settings, key: "env.set", name: "--env", transform: func(v string) (string, string) {
+		if strings.Contains(v, "=") {
+			return "env.set", v
+		}
+		return "env.pass", v
+	}}, "env", "set `NAME=VALUE` in the sandbox, or pass NAME from here (repeatable)")
+	setting("pass-env", "env.pass", "pass variable `NAME` from the launcher's environment (repeatable)")
+	fs.Var(&f.secrets, "secret", "secret `NAME=VALUE`: set in the sandbox, masked in its output (repeatable)")
+	fs.Var(&f.secretEnv, "secret-env", "secret from the launcher's variable `NAME` (repeatable)")
+	setting("memory", "process.memory", "memory limit `SIZE` (512m, 4GiB; 0: none)")
+	setting("cpus", "process.cpus", "CPU limit in `CPUS` (1.5; 0: none)")
+	setting("pids-limit", "process.pids_limit", "maximum number of `TASKS` (0: none)")
+	setting("timeout", "process.timeout", "kill every process after `DURATION` and exit 124 (0: none)")
+	boolSetting("read-only", "filesystem.read_only", "read-only root file system")
+	setting("tmpfs", "filesystem.tmpfs", "tmpfs `PATH[:size=SIZE,mode=OCTAL,nosuid,nodev,noexec]` (repeatable)")
+	setting("seccomp", "process.seccomp", "seccomp `PROFILE`: strict, moderate, unconfined or a JSON file")
+	setting("cap-add", "process.cap_add", "keep `CAPABILITY` (repeatable)")
+	setting("user", "process.user", "run as `UID[:GID]` or a user name")
+	fs.StringVar(&f.workdir, "workdir", "", "working `DIR` inside the sandbox (default: the workspace, /sandbox)")
+	boolSetting("mount-cwd", "filesystem.mount_cwd", "bind the current directory read-write at the workspace")
+	fs.Var(upstreamFlag{&f.upstream}, "upstream-dns", "upstream resolvers `IP[:PORT][,...]` (default: network.upstream_dns, else /etc/resolv.conf)")
+	fs.StringVar(&f.subnet, "subnet", sandbox.DefaultSubnet.String(), "IPv4 `CIDR` the uplink's /30 is taken from")
+	fs.StringVar(&f.auditLog, "audit-log", "", "append egressd's audit records (JSON lines) to `FILE`")
+	fs.StringVar(&f.egressd, "egressd", "", "egressd binary `PATH` (default: next to the launcher, else $PATH)")
+	fs.BoolVar(&f.quiet, "quiet", false, "no summary of denied destinations, no warnings")
+	fs.BoolVar(&f.timings, "timings", os.Getenv("EGRESSD_LAUNCHER_TIMINGS") != "", "print how long each phase took (also $EGRESSD_LAUNCHER_TIMINGS)")
+	if explain {
+		fs.BoolVar(&f.json, "json", false, "print one JSON object")
+	}
+	return fs, f
+}
+
+// printUsage writes the flag set's usage to w.
+func printUsage(fs *flag.FlagSet, usageText string, w io.Writer) {
+	io.WriteString(w, usageText)
+	fs.SetOutput(w)
+	fs.PrintDefaults()
+	fs.SetOutput(io.Discard)
+}
+
+// parseLaunch parses args; the command is what follows the flags (after
+// "--"). A flag error says which flag and how to get help.
+func parseLaunch(fs *flag.FlagSet, args []string) ([]string, error) {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil, err
+		}
+		return nil, fmt.Errorf("%w (see launcher %s -h)", err, fs.Name())
+	}
+	cmd := fs.Args()
+	if len(cmd) == 0 {
+		return nil, errors.New("no command given: launcher run [flags] -- CMD [ARGS...]")
+	}
+	return cmd, nil
+}
+
+// resolve resolves the profile the flags describe.
+func (f *launchFlags) resolve() (*policy.Profile, []policy.Warning, error) {
+	overrides := append(settings(nil), f.settings...)
+	if len(f.upstream) > 0 {
+		overrides = append(overrides, policy.Setting{Key: "network.upstream_dns", Values: f.upstream, Source: policy.Flag("--upstream-dns")})
+	}
+	floor := f.floor
+	if floor == "" {
+		floor = os.Getenv("EGRESSD_SECURITY_FLOOR")
+	}
+	return policy.Resolve(policy.ResolveOptions{Profile: f.profile, Files: f.policies, Overrides: overrides, Floor: floor})
+}
+
+// config builds the sandbox's config from the flags and the profile.
+func (f *launchFlags) config(p *policy.Profile, args []string, forRun bool) (sandbox.Config, error) {
+	cfg := sandbox.Config{Profile: p, Args: args, Rootfs: f.rootfs, CallerEnv: os.Environ(), Workdir: f.workdir}
+	if f.rootfs != "" {
+		abs, err := filepath.Abs(f.rootfs)
+		if err != nil {
+			return cfg, fmt.Errorf("--rootfs: %w", err)
+		}
+		cfg.Rootfs = abs
+	}
+	if f.subnet != "" {
+		pfx, err := netip.ParsePrefix(f.subnet)
+		if err != nil {
+			return cfg, fmt.Errorf("--subnet %q: want an IPv4 CIDR such as %s", f.subnet, sandbox.DefaultSubnet)
+		}
+		cfg.Subnet = pfx
+	}
+	for _, s := range f.secrets {
+		name, value, ok := strings.Cut(s, "=")
+		if !ok || name == "" {
+			return cfg, fmt.Errorf("--secret: want NAME=VALUE, got an entry without '=' (value not shown)")
+		}
+		cfg.Secrets = append(cfg.Secrets, sandbox.Secret{Name: name, Value: value})
+	}
+	for _, name := range f.secretEnv {
+		value, ok := os.LookupEnv(name)
+		if !ok {
+			return cfg, fmt.Errorf("--secret-env %s: the variable is not set in the launcher's environment", name)
+		}
+		cfg.Secrets = append(cfg.Secrets, sandbox.Secret{Name: name, Value: value})
+	}
+	if p.Filesystem.MountCwd {
+		wd, err := os.Getwd()
+		if err != nil {
+			return cfg, fmt.Errorf("filesystem.mount_cwd: the current directory: %w", err)
+		}
+		cfg.WorkspaceDir = wd
+	}
+	if f.runtime != "" || forRun {
+		rt, err := sandbox.NewRuntime(f.runtime, "")
+		if err != nil {
+			return cfg, err
+		}
+		cfg.Runtime = rt
+	}
+	if p.Network.Mode == policy.ModeFiltered {
+		path, err := f.egressdPath(forRun)
+		if err != nil {
+			return cfg, err
+		}
+		cfg.EgressdPath = path
+	}
+	return cfg, nil
+}
+
+// egressdPath finds the egressd binary: --egressd, else next to the
+// launcher's own binary, else in PATH. Without need (explain), a missing
+// binary is fine.
+func (f *launchFlags) egressdPath(need bool) (string, error) {
+	if f.egressd != "" {
+		p, err := filepath.Abs(f.egressd)
+		if err != nil {
+			return "", err
+		}
+		if _, err := os.Stat(p); err != nil {
+			return "", fmt.Errorf("--egressd: %w", err)
+		}
+		return p, nil
+	}
+	if self, err := os.Executable(); err == nil {
+		p := filepath.Join(filepath.Dir(self), "egressd")
+		if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() {
+			return p, nil
+		}
+	}
+	if p, err := exec.LookPath("egressd"); err == nil {
+		return p, nil
+	}
+	if !need {
+		return "egressd", nil
+	}
+	return "", errors.New("filtered mode needs the egressd binary: not found next to the launcher or in PATH; give --egressd PATH")
+}
+
+// secretWarnings names the secrets too short to mask safely.
+func secretWarnings(cfg sandbox.Config) []string {
+	var out []string
+	for _, s := range cfg.Secrets {
+		if len(s.Value) < sandbox.MinSecretLength {
+			out = append(out, fmt.Sprintf("secret %s is shorter than %d bytes: it is masked, and so is every other occurrence of those %s bytes in the output",
+				s.Name, sandbox.MinSecretLength, strconv.Itoa(len(s.Value))))
+		}
+	}
+	return out
+}

@@ -1,0 +1,209 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/egressd/egressd/sandbox"
+)
+
+// TestDenialLinesSayWhatWouldAllowIt: each denied destination gets one line
+// with the reason, the rule and its source, and the flag that would allow
+// it, or why none can.
+func TestDenialLinesSayWhatWouldAllowIt(t *testing.T) {
+	for _, tc := range []struct {
+		d    sandbox.Denial
+		want string
+	}{
+		{sandbox.Denial{Kind: "connect", Target: "evil.test", Port: 443, Reason: "no-allow-rule", Count: 1},
+			"denied evil.test:443 (no-allow-rule); allow it with --allow evil.test:443"},
+		{sandbox.Denial{Kind: "tls", Target: "x.evil.test", Port: 443, Reason: "blocked-by", Rule: "*.evil.test", RuleSource: "policy.toml:7", Count: 3},
+			"denied x.evil.test:443 (blocked-by *.evil.test from policy.toml:7, 3 times); a block rule wins over every allow: --allow cannot override it"},
+		{sandbox.Denial{Kind: "dns", Target: "other.test", Port: 53, Reason: "no-allow-rule", Count: 1},
+			"denied other.test (DNS lookup: no-allow-rule); allow it with --allow other.test"},
+		{sandbox.Denial{Kind: "dns", Target: "gist.github.com", Port: 53, Reason: "blocked-by", Rule: "gist.github.com", RuleSource: "flag:--block", Count: 2},
+			"denied gist.github.com (DNS lookup: blocked-by gist.github.com from flag:--block, 2 times); a block rule wins over every allow: --allow cannot override it"},
+		{sandbox.Denial{Kind: "tcp", Target: "203.0.113.9", Port: 22, Reason: "no-allow-rule", Count: 1},
+			"denied 203.0.113.9:22 (no-allow-rule); allow it with --allow 203.0.113.9:22"},
+		{sandbox.Denial{Kind: "tcp", Target: "2001:db8::9", Port: 22, Reason: "no-allow-rule", Count: 1},
+			"denied [2001:db8::9]:22 (no-allow-rule); allow it with --allow [2001:db8::9]:22"},
+		{sandbox.Denial{Kind: "connect", Target: "meta.test", Port: 80, Reason: "guarded-address", Addrs: []string{"169.254.169.254:80"}, Count: 1},
+			"denied meta.test:80 (guarded-address); it resolves to 169.254.169.254, which the address guard refuses: only an allow rule naming that IP lifts it, e.g. --allow 169.254.169.254:80"},
+		{sandbox.Denial{Kind: "dns", Target: "bad..name", Port: 53, Reason: "invalid-name", Count: 1},
+			"denied bad..name (DNS lookup: invalid-name); not a valid host name, so no rule can allow it"},
+		{sandbox.Denial{Kind: "dns", Target: "flood.test", Port: 53, Reason: "rate-limited", Count: 9},
+			"denied flood.test (DNS lookup: rate-limited, 9 times)"},
+	} {
+		if got := formatDenial(tc.d); got != tc.want {
+			t.Errorf("formatDenial(%+v)\n got %s\nwant %s", tc.d, got, tc.want)
+		}
+	}
+}
+
+// TestFlagsAreSettingsWithProvenance: every policy flag goes through the
+// policy's decoding and records itself as the source.
+func TestFlagsAreSettingsWithProvenance(t *testing.T) {
+	fs, f := newLaunchFlags("run", runUsage, &bytes.Buffer{}, false)
+	args := []string{"--profile", "strict", "--allow", "a.test", "--allow", "b.test:8443", "--block", "c.test",
+		"--net", "none", "--memory", "512m", "--cpus", "1.5", "--pids-limit", "64", "--timeout", "90s", "--read-only=false",
+		"--tmpfs", "/work:size=64m", "--seccomp", "moderate", "--cap-add", "NET_BIND_SERVICE", "--user", "1000:1000",
+		"--mount-cwd", "--env", "FOO=bar", "--env", "MYVAR", "--pass-env", "OTHER", "--upstream-dns", "192.0.2.1,192.0.2.2:5353",
+		"--", "make", "test"}
+	cmdArgs, err := parseLaunch(fs, args)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]string{"make", "test"}, cmdArgs); diff != "" {
+		t.Errorf("command (-want +got):\n%s", diff)
+	}
+	p, _, err := f.resolve()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, e := range p.Explain() {
+		if strings.HasPrefix(e.Source, "flag:") {
+			got[e.Field+" "+e.Value] = e.Source
+		}
+	}
+	want := map[string]string{
+		`network.mode "none"`:                                     "flag:--net",
+		`network.allow "a.test"`:                                  "flag:--allow",
+		`network.allow "b.test:8443"`:                             "flag:--allow",
+		`network.block "c.test"`:                                  "flag:--block",
+		`network.upstream_dns ["192.0.2.1:53", "192.0.2.2:5353"]`: "flag:--upstream-dns",
+		`filesystem.read_only false`:                              "flag:--read-only",
+		`filesystem.tmpfs "/work:size=64m"`:                       "flag:--tmpfs",
+		`filesystem.mount_cwd true`:                               "flag:--mount-cwd",
+		`process.user "1000:1000"`:                                "flag:--user",
+		`process.pids_limit 64`:                                   "flag:--pids-limit",
+		`process.memory "512MiB"`:                                 "flag:--memory",
+		`process.cpus 1.5`:                                        "flag:--cpus",
+		`process.timeout "1m30s"`:                                 "flag:--timeout",
+		`process.cap_add "CAP_NET_BIND_SERVICE"`:                  "flag:--cap-add",
+		`process.seccomp "moderate"`:                              "flag:--seccomp",
+		`env.pass "MYVAR"`:                                        "flag:--env",
+		`env.pass "OTHER"`:                                        "flag:--pass-env",
+		`env.set.FOO "<redacted>"`:                                "flag:--env",
+		`profile "strict"`:                                        "flag:--profile",
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("flag provenance (-want +got):\n%s", diff)
+	}
+}
+
+// TestFlagValuesGetTheFileChecks: a bad flag value is refused with the
+// flag named, exactly like the same key in a file.
+func TestFlagValuesGetTheFileChecks(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--memory", "lots"}, "flag:--memory"},
+		{[]string{"--allow", "*github.com"}, "flag:--allow"},
+		{[]string{"--cap-add", "NET_ADMIN"}, "would let the sandbox bypass"},
+		{[]string{"--net", "sideways"}, "flag:--net"},
+		{[]string{"--profile", "stirct"}, `did you mean "strict"`},
+		{[]string{"--net", "host", "--floor", "standard"}, `network.mode = "host" (flag:--net) is less restrictive than floor standard`},
+	} {
+		fs, f := newLaunchFlags("run", runUsage, &bytes.Buffer{}, false)
+		if _, err := parseLaunch(fs, append(tc.args, "--", "true")); err != nil {
+			t.Fatal(err)
+		}
+		_, _, err := f.resolve()
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: %v, want an error containing %q", tc.args, err, tc.want)
+		}
+	}
+}
+
+func TestFloorFromTheEnvironment(t *testing.T) {
+	t.Setenv("EGRESSD_SECURITY_FLOOR", "standard")
+	fs, f := newLaunchFlags("run", runUsage, &bytes.Buffer{}, false)
+	if _, err := parseLaunch(fs, []string{"--profile", "open", "--", "true"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := f.resolve(); err == nil || !strings.Contains(err.Error(), "security floor standard") {
+		t.Errorf("open under EGRESSD_SECURITY_FLOOR=standard: %v", err)
+	}
+}
+
+// TestLauncherErrorsAreOneLineAnd125: whatever goes wrong before the
+// command runs, the launcher says it in one "launcher: ..." line and exits
+// 125, never running anything.
+func TestLauncherErrorsAreOneLineAnd125(t *testing.T) {
+	pol := filepath.Join(t.TempDir(), "p.toml")
+	os.WriteFile(pol, []byte("version = 1\n[network]\nalow = []\nblock = 3\n"), 0o644)
+	for _, args := range [][]string{
+		{"run"},
+		{"run", "--no-such-flag", "--", "true"},
+		{"run", "--policy", pol, "--", "true"},
+		{"run", "--net", "host", "--floor", "strict", "--", "true"},
+		{"run", "--secret", "NOVALUE", "--", "true"},
+		{"run", "--subnet", "nonsense", "--", "true"},
+		{"frobnicate"},
+		{"explain", "--policy", pol, "--", "true"},
+	} {
+		var stdout, stderr bytes.Buffer
+		code := launcher(context.Background(), args, nil, &stdout, &stderr)
+		lines := strings.Split(strings.TrimRight(stderr.String(), "\n"), "\n")
+		if code != exitLauncher {
+			t.Errorf("%v: exit %d, want %d", args, code, exitLauncher)
+		}
+		if len(lines) != 1 || !strings.HasPrefix(lines[0], "launcher: ") {
+			t.Errorf("%v: stderr %q, want one line \"launcher: ...\"", args, stderr.String())
+		}
+	}
+}
+
+func TestOneLine(t *testing.T) {
+	in := "profile is less restrictive than the security floor standard:\n  network.mode = \"host\" (flag:--net) ...\n  process.user = \"0:0\" ..."
+	want := `profile is less restrictive than the security floor standard: network.mode = "host" (flag:--net) ...; process.user = "0:0" ...`
+	if got := oneLine(in); got != want {
+		t.Errorf("oneLine:\n got %s\nwant %s", got, want)
+	}
+}
+
+func TestExplainJSONHasTheThreeParts(t *testing.T) {
+	rc := filepath.Join(t.TempDir(), "resolv.conf")
+	os.WriteFile(rc, []byte("nameserver 192.0.2.53\n"), 0o644)
+	var stdout, stderr bytes.Buffer
+	code := launcher(context.Background(), []string{"explain", "--json", "--upstream-dns", "192.0.2.53", "--allow", "a.test", "--", "true"}, nil, &stdout, &stderr)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr.String())
+	}
+	var out map[string]json.RawMessage
+	if err := json.Unmarshal(stdout.Bytes(), &out); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"profile", "firewall", "spec", "uplink", "egressd"} {
+		if len(out[k]) == 0 {
+			t.Errorf("explain --json lacks %q", k)
+		}
+	}
+	stdout.Reset()
+	code = launcher(context.Background(), []string{"explain", "--upstream-dns", "192.0.2.53", "--", "true"}, nil, &stdout, &stderr)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr.String())
+	}
+	for _, want := range []string{"# Profile \"standard\"", "network.mode", "builtin:standard", "# Firewall, IPv4", "-j REDIRECT --to-ports 15001", "# OCI runtime spec", `"args": [`} {
+		if !strings.Contains(stdout.String(), want) {
+			t.Errorf("explain output lacks %q", want)
+		}
+	}
+}
+
+func TestTimingsLine(t *testing.T) {
+	got := formatTimings(2*time.Millisecond, 1500*time.Microsecond, []sandbox.Timing{{Phase: "run", Duration: 60 * time.Millisecond}, {Phase: "netns", Duration: 3 * time.Millisecond}, {Phase: "firewall", Duration: 20 * time.Millisecond}}, 100*time.Millisecond)
+	if want := "prepare=2.0ms reap=1.5ms netns=3.0ms firewall=20.0ms run=60.0ms total=100.0ms"; got != want {
+		t.Errorf("formatTimings = %q, want %q", got, want)
+	}
+}

@@ -1,0 +1,355 @@
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/egressd/egressd/e2e/fakenet"
+	"github.com/egressd/egressd/sandbox"
+)
+
+// The launcher binary, built once for the suite into a directory removed
+// by TestLauncher's cleanup.
+var launcherBuild struct {
+	once sync.Once
+	dir  string
+	bin  string
+	err  error
+}
+
+// launcherBinary builds cmd/launcher (once) into dir.
+func launcherBinary(t *testing.T, dir string) string {
+	t.Helper()
+	launcherBuild.once.Do(func() {
+		launcherBuild.dir = dir
+		launcherBuild.bin = filepath.Join(dir, "launcher")
+		out, err := exec.Command("go", "build", "-o", launcherBuild.bin, "github.com/egressd/egressd/cmd/launcher").CombinedOutput()
+		if err != nil {
+			launcherBuild.err = fmt.Errorf("building the launcher: %v\n%s", err, out)
+		}
+	})
+	if launcherBuild.err != nil {
+		t.Fatal(launcherBuild.err)
+	}
+	return launcherBuild.bin
+}
+
+// launcherRunTimeout bounds one launcher run; every command the tests run
+// has its own, shorter bound (curl --max-time, --timeout), so reaching it is
+// a bug.
+const launcherRunTimeout = 90 * time.Second
+
+// lworld is a fake internet with a workspace directory, for launcher runs.
+type lworld struct {
+	t  *testing.T
+	w  *fakenet.World
+	ws string // host directory mounted at /sandbox (--mount-cwd)
+	// before is the world's ruleset before any launcher ran in it.
+	before string
+}
+
+// newLauncherWorld starts a world with the standard DNS records (setRecords)
+// and a workspace holding the world's CA (/sandbox/ca.pem in the sandbox).
+// When the test ends, before the world goes, it checks that the launcher
+// left nothing in the world: no rule, chain or link of its own.
+func newLauncherWorld(t *testing.T) *lworld {
+	t.Helper()
+	w := fakenet.Start(t)
+	setRecords(w)
+	ws := t.TempDir()
+	// The sandbox user (uid 100) writes here, through the bind mount.
+	if err := os.Chmod(ws, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(ws, "ca.pem"), w.CAPEM(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	lw := &lworld{t: t, w: w, ws: ws}
+	lw.before = worldRules(t, w)
+	t.Cleanup(func() {
+		if after := worldRules(t, w); after != lw.before {
+			t.Errorf("the launcher left rules in the world:\nbefore:\n%s\nafter:\n%s", lw.before, after)
+		}
+		out, _, _ := w.Run(t, "ip", "-o", "link", "show")
+		for _, line := range strings.Split(out, "\n") {
+			if strings.Contains(line, sandbox.IDPrefix) {
+				t.Errorf("the launcher left a link in the world: %s", line)
+			}
+		}
+	})
+	return lw
+}
+
+// worldRules is the world's iptables-save and ip6tables-save output without
+// comments, counters, and the empty tables and built-in chains that merely
+// using iptables-nft creates: what remains are chains and rules.
+func worldRules(t *testing.T, w *fakenet.World) string {
+	t.Helper()
+	var b strings.Builder
+	for _, tool := range []string{"iptables-save", "ip6tables-save"} {
+		out, errOut, code := w.Run(t, tool)
+		if code != 0 {
+			t.Fatalf("%s in the world: exit %d: %s", tool, code, errOut)
+		}
+		for _, line := range strings.Split(out, "\n") {
+			switch {
+			case line == "", strings.HasPrefix(line, "#"), strings.HasPrefix(line, "*"), line == "COMMIT":
+				continue
+			case strings.HasPrefix(line, ":"):
+				f := strings.Fields(line)
+				if len(f) >= 2 && f[1] == "ACCEPT" { // a built-in chain's default policy
+					continue
+				}
+				line = strings.Join(f[:min(2, len(f))], " ")
+			}
+			b.WriteString(tool + " " + line + "\n")
+		}
+	}
+	return b.String()
+}
+
+// lopts are the less common knobs of a launcher run.
+type lopts struct {
+	// stdin feeds the command; nil means /dev/null.
+	stdin io.Reader
+	// env is added to the launcher's environment.
+	env []string
+	// noDefaults leaves out the flags every run gets (--egressd,
+	// --upstream-dns, --mount-cwd, --audit-log).
+	noDefaults bool
+	// noMount leaves out --mount-cwd.
+	noMount bool
+	// started, if set, is called with the launcher's pid once it started.
+	started func(pid int)
+	// stdout, if set, receives the command's output as it streams.
+	stdout io.Writer
+}
+
+// lresult is one launcher run.
+type lresult struct {
+	stdout, stderr string
+	code           int
+	took           time.Duration
+	audit          []launcherAudit
+}
+
+func (r lresult) String() string {
+	return fmt.Sprintf("exit %d after %s\nstdout: %s\nstderr: %s", r.code, r.took.Round(time.Millisecond), r.stdout, r.stderr)
+}
+
+// launcherAudit is one audit record the launcher copied (--audit-log).
+type launcherAudit struct {
+	Kind     string   `json:"kind"`
+	Target   string   `json:"target"`
+	Port     uint16   `json:"port"`
+	Decision string   `json:"decision"`
+	Reason   string   `json:"reason"`
+	Rule     string   `json:"rule"`
+	Source   string   `json:"rule_source"`
+	Addrs    []string `json:"addrs"`
+	Client   string   `json:"client"`
+}
+
+// run runs `launcher run` inside the world with the suite's egressd, the
+// world's resolver as upstream DNS, the workspace mounted at /sandbox and
+// an audit log, then args (launcher flags, "--", the command).
+func (lw *lworld) run(args ...string) lresult {
+	lw.t.Helper()
+	return lw.runWith(lopts{}, args...)
+}
+
+func (lw *lworld) runWith(o lopts, args ...string) lresult {
+	t := lw.t
+	t.Helper()
+	bin := launcherBinary(t, launcherBuild.dir)
+	auditPath := filepath.Join(t.TempDir(), "audit.jsonl")
+	full := []string{"run"}
+	if !o.noDefaults {
+		full = append(full, "--egressd", egressdBin, "--upstream-dns", dnsAddr.String(), "--audit-log", auditPath)
+		if !o.noMount {
+			full = append(full, "--mount-cwd")
+		}
+	}
+	full = append(full, args...)
+	ctx, cancel := context.WithTimeout(context.Background(), launcherRunTimeout)
+	defer cancel()
+	cmd := lw.w.Exec(ctx, bin, full...)
+	cmd.Dir = lw.ws
+	cmd.Env = append(cleanEnv(), o.env...)
+	// On timeout: SIGTERM, so the launcher tears its sandbox down; SIGKILL
+	// only if it does not finish that.
+	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
+	cmd.WaitDelay = 20 * time.Second
+	var out, errOut lockedBuffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	if o.stdout != nil {
+		cmd.Stdout = io.MultiWriter(&out, o.stdout)
+	}
+	cmd.Stdin = o.stdin
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("starting the launcher: %v", err)
+	}
+	if o.started != nil {
+		o.started(cmd.Process.Pid)
+	}
+	_ = cmd.Wait()
+	r := lresult{stdout: out.String(), stderr: errOut.String(), took: time.Since(start), code: -1}
+	if cmd.ProcessState != nil {
+		r.code = cmd.ProcessState.ExitCode()
+	}
+	if ctx.Err() != nil {
+		t.Fatalf("launcher %s: killed after %s\n%s", strings.Join(args, " "), launcherRunTimeout, r)
+	}
+	if data, err := os.ReadFile(auditPath); err == nil {
+		sc := bufio.NewScanner(bytes.NewReader(data))
+		sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
+		for sc.Scan() {
+			var rec launcherAudit
+			if err := json.Unmarshal(sc.Bytes(), &rec); err != nil {
+				t.Errorf("audit log line %q: %v", sc.Text(), err)
+				continue
+			}
+			r.audit = append(r.audit, rec)
+		}
+	}
+	return r
+}
+
+// sandboxPython is the python3 inside sandboxes: the system one, which the
+// sandbox user can reach (the suite's pythonBin may live under /root).
+const sandboxPython = "/usr/bin/python3"
+
+// curlArgs is curl trusting the world's CA (in the workspace), bounded.
+const curlArgs = "curl -sS --max-time 5 --cacert /sandbox/ca.pem"
+
+// replies parses the fake servers' JSON replies among the lines of out.
+func replies(out string) []fakenet.HTTPRequest {
+	var rs []fakenet.HTTPRequest
+	for _, line := range strings.Split(out, "\n") {
+		if r, err := fakenet.ParseReply([]byte(line)); err == nil {
+			rs = append(rs, r)
+		}
+	}
+	return rs
+}
+
+// marker returns the value printed by `echo NAME=VALUE` in out, or "".
+func marker(out, name string) string {
+	for _, line := range strings.Split(out, "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), name+"="); ok {
+			return v
+		}
+	}
+	return ""
+}
+
+// sandboxOf returns the state directory of the sandbox whose launcher is
+// pid (the launcher runs through nsenter, which execs it: same pid).
+func sandboxOf(pid int) (id string, ok bool) {
+	ents, _ := os.ReadDir(sandbox.DefaultStateDir)
+	for _, e := range ents {
+		data, err := os.ReadFile(filepath.Join(sandbox.DefaultStateDir, e.Name(), "state.json"))
+		if err != nil {
+			continue
+		}
+		var rec struct {
+			ID  string `json:"id"`
+			PID int    `json:"launcher_pid"`
+		}
+		if json.Unmarshal(data, &rec) == nil && rec.PID == pid {
+			return rec.ID, true
+		}
+	}
+	return "", false
+}
+
+// processesInNetns lists pid → comm of the processes in the namespace
+// bind-mounted at path.
+func processesInNetns(path string) map[int]string {
+	var ns unix.Stat_t
+	if unix.Stat(path, &ns) != nil {
+		return nil
+	}
+	out := map[int]string{}
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		var st unix.Stat_t
+		if unix.Stat("/proc/"+e.Name()+"/ns/net", &st) != nil || st.Ino != ns.Ino || st.Dev != ns.Dev {
+			continue
+		}
+		comm, _ := os.ReadFile("/proc/" + e.Name() + "/comm")
+		out[pid] = strings.TrimSpace(string(comm))
+	}
+	return out
+}
+
+// launcherLeftovers lists what the launcher's sandboxes left on the
+// machine: namespaces, state directories, containers.
+func launcherLeftovers(t *testing.T) []string {
+	t.Helper()
+	var left []string
+	ents, _ := os.ReadDir(sandbox.NetnsDir)
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), sandbox.IDPrefix) {
+			left = append(left, "netns "+e.Name())
+		}
+	}
+	ents, _ = os.ReadDir(sandbox.DefaultStateDir)
+	for _, e := range ents {
+		if strings.Contains(e.Name(), sandbox.IDPrefix) {
+			left = append(left, "state "+e.Name())
+		}
+	}
+	out, err := exec.Command("runc", "list", "--format", "json").Output()
+	if err != nil {
+		t.Errorf("runc list: %v", err)
+	}
+	var cs []struct {
+		ID string `json:"id"`
+	}
+	_ = json.Unmarshal(bytes.TrimSpace(out), &cs)
+	for _, c := range cs {
+		if strings.HasPrefix(c.ID, sandbox.IDPrefix) {
+			left = append(left, "container "+c.ID)
+		}
+	}
+	links, _ := exec.Command("ip", "-o", "link", "show").Output()
+	for _, line := range strings.Split(string(links), "\n") {
+		if f := strings.Fields(line); len(f) > 1 && strings.HasPrefix(f[1], sandbox.IDPrefix) {
+			left = append(left, "link "+strings.TrimSuffix(f[1], ":"))
+		}
+	}
+	return left
+}
+
+// worldHTTPTo counts the world's HTTP log entries answered on addr.
+func worldHTTPTo(w *fakenet.World, addr netip.Addr) int {
+	n := 0
+	for _, r := range w.HTTPLog() {
+		if r.Local.Addr() == addr {
+			n++
+		}
+	}
+	return n
+}

@@ -1,0 +1,549 @@
+package sandbox
+
+import (
+	"bufio"
+	"bytes"
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/egressd/egressd/audit"
+	"github.com/egressd/egressd/policy"
+)
+
+// Where egressd listens inside a filtered sandbox's namespace: loopback
+// only, all above 1024 so an unprivileged process can bind them (the
+// firewall redirects port 53 and every outbound TCP connection to them).
+const (
+	EgressdDNSPort         = 15053
+	EgressdTransparentPort = 15001
+	EgressdProxyPort       = 3128
+)
+
+// Defaults for egressd's identity. The uid and gid must not be any sandbox
+// user's (Create refuses a sandbox user with either), so nothing in a
+// sandbox can signal, trace or impersonate egressd (THREATS G2). The mark
+// is what the firewall exempts: only a socket of a process holding
+// CAP_NET_ADMIN (egressd alone) can carry it.
+const (
+	DefaultEgressdUID = 65530
+	DefaultEgressdGID = 65530
+	DefaultMark       = 0x4547
+)
+
+// DefaultReadyTimeout bounds egressd's start.
+const DefaultReadyTimeout = 10 * time.Second
+
+// egressdStopGrace is how long egressd gets after SIGTERM before SIGKILL.
+const egressdStopGrace = 2 * time.Second
+
+// egressdSpec is how to start one sandbox's egressd.
+type egressdSpec struct {
+	binary    string // on the host, any path root can read
+	dir       string // private to egressd: policy snapshot, admin socket, binary mount
+	uid, gid  uint32
+	mark      uint32
+	upstream  []netip.AddrPort
+	sandboxID string
+	timeout   time.Duration
+	// sink receives egressd's audit records.
+	sink *auditSink
+}
+
+// egressdProc is a running egressd.
+type egressdProc struct {
+	cmd     *exec.Cmd
+	pid     int
+	done    chan struct{} // closed once it has exited and been reaped
+	waitErr error         // set before done closes
+	stderr  *tailBuffer
+	stopped chan struct{} // closed when stop begins
+	stop1   sync.Once
+	// auditDone is closed when its audit stream has ended.
+	auditDone chan struct{}
+	// binaryMount is the bind mount of the binary inside dir.
+	binaryMount string
+}
+
+// policyFile, adminSocket and binaryName are egressd's files in its dir.
+const (
+	policyFile  = "policy.toml"
+	adminSocket = "admin.sock"
+	binaryName  = "egressd"
+)
+
+// egressdArgs returns egressd's command line (without argv[0]).
+func egressdArgs(s egressdSpec) []string {
+	up := make([]string, len(s.upstream))
+	for i, u := range s.upstream {
+		up[i] = u.String()
+	}
+	return []string{
+		"serve",
+		"--policy", filepath.Join(s.dir, policyFile),
+		"--dns-listen", fmt.Sprintf("127.0.0.1:%d,[::1]:%d", EgressdDNSPort, EgressdDNSPort),
+		"--proxy-listen", fmt.Sprintf("127.0.0.1:%d", EgressdProxyPort),
+		"--transparent-listen", fmt.Sprintf("127.0.0.1:%d,[::1]:%d", EgressdTransparentPort, EgressdTransparentPort),
+		"--admin-listen", "unix:" + filepath.Join(s.dir, adminSocket),
+		"--upstream-dns", strings.Join(up, ","),
+		"--mark", strconv.FormatUint(uint64(s.mark), 10),
+		"--audit-log", "-",
+		"--sandbox-id", s.sandboxID,
+		"--ready-fd", "3",
+		"--shutdown-grace", "1s",
+	}
+}
+
+// startEgressd starts egressd inside ns and waits until it is serving (or
+// ctx ends).
+//
+// egressd is its own process, a child of the launcher, in no namespace of
+// the container (not its pid or mount namespace: only the network
+// namespace is shared). It is started from a thread that has entered ns,
+// set no_new_privs and dropped every capability but CAP_NET_ADMIN from its
+// bounding set, and it runs as spec.uid:spec.gid with no supplementary
+// groups and CAP_NET_ADMIN as its only (ambient) capability, which it
+// needs for SO_MARK. The thread lives until egressd exits, so its
+// parent-death signal (SIGKILL) fires only if the launcher dies.
+//
+// Its binary is bind-mounted into spec.dir (traversable by its uid, unlike
+// where the launcher may have found it, say /root/egressd/bin). Its policy
+// is a snapshot of the launch's resolved network policy (see
+// writeEgressdPolicy). Audit records arrive on its stdout and go to
+// spec.sink; its stderr is kept for error messages.
+func startEgressd(ctx context.Context, ns *netNS, s egressdSpec) (*egressdProc, error) {
+	if s.timeout <= 0 {
+		s.timeout = DefaultReadyTimeout
+	}
+	e := &egressdProc{done: make(chan struct{}), stopped: make(chan struct{}), auditDone: make(chan struct{}), stderr: newTailBuffer(16 << 10)}
+	bin := filepath.Join(s.dir, binaryName)
+	if err := bindFile(s.binary, bin); err != nil {
+		return nil, fmt.Errorf("egressd binary: %w", err)
+	}
+	e.binaryMount = bin
+
+	readyR, readyW, err := os.Pipe()
+	if err != nil {
+		return e, err
+	}
+	defer readyR.Close()
+	auditR, auditW, err := os.Pipe()
+	if err != nil {
+		readyW.Close()
+		return e, err
+	}
+	cmd := exec.Command(bin, egressdArgs(s)...)
+	cmd.Args[0] = "egressd"
+	cmd.Env = []string{"PATH=" + DefaultPath}
+	cmd.Dir = s.dir
+	cmd.Stdout = auditW
+	cmd.Stderr = e.stderr
+	cmd.ExtraFiles = []*os.File{readyW}
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		Credential:  &syscall.Credential{Uid: s.uid, Gid: s.gid, Groups: []uint32{}},
+		AmbientCaps: []uintptr{unix.CAP_NET_ADMIN},
+		Pdeathsig:   syscall.SIGKILL,
+		Setpgid:     true, // a terminal's ^C is the launcher's to handle
+	}
+	e.cmd = cmd
+
+	started := make(chan error, 1)
+	go func() {
+		// The thread that starts egressd must outlive it (Pdeathsig), so
+		// the whole life of the process runs in this call.
+		_ = ns.do(func() error {
+			if err := confineThread(); err != nil {
+				started <- err
+				return nil
+			}
+			if err := cmd.Start(); err != nil {
+				started <- err
+				return nil
+			}
+			started <- nil
+			e.waitErr = cmd.Wait()
+			close(e.done)
+			return nil
+		})
+	}()
+	err = <-started
+	readyW.Close()
+	auditW.Close()
+	if err != nil {
+		auditR.Close()
+		close(e.auditDone)
+		return e, fmt.Errorf("starting egressd: %w", err)
+	}
+	e.pid = cmd.Process.Pid
+	go func() {
+		defer close(e.auditDone)
+		defer auditR.Close()
+		s.sink.consume(auditR)
+	}()
+
+	ready := make(chan error, 1)
+	go func() {
+		line, err := bufio.NewReader(readyR).ReadString('\n')
+		if err == nil && line == "ready\n" {
+			ready <- nil
+			return
+		}
+		ready <- errors.New("closed its ready pipe without saying ready")
+	}()
+	timer := time.NewTimer(s.timeout)
+	defer timer.Stop()
+	select {
+	case err := <-ready:
+		if err == nil {
+			return e, nil
+		}
+		// The pipe closes when egressd exits: report the exit instead.
+		select {
+		case <-e.done:
+			return e, fmt.Errorf("egressd exited before it was ready (%v): %s", e.waitErr, e.stderr.lastLines(5))
+		case <-time.After(time.Second):
+			return e, fmt.Errorf("egressd %s: %s", err, e.stderr.lastLines(5))
+		}
+	case <-e.done:
+		return e, fmt.Errorf("egressd exited before it was ready (%v): %s", e.waitErr, e.stderr.lastLines(5))
+	case <-timer.C:
+		return e, fmt.Errorf("egressd not ready after %s: %s", s.timeout, e.stderr.lastLines(5))
+	case <-ctx.Done():
+		return e, fmt.Errorf("waiting for egressd: %w", ctx.Err())
+	}
+}
+
+// confineThread sets what the calling (throwaway) thread's children
+// inherit: no_new_privs, and a capability bounding set of CAP_NET_ADMIN
+// alone. The launcher's other threads are unaffected.
+func confineThread() error {
+	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
+		return fmt.Errorf("setting no_new_privs: %w", err)
+	}
+	last, err := lastCap()
+	if err != nil {
+		return err
+	}
+	for c := 0; c <= last; c++ {
+		if c == unix.CAP_NET_ADMIN {
+			continue
+		}
+		if err := unix.Prctl(unix.PR_CAPBSET_DROP, uintptr(c), 0, 0, 0); err != nil && !errors.Is(err, unix.EINVAL) {
+			return fmt.Errorf("dropping capability %d from the bounding set: %w", c, err)
+		}
+	}
+	return nil
+}
+
+func lastCap() (int, error) {
+	b, err := os.ReadFile("/proc/sys/kernel/cap_last_cap")
+	if err != nil {
+		return 0, err
+	}
+	return strconv.Atoi(strings.TrimSpace(string(b)))
+}
+
+// bindFile bind-mounts the file src onto dst (created empty).
+func bindFile(src, dst string) error {
+	st, err := os.Stat(src)
+	if err != nil {
+		return err
+	}
+	if !st.Mode().IsRegular() || st.Mode().Perm()&0o001 == 0 {
+		return fmt.Errorf("%s is not a file every user may execute", src)
+	}
+	f, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o555)
+	if err != nil {
+		return err
+	}
+	f.Close()
+	if err := unix.Mount(src, dst, "", unix.MS_BIND, ""); err != nil {
+		os.Remove(dst)
+		return fmt.Errorf("bind-mounting %s at %s: %w", src, dst, err)
+	}
+	return nil
+}
+
+// exited reports whether egressd has exited (for whatever reason).
+func (e *egressdProc) exited() bool {
+	select {
+	case <-e.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// stop ends egressd: SIGTERM, then SIGKILL after the grace period, by pid;
+// it waits for the process and for its audit stream to end. Idempotent.
+func (e *egressdProc) stop() error {
+	if e == nil {
+		return nil
+	}
+	var err error
+	e.stop1.Do(func() {
+		close(e.stopped)
+		if e.cmd != nil && e.cmd.Process != nil {
+			if !e.exited() {
+				_ = e.cmd.Process.Signal(syscall.SIGTERM)
+				select {
+				case <-e.done:
+				case <-time.After(egressdStopGrace):
+					_ = e.cmd.Process.Kill()
+					select {
+					case <-e.done:
+					case <-time.After(5 * time.Second):
+						err = fmt.Errorf("egressd (pid %d) did not exit after SIGKILL", e.pid)
+					}
+				}
+			}
+			select {
+			case <-e.auditDone:
+			case <-time.After(2 * time.Second):
+			}
+		}
+		if e.binaryMount != "" {
+			if uerr := unmountAndRemove(e.binaryMount); uerr != nil {
+				err = errors.Join(err, uerr)
+			}
+		}
+	})
+	return err
+}
+
+// writeEgressdPolicy writes the policy egressd enforces for a launch: the
+// launch's resolved network policy, frozen (the launcher checked it against
+// the floor; a policy file edited during the run does not change it). It
+// builds on the strict profile, whose allow and block lists are empty, so
+// every rule egressd holds is one written here, each on its own line with
+// its original source as a comment. It returns, for each of those lines,
+// "path:line" → the rule's original source, which the audit sink puts back
+// into egressd's records.
+func writeEgressdPolicy(p *policy.Profile, path string, uid, gid uint32) (map[string]string, error) {
+	var b bytes.Buffer
+	sources := map[string]string{}
+	line := 1
+	w := func(format string, args ...any) {
+		s := fmt.Sprintf(format, args...)
+		b.WriteString(s)
+		line += strings.Count(s, "\n")
+	}
+	w("# The network policy of one launch, written by the launcher from the\n")
+	w("# resolved profile %q. Rule sources are in the comments.\n", p.Name)
+	w("version = 1\nprofile = \"strict\"\n\n[network]\nmode = \"filtered\"\n")
+	ports := make([]string, len(p.Network.DefaultPorts))
+	for i, port := range p.Network.DefaultPorts {
+		ports[i] = strconv.Itoa(int(port))
+	}
+	w("default_ports = [%s]\n", strings.Join(ports, ", "))
+	if p.Network.DNSBlockResponse != "" {
+		w("dns_block_response = %s\n", tomlQuote(string(p.Network.DNSBlockResponse)))
+	}
+	for _, list := range []struct {
+		key   string
+		rules []*policy.Rule
+	}{{"allow", p.Network.Allow}, {"block", p.Network.Block}} {
+		w("%s = [\n", list.key)
+		for _, r := range list.rules {
+			src := r.Source.String()
+			sources[path+":"+strconv.Itoa(line)] = src
+			w("  %s, # %s\n", tomlQuote(r.Text), strings.ReplaceAll(src, "\n", " "))
+		}
+		w("]\n")
+	}
+	if err := os.WriteFile(path, b.Bytes(), 0o400); err != nil {
+		return nil, fmt.Errorf("writing egressd's policy: %w", err)
+	}
+	if err := os.Chown(path, int(uid), int(gid)); err != nil {
+		return nil, fmt.Errorf("writing egressd's policy: %w", err)
+	}
+	return sources, nil
+}
+
+// tomlQuote renders s as a TOML basic string.
+func tomlQuote(s string) string {
+	var b strings.Builder
+	b.WriteByte('"')
+	for _, r := range s {
+		switch {
+		case r == '"' || r == '\\':
+			b.WriteByte('\\')
+			b.WriteRune(r)
+		case r < 0x20 || r == 0x7f:
+			fmt.Fprintf(&b, "\\u%04x", r)
+		default:
+			b.WriteRune(r)
+		}
+	}
+	b.WriteByte('"')
+	return b.String()
+}
+
+// Denial is one distinct destination egressd denied during a run.
+type Denial struct {
+	// Kind is the audit record kind that was denied: "dns" for a name
+	// lookup, else a connection ("connect", "http", "tls", "tcp").
+	Kind string
+	// Target is the name or IP asked for, normalised; Port its port (53
+	// for a lookup).
+	Target string
+	Port   uint16
+	// Reason is the decision's reason ("blocked-by", "no-allow-rule",
+	// "invalid-name", "guarded-address", or an operational cause).
+	Reason string
+	// Rule and RuleSource are the deciding rule and where it was written
+	// ("flag:--block", "policy.toml:7", "builtin:standard"), if a rule
+	// decided.
+	Rule, RuleSource string
+	// Addrs are the addresses involved, when the record had them.
+	Addrs []string
+	// Count is how many denials the run had for this destination.
+	Count int
+}
+
+// auditSink takes egressd's audit stream: it puts the original rule
+// sources back (egressd knows its rules by their line in the snapshot),
+// copies every record to out, and keeps one Denial per destination.
+type auditSink struct {
+	sources map[string]string
+	mu      sync.Mutex
+	out     io.Writer
+	denials map[denialKey]*Denial
+	order   []denialKey
+}
+
+type denialKey struct {
+	dns          bool
+	target       string
+	port         uint16
+	reason, rule string
+}
+
+func newAuditSink(out io.Writer) *auditSink {
+	return &auditSink{out: out, denials: map[denialKey]*Denial{}}
+}
+
+// consume reads JSON lines until r ends.
+func (a *auditSink) consume(r io.Reader) {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
+	for sc.Scan() {
+		a.record(sc.Bytes())
+	}
+}
+
+func (a *auditSink) record(line []byte) {
+	var rec audit.Record
+	if err := json.Unmarshal(line, &rec); err != nil {
+		a.write(append(bytes.Clone(line), '\n'))
+		return
+	}
+	if src, ok := a.sources[rec.Source]; ok {
+		rec.Source = src
+	}
+	if out, err := json.Marshal(&rec); err == nil {
+		a.write(append(out, '\n'))
+	}
+	if rec.Decision != "deny" {
+		return
+	}
+	k := denialKey{dns: rec.Kind == audit.KindDNS, target: rec.Target, port: rec.Port, reason: rec.Reason, rule: rec.Rule}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if d, ok := a.denials[k]; ok {
+		d.Count++
+		return
+	}
+	a.denials[k] = &Denial{Kind: string(rec.Kind), Target: rec.Target, Port: rec.Port, Reason: rec.Reason,
+		Rule: rec.Rule, RuleSource: rec.Source, Addrs: rec.Addrs, Count: 1}
+	a.order = append(a.order, k)
+}
+
+func (a *auditSink) write(b []byte) {
+	if a.out == nil {
+		return
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	_, _ = a.out.Write(b)
+}
+
+// list returns the denials, one per destination and reason, in the order
+// first seen. A lookup denial is left out when the same name was also
+// denied as a connection (the connection says more: its port).
+func (a *auditSink) list() []Denial {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	conn := map[string]bool{}
+	for _, k := range a.order {
+		if !k.dns {
+			conn[k.target] = true
+		}
+	}
+	var out []Denial
+	for _, k := range a.order {
+		if k.dns && conn[k.target] {
+			continue
+		}
+		d := *a.denials[k]
+		d.Addrs = slices.Clone(d.Addrs)
+		out = append(out, d)
+	}
+	slices.SortStableFunc(out, func(x, y Denial) int {
+		return cmp.Or(cmp.Compare(x.Target, y.Target), cmp.Compare(x.Port, y.Port))
+	})
+	return out
+}
+
+// tailBuffer keeps the last max bytes written to it.
+type tailBuffer struct {
+	mu  sync.Mutex
+	max int
+	buf []byte
+}
+
+func newTailBuffer(max int) *tailBuffer { return &tailBuffer{max: max} }
+
+func (t *tailBuffer) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.buf = append(t.buf, p...)
+	if len(t.buf) > t.max {
+		t.buf = append(t.buf[:0], t.buf[len(t.buf)-t.max:]...)
+	}
+	return len(p), nil
+}
+
+// lastLines returns the last n non-empty lines, joined by " | ".
+func (t *tailBuffer) lastLines(n int) string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var lines []string
+	for _, l := range strings.Split(string(t.buf), "\n") {
+		if l = strings.TrimSpace(l); l != "" {
+			lines = append(lines, l)
+		}
+	}
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	if len(lines) == 0 {
+		return "(no output)"
+	}
+	return strings.Join(lines, " | ")
+}

@@ -1,0 +1,314 @@
+package sandbox
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/egressd/egressd/policy"
+)
+
+// resolveWith resolves a profile from a policy file body and flags.
+func resolveWith(t *testing.T, profile, file string, overrides ...policy.Setting) *policy.Profile {
+	t.Helper()
+	var files []string
+	if file != "" {
+		path := filepath.Join(t.TempDir(), "tenant.toml")
+		if err := os.WriteFile(path, []byte(file), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		files = append(files, path)
+	}
+	p, _, err := policy.Resolve(policy.ResolveOptions{Profile: profile, Files: files, Overrides: overrides})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+type ruleView struct{ Text, Source string }
+
+func rulesOf(rs []*policy.Rule) []ruleView {
+	out := []ruleView{}
+	for _, r := range rs {
+		out = append(out, ruleView{r.Text, r.Source.String()})
+	}
+	return out
+}
+
+// TestEgressdPolicyIsTheLaunchsNetworkPolicy: the snapshot egressd loads
+// resolves to exactly the launch's rules, ports and DNS answer, in filtered
+// mode, and each snapshot line maps back to the rule's real source (the
+// built-in, the tenant file's line, the flag).
+func TestEgressdPolicyIsTheLaunchsNetworkPolicy(t *testing.T) {
+	tenant := "version = 1\n\n[network]\nmode = \"none\"\nallow = [\"*.example.com\", \"203.0.113.0/24:8000-8100\", \"bücher.example\"]\n" +
+		"block = [\"gist.github.com\"]\ndefault_ports = [443]\ndns_block_response = \"refused\"\n"
+	for _, profile := range []string{"standard", "strict", "offline", "open"} {
+		t.Run(profile, func(t *testing.T) {
+			p := resolveWith(t, profile, tenant,
+				policy.Setting{Key: "network.mode", Values: []string{"filtered"}, Source: policy.Flag("--net")},
+				policy.Setting{Key: "network.allow", Values: []string{"api.test:443"}, Source: policy.Flag("--allow")},
+				policy.Setting{Key: "network.block", Values: []string{"*.evil.test"}, Source: policy.Flag("--block")})
+			path := filepath.Join(t.TempDir(), "policy.toml")
+			sources, err := writeEgressdPolicy(p, path, uint32(os.Getuid()), uint32(os.Getgid()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			snap, _, err := policy.Resolve(policy.ResolveOptions{Files: []string{path}})
+			if err != nil {
+				data, _ := os.ReadFile(path)
+				t.Fatalf("the snapshot does not resolve: %v\n%s", err, data)
+			}
+			if snap.Network.Mode != policy.ModeFiltered {
+				t.Errorf("snapshot mode %q", snap.Network.Mode)
+			}
+			remap := func(rs []ruleView) []ruleView {
+				for i := range rs {
+					if s, ok := sources[rs[i].Source]; ok {
+						rs[i].Source = s
+					}
+				}
+				return rs
+			}
+			if diff := cmp.Diff(rulesOf(p.Network.Allow), remap(rulesOf(snap.Network.Allow))); diff != "" {
+				t.Errorf("allow rules (-launch +egressd):\n%s", diff)
+			}
+			if diff := cmp.Diff(rulesOf(p.Network.Block), remap(rulesOf(snap.Network.Block))); diff != "" {
+				t.Errorf("block rules (-launch +egressd):\n%s", diff)
+			}
+			if diff := cmp.Diff(p.Network.DefaultPorts, snap.Network.DefaultPorts); diff != "" {
+				t.Errorf("default ports (-launch +egressd):\n%s", diff)
+			}
+			if p.Network.DNSBlockResponse != snap.Network.DNSBlockResponse {
+				t.Errorf("dns_block_response %q, want %q", snap.Network.DNSBlockResponse, p.Network.DNSBlockResponse)
+			}
+			if st, err := os.Stat(path); err != nil || st.Mode().Perm() != 0o400 {
+				t.Errorf("snapshot mode %v, %v; want 0400", st.Mode(), err)
+			}
+		})
+	}
+}
+
+func TestTOMLQuote(t *testing.T) {
+	for in, want := range map[string]string{
+		"a.test":     `"a.test"`,
+		`q"uote`:     `"q\"uote"`,
+		`back\slash`: `"back\\slash"`,
+		"tab\there":  `"tab\u0009here"`,
+		"bücher.de":  `"bücher.de"`,
+	} {
+		if got := tomlQuote(in); got != want {
+			t.Errorf("tomlQuote(%q) = %s, want %s", in, got, want)
+		}
+	}
+}
+
+// TestAuditSinkRestoresSourcesAndListsEachDenialOnce: records leave with
+// the rule's real source; denials are one per destination, a lookup
+// denial is dropped when the connection to the same name was denied too,
+// and a line that is not a record passes through untouched.
+func TestAuditSinkRestoresSourcesAndListsEachDenialOnce(t *testing.T) {
+	var out bytes.Buffer
+	a := newAuditSink(&out)
+	a.sources = map[string]string{"/s/policy.toml:9": "flag:--block", "/s/policy.toml:7": "tenant.toml:3"}
+	lines := []string{
+		`{"time":"2026-01-01T00:00:00Z","kind":"dns","target":"evil.test","port":53,"decision":"deny","reason":"blocked-by","rule":"evil.test","rule_source":"/s/policy.toml:9"}`,
+		`{"time":"2026-01-01T00:00:00Z","kind":"connect","target":"evil.test","port":443,"decision":"deny","reason":"blocked-by","rule":"evil.test","rule_source":"/s/policy.toml:9"}`,
+		`{"time":"2026-01-01T00:00:00Z","kind":"connect","target":"evil.test","port":443,"decision":"deny","reason":"blocked-by","rule":"evil.test","rule_source":"/s/policy.toml:9"}`,
+		`{"time":"2026-01-01T00:00:00Z","kind":"dns","target":"other.test","port":53,"decision":"deny","reason":"no-allow-rule"}`,
+		`{"time":"2026-01-01T00:00:00Z","kind":"tls","target":"ok.test","port":443,"decision":"allow","reason":"allowed-by","rule":"ok.test","rule_source":"/s/policy.toml:7","bytes_up":5}`,
+		`not json`,
+	}
+	a.consume(strings.NewReader(strings.Join(lines, "\n") + "\n"))
+	got := a.list()
+	want := []Denial{
+		{Kind: "connect", Target: "evil.test", Port: 443, Reason: "blocked-by", Rule: "evil.test", RuleSource: "flag:--block", Count: 2},
+		{Kind: "dns", Target: "other.test", Port: 53, Reason: "no-allow-rule", Count: 1},
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("denials (-want +got):\n%s", diff)
+	}
+	outLines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	if len(outLines) != len(lines) {
+		t.Fatalf("copied %d lines, want %d:\n%s", len(outLines), len(lines), out.String())
+	}
+	if outLines[5] != "not json" {
+		t.Errorf("a non-record line became %q", outLines[5])
+	}
+	var rec map[string]any
+	if err := json.Unmarshal([]byte(outLines[4]), &rec); err != nil {
+		t.Fatal(err)
+	}
+	if rec["rule_source"] != "tenant.toml:3" || rec["bytes_up"] != float64(5) {
+		t.Errorf("allowed record copied as %v", rec)
+	}
+	if strings.Contains(out.String(), "/s/policy.toml") {
+		t.Errorf("a snapshot position reached the audit log:\n%s", out.String())
+	}
+}
+
+func TestEgressdArgs(t *testing.T) {
+	args := egressdArgs(egressdSpec{dir: "/run/x/egressd", mark: 0x4547, sandboxID: "egs-1",
+		upstream: []netip.AddrPort{netip.MustParseAddrPort("192.0.2.53:53"), netip.MustParseAddrPort("192.0.2.54:5353")}})
+	joined := strings.Join(args, " ")
+	for _, want := range []string{
+		"serve --policy /run/x/egressd/policy.toml",
+		"--dns-listen 127.0.0.1:15053,[::1]:15053",
+		"--proxy-listen 127.0.0.1:3128",
+		"--transparent-listen 127.0.0.1:15001,[::1]:15001",
+		"--admin-listen unix:/run/x/egressd/admin.sock",
+		"--upstream-dns 192.0.2.53:53,192.0.2.54:5353",
+		"--mark 17735", "--audit-log -", "--sandbox-id egs-1", "--ready-fd 3",
+	} {
+		if !strings.Contains(joined, want) {
+			t.Errorf("egressd args lack %q: %s", want, joined)
+		}
+	}
+}
+
+func TestTailBufferKeepsTheEnd(t *testing.T) {
+	b := newTailBuffer(16)
+	fmt.Fprintf(b, "first line\nsecond line\n")
+	fmt.Fprintf(b, "third\n")
+	if got := b.lastLines(5); got != "cond line | third" {
+		t.Errorf("lastLines = %q", got)
+	}
+	if got := newTailBuffer(8).lastLines(2); got != "(no output)" {
+		t.Errorf("empty lastLines = %q", got)
+	}
+}
+
+// egressdBinary builds egressd into a directory of the test's (go's build
+// cache makes this quick after the first time).
+func egressdBinary(t *testing.T) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "egressd")
+	out, err := exec.Command("go", "build", "-o", path, "github.com/egressd/egressd/cmd/egressd").CombinedOutput()
+	if err != nil {
+		t.Fatalf("building egressd: %v\n%s", err, out)
+	}
+	return path
+}
+
+// procStatus reads fields of /proc/PID/status.
+func procStatus(t *testing.T, pid int) map[string]string {
+	t.Helper()
+	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]string{}
+	for _, line := range strings.Split(string(data), "\n") {
+		if k, v, ok := strings.Cut(line, ":"); ok {
+			out[k] = strings.TrimSpace(v)
+		}
+	}
+	return out
+}
+
+// TestEgressdRunsUnprivilegedWithOnlyNetAdmin: egressd runs in the
+// sandbox's namespace as its own non-root uid, with CAP_NET_ADMIN as its
+// only capability (effective, permitted, ambient and bounding), no
+// supplementary groups and no_new_privs, even when its binary lies where
+// that uid cannot reach; stop removes it and its binary mount.
+func TestEgressdRunsUnprivilegedWithOnlyNetAdmin(t *testing.T) {
+	requireRootNetns(t)
+	bin := egressdBinary(t) // in a 0700 directory: unreachable for egressd's uid
+	ns := testNetNS(t)
+	dir := filepath.Join(t.TempDir(), "egressd")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(dir, DefaultEgressdUID, DefaultEgressdGID); err != nil {
+		t.Fatal(err)
+	}
+	// t.TempDir's parents are 0700: open them up to the uid for this test.
+	for d := filepath.Dir(dir); d != os.TempDir() && d != "/"; d = filepath.Dir(d) {
+		os.Chmod(d, 0o711)
+	}
+	p := resolveWith(t, "standard", "", policy.Setting{Key: "network.allow", Values: []string{"allowed.test"}, Source: policy.Flag("--allow")})
+	sources, err := writeEgressdPolicy(p, filepath.Join(dir, policyFile), DefaultEgressdUID, DefaultEgressdGID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sink := newAuditSink(nil)
+	sink.sources = sources
+	e, err := startEgressd(context.Background(), ns, egressdSpec{binary: bin, dir: dir, uid: DefaultEgressdUID, gid: DefaultEgressdGID,
+		mark: DefaultMark, upstream: []netip.AddrPort{netip.MustParseAddrPort("192.0.2.53:53")}, sandboxID: "egs-test",
+		timeout: 20 * time.Second, sink: sink})
+	t.Cleanup(func() { e.stop() })
+	if err != nil {
+		t.Fatalf("starting egressd: %v", err)
+	}
+	st := procStatus(t, e.pid)
+	const netAdmin = "0000000000001000"
+	for k, want := range map[string]string{
+		"Uid": "65530\t65530\t65530\t65530", "Gid": "65530\t65530\t65530\t65530", "Groups": "",
+		"CapInh": netAdmin, "CapPrm": netAdmin, "CapEff": netAdmin, "CapBnd": netAdmin, "CapAmb": netAdmin,
+		"NoNewPrivs": "1",
+	} {
+		if st[k] != want {
+			t.Errorf("egressd %s = %q, want %q", k, st[k], want)
+		}
+	}
+	if comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", e.pid)); strings.TrimSpace(string(comm)) != "egressd" {
+		t.Errorf("egressd's comm is %q", comm)
+	}
+	if procs := procsIn(ns.dev, ns.ino); len(procs) != 1 || procs[0] != e.pid {
+		t.Errorf("processes in the sandbox namespace: %v, want egressd's pid %d alone", procs, e.pid)
+	}
+	if _, err := os.Stat(filepath.Join(dir, adminSocket)); err != nil {
+		t.Errorf("admin socket: %v", err)
+	}
+	if err := e.stop(); err != nil {
+		t.Errorf("stop: %v", err)
+	}
+	if !e.exited() {
+		t.Error("egressd still running after stop")
+	}
+	if _, err := os.Lstat(filepath.Join(dir, binaryName)); err == nil {
+		t.Error("egressd's binary mount is still there after stop")
+	}
+}
+
+// TestEgressdThatCannotStartFailsTheLaunchWithItsReason: a policy egressd
+// refuses surfaces egressd's own message, not a timeout.
+func TestEgressdThatCannotStartFailsTheLaunchWithItsReason(t *testing.T) {
+	requireRootNetns(t)
+	bin := egressdBinary(t)
+	ns := testNetNS(t)
+	dir := filepath.Join(t.TempDir(), "egressd")
+	if err := os.Mkdir(dir, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	for d := filepath.Dir(dir); d != os.TempDir() && d != "/"; d = filepath.Dir(d) {
+		os.Chmod(d, 0o711)
+	}
+	if err := os.WriteFile(filepath.Join(dir, policyFile), []byte("version = 1\n[network]\nalow = []\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	e, err := startEgressd(context.Background(), ns, egressdSpec{binary: bin, dir: dir, uid: DefaultEgressdUID, gid: DefaultEgressdGID,
+		mark: DefaultMark, upstream: []netip.AddrPort{netip.MustParseAddrPort("192.0.2.53:53")}, sandboxID: "egs-test",
+		timeout: 20 * time.Second, sink: newAuditSink(nil)})
+	if e != nil {
+		defer e.stop()
+	}
+	if err == nil || !strings.Contains(err.Error(), "exited before it was ready") || !strings.Contains(err.Error(), `unknown key "alow"`) {
+		t.Errorf("start with a broken policy: %v; want egressd's exit and its message", err)
+	}
+	if took := time.Since(start); took > 10*time.Second {
+		t.Errorf("took %s to notice", took)
+	}
+}

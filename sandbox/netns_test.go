@@ -1,0 +1,134 @@
+package sandbox
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/egressd/egressd/firewall"
+	"github.com/egressd/egressd/policy"
+)
+
+// TestNewNamespaceHasOnlyLoopbackUp: nothing of the caller's network
+// shows through, and lo is ready for egressd.
+func TestNewNamespaceHasOnlyLoopbackUp(t *testing.T) {
+	requireRootNetns(t)
+	ns := testNetNS(t)
+	if !strings.HasPrefix(ns.name, IDPrefix) || ns.path != NetnsDir+"/"+ns.name {
+		t.Errorf("namespace %s at %s", ns.name, ns.path)
+	}
+	h, err := ns.handle()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	links, err := h.LinkList()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(links) != 1 || links[0].Attrs().Name != "lo" || links[0].Attrs().Flags&(1<<0) == 0 {
+		t.Errorf("links %v: want lo alone, up", links)
+	}
+	if got := inNS(t, ns, "ip", "-4", "route", "show", "table", "all"); strings.Contains(got, "default") {
+		t.Errorf("routes in a fresh namespace:\n%s", got)
+	}
+	// `ip netns list` shows it, under its sandbox name.
+	out, _ := exec.Command("ip", "netns", "list").Output()
+	if !strings.Contains(string(out), ns.name) {
+		t.Errorf("ip netns list does not show %s:\n%s", ns.name, out)
+	}
+	// Nothing of the namespace leaked into this process.
+	if selfNetNS() == "" || selfNetNS() == fmtNS(ns) {
+		t.Error("the test process is inside the sandbox's namespace")
+	}
+}
+
+func fmtNS(n *netNS) string {
+	var st unix.Stat_t
+	if unix.Stat(n.path, &st) != nil {
+		return ""
+	}
+	return fmt.Sprintf("%d:%d", st.Dev, st.Ino)
+}
+
+// TestDestroyKillsWhatIsLeftInside: a process that outlived its sandbox
+// (a leaked child, a runtime that failed to delete) is killed, by pid,
+// before the namespace goes; destroy is idempotent.
+func TestDestroyKillsWhatIsLeftInside(t *testing.T) {
+	requireRootNetns(t)
+	ns, err := createNetNS(newID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cmd *exec.Cmd
+	if err := ns.do(func() error {
+		cmd = exec.Command("sleep", "60")
+		return cmd.Start()
+	}); err != nil {
+		ns.destroy()
+		t.Fatal(err)
+	}
+	waited := make(chan error, 1)
+	go func() { waited <- cmd.Wait() }()
+	if err := ns.destroy(); err != nil {
+		t.Errorf("destroy: %v", err)
+	}
+	select {
+	case err := <-waited:
+		if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); !ok || ws.Signal() != syscall.SIGKILL {
+			t.Errorf("sleep ended with %v, want SIGKILL", err)
+		}
+	case <-time.After(5 * time.Second):
+		cmd.Process.Kill()
+		t.Fatal("the process in the namespace survived destroy")
+	}
+	if _, err := os.Lstat(ns.path); err == nil {
+		t.Errorf("%s still exists", ns.path)
+	}
+	if err := ns.destroy(); err != nil {
+		t.Errorf("second destroy: %v", err)
+	}
+}
+
+// TestOpenNetNSOfNothing: Reap opening a namespace that is gone, or a
+// plain file where one was, finds nothing to kill.
+func TestOpenNetNSOfNothing(t *testing.T) {
+	n := openNetNS("egs-ffffffff")
+	if n.ino != 0 {
+		t.Errorf("openNetNS of a missing name: %+v", n)
+	}
+	if err := n.destroy(); err != nil {
+		t.Errorf("destroy of a missing namespace: %v", err)
+	}
+}
+
+// TestFreshFirewallIsWhatInstallPuts: the launcher's one-batch install into
+// a new namespace leaves exactly what firewall.Install would (Verify, which
+// compares rule for rule and checks ping_group_range, passes), in both
+// modes.
+func TestFreshFirewallIsWhatInstallPuts(t *testing.T) {
+	requireRootNetns(t)
+	for _, cfg := range []firewall.Config{
+		{Mode: policy.ModeFiltered, DNSPort: EgressdDNSPort, TransparentPort: EgressdTransparentPort,
+			ExplicitProxyPort: EgressdProxyPort, Mark: DefaultMark, UpstreamDNSPorts: []uint16{53, 5353}},
+		{Mode: policy.ModeNone},
+	} {
+		t.Run(string(cfg.Mode), func(t *testing.T) {
+			ns := testNetNS(t)
+			ctx := context.Background()
+			if err := installFreshFirewall(ctx, ns, cfg); err != nil {
+				t.Fatal(err)
+			}
+			if err := firewall.Verify(ctx, ns.path, cfg); err != nil {
+				t.Errorf("Verify after the fresh install: %v", err)
+			}
+		})
+	}
+}
