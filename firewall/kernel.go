@@ -3,18 +3,17 @@ package firewall
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 
+	"github.com/egressd/egressd/internal/nsthread"
+
 	"github.com/coreos/go-iptables/iptables"
 	"github.com/vishvananda/netlink/nl"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
 
@@ -107,59 +106,9 @@ func lookupBackends() ([len(families)]backend, error) {
 	return out, nil
 }
 
-// inNetns runs fn on a new OS thread that has entered the network namespace
-// at nsPath (a bind mount such as /var/run/netns/NAME, or /proc/PID/ns/net).
-// Sockets fn opens belong to that namespace, and so does every process fn
-// execs: a child forked from a thread inherits the thread's namespaces.
-//
-// The thread never leaves the namespace: the goroutine exits while still
-// locked to it, so the Go runtime destroys the thread instead of handing it
-// to other goroutines. Nothing has to be switched back, so no failure to
-// switch back can leak the namespace into the rest of the process.
-func inNetns(nsPath string, fn func() error) error {
-	if nsPath == "" {
-		return errors.New("network namespace path is empty")
-	}
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		if unix.Gettid() == unix.Getpid() {
-			// The main thread is never destroyed (the runtime parks it
-			// forever instead), and /proc/self/ns/net and /proc/self/net
-			// follow it: it must not enter the namespace. Keep it locked
-			// (so it cannot run the retry) and retry on another thread.
-			errc <- inNetns(nsPath, fn)
-			runtime.UnlockOSThread()
-			return
-		}
-		// No UnlockOSThread, on purpose: see above.
-		ns, err := netns.GetFromPath(nsPath)
-		if err != nil {
-			errc <- fmt.Errorf("opening network namespace %s: %w", nsPath, err)
-			return
-		}
-		defer ns.Close()
-		if err := netns.Set(ns); err != nil {
-			errc <- fmt.Errorf("entering network namespace %s: %w", nsPath, err)
-			return
-		}
-		errc <- callSafely(fn)
-	}()
-	return <-errc
-}
-
-// callSafely turns a panic in fn into an error, so a bug in code run inside
-// a namespace fails the operation (closed) instead of the process.
-func callSafely(fn func() error) (err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			buf := make([]byte, 8<<10)
-			buf = buf[:runtime.Stack(buf, false)]
-			err = fmt.Errorf("panic inside network namespace: %v\n%s", r, buf)
-		}
-	}()
-	return fn()
-}
+// inNetns runs fn on a fresh OS thread inside the network namespace at
+// nsPath; see nsthread.InNetns.
+func inNetns(nsPath string, fn func() error) error { return nsthread.InNetns(nsPath, fn) }
 
 // pingGroupRangePath is read and written from a thread inside the namespace:
 // /proc/sys/net resolves to the network namespace of the thread that opens it.

@@ -8,10 +8,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"syscall"
 	"time"
+
+	"github.com/egressd/egressd/internal/nsthread"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -51,7 +52,7 @@ func createNetNS(name string) (*netNS, error) {
 	}
 	f.Close()
 	n := &netNS{name: name, path: path}
-	err = onFreshThread(func() error {
+	err = nsthread.Run(func() error {
 		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
 			return fmt.Errorf("unshare(CLONE_NEWNET): %w", err)
 		}
@@ -105,7 +106,7 @@ func openNetNS(name string) *netNS {
 // thread is discarded afterwards. Sockets fn opens, and processes it starts,
 // belong to the namespace.
 func (n *netNS) do(fn func() error) error {
-	return onFreshThread(func() error {
+	return nsthread.Run(func() error {
 		h, err := netns.GetFromPath(n.path)
 		if err != nil {
 			return fmt.Errorf("opening network namespace %s: %w", n.path, err)
@@ -199,41 +200,6 @@ func killProcsIn(dev, ino uint64) []int {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-}
-
-// onFreshThread runs fn on an OS thread of its own that is destroyed
-// afterwards: the goroutine locks itself to the thread and exits without
-// unlocking, so whatever fn changes about the thread (its network
-// namespace, its no_new_privs bit, its capability bounding set) never
-// reaches another goroutine.
-func onFreshThread(fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		if unix.Gettid() == unix.Getpid() {
-			// The main thread is never destroyed, and /proc/self follows
-			// it: keep it out. Stay locked (so this goroutine cannot run
-			// elsewhere meanwhile) and try again on another thread.
-			errc <- onFreshThread(fn)
-			runtime.UnlockOSThread()
-			return
-		}
-		errc <- callSafely(fn)
-	}()
-	return <-errc
-}
-
-// callSafely turns a panic in fn into an error: code run on a thread in a
-// sandbox's namespace fails the launch instead of the process.
-func callSafely(fn func() error) (err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			buf := make([]byte, 8<<10)
-			buf = buf[:runtime.Stack(buf, false)]
-			err = fmt.Errorf("panic: %v\n%s", r, buf)
-		}
-	}()
-	return fn()
 }
 
 // installFreshFirewall installs the firewall for cfg into ns, which was

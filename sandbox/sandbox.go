@@ -994,6 +994,15 @@ func Reap(stateDir string) (reaped []string, err error) {
 		s := &Sandbox{id: id, dir: dir, lock: lock}
 		var rec stateRecord
 		if data, err := os.ReadFile(filepath.Join(dir, "state.json")); err == nil && json.Unmarshal(data, &rec) == nil && rec.ID == id {
+			if rec.Mode == policy.ModeFiltered && rec.LauncherNetNS != "" && rec.LauncherNetNS != self {
+				// Its uplink and NAT rules live in another network
+				// namespace, which only a launcher there can remove:
+				// leave the whole sandbox to it rather than half-reap it.
+				if lock != nil {
+					lock.Close()
+				}
+				continue
+			}
 			s.mode = rec.Mode
 			if rec.Runtime != "" {
 				s.rt = &Runtime{Name: filepath.Base(rec.Runtime), Path: rec.Runtime, Root: rec.RuntimeRoot}

@@ -18,6 +18,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/egressd/egressd/internal/nsthread"
+
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
@@ -127,45 +129,15 @@ func (n *NetNS) DialContext(ctx context.Context, network, addr string) (net.Conn
 	return c, err
 }
 
-// runInNS runs fn on a locked thread that entered ns, on a goroutine of its own so that a thread
-// that cannot be returned to its namespace dies with that goroutine.
+// runInNS runs fn on a fresh OS thread that entered ns; the thread is
+// destroyed afterwards, so the namespace never leaks into the process.
 func runInNS(ns netns.NsHandle, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("getting the thread's network namespace: %w", err)
-			return
-		}
-		defer orig.Close()
+	return nsthread.Run(func() error {
 		if err := netns.Set(ns); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("entering network namespace: %w", err)
-			return
+			return fmt.Errorf("entering network namespace: %w", err)
 		}
-		ferr := callSafely(fn)
-		if err := netns.Set(orig); err != nil {
-			// Stay locked: the runtime terminates a thread whose goroutine exits locked.
-			errc <- errors.Join(ferr, fmt.Errorf("returning the thread to its network namespace: %w", err))
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
-}
-
-func callSafely(fn func() error) (err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			buf := make([]byte, 8<<10)
-			buf = buf[:runtime.Stack(buf, false)]
-			err = fmt.Errorf("panic inside network namespace: %v\n%s", r, buf)
-		}
-	}()
-	return fn()
+		return fn()
+	})
 }
 
 func randomHex(n int) string {
