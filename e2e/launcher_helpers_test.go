@@ -28,17 +28,17 @@ import (
 // by TestLauncher's cleanup.
 var launcherBuild struct {
 	once sync.Once
-	dir  string
 	bin  string
 	err  error
 }
 
-// launcherBinary builds cmd/launcher (once) into dir.
-func launcherBinary(t *testing.T, dir string) string {
+// launcherBinary builds cmd/launcher once for the whole run, beside the
+// egressd binary TestMain built (a test's TempDir would vanish after the
+// first of several -count runs).
+func launcherBinary(t *testing.T) string {
 	t.Helper()
 	launcherBuild.once.Do(func() {
-		launcherBuild.dir = dir
-		launcherBuild.bin = filepath.Join(dir, "launcher")
+		launcherBuild.bin = filepath.Join(filepath.Dir(egressdBin), "launcher")
 		out, err := exec.Command("go", "build", "-o", launcherBuild.bin, "github.com/egressd/egressd/cmd/launcher").CombinedOutput()
 		if err != nil {
 			launcherBuild.err = fmt.Errorf("building the launcher: %v\n%s", err, out)
@@ -177,7 +177,7 @@ func (lw *lworld) run(args ...string) lresult {
 func (lw *lworld) runWith(o lopts, args ...string) lresult {
 	t := lw.t
 	t.Helper()
-	bin := launcherBinary(t, launcherBuild.dir)
+	bin := launcherBinary(t)
 	auditPath := filepath.Join(t.TempDir(), "audit.jsonl")
 	full := []string{"run"}
 	if !o.noDefaults {

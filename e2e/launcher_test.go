@@ -29,7 +29,7 @@ import (
 // and links as it ends).
 func TestLauncher(t *testing.T) {
 	fakenet.RequireRoot(t)
-	launcherBinary(t, t.TempDir())
+	launcherBinary(t)
 	if left := launcherLeftovers(t); len(left) > 0 {
 		t.Fatalf("leftovers before the launcher tests ran (not ours; refusing to judge): %v", left)
 	}
@@ -491,7 +491,11 @@ func testLauncherEgressdDeathFailsClosed(t *testing.T) {
 				`dig +time=1 +tries=1 @203.0.113.53 allowed.test >/dev/null; echo dig=$?`)
 		outW.Close()
 	}()
-	<-started
+	select {
+	case <-started:
+	case r := <-done:
+		t.Fatalf("the launcher never started\n%s", r)
+	}
 	select {
 	case <-firstOK:
 	case r := <-done:
@@ -654,7 +658,7 @@ func testLauncherSIGTERM(t *testing.T) {
 }
 
 func testLauncherExplain(t *testing.T) {
-	bin := launcherBinary(t, launcherBuild.dir)
+	bin := launcherBinary(t)
 	lw := newLauncherWorld(t)
 	ctxArgs := []string{"explain", "--json", "--upstream-dns", "203.0.113.53", "--allow", "allowed.test", "--memory", "1g",
 		"--secret", "TOKEN=hunter2-hunter2", "--", "curl", "https://allowed.test/"}
@@ -741,7 +745,7 @@ func testLauncherReapsStale(t *testing.T) {
 	if _, err := os.Stat(nsPath); err != nil {
 		t.Fatalf("the killed launcher's namespace is already gone (%v): nothing to reap", err)
 	}
-	out, errOut, code := lw.w.Run(t, launcherBinary(t, launcherBuild.dir), "cleanup")
+	out, errOut, code := lw.w.Run(t, launcherBinary(t), "cleanup")
 	if code != 0 || !strings.Contains(out, "removed "+id) {
 		t.Fatalf("launcher cleanup: exit %d, stdout %q, stderr %q; want it to remove %s", code, out, errOut, id)
 	}
