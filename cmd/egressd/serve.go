@@ -27,15 +27,16 @@ POST /reload, and shuts down gracefully on SIGTERM.
 func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := newFlagSet("serve", serveUsage, stderr)
 	var (
-		policies, allow, block                                         listFlag
-		dnsListen, proxyListen, transparentListen                      listListFlag
-		profile, adminListen, upstream, auditLog, logFormat, sandboxID string
-		mark                                                           uint
-		readyFD                                                        int
-		cfg                                                            daemon.Config
+		policies, allow, block                                                listFlag
+		dnsListen, proxyListen, transparentListen                             listListFlag
+		profile, floor, adminListen, upstream, auditLog, logFormat, sandboxID string
+		mark                                                                  uint
+		readyFD                                                               int
+		cfg                                                                   daemon.Config
 	)
 	fs.Var(&policies, "policy", "policy `FILE` (repeatable, applied in order; watched for changes)")
 	fs.StringVar(&profile, "profile", "", "built-in base `profile` (default: the policy's, else standard)")
+	fs.StringVar(&floor, "floor", os.Getenv("EGRESSD_SECURITY_FLOOR"), "refuse, at start and on reload, a policy less restrictive than this built-in `profile` (env EGRESSD_SECURITY_FLOOR)")
 	fs.Var(&allow, "allow", "allow `PATTERN` on top of the policy (repeatable)")
 	fs.Var(&block, "block", "block `PATTERN` on top of the policy (repeatable)")
 	fs.Var(&dnsListen, "dns-listen", "resolver `ADDR` for UDP and TCP (repeatable or comma-separated; default 127.0.0.1:53,[::1]:53)")
@@ -76,7 +77,7 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		handler = slog.NewJSONHandler(stderr, nil)
 	}
 	cfg.Logger = slog.New(handler)
-	cfg.PolicyFiles, cfg.Profile, cfg.AdminListen, cfg.SandboxID, cfg.Mark = policies, profile, adminListen, sandboxID, uint32(mark)
+	cfg.PolicyFiles, cfg.Profile, cfg.Floor, cfg.AdminListen, cfg.SandboxID, cfg.Mark = policies, profile, floor, adminListen, sandboxID, uint32(mark)
 	if len(allow) > 0 {
 		cfg.Overrides = append(cfg.Overrides, policy.Setting{Key: "network.allow", Values: allow, Source: policy.Flag("--allow")})
 	}

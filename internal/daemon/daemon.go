@@ -47,6 +47,9 @@ type Config struct {
 	Profile string
 	// Overrides are applied after the files on every load (e.g. --allow).
 	Overrides []policy.Setting
+	// Floor, if not "", refuses (at start and on every reload) a policy less
+	// restrictive than this built-in profile; see policy.CheckFloor.
+	Floor string
 
 	// DNSListen are the resolver's addresses (UDP and TCP each).
 	DNSListen []string
@@ -260,7 +263,7 @@ func (d *Daemon) selfAddrPorts() ([]netip.AddrPort, error) {
 // load resolves the policy files and compiles the matcher. It changes
 // nothing: the caller decides whether to put the result in force.
 func (d *Daemon) load() (*policy.Profile, *policy.Matcher, error) {
-	prof, warnings, err := policy.Resolve(policy.ResolveOptions{Profile: d.cfg.Profile, Files: d.cfg.PolicyFiles, Overrides: d.cfg.Overrides})
+	prof, warnings, err := policy.Resolve(policy.ResolveOptions{Profile: d.cfg.Profile, Files: d.cfg.PolicyFiles, Overrides: d.cfg.Overrides, Floor: d.cfg.Floor})
 	for _, w := range warnings {
 		d.log.Warn("policy warning", "warning", w.String())
 	}
