@@ -36,12 +36,27 @@ const (
 // upper-case method of 3-16 letters, a space, and ends in " HTTP/1.1" or
 // " HTTP/1.0" (so "EHLO x" from an SMTP client is not HTTP); other
 // otherwise. Unknown means more bytes are needed.
+// maxLeadingEmptyLines bounds the CR/LF bytes classify looks past.
+const maxLeadingEmptyLines = 16
+
 func classify(b []byte) streamKind {
 	if len(b) == 0 {
 		return streamUnknown
 	}
 	if looksLikeTLS(b) {
 		return streamTLS
+	}
+	// Servers skip empty lines before a request line (RFC 9112 §2.2), so
+	// leading CR/LF must not hide a request from the HTTP path; past a
+	// few, call it HTTP and let the strict head parser refuse it.
+	if t := bytes.TrimLeft(b, "\r\n"); len(t) < len(b) {
+		if len(b)-len(t) > maxLeadingEmptyLines {
+			return streamHTTP
+		}
+		if len(t) == 0 {
+			return streamUnknown
+		}
+		b = t
 	}
 	sp := -1
 	for i := 0; i < len(b) && i <= maxMethodLen; i++ {
@@ -68,8 +83,9 @@ func classify(b []byte) streamKind {
 		}
 		return streamUnknown
 	}
-	line := b[:nl+1]
-	if bytes.HasSuffix(line, []byte(" HTTP/1.1\r\n")) || bytes.HasSuffix(line, []byte(" HTTP/1.0\r\n")) {
+	// A bare LF ends the line too: servers accept it (RFC 9112 §2.2).
+	line := bytes.TrimSuffix(bytes.TrimSuffix(b[:nl+1], []byte("\n")), []byte("\r"))
+	if bytes.HasSuffix(line, []byte(" HTTP/1.1")) || bytes.HasSuffix(line, []byte(" HTTP/1.0")) {
 		return streamHTTP
 	}
 	return streamOther

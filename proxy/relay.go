@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -27,6 +28,9 @@ type relay struct {
 	down             int64
 	downErr          error
 	downDone         chan struct{}
+	// detached is set by detach before it closes upstream, so copyDown
+	// leaves the client connection alone.
+	detached atomic.Bool
 }
 
 // startRelay starts the upstream→client direction at once (server-first
@@ -43,6 +47,9 @@ func startRelay(client, upstream net.Conn) *relay {
 func (r *relay) copyDown() {
 	defer close(r.downDone)
 	r.down, r.downErr = copyFn(r.client, r.upstream)
+	if r.detached.Load() {
+		return
+	}
 	if r.downErr != nil {
 		// Reset or closed: stop the other direction too.
 		_ = r.client.Close()
@@ -89,6 +96,16 @@ func (r *relay) abort() int64 {
 	_ = r.upstream.Close()
 	<-r.downDone
 	return r.down
+}
+
+// detach ends the relay before any client byte went upstream, leaving the
+// client connection open for another path, and reports whether nothing came
+// down to the client either (only then may the connection be served anew).
+func (r *relay) detach() (clean bool) {
+	r.detached.Store(true)
+	_ = r.upstream.Close()
+	<-r.downDone
+	return r.down == 0
 }
 
 func closeWrite(c net.Conn) {

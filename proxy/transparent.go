@@ -235,6 +235,21 @@ func (p *Proxy) transparentRaw(cc *clientConn, orig netip.AddrPort, prefix []byt
 			p.logDenial(audit.KindTCP, target, port, cc.client, a.addrs, dn)
 			return
 		}
+		if classify(prefix) == streamHTTP {
+			// HTTP that came late is still decided on its Host per
+			// request (a raw relay would pass every request after the
+			// first undecided): hand it to the HTTP path, unless the
+			// upstream already spoke, which no HTTP server does.
+			if !r.detach() {
+				p.logDenial(audit.KindTCP, target, port, cc.client, a.addrs,
+					denyf(0, ReasonBadRequest, "HTTP request after the server spoke first"))
+				resetConn(c)
+				return
+			}
+			br := bufio.NewReaderSize(io.MultiReader(bytes.NewReader(prefix), c), headReadBuffer)
+			p.serveRequests(cc, br, orig)
+			return
+		}
 	}
 	cc.setRelaying(true)
 	upN, downN, err := r.run(prefix)

@@ -451,3 +451,63 @@ func newTLSOn(t *testing.T, addr string) *upstreamTLS {
 	t.Cleanup(u.srv.Close)
 	return u
 }
+
+// A server skips empty lines before a request line (RFC 9112 §2.2), so a
+// request behind CR/LF, or with bare-LF line ends, must still go through
+// the HTTP path and be decided on its Host — not be relayed raw because
+// the address is allowed.
+func TestTransparentEmptyLinesBeforeRequestDoNotHideHost(t *testing.T) {
+	// A raw recorder stands in for a lenient server (nginx skips the empty
+	// lines): any byte reaching it is a request relayed undecided.
+	rec := newTCPRecorder(t, "127.0.0.1:0")
+	th := newTransparentHarness(t, policyOf(t, basePolicy(t, "block blocked.test")...))
+	orig := fmt.Sprintf("127.0.0.1:%d", rec.port)
+	for name, raw := range map[string]string{
+		"CRLF first":  "\r\nGET / HTTP/1.1\r\nHost: blocked.test\r\n\r\n",
+		"many CRLF":   strings.Repeat("\r\n", 40) + "GET / HTTP/1.1\r\nHost: blocked.test\r\n\r\n",
+		"LF first":    "\nGET / HTTP/1.1\r\nHost: blocked.test\r\n\r\n",
+		"bare LF":     "GET / HTTP/1.1\nHost: blocked.test\n\n",
+		"CRLF+bareLF": "\r\nGET / HTTP/1.1\nHost: blocked.test\n\n",
+	} {
+		t.Run(name, func(t *testing.T) {
+			c := th.dialTo(orig)
+			fmt.Fprint(c, raw)
+			_ = c.SetReadDeadline(time.Now().Add(3 * time.Second))
+			_, _ = io.ReadAll(c)
+			if _, n := rec.stats(); n != 0 {
+				t.Fatalf("%d bytes of a request for a blocked Host reached the server", n)
+			}
+		})
+	}
+	// The same setup serves an allowed request (the test can fail).
+	up := newUpstreamHTTP(t)
+	th.res.set("allowed.test", "127.0.0.1")
+	c := th.dialTo(fmt.Sprintf("127.0.0.1:%d", up.port))
+	fmt.Fprintf(c, "\r\nGET /ok HTTP/1.1\r\nHost: allowed.test:%d\r\n\r\n", up.port)
+	resp, _ := readResponse(t, c, "GET")
+	if resp.StatusCode == http.StatusForbidden {
+		t.Fatalf("allowed request behind an empty line: %d", resp.StatusCode)
+	}
+}
+
+// A client that waits out serverFirstWait before its first request is let
+// through on its address; its HTTP must still be decided per request, or a
+// second keep-alive request would reach a blocked Host undecided.
+func TestTransparentLateHTTPStillDecidedPerRequest(t *testing.T) {
+	up := newUpstreamHTTP(t)
+	th := newTransparentHarness(t, policyOf(t, basePolicy(t, "block blocked.test")...))
+	th.res.set("allowed.test", "127.0.0.1")
+	c := th.dialTo(fmt.Sprintf("127.0.0.1:%d", up.port))
+	time.Sleep(3 * serverFirstWait)
+	fmt.Fprintf(c, "GET /a HTTP/1.1\r\nHost: allowed.test:%d\r\n\r\n", up.port)
+	if resp, _ := readResponse(t, c, "GET"); resp.StatusCode != http.StatusOK {
+		t.Fatalf("late first request: %d, want 200", resp.StatusCode)
+	}
+	fmt.Fprintf(c, "GET /b HTTP/1.1\r\nHost: blocked.test:%d\r\n\r\n", up.port)
+	if resp, _ := readResponse(t, c, "GET"); resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("second request for a blocked Host: %d, want 403", resp.StatusCode)
+	}
+	if n := len(up.requests()); n != 1 {
+		t.Fatalf("upstream got %d requests, want 1", n)
+	}
+}
