@@ -17,7 +17,7 @@
 //	    local, tcp to a ProtectedPort              → REJECT tcp-reset
 //	    local, tcp to TransparentPort, not DNAT    → REJECT tcp-reset
 //	    local destination (incl. redirected)       → ACCEPT
-//	    RELATED,ESTABLISHED                        → ACCEPT
+//	    ESTABLISHED (reply direction), RELATED     → ACCEPT
 //	    (IPv6) neighbour discovery, MLD report     → ACCEPT
 //	    tcp → REJECT tcp-reset; udp → REJECT port-unreachable;
 //	    anything else (ICMP echo, SCTP, ...) → REJECT admin-prohibited

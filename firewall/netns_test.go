@@ -234,12 +234,14 @@ func udpServer(t testing.TB, path, addr string, echo bool) <-chan datagram {
 			if err != nil {
 				return
 			}
-			if echo {
-				pc.WriteToUDPAddrPort(append([]byte("ok:"), buf[:n]...), from)
-			}
+			// Record before answering: a test that counts after reading
+			// the answer must find the datagram counted.
 			select {
 			case ch <- datagram{slices.Clone(buf[:n]), from}:
 			default:
+			}
+			if echo {
+				pc.WriteToUDPAddrPort(append([]byte("ok:"), buf[:n]...), from)
 			}
 		}
 	}()
@@ -1198,4 +1200,45 @@ func BenchmarkFlush(b *testing.B) {
 	}
 	reportMedian(b, ds)
 	reportCPU(b, cpu)
+}
+
+// TestSandboxCannotReuseEgressdsUpstreamUDPFlow: a sandbox process shares
+// egressd's namespace, so it can read the source port of one of egressd's
+// upstream DNS sockets in /proc/net/udp and, once egressd closes it, bind
+// that port and send to the same resolver. The conntrack entry is still
+// ESTABLISHED, so NAT never sees the packet (no REDIRECT); only filter
+// stands in the way, and it must: established flows are accepted in the
+// reply direction only.
+func TestSandboxCannotReuseEgressdsUpstreamUDPFlow(t *testing.T) {
+	ns := newTestNS(t)
+	ns.install(t, privCfg)
+	world := udpServer(t, ns.wpath, hostPort(worldV4, 53), true)
+
+	// egressd's marked upstream query and its answer make the flow ESTABLISHED.
+	up, err := dial(ns.path, "udp", hostPort(worldV4, 53), testMark, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	local := up.LocalAddr().String()
+	if _, err := up.Write([]byte("egressd")); err != nil {
+		t.Fatal(err)
+	}
+	_ = up.SetReadDeadline(time.Now().Add(3 * time.Second))
+	if _, err := up.Read(make([]byte, 64)); err != nil {
+		t.Fatalf("egressd's marked query got no answer (the test cannot judge the attack): %v", err)
+	}
+	<-world // the marked query arrived
+	up.Close()
+
+	// The sandbox takes over the source port, unmarked.
+	var c net.Conn
+	in(t, ns.path, func() error {
+		d := net.Dialer{LocalAddr: net.UDPAddrFromAddrPort(netip.MustParseAddrPort(local))}
+		var err error
+		c, err = d.Dial("udp", hostPort(worldV4, 53))
+		return err
+	})
+	defer c.Close()
+	_, _ = c.Write([]byte("tunnel"))
+	expectNoDatagram(t, world, "resolver, from the sandbox on egressd's old flow")
 }

@@ -182,7 +182,15 @@ func buildRuleset(cfg Config, f family) ruleset {
 	out = append(out,
 		fmt.Sprintf("-p tcp %s -m tcp --dport %d -m conntrack ! --ctstate DNAT -j REJECT --reject-with tcp-reset", local, cfg.TransparentPort),
 		local+" -j ACCEPT",
-		"-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+		// Only the reply direction of an established flow: the original
+		// direction of every flow that may leave is egressd's, accepted by
+		// its mark above. Accepting ESTABLISHED both ways would let a
+		// sandbox process bind the source port of one of egressd's closed
+		// upstream UDP sockets (readable in /proc/net/udp) and send on its
+		// still-ESTABLISHED conntrack entry, past the REDIRECT (NAT sees
+		// only NEW flows): a DNS tunnel to the upstream resolver.
+		"-m conntrack --ctstate ESTABLISHED --ctdir REPLY -j ACCEPT",
+		"-m conntrack --ctstate RELATED -j ACCEPT",
 	)
 	out = append(out, ndOut...)
 	out = append(out, rejectAll...)

@@ -119,7 +119,10 @@ func TestRulesInvariants(t *testing.T) {
 				}
 				switch {
 				case r == "-m addrtype --dst-type LOCAL -j ACCEPT",
-					r == "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+					// Established flows only in the reply direction: the
+					// original direction of a flow out is egressd's (marked).
+					r == "-m conntrack --ctstate ESTABLISHED --ctdir REPLY -j ACCEPT",
+					r == "-m conntrack --ctstate RELATED -j ACCEPT",
 					strings.Contains(r, "-m mark --mark 0x"),
 					strings.Contains(r, "-m owner --uid-owner"),
 					strings.Contains(r, "-m hl --hl-eq"):
