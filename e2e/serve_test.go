@@ -660,10 +660,7 @@ func TestIPv6ToWorldIsFiltered(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, basePolicy)
 
-	// First the attacks, while no name has taught egressd the address
-	// (a TLS connection without SNI to an address learned for a name
-	// allowed on that port is allowed by design: DESIGN "Transparent
-	// listener").
+	// First the attacks, while no name has taught egressd the address.
 	if reply, r, ok := e.fetch("-6", "--noproxy", "*", "https://[2001:db8::10]/"); ok {
 		t.Errorf("HTTPS to the IPv6 literal got the server's reply %+v\n%s", reply, r)
 	}
@@ -688,6 +685,16 @@ func TestIPv6ToWorldIsFiltered(t *testing.T) {
 	reply := e.mustFetch("v6only.test", "-6", "https://v6only.test/")
 	if reply.Local.Addr() != host6 {
 		t.Errorf("v6only.test answered on %s, want %s", reply.Local, host6)
+	}
+	// THREATS E1: now that the address is learned for v6only.test, TLS
+	// without SNI to it (curl sends none to an IP literal) is still
+	// refused: no name, and no allow IP rule names the address.
+	before := e.w.HTTPRequests("2001:db8::10")
+	if reply, r, ok := e.fetch("-6", "--noproxy", "*", "https://[2001:db8::10]/"); ok {
+		t.Errorf("TLS without SNI to a learned address got the server's reply %+v\n%s", reply, r)
+	}
+	if n := e.w.HTTPRequests("2001:db8::10") - before; n != 0 {
+		t.Errorf("the world served %d requests without SNI", n)
 	}
 }
 

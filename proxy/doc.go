@@ -9,7 +9,8 @@
 //	transparent listener ─► SO_ORIGINAL_DST ─► peek first bytes
 //	                                   ├─ TLS  ─► decide SNI @ orig port ─► dial SNI's vetted addrs ─► splice
 //	                                   ├─ HTTP ─► per request: decide Host ─► transport
-//	                                   └─ other / no SNI ─► learned address or IP rule ─► dial orig ─► splice
+//	                                   ├─ TLS, no SNI ─► IP rule only ─► dial orig ─► splice
+//	                                   └─ other ─► learned address or IP rule ─► dial orig ─► splice
 //	dialer: name ─► Resolver ─► GuardAddr + self check per address ─► connect to that netip.AddrPort (SO_MARK set)
 //
 // # Decisions worth knowing
@@ -27,6 +28,13 @@
 //     succeeded, so dial failures are a readable 502/504. Bytes the client
 //     sent before the 200 are judged with the rest of its first bytes and
 //     never forwarded before.
+//   - On the transparent listener, TLS without SNI is allowed only to an
+//     address an allow IP rule names, as on the explicit path (THREATS E1).
+//     DESIGN.md also lets a learned address through; a shared front end
+//     serves other names on that address, so it is not enough.
+//     HTTP after empty lines or with bare-LF line ends, and HTTP that
+//     arrives after the server-first wait, still takes the per-request
+//     HTTP path.
 //   - On the transparent listener, a name no rule allows (SNI or Host) to
 //     an original address an allow IP rule names is allowed to that address
 //     (the IP rule allows the address whatever it serves); a blocked name

@@ -21,9 +21,11 @@ import (
 //	TLS with SNI   → decide on the name at the original port, dial the
 //	                 name's own vetted resolution (THREATS A3)
 //	HTTP           → decide on Host per request, dial its vetted resolution
+//	TLS w/o SNI    → allowed only if an allow IP rule names the address
+//	                 (THREATS E1; a learned address is not enough)
 //	anything else  → allowed only if the original address was learned from
-//	(TLS w/o SNI)    an allowed DNS answer for a name allowed on that port,
-//	                 or an allow IP rule names it (THREATS E1)
+//	                 an allowed DNS answer for a name allowed on that port,
+//	                 or an allow IP rule names it
 //
 // Denials reset the connection (plain HTTP gets a readable 403).
 
@@ -93,7 +95,17 @@ func (p *Proxy) transparentTLS(cc *clientConn, orig netip.AddrPort, prefix []byt
 		return
 	}
 	if !hello.hasSNI {
-		p.transparentRaw(cc, orig, prefix, start) // no name: the address decides (E1)
+		// No name: only an allow IP rule naming the address lets it
+		// through (THREATS E1), as on the explicit path. An address
+		// merely learned for some allowed name is not enough: a shared
+		// front end serves other names there, unseen without an SNI.
+		if d := p.cfg.Policy.Current().DecideAddr(orig.Addr(), port); !d.Allow {
+			p.logDenial(audit.KindTLS, orig.Addr().String(), port, cc.client, nil,
+				denyf(0, ReasonNoSNI, "TLS ClientHello without server_name to %s, which no allow IP rule names", orig))
+			resetConn(c)
+			return
+		}
+		p.transparentRaw(cc, orig, prefix, start)
 		return
 	}
 	name, ok := policy.NormalizeName(hello.serverName)
@@ -287,6 +299,9 @@ func (p *Proxy) inspectLate(c net.Conn, prefix []byte, port uint16, byAddr bool)
 			return nil, helloDenial(err)
 		}
 		if !hello.hasSNI {
+			if !byAddr {
+				return nil, denyf(0, ReasonNoSNI, "TLS ClientHello without server_name, and no allow IP rule names the address")
+			}
 			return prefix, nil
 		}
 		name, ok := policy.NormalizeName(hello.serverName)
