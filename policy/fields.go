@@ -864,8 +864,9 @@ func decodeSeccomp(d *decoder, f *field, v *tval) (string, bool) {
 	return "", false
 }
 
-// validEnvName is the shell's variable name shape.
-func validEnvName(s string) bool {
+// ValidEnvName reports whether s has the shell's variable name shape
+// ([A-Za-z_][A-Za-z0-9_]*, at most 255 bytes).
+func ValidEnvName(s string) bool {
 	if s == "" || len(s) > 255 {
 		return false
 	}
@@ -883,11 +884,11 @@ func decodeEnvName(d *decoder, f *field, v *tval) (string, bool) {
 	if !ok {
 		return "", false
 	}
-	if validEnvName(s) {
+	if ValidEnvName(s) {
 		return s, true
 	}
 	hint := "names are letters, digits and _, not starting with a digit"
-	if name, _, has := strings.Cut(s, "="); has && validEnvName(name) {
+	if name, _, has := strings.Cut(s, "="); has && ValidEnvName(name) {
 		hint = "env.pass takes names only; give a value under [env.set]: " + name + ` = "..."`
 	}
 	d.errorf(v.pos, hint, "%s: %q is not an environment variable name", f.key, s)

@@ -216,7 +216,7 @@ func decodeField(d *decoder, l *layer, f *field, v *tval) {
 		}
 		for _, name := range v.keys {
 			e := v.m[name]
-			if !validEnvName(name) {
+			if !ValidEnvName(name) {
 				d.errorf(e.keyPos, "names are letters, digits and _, not starting with a digit", "%s: %s is not an environment variable name", f.key, tomlKey(name))
 				continue
 			}

@@ -132,21 +132,11 @@ func (p *Proxy) transparentTLS(cc *clientConn, orig netip.AddrPort, prefix []byt
 		resetConn(c)
 		return
 	}
-	key := dial.String()
-	if !p.acquireDest(key) {
-		d := denyf(0, ReasonDestLimit, "%d tunnels open to %s (max_tunnels_per_destination)", p.cfg.MaxTunnelsPerDest, key)
-		p.logDenial(audit.KindTLS, name, port, cc.client, nil, d)
-		resetConn(c)
+	ctx, done, ok := p.admitTunnel(cc, audit.KindTLS, name, port, dial.String(), m, b)
+	if !ok {
 		return
 	}
-	defer p.releaseDest(key)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	if dn := cc.decided(m, b, nil, cancel); dn != nil {
-		p.logDenial(audit.KindTLS, name, port, cc.client, nil, dn)
-		resetConn(c)
-		return
-	}
+	defer done()
 	a := &allowed{kind: audit.KindTLS, target: name, port: port, client: cc.client, decision: d, start: start}
 	up, ap, tried, err := p.dialTarget(ctx, m, dial, orig.Addr())
 	a.addrs = tried
@@ -197,6 +187,28 @@ func (p *Proxy) decideRaw(m *policy.Matcher, orig netip.AddrPort) (policy.Decisi
 	return policy.Decision{}, nil, dn
 }
 
+// admitTunnel takes a per-destination slot for key and registers cc's
+// decision basis b, so a reload re-decides it; the returned context ends
+// when a reload denies it. On refusal it logs, resets the client and
+// reports false. done releases what it took.
+func (p *Proxy) admitTunnel(cc *clientConn, kind audit.Kind, target string, port uint16, key string, m *policy.Matcher, b *basis) (ctx context.Context, done func(), ok bool) {
+	if !p.acquireDest(key) {
+		dn := denyf(0, ReasonDestLimit, "%d tunnels open to %s (max_tunnels_per_destination)", p.cfg.MaxTunnelsPerDest, key)
+		p.logDenial(kind, target, port, cc.client, nil, dn)
+		resetConn(cc.c)
+		return nil, nil, false
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	if dn := cc.decided(m, b, nil, cancel); dn != nil {
+		cancel()
+		p.releaseDest(key)
+		p.logDenial(kind, target, port, cc.client, nil, dn)
+		resetConn(cc.c)
+		return nil, nil, false
+	}
+	return ctx, func() { cancel(); p.releaseDest(key) }, true
+}
+
 // transparentRaw serves a connection decided on its address. When its
 // first bytes have not been seen yet (or not enough of them), they are
 // judged when they come.
@@ -211,21 +223,11 @@ func (p *Proxy) transparentRaw(cc *clientConn, orig netip.AddrPort, prefix []byt
 		resetConn(c)
 		return
 	}
-	key := orig.String()
-	if !p.acquireDest(key) {
-		dn := denyf(0, ReasonDestLimit, "%d tunnels open to %s (max_tunnels_per_destination)", p.cfg.MaxTunnelsPerDest, key)
-		p.logDenial(audit.KindTCP, target, port, cc.client, nil, dn)
-		resetConn(c)
+	ctx, done, ok := p.admitTunnel(cc, audit.KindTCP, target, port, orig.String(), m, b)
+	if !ok {
 		return
 	}
-	defer p.releaseDest(key)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	if dn := cc.decided(m, b, nil, cancel); dn != nil {
-		p.logDenial(audit.KindTCP, target, port, cc.client, nil, dn)
-		resetConn(c)
-		return
-	}
+	defer done()
 	a := &allowed{kind: audit.KindTCP, target: target, port: port, client: cc.client, decision: d, start: start}
 	up, _, tried, err := p.dialVetted(ctx, []netip.AddrPort{orig})
 	a.addrs = tried

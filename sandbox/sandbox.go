@@ -269,7 +269,7 @@ func (cfg Config) withDefaults() (Config, error) {
 		return cfg, fmt.Errorf("state directory %q is not an absolute path", cfg.StateDir)
 	}
 	for _, sec := range cfg.Secrets {
-		if !validEnvName(sec.Name) || strings.ContainsRune(sec.Value, 0) {
+		if !policy.ValidEnvName(sec.Name) || strings.ContainsRune(sec.Value, 0) {
 			return cfg, fmt.Errorf("secret %q: want a variable name of letters, digits and _, and a value without NUL", sec.Name)
 		}
 	}

@@ -572,14 +572,14 @@ func BuildEnv(p *policy.Profile, home string, callerEnv, extra []string, proxyUR
 		}
 	}
 	for k, v := range p.Env.Set {
-		if !validEnvName(k) || strings.ContainsRune(v, 0) {
+		if !policy.ValidEnvName(k) || strings.ContainsRune(v, 0) {
 			return nil, fmt.Errorf("env.set %q: not a valid variable", k)
 		}
 		env[k] = v
 	}
 	for _, e := range extra {
 		k, v, hasValue := strings.Cut(e, "=")
-		if !validEnvName(k) || strings.ContainsRune(v, 0) {
+		if !policy.ValidEnvName(k) || strings.ContainsRune(v, 0) {
 			return nil, fmt.Errorf("--env %q: want NAME=VALUE or NAME, with a name of letters, digits and _", e)
 		}
 		if !hasValue {
@@ -606,17 +606,4 @@ func BuildEnv(p *policy.Profile, home string, callerEnv, extra []string, proxyUR
 	}
 	slices.Sort(out)
 	return out, nil
-}
-
-func validEnvName(s string) bool {
-	if s == "" || len(s) > 255 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !(c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c == '_' || i > 0 && c >= '0' && c <= '9') {
-			return false
-		}
-	}
-	return true
 }
