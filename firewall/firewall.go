@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os/exec"
 	"strings"
 )
 
@@ -45,6 +46,49 @@ func Install(ctx context.Context, nsPath string, cfg Config) error {
 	if err != nil {
 		return err
 	}
+	return finishInstall(nsPath)
+}
+
+// InstallFresh installs cfg's rules in a namespace that was just created and
+// holds no rules at all: one iptables-restore and one ip6tables-restore of
+// exactly Rules(cfg), run at once, without Install's listings of the
+// built-in chains (three iptables runs per family, which plan jumps around
+// rules a fresh namespace does not have). Like Install it then sets
+// ping_group_range and flushes conntrack. A namespace that may hold rules
+// must use Install.
+func InstallFresh(ctx context.Context, nsPath string, cfg Config) error {
+	v4, v6, err := Rules(cfg)
+	if err != nil {
+		return err
+	}
+	batches := [len(families)][]byte{v4, v6}
+	var tools [len(families)]*execBackend
+	for i, f := range families {
+		name := "iptables-restore"
+		if f == ipv6 {
+			name = "ip6tables-restore"
+		}
+		p, err := exec.LookPath(name)
+		if err != nil {
+			return fmt.Errorf("installing firewall in %s: finding %s (both families are required, never one family alone): %w", nsPath, name, err)
+		}
+		tools[i] = &execBackend{restorePath: p}
+	}
+	err = forEachFamily(nsPath, func(f family) error {
+		if err := tools[f].restore(ctx, batches[f]); err != nil {
+			return fmt.Errorf("installing %s rules in %s: %w", f, nsPath, err)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	return finishInstall(nsPath)
+}
+
+// finishInstall does what follows the rules in every install: no ping
+// sockets (THREATS F3), and no flow that predates the rules (G7).
+func finishInstall(nsPath string) error {
 	return inNetns(nsPath, func() error {
 		if err := setPingGroupRange(); err != nil {
 			return fmt.Errorf("installing firewall in %s: %w", nsPath, err)

@@ -433,6 +433,23 @@ func TestInstallThenVerifyPasses(t *testing.T) {
 	}
 }
 
+// TestInstallFreshIsWhatInstallPuts: the one-batch install into a new
+// namespace leaves exactly what Install would (Verify passes), in both modes,
+// and still closes what predates it (ping sockets off).
+func TestInstallFreshIsWhatInstallPuts(t *testing.T) {
+	for name, cfg := range map[string]Config{"filtered": privCfg, "none": testNone} {
+		t.Run(name, func(t *testing.T) {
+			ns := newTestNS(t)
+			if err := InstallFresh(context.Background(), ns.path, cfg); err != nil {
+				t.Fatal(err)
+			}
+			if err := Verify(context.Background(), ns.path, cfg); err != nil {
+				t.Fatalf("Verify after InstallFresh: %v", err)
+			}
+		})
+	}
+}
+
 // TestInstallTwiceIsIdempotent: a second Install (and a mode switch back and
 // forth) leaves exactly the state of the first.
 func TestInstallTwiceIsIdempotent(t *testing.T) {

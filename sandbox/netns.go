@@ -1,12 +1,9 @@
 package sandbox
 
 import (
-	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"syscall"
@@ -17,8 +14,6 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
-
-	"github.com/egressd/egressd/firewall"
 )
 
 // NetnsDir is where a sandbox's network namespace is bind-mounted, under
@@ -200,47 +195,4 @@ func killProcsIn(dev, ino uint64) []int {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-}
-
-// installFreshFirewall installs the firewall for cfg into ns, which was
-// just created and holds no rules: the batches firewall.Rules renders for
-// exactly that case, one iptables-restore and one ip6tables-restore (run
-// at once), then ping_group_range "1 0" (THREATS F3). It does what
-// firewall.Install does for a fresh namespace without Install's listings
-// of the built-in chains (which plan jumps around existing rules: none
-// exist here), which cost three iptables execs per family. A namespace
-// that is not fresh must use firewall.Install.
-func installFreshFirewall(ctx context.Context, ns *netNS, cfg firewall.Config) error {
-	v4, v6, err := firewall.Rules(cfg)
-	if err != nil {
-		return err
-	}
-	errs := make(chan error, 2)
-	for _, b := range []struct {
-		tool  string
-		batch []byte
-	}{{"iptables-restore", v4}, {"ip6tables-restore", v6}} {
-		go func() {
-			errs <- ns.do(func() error {
-				cmd := exec.CommandContext(ctx, b.tool, "--noflush", "--wait", "10")
-				cmd.Env = []string{"PATH=" + DefaultPath}
-				cmd.Stdin = bytes.NewReader(b.batch)
-				out, err := cmd.CombinedOutput()
-				if err != nil {
-					return fmt.Errorf("installing the firewall in %s: %s: %w: %s", ns.path, b.tool, err, bytes.TrimSpace(out))
-				}
-				return nil
-			})
-		}()
-	}
-	err = errors.Join(<-errs, <-errs)
-	if err != nil {
-		return err
-	}
-	return ns.do(func() error {
-		if err := writeSysctl("net/ipv4/ping_group_range", "1 0"); err != nil {
-			return fmt.Errorf("installing the firewall in %s: %w", ns.path, err)
-		}
-		return nil
-	})
 }

@@ -123,7 +123,7 @@ func TestFreshFirewallIsWhatInstallPuts(t *testing.T) {
 		t.Run(string(cfg.Mode), func(t *testing.T) {
 			ns := testNetNS(t)
 			ctx := context.Background()
-			if err := installFreshFirewall(ctx, ns, cfg); err != nil {
+			if err := firewall.InstallFresh(ctx, ns.path, cfg); err != nil {
 				t.Fatal(err)
 			}
 			if err := firewall.Verify(ctx, ns.path, cfg); err != nil {

@@ -377,13 +377,13 @@ func Create(ctx context.Context, cfg Config) (s *Sandbox, err error) {
 }
 
 // installFirewall installs the sandbox's firewall: by default the
-// fresh-namespace batch (installFreshFirewall), or firewall.Install with
+// fresh-namespace batch (firewall.InstallFresh), or firewall.Install with
 // EGRESSD_LAUNCHER_FIREWALL=install.
 func (s *Sandbox) installFirewall(ctx context.Context) error {
 	if os.Getenv("EGRESSD_LAUNCHER_FIREWALL") == "install" {
 		return firewall.Install(ctx, s.ns.path, s.fw)
 	}
-	return installFreshFirewall(ctx, s.ns, s.fw)
+	return firewall.InstallFresh(ctx, s.ns.path, s.fw)
 }
 
 // newID returns a fresh sandbox id.
