@@ -194,12 +194,7 @@ func (c *Config) settings() (settings, error) {
 	if s.rate > 0 && s.burst < 1 {
 		s.burst = 1
 	}
-	switch {
-	case s.cacheSize == 0:
-		s.cacheSize = DefaultCacheSize
-	case s.cacheSize < 0:
-		errs = append(errs, fmt.Errorf("cache size %d is negative", s.cacheSize))
-	}
+	errs = defaultPositive(&s.cacheSize, DefaultCacheSize, "cache size", errs)
 	maxTTL, err := ttlSetting("max cache TTL", c.MaxCacheTTL, DefaultMaxCacheTTL)
 	if err != nil {
 		errs = append(errs, err)
@@ -210,36 +205,16 @@ func (c *Config) settings() (settings, error) {
 		errs = append(errs, err)
 	}
 	s.maxNegTTL = maxNeg
-	switch {
-	case s.learnedSize == 0:
-		s.learnedSize = DefaultLearnedSize
-	case s.learnedSize < 0:
-		errs = append(errs, fmt.Errorf("learned table size %d is negative", s.learnedSize))
-	}
+	errs = defaultPositive(&s.learnedSize, DefaultLearnedSize, "learned table size", errs)
 	switch {
 	case s.learnFloor == 0:
 		s.learnFloor = DefaultLearnFloor
 	case s.learnFloor < 0:
 		s.learnFloor = 0
 	}
-	switch {
-	case s.timeout == 0:
-		s.timeout = DefaultUpstreamTimeout
-	case s.timeout < 0:
-		errs = append(errs, fmt.Errorf("upstream timeout %v is negative", s.timeout))
-	}
-	switch {
-	case s.maxUpstream == 0:
-		s.maxUpstream = DefaultMaxUpstreamQueries
-	case s.maxUpstream < 0:
-		errs = append(errs, fmt.Errorf("max upstream queries %d is negative", s.maxUpstream))
-	}
-	switch {
-	case s.maxTCPConns == 0:
-		s.maxTCPConns = DefaultMaxTCPConns
-	case s.maxTCPConns < 0:
-		errs = append(errs, fmt.Errorf("max TCP connections %d is negative", s.maxTCPConns))
-	}
+	errs = defaultPositive(&s.timeout, DefaultUpstreamTimeout, "upstream timeout", errs)
+	errs = defaultPositive(&s.maxUpstream, DefaultMaxUpstreamQueries, "max upstream queries", errs)
+	errs = defaultPositive(&s.maxTCPConns, DefaultMaxTCPConns, "max TCP connections", errs)
 	if s.now == nil {
 		s.now = time.Now
 	}
@@ -247,6 +222,18 @@ func (c *Config) settings() (settings, error) {
 		return settings{}, fmt.Errorf("dnsfilter config: %w", errors.Join(errs...))
 	}
 	return s, nil
+}
+
+// defaultPositive sets *v to def when it is zero and appends an error when
+// it is negative.
+func defaultPositive[T int | time.Duration](v *T, def T, what string, errs []error) []error {
+	switch {
+	case *v == 0:
+		*v = def
+	case *v < 0:
+		errs = append(errs, fmt.Errorf("%s %v is negative", what, *v))
+	}
+	return errs
 }
 
 func ttlSetting(what string, d, def time.Duration) (uint32, error) {
