@@ -2,8 +2,6 @@ package main
 
 import (
 	"encoding/json"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"strings"
@@ -13,20 +11,9 @@ import (
 )
 
 func cmdExplain(args []string, stdout, stderr io.Writer) int {
-	fs, f := newLaunchFlags("explain", explainUsage, stderr, true)
-	cmdArgs, err := parseLaunch(fs, args)
-	if err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			printUsage(fs, explainUsage, stdout)
-			return 0
-		}
-		fail(stderr, err)
-		return exitLauncher
-	}
-	p, warnings, err := f.resolve()
-	if err != nil {
-		fail(stderr, err)
-		return exitLauncher
+	f, cmdArgs, p, warnings, code, ok := parseAndResolve("explain", explainUsage, args, stdout, stderr, true)
+	if !ok {
+		return code
 	}
 	cfg, err := f.config(p, cmdArgs, false)
 	if err != nil {

@@ -161,6 +161,27 @@ func printUsage(fs *flag.FlagSet, usageText string, w io.Writer) {
 
 // parseLaunch parses args; the command is what follows the flags (after
 // "--"). A flag error says which flag and how to get help.
+// parseAndResolve parses a launch command's flags and resolves its profile.
+// When ok is false the command returns code at once: 0 after -h, or
+// exitLauncher after an error it has printed.
+func parseAndResolve(name, usage string, args []string, stdout, stderr io.Writer, explain bool) (f *launchFlags, cmdArgs []string, p *policy.Profile, warnings []policy.Warning, code int, ok bool) {
+	fs, f := newLaunchFlags(name, usage, stderr, explain)
+	cmdArgs, err := parseLaunch(fs, args)
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			printUsage(fs, usage, stdout)
+			return nil, nil, nil, nil, 0, false
+		}
+		fail(stderr, err)
+		return nil, nil, nil, nil, exitLauncher, false
+	}
+	if p, warnings, err = f.resolve(); err != nil {
+		fail(stderr, err)
+		return nil, nil, nil, nil, exitLauncher, false
+	}
+	return f, cmdArgs, p, warnings, 0, true
+}
+
 func parseLaunch(fs *flag.FlagSet, args []string) ([]string, error) {
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {

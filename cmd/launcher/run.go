@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -24,20 +23,9 @@ const signalGrace = 5 * time.Second
 
 func cmdRun(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	start := time.Now()
-	fs, f := newLaunchFlags("run", runUsage, stderr, false)
-	cmdArgs, err := parseLaunch(fs, args)
-	if err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			printUsage(fs, runUsage, stdout)
-			return 0
-		}
-		fail(stderr, err)
-		return exitLauncher
-	}
-	p, warnings, err := f.resolve()
-	if err != nil {
-		fail(stderr, err)
-		return exitLauncher
+	f, cmdArgs, p, warnings, code, ok := parseAndResolve("run", runUsage, args, stdout, stderr, false)
+	if !ok {
+		return code
 	}
 	if !f.quiet {
 		for _, w := range warnings {
