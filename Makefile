@@ -8,7 +8,25 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # Whole-suite bound: CI allows 90 minutes for everything.
 TEST_TIMEOUT ?= 60m
 
-.PHONY: all deps build lint test unit demo fuzz bench clean
+# What --version prints: a tag (git describe) and the commit, "-dirty" when
+# the work tree has changes. Override both when building outside a clone
+# (the Dockerfile passes them as build arguments).
+VERSION ?= $(shell git describe --tags --dirty 2>/dev/null || echo dev)
+COMMIT ?= $(shell c=$$(git rev-parse --short=12 HEAD 2>/dev/null) && { git diff --quiet HEAD 2>/dev/null || c=$$c-dirty; echo $$c; } || echo unknown)
+PKG := github.com/egressd/egressd
+LDFLAGS := -s -w -X $(PKG)/internal/buildinfo.version=$(VERSION) -X $(PKG)/internal/buildinfo.commit=$(COMMIT)
+# Static binaries (no cgo, no libc at run time), without the build machine's
+# paths: the same flags for bin/, the image and the release archives
+# (scripts/release.sh builds with -trimpath -ldflags "$LDFLAGS" too).
+build release: export CGO_ENABLED := 0
+BUILDFLAGS = -trimpath -ldflags '$(LDFLAGS)'
+BINDIR ?= bin
+PREFIX ?= /usr/local
+DESTDIR ?=
+DIST ?= dist
+RELEASE_PLATFORMS ?= linux/amd64 linux/arm64
+
+.PHONY: all deps build install uninstall release lint test unit demo fuzz bench clean
 
 all: build
 
@@ -16,7 +34,21 @@ deps:
 	@scripts/deps.sh
 
 build:
-	$(GO) build -o bin/ ./cmd/...
+	$(GO) build $(BUILDFLAGS) -o $(BINDIR)/ ./cmd/egressd ./cmd/launcher
+
+# Installs the binaries, shell completions and license under
+# $(DESTDIR)$(PREFIX); `make uninstall` with the same PREFIX removes them.
+install: build
+	@scripts/install.sh install "$(BINDIR)" "$(DESTDIR)$(PREFIX)"
+
+uninstall:
+	@scripts/install.sh uninstall "$(BINDIR)" "$(DESTDIR)$(PREFIX)"
+
+# Static archives for each of RELEASE_PLATFORMS and their SHA256SUMS, in
+# $(DIST)/.
+release: build
+	@GO="$(GO)" VERSION="$(VERSION)" LDFLAGS="$(LDFLAGS)" DIST="$(DIST)" BINDIR="$(BINDIR)" \
+		PLATFORMS="$(RELEASE_PLATFORMS)" scripts/release.sh
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
@@ -46,4 +78,4 @@ fuzz:
 	@scripts/fuzz.sh $(FUZZTIME)
 
 clean:
-	rm -rf bin
+	rm -rf bin $(DIST)

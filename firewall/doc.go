@@ -39,7 +39,8 @@
 //     ESTABLISHED rule.
 //   - Install flushes conntrack after the rules are in: the ESTABLISHED rule
 //     then only matches flows that were judged NEW by these rules (THREATS G7).
-//   - ping_group_range "1 0" (set by Install) stops ICMP ping sockets in the
+//   - ping_group_range "1 0" (set by Install, or found set where /proc/sys is
+//     read-only, as in a container) stops ICMP ping sockets in the
 //     namespace for both families; the REJECT of ICMP echo is the second wall.
 //   - No IPv4-only fallback: without ip6tables, Install fails (THREATS F1).
 //   - "Stays in the namespace" means a LOCAL destination address (addrtype),

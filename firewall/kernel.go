@@ -3,12 +3,14 @@ package firewall
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 
 	"github.com/egressd/egressd/internal/nsthread"
 
@@ -118,9 +120,21 @@ const pingGroupRangePath = "/proc/sys/net/ipv4/ping_group_range"
 // (THREATS F3). It covers ICMPv6 ping sockets too: both families check it.
 const noPingGroups = "1\t0"
 
+// setPingGroupRange sets ping_group_range to "1 0" unless it already is.
+// Container runtimes mount /proc/sys read-only, so an init container cannot
+// write it; there the pod (securityContext.sysctls) or the container engine
+// (--sysctl) sets it, and finding it set is enough. Finding it otherwise and
+// unwritable is an error that says where to set it.
 func setPingGroupRange() error {
+	if checkPingGroupRange() == nil {
+		return nil
+	}
 	if err := os.WriteFile(pingGroupRangePath, []byte("1 0"), 0o644); err != nil {
-		return fmt.Errorf("setting net.ipv4.ping_group_range to \"1 0\": %w", err)
+		hint := ""
+		if errors.Is(err, syscall.EROFS) || errors.Is(err, os.ErrPermission) {
+			hint = ` (/proc/sys is read-only here, as in a container: set the sysctl where the namespace is made, e.g. a pod's securityContext.sysctls or docker run --sysctl net.ipv4.ping_group_range="1 0")`
+		}
+		return fmt.Errorf("setting net.ipv4.ping_group_range to \"1 0\": %w%s", err, hint)
 	}
 	return nil
 }

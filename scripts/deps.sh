@@ -18,6 +18,7 @@ declare -A pkgs=(
 	[ip]=iproute2 [runc]=runc [curl]=curl [dig]=dnsutils [conntrack]=conntrack
 	[socat]=socat [nc]=netcat-openbsd [dnsperf]=dnsperf [openssl]=openssl
 	[python3]=python3 [strace]=strace [ping]=iputils-ping [git]=git [make]=make [gcc]=gcc
+	[zsh]=zsh [fish]=fish [setpriv]=util-linux [nsenter]=util-linux
 )
 missing=()
 for cmd in "${!pkgs[@]}"; do

@@ -4,13 +4,19 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"net"
+	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/egressd/egressd/internal/admin"
 )
 
 func runCLI(t *testing.T, args ...string) (code int, stdout, stderr string) {
@@ -131,5 +137,127 @@ func TestProfilesAndProfileShowRoundTrip(t *testing.T) {
 	}
 	if code, _, _ := runCLI(t, "profile", "show", "nope"); code != exitUsage {
 		t.Errorf("profile show nope: code %d", code)
+	}
+}
+
+func TestVersionNamesVersionAndCommit(t *testing.T) {
+	for _, arg := range []string{"--version", "version"} {
+		code, out, _ := runCLI(t, arg)
+		if code != exitOK || !regexp.MustCompile(`^egressd \S+ \(commit \S+, go\S+\)\n$`).MatchString(out) {
+			t.Errorf("%s: code %d, output %q", arg, code, out)
+		}
+	}
+}
+
+func TestProfileListAndProfilesAliasAgree(t *testing.T) {
+	_, list, _ := runCLI(t, "profile", "list")
+	_, alias, _ := runCLI(t, "profiles")
+	if list == "" || list != alias {
+		t.Errorf("profile list %q, profiles %q: want the same table", list, alias)
+	}
+	if code, _, _ := runCLI(t, "profile", "list", "extra"); code != exitUsage {
+		t.Errorf("profile list extra: code %d, want %d", code, exitUsage)
+	}
+}
+
+func TestHelpListsEveryCommandWithExamples(t *testing.T) {
+	code, out, _ := runCLI(t, "--help")
+	if code != exitOK || !strings.Contains(out, "examples:") {
+		t.Fatalf("--help: code %d\n%s", code, out)
+	}
+	for _, c := range commands() {
+		if c.alias == "" && !strings.Contains(out, "\n  "+c.name) {
+			t.Errorf("--help does not list %s", c.name)
+		}
+	}
+	for _, args := range [][]string{{"serve", "-h"}, {"check", "-h"}, {"firewall", "--help"}, {"profile", "--help"}, {"completion", "--help"}} {
+		code, out, errOut := runCLI(t, args...)
+		if code != exitOK || !strings.Contains(out+errOut, "xample") {
+			t.Errorf("%s: code %d, no examples:\n%s%s", strings.Join(args, " "), code, out, errOut)
+		}
+	}
+}
+
+// TestCompletionScriptsParseAndOfferEveryCommand checks each shell's script
+// with that shell, and runs the bash one for the command list and a
+// firewall flag.
+func TestCompletionScriptsParseAndOfferEveryCommand(t *testing.T) {
+	for _, tc := range []struct{ shell, check string }{{"bash", "-n"}, {"zsh", "-n"}, {"fish", "--no-execute"}} {
+		t.Run(tc.shell, func(t *testing.T) {
+			sh, err := exec.LookPath(tc.shell)
+			if err != nil {
+				t.Skipf("%s is not installed (scripts/deps.sh installs it)", tc.shell)
+			}
+			code, script, errOut := runCLI(t, "completion", tc.shell)
+			if code != exitOK {
+				t.Fatalf("completion %s: code %d %s", tc.shell, code, errOut)
+			}
+			p := writeFile(t, "egressd."+tc.shell, script)
+			if out, err := exec.Command(sh, tc.check, p).CombinedOutput(); err != nil {
+				t.Fatalf("%s %s: %v\n%s", tc.shell, tc.check, err, out)
+			}
+			if tc.shell != "bash" {
+				return
+			}
+			for line, want := range map[string]string{
+				"egressd ''":                     "check completion firewall health profile serve validate version",
+				"egressd firewall install --mo":  "--mode",
+				"egressd firewall ''":            "install remove verify",
+				"egressd serve --log-format ''":  "json text",
+				"egressd profile show st":        "standard strict",
+				"egressd check --floor off":      "offline",
+				"egressd completion ''":          "bash fish zsh",
+				"egressd firewall remove --":     "--netns",
+				"egressd firewall verify --dry-": "",
+			} {
+				prog := `source "$1"; eval "COMP_WORDS=($2)"; COMP_CWORD=$(( ${#COMP_WORDS[@]} - 1 )); _egressd; printf '%s\n' "${COMPREPLY[@]}" | sort | tr '\n' ' '`
+				out, err := exec.Command(sh, "-c", prog, "bash", p, line).CombinedOutput()
+				if err != nil {
+					t.Fatalf("%s: %v\n%s", line, err, out)
+				}
+				if got := strings.TrimSpace(string(out)); got != want {
+					t.Errorf("%s: offered %q, want %q", line, got, want)
+				}
+			}
+		})
+	}
+	if code, _, _ := runCLI(t, "completion", "tcsh"); code != exitUsage {
+		t.Errorf("completion tcsh: code %d, want %d", code, exitUsage)
+	}
+}
+
+// TestHealthAsksTheAdminEndpoint serves the real admin handler on a unix
+// socket and probes it as a HEALTHCHECK would.
+func TestHealthAsksTheAdminEndpoint(t *testing.T) {
+	dir, err := os.MkdirTemp("", "egh-") // short: sun_path holds 108 bytes
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	sock := filepath.Join(dir, "admin.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ready atomic.Bool
+	srv := &http.Server{Handler: admin.Handler(admin.Handlers{Ready: ready.Load})}
+	go srv.Serve(l)
+	t.Cleanup(func() { srv.Close() })
+
+	if code, out, errOut := runCLI(t, "health", "--admin", "unix:"+sock); code != exitOK || out != "ok\n" {
+		t.Errorf("health: code %d out %q err %q", code, out, errOut)
+	}
+	if code, _, errOut := runCLI(t, "health", "--admin", "unix:"+sock, "--ready"); code != exitFail || !strings.Contains(errOut, "503") {
+		t.Errorf("health --ready before ready: code %d err %q; want %d and the 503", code, errOut, exitFail)
+	}
+	ready.Store(true)
+	if code, _, errOut := runCLI(t, "health", "--admin", "unix:"+sock, "--ready"); code != exitOK {
+		t.Errorf("health --ready when ready: code %d err %q", code, errOut)
+	}
+	if code, _, errOut := runCLI(t, "health", "--admin", "unix:"+filepath.Join(dir, "none.sock")); code != exitFail || errOut == "" {
+		t.Errorf("health without egressd: code %d err %q; want %d and why", code, errOut, exitFail)
+	}
+	if code, _, _ := runCLI(t, "health"); code != exitUsage {
+		t.Errorf("health without --admin: code %d, want %d", code, exitUsage)
 	}
 }

@@ -14,7 +14,7 @@ import (
 )
 
 func cmdValidate(args []string, stdout, stderr io.Writer) int {
-	fs := newFlagSet("validate", "usage: egressd validate FILE...\n\nExit 0 if every file is valid (warnings on stderr), 1 otherwise.\n", stderr)
+	fs := newFlagSet("validate", "usage: egressd validate FILE...\n\nExit 0 if every file is valid (warnings on stderr), 1 otherwise; errors as\nfile:line:col: message (hint).\n\nExample:\n  egressd validate /etc/egressd/*.toml\n", stderr)
 	if err := fs.Parse(args); err != nil {
 		return flagExit(err)
 	}
@@ -98,18 +98,30 @@ type checkResult struct {
 	Error string `json:"error,omitempty"`
 }
 
-func cmdCheck(args []string, stdout, stderr io.Writer) int {
-	fs := newFlagSet("check", `usage: egressd check [--policy FILE]... [--profile NAME] [--allow P]... [--block P]... [--json] TARGET...
+const checkUsage = `usage: egressd check [--policy FILE]... [--profile NAME] [--allow P]... [--block P]... [--json] TARGET...
 
 Decides each TARGET (host, host:port, IP, IPv4:port, [v6]:port; port 443 when
 omitted) against the resolved policy, without any network access. Names are
 not resolved: the address guard applies to IP targets only.
 Exit 0 when every target was evaluated, 2 on usage or policy errors.
 
-`, stderr)
+Examples:
+  egressd check --policy policy.toml pypi.org github.com:22 169.254.169.254
+  egressd check --profile strict --allow '*.github.com' --json api.github.com
+
+`
+
+// newCheckFlags returns check's flag set.
+func newCheckFlags(stderr io.Writer) (*flag.FlagSet, *profileFlags, *bool) {
+	fs := newFlagSet("check", checkUsage, stderr)
 	var pf profileFlags
 	pf.register(fs)
 	asJSON := fs.Bool("json", false, "one JSON object per line")
+	return fs, &pf, asJSON
+}
+
+func cmdCheck(args []string, stdout, stderr io.Writer) int {
+	fs, pf, asJSON := newCheckFlags(stderr)
 	targets, err := parseInterleaved(fs, args)
 	if err != nil {
 		return flagExit(err)
@@ -182,10 +194,15 @@ func checkTarget(m *policy.Matcher, raw string) checkResult {
 	return r
 }
 
+// cmdProfiles is `egressd profile list` (and its older spelling, profiles).
 func cmdProfiles(args []string, stdout, stderr io.Writer) int {
-	fs := newFlagSet("profiles", "usage: egressd profiles\n\nLists the built-in profiles.\n", stderr)
+	fs := newFlagSet("profile list", "usage: egressd profile list\n\nLists the built-in profiles (also: egressd profiles).\n", stderr)
 	if err := fs.Parse(args); err != nil {
 		return flagExit(err)
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "egressd profile list: unexpected argument %q\n", fs.Arg(0))
+		return exitUsage
 	}
 	aliases := map[string][]string{}
 	for a, p := range policy.ProfileAliases() {
@@ -215,7 +232,24 @@ func cmdProfiles(args []string, stdout, stderr io.Writer) int {
 }
 
 func cmdProfile(args []string, stdout, stderr io.Writer) int {
-	const u = "usage: egressd profile show NAME\n\nPrints a built-in profile as a policy file.\n"
+	const u = `usage: egressd profile list
+       egressd profile show NAME
+
+list  lists the built-in profiles: network mode, allow-list size, root file
+      system, limits, seccomp
+show  prints a built-in profile as a policy file, a starting point for your own
+
+Examples:
+  egressd profile list
+  egressd profile show strict > policy.toml
+`
+	if len(args) > 0 && args[0] == "list" {
+		return cmdProfiles(args[1:], stdout, stderr)
+	}
+	if len(args) == 1 && (args[0] == "-h" || args[0] == "--help") {
+		fmt.Fprint(stdout, u)
+		return exitOK
+	}
 	if len(args) != 2 || args[0] != "show" {
 		fmt.Fprint(stderr, u)
 		return exitUsage

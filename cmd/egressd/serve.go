@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -21,34 +22,47 @@ Runs the DNS resolver and the explicit and transparent proxy that enforce the
 policy, inside a sandbox's network namespace. Listens before it says ready
 (log line "ready", --ready-fd), reloads the policy on file change, SIGHUP and
 POST /reload, and shuts down gracefully on SIGTERM.
+Exit status: 0 after a clean shutdown, 1 when a listener fails while serving,
+2 on usage, policy or start-up errors.
 
+Examples:
+  egressd serve --policy /etc/egressd/policy.toml --mark 0x4547 --admin-listen 127.0.0.1:9901
+  egressd serve --profile strict --allow pypi.org --allow files.pythonhosted.org \
+      --dns-listen 127.0.0.1:15053,[::1]:15053 --audit-log -
+
+flags:
 `
 
-func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+// serveOptions are serve's flags.
+type serveOptions struct {
+	policies, allow, block                                                listFlag
+	dnsListen, proxyListen, transparentListen                             listListFlag
+	profile, floor, adminListen, upstream, auditLog, logFormat, sandboxID string
+	mark                                                                  uint
+	readyFD                                                               int
+	cfg                                                                   daemon.Config
+}
+
+// newServeFlags returns serve's flag set.
+func newServeFlags(stderr io.Writer) (*flag.FlagSet, *serveOptions) {
 	fs := newFlagSet("serve", serveUsage, stderr)
-	var (
-		policies, allow, block                                                listFlag
-		dnsListen, proxyListen, transparentListen                             listListFlag
-		profile, floor, adminListen, upstream, auditLog, logFormat, sandboxID string
-		mark                                                                  uint
-		readyFD                                                               int
-		cfg                                                                   daemon.Config
-	)
-	fs.Var(&policies, "policy", "policy `FILE` (repeatable, applied in order; watched for changes)")
-	fs.StringVar(&profile, "profile", "", "built-in base `profile` (default: the policy's, else standard)")
-	fs.StringVar(&floor, "floor", os.Getenv("EGRESSD_SECURITY_FLOOR"), "refuse, at start and on reload, a policy less restrictive than this built-in `profile` (env EGRESSD_SECURITY_FLOOR)")
-	fs.Var(&allow, "allow", "allow `PATTERN` on top of the policy (repeatable)")
-	fs.Var(&block, "block", "block `PATTERN` on top of the policy (repeatable)")
-	fs.Var(&dnsListen, "dns-listen", "resolver `ADDR` for UDP and TCP (repeatable or comma-separated; default 127.0.0.1:53,[::1]:53)")
-	fs.Var(&proxyListen, "proxy-listen", "explicit proxy `ADDR` (default 127.0.0.1:3128)")
-	fs.Var(&transparentListen, "transparent-listen", "transparent proxy `ADDR`, the REDIRECT target (default 127.0.0.1:15001,[::1]:15001)")
-	fs.StringVar(&adminListen, "admin-listen", "", "admin endpoint `ADDR|unix:PATH` (/healthz /readyz /metrics /reload /policy); empty: none")
-	fs.StringVar(&upstream, "upstream-dns", "", "upstream resolvers `ADDR[,ADDR]` (default: network.upstream_dns, else /etc/resolv.conf)")
-	fs.UintVar(&mark, "mark", 0, "SO_MARK `N` set on every upstream socket (needs CAP_NET_ADMIN); 0: none")
-	fs.StringVar(&auditLog, "audit-log", "", "write one JSON line per decision to `PATH` (- for stdout); empty: none")
-	fs.StringVar(&logFormat, "log-format", "text", "operational log format on stderr: `text|json`")
-	fs.StringVar(&sandboxID, "sandbox-id", "", "sandbox `ID` stamped on every audit record")
-	fs.IntVar(&readyFD, "ready-fd", -1, "write \"ready\\n\" to file descriptor `N` and close it once serving")
+	o := &serveOptions{}
+	cfg := &o.cfg
+	fs.Var(&o.policies, "policy", "policy `FILE` (repeatable, applied in order; watched for changes)")
+	fs.StringVar(&o.profile, "profile", "", "built-in base `profile` (default: the policy's, else standard)")
+	fs.StringVar(&o.floor, "floor", os.Getenv("EGRESSD_SECURITY_FLOOR"), "refuse, at start and on reload, a policy less restrictive than this built-in `profile` (env EGRESSD_SECURITY_FLOOR)")
+	fs.Var(&o.allow, "allow", "allow `PATTERN` on top of the policy (repeatable)")
+	fs.Var(&o.block, "block", "block `PATTERN` on top of the policy (repeatable)")
+	fs.Var(&o.dnsListen, "dns-listen", fmt.Sprintf("resolver `ADDR` for UDP and TCP (repeatable or comma-separated; default 127.0.0.1:%d,[::1]:%d)", defaultDNSPort, defaultDNSPort))
+	fs.Var(&o.proxyListen, "proxy-listen", fmt.Sprintf("explicit proxy `ADDR` (default 127.0.0.1:%d)", defaultProxyPort))
+	fs.Var(&o.transparentListen, "transparent-listen", fmt.Sprintf("transparent proxy `ADDR`, the REDIRECT target (default 127.0.0.1:%d,[::1]:%d)", defaultTransparentPort, defaultTransparentPort))
+	fs.StringVar(&o.adminListen, "admin-listen", "", "admin endpoint `ADDR|unix:PATH` (/healthz /readyz /metrics /reload /policy); empty: none")
+	fs.StringVar(&o.upstream, "upstream-dns", "", "upstream resolvers `ADDR[,ADDR]` (default: network.upstream_dns, else /etc/resolv.conf)")
+	fs.UintVar(&o.mark, "mark", 0, "SO_MARK `N` set on every upstream socket (needs CAP_NET_ADMIN); 0: none")
+	fs.StringVar(&o.auditLog, "audit-log", "", "write one JSON line per decision to `PATH` (- for stdout); empty: none")
+	fs.StringVar(&o.logFormat, "log-format", "text", "operational log format on stderr: `text|json`")
+	fs.StringVar(&o.sandboxID, "sandbox-id", "", "sandbox `ID` stamped on every audit record")
+	fs.IntVar(&o.readyFD, "ready-fd", -1, "write \"ready\\n\" to file descriptor `N` and close it once serving")
 	fs.IntVar(&cfg.DNSMaxNameLen, "dns-max-name-len", 0, "refuse query names longer than `N` bytes (default 253)")
 	fs.Float64Var(&cfg.DNSQueryRate, "dns-rate", 0, "queries per second allowed per client (default 200; negative: no limit)")
 	fs.IntVar(&cfg.MaxTunnels, "max-tunnels", 0, "cap on concurrent proxied connections (default 4096)")
@@ -57,6 +71,12 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	fs.DurationVar(&cfg.IdleTimeout, "idle-timeout", 0, "close tunnels idle this long (default 5m)")
 	fs.DurationVar(&cfg.DialTimeout, "dial-timeout", 0, "upstream connect timeout (default 10s)")
 	fs.DurationVar(&cfg.ShutdownGrace, "shutdown-grace", 5*time.Second, "time open tunnels get to finish after SIGTERM")
+	return fs, o
+}
+
+func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs, o := newServeFlags(stderr)
+	cfg := &o.cfg
 	if err := fs.Parse(args); err != nil {
 		return flagExit(err)
 	}
@@ -64,38 +84,38 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		fmt.Fprintf(stderr, "egressd serve: unexpected argument %q\n", fs.Arg(0))
 		return exitUsage
 	}
-	if logFormat != "text" && logFormat != "json" {
-		fmt.Fprintf(stderr, "egressd serve: --log-format %q: want text or json\n", logFormat)
+	if o.logFormat != "text" && o.logFormat != "json" {
+		fmt.Fprintf(stderr, "egressd serve: --log-format %q: want text or json\n", o.logFormat)
 		return exitUsage
 	}
-	if mark > 0xffffffff {
-		fmt.Fprintf(stderr, "egressd serve: --mark %d does not fit in 32 bits\n", mark)
+	if o.mark > 0xffffffff {
+		fmt.Fprintf(stderr, "egressd serve: --mark %d does not fit in 32 bits\n", o.mark)
 		return exitUsage
 	}
 	var handler slog.Handler = slog.NewTextHandler(stderr, nil)
-	if logFormat == "json" {
+	if o.logFormat == "json" {
 		handler = slog.NewJSONHandler(stderr, nil)
 	}
 	cfg.Logger = slog.New(handler)
-	cfg.PolicyFiles, cfg.Profile, cfg.Floor, cfg.AdminListen, cfg.SandboxID, cfg.Mark = policies, profile, floor, adminListen, sandboxID, uint32(mark)
-	if len(allow) > 0 {
-		cfg.Overrides = append(cfg.Overrides, policy.Setting{Key: "network.allow", Values: allow, Source: policy.Flag("--allow")})
+	cfg.PolicyFiles, cfg.Profile, cfg.Floor, cfg.AdminListen, cfg.SandboxID, cfg.Mark = o.policies, o.profile, o.floor, o.adminListen, o.sandboxID, uint32(o.mark)
+	if len(o.allow) > 0 {
+		cfg.Overrides = append(cfg.Overrides, policy.Setting{Key: "network.allow", Values: o.allow, Source: policy.Flag("--allow")})
 	}
-	if len(block) > 0 {
-		cfg.Overrides = append(cfg.Overrides, policy.Setting{Key: "network.block", Values: block, Source: policy.Flag("--block")})
+	if len(o.block) > 0 {
+		cfg.Overrides = append(cfg.Overrides, policy.Setting{Key: "network.block", Values: o.block, Source: policy.Flag("--block")})
 	}
-	cfg.DNSListen = orDefault(dnsListen, "127.0.0.1:53", "[::1]:53")
-	cfg.ProxyListen = orDefault(proxyListen, "127.0.0.1:3128")
-	cfg.TransparentListen = orDefault(transparentListen, "127.0.0.1:15001", "[::1]:15001")
-	if upstream != "" {
-		cfg.UpstreamDNS = strings.Split(upstream, ",")
+	cfg.DNSListen = orDefault(o.dnsListen, fmt.Sprintf("127.0.0.1:%d", defaultDNSPort), fmt.Sprintf("[::1]:%d", defaultDNSPort))
+	cfg.ProxyListen = orDefault(o.proxyListen, fmt.Sprintf("127.0.0.1:%d", defaultProxyPort))
+	cfg.TransparentListen = orDefault(o.transparentListen, fmt.Sprintf("127.0.0.1:%d", defaultTransparentPort), fmt.Sprintf("[::1]:%d", defaultTransparentPort))
+	if o.upstream != "" {
+		cfg.UpstreamDNS = strings.Split(o.upstream, ",")
 	}
-	switch auditLog {
+	switch o.auditLog {
 	case "":
 	case "-":
 		cfg.Audit = stdout
 	default:
-		f, err := os.OpenFile(auditLog, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
+		f, err := os.OpenFile(o.auditLog, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
 		if err != nil {
 			fmt.Fprintf(stderr, "egressd serve: audit log: %v\n", err)
 			return exitUsage
@@ -103,10 +123,10 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		defer f.Close()
 		cfg.Audit = f
 	}
-	if readyFD >= 0 {
-		f := os.NewFile(uintptr(readyFD), "ready-fd")
+	if o.readyFD >= 0 {
+		f := os.NewFile(uintptr(o.readyFD), "ready-fd")
 		if f == nil {
-			fmt.Fprintf(stderr, "egressd serve: --ready-fd %d is not an open file descriptor\n", readyFD)
+			fmt.Fprintf(stderr, "egressd serve: --ready-fd %d is not an open file descriptor\n", o.readyFD)
 			return exitUsage
 		}
 		cfg.Ready = func() {
@@ -128,7 +148,7 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	}()
 	cfg.Reload = reload
 
-	d, err := daemon.New(cfg)
+	d, err := daemon.New(*cfg)
 	if err != nil {
 		fmt.Fprintf(stderr, "egressd serve: %s\n", strings.TrimRight(err.Error(), "\n"))
 		return exitUsage

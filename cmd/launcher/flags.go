@@ -88,6 +88,12 @@ Runs CMD in a sandbox with the resolved profile (built-in profile, then
 --policy files, then these flags). Flags that set a policy key are checked
 like the key in a file and shown as their source ("flag:--allow").
 
+Examples:
+  launcher run --allow pypi.org --allow files.pythonhosted.org -- pip install requests
+  launcher run --profile strict --mount-cwd --timeout 10m -- make test
+  launcher run --net none --memory 512m -- python3 untrusted.py
+
+flags:
 `
 
 const explainUsage = `usage: launcher explain [flags] [--json] -- CMD [ARGS...]
@@ -96,6 +102,10 @@ Prints, without running anything, what "launcher run" with the same flags
 would set up: the resolved profile with the source of every value, the
 firewall rules and the OCI runtime spec.
 
+Example:
+  launcher explain --profile strict --allow '*.github.com' --json -- git pull
+
+flags:
 `
 
 func newLaunchFlags(name, usageText string, stderr io.Writer, explain bool) (*flag.FlagSet, *launchFlags) {

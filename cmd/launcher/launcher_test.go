@@ -5,7 +5,9 @@ import (
 	"context"
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -205,5 +207,39 @@ func TestTimingsLine(t *testing.T) {
 	got := formatTimings(2*time.Millisecond, 1500*time.Microsecond, []sandbox.Timing{{Phase: "run", Duration: 60 * time.Millisecond}, {Phase: "netns", Duration: 3 * time.Millisecond}, {Phase: "firewall", Duration: 20 * time.Millisecond}}, 100*time.Millisecond)
 	if want := "prepare=2.0ms reap=1.5ms netns=3.0ms firewall=20.0ms run=60.0ms total=100.0ms"; got != want {
 		t.Errorf("formatTimings = %q, want %q", got, want)
+	}
+}
+
+func TestVersionAndCompletion(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	if code := launcher(context.Background(), []string{"--version"}, nil, &stdout, &stderr); code != 0 ||
+		!regexp.MustCompile(`^launcher \S+ \(commit \S+, go\S+\)\n$`).MatchString(stdout.String()) {
+		t.Errorf("--version: code %d, output %q", code, stdout.String())
+	}
+	for _, tc := range []struct{ shell, check string }{{"bash", "-n"}, {"zsh", "-n"}, {"fish", "--no-execute"}} {
+		t.Run(tc.shell, func(t *testing.T) {
+			sh, err := exec.LookPath(tc.shell)
+			if err != nil {
+				t.Skipf("%s is not installed (scripts/deps.sh installs it)", tc.shell)
+			}
+			var out, errOut bytes.Buffer
+			if code := launcher(context.Background(), []string{"completion", tc.shell}, nil, &out, &errOut); code != 0 {
+				t.Fatalf("completion %s: code %d %s", tc.shell, code, errOut.String())
+			}
+			p := filepath.Join(t.TempDir(), "launcher."+tc.shell)
+			if err := os.WriteFile(p, out.Bytes(), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if o, err := exec.Command(sh, tc.check, p).CombinedOutput(); err != nil {
+				t.Fatalf("%s %s: %v\n%s", tc.shell, tc.check, err, o)
+			}
+			if tc.shell == "bash" {
+				prog := `source "$1"; COMP_WORDS=(launcher run --net ''); COMP_CWORD=3; _launcher; printf '%s ' "${COMPREPLY[@]}"`
+				o, err := exec.Command(sh, "-c", prog, "bash", p).CombinedOutput()
+				if err != nil || strings.TrimSpace(string(o)) != "none filtered host" {
+					t.Errorf("launcher run --net <TAB>: %q, %v; want none filtered host", o, err)
+				}
+			}
+		})
 	}
 }

@@ -6,6 +6,8 @@
 //	launcher run [flags] -- CMD [ARGS...]
 //	launcher explain [flags] [--json] -- CMD [ARGS...]
 //	launcher cleanup
+//	launcher completion bash|zsh|fish
+//	launcher --version
 package main
 
 import (
@@ -14,6 +16,10 @@ import (
 	"io"
 	"os"
 	"strings"
+
+	"github.com/egressd/egressd/internal/buildinfo"
+	"github.com/egressd/egressd/internal/completion"
+	"github.com/egressd/egressd/policy"
 )
 
 // Exit codes of the launcher itself; otherwise it exits with the command's.
@@ -25,14 +31,23 @@ const (
 const usage = `usage: launcher run [flags] -- CMD [ARGS...]
        launcher explain [flags] [--json] -- CMD [ARGS...]
        launcher cleanup
+       launcher completion bash|zsh|fish
+       launcher --version
 
-run      runs CMD in a sandbox: a network namespace with egressd and the
-         firewall (filtered mode), and a container with the resolved profile.
-         Exit status: CMD's; 124 when --timeout killed it; 125 when the
-         launcher failed (one line on stderr: "launcher: ...").
-explain  prints, without running anything, the resolved profile with the
-         source of every value, the firewall rules and the OCI spec.
-cleanup  removes sandboxes whose launcher died without removing them.
+run         runs CMD in a sandbox: a network namespace with egressd and the
+            firewall (filtered mode), and a container with the resolved
+            profile. Exit status: CMD's; 124 when --timeout killed it; 125
+            when the launcher failed (one line on stderr: "launcher: ...").
+explain     prints, without running anything, the resolved profile with the
+            source of every value, the firewall rules and the OCI spec.
+cleanup     removes sandboxes whose launcher died without removing them.
+completion  prints a shell completion script (source <(launcher completion bash)).
+
+examples:
+  launcher run --allow pypi.org --allow files.pythonhosted.org -- pip install requests
+  launcher run --profile strict --policy team.toml --mount-cwd -- make test
+  launcher run --net none -- python3 untrusted.py
+  launcher explain --profile strict --allow '*.github.com' -- git clone https://github.com/x/y
 
 Run "launcher run -h" for the flags; docs/launcher.md has the reference.
 `
@@ -53,11 +68,16 @@ func launcher(ctx context.Context, args []string, stdin io.Reader, stdout, stder
 		return cmdExplain(args[1:], stdout, stderr)
 	case "cleanup":
 		return cmdCleanup(args[1:], stdout, stderr)
+	case "completion":
+		return cmdCompletion(args[1:], stdout, stderr)
+	case "version", "--version", "-version":
+		fmt.Fprintln(stdout, buildinfo.Get().String("launcher"))
+		return 0
 	case "-h", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return 0
 	}
-	fail(stderr, fmt.Errorf("unknown command %q (want run, explain or cleanup)", args[0]))
+	fail(stderr, fmt.Errorf("unknown command %q (want run, explain, cleanup, completion or --version)", args[0]))
 	return exitLauncher
 }
 
@@ -77,4 +97,42 @@ func oneLine(s string) string {
 	}
 	out := strings.Join(parts, "; ")
 	return strings.ReplaceAll(out, ":;", ":")
+}
+
+// completionSpec describes the launcher for shell completion, from the flag
+// sets run and explain parse.
+func completionSpec() completion.Spec {
+	profiles := policy.BuiltinNames()
+	for a := range policy.ProfileAliases() {
+		profiles = append(profiles, a)
+	}
+	words := map[string][]string{
+		"profile": profiles, "floor": profiles, "net": {"none", "filtered", "host"},
+		"seccomp": {"strict", "moderate", "unconfined"}, "runtime": {"runc", "crun", "runsc"},
+	}
+	runFlags, _ := newLaunchFlags("run", runUsage, io.Discard, false)
+	explainFlags, _ := newLaunchFlags("explain", explainUsage, io.Discard, true)
+	return completion.Spec{
+		Program: "launcher",
+		Flags:   []completion.Flag{{Name: "version", Usage: "print the version and commit"}, {Name: "help", Usage: "list the commands"}},
+		Commands: []completion.Command{
+			{Name: "run", Summary: "run a command in a sandbox", Flags: completion.FromFlagSet(runFlags, words), Args: completion.Args{Files: true}},
+			{Name: "explain", Summary: "print what run would set up", Flags: completion.FromFlagSet(explainFlags, words), Args: completion.Args{Files: true}},
+			{Name: "cleanup", Summary: "remove sandboxes of dead launchers"},
+			{Name: "completion", Summary: "print a shell completion script", Args: completion.Args{Words: completion.Shells}},
+			{Name: "version", Summary: "print the version and commit"},
+		},
+	}
+}
+
+func cmdCompletion(args []string, stdout, stderr io.Writer) int {
+	if len(args) != 1 {
+		fail(stderr, fmt.Errorf("usage: launcher completion %s", strings.Join(completion.Shells, "|")))
+		return exitLauncher
+	}
+	if err := completion.Write(stdout, args[0], completionSpec()); err != nil {
+		fail(stderr, err)
+		return exitLauncher
+	}
+	return 0
 }

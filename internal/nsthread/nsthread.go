@@ -42,6 +42,12 @@ func Run(fn func() error) error {
 // /proc/PID/ns/net). Sockets fn opens belong to that namespace, and so does
 // every process fn execs: a child forked from a thread inherits the thread's
 // namespaces.
+//
+// When nsPath names the namespace the thread is already in (say
+// /proc/self/ns/net), fn runs there without setns(2): entering a network
+// namespace needs CAP_SYS_ADMIN even when it is one's own, and a process that
+// holds only CAP_NET_ADMIN (an init container installing its pod's firewall)
+// must still be able to act on the namespace it lives in.
 func InNetns(nsPath string, fn func() error) error {
 	if nsPath == "" {
 		return errors.New("network namespace path is empty")
@@ -52,8 +58,16 @@ func InNetns(nsPath string, fn func() error) error {
 			return fmt.Errorf("opening network namespace %s: %w", nsPath, err)
 		}
 		defer ns.Close()
-		if err := netns.Set(ns); err != nil {
-			return fmt.Errorf("entering network namespace %s: %w", nsPath, err)
+		cur, err := netns.Get()
+		if err != nil {
+			return fmt.Errorf("opening the thread's own network namespace: %w", err)
+		}
+		same := cur.Equal(ns)
+		cur.Close()
+		if !same {
+			if err := netns.Set(ns); err != nil {
+				return fmt.Errorf("entering network namespace %s: %w", nsPath, err)
+			}
 		}
 		return fn()
 	})
