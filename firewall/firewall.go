@@ -10,8 +10,11 @@ import (
 
 // Install puts the rule set for cfg into the network namespace at nsPath (a
 // bind mount such as /var/run/netns/NAME, or /proc/PID/ns/net), for IPv4 and
-// IPv6, then sets net.ipv4.ping_group_range to "1 0" there and flushes the
-// namespace's conntrack table.
+// IPv6, then sets net.ipv4.ping_group_range to "1 0" there (unless it already
+// is) and flushes the namespace's conntrack table. A path naming the
+// caller's own namespace (/proc/self/ns/net) is acted on without setns(2),
+// so CAP_NET_ADMIN is all it needs (`egressd firewall install` in an init
+// container); any other namespace also needs CAP_SYS_ADMIN to enter.
 //
 // It is idempotent and replaces whatever an earlier Install left: each
 // family's chains are refilled and their jumps repaired (exactly one, as rule 1
