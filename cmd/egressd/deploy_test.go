@@ -333,34 +333,9 @@ func TestKubernetesManifestsKeepTheSandboxInvariants(t *testing.T) {
 	})
 
 	t.Run("FirewallPortsEqualEgressdListeners", func(t *testing.T) {
-		dnsPorts, both := listenPorts(t, "dns-listen", p.serve.dnsListen)
-		if !both {
-			t.Errorf("--dns-listen %q: want both 127.0.0.1 and [::1] (the REDIRECT target of each family)", p.serve.dnsListen)
-		}
-		for _, port := range dnsPorts {
-			if port != p.fw.DNSPort {
-				t.Errorf("egressd's resolver listens on %d, the firewall redirects DNS to --dns-port %d", port, p.fw.DNSPort)
-			}
-		}
-		tPorts, both := listenPorts(t, "transparent-listen", p.serve.transparentListen)
-		if !both {
-			t.Errorf("--transparent-listen %q: want both 127.0.0.1 and [::1]", p.serve.transparentListen)
-		}
-		for _, port := range tPorts {
-			if port != p.fw.TransparentPort {
-				t.Errorf("egressd's transparent listener is on %d, the firewall redirects TCP to --transparent-port %d", port, p.fw.TransparentPort)
-			}
-		}
-		pPorts, _ := listenPorts(t, "proxy-listen", p.serve.proxyListen)
-		if len(pPorts) != 1 || pPorts[0] != p.fw.ExplicitProxyPort {
-			t.Errorf("egressd's explicit proxy is on %v, the firewall's --proxy-port is %d", pPorts, p.fw.ExplicitProxyPort)
-		}
+		checkListenersMatchFirewall(t, p.fw, p.serve)
 		if strings.HasPrefix(p.serve.adminListen, "unix:") || p.serve.adminListen == "" {
-			t.Fatalf("--admin-listen %q: the example serves the admin endpoint on a loopback port the firewall protects", p.serve.adminListen)
-		}
-		aPorts, _ := listenPorts(t, "admin-listen", []string{p.serve.adminListen})
-		if len(aPorts) != 1 || !slices.Contains(p.fw.ProtectedPorts, aPorts[0]) {
-			t.Errorf("the admin port %v is not among the firewall's --admin-port %v: the workload could reach /reload", aPorts, p.fw.ProtectedPorts)
+			t.Errorf("--admin-listen %q: the example serves the admin endpoint on a loopback port the firewall protects", p.serve.adminListen)
 		}
 		for _, probe := range []*corev1.Probe{p.sidecar.StartupProbe, p.sidecar.ReadinessProbe, p.sidecar.LivenessProbe} {
 			if probe == nil || probe.Exec == nil {
@@ -523,6 +498,105 @@ func TestKubernetesManifestsKeepTheSandboxInvariants(t *testing.T) {
 			}
 		}
 	})
+}
+
+// checkListenersMatchFirewall checks that egressd's listeners are where the
+// firewall sends traffic: every resolver and transparent address on
+// loopback (both families) at the firewall's DNS and transparent ports, the
+// explicit proxy at its proxy port, and a TCP admin address on loopback at
+// one of its protected ports.
+func checkListenersMatchFirewall(t *testing.T, fw firewall.Config, so *serveOptions) {
+	t.Helper()
+	dnsPorts, both := listenPorts(t, "dns-listen", so.dnsListen)
+	if !both {
+		t.Errorf("--dns-listen %q: want both 127.0.0.1 and [::1] (the REDIRECT target of each family)", so.dnsListen)
+	}
+	for _, port := range dnsPorts {
+		if port != fw.DNSPort {
+			t.Errorf("egressd's resolver listens on %d, the firewall redirects DNS to --dns-port %d", port, fw.DNSPort)
+		}
+	}
+	tPorts, both := listenPorts(t, "transparent-listen", so.transparentListen)
+	if !both {
+		t.Errorf("--transparent-listen %q: want both 127.0.0.1 and [::1]", so.transparentListen)
+	}
+	for _, port := range tPorts {
+		if port != fw.TransparentPort {
+			t.Errorf("egressd's transparent listener is on %d, the firewall redirects TCP to --transparent-port %d", port, fw.TransparentPort)
+		}
+	}
+	pPorts, _ := listenPorts(t, "proxy-listen", so.proxyListen)
+	if len(pPorts) != 1 || pPorts[0] != fw.ExplicitProxyPort {
+		t.Errorf("egressd's explicit proxy is on %v, the firewall's --proxy-port is %d", pPorts, fw.ExplicitProxyPort)
+	}
+	if so.adminListen != "" && !strings.HasPrefix(so.adminListen, "unix:") {
+		aPorts, _ := listenPorts(t, "admin-listen", []string{so.adminListen})
+		if len(aPorts) != 1 || !slices.Contains(fw.ProtectedPorts, aPorts[0]) {
+			t.Errorf("the admin port %v is not among the firewall's --admin-port %v: the sandbox could reach /reload", aPorts, fw.ProtectedPorts)
+		}
+	}
+	if fw.Mark != 0 && uint32(so.mark) != fw.Mark {
+		t.Errorf("egressd marks its sockets %#x, the firewall exempts mark %#x: egressd's own traffic would be redirected into itself", so.mark, fw.Mark)
+	}
+}
+
+// ---- systemd ----------------------------------------------------------------
+
+// TestSystemdUnitFlagsMatch parses the unit's ExecStartPre (the firewall)
+// and ExecStart (serve) with the binary's flag sets, for an instance "sbx".
+func TestSystemdUnitFlagsMatch(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join(repoRoot, "deploy/systemd/egressd@.service"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys := map[string][]string{}
+	for _, line := range strings.Split(string(b), "\n") {
+		if k, v, ok := strings.Cut(line, "="); ok && !strings.HasPrefix(line, "#") {
+			keys[k] = append(keys[k], strings.ReplaceAll(v, "%i", "sbx"))
+		}
+	}
+	argv := func(key string) []string {
+		t.Helper()
+		if len(keys[key]) != 1 {
+			t.Fatalf("want one %s, got %q", key, keys[key])
+		}
+		f := strings.Fields(strings.ReplaceAll(strings.TrimPrefix(keys[key][0], "+"), "${UPSTREAM_DNS}", ""))
+		if len(f) < 2 || f[0] != "/usr/local/bin/egressd" {
+			t.Fatalf("%s runs %q, want /usr/local/bin/egressd (make install's path)", key, f)
+		}
+		return f[1:]
+	}
+	pre := argv("ExecStartPre")
+	if len(pre) < 2 || pre[0] != "firewall" || pre[1] != "install" || !strings.HasPrefix(keys["ExecStartPre"][0], "+") {
+		t.Fatalf("ExecStartPre %q: want +egressd firewall install (as root)", pre)
+	}
+	fs, fo := newFirewallFlags("install", io.Discard)
+	if err := fs.Parse(pre[2:]); err != nil {
+		t.Fatalf("ExecStartPre: %v", err)
+	}
+	fw, err := fo.config()
+	if err != nil {
+		t.Fatalf("ExecStartPre: %v", err)
+	}
+	if want := keys["NetworkNamespacePath"]; len(want) != 1 || fo.netns != want[0] {
+		t.Errorf("the firewall goes into %s, egressd serves in %q", fo.netns, want)
+	}
+	serve := argv("ExecStart")
+	sfs, so := newServeFlags(io.Discard)
+	if err := sfs.Parse(serve[1:]); err != nil || serve[0] != "serve" || sfs.NArg() > 0 {
+		t.Fatalf("ExecStart %q: %v", serve, err)
+	}
+	checkListenersMatchFirewall(t, fw, so)
+	if fw.Mark == 0 || !slices.Equal(keys["AmbientCapabilities"], []string{"CAP_NET_ADMIN"}) || !slices.Equal(keys["CapabilityBoundingSet"], []string{"CAP_NET_ADMIN"}) {
+		t.Errorf("the unit exempts by mark (%#x): egressd needs CAP_NET_ADMIN as its only capability (AmbientCapabilities %q, CapabilityBoundingSet %q)",
+			fw.Mark, keys["AmbientCapabilities"], keys["CapabilityBoundingSet"])
+	}
+	if u := keys["User"]; len(u) != 1 || u[0] == "root" || u[0] == "0" {
+		t.Errorf("User=%q: egressd runs as its own unprivileged user", u)
+	}
+	if !strings.HasPrefix(so.adminListen, "unix:/run/egressd/sbx/") {
+		t.Errorf("--admin-listen %s: want a unix socket in the RuntimeDirectory, outside the namespace's reach", so.adminListen)
+	}
 }
 
 // ---- Dockerfile ----------------------------------------------------------
