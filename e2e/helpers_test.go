@@ -836,6 +836,48 @@ func (e *egressd) metric(name string) float64 {
 	return sum
 }
 
+// assertNothingLeavesWithEgressdDead is the fail-closed check, run after
+// egressd was killed and the world's counters reset: through the proxy,
+// transparently, to a pinned address, to IP literals of both families, and
+// by DNS to the world's resolver, nothing reaches the world, and every
+// client fails fast instead of hanging. fetch is curl in the sandbox as its
+// user; ns runs dig there.
+func assertNothingLeavesWithEgressdDead(t *testing.T, w *fakenet.World, ns runner, fetch func(args ...string) (fakenet.HTTPRequest, result, bool)) {
+	t.Helper()
+	for _, args := range [][]string{
+		{"https://allowed.test/"},
+		{"-x", proxyURL, "https://allowed.test/"},
+		{"--resolve", "allowed.test:443:203.0.113.10", "https://allowed.test/"},
+		{"http://203.0.113.10/"},
+		{"-6", "http://[2001:db8::10]/"},
+	} {
+		start := time.Now()
+		if reply, r, ok := fetch(args...); ok {
+			t.Errorf("curl %s with egressd dead reached the server %+v\n%s", strings.Join(args, " "), reply, r)
+		}
+		if took := time.Since(start); took > 3*time.Second {
+			t.Errorf("curl %s with egressd dead took %s to fail; want fast failure", strings.Join(args, " "), took.Round(time.Millisecond))
+		}
+	}
+	if d := dig(t, ns, "allowed.test"); d.status != "" {
+		t.Errorf("dig with egressd dead got a reply: %s", d)
+	}
+	if d := dig(t, ns, "@203.0.113.53", "allowed.test"); d.status != "" {
+		t.Errorf("dig @203.0.113.53 with egressd dead got a reply: %s", d)
+	}
+	if n := len(w.HTTPLog()); n != 0 {
+		t.Errorf("world served %d requests after egressd died", n)
+	}
+	if n := len(w.DNSLog()); n != 0 {
+		t.Errorf("world's DNS saw %d queries after egressd died", n)
+	}
+	for _, a := range []netip.AddrPort{ap(host4, 443), ap(host4, 80), ap(host6, 80)} {
+		if n := w.TCPAccepted(a); n != 0 {
+			t.Errorf("world accepted %d connections on %s after egressd died", n, a)
+		}
+	}
+}
+
 // ---- small things --------------------------------------------------------
 
 // lockedBuffer is a bytes.Buffer safe for a process's output and readers.

@@ -971,38 +971,7 @@ func TestEgressdDeathFailsClosed(t *testing.T) {
 
 	e.kill()
 	e.w.ResetCounters()
-	for _, args := range [][]string{
-		{"https://allowed.test/"},
-		{"-x", proxyURL, "https://allowed.test/"},
-		{"--resolve", "allowed.test:443:203.0.113.10", "https://allowed.test/"},
-		{"http://203.0.113.10/"},
-		{"-6", "http://[2001:db8::10]/"},
-	} {
-		start := time.Now()
-		if reply, r, ok := e.fetch(args...); ok {
-			t.Errorf("curl %s with egressd dead reached the server %+v\n%s", strings.Join(args, " "), reply, r)
-		}
-		if took := time.Since(start); took > 3*time.Second {
-			t.Errorf("curl %s with egressd dead took %s to fail; want fast failure", strings.Join(args, " "), took.Round(time.Millisecond))
-		}
-	}
-	if d := e.dig("allowed.test"); d.status != "" {
-		t.Errorf("dig with egressd dead got a reply: %s", d)
-	}
-	if d := e.dig("@203.0.113.53", "allowed.test"); d.status != "" {
-		t.Errorf("dig @203.0.113.53 with egressd dead got a reply: %s", d)
-	}
-	if n := len(e.w.HTTPLog()); n != 0 {
-		t.Errorf("world served %d requests after egressd died", n)
-	}
-	if n := len(e.w.DNSLog()); n != 0 {
-		t.Errorf("world's DNS saw %d queries after egressd died", n)
-	}
-	for _, a := range []netip.AddrPort{ap(host4, 443), ap(host4, 80), ap(host6, 80)} {
-		if n := e.w.TCPAccepted(a); n != 0 {
-			t.Errorf("world accepted %d connections on %s after egressd died", n, a)
-		}
-	}
+	assertNothingLeavesWithEgressdDead(t, e.w, e.s, e.fetch)
 }
 
 // ---- more attacks, cheap with the helpers ------------------------------------

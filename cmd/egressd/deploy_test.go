@@ -19,7 +19,6 @@ import (
 	"regexp"
 	"slices"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -104,20 +103,15 @@ func loadManifests(t *testing.T) manifests {
 			var into any
 			switch tm.APIVersion + " " + tm.Kind {
 			case "v1 Pod":
-				m.pods = append(m.pods, corev1.Pod{})
-				into = &m.pods[len(m.pods)-1]
+				into = appendNew(&m.pods)
 			case "v1 ConfigMap":
-				m.configMaps = append(m.configMaps, corev1.ConfigMap{})
-				into = &m.configMaps[len(m.configMaps)-1]
+				into = appendNew(&m.configMaps)
 			case "v1 Namespace":
-				m.namespaces = append(m.namespaces, corev1.Namespace{})
-				into = &m.namespaces[len(m.namespaces)-1]
+				into = appendNew(&m.namespaces)
 			case "v1 Service":
-				m.services = append(m.services, corev1.Service{})
-				into = &m.services[len(m.services)-1]
+				into = appendNew(&m.services)
 			case "networking.k8s.io/v1 NetworkPolicy":
-				m.netpols = append(m.netpols, networkingv1.NetworkPolicy{})
-				into = &m.netpols[len(m.netpols)-1]
+				into = appendNew(&m.netpols)
 			default:
 				t.Fatalf("%s document %d: kind %q (%s) has no invariants in this test; add them before adding the object", name, i+1, tm.Kind, tm.APIVersion)
 			}
@@ -127,6 +121,12 @@ func loadManifests(t *testing.T) manifests {
 		}
 	}
 	return m
+}
+
+// appendNew appends a zero T to list and returns a pointer to it.
+func appendNew[T any](list *[]T) *T {
+	*list = append(*list, *new(T))
+	return &(*list)[len(*list)-1]
 }
 
 // egressdPod is the example pod taken apart: the firewall init container,
@@ -507,22 +507,22 @@ func TestKubernetesManifestsKeepTheSandboxInvariants(t *testing.T) {
 // one of its protected ports.
 func checkListenersMatchFirewall(t *testing.T, fw firewall.Config, so *serveOptions) {
 	t.Helper()
-	dnsPorts, both := listenPorts(t, "dns-listen", so.dnsListen)
-	if !both {
-		t.Errorf("--dns-listen %q: want both 127.0.0.1 and [::1] (the REDIRECT target of each family)", so.dnsListen)
-	}
-	for _, port := range dnsPorts {
-		if port != fw.DNSPort {
-			t.Errorf("egressd's resolver listens on %d, the firewall redirects DNS to --dns-port %d", port, fw.DNSPort)
+	for _, l := range []struct {
+		flag, what string
+		addrs      []string
+		port       uint16
+	}{
+		{"dns-listen", "--dns-port (DNS)", so.dnsListen, fw.DNSPort},
+		{"transparent-listen", "--transparent-port (TCP)", so.transparentListen, fw.TransparentPort},
+	} {
+		ports, both := listenPorts(t, l.flag, l.addrs)
+		if !both {
+			t.Errorf("--%s %q: want both 127.0.0.1 and [::1] (the REDIRECT target of each family)", l.flag, l.addrs)
 		}
-	}
-	tPorts, both := listenPorts(t, "transparent-listen", so.transparentListen)
-	if !both {
-		t.Errorf("--transparent-listen %q: want both 127.0.0.1 and [::1]", so.transparentListen)
-	}
-	for _, port := range tPorts {
-		if port != fw.TransparentPort {
-			t.Errorf("egressd's transparent listener is on %d, the firewall redirects TCP to --transparent-port %d", port, fw.TransparentPort)
+		for _, port := range ports {
+			if port != l.port {
+				t.Errorf("egressd's --%s is on port %d, the firewall redirects to %s %d", l.flag, port, l.what, l.port)
+			}
 		}
 	}
 	pPorts, _ := listenPorts(t, "proxy-listen", so.proxyListen)
@@ -874,7 +874,9 @@ func TestDockerfileBuildMakesStaticBinariesThatRun(t *testing.T) {
 	// unshare --net: a namespace that lives exactly as long as its processes.
 	serveArgs := append(append([]string{"--net", "--", "sh", "-c", `ip link set lo up && exec "$@"`, "sh"}, asUser...), mapArgs(append(slices.Clone(img.entrypoint), img.cmd...))...)
 	serve := exec.Command("unshare", serveArgs...)
-	var serveOut lockedWriter
+	// One writer for both: exec then calls it from one goroutine at a time.
+	// It is read only once egressd has exited.
+	var serveOut bytes.Buffer
 	serve.Stdout, serve.Stderr = &serveOut, &serveOut
 	if err := serve.Start(); err != nil {
 		t.Fatal(err)
@@ -910,26 +912,10 @@ func TestDockerfileBuildMakesStaticBinariesThatRun(t *testing.T) {
 		default:
 		}
 		if time.Now().After(deadline) {
+			_ = serve.Process.Kill()
+			exited <- <-exited
 			t.Fatalf("HEALTHCHECK still failing after 15s: %v: %s\negressd:\n%s", err, b, serveOut.String())
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-}
-
-// lockedWriter collects a process's output for a failure message.
-type lockedWriter struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (w *lockedWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.buf.Write(p)
-}
-
-func (w *lockedWriter) String() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.buf.String()
 }
