@@ -45,7 +45,8 @@ type Config struct {
 	ExplicitProxyPort uint16
 
 	// Mark is the SO_MARK egressd sets on its own sockets (it needs
-	// CAP_NET_ADMIN, which no sandbox process holds). Marked TCP, and marked
+	// CAP_NET_ADMIN, or CAP_NET_RAW since Linux 5.17, neither of which a
+	// sandbox process may hold). Marked TCP, and marked
 	// UDP to UpstreamDNSPorts, leave the namespace unredirected; nothing else
 	// is exempt. Zero means no mark exemption. Filtered mode needs Mark or
 	// ExemptUID (else egressd's upstream connections would be redirected into

@@ -242,9 +242,10 @@ func (r *resolver) sortWarnings() {
 
 // filterBreakingCaps are capabilities that let a sandbox undo its own
 // network filtering: NET_ADMIN rewrites the namespace's firewall and sets
-// the socket mark that exempts egressd's traffic; SYS_ADMIN, SYS_MODULE and
-// BPF reach the same through mounts, setns, kernel modules or BPF programs.
-var filterBreakingCaps = []string{"CAP_NET_ADMIN", "CAP_SYS_ADMIN", "CAP_SYS_MODULE", "CAP_BPF"}
+// the socket mark that exempts egressd's traffic; NET_RAW sets that mark
+// too (SO_MARK accepts it since Linux 5.17); SYS_ADMIN, SYS_MODULE and BPF
+// reach the same through mounts, setns, kernel modules or BPF programs.
+var filterBreakingCaps = []string{"CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_SYS_ADMIN", "CAP_SYS_MODULE", "CAP_BPF"}
 
 // checkCapsUnderFilter refuses capabilities that defeat filtered mode: with
 // them the allow list would be a suggestion, not enforcement.

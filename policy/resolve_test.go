@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -204,8 +205,14 @@ func TestBaseProfileIsNamedOnce(t *testing.T) {
 }
 
 // TestCapabilitiesThatBypassFilteringAreRefused: NET_ADMIN and friends would
-// let the sandbox rewrite its firewall or forge egressd's socket mark.
+// let the sandbox rewrite its firewall or forge egressd's socket mark
+// (NET_RAW: SO_MARK since Linux 5.17).
 func TestCapabilitiesThatBypassFilteringAreRefused(t *testing.T) {
+	for _, c := range []string{"CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_SYS_ADMIN", "CAP_SYS_MODULE", "CAP_BPF"} {
+		if !slices.Contains(filterBreakingCaps, c) {
+			t.Errorf("%s is not refused in filtered mode", c)
+		}
+	}
 	for _, c := range filterBreakingCaps {
 		_, _, err := Resolve(ResolveOptions{Overrides: []Setting{{Key: "process.cap_add", Values: []string{c}, Source: Flag("--cap-add")}}})
 		if err == nil || !strings.Contains(err.Error(), "flag:--cap-add: process.cap_add "+c+" would let the sandbox bypass") {

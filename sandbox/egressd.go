@@ -39,7 +39,8 @@ const (
 // user's (Create refuses a sandbox user with either), so nothing in a
 // sandbox can signal, trace or impersonate egressd (THREATS G2). The mark
 // is what the firewall exempts: only a socket of a process holding
-// CAP_NET_ADMIN (egressd alone) can carry it.
+// CAP_NET_ADMIN or, since Linux 5.17, CAP_NET_RAW can carry it; egressd
+// alone holds either (filtered mode refuses both in cap_add).
 const (
 	DefaultEgressdUID = 65530
 	DefaultEgressdGID = 65530
