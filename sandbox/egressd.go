@@ -40,7 +40,8 @@ const (
 // sandbox can signal, trace or impersonate egressd (THREATS G2). The mark
 // is what the firewall exempts: only a socket of a process holding
 // CAP_NET_ADMIN or, since Linux 5.17, CAP_NET_RAW can carry it; egressd
-// alone holds either (filtered mode refuses both in cap_add).
+// alone holds either (filtered mode refuses both in cap_add, and the
+// built-in seccomp filters refuse SO_MARK as well).
 const (
 	DefaultEgressdUID = 65530
 	DefaultEgressdGID = 65530

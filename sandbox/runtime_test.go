@@ -604,7 +604,7 @@ func TestSeccompRefusesSocketFamiliesAndUserNamespaces(t *testing.T) {
 		{policy.SeccompStrict, map[string]string{"unix": ok, "inet": ok, "netlink": eperm, "vsock": eperm,
 			"vsock-high-bits": eperm, "appletalk": eperm, "clone3": enosys, "clone-newuser": eperm}},
 		{policy.SeccompModerate, map[string]string{"unix": ok, "inet": ok, "netlink": ok, "vsock": eperm,
-			"vsock-high-bits": eperm, "clone3": enosys, "clone-newuser": eperm}},
+			"vsock-high-bits": eperm, "appletalk": eperm, "clone3": enosys, "clone-newuser": eperm}},
 		{policy.SeccompUnconfined, map[string]string{"unix": ok, "inet": ok, "netlink": ok}},
 	}
 	for _, tc := range tests {

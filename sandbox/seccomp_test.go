@@ -40,7 +40,7 @@ func TestBuiltinSeccompRefusesEscapeSyscalls(t *testing.T) {
 		"request_key", "userfaultfd", "perf_event_open", "kexec_load", "kexec_file_load", "reboot",
 		"swapon", "swapoff", "init_module", "finit_module", "delete_module", "open_by_handle_at",
 		"pivot_root", "fsopen", "fsmount", "move_mount", "open_tree", "socketcall"}
-	strictOnly := []string{"chroot", "io_uring_setup", "name_to_handle_at", "syslog", "iopl"}
+	strictOnly := []string{"chroot", "name_to_handle_at", "syslog", "iopl"}
 	for _, arch := range []struct {
 		goarch string
 		want   []specs.Arch
@@ -72,6 +72,11 @@ func TestBuiltinSeccompRefusesEscapeSyscalls(t *testing.T) {
 			if got["clone3"] != 38 {
 				t.Errorf("%s: clone3 errno %d, want ENOSYS (38) so libc falls back to clone", level, got["clone3"])
 			}
+			for _, n := range []string{"io_uring_setup", "io_uring_enter", "io_uring_register"} {
+				if got[n] != 38 {
+					t.Errorf("%s: %s errno %d, want ENOSYS (38), the answer of a kernel without io_uring", level, n, got[n])
+				}
+			}
 			if level == policy.SeccompModerate {
 				for _, n := range strictOnly {
 					if _, ok := got[n]; ok {
@@ -83,6 +88,191 @@ func TestBuiltinSeccompRefusesEscapeSyscalls(t *testing.T) {
 	}
 	if s, err := LoadSeccomp(policy.SeccompUnconfined, SeccompEnv{}); s != nil || err != nil {
 		t.Errorf("unconfined = %v, %v; want no filter", s, err)
+	}
+}
+
+// seccompVerdict is the errno a filter answers one system call with (0:
+// allowed), reading its rules the way libseccomp compiles them for a
+// 64-bit architecture: a rule matches when all its conditions hold, on the
+// full 64-bit arguments. That reading is exact only for filters whose
+// rules need no backtracking (TestBuiltinSeccompRulesNeedNoBacktracking).
+func seccompVerdict(t *testing.T, s *specs.LinuxSeccomp, name string, args ...uint64) uint {
+	t.Helper()
+	if s.DefaultAction != specs.ActAllow {
+		t.Fatalf("seccompVerdict reads allow-by-default filters, not %s", s.DefaultAction)
+	}
+	var verdict uint
+	matched := false
+	for _, r := range s.Syscalls {
+		if !slices.Contains(r.Names, name) || !seccompArgsMatch(r.Args, args) {
+			continue
+		}
+		if r.Action != specs.ActErrno {
+			t.Fatalf("seccompVerdict reads SCMP_ACT_ERRNO rules, not %s (%s)", r.Action, name)
+		}
+		errno := uint(1) // runc's default errno: EPERM
+		if r.ErrnoRet != nil {
+			errno = *r.ErrnoRet
+		}
+		if matched && errno != verdict {
+			t.Fatalf("%s%v: two rules answer errno %d and %d", name, args, verdict, errno)
+		}
+		verdict, matched = errno, true
+	}
+	return verdict
+}
+
+func seccompArgsMatch(conds []specs.LinuxSeccompArg, args []uint64) bool {
+	for _, c := range conds {
+		var a uint64
+		if int(c.Index) < len(args) {
+			a = args[c.Index]
+		}
+		var ok bool
+		switch c.Op {
+		case specs.OpEqualTo:
+			ok = a == c.Value
+		case specs.OpNotEqual:
+			ok = a != c.Value
+		case specs.OpGreaterThan:
+			ok = a > c.Value
+		case specs.OpGreaterEqual:
+			ok = a >= c.Value
+		case specs.OpLessThan:
+			ok = a < c.Value
+		case specs.OpLessEqual:
+			ok = a <= c.Value
+		case specs.OpMaskedEqual:
+			ok = a&c.Value == c.ValueTwo
+		}
+		if !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// TestBuiltinSeccompRulesNeedNoBacktracking: libseccomp merges the rules of
+// one system call into a tree and does not backtrack: when a rule's first
+// condition holds and its second fails, the other rules' conditions on the
+// first argument are never tried. A moderate profile with "domain != 16
+// and type is SOCK_RAW" next to "domain > 16" let i386 socket(AF_VSOCK)
+// through. So a rule with two conditions must be the only rule of its
+// system call; otherwise every rule checks one argument.
+func TestBuiltinSeccompRulesNeedNoBacktracking(t *testing.T) {
+	for _, level := range []string{policy.SeccompStrict, policy.SeccompModerate} {
+		for _, arch := range []string{"amd64", "arm64"} {
+			s, err := LoadSeccomp(level, SeccompEnv{Arch: arch})
+			if err != nil {
+				t.Fatal(err)
+			}
+			rules := map[string]int{}
+			for _, r := range s.Syscalls {
+				for _, n := range r.Names {
+					rules[n]++
+				}
+			}
+			for _, r := range s.Syscalls {
+				if len(r.Args) < 2 {
+					continue
+				}
+				for _, n := range r.Names {
+					if rules[n] > 1 {
+						t.Errorf("%s on %s: a rule with %d conditions for %s, which has %d rules", level, arch, len(r.Args), n, rules[n])
+					}
+				}
+			}
+		}
+	}
+}
+
+// TestBuiltinSeccompAllowsOnlyListedSocketFamilies checks, for every
+// family number and for socket and socketpair alike, that the built-in
+// filters allow exactly AF_UNIX, AF_INET, AF_INET6 (and AF_NETLINK under
+// moderate), that no high bits in the domain (the kernel reads the low 32)
+// turn a refused family into an allowed one, and that strict refuses
+// SOCK_RAW whatever the flags (THREATS F4, F5).
+func TestBuiltinSeccompAllowsOnlyListedSocketFamilies(t *testing.T) {
+	const (
+		afUnix, afInet, afInet6, afNetlink, afPacket, afVsock = 1, 2, 10, 16, 17, 40
+		sockStream, sockDgram, sockRaw                        = 1, 2, 3
+		sockNonblock, sockCloexec                             = 0x800, 0x80000
+	)
+	tests := []struct {
+		level   string
+		allowed []uint64
+		rawOK   []uint64 // families where the filter lets SOCK_RAW through
+	}{
+		{policy.SeccompStrict, []uint64{afUnix, afInet, afInet6}, nil},
+		// moderate leaves raw IP to CAP_NET_RAW: pairing a family with a
+		// type would need a two-condition rule beside the family rules.
+		{policy.SeccompModerate, []uint64{afUnix, afInet, afInet6, afNetlink}, []uint64{afUnix, afInet, afInet6, afNetlink}},
+	}
+	for _, tc := range tests {
+		s, err := LoadSeccomp(tc.level, SeccompEnv{Arch: "amd64"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, call := range []string{"socket", "socketpair"} {
+			var allowed []uint64
+			for family := uint64(0); family < 256; family++ {
+				if seccompVerdict(t, s, call, family, sockStream, 0) == 0 {
+					allowed = append(allowed, family)
+				}
+				for _, high := range []uint64{1 << 32, 0xffffffff00000000} {
+					if !slices.Contains(tc.allowed, family) && seccompVerdict(t, s, call, high|family, sockStream, 0) == 0 {
+						t.Errorf("%s: %s(%#x) allowed: the kernel reads it as family %d", tc.level, call, high|family, family)
+					}
+				}
+			}
+			if d := cmp.Diff(tc.allowed, allowed); d != "" {
+				t.Errorf("%s: %s families allowed (-want +got)\n%s", tc.level, call, d)
+			}
+			for _, family := range tc.allowed {
+				for _, typ := range []uint64{sockRaw, sockRaw | sockNonblock | sockCloexec, 1<<32 | sockRaw} {
+					errno := seccompVerdict(t, s, call, family, typ, 0)
+					if want := !slices.Contains(tc.rawOK, family); (errno != 0) != want {
+						t.Errorf("%s: %s(%d, %#x) errno %d, refused should be %v", tc.level, call, family, typ, errno, want)
+					}
+				}
+				if errno := seccompVerdict(t, s, call, family, sockDgram|sockCloexec, 0); errno != 0 {
+					t.Errorf("%s: %s(%d, SOCK_DGRAM|SOCK_CLOEXEC) refused with errno %d", tc.level, call, family, errno)
+				}
+			}
+			for _, family := range []uint64{afPacket, afVsock} {
+				if errno := seccompVerdict(t, s, call, family, sockStream, 0); errno != 1 {
+					t.Errorf("%s: %s(%d) errno %d, want EPERM", tc.level, call, family, errno)
+				}
+			}
+		}
+	}
+}
+
+// TestBuiltinSeccompRefusesSOMark: the sandbox firewall exempts egressd's
+// socket mark, and CAP_NET_RAW sets one since Linux 5.17; the filters
+// refuse setsockopt(SOL_SOCKET, SO_MARK) on the low 32 bits of level and
+// name, as the kernel reads them, and nothing else.
+func TestBuiltinSeccompRefusesSOMark(t *testing.T) {
+	const solSocket, soMark, soReuseAddr, solIP = 1, 36, 2, 0
+	for _, level := range []string{policy.SeccompStrict, policy.SeccompModerate} {
+		s, err := LoadSeccomp(level, SeccompEnv{Arch: "amd64"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, tc := range []struct {
+			level, name uint64
+			want        uint
+		}{
+			{solSocket, soMark, 1},
+			{1<<32 | solSocket, soMark, 1},
+			{solSocket, 1<<33 | soMark, 1},
+			{solSocket, soReuseAddr, 0},
+			{solIP, soMark, 0},
+		} {
+			if got := seccompVerdict(t, s, "setsockopt", 3, tc.level, tc.name, 0, 4); got != tc.want {
+				t.Errorf("%s: setsockopt(3, %#x, %#x) errno %d, want %d", level, tc.level, tc.name, got, tc.want)
+			}
+		}
 	}
 }
 

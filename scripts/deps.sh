@@ -24,6 +24,11 @@ missing=()
 for cmd in "${!pkgs[@]}"; do
 	command -v "$cmd" >/dev/null 2>&1 || missing+=("${pkgs[$cmd]}")
 done
+# gcc builds the e2e attack helpers (e2e/testdata/*.c), which need libc's and
+# the kernel's headers; gcc only recommends them, and recommends are not
+# installed below.
+[ -e /usr/include/stdio.h ] || missing+=(libc6-dev)
+[ -e /usr/include/linux/io_uring.h ] || missing+=(linux-libc-dev)
 if [ "${#missing[@]}" -gt 0 ]; then
 	if [ "$(id -u)" -ne 0 ]; then
 		echo "deps: missing packages (${missing[*]}); run as root to install them" >&2
