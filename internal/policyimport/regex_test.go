@@ -50,8 +50,8 @@ func TestTranslateRegex(t *testing.T) {
 		{re: `^.+github\.com$`},                   // .+ where empty leaves a valid name
 		{re: `\bexample\b`},                       // word boundary
 		{re: `^(a|b|c|d|e)(a|b|c|d|e)\.example$`}, // 25 alternatives
-		{re: `^(unclosed`},                        // not a regex
-		{re: `^a^b$`},                             // anchor in the middle
+		{re: `^(unclosed`}, // not a regex
+		{re: `^a^b$`},      // anchor in the middle
 	}
 	for _, tt := range tests {
 		tr := TranslateRegex(tt.re)
