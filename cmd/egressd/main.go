@@ -55,6 +55,8 @@ func commands() []command {
 		{name: "profiles", alias: "profile list", run: noCtx(cmdProfiles)},
 		{name: "serve", synopsis: "[flags]", summary: "run the DNS resolver and proxy that enforce a policy",
 			run: cmdServe, complete: completeServe},
+		{name: "policy", synopsis: "import|suggest [flags] FILE...", summary: "translate another tool's settings into a policy; learn an allow list from audit logs",
+			run: noCtx(cmdPolicy), complete: completePolicy},
 		{name: "firewall", synopsis: "install|verify|remove [flags]", summary: "put the sandbox firewall into the current network namespace (init containers)",
 			run: cmdFirewall, complete: completeFirewall},
 		{name: "health", synopsis: "--admin ADDR [--ready]", summary: "ask a running egressd whether it is healthy (container and pod probes)",

@@ -199,7 +199,7 @@ func Import(formatName, name string, data []byte, opts Options) (*Result, error)
 		li, lj := im.warnings[i].line, im.warnings[j].line
 		return li != 0 && (lj == 0 || li < lj)
 	})
-	text, vw, err := im.out.Render(name)
+	text, vw, err := im.out.Render("(imported policy)")
 	if err != nil {
 		return nil, err
 	}
