@@ -2,18 +2,14 @@ package policyimport
 
 import (
 	"errors"
-	"flag"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
-	"github.com/google/go-cmp/cmp"
-
+	"github.com/egressd/egressd/internal/golden"
 	"github.com/egressd/egressd/policy"
 )
-
-var update = flag.Bool("update", false, "rewrite the golden files")
 
 // TestImportGolden imports every file under testdata/FORMAT/ and compares
 // the policy and the warnings with FILE.golden. Each imported policy must
@@ -45,20 +41,7 @@ func TestImportGolden(t *testing.T) {
 					got = renderResult(res)
 					checkValidates(t, res.Policy)
 				}
-				golden := file + ".golden"
-				if *update {
-					if err := os.WriteFile(golden, []byte(got), 0o644); err != nil {
-						t.Fatal(err)
-					}
-					return
-				}
-				want, err := os.ReadFile(golden)
-				if err != nil {
-					t.Fatalf("%v (run go test -update)", err)
-				}
-				if diff := cmp.Diff(string(want), got); diff != "" {
-					t.Errorf("%s (-want +got):\n%s", golden, diff)
-				}
+				golden.Check(t, file+".golden", got)
 			})
 		}
 	}

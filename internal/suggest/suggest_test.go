@@ -2,7 +2,6 @@ package suggest
 
 import (
 	"bytes"
-	"flag"
 	"os"
 	"path/filepath"
 	"strings"
@@ -10,10 +9,9 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/egressd/egressd/internal/golden"
 	"github.com/egressd/egressd/policy"
 )
-
-var update = flag.Bool("update", false, "rewrite the golden files")
 
 // run suggests from files and renders policy, notes and problems.
 func run(t *testing.T, opts Options, files ...string) (out string, pol []byte) {
@@ -59,39 +57,21 @@ func checkValidates(t *testing.T, pol []byte) {
 	}
 }
 
-func golden(t *testing.T, name, got string) {
-	t.Helper()
-	path := filepath.Join("testdata", name)
-	if *update {
-		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run go test -update)", err)
-	}
-	if diff := cmp.Diff(string(want), got); diff != "" {
-		t.Errorf("%s (-want +got):\n%s", path, diff)
-	}
-}
-
 func TestSuggestGolden(t *testing.T) {
 	out, _ := run(t, Options{}, "testdata/audit.log")
-	golden(t, "audit.golden", out)
+	golden.Check(t, "testdata/audit.golden", out)
 }
 
 func TestSuggestCollapse(t *testing.T) {
 	out, _ := run(t, Options{Collapse: 3, Profile: "strict"}, "testdata/audit.log")
-	golden(t, "audit-collapse3.golden", out)
+	golden.Check(t, "testdata/audit-collapse3.golden", out)
 }
 
 // TestSuggestBadLines: every unusable line is reported with its number,
 // and the good lines around them are still used.
 func TestSuggestBadLines(t *testing.T) {
 	out, _ := run(t, Options{}, "testdata/bad.log")
-	golden(t, "bad.golden", out)
+	golden.Check(t, "testdata/bad.golden", out)
 }
 
 // TestCollapseThreshold: names collapse only when at least the threshold
