@@ -200,15 +200,17 @@ func TestCompletionScriptsParseAndOfferEveryCommand(t *testing.T) {
 				return
 			}
 			for line, want := range map[string]string{
-				"egressd ''":                     "check completion firewall health profile serve validate version",
-				"egressd firewall install --mo":  "--mode",
-				"egressd firewall ''":            "install remove verify",
-				"egressd serve --log-format ''":  "json text",
-				"egressd profile show st":        "standard strict",
-				"egressd check --floor off":      "offline",
-				"egressd completion ''":          "bash fish zsh",
-				"egressd firewall remove --":     "--netns",
-				"egressd firewall verify --dry-": "",
+				"egressd ''":                      "check completion firewall health policy profile serve validate version",
+				"egressd policy ''":               "import suggest",
+				"egressd policy import --from ''": "agentkernel isol8 sandbox-runtime smokescreen",
+				"egressd firewall install --mo":   "--mode",
+				"egressd firewall ''":             "install remove verify",
+				"egressd serve --log-format ''":   "json text",
+				"egressd profile show st":         "standard strict",
+				"egressd check --floor off":       "offline",
+				"egressd completion ''":           "bash fish zsh",
+				"egressd firewall remove --":      "--netns",
+				"egressd firewall verify --dry-":  "",
 			} {
 				prog := `source "$1"; eval "COMP_WORDS=($2)"; COMP_CWORD=$(( ${#COMP_WORDS[@]} - 1 )); _egressd; printf '%s\n' "${COMPREPLY[@]}" | sort | tr '\n' ' '`
 				out, err := exec.Command(sh, "-c", prog, "bash", p, line).CombinedOutput()

@@ -82,6 +82,8 @@ examples:
   egressd validate policy.toml
   egressd check --policy policy.toml pypi.org evil.example:443
   egressd profile show strict > policy.toml
+  egressd policy import --from isol8 isol8.config.json > policy.toml
+  egressd policy suggest --collapse 3 audit.log > learned.toml
   egressd serve --policy /etc/egressd/policy.toml --admin-listen 127.0.0.1:9901 --mark 0x4547
   egressd firewall install --mark 0x4547 --admin-port 9901
   source <(egressd completion bash)

@@ -23,6 +23,11 @@ suggest  print the smallest allow list covering what the audit logs show
          denied for want of an allow rule
 
 FILE and AUDIT-LOG may be - for standard input. docs/migrating.md has the details.
+
+examples:
+  egressd policy import --from sandbox-runtime ~/.srt-settings.json > policy.toml
+  egressd policy import --from smokescreen --service ci-runner acl.yaml > ci.toml
+  egressd policy suggest --collapse 3 /var/log/egressd/audit.log > learned.toml
 `
 
 // cmdPolicy is the `egressd policy` command group.
@@ -81,7 +86,12 @@ policy is still printed, with the list at its top), 2 on usage errors or a
 source that cannot be read.
 
 formats:
-`+formats.String()+"\n", stderr)
+`+formats.String()+`
+examples:
+  egressd policy import --from agentkernel agentkernel.toml > policy.toml
+  egressd policy import --from smokescreen --service ci-runner acl.yaml > ci.toml
+
+`, stderr)
 	from = fs.String("from", "", "source `FORMAT` (see above)")
 	service = fs.String("service", "", "smokescreen: the service `NAME` whose rule to import (default: the ACL's default rule)")
 	return fs, from, service
@@ -142,6 +152,10 @@ rule, the address guard or an invalid name made are counted, never allowed.
 Lines that are not audit records are reported with their numbers.
 Exit 0, 1 when some lines could not be used (the policy is still printed),
 2 on usage errors or a log that cannot be read.
+
+examples:
+  egressd policy suggest audit.log > learned.toml
+  egressd policy suggest --collapse 3 --profile strict audit-*.log > learned.toml
 
 `, stderr)
 	collapse = fs.Int("collapse", 0, "write *.suffix for `N` or more names below one suffix (never a public suffix such as com, co.uk or github.io); 0: exact names")
