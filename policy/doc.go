@@ -13,7 +13,7 @@
 //	                 warnings, floor                 Decide / DecideName / GuardAddr
 //	                                                 (pure, no I/O, no allocation)
 //
-// Decision order (DESIGN.md): invalid target → deny (invalid-name); any block
+// Decision order (docs/design.md): invalid target → deny (invalid-name); any block
 // rule → deny (blocked-by); an allow rule for name and port → allow
 // (allowed-by), else deny (no-allow-rule); every resolved address of an allowed
 // name then passes GuardAddr (guarded-address).

@@ -169,7 +169,7 @@ func fuzzName(r *fuzzReader) string {
 }
 
 // fuzzPolicy builds a policy from the bytes: each rule is one shape from
-// DESIGN.md's table over a small vocabulary, so that names collide often.
+// docs/design.md's table over a small vocabulary, so that names collide often.
 // It also returns the names it used, from which queries are built.
 func fuzzPolicy(r *fuzzReader) (NetworkPolicy, []string) {
 	var n NetworkPolicy

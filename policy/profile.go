@@ -66,7 +66,7 @@ const (
 type FilesystemSettings struct {
 	// ReadOnly makes the sandbox's root file system read-only; only Tmpfs
 	// paths and the workspace are writable. When false the root is a
-	// throwaway overlay (DESIGN.md: a writable root is never the host's).
+	// throwaway overlay (docs/design.md: a writable root is never the host's).
 	ReadOnly bool
 	// Tmpfs are the writable scratch mounts, one per path.
 	Tmpfs []Tmpfs

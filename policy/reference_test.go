@@ -10,9 +10,9 @@ import (
 )
 
 // refMatcher is the naive reference the Matcher is checked against: a
-// linear scan over every rule, written straight from DESIGN.md with none of
-// the Matcher's indexes. Globs are matched with gobwas/glob, the library
-// DESIGN.md defines glob semantics by, so the differential also checks the
+// linear scan over every rule, written straight from docs/design.md with
+// none of the Matcher's indexes. Globs are matched with gobwas/glob, the
+// library docs/design.md defines glob semantics by, so the differential also checks the
 // Matcher's own linear-time glob matcher.
 type refMatcher struct {
 	mode         Mode

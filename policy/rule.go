@@ -25,7 +25,7 @@ const (
 const maxGlobWildcards = 8
 
 // Rule is one allow or block pattern, parsed and compiled by ParseRule.
-// The pattern language is DESIGN.md's table:
+// The pattern language is docs/design.md's table:
 //
 //	example.com        exactly example.com
 //	*.example.com      any name strictly below example.com, at any depth

@@ -60,7 +60,7 @@ func TestAuditLinePerDecision(t *testing.T) {
 	}
 }
 
-// DESIGN "Performance notes": the relay hands the bare *net.TCPConn of
+// docs/design.md, "Performance notes": the relay hands the bare *net.TCPConn of
 // both sides to io.Copy (so TCPConn.ReadFrom splices), and counts bytes
 // from what io.Copy returns.
 func TestSpliceFastPathKept(t *testing.T) {

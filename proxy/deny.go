@@ -30,8 +30,9 @@ const (
 	ReasonTimeout      = "timeout"             // header or hello not complete in time
 )
 
-// denial is a refusal. It is not a failure of egressd (STYLE: a policy
-// denial has its own type), and carries what a person needs to know why.
+// denial is a refusal. It is not a failure of egressd (a policy denial has
+// its own type, so callers tell "blocked by rule X" from "upstream timed
+// out"), and carries what a person needs to know why.
 type denial struct {
 	// status is the HTTP status for the explicit proxy and plain HTTP.
 	status int

@@ -30,8 +30,8 @@
 //     never forwarded before.
 //   - On the transparent listener, TLS without SNI is allowed only to an
 //     address an allow IP rule names, as on the explicit path (THREATS E1).
-//     DESIGN.md also lets a learned address through; a shared front end
-//     serves other names on that address, so it is not enough.
+//     A learned address is not enough: a shared front end serves other
+//     names on that address.
 //     HTTP after empty lines or with bare-LF line ends, and HTTP that
 //     arrives after the server-first wait, still takes the per-request
 //     HTTP path.
@@ -77,5 +77,6 @@
 //
 // Tunnels are spliced: io.Copy between the two *net.TCPConn, bytes counted
 // from its return values, idleness read from TCP_INFO by one watchdog, so
-// no wrapper ever hides a *net.TCPConn (DESIGN "Performance notes").
+// no wrapper ever hides a *net.TCPConn (docs/design.md, "Performance
+// notes").
 package proxy

@@ -14,9 +14,10 @@ import (
 // The relay. Between two *net.TCPConn, io.Copy becomes TCPConn.ReadFrom,
 // which moves the bytes with splice(2) and never copies them through user
 // space. Wrapping either side (to count bytes, say) silently loses that
-// and doubles the CPU per byte (DESIGN "Performance notes"). So the relay
-// hands the bare connections to io.Copy, counts from its return values,
-// and watches idleness through TCP_INFO instead of per-read deadlines.
+// and doubles the CPU per byte (docs/design.md, "Performance notes"). So
+// the relay hands the bare connections to io.Copy, counts from its return
+// values, and watches idleness through TCP_INFO instead of per-read
+// deadlines.
 
 // copyFn is the relay's copy; tests replace it to check that both sides
 // arrive as *net.TCPConn.

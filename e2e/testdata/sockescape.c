@@ -1,6 +1,6 @@
 // sockescape tries, from inside a sandbox, every way a process can get a
 // socket of a family or type the seccomp filter refuses, and one socket
-// option: the attack helper of e2e/seccomp_test.go (THREATS F4, F5).
+// option: the attack helper of e2e/socketescape_test.go (THREATS F4, F5).
 //
 // It prints one line per attempt, "NAME=RESULT", where RESULT is "ok" (the
 // kernel handed out a socket; it is closed at once and never connected) or

@@ -2,7 +2,7 @@
 // Prometheus metrics, policy reload and the resolved policy. It must never be
 // reachable from the sandbox: serve it on a unix socket outside anything
 // mounted into the container, or on a loopback port the sandbox firewall
-// protects (DESIGN.md, THREATS G3).
+// protects (docs/design.md, THREATS G3).
 package admin
 
 import (
