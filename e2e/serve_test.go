@@ -1179,9 +1179,10 @@ func TestCNAMEIntoBlockedNameDenied(t *testing.T) {
 
 // ---- helpers for this file ---------------------------------------------------
 
-// listenBanner runs a TCP server in the world on a that says BANNER and
-// hangs up; the world counts what it accepts (TCPAccepted).
-func listenBanner(t *testing.T, w *fakenet.World, a netip.AddrPort) {
+// listenWorld runs a TCP server in the world on a that serves each
+// connection with serve (which closes it); the world counts what it
+// accepts (TCPAccepted) and closes the listener at teardown.
+func listenWorld(t *testing.T, w *fakenet.World, a netip.AddrPort, serve func(net.Conn)) {
 	t.Helper()
 	ln, err := w.ListenTCP(a)
 	if err != nil {
@@ -1193,10 +1194,19 @@ func listenBanner(t *testing.T, w *fakenet.World, a netip.AddrPort) {
 			if err != nil {
 				return
 			}
-			_, _ = c.Write([]byte("BANNER " + a.String() + "\r\n"))
-			c.Close()
+			go serve(c)
 		}
 	}()
+}
+
+// listenBanner runs a TCP server in the world on a that says BANNER and
+// hangs up.
+func listenBanner(t *testing.T, w *fakenet.World, a netip.AddrPort) {
+	t.Helper()
+	listenWorld(t, w, a, func(c net.Conn) {
+		_, _ = c.Write([]byte("BANNER " + a.String() + "\r\n"))
+		c.Close()
+	})
 }
 
 // refusedFast reports whether a raw TCP probe carrying payload was refused
