@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -90,8 +91,11 @@ func (p *Proxy) serveRedirected(cc *clientConn, orig netip.AddrPort) {
 		}
 		dn := unclassified(len(buf), err, p.cfg.HeaderTimeout)
 		if len(buf) == 0 {
-			// Silent throughout: say why the raw rule did not let it through.
-			_, _, dn = p.decideRaw(p.cfg.Policy.Current(), orig)
+			// Silent throughout: say why raw TCP (a server-first
+			// protocol) was not let through.
+			if _, _, dn = p.decideRaw(p.cfg.Policy.Current(), orig); dn != nil {
+				dn.detail = fmt.Sprintf("sent nothing within %s; ", p.cfg.HeaderTimeout) + dn.detail
+			}
 		}
 		if dn != nil {
 			p.logDenial(audit.KindTCP, orig.Addr().String(), orig.Port(), cc.client, nil, dn)
