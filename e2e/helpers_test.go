@@ -622,11 +622,11 @@ func probeUDP(t *testing.T, ns runner, addr netip.AddrPort, payload string) udpP
 
 // ---- in-process clients (sockets made inside the sandbox) ---------------
 
-// dialProxyTLS opens a CONNECT tunnel to host:port through the explicit
-// proxy from inside the sandbox and completes a TLS handshake with
-// serverName over it. The socket is an ordinary unmarked one in the
-// sandbox's namespace, so the firewall treats it as any sandbox process.
-func (e *egressd) dialProxyTLS(ctx context.Context, hostport, serverName string) (*tls.Conn, error) {
+// dialProxyTunnel opens a CONNECT tunnel to hostport through the explicit
+// proxy from inside the sandbox and returns it once the proxy answered 200.
+// The socket is an ordinary unmarked one in the sandbox's namespace, so the
+// firewall treats it as any sandbox process.
+func (e *egressd) dialProxyTunnel(ctx context.Context, hostport string) (net.Conn, error) {
 	c, err := e.s.DialContext(ctx, "tcp", fmt.Sprintf("127.0.0.1:%d", proxyPort))
 	if err != nil {
 		return nil, err
@@ -648,7 +648,22 @@ func (e *egressd) dialProxyTLS(ctx context.Context, hostport, serverName string)
 	}
 	if br.Buffered() > 0 {
 		c.Close()
-		return nil, errors.New("bytes after the CONNECT response before the handshake")
+		return nil, errors.New("bytes after the CONNECT response before the client spoke")
+	}
+	_ = c.SetDeadline(time.Time{})
+	return c, nil
+}
+
+// dialProxyTLS opens a CONNECT tunnel to host:port through the explicit
+// proxy from inside the sandbox (dialProxyTunnel) and completes a TLS
+// handshake with serverName over it.
+func (e *egressd) dialProxyTLS(ctx context.Context, hostport, serverName string) (*tls.Conn, error) {
+	c, err := e.dialProxyTunnel(ctx, hostport)
+	if err != nil {
+		return nil, err
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		_ = c.SetDeadline(dl)
 	}
 	tc := tls.Client(c, &tls.Config{ServerName: serverName, RootCAs: e.w.CertPool(), NextProtos: []string{"http/1.1"}})
 	if err := tc.HandshakeContext(ctx); err != nil {

@@ -56,6 +56,7 @@ func TestLauncher(t *testing.T) {
 			{"SIGTERMTearsDownAndNothingIsLeft", testLauncherSIGTERM},
 			{"ExplainShowsProfileRulesAndSpec", testLauncherExplain},
 			{"SandboxOfAKilledLauncherIsReaped", testLauncherReapsStale},
+			{"StreamsThatNameNoAllowedHostAreRefused", testLauncherUndecidedStreamsRefused},
 		} {
 			t.Run(tc.name, func(t *testing.T) {
 				t.Parallel()

@@ -383,14 +383,14 @@ func TestRawTCPToLearnedAddressWorksAndOtherAddressIsReset(t *testing.T) {
 	echo4, echo4b := ap(host4, 7), ap(host4b, 7)
 
 	// Before any lookup the address is unknown: no name, no rule.
-	if p := e.probeTCP(echo4, "before-dig"); p.Reply == "before-dig" {
+	if p := e.probeTCP(echo4, "before-dig\n"); p.Reply == "before-dig\n" {
 		t.Errorf("raw TCP to %s before any lookup was echoed: %+v", echo4, p)
 	}
 	// allowed.test has the same address, but is allowed on 80/443 only.
 	if d := e.dig("allowed.test"); !slices.Equal(d.answers, []string{"A 203.0.113.10"}) {
 		t.Fatalf("dig allowed.test: %s", d)
 	}
-	if p := e.probeTCP(echo4, "port-not-allowed"); p.Reply == "port-not-allowed" {
+	if p := e.probeTCP(echo4, "port-not-allowed\n"); p.Reply == "port-not-allowed\n" {
 		t.Errorf("raw TCP to %s learned only for allowed.test (80/443) was echoed: %+v", echo4, p)
 	}
 	if n := e.w.TCPAccepted(echo4); n != 0 {
@@ -400,14 +400,14 @@ func TestRawTCPToLearnedAddressWorksAndOtherAddressIsReset(t *testing.T) {
 	if d := e.dig("echo.test"); !slices.Equal(d.answers, []string{"A 203.0.113.10"}) {
 		t.Fatalf("dig echo.test: %s", d)
 	}
-	if p := e.probeTCP(echo4, "hello-echo"); p.Reply != "hello-echo" {
+	if p := e.probeTCP(echo4, "hello-echo\n"); p.Reply != "hello-echo\n" {
 		t.Errorf("raw TCP to learned %s: want the echo, got %+v", echo4, p)
 	}
 	if n := e.w.TCPAccepted(echo4); n != 1 {
 		t.Errorf("echo server on %s accepted %d connections, want 1", echo4, n)
 	}
 	// Another address on the same port was never an answer for echo.test.
-	if p := e.probeTCP(echo4b, "elsewhere"); !refusedFast(p, "elsewhere") {
+	if p := e.probeTCP(echo4b, "elsewhere\n"); !refusedFast(p, "elsewhere\n") {
 		t.Errorf("raw TCP to unlearned %s: want a reset or close, got %+v", echo4b, p)
 	}
 	if n := e.w.TCPAccepted(echo4b); n != 0 {
@@ -417,7 +417,7 @@ func TestRawTCPToLearnedAddressWorksAndOtherAddressIsReset(t *testing.T) {
 		return r.Kind == "tcp" && r.Target == host4b.String() && r.Decision == "deny"
 	})
 	e.waitAudit("the allowed raw TCP", func(r auditRecord) bool {
-		return r.Kind == "tcp" && r.Decision == "allow" && r.BytesUp == int64(len("hello-echo")) && r.BytesDown == int64(len("hello-echo"))
+		return r.Kind == "tcp" && r.Decision == "allow" && r.BytesUp == int64(len("hello-echo\n")) && r.BytesDown == int64(len("hello-echo\n"))
 	})
 }
 
@@ -544,7 +544,7 @@ func TestReloadThatRemovesAHostClosesItsOpenTunnel(t *testing.T) {
 		t.Fatalf("raw TCP to the echo server: %v", err)
 	}
 	defer echo.Close()
-	if got := echoOnce(echo, "before"); got != "before" {
+	if got := echoOnce(echo, "before\n"); got != "before\n" {
 		t.Fatalf("echo before the reload: %q", got)
 	}
 
@@ -586,7 +586,7 @@ func TestReloadThatRemovesAHostClosesItsOpenTunnel(t *testing.T) {
 	if len(resp) != 1 || resp[0].Status != http.StatusForbidden {
 		t.Errorf("new CONNECT drop.test:443 after the reload: want 403, got %+v", resp)
 	}
-	if p := e.probeTCP(ap(host4, 7), "after"); !refusedFast(p, "after") {
+	if p := e.probeTCP(ap(host4, 7), "after\n"); !refusedFast(p, "after\n") {
 		t.Errorf("new raw TCP to the echo server after the reload: want a refusal, got %+v", p)
 	}
 	if n := e.w.HTTPRequests("drop.test"); n != 1 {
@@ -609,7 +609,7 @@ func TestOneAuditLinePerDecision(t *testing.T) {
 	e.mustFetch("allowed.test", "-x", proxyURL, "https://allowed.test/")
 	e.curl("-x", proxyURL, "https://blocked.test/")
 	e.mustFetch("allowed.test", "-4", "http://allowed.test/transparent") // a DNS query (A only) and an HTTP request
-	e.probeTCP(ap(host4b, 7), "nope")
+	e.probeTCP(ap(host4b, 7), "nope\n")
 
 	type line struct {
 		Kind, Target string
@@ -667,7 +667,7 @@ func TestIPv6ToWorldIsFiltered(t *testing.T) {
 	if reply, r, ok := e.fetch("-6", "http://[2001:db8::10]/"); ok {
 		t.Errorf("HTTP to the IPv6 literal got the server's reply %+v\n%s", reply, r)
 	}
-	if p := e.probeTCP(ap(host6, 7), "v6-echo"); !refusedFast(p, "v6-echo") {
+	if p := e.probeTCP(ap(host6, 7), "v6-echo\n"); !refusedFast(p, "v6-echo\n") {
 		t.Errorf("raw IPv6 TCP to %s was echoed: %+v", ap(host6, 7), p)
 	}
 	if p := probeUDP(t, e.s, ap(host6, 7), "v6-udp"); p.Reply != "" {
@@ -1179,9 +1179,10 @@ func TestCNAMEIntoBlockedNameDenied(t *testing.T) {
 
 // ---- helpers for this file ---------------------------------------------------
 
-// listenBanner runs a TCP server in the world on a that says BANNER and
-// hangs up; the world counts what it accepts (TCPAccepted).
-func listenBanner(t *testing.T, w *fakenet.World, a netip.AddrPort) {
+// listenWorld runs a TCP server in the world on a that serves each
+// connection with serve (which closes it); the world counts what it
+// accepts (TCPAccepted) and closes the listener at teardown.
+func listenWorld(t *testing.T, w *fakenet.World, a netip.AddrPort, serve func(net.Conn)) {
 	t.Helper()
 	ln, err := w.ListenTCP(a)
 	if err != nil {
@@ -1193,10 +1194,19 @@ func listenBanner(t *testing.T, w *fakenet.World, a netip.AddrPort) {
 			if err != nil {
 				return
 			}
-			_, _ = c.Write([]byte("BANNER " + a.String() + "\r\n"))
-			c.Close()
+			go serve(c)
 		}
 	}()
+}
+
+// listenBanner runs a TCP server in the world on a that says BANNER and
+// hangs up.
+func listenBanner(t *testing.T, w *fakenet.World, a netip.AddrPort) {
+	t.Helper()
+	listenWorld(t, w, a, func(c net.Conn) {
+		_, _ = c.Write([]byte("BANNER " + a.String() + "\r\n"))
+		c.Close()
+	})
 }
 
 // refusedFast reports whether a raw TCP probe carrying payload was refused

@@ -276,6 +276,7 @@ func FuzzMatcher(f *testing.F) {
 		}
 		check("DecideName("+name+")", m.DecideName(name, port), ref.DecideName(name, port))
 		check("DecideNameAnyPort("+name+")", m.DecideNameAnyPort(name), ref.DecideName(name, 0))
+		check("DecideNameRaw("+name+")", m.DecideNameRaw(name, port), ref.DecideNameRaw(name, port))
 		addr := netip.MustParseAddr(r.pick(fuzzAddrs))
 		if len(data) >= 4 && data[0]%5 == 0 {
 			// An arbitrary address near the vocabulary.

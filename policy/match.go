@@ -275,6 +275,29 @@ func (m *Matcher) Mode() Mode {
 // DecideNameAnyPort). A nil Matcher or mode none denies (no-allow-rule).
 // For a canonical name without "xn--" labels DecideName does not allocate.
 func (m *Matcher) DecideName(name string, port uint16) Decision {
+	return m.decideName(name, port, false)
+}
+
+// DecideNameRaw decides raw TCP to a host name on port: a stream that
+// names no host itself (neither a TLS ClientHello with server_name nor an
+// HTTP/1 request with Host), sent to an address learned for name or through
+// a CONNECT tunnel to name. It is DecideName with only the allow rules that
+// name their port counting (`ssh.example.com:22`, `*.example.com:8000-8100`,
+// `git.example.com:*`): a portless rule's default_ports admit a name for
+// the protocols that carry it, whose every stream or request the proxy
+// decides on the name it carries, not for bytes that could be for any site
+// served at the same address. So a raw stream is allowed only where a rule
+// says so for that port, whatever the order or specificity of the portless
+// rules that also match; block rules apply as in DecideName. Port 0 means
+// "for some port". DecideNameRaw does not allocate where DecideName does
+// not.
+func (m *Matcher) DecideNameRaw(name string, port uint16) Decision {
+	return m.decideName(name, port, true)
+}
+
+// decideName is DecideName, or DecideNameRaw when raw is set (then a
+// portless allow rule allows no port: its default ports are not passed).
+func (m *Matcher) decideName(name string, port uint16, raw bool) Decision {
 	if m == nil || m.mode == ModeNone {
 		return Decision{Reason: ReasonNoAllowRule}
 	}
@@ -285,7 +308,11 @@ func (m *Matcher) DecideName(name string, port uint16) Decision {
 	if r := m.block.lookupName(n, port, nil, true); r != nil {
 		return Decision{Reason: ReasonBlockedBy, Rule: r}
 	}
-	if r := m.allow.lookupName(n, port, m.defaultPorts, false); r != nil {
+	defaults := m.defaultPorts
+	if raw {
+		defaults = nil
+	}
+	if r := m.allow.lookupName(n, port, defaults, false); r != nil {
 		return Decision{Allow: true, Reason: ReasonAllowedBy, Rule: r}
 	}
 	return Decision{Reason: ReasonNoAllowRule}

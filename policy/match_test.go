@@ -515,3 +515,58 @@ func TestLiveHoldsTheMatcherInForce(t *testing.T) {
 		t.Fatalf("stored matcher denied: %v", d)
 	}
 }
+
+// A raw stream (no SNI, no Host) is allowed only by a rule that names its
+// port: default_ports admit a name for TLS and HTTP, which carry it. The
+// answer does not depend on which matching rule is more specific or
+// written first.
+func TestDecideNameRawNeedsARuleNamingThePort(t *testing.T) {
+	m := newTestMatcher(t,
+		[]string{"web.test", "ssh.test:22", "both.test", "both.test:443", "*.wide.test:*", "exact.wide.test", "range.test:8000-8100", "*.blocked.test:22"},
+		[]string{"x.blocked.test"})
+	tests := []struct {
+		name   string
+		port   uint16
+		byName dec // DecideName
+		raw    dec // DecideNameRaw
+	}{
+		{"web.test", 443, wantAllowed("web.test"), wantNoRule()},
+		{"web.test", 80, wantAllowed("web.test"), wantNoRule()},
+		{"web.test", 22, wantNoRule(), wantNoRule()},
+		{"web.test", 0, wantAllowed("web.test"), wantNoRule()},
+		{"ssh.test", 22, wantAllowed("ssh.test:22"), wantAllowed("ssh.test:22")},
+		{"SSH.test.", 22, wantAllowed("ssh.test:22"), wantAllowed("ssh.test:22")},
+		{"ssh.test", 443, wantNoRule(), wantNoRule()},
+		{"ssh.test", 0, wantAllowed("ssh.test:22"), wantAllowed("ssh.test:22")},
+		// Written first, the portless rule reports the name decision; the
+		// rule naming 443 still admits raw.
+		{"both.test", 443, wantAllowed("both.test"), wantAllowed("both.test:443")},
+		{"both.test", 80, wantAllowed("both.test"), wantNoRule()},
+		// A more specific portless rule does not hide a wider rule naming
+		// the port.
+		{"exact.wide.test", 443, wantAllowed("exact.wide.test"), wantAllowed("*.wide.test:*")},
+		{"a.wide.test", 5432, wantAllowed("*.wide.test:*"), wantAllowed("*.wide.test:*")},
+		{"range.test", 8080, wantAllowed("range.test:8000-8100"), wantAllowed("range.test:8000-8100")},
+		{"range.test", 443, wantNoRule(), wantNoRule()},
+		// Block wins on both questions.
+		{"x.blocked.test", 22, wantBlocked("x.blocked.test"), wantBlocked("x.blocked.test")},
+		{"y.blocked.test", 22, wantAllowed("*.blocked.test:22"), wantAllowed("*.blocked.test:22")},
+		{"a..test", 22, wantInvalid(), wantInvalid()},
+		{"203.0.113.7", 22, wantInvalid(), wantInvalid()},
+	}
+	for _, tc := range tests {
+		if diff := cmp.Diff(tc.byName, summarize(m.DecideName(tc.name, tc.port))); diff != "" {
+			t.Errorf("DecideName(%q, %d) (-want +got):\n%s", tc.name, tc.port, diff)
+		}
+		if diff := cmp.Diff(tc.raw, summarize(m.DecideNameRaw(tc.name, tc.port))); diff != "" {
+			t.Errorf("DecideNameRaw(%q, %d) (-want +got):\n%s", tc.name, tc.port, diff)
+		}
+	}
+	var none *Matcher
+	if d := none.DecideNameRaw("ssh.test", 22); d.Allow {
+		t.Errorf("nil Matcher: DecideNameRaw allowed: %v", d)
+	}
+	if n := testing.AllocsPerRun(100, func() { m.DecideNameRaw("exact.wide.test", 443) }); n != 0 {
+		t.Errorf("DecideNameRaw allocates %v times per call", n)
+	}
+}

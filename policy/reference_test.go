@@ -152,6 +152,14 @@ func (ref *refMatcher) DecideName(name string, port uint16) Decision {
 	return Decision{Reason: ReasonNoAllowRule}
 }
 
+// DecideNameRaw is DecideName with no default ports: a portless allow rule
+// allows no port.
+func (ref *refMatcher) DecideNameRaw(name string, port uint16) Decision {
+	raw := *ref
+	raw.defaults = nil
+	return raw.DecideName(name, port)
+}
+
 // guardBits returns the length of the most specific guarded range holding
 // a, or -1, by scanning the self list and the guard table.
 func (ref *refMatcher) guardBits(a netip.Addr) int {

@@ -26,7 +26,7 @@ func TestAuditLinePerDecision(t *testing.T) {
 	h.res.set("allowed.test", "127.0.0.1")
 
 	c, _, _ := h.connect(fmt.Sprintf("allowed.test:%d", rec.port))
-	echo(t, c, "0123456789")
+	echo(t, c, "012345678\n")
 	c.Close()
 	h.audit.waitRecords(t, 1)
 	h.connect("x.evil.test:443")

@@ -27,7 +27,8 @@ const (
 	ReasonDestLimit    = "destination-limit"   // MaxTunnelsPerDest reached (G5)
 	ReasonResolve      = "resolve-error"       // the resolver failed for an allowed name
 	ReasonUpstream     = "upstream-error"      // dial or upstream I/O failed after an allow
-	ReasonTimeout      = "timeout"             // header or hello not complete in time
+	ReasonTimeout      = "timeout"             // header, hello or first bytes not complete (or not classified) in time
+	ReasonUnidentified = "unidentified-stream" // h2c or bytes of no protocol egressd reads, where a name rule without a port admitted the address
 )
 
 // denial is a refusal. It is not a failure of egressd (a policy denial has

@@ -6,24 +6,83 @@
 //
 //	explicit listener ──► head parser ─┬─ CONNECT host:port ─► decide ─► dial ─► 200 ─► peek: ClientHello SNI == host? ─► splice
 //	                                   └─ GET http://h/ ────► decide (Host == h) ─► transport (pool keyed by vetted origin)
-//	transparent listener ─► SO_ORIGINAL_DST ─► peek first bytes
+//	transparent listener ─► SO_ORIGINAL_DST ─► classify first bytes
 //	                                   ├─ TLS  ─► decide SNI @ orig port ─► dial SNI's vetted addrs ─► splice
-//	                                   ├─ HTTP ─► per request: decide Host ─► transport
+//	                                   ├─ HTTP/1 ─► per request: decide Host ─► transport
 //	                                   ├─ TLS, no SNI ─► IP rule only ─► dial orig ─► splice
-//	                                   └─ other ─► learned address or IP rule ─► dial orig ─► splice
+//	                                   ├─ h2c, other ─► raw admitted? (port rule or IP rule) ─► dial orig ─► splice
+//	                                   └─ unclassified at the deadline ─► refused
+//	CONNECT tunnel (after 200) ─► classify first bytes: the same table, with the CONNECT target as the name
 //	dialer: name ─► Resolver ─► GuardAddr + self check per address ─► connect to that netip.AddrPort (SO_MARK set)
+//
+// # How each stream is decided: decide or refuse
+//
+// A stream is relayed only on a name it carries and egressd decides, or
+// where the policy admits raw TCP to its destination explicitly. The first
+// bytes say which kind it is (classify in peek.go):
+//
+//	stream (first bytes)          decided on                              otherwise
+//	TLS (a handshake record)      the ClientHello's one server_name, at   no SNI: only an address an allow IP
+//	                              the port; transparent: dialled at the   rule names (IP CONNECT target); ECH,
+//	                              name's own vetted addresses; CONNECT:   malformed, truncated, SNI ≠ CONNECT
+//	                              must equal the CONNECT host             host: refused
+//	HTTP/1 (token method in any   each request's Host (transparent: at    refused: 400 unparseable (bare LF,
+//	case, SP, ..., "HTTP/x.y")    the original port; CONNECT tunnel:      odd spacing), 403 Host not allowed
+//	                              must name the CONNECT target; explicit: or ≠ target, 505 a version other
+//	                              absolute URI == Host); forwarded as     than HTTP/1.x ("HTTP/2.0", the h2c
+//	                              HTTP/1.1, Upgrade removed               preface after an Upgrade)
+//	h2c ("PRI * HTTP/2.0")        not decided: no per-stream :authority   raw admitted: relayed; else refused
+//	                              check                                   (unidentified-stream)
+//	other (SSH, SMTP, binary)     nothing: it names no host               raw admitted: relayed; else refused
+//	                                                                      (unidentified-stream, no-allow-rule)
+//	unclassified when due         nothing                                 refused (timeout), never relayed
+//
+// Raw TCP is admitted explicitly, never by default_ports: on the
+// transparent listener when the original address was learned from an
+// allowed DNS answer for a name that a rule naming the port allows
+// (policy.Matcher.DecideNameRaw: `ssh.example.com:22`, `:8000-8100`, `:*`)
+// and passes the guard, or when an allow IP rule names the address; in a
+// CONNECT tunnel when the target is an IP literal (an allow IP rule admitted
+// it) or a name a rule naming the port allows. A portless rule admits its
+// name for TLS and HTTP only, which carry the name: a shared front end
+// serves other sites at the same address, so bytes that name no host could
+// be for any of them.
+//
+// "When due": HeaderTimeout after the connection was accepted, or, for a
+// connection let through silent (server-first), after its first byte. Bytes
+// that could still become a request line (token bytes and spaces, no line
+// end yet) are waited for until then; a line holding a control byte (git's
+// pkt-line), a token not followed by a space ("SSH-2.0-x"), or a line
+// without "HTTP/" ("EHLO x") is known at once. So a client whose whole
+// first message is such a prefix and that then waits for the server is
+// refused.
+//
+// h2c with prior knowledge is refused rather than decided stream by
+// stream: that would mean terminating HTTP/2 (HPACK, CONTINUATION,
+// multiplexed streams, flow control) in the enforcement point and
+// re-originating every stream, for a mode clients hardly use towards the
+// internet (curl --http2-prior-knowledge, plaintext gRPC). Clients of plain
+// http:// URLs speak HTTP/1.1, and h2 over TLS is decided on its SNI. Where
+// raw TCP is admitted (plaintext gRPC to `grpc.internal:50051`), h2c is
+// relayed like any other bytes.
+//
+// Plain HTTP inside an allowed CONNECT tunnel is decided per request rather
+// than refused: clients such as Node's fetch through undici's ProxyAgent
+// tunnel http:// URLs with CONNECT, and the per-request path is the one
+// absolute-form and transparent HTTP already take. Each request must be
+// origin-form and its Host must name the CONNECT target (else 403
+// host-mismatch); a CONNECT inside the tunnel is refused (405).
 //
 // # Decisions worth knowing
 //
-//   - Non-TLS bytes in an allowed CONNECT tunnel pass: the decision on
-//     host:port is made before the sniff (THREATS A5). A tunnel that starts
-//     with a TLS handshake record must carry a complete, well-formed
-//     ClientHello whose single server_name equals the CONNECT host; no SNI
-//     is accepted only when the CONNECT target is an IP literal an allow IP
-//     rule admits (then a SNI, if any, must not be blocked). ECH hellos are
-//     refused (E2). Inner Host / HTTP/2 :authority inside TLS is not seen
-//     (no MITM): the residual risk is the set of names served by the same
-//     front end (A2, A8).
+//   - The host:port decision of a CONNECT is made before the first bytes
+//     are seen (THREATS A5). A tunnel that starts with a TLS handshake
+//     record must carry a complete, well-formed ClientHello whose single
+//     server_name equals the CONNECT host; no SNI is accepted only when the
+//     CONNECT target is an IP literal an allow IP rule admits (then a SNI,
+//     if any, must not be blocked). ECH hellos are refused (E2). Inner Host
+//     / HTTP/2 :authority inside TLS is not seen (no MITM): the residual
+//     risk is the set of names served by the same front end (A2, A8).
 //   - The proxy answers 200 to a CONNECT only after the upstream dial
 //     succeeded, so dial failures are a readable 502/504. Bytes the client
 //     sent before the 200 are judged with the rest of its first bytes and
@@ -40,13 +99,15 @@
 //     (the IP rule allows the address whatever it serves); a blocked name
 //     is refused regardless.
 //   - A transparent connection that sends nothing for 300 ms is let
-//     through if the raw-TCP rule allows its address (server-first
+//     through if raw TCP to its address is admitted (server-first
 //     protocols); its first bytes are still judged when they come, so
-//     waiting does not skip the name check. First bytes that could still
-//     become an HTTP request line (an upper-case token so far) are waited
-//     for up to HeaderTimeout; a request line must end in " HTTP/1.x" to
-//     count as HTTP ("EHLO x" is not). A TLS record is recognised by its
-//     first byte, so the SNI check cannot be skipped by pausing.
+//     waiting does not skip the name check. A TLS record is recognised by
+//     its first byte, so the SNI check cannot be skipped by pausing.
+//   - Upgrade, HTTP2-Settings and the headers Connection names are removed
+//     from every forwarded request, and an upstream 101 is answered 502, so
+//     no decided request turns into an opaque stream (h2c, WebSocket:
+//     THREATS A9); a "PRI * HTTP/2.0" sent after an Upgrade attempt is
+//     refused (505) like any non-HTTP/1 request line.
 //   - net/http's server is not used for the explicit listener, nor
 //     goproxy on top of it: net/http deletes the Host header of an
 //     absolute-form request and silently resolves Content-Length plus
@@ -63,7 +124,8 @@
 // allow refuses it (SNI mismatch, ECH, guarded address), the record is the
 // denial instead. An allowed connection that failed afterwards (resolver,
 // dial, closed on policy reload) keeps decision "allow" and says why in
-// "error".
+// "error". A CONNECT tunnel that carries plain HTTP writes one http record
+// per request and, when it ends, its connect record without bytes.
 //
 // # Metrics
 //

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -21,15 +22,29 @@ import (
 // other (each decided on its own, THREATS A7) until the client closes, a
 // request is refused, or a CONNECT turns the connection into a tunnel.
 func (p *Proxy) serveExplicitConn(cc *clientConn) {
-	p.serveRequests(cc, bufio.NewReaderSize(cc.c, headReadBuffer), netip.AddrPort{})
+	p.serveRequests(cc, bufio.NewReaderSize(cc.c, headReadBuffer), arrival{})
 }
+
+// arrival is where plain-HTTP requests came in, which says what they may
+// name. The zero value is the explicit listener: CONNECT and absolute-form
+// requests.
+type arrival struct {
+	// orig is the original destination of a transparent connection;
+	// invalid otherwise.
+	orig netip.AddrPort
+	// tunnel is the target of the allowed CONNECT tunnel the requests came
+	// through (origin-form, and each Host must name it); zero otherwise.
+	tunnel policy.Target
+}
+
+// inTunnel reports whether the requests came through a CONNECT tunnel.
+func (a arrival) inTunnel() bool { return a.tunnel != policy.Target{} }
 
 // serveRequests reads requests from br one after the other (each decided
 // on its own, THREATS A7) until the client closes, a request is refused,
-// or a CONNECT turns the connection into a tunnel. orig is the original
-// destination on the transparent listener, and invalid on the explicit
-// one (where only CONNECT and absolute-form requests are served).
-func (p *Proxy) serveRequests(cc *clientConn, br *bufio.Reader, orig netip.AddrPort) {
+// or a CONNECT turns the connection into a tunnel. arr says which listener
+// or tunnel they came through.
+func (p *Proxy) serveRequests(cc *clientConn, br *bufio.Reader, arr arrival) {
 	c := cc.c
 	for first := true; ; first = false {
 		if !first {
@@ -54,9 +69,27 @@ func (p *Proxy) serveRequests(cc *clientConn, br *bufio.Reader, orig netip.AddrP
 			return
 		}
 		_ = c.SetReadDeadline(time.Time{})
+		if h.major != 1 {
+			// "GET / HTTP/2.0", "PRI * HTTP/2.0" after an h2c upgrade
+			// attempt: not HTTP/1, so not decided or forwarded as such.
+			d := denyf(http.StatusHTTPVersionNotSupported, ReasonBadRequest, "%s request line: only HTTP/1.x requests are served (h2c is refused)", h.proto)
+			target := h.target
+			if h.hasHost {
+				target = h.host
+			}
+			p.logDenial(audit.KindHTTP, target, 0, cc.client, nil, d)
+			answerAndClose(c, target, d)
+			return
+		}
 		if h.method == http.MethodConnect {
-			if orig.IsValid() {
-				d := denyf(http.StatusMethodNotAllowed, ReasonBadRequest, "CONNECT sent to %s, which is not a proxy", orig)
+			switch {
+			case arr.orig.IsValid():
+				d := denyf(http.StatusMethodNotAllowed, ReasonBadRequest, "CONNECT sent to %s, which is not a proxy", arr.orig)
+				p.logDenial(audit.KindConnect, h.target, 0, cc.client, nil, d)
+				answerAndClose(c, h.target, d)
+				return
+			case arr.inTunnel():
+				d := denyf(http.StatusMethodNotAllowed, ReasonBadRequest, "CONNECT inside a CONNECT tunnel to %s", arr.tunnel)
 				p.logDenial(audit.KindConnect, h.target, 0, cc.client, nil, d)
 				answerAndClose(c, h.target, d)
 				return
@@ -64,7 +97,7 @@ func (p *Proxy) serveRequests(cc *clientConn, br *bufio.Reader, orig netip.AddrP
 			p.handleConnect(cc, br, h)
 			return
 		}
-		if !p.handleHTTP(cc, br, h, orig) {
+		if !p.handleHTTP(cc, br, h, arr) {
 			return
 		}
 	}
@@ -164,7 +197,7 @@ func (p *Proxy) handleConnect(cc *clientConn, br *bufio.Reader, h *requestHead) 
 	_ = c.SetWriteDeadline(time.Time{})
 
 	r := startRelay(c, up)
-	prefix, dn := p.checkConnectStream(cc, prefix, t)
+	prefix, kind, dn := p.checkConnectStream(cc, prefix, t)
 	if dn != nil {
 		down := r.abort()
 		if dn.reason == "" { // client went away before sending anything
@@ -174,6 +207,21 @@ func (p *Proxy) handleConnect(cc *clientConn, br *bufio.Reader, h *requestHead) 
 		p.logDenial(audit.KindConnect, host, t.Port, cc.client, a.addrs, dn)
 		return
 	}
+	if kind == streamHTTP {
+		// Plain HTTP in the tunnel: decided per request, each Host must
+		// name the tunnel's target, each request forwarded like an
+		// absolute-form one (a splice would pass every request after the
+		// first undecided). No HTTP server speaks first.
+		if !r.detach() {
+			p.logDenial(audit.KindConnect, host, t.Port, cc.client, a.addrs,
+				denyf(0, ReasonBadRequest, "HTTP request after the server spoke first"))
+			resetConn(c)
+			return
+		}
+		p.serveRequests(cc, bufio.NewReaderSize(io.MultiReader(bytes.NewReader(prefix), c), headReadBuffer), arrival{tunnel: t})
+		p.finish(a, 0, 0, cc.closedReason())
+		return
+	}
 	cc.setRelaying(true)
 	upN, downN, err := r.run(prefix)
 	cc.setRelaying(false)
@@ -181,55 +229,69 @@ func (p *Proxy) handleConnect(cc *clientConn, br *bufio.Reader, h *requestHead) 
 }
 
 // checkConnectStream waits for the client's first bytes in an allowed
-// tunnel and judges them. A denial with an empty reason means the client
-// closed or idled out before sending anything.
-func (p *Proxy) checkConnectStream(cc *clientConn, prefix []byte, t policy.Target) ([]byte, *denial) {
+// tunnel and judges them (the table in doc.go): a TLS ClientHello must name
+// the CONNECT host; HTTP/1 is returned for the caller to decide per
+// request; h2c and other bytes pass only where the CONNECT admits raw TCP
+// (an IP target an allow IP rule admitted, or a name a rule naming the
+// port allows: THREATS A5); bytes still unclassified when due are refused.
+// A denial with an empty reason means the client closed or idled out
+// before sending anything.
+func (p *Proxy) checkConnectStream(cc *clientConn, prefix []byte, t policy.Target) ([]byte, streamKind, *denial) {
 	c := cc.c
+	prefix, err := awaitFirst(c, prefix, p.cfg.IdleTimeout, p.cfg.HeaderTimeout)
 	if len(prefix) == 0 {
-		// One read tells TLS from the rest; nothing else is classified here.
-		buf := make([]byte, 4096)
-		_ = c.SetReadDeadline(time.Now().Add(p.cfg.IdleTimeout))
-		n, err := c.Read(buf)
-		_ = c.SetReadDeadline(time.Time{})
-		if n == 0 {
-			return nil, &denial{detail: errorText(err)}
-		}
-		prefix = buf[:n]
+		return nil, streamUnknown, &denial{detail: errorText(err)}
 	}
-	if !looksLikeTLS(prefix) {
-		return prefix, nil // not TLS: the host:port decision stands (A5)
+	kind := classify(prefix)
+	switch kind {
+	case streamUnknown:
+		return nil, kind, unclassified(len(prefix), err, p.cfg.HeaderTimeout)
+	case streamHTTP:
+		return prefix, kind, nil
+	case streamH2C, streamOther:
+		if t.Addr.IsValid() {
+			return prefix, kind, nil // an IP target: its allow IP rule admits raw TCP
+		}
+		if _, dn := decideRawName(p.cfg.Policy.Current(), t.Name, t.Port, "a CONNECT tunnel to "+t.Name); dn != nil {
+			if kind == streamH2C && dn.reason == ReasonUnidentified {
+				dn.detail = h2cRefused + dn.detail
+			}
+			return nil, kind, dn
+		}
+		cc.setRaw()
+		return prefix, kind, nil
 	}
 	prefix, hello, err := readHello(c, prefix, time.Now().Add(p.cfg.HeaderTimeout))
 	if err != nil {
-		return nil, helloDenial(err)
+		return nil, kind, helloDenial(err)
 	}
 	m := p.cfg.Policy.Current()
 	if !hello.hasSNI {
 		if t.Addr.IsValid() {
-			return prefix, nil // an IP target, allowed by an IP rule: no name expected (E1)
+			return prefix, kind, nil // an IP target, allowed by an IP rule: no name expected (E1)
 		}
-		return nil, denyf(http.StatusForbidden, ReasonNoSNI, "TLS ClientHello without server_name in a tunnel to %s", t.Name)
+		return nil, kind, denyf(http.StatusForbidden, ReasonNoSNI, "TLS ClientHello without server_name in a tunnel to %s", t.Name)
 	}
 	name, ok := policy.NormalizeName(hello.serverName)
 	if !ok {
-		return nil, denyf(http.StatusForbidden, ReasonBadHello, "server_name %q is not a valid host name", hello.serverName)
+		return nil, kind, denyf(http.StatusForbidden, ReasonBadHello, "server_name %q is not a valid host name", hello.serverName)
 	}
 	if t.Addr.IsValid() {
 		// An IP target has no name to match; the SNI must still not be
 		// blocked (block wins).
 		if d := m.DecideName(name, t.Port); !d.Allow && d.Reason != policy.ReasonNoAllowRule {
-			return nil, denyDecision(d, "(TLS server_name "+name+")")
+			return nil, kind, denyDecision(d, "(TLS server_name "+name+")")
 		}
 		cc.setSNI(name)
-		return prefix, nil
+		return prefix, kind, nil
 	}
 	if name != t.Name {
-		return nil, denyf(http.StatusForbidden, ReasonSNIMismatch, "TLS server_name %s in a tunnel to %s", name, t.Name)
+		return nil, kind, denyf(http.StatusForbidden, ReasonSNIMismatch, "TLS server_name %s in a tunnel to %s", name, t.Name)
 	}
 	if d := m.DecideName(name, t.Port); !d.Allow {
-		return nil, denyDecision(d, "")
+		return nil, kind, denyDecision(d, "")
 	}
-	return prefix, nil
+	return prefix, kind, nil
 }
 
 // refuseAfterAllow handles a failure between an allow and the tunnel: a

@@ -280,7 +280,7 @@ func TestConnectIPLiteralNeedsIPRule(t *testing.T) {
 		if resp.StatusCode != http.StatusOK {
 			t.Fatalf("CONNECT with an IP rule: %d", resp.StatusCode)
 		}
-		echo(t, c, "ssh-ish bytes, not TLS")
+		echo(t, c, "SSH-2.0-ish bytes, not TLS\r\n")
 	})
 }
 
@@ -483,7 +483,7 @@ func TestDialsVettedAddressNotName(t *testing.T) {
 		if resp.StatusCode != http.StatusOK {
 			t.Fatalf("CONNECT: %d", resp.StatusCode)
 		}
-		echo(t, c, "payload")
+		echo(t, c, "payload\n")
 	})
 	t.Run("answer flips between check and use", func(t *testing.T) {
 		h.res.mu.Lock()
@@ -502,7 +502,7 @@ func TestDialsVettedAddressNotName(t *testing.T) {
 				t.Fatalf("tunnel %d resolved %d times, want once", i, got)
 			}
 			if resp.StatusCode == http.StatusOK {
-				echo(t, c, "x")
+				echo(t, c, "x\n")
 			}
 		}
 		// Plain HTTP through the pooled transport too.
@@ -551,7 +551,7 @@ func TestTunnelLimitRefusesNotBypasses(t *testing.T) {
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("first tunnel: %d", resp.StatusCode)
 	}
-	echo(t, c1, "one")
+	echo(t, c1, "one\n")
 	refused, resp, body := h.connect(auth)
 	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("X-Egressd-Denied") == "" || !strings.Contains(body, ReasonDestLimit) {
 		t.Fatalf("second tunnel to the same destination: %d %q, want 503 %s", resp.StatusCode, body, ReasonDestLimit)
@@ -562,7 +562,7 @@ func TestTunnelLimitRefusesNotBypasses(t *testing.T) {
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("second tunnel, other destination: %d", resp.StatusCode)
 	}
-	echo(t, c2, "two")
+	echo(t, c2, "two\n")
 	c3 := h.dial()
 	fmt.Fprintf(c3, "CONNECT %s HTTP/1.1\r\n\r\n", auth)
 	resp, body = readResponse(t, c3, "CONNECT")
@@ -579,7 +579,7 @@ func TestTunnelLimitRefusesNotBypasses(t *testing.T) {
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("tunnel after one closed: %d", resp.StatusCode)
 	}
-	echo(t, c4, "four")
+	echo(t, c4, "four\n")
 }
 
 // waitOpen waits until at most n connections are open.
@@ -601,9 +601,9 @@ func TestReevaluateClosesNowDeniedTunnel(t *testing.T) {
 	h.res.set("allowed.test", "127.0.0.1")
 	h.res.set("kept.test", "127.0.0.1")
 	doomed, _, _ := h.connect(fmt.Sprintf("allowed.test:%d", rec.port))
-	echo(t, doomed, "before")
+	echo(t, doomed, "before\n")
 	kept, _, _ := h.connect(fmt.Sprintf("kept.test:%d", rec.port))
-	echo(t, kept, "before")
+	echo(t, kept, "before\n")
 
 	h.live.Store(policyFile(t, map[int]string{1: "allow *:*", 2: "allow 127.0.0.1:*", 7: "block allowed.test"}).Current())
 	h.p.Reevaluate()
@@ -611,7 +611,7 @@ func TestReevaluateClosesNowDeniedTunnel(t *testing.T) {
 		t.Fatal("tunnel to a now-blocked host stayed open")
 	}
 	_ = kept.SetReadDeadline(time.Time{})
-	echo(t, kept, "after")
+	echo(t, kept, "after\n")
 	rs := byKind(h.audit.waitRecords(t, 1), audit.KindConnect)
 	if len(rs) != 1 || rs[0].Target != "allowed.test" || !strings.Contains(rs[0].Error, "closed on policy reload: blocked-by allowed.test (policy.toml:7)") {
 		t.Fatalf("audit %+v, want the closed tunnel's record saying why", rs)
@@ -646,7 +646,7 @@ func TestShutdownClosesTunnelsAfterGrace(t *testing.T) {
 	if resp, _ := readResponse(t, c, "CONNECT"); resp.StatusCode != http.StatusOK {
 		t.Fatalf("CONNECT: %d", resp.StatusCode)
 	}
-	echo(t, c, "x")
+	echo(t, c, "x\n")
 	idle, err := net.Dial("tcp", ln.Addr().String()) // connected, no request yet
 	if err != nil {
 		t.Fatal(err)
@@ -689,7 +689,7 @@ func TestShutdownWaitsForTunnelsThatEnd(t *testing.T) {
 	c, _ := net.Dial("tcp", ln.Addr().String())
 	fmt.Fprintf(c, "CONNECT 127.0.0.1:%d HTTP/1.1\r\n\r\n", rec.port)
 	readResponse(t, c, "CONNECT")
-	echo(t, c, "x")
+	echo(t, c, "x\n")
 	go func() { time.Sleep(100 * time.Millisecond); c.Close() }()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -703,7 +703,7 @@ func TestIdleTunnelClosed(t *testing.T) {
 	rec := newTCPRecorder(t, "127.0.0.1:0")
 	h := newHarness(t, policyOf(t, basePolicy(t)...), func(c *Config) { c.IdleTimeout = 400 * time.Millisecond })
 	c, _, _ := h.connect(fmt.Sprintf("127.0.0.1:%d", rec.port))
-	echo(t, c, "x")
+	echo(t, c, "x\n")
 	start := time.Now()
 	if !tunnelClosed(c) {
 		t.Fatal("idle tunnel stayed open")
@@ -742,17 +742,42 @@ func TestResolverFailureIs502(t *testing.T) {
 	}
 }
 
-// A5: non-TLS first bytes in an allowed tunnel pass at once, even a single
-// byte that could be the start of something else.
-func TestConnectNonTLSFirstByteNotHeld(t *testing.T) {
+// A5 and the deadline rule: in a tunnel that admits raw TCP, first bytes
+// that cannot start a request line pass at once, even a single byte; a
+// token byte that could still start one is held until the line shows what
+// it is, and refused, never relayed, if it is still unclassified at the
+// header timeout.
+func TestConnectFirstBytesHeldOnlyWhileTheyCouldBeARequest(t *testing.T) {
 	rec := newTCPRecorder(t, "127.0.0.1:0")
-	h := newHarness(t, policyOf(t, basePolicy(t)...))
+	h := newHarness(t, policyOf(t, basePolicy(t)...), func(c *Config) { c.HeaderTimeout = 300 * time.Millisecond })
 	c, resp, _ := h.connect(fmt.Sprintf("127.0.0.1:%d", rec.port))
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("CONNECT: %d", resp.StatusCode)
 	}
 	_ = c.SetDeadline(time.Now().Add(time.Second))
-	echo(t, c, "E")
+	echo(t, c, "\x05")
+
+	c, resp, _ = h.connect(fmt.Sprintf("127.0.0.1:%d", rec.port))
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("CONNECT: %d", resp.StatusCode)
+	}
+	io.WriteString(c, "G")
+	if !tunnelClosed(c) {
+		t.Fatal("a tunnel whose first byte stayed unclassified past the header timeout was not closed")
+	}
+	h.audit.waitRecords(t, 2)
+	if _, n := rec.stats(); n != 1 {
+		t.Fatalf("upstream got %d bytes, want only the first tunnel's 1 (the held byte must not reach it)", n)
+	}
+	var timeouts int
+	for _, r := range h.audit.records(t) {
+		if r.Decision == "deny" && r.Reason == ReasonTimeout {
+			timeouts++
+		}
+	}
+	if timeouts != 1 {
+		t.Fatalf("audit %+v, want one timeout denial", h.audit.records(t))
+	}
 }
 
 // Pooled reuse: Reset closes every tunnel of the last tenant but keeps
@@ -766,7 +791,7 @@ func TestResetClosesAllTunnels(t *testing.T) {
 		if resp.StatusCode != http.StatusOK {
 			t.Fatalf("CONNECT: %d", resp.StatusCode)
 		}
-		echo(t, c, "x")
+		echo(t, c, "x\n")
 		tunnels = append(tunnels, c)
 	}
 	h.p.Reset()
@@ -780,5 +805,5 @@ func TestResetClosesAllTunnels(t *testing.T) {
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("CONNECT after Reset: %d", resp.StatusCode)
 	}
-	echo(t, c, "still serving")
+	echo(t, c, "still serving\n")
 }

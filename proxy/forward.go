@@ -67,16 +67,25 @@ func (p *Proxy) dialForTransport(ctx context.Context, _, addr string) (net.Conn,
 }
 
 // handleHTTP decides and forwards one plain-HTTP request. It reports
-// whether the client connection may carry another request. orig is the
-// original destination on the transparent listener, invalid on the
-// explicit one.
-func (p *Proxy) handleHTTP(cc *clientConn, br *bufio.Reader, h *requestHead, orig netip.AddrPort) bool {
+// whether the client connection may carry another request. arr says which
+// listener or tunnel it came through.
+func (p *Proxy) handleHTTP(cc *clientConn, br *bufio.Reader, h *requestHead, arr arrival) bool {
 	start := time.Now()
 	c := cc.c
-	t, path, dn := httpTarget(h, orig)
+	orig := arr.orig
+	t, path, dn := httpTarget(h, arr)
 	if dn != nil {
-		p.logDenial(audit.KindHTTP, h.target, 0, cc.client, nil, dn)
-		answerAndClose(c, h.target, dn)
+		// Name the host the request asked for where Host says it (the
+		// transparent listener, a tunnel), else the request-target.
+		target, port := h.target, uint16(0)
+		if h.hasHost && (orig.IsValid() || arr.inTunnel()) {
+			target, port = h.host, orig.Port()
+			if arr.inTunnel() {
+				port = arr.tunnel.Port
+			}
+		}
+		p.logDenial(audit.KindHTTP, target, port, cc.client, nil, dn)
+		answerAndClose(c, target, dn)
 		return false
 	}
 	host, target := hostOf(t), t.String()
@@ -193,10 +202,30 @@ func (p *Proxy) handleHTTP(cc *clientConn, br *bufio.Reader, h *requestHead, ori
 // httpTarget finds what a plain-HTTP request is for. Explicit listener:
 // the absolute-form target, whose host the Host header (if any) must
 // equal (THREATS A6, B8). Transparent listener: the Host header at the
-// original port.
-func httpTarget(h *requestHead, orig netip.AddrPort) (policy.Target, string, *denial) {
+// original port. Inside a CONNECT tunnel: the Host header, which must name
+// the tunnel's target (THREATS A1 for plain HTTP).
+func httpTarget(h *requestHead, arr arrival) (policy.Target, string, *denial) {
 	invalid := func(err error) *denial {
 		return &denial{status: http.StatusBadRequest, reason: string(policy.ReasonInvalidName), detail: err.Error()}
+	}
+	orig := arr.orig
+	if arr.inTunnel() {
+		if !strings.HasPrefix(h.target, "/") {
+			return policy.Target{}, "", denyf(http.StatusBadRequest, ReasonBadRequest,
+				"request-target %q in a CONNECT tunnel is not origin-form", h.target)
+		}
+		if !h.hasHost {
+			return policy.Target{}, "", denyf(http.StatusBadRequest, ReasonBadRequest, "request without a Host header")
+		}
+		t, err := parseHostHeader(h.host, arr.tunnel.Port)
+		if err != nil {
+			return policy.Target{}, "", invalid(err)
+		}
+		if t != arr.tunnel {
+			return policy.Target{}, "", denyf(http.StatusForbidden, ReasonHostMismatch,
+				"Host header %q does not name the CONNECT tunnel's target %s", h.host, arr.tunnel)
+		}
+		return t, h.target, nil
 	}
 	if !orig.IsValid() {
 		if strings.HasPrefix(h.target, "/") || h.target == "*" {

@@ -45,7 +45,13 @@ func badHead(format string, args ...any) error {
 type requestHead struct {
 	method string
 	target string // request-target as sent
-	proto  string // "HTTP/1.1" or "HTTP/1.0"
+	// proto is "HTTP/1.0", or "HTTP/1.1" for any later HTTP/1.x (RFC 9110
+	// §2.5: answered as the highest minor version egressd speaks); for
+	// another major version, the version as sent.
+	proto string
+	// major is the major version; a request other than HTTP/1 is refused
+	// (505) before it is decided or forwarded.
+	major  int
 	header http.Header
 	// host is the Host header value; hasHost says whether there was one.
 	host    string
@@ -139,11 +145,30 @@ func (h *requestHead) parseRequestLine(l string) error {
 			return badHead("byte %#02x in request-target", c)
 		}
 	}
-	if proto != "HTTP/1.1" && proto != "HTTP/1.0" {
+	major, minor, ok := parseHTTPVersion(proto)
+	if !ok {
 		return badHead("unsupported protocol %q", proto)
 	}
-	h.method, h.target, h.proto = method, target, proto
+	switch {
+	case major == 1 && minor == 0:
+		proto = "HTTP/1.0"
+	case major == 1:
+		proto = "HTTP/1.1"
+	}
+	h.method, h.target, h.proto, h.major = method, target, proto, major
 	return nil
+}
+
+// parseHTTPVersion parses "HTTP/" DIGIT "." DIGIT (RFC 9112 §2.3), the
+// versions servers accept in a request line ("HTTP/1.9", "HTTP/2.0").
+func parseHTTPVersion(s string) (major, minor int, ok bool) {
+	if len(s) != len("HTTP/1.1") || s[:5] != "HTTP/" || s[6] != '.' {
+		return 0, 0, false
+	}
+	if s[5] < '0' || s[5] > '9' || s[7] < '0' || s[7] > '9' {
+		return 0, 0, false
+	}
+	return int(s[5] - '0'), int(s[7] - '0'), true
 }
 
 func (h *requestHead) addField(l string) error {

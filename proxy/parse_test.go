@@ -127,6 +127,7 @@ func TestParseAbsoluteTarget(t *testing.T) {
 func TestParseRequestHead(t *testing.T) {
 	type summary struct {
 		Method, Target, Proto string
+		Major                 int
 		Host                  string
 		ContentLength         int64
 		Chunked, KeepAlive    bool
@@ -138,15 +139,15 @@ func TestParseRequestHead(t *testing.T) {
 		want *summary // nil: must be refused
 	}{
 		{name: "plain GET", in: "GET http://a.test/ HTTP/1.1\r\nHost: a.test\r\n\r\n",
-			want: &summary{Method: "GET", Target: "http://a.test/", Proto: "HTTP/1.1", Host: "a.test", ContentLength: -1, KeepAlive: true}},
+			want: &summary{Method: "GET", Target: "http://a.test/", Proto: "HTTP/1.1", Major: 1, Host: "a.test", ContentLength: -1, KeepAlive: true}},
 		{name: "POST with length, close", in: "POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 12\r\nConnection: close\r\n\r\n",
-			want: &summary{Method: "POST", Target: "/x", Proto: "HTTP/1.1", Host: "a", ContentLength: 12}},
+			want: &summary{Method: "POST", Target: "/x", Proto: "HTTP/1.1", Major: 1, Host: "a", ContentLength: 12}},
 		{name: "chunked, expect", in: "PUT /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n",
-			want: &summary{Method: "PUT", Target: "/x", Proto: "HTTP/1.1", Host: "a", ContentLength: -1, Chunked: true, KeepAlive: true, Expect: true}},
+			want: &summary{Method: "PUT", Target: "/x", Proto: "HTTP/1.1", Major: 1, Host: "a", ContentLength: -1, Chunked: true, KeepAlive: true, Expect: true}},
 		{name: "HTTP/1.0 keep-alive", in: "GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
-			want: &summary{Method: "GET", Target: "/", Proto: "HTTP/1.0", ContentLength: -1, KeepAlive: true}},
+			want: &summary{Method: "GET", Target: "/", Proto: "HTTP/1.0", Major: 1, ContentLength: -1, KeepAlive: true}},
 		{name: "CONNECT", in: "CONNECT a.test:443 HTTP/1.1\r\nHost: a.test:443\r\n\r\n",
-			want: &summary{Method: "CONNECT", Target: "a.test:443", Proto: "HTTP/1.1", Host: "a.test:443", ContentLength: -1, KeepAlive: true}},
+			want: &summary{Method: "CONNECT", Target: "a.test:443", Proto: "HTTP/1.1", Major: 1, Host: "a.test:443", ContentLength: -1, KeepAlive: true}},
 		// A9: framing ambiguity.
 		{name: "CL and TE", in: "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n"},
 		{name: "two CL", in: "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nContent-Length: 4\r\n\r\n"},
@@ -162,7 +163,19 @@ func TestParseRequestHead(t *testing.T) {
 		{name: "NUL in value", in: "GET / HTTP/1.1\r\nHost: a\x00b\r\n\r\n"},
 		{name: "two Host", in: "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"},
 		{name: "CONNECT with body", in: "CONNECT a:443 HTTP/1.1\r\nContent-Length: 1\r\n\r\n"},
-		{name: "HTTP/2 preface", in: "PRI * HTTP/2.0\r\n\r\n"},
+		// Any HTTP/x.y a server parses is parsed, so its Host is decided:
+		// a later HTTP/1 minor version is served as HTTP/1.1 (RFC 9110
+		// §2.5), any other major version is refused by the caller (505).
+		{name: "HTTP/1.9", in: "GET / HTTP/1.9\r\nHost: a\r\n\r\n",
+			want: &summary{Method: "GET", Target: "/", Proto: "HTTP/1.1", Major: 1, Host: "a", ContentLength: -1, KeepAlive: true}},
+		{name: "lower-case and odd token methods", in: "m-SEARCH_x1 * HTTP/1.1\r\nHost: a\r\n\r\n",
+			want: &summary{Method: "m-SEARCH_x1", Target: "*", Proto: "HTTP/1.1", Major: 1, Host: "a", ContentLength: -1, KeepAlive: true}},
+		{name: "HTTP/2 preface", in: "PRI * HTTP/2.0\r\n\r\n",
+			want: &summary{Method: "PRI", Target: "*", Proto: "HTTP/2.0", Major: 2, ContentLength: -1}},
+		{name: "HTTP/0.9 version", in: "GET / HTTP/0.9\r\nHost: a\r\n\r\n",
+			want: &summary{Method: "GET", Target: "/", Proto: "HTTP/0.9", Major: 0, Host: "a", ContentLength: -1}},
+		{name: "two-digit minor", in: "GET / HTTP/1.10\r\n\r\n"},
+		{name: "no version", in: "GET /\r\n\r\n"},
 		{name: "double space", in: "GET  / HTTP/1.1\r\n\r\n"},
 		{name: "lower-case version", in: "GET / http/1.1\r\n\r\n"},
 		{name: "control byte in target", in: "GET /\x01 HTTP/1.1\r\n\r\n"},
@@ -185,7 +198,7 @@ func TestParseRequestHead(t *testing.T) {
 			if err != nil {
 				t.Fatalf("refused: %v", err)
 			}
-			got := &summary{Method: h.method, Target: h.target, Proto: h.proto, Host: h.host,
+			got := &summary{Method: h.method, Target: h.target, Proto: h.proto, Major: h.major, Host: h.host,
 				ContentLength: h.contentLength, Chunked: h.chunked, KeepAlive: h.keepAlive, Expect: h.expectContinue}
 			if diff := cmp.Diff(tc.want, got); diff != "" {
 				t.Errorf("(-want +got):\n%s", diff)
@@ -226,6 +239,11 @@ func TestStripHopHeaders(t *testing.T) {
 	}
 }
 
+// The classifier routes everything a lenient server could read as an HTTP
+// request line to the HTTP path (where the strict parser decides or
+// refuses it), the h2c preface to its own kind, and only what cannot be a
+// request line to "other"; it says "unknown" while more bytes could still
+// make a request line.
 func TestClassify(t *testing.T) {
 	tests := []struct {
 		in   string
@@ -235,15 +253,42 @@ func TestClassify(t *testing.T) {
 		{"\x16\x03\x01", streamTLS},
 		{"GET / HTTP/1.1\r\n", streamHTTP},
 		{"PROPFIND / HTTP/1.0\r\nHost: x\r\n", streamHTTP},
+		// Any token method, any case, any version, odd whitespace.
+		{"get / HTTP/1.1\r\n", streamHTTP},
+		{"M-SEARCH * HTTP/1.1\r\n", streamHTTP},
+		{"X_FOO1 / HTTP/1.1\r\n", streamHTTP},
+		{"GET / HTTP/1.9\r\n", streamHTTP},
+		{"GET / HTTP/2.0\r\n", streamHTTP},
+		{"GET / http/1.1\r\n", streamHTTP},
+		{"GET  /  HTTP/1.1  \r\n", streamHTTP},
+		{"GET\t/\tHTTP/1.1\r\n", streamHTTP},
+		{"GET / HTTP/1.1\n", streamHTTP},
+		{"\r\n\nGET / HTTP/1.1\r\n", streamHTTP},
+		{strings.Repeat("\r\n", 9), streamHTTP},
+		{"PRI * HTTP/2.0\r\n", streamH2C},
+		{"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", streamH2C},
+		// Not yet known: could still become a request line.
 		{"GET / HTTP/1.1", streamUnknown},
+		{"GET / HTTP/1.1\r", streamUnknown},
 		{"GE", streamUnknown},
+		{"E", streamUnknown},
+		{"AB ", streamUnknown},
+		{"SSH-2.0-OpenSSH", streamUnknown},
+		{"\r\n", streamUnknown},
+		{strings.Repeat("A", 20), streamUnknown},
+		// Cannot be a request line.
 		{"EHLO mail.test\r\n", streamOther},
-		{"GET / HTTP/2.0\r\n", streamOther},
-		{"GET " + strings.Repeat("a", maxRequestLine), streamOther},
-		{"SSH-2.0-OpenSSH", streamOther},
-		{"get / HTTP/1.1", streamOther},
-		{"AB ", streamOther},
-		{strings.Repeat("A", 20), streamOther},
+		{"SSH-2.0-OpenSSH_9.6 Ubuntu-3\r\n", streamOther},
+		{"SSH-2.0-OpenSSH_9.6\r\n", streamOther},
+		{"GET /\r\n", streamOther}, // HTTP/0.9: names no host
+		{"0032git-upload-pack /x.git\x00host=git.test\x00", streamOther},
+		{"GET /\x01", streamOther},
+		{"*1\r\n$4\r\nPING\r\n", streamOther},
+		{"\x00\x00\x00\x08\x04\xd2\x16\x2f", streamOther},
+		{" GET / HTTP/1.1\r\n", streamOther},
+		{"GET /" + strings.Repeat("a", maxRequestLine), streamOther},
+		{strings.Repeat("A", maxRequestLine), streamOther},
+		{"\x05\x01\x00", streamOther},
 	}
 	for _, tc := range tests {
 		if got := classify([]byte(tc.in)); got != tc.want {

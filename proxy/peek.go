@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"net"
@@ -14,31 +13,67 @@ import (
 // socket into a buffer (never through a wrapper left on the connection),
 // judged, written upstream first, and the rest of the stream is spliced.
 
-// streamKind is what the first bytes of a stream look like.
+// streamKind is what the first bytes of a stream look like, which says how
+// the stream is decided (see the table in doc.go).
 type streamKind int
 
 const (
-	streamUnknown streamKind = iota // not enough bytes to tell
-	streamTLS                       // a TLS handshake record
-	streamHTTP                      // an HTTP/1.x request line
-	streamOther                     // anything else
+	streamUnknown streamKind = iota // not enough bytes to tell yet
+	streamTLS                       // a TLS handshake record: decided on the ClientHello's server_name
+	streamHTTP                      // an HTTP/1 request line: decided on Host, per request
+	streamH2C                       // the HTTP/2 prior-knowledge preface: names no host egressd reads
+	streamOther                     // anything else: names no host
 )
 
-// maxMethodLen bounds the method token looked for when classifying, and
-// maxRequestLine the request line read to see its HTTP version.
+func (k streamKind) String() string {
+	switch k {
+	case streamTLS:
+		return "TLS"
+	case streamHTTP:
+		return "HTTP/1"
+	case streamH2C:
+		return "h2c"
+	case streamOther:
+		return "other"
+	}
+	return "unknown"
+}
+
+// maxRequestLine bounds the first line read to classify a stream, and
+// maxLeadingEmptyLines the CR/LF bytes looked past before it.
 const (
-	maxMethodLen   = 16
-	maxRequestLine = 8 << 10
+	maxRequestLine       = 8 << 10
+	maxLeadingEmptyLines = 16
 )
 
-// classify says what b, the first bytes of a stream, look like: TLS when
-// it starts with a handshake record; HTTP when its first line is an
-// upper-case method of 3-16 letters, a space, and ends in " HTTP/1.1" or
-// " HTTP/1.0" (so "EHLO x" from an SMTP client is not HTTP); other
-// otherwise. Unknown means more bytes are needed.
-// maxLeadingEmptyLines bounds the CR/LF bytes classify looks past.
-const maxLeadingEmptyLines = 16
+// h2cPreface is the first line of the HTTP/2 connection preface (RFC 9113
+// §3.4), which a client with prior knowledge sends instead of a request.
+const h2cPreface = "PRI * HTTP/2.0"
 
+// classify says what b, the first bytes of a stream, look like:
+//
+//   - TLS: the first byte starts a handshake record.
+//   - HTTP: the first line (after up to 16 empty lines, which servers skip:
+//     RFC 9112 §2.2) is a method token (any RFC 9110 token, any case), a
+//     space or tab, and somewhere after it a space or tab and "HTTP/" in
+//     any case; it ends in LF or CRLF. That is every request line a lenient
+//     server might serve (any version, extra whitespace, bare LF), not only
+//     the ones egressd's head parser accepts: the parser refuses the rest,
+//     so nothing that looks like a request reaches a server undecided.
+//     More than 16 empty lines are HTTP too (the parser refuses them).
+//   - h2c: the first line is "PRI * HTTP/2.0".
+//   - other: none of these can follow: the first byte is not a token byte
+//     (binary protocols), the token is not followed by a space ("SSH-2.0-x",
+//     "EHLO\r\n"), the line holds a control byte (git's pkt-line), it
+//     ended without "HTTP/" ("EHLO x"), or no line end came within
+//     maxRequestLine bytes (no request line egressd's parser accepts).
+//     Other is relayed only where raw TCP is admitted, so where a name
+//     admitted the address none of these reaches a server.
+//   - unknown: more bytes are needed. A stream still unknown when its
+//     first bytes are due is refused (see readFirst's callers), never
+//     relayed. So a client whose whole first message is token bytes (and
+//     spaces) without a line end, and that then waits for the server,
+//     is refused: it could still become a request line.
 func classify(b []byte) streamKind {
 	if len(b) == 0 {
 		return streamUnknown
@@ -46,9 +81,6 @@ func classify(b []byte) streamKind {
 	if looksLikeTLS(b) {
 		return streamTLS
 	}
-	// Servers skip empty lines before a request line (RFC 9112 §2.2), so
-	// leading CR/LF must not hide a request from the HTTP path; past a
-	// few, call it HTTP and let the strict head parser refuse it.
 	if t := bytes.TrimLeft(b, "\r\n"); len(t) < len(b) {
 		if len(b)-len(t) > maxLeadingEmptyLines {
 			return streamHTTP
@@ -58,37 +90,62 @@ func classify(b []byte) streamKind {
 		}
 		b = t
 	}
-	sp := -1
-	for i := 0; i < len(b) && i <= maxMethodLen; i++ {
-		c := b[i]
-		if 'A' <= c && c <= 'Z' {
-			continue
-		}
-		if c == ' ' && i >= 3 {
-			sp = i
-			break
-		}
+	m := 0 // the method token
+	for m < len(b) && m < maxRequestLine && isTchar(b[m]) {
+		m++
+	}
+	switch {
+	case m == maxRequestLine:
+		return streamOther
+	case m == len(b):
+		return streamUnknown
+	case m == 0 || b[m] != ' ' && b[m] != '\t':
 		return streamOther
 	}
-	if sp < 0 {
-		if len(b) > maxMethodLen {
+	for i := m; i < len(b) && i < maxRequestLine; i++ {
+		switch c := b[i]; {
+		case c == '\n':
+			line := b[:i]
+			if line[len(line)-1] == '\r' {
+				line = line[:len(line)-1]
+			}
+			if string(line) == h2cPreface {
+				return streamH2C
+			}
+			if hasHTTPVersion(line[m:]) {
+				return streamHTTP
+			}
+			return streamOther
+		case c < 0x20 && c != '\t' && c != '\r', c == 0x7f:
+			// No server reads a request line holding NUL or another
+			// control byte: git's "0032git-upload-pack /x\0host=..." is
+			// known at once, not held until the deadline.
 			return streamOther
 		}
-		return streamUnknown
 	}
-	nl := bytes.IndexByte(b, '\n')
-	if nl < 0 {
-		if len(b) >= maxRequestLine {
-			return streamOther
+	if len(b) >= maxRequestLine {
+		return streamOther
+	}
+	return streamUnknown
+}
+
+// hasHTTPVersion reports whether s holds a space or tab followed by
+// "HTTP/" in any case.
+func hasHTTPVersion(s []byte) bool {
+	const lower, upper = "http/", "HTTP/"
+	for i := 0; i+len(lower) < len(s); i++ {
+		if s[i] != ' ' && s[i] != '\t' {
+			continue
 		}
-		return streamUnknown
+		j := 0
+		for j < len(lower) && (s[i+1+j] == lower[j] || s[i+1+j] == upper[j]) {
+			j++
+		}
+		if j == len(lower) {
+			return true
+		}
 	}
-	// A bare LF ends the line too: servers accept it (RFC 9112 §2.2).
-	line := bytes.TrimSuffix(bytes.TrimSuffix(b[:nl+1], []byte("\n")), []byte("\r"))
-	if bytes.HasSuffix(line, []byte(" HTTP/1.1")) || bytes.HasSuffix(line, []byte(" HTTP/1.0")) {
-		return streamHTTP
-	}
-	return streamOther
+	return false
 }
 
 // readFirst reads from c, appending to buf, until classify can tell, the
@@ -141,35 +198,35 @@ func readHello(c net.Conn, buf []byte, deadline time.Time) ([]byte, clientHello,
 	}
 }
 
-// readHead reads until buf holds a complete request head (bounded by
-// maxHeadBytes) or the deadline passes, and parses it.
-func readHead(c net.Conn, buf []byte, deadline time.Time) ([]byte, *requestHead, error) {
-	_ = c.SetReadDeadline(deadline)
-	defer c.SetReadDeadline(time.Time{})
-	for {
-		if i := bytes.Index(buf, []byte("\r\n\r\n")); i >= 0 {
-			br := bufio.NewReaderSize(bytes.NewReader(buf[:i+4]), headReadBuffer)
-			raw, err := readRequestHead(br, maxHeadBytes)
-			if err != nil {
-				return buf, nil, err
-			}
-			h, err := parseRequestHead(raw)
-			return buf, h, err
+// awaitFirst waits up to idle for a stream's first bytes (a client may
+// stay silent while a server-first protocol's server speaks), then up to
+// header more for enough of them to classify. It returns the bytes read and
+// the error that stopped it (nil when classify could tell).
+func awaitFirst(c net.Conn, buf []byte, idle, header time.Duration) ([]byte, error) {
+	if len(buf) == 0 {
+		if cap(buf) == 0 {
+			buf = make([]byte, 0, 4096)
 		}
-		if len(buf) >= maxHeadBytes {
-			return buf, nil, errHeadTooLarge
-		}
-		if len(buf) == cap(buf) {
-			nb := make([]byte, len(buf), min(max(2*cap(buf), 4096), maxHeadBytes))
-			copy(nb, buf)
-			buf = nb
-		}
-		n, err := c.Read(buf[len(buf):cap(buf)])
-		buf = buf[:len(buf)+n]
-		if err != nil {
-			return buf, nil, err
+		_ = c.SetReadDeadline(time.Now().Add(idle))
+		n, err := c.Read(buf[:cap(buf)])
+		_ = c.SetReadDeadline(time.Time{})
+		buf = buf[:n]
+		if n == 0 {
+			return buf, err
 		}
 	}
+	return readFirst(c, buf, time.Now().Add(header))
+}
+
+// unclassified is the refusal of first bytes that were not classified in
+// time (err is a timeout) or before the client closed: what cannot be
+// identified is refused, never relayed. n is how many bytes came.
+func unclassified(n int, err error, timeout time.Duration) *denial {
+	if isTimeout(err) {
+		return denyf(http.StatusRequestTimeout, ReasonTimeout,
+			"the first %d bytes did not show a TLS ClientHello, an HTTP/1 request line or another protocol within %s; an unclassified stream is never relayed", n, timeout)
+	}
+	return denyf(http.StatusBadRequest, ReasonBadRequest, "connection ended after %d bytes, before they showed what protocol they are", n)
 }
 
 // isTimeout reports a deadline error.

@@ -127,6 +127,11 @@ type Proxy struct {
 	// origDst finds a transparent connection's original destination
 	// (originalDst; tests inject one).
 	origDst func(net.Conn) (netip.AddrPort, error)
+	// dial connects to a vetted address (dialer.DialContext; tests inject
+	// one that reaches a stand-in server instead).
+	dial func(ctx context.Context, network, address string) (net.Conn, error)
+	// firstWait is serverFirstWait (tests shorten it).
+	firstWait time.Duration
 }
 
 // New checks cfg, fills its defaults and returns a Proxy that serves
@@ -183,6 +188,8 @@ func New(cfg Config) (*Proxy, error) {
 		KeepAlive: 30 * time.Second,
 		Control:   sockopt.MarkControl(cfg.Mark),
 	}
+	p.dial = p.dialer.DialContext
+	p.firstWait = serverFirstWait
 	p.transport = p.newTransport()
 	return p, nil
 }
@@ -543,6 +550,10 @@ type basis struct {
 	// byAddr: allowed by Matcher.DecideAddr(addr, port) (IP literal or
 	// allow IP rule) rather than by name.
 	byAddr bool
+	// raw: the stream is relayed without a name of its own (h2c, other
+	// bytes), so a name must be allowed by a rule naming the port
+	// (Matcher.DecideNameRaw), not only by default ports.
+	raw bool
 }
 
 func (b *basis) target() string {
@@ -559,7 +570,11 @@ func recheck(m *policy.Matcher, b *basis) *denial {
 			return denyAddr(d, b.addr)
 		}
 	} else {
-		if d := m.DecideName(b.name, b.port); !d.Allow {
+		d := m.DecideName(b.name, b.port)
+		if b.raw {
+			d = m.DecideNameRaw(b.name, b.port)
+		}
+		if !d.Allow {
 			return denyDecision(d, "")
 		}
 		if b.addr.IsValid() {
@@ -641,6 +656,16 @@ func (cc *clientConn) setUpstream(up net.Conn, a netip.Addr) {
 	if closed {
 		_ = up.Close()
 	}
+}
+
+// setRaw records that the tunnel relays bytes that name no host, which a
+// reload must re-decide with Matcher.DecideNameRaw.
+func (cc *clientConn) setRaw() {
+	cc.mu.Lock()
+	if cc.basis != nil {
+		cc.basis.raw = true
+	}
+	cc.mu.Unlock()
 }
 
 // setSNI records a ClientHello name that a reload must re-check against

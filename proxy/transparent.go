@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -16,16 +17,17 @@ import (
 
 // The transparent listener: every TCP connection of the sandbox lands here
 // through the firewall's REDIRECT. The original destination comes from
-// conntrack; the first bytes say how to decide:
+// conntrack; the first bytes say how to decide (the full table is in
+// doc.go):
 //
 //	TLS with SNI   → decide on the name at the original port, dial the
 //	                 name's own vetted resolution (THREATS A3)
-//	HTTP           → decide on Host per request, dial its vetted resolution
+//	HTTP/1         → decide on Host per request, dial its vetted resolution
 //	TLS w/o SNI    → allowed only if an allow IP rule names the address
 //	                 (THREATS E1; a learned address is not enough)
-//	anything else  → allowed only if the original address was learned from
-//	                 an allowed DNS answer for a name allowed on that port,
-//	                 or an allow IP rule names it
+//	h2c, other     → no name to decide on: relayed raw only where raw TCP
+//	                 is admitted explicitly (decideRaw), refused elsewhere
+//	unknown        → still unclassified when due: refused, never relayed
 //
 // Denials reset the connection (plain HTTP gets a readable 403).
 
@@ -33,7 +35,8 @@ import (
 // before the raw-TCP rule lets it through, for protocols where the server
 // speaks first (SMTP, MySQL, IMAP). Its first bytes, when they come, are
 // still judged (inspectLate). A connection the raw rule denies keeps
-// waiting for its first bytes, up to HeaderTimeout.
+// waiting for its first bytes, up to HeaderTimeout. (Proxy.firstWait holds
+// it; tests shorten it.)
 const serverFirstWait = 300 * time.Millisecond
 
 // serveTransparentConn serves one redirected connection.
@@ -59,7 +62,7 @@ func (p *Proxy) serveRedirected(cc *clientConn, orig netip.AddrPort) {
 		return
 	}
 	start := time.Now()
-	buf, err := readFirst(cc.c, make([]byte, 0, 4096), start.Add(min(serverFirstWait, p.cfg.HeaderTimeout)))
+	buf, err := readFirst(cc.c, make([]byte, 0, 4096), start.Add(min(p.firstWait, p.cfg.HeaderTimeout)))
 	if len(buf) == 0 {
 		if err != nil && !isTimeout(err) {
 			return // the client left without a word
@@ -68,19 +71,36 @@ func (p *Proxy) serveRedirected(cc *clientConn, orig netip.AddrPort) {
 			p.transparentRaw(cc, orig, nil, start)
 			return
 		}
+	}
+	if classify(buf) == streamUnknown && isTimeout(err) {
 		buf, err = readFirst(cc.c, buf, start.Add(p.cfg.HeaderTimeout))
-		if len(buf) == 0 && err != nil && !isTimeout(err) {
-			return
-		}
 	}
 	switch classify(buf) {
 	case streamTLS:
 		p.transparentTLS(cc, orig, buf, start)
 	case streamHTTP:
 		br := bufio.NewReaderSize(io.MultiReader(bytes.NewReader(buf), cc.c), headReadBuffer)
-		p.serveRequests(cc, br, orig)
-	default:
+		p.serveRequests(cc, br, arrival{orig: orig})
+	case streamH2C, streamOther:
 		p.transparentRaw(cc, orig, buf, start)
+	default:
+		// Still unclassified at the deadline, or the client closed first:
+		// refused, never relayed (it could still become a request line).
+		if len(buf) == 0 && !isTimeout(err) {
+			return // the client left without a word
+		}
+		dn := unclassified(len(buf), err, p.cfg.HeaderTimeout)
+		if len(buf) == 0 {
+			// Silent throughout: say why raw TCP (a server-first
+			// protocol) was not let through.
+			if _, _, dn = p.decideRaw(p.cfg.Policy.Current(), orig); dn != nil {
+				dn.detail = fmt.Sprintf("sent nothing within %s; ", p.cfg.HeaderTimeout) + dn.detail
+			}
+		}
+		if dn != nil {
+			p.logDenial(audit.KindTCP, orig.Addr().String(), orig.Port(), cc.client, nil, dn)
+		}
+		resetConn(cc.c)
 	}
 }
 
@@ -152,30 +172,32 @@ func (p *Proxy) transparentTLS(cc *clientConn, orig netip.AddrPort, prefix []byt
 	p.finish(a, upN, downN, cc.closedReasonOr(errorText(err)))
 }
 
-// decideRaw decides a connection with no name to go by: allowed when the
-// original address was learned for a name allowed on the port (and passes
-// the guard), or when an allow IP rule names it.
+// decideRaw decides a connection with no name to go by (h2c, other bytes,
+// or none yet): allowed when the original address was learned for a name
+// that a rule naming the port allows (Matcher.DecideNameRaw; default_ports
+// admit a name for TLS and HTTP only) and it passes the guard, or when an
+// allow IP rule names the address. A learned name allowed on the port only
+// by a portless rule is refused as unidentified-stream.
 func (p *Proxy) decideRaw(m *policy.Matcher, orig netip.AddrPort) (policy.Decision, *basis, *denial) {
 	addr, port := orig.Addr(), orig.Port()
 	var first *denial
 	if p.cfg.Learned != nil {
 		for _, n := range p.cfg.Learned.LearnedNames(addr) {
-			d := m.DecideName(n, port)
-			if !d.Allow {
-				if first == nil {
-					first = denyDecision(d, "(learned name "+n+")")
+			d, dn := decideRawName(m, n, port, addr.String()+" was learned for "+n)
+			if dn == nil {
+				if g := m.GuardAddr(addr, port); !g.Allow {
+					return policy.Decision{}, nil, denyAddr(g, addr)
 				}
-				continue
+				return d, &basis{name: n, addr: addr, port: port, raw: true}, nil
 			}
-			if g := m.GuardAddr(addr, port); !g.Allow {
-				return policy.Decision{}, nil, denyAddr(g, addr)
+			if first == nil || first.reason == string(policy.ReasonNoAllowRule) && dn.reason == ReasonUnidentified {
+				first = dn
 			}
-			return d, &basis{name: n, addr: addr, port: port}, nil
 		}
 	}
 	d := m.DecideAddr(addr, port)
 	if d.Allow {
-		return d, &basis{addr: addr, port: port, byAddr: true}, nil
+		return d, &basis{addr: addr, port: port, byAddr: true, raw: true}, nil
 	}
 	if first != nil && d.Reason == policy.ReasonNoAllowRule {
 		return policy.Decision{}, nil, first
@@ -185,6 +207,43 @@ func (p *Proxy) decideRaw(m *policy.Matcher, orig netip.AddrPort) (policy.Decisi
 		dn.detail = "(no allowed name was learned for " + addr.String() + ")"
 	}
 	return policy.Decision{}, nil, dn
+}
+
+// decideRawName decides raw TCP to name on port (Matcher.DecideNameRaw);
+// the denial is nil when it is allowed. A name allowed on the port only by
+// a rule without a port is refused as unidentified-stream (nameOnly); where
+// says how the stream came to name.
+func decideRawName(m *policy.Matcher, name string, port uint16, where string) (policy.Decision, *denial) {
+	d := m.DecideNameRaw(name, port)
+	if d.Allow {
+		return d, nil
+	}
+	if d.Reason == policy.ReasonNoAllowRule {
+		if dd := m.DecideName(name, port); dd.Allow {
+			return d, nameOnly(name, port, dd, where)
+		}
+	}
+	return d, denyDecision(d, "("+where+")")
+}
+
+// nameOnly is the refusal of a stream that names no host (h2c, or bytes of
+// no protocol egressd reads) to name on port, which the allow d admits only
+// by a portless rule: its default ports admit the name for TLS and HTTP,
+// whose every stream or request is decided on the name it carries. where
+// says how the stream came to name ("203.0.113.10 was learned for x.test",
+// "a CONNECT tunnel to x.test").
+func nameOnly(name string, port uint16, d policy.Decision, where string) *denial {
+	rule := ""
+	if d.Rule != nil {
+		rule = " (" + d.Rule.Text
+		if src := d.Rule.Source.String(); src != "" {
+			rule += ", " + src
+		}
+		rule += ")"
+	}
+	return denyf(http.StatusForbidden, ReasonUnidentified,
+		"%s, which a rule without a port%s allows on %d for TLS with its server_name and HTTP/1 with its Host only; this stream names no host egressd can check, so raw TCP there needs a rule naming the port, e.g. %s",
+		where, rule, port, policy.Target{Name: name, Port: port})
 }
 
 // admitTunnel takes a per-destination slot for key and registers cc's
@@ -219,6 +278,9 @@ func (p *Proxy) transparentRaw(cc *clientConn, orig netip.AddrPort, prefix []byt
 	m := p.cfg.Policy.Current()
 	d, b, dn := p.decideRaw(m, orig)
 	if dn != nil {
+		if dn.reason == ReasonUnidentified && classify(prefix) == streamH2C {
+			dn.detail = h2cRefused + dn.detail
+		}
 		p.logDenial(audit.KindTCP, target, port, cc.client, nil, dn)
 		resetConn(c)
 		return
@@ -261,7 +323,7 @@ func (p *Proxy) transparentRaw(cc *clientConn, orig netip.AddrPort, prefix []byt
 				return
 			}
 			br := bufio.NewReaderSize(io.MultiReader(bytes.NewReader(prefix), c), headReadBuffer)
-			p.serveRequests(cc, br, orig)
+			p.serveRequests(cc, br, arrival{orig: orig})
 			return
 		}
 	}
@@ -271,29 +333,25 @@ func (p *Proxy) transparentRaw(cc *clientConn, orig netip.AddrPort, prefix []byt
 	p.finish(a, upN, downN, cc.closedReasonOr(errorText(err)))
 }
 
+// h2cRefused begins the explanation of a refused h2c stream.
+const h2cRefused = "HTTP/2 with prior knowledge (h2c) is not decided stream by stream (use HTTPS, or HTTP/1.1); "
+
 // inspectLate judges first bytes that came after a connection was let
-// through on its address: a ClientHello's name or an HTTP request's Host
-// must be allowed on the port too, so waiting out serverFirstWait does not
-// skip the name check. When an allow IP rule let the connection through
-// (byAddr), the name only has to be unblocked, as on the immediate path. A
-// denial with an empty reason means the client closed or idled out before
-// sending anything.
+// through on its address: a ClientHello's name must be allowed on the port
+// too, so waiting out serverFirstWait does not skip the name check (HTTP
+// goes back to the per-request path, see transparentRaw). When an allow IP
+// rule let the connection through (byAddr), the name only has to be
+// unblocked, as on the immediate path. Bytes still unclassified when due
+// are refused. A denial with an empty reason means the client closed or
+// idled out before sending anything.
 func (p *Proxy) inspectLate(c net.Conn, prefix []byte, port uint16, byAddr bool) ([]byte, *denial) {
-	refused := func(d policy.Decision) bool {
-		return !d.Allow && (!byAddr || d.Reason != policy.ReasonNoAllowRule)
-	}
-	var err error
+	prefix, err := awaitFirst(c, prefix, p.cfg.IdleTimeout, p.cfg.HeaderTimeout)
 	if len(prefix) == 0 {
-		prefix, err = readFirst(c, prefix, time.Now().Add(p.cfg.IdleTimeout))
-		if len(prefix) == 0 {
-			return nil, &denial{detail: errorText(err)}
-		}
+		return nil, &denial{detail: errorText(err)}
 	}
-	if classify(prefix) == streamUnknown {
-		prefix, _ = readFirst(c, prefix, time.Now().Add(p.cfg.HeaderTimeout))
-	}
-	m := p.cfg.Policy.Current()
 	switch classify(prefix) {
+	case streamUnknown:
+		return nil, unclassified(len(prefix), err, p.cfg.HeaderTimeout)
 	case streamTLS:
 		var hello clientHello
 		prefix, hello, err = readHello(c, prefix, time.Now().Add(p.cfg.HeaderTimeout))
@@ -310,23 +368,9 @@ func (p *Proxy) inspectLate(c net.Conn, prefix []byte, port uint16, byAddr bool)
 		if !ok {
 			return nil, denyf(0, ReasonBadHello, "server_name %q is not a valid host name", hello.serverName)
 		}
-		if d := m.DecideName(name, port); refused(d) {
+		d := p.cfg.Policy.Current().DecideName(name, port)
+		if !d.Allow && (!byAddr || d.Reason != policy.ReasonNoAllowRule) {
 			return nil, denyDecision(d, "(TLS server_name "+name+")")
-		}
-	case streamHTTP:
-		var h *requestHead
-		prefix, h, err = readHead(c, prefix, time.Now().Add(p.cfg.HeaderTimeout))
-		if err != nil {
-			return nil, denyf(http.StatusBadRequest, ReasonBadRequest, "%v", err)
-		}
-		if h.hasHost {
-			t, err := parseHostHeader(h.host, port)
-			if err != nil {
-				return nil, &denial{reason: string(policy.ReasonInvalidName), detail: err.Error()}
-			}
-			if d := m.Decide(t); refused(d) {
-				return nil, denyDecision(d, "(HTTP Host "+t.String()+")")
-			}
 		}
 	}
 	return prefix, nil

@@ -402,7 +402,7 @@ func TestNetnsChild(t *testing.T) {
 	case "raw-learned":
 		for _, orig := range []string{"198.51.100.30:7000", "[2001:db8::30]:7000"} {
 			c := dial(orig)
-			echo(t, c, "raw bytes to a learned address")
+			echo(t, c, "raw bytes to a learned address\n")
 			c.Close()
 		}
 		if n4, _ := learned4.stats(); n4 != 1 {

@@ -208,7 +208,7 @@ func rateOnce(pa path) (float64, time.Duration, time.Duration) {
 		go func() {
 			defer wg.Done()
 			var local []time.Duration
-			b := []byte{'e'}
+			b := []byte{echoByte}
 			for time.Now().Before(deadline) {
 				t0 := time.Now()
 				c, err := pa.dial()
@@ -235,8 +235,15 @@ func rateOnce(pa path) (float64, time.Duration, time.Duration) {
 	return float64(count.Load()) / el.Seconds(), p(0.50), p(0.99)
 }
 
+// echoByte asks the sink for an echo. It is a control byte, which cannot
+// start an HTTP request line, so egressd classifies the stream at once: a
+// lone letter could still become "GET / HTTP/1.1" and would be held until
+// the line shows what it is.
+const echoByte = 0x01
+
 // startSink serves two requests: 'B' bulk (count bytes to EOF, answer the
-// count) and 'e' echo (answer one byte).
+// count; the zeros after the 'B' show at once that it is no request line)
+// and echoByte (answer one byte).
 func startSink(addr string) net.Listener {
 	ln, err := net.Listen("tcp", addr)
 	check(err)
@@ -253,7 +260,7 @@ func startSink(addr string) net.Listener {
 				if err != nil || n != 1 {
 					return
 				}
-				if buf[0] == 'e' {
+				if buf[0] == echoByte {
 					_, _ = c.Write(buf[:1])
 					_, _ = io.Copy(io.Discard, c) // until the client closes
 					return

@@ -129,8 +129,9 @@ func run(bin string, n int) error {
 			c.Close()
 			return fmt.Errorf("tunnel %d: CONNECT answered %q (%v)", i, status, err)
 		}
-		// Non-TLS first bytes: the tunnel is relaying after this.
-		if _, err := c.Write([]byte("x")); err != nil {
+		// Non-TLS first bytes that are no request line (a lone letter could
+		// still become one and would be held): the tunnel relays after this.
+		if _, err := c.Write([]byte("x\n")); err != nil {
 			return err
 		}
 		conns = append(conns, c)

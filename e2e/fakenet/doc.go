@@ -23,9 +23,10 @@
 // with SetRecords, makes sandboxes with NewSandbox (or runs a launcher inside the world with
 // World.Exec and lets it make its own), and then scores at the application layer: the DNS
 // server counts each question per name (DNSQueries), the HTTP(S) servers answer with a JSON body
-// naming the Host and SNI they saw (ParseReply, HTTPLog), and every listener counts what reached
-// it (TCPAccepted, UDPReceived). A bare TCP connect proves nothing when a redirect to a proxy
-// would accept it too; zero queries, zero requests, zero connections at the real server does.
+// naming the Host and SNI they saw (ParseReply, HTTPLog; plain HTTP serves HTTP/1.x and h2c with
+// prior knowledge), and every listener counts what reached it (TCPAccepted, UDPReceived). A bare
+// TCP connect proves nothing when a redirect to a proxy would accept it too; zero queries, zero
+// requests, zero connections at the real server does.
 //
 // Commands run inside a namespace through `nsenter --net=PATH` (NetNS.Exec, NetNS.Run), and Go
 // code through NetNS.Do and NetNS.DialContext. Everything needs root; without it Start skips.

@@ -218,6 +218,12 @@ func (w *World) start(cfg config) error {
 		IdleTimeout:       30 * time.Second,
 		ErrorLog:          log.New(errorLogWriter{w}, "", 0),
 	}
+	// Plain HTTP serves HTTP/1.x and HTTP/2 with prior knowledge (h2c), as real front ends do:
+	// a test of an h2c bypass needs a server that would answer it.
+	w.web.Protocols = new(http.Protocols)
+	w.web.Protocols.SetHTTP1(true)
+	w.web.Protocols.SetHTTP2(true)
+	w.web.Protocols.SetUnencryptedHTTP2(true)
 	if err := w.startDNS(); err != nil {
 		return err
 	}
