@@ -649,4 +649,7 @@ type Matcher struct {
 	allow, block ruleSet
 	defaultPorts []uint16
 	self         map[netip.Addr]string // egressd's own addresses → guard label
+	// The resolver settings of the same policy (see NetworkPolicy).
+	blockResponse DNSResponse
+	upstreams     []netip.AddrPort
 }
