@@ -88,28 +88,12 @@ func TestReloadKeepsLastGoodPolicyAndAppliesTheNext(t *testing.T) {
 	up, seen := startUpstream(t)
 	pol := filepath.Join(t.TempDir(), "policy.toml")
 	writePolicy(t, pol, "version = 1\nprofile = \"strict\"\n[network]\nallow = [\"a.test\"]\n")
-	d, err := New(Config{
+	d, dnsAddr := startDaemon(t, Config{
 		PolicyFiles: []string{pol},
 		DNSListen:   []string{"127.0.0.1:0"},
 		ProxyListen: []string{"127.0.0.1:0"},
 		UpstreamDNS: []string{up},
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	ready := make(chan struct{})
-	d.cfg.Ready = func() { close(ready) }
-	done := make(chan error, 1)
-	go func() { done <- d.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	})
-	<-ready
-	dnsAddr := d.DNSAddrs()[0].String()
 
 	if rc := query(t, dnsAddr, "a.test"); rc != dns.RcodeSuccess {
 		t.Fatalf("a.test: rcode %s, want NOERROR", dns.RcodeToString[rc])
