@@ -203,14 +203,17 @@ func labelClass(segs []string) (breadthClass, int, bool) {
 }
 
 // Fills for the wildcards of a glob when building candidate names. Letters
-// first, so that witnesses read naturally (fooa.com, foob.com); a `?` tries
-// every byte a label may hold, so that a list naming some one-character
-// children of a suffix (a.se, b.se, ...) cannot hide the others.
+// first, so that witnesses read naturally (fooa.com, foob.com); then labels
+// no list holds (egressd-w, egressd-v), so that the list's own short names
+// (za.com and za.net are public suffixes) cannot hide a registrant; a `?`
+// tries every byte a label may hold, so that a list naming some
+// one-character children of a suffix (a.se, b.se, ...) cannot hide the
+// others.
 var (
-	starFills        = []string{"a", "b", "c", "x1", "egressd-w"}
-	tldFills         = []string{"com", "net", "org", "a", "b"}
-	starStarFills    = []string{"a", "b", "a.a", "b.a", "egressd-w"}
-	starStarTLDFills = []string{"a", "b", "a.com", "b.com", "a.net"}
+	starFills        = []string{"a", "b", "c", "x1", "egressd-w", "egressd-v"}
+	tldFills         = []string{"com", "net", "org", "a", "b", "egressd-w", "egressd-v"}
+	starStarFills    = []string{"a", "b", "a.a", "b.a", "egressd-w", "egressd-v", "egressd-w.a", "egressd-v.a"}
+	starStarTLDFills = []string{"a", "b", "a.com", "b.com", "egressd-w.com", "egressd-v.com", "a.net", "egressd-w.net"}
 	questionFills    = strings.Split("abcdefghijklmnopqrstuvwxyz0123456789-_", "")
 )
 
