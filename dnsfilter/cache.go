@@ -17,8 +17,11 @@ type cacheKey struct {
 // before policy filtering): every hit is filtered again through the matcher
 // in force, so a reload takes effect at once.
 type cache struct {
-	mu    sync.Mutex
-	max   int
+	mu  sync.Mutex
+	max int
+	// gen is the Server.gen of the last reset: an answer fetched before it
+	// (answer.gen older) is never stored, however late its fetch ends.
+	gen   uint64
 	items map[cacheKey]*cacheEntry
 	// head is the most recently used entry, tail the least; a circular
 	// list would save a branch but this reads better.
@@ -59,10 +62,13 @@ func (c *cache) get(k cacheKey, now time.Time) *answer {
 }
 
 // put stores a under k, evicting the least recently used entries beyond the
-// bound.
+// bound. An answer fetched before the last reset is dropped.
 func (c *cache) put(k cacheKey, a *answer) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if a.gen != c.gen {
+		return
+	}
 	if e := c.items[k]; e != nil {
 		e.ans = a
 		c.unlink(e)
@@ -85,9 +91,12 @@ func (c *cache) len() int {
 	return len(c.items)
 }
 
-func (c *cache) reset() {
+// reset empties the cache; gen is the Server.gen the answers stored from
+// now on must carry.
+func (c *cache) reset(gen uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.gen = gen
 	c.items = make(map[cacheKey]*cacheEntry)
 	c.head, c.tail = nil, nil
 }

@@ -16,7 +16,10 @@ import (
 )
 
 // PolicySource yields the matcher in force. *policy.Live satisfies it. A nil
-// matcher (nothing stored yet, or a nil source) denies every query.
+// matcher (nothing stored yet, or a nil source) denies every query. The
+// matcher carries the policy's resolver settings too (answer to a denied
+// name, upstream resolvers), so each query is decided and answered under one
+// policy, and a reload is one swap.
 type PolicySource interface {
 	Current() *policy.Matcher
 }
@@ -47,16 +50,21 @@ type Config struct {
 
 	// Upstreams are the resolvers allowed names are forwarded to, as
 	// "ip:port" (IP literals only: resolving an upstream's name would need
-	// DNS). They are tried in order; the next one is tried on a timeout,
-	// network error, SERVFAIL or REFUSED. Required: New fails when empty.
+	// DNS), when the matcher in force names none (its network.upstream_dns,
+	// policy.Matcher.UpstreamDNS, wins: a reload that changes it changes
+	// the resolvers asked). They are tried in order; the next one is tried
+	// on a timeout, network error, SERVFAIL or REFUSED. Required: New fails
+	// when empty.
 	Upstreams []string
 
 	// Mark is set as SO_MARK on every upstream socket (UDP and TCP), so the
 	// sandbox firewall lets egressd's own queries out. 0 sets no mark.
 	Mark uint32
 
-	// BlockResponse is the answer to a denied name: "" or "nxdomain" →
-	// NXDOMAIN; "refused" → REFUSED. Anything else is an error.
+	// BlockResponse is the answer to a denied name when the matcher in
+	// force does not set one (its network.dns_block_response,
+	// policy.Matcher.DNSBlockResponse, wins): "" or "nxdomain" → NXDOMAIN;
+	// "refused" → REFUSED. Anything else is an error.
 	BlockResponse string
 
 	// MaxNameLen refuses (REFUSED) query names longer than this many bytes

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -99,6 +100,57 @@ func TestRefusedResponseConfigurable(t *testing.T) {
 	}
 	if _, err := New(Config{Upstreams: []string{up.addr}, BlockResponse: "drop"}); err == nil {
 		t.Error(`New accepted BlockResponse "drop"`)
+	}
+}
+
+// TestReloadAppliesBlockResponseAndUpstreams: the resolver settings travel
+// with the matcher, so storing a new one changes the answer to a denied
+// name and the resolvers asked at once — and answers cached from the old
+// resolvers are not served after the change.
+func TestReloadAppliesBlockResponseAndUpstreams(t *testing.T) {
+	up1 := startUpstream(t, "www.example.test. 300 IN A 203.0.113.7")
+	up2 := startUpstream(t, "www.example.test. 300 IN A 203.0.113.8")
+	e := newEnv(t, up1, testAllow, testBlock, nil)
+	old := e.live.Current()
+	if got := answerAddrs(e.ask("www.example.test.", dns.TypeA)); !slices.Equal(got, []string{"203.0.113.7"}) {
+		t.Fatalf("before the reload: %v, want up1's 203.0.113.7", got)
+	}
+	if got := rcode(e.ask("x.evil.test.", dns.TypeA)); got != "NXDOMAIN" {
+		t.Fatalf("denied name before the reload: %s, want NXDOMAIN", got)
+	}
+
+	e.live.Store(matcherWith(t, testAllow, testBlock, func(np *policy.NetworkPolicy) {
+		np.DNSBlockResponse = policy.DNSRefused
+		np.UpstreamDNS = []netip.AddrPort{netip.MustParseAddrPort(up2.addr)}
+	}))
+	if got := rcode(e.ask("x.evil.test.", dns.TypeA)); got != "REFUSED" {
+		t.Errorf("denied name after the reload: %s, want REFUSED", got)
+	}
+	before := up1.count()
+	if got := answerAddrs(e.ask("www.example.test.", dns.TypeA)); !slices.Equal(got, []string{"203.0.113.8"}) {
+		t.Errorf("after the reload: %v, want up2's 203.0.113.8 (not up1's cached answer)", got)
+	}
+	addrs, err := e.srv.Resolve(context.Background(), "www.example.test")
+	if err != nil || len(addrs) != 1 || addrs[0] != netip.MustParseAddr("203.0.113.8") {
+		t.Errorf("Resolve after the reload: %v %v, want up2's 203.0.113.8", addrs, err)
+	}
+	if n := up1.count(); n != before {
+		t.Errorf("the old upstream got %d queries after the reload", n-before)
+	}
+	// A query decided with the matcher of before the reload does not switch
+	// the resolvers back.
+	e.srv.useUpstreamsOf(old)
+	if got := e.srv.pool.Load().addrs; !slices.Equal(got, []netip.AddrPort{netip.MustParseAddrPort(up2.addr)}) {
+		t.Errorf("a stale matcher switched the upstreams to %v", got)
+	}
+
+	// A policy naming no resolvers falls back to Config.Upstreams.
+	e.live.Store(matcher(t, testAllow, testBlock))
+	if got := answerAddrs(e.ask("www.example.test.", dns.TypeA)); !slices.Equal(got, []string{"203.0.113.7"}) {
+		t.Errorf("after reloading a policy without upstreams: %v, want up1's 203.0.113.7", got)
+	}
+	if got := rcode(e.ask("x.evil.test.", dns.TypeA)); got != "NXDOMAIN" {
+		t.Errorf("denied name with no dns_block_response: %s, want Config.BlockResponse's NXDOMAIN", got)
 	}
 }
 
@@ -899,7 +951,7 @@ func TestUpstreamSocketsCarryTheMark(t *testing.T) {
 	}
 	var uc *udpConn
 	select {
-	case uc = <-e.srv.up.(*upstreams).servers[0].idle:
+	case uc = <-e.srv.pool.Load().up.(*upstreams).servers[0].idle:
 	default:
 		t.Fatal("no pooled upstream socket after a query")
 	}
@@ -933,7 +985,7 @@ func TestUpstreamSocketsAreReused(t *testing.T) {
 	}
 	// Sequential queries go out through one pooled socket: the pool
 	// holds exactly one idle socket afterwards.
-	if n := len(e.srv.up.(*upstreams).servers[0].idle); n != 1 {
+	if n := len(e.srv.pool.Load().up.(*upstreams).servers[0].idle); n != 1 {
 		t.Errorf("%d idle upstream sockets after 20 sequential queries, want 1", n)
 	}
 	if up.count() != 20 {

@@ -10,10 +10,12 @@
 //	one question, opcode QUERY, EDNS v0 ── else ──► FORMERR / NOTIMP / BADVERS
 //	class IN; not ANY/AXFR/IXFR/meta ── else ──► REFUSED
 //	name ≤ MaxNameLen ── else ──► REFUSED
-//	Matcher.DecideNameAnyPort(name) ── deny ──► NXDOMAIN (or REFUSED), never forwarded
+//	Matcher.DecideNameAnyPort(name) ── deny ──► NXDOMAIN (or REFUSED: the matcher's dns_block_response), never forwarded
 //	qtype in A AAAA CNAME MX SRV TXT ── else ──► NOERROR, no data (HTTPS/SVCB never forwarded)
 //	   │ allowed
 //	   ▼
+//	upstreams of the same matcher (changed: cache emptied, new sockets)
+//	   │
 //	cache (name,qtype) ── miss ──► one fresh upstream query: new ID, one question,
 //	   │                           class IN, lower-cased name, our EDNS size;
 //	   │                           UDP over reused sockets, TCP on TC; SO_MARK

@@ -98,7 +98,7 @@ func newMemServer(tb testing.TB, m *policy.Matcher, auditW io.Writer) (*Server, 
 		tb.Fatal(err)
 	}
 	up := &memUpstream{}
-	s.up = up
+	s.pool.Store(&upstreamPool{addrs: s.set.upstreams, up: up})
 	return s, up
 }
 

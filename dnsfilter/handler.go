@@ -113,26 +113,27 @@ func (s *Server) decide(req *dns.Msg, client netip.Addr, now time.Time) (*dns.Ms
 	name, ok := policy.NormalizeName(q.Name)
 	if !ok {
 		out.result, out.decision = resultDeny, policy.Decision{Reason: policy.ReasonInvalidName}
-		return reply(req, s.set.blockRcode), out
+		return reply(req, s.blockRcode(m)), out
 	}
 	out.target = name
 	d := m.DecideNameAnyPort(name)
 	out.decision = d
 	if !d.Allow {
 		out.result = resultDeny
-		return reply(req, s.set.blockRcode), out
+		return reply(req, s.blockRcode(m)), out
 	}
 	if !forwardedTypes[q.Qtype] {
 		out.result, out.reason = resultRefused, reasonQTypeNotForwarded
 		return reply(req, dns.RcodeSuccess), out
 	}
 
+	s.useUpstreamsOf(m)
 	a, err := s.lookup(s.baseCtx, name, q.Qtype, now)
 	if err != nil {
 		if de := (*DeniedError)(nil); errors.As(err, &de) {
 			// The policy changed while we looked: deny.
 			out.result, out.decision = resultDeny, de.Decision
-			return reply(req, s.set.blockRcode), out
+			return reply(req, s.blockRcode(m)), out
 		}
 		out.result, out.reason, out.note = resultServfail, reasonUpstreamError, err.Error()
 		s.log.Debug("dns: upstream failed", "name", name, "qtype", dns.Type(q.Qtype).String(), "err", err)
@@ -144,7 +145,7 @@ func (s *Server) decide(req *dns.Msg, client netip.Addr, now time.Time) (*dns.Ms
 	switch {
 	case f.deny:
 		out.result, out.decision, out.note = resultDeny, f.denyBy, "via CNAME "+f.denyName
-		return reply(req, s.set.blockRcode), out
+		return reply(req, s.blockRcode(m)), out
 	case f.allGuarded:
 		out.result, out.decision = resultDeny, f.guardBy
 		return reply(req, dns.RcodeSuccess), out

@@ -243,6 +243,12 @@ func (s *syncBuffer) records(t *testing.T) []audit.Record {
 // matcher compiles a filtered-mode policy from pattern texts.
 func matcher(t testing.TB, allow, block []string) *policy.Matcher {
 	t.Helper()
+	return matcherWith(t, allow, block, nil)
+}
+
+// matcherWith is matcher with the rest of the network policy set by mod.
+func matcherWith(t testing.TB, allow, block []string, mod func(*policy.NetworkPolicy)) *policy.Matcher {
+	t.Helper()
 	var np policy.NetworkPolicy
 	np.Mode = policy.ModeFiltered
 	for i, text := range allow {
@@ -258,6 +264,9 @@ func matcher(t testing.TB, allow, block []string) *policy.Matcher {
 			t.Fatalf("block %q: %v", text, err)
 		}
 		np.Block = append(np.Block, r)
+	}
+	if mod != nil {
+		mod(&np)
 	}
 	m, err := policy.NewMatcher(np)
 	if err != nil {

@@ -58,6 +58,7 @@ func (s *Server) Resolve(ctx context.Context, name string) ([]netip.Addr, error)
 	if d := m.DecideNameAnyPort(canon); !d.Allow {
 		return nil, &DeniedError{Name: canon, Decision: d}
 	}
+	s.useUpstreamsOf(m)
 	type result struct {
 		a   *answer
 		err error
@@ -117,19 +118,23 @@ func (s *Server) Resolve(ctx context.Context, name string) ([]netip.Addr, error)
 // is sent.
 func (s *Server) lookup(ctx context.Context, name string, qtype uint16, now time.Time) (*answer, error) {
 	k := cacheKey{name: name, qtype: qtype}
+	gen := s.gen.Load()
 	if a := s.cache.get(k, now); a != nil {
 		s.m.cacheHits.Inc()
 		return a, nil
 	}
 	s.m.cacheMisses.Inc()
-	return s.flight.do(ctx, k, s.fetch)
+	return s.flight.do(ctx, flightKey{k, gen}, s.fetch)
 }
 
 // fetch asks upstream for k with a fresh query — new ID, one question,
 // class IN, the lower-cased name, our own EDNS0 buffer size and nothing of
-// the client's message — and caches the sanitised answer.
-func (s *Server) fetch(k cacheKey) (*answer, error) {
-	gen := s.gen.Load()
+// the client's message — and caches the sanitised answer. It asks the
+// upstreams in use now; an answer fetched across a change of upstreams (or
+// a Reset) is returned but neither cached nor learned.
+func (s *Server) fetch(fk flightKey) (*answer, error) {
+	k, gen := fk.cacheKey, fk.gen
+	up := s.pool.Load().up
 	// The last word before anything leaves: the name must be allowed by
 	// the policy in force now.
 	if d := s.matcher().DecideNameAnyPort(k.name); !d.Allow {
@@ -139,7 +144,7 @@ func (s *Server) fetch(k cacheKey) (*answer, error) {
 	q.RecursionDesired = true
 	q.Question = []dns.Question{{Name: k.name + ".", Qtype: k.qtype, Qclass: dns.ClassINET}}
 	q.SetEdns0(upstreamEDNSSize, false)
-	resp, err := s.up.exchange(s.baseCtx, q)
+	resp, err := up.exchange(s.baseCtx, q)
 	if err != nil {
 		return nil, err
 	}
@@ -175,10 +180,18 @@ func (s *Server) learn(a *answer, f *filtered, now time.Time) {
 	s.learned.add(f.addrs, f.names, until, now)
 }
 
+// flightKey is what concurrent lookups share: the same question in the same
+// generation (a lookup after a change of upstreams never joins one begun
+// before it).
+type flightKey struct {
+	cacheKey
+	gen uint64
+}
+
 // flight merges concurrent lookups of the same key into one upstream query.
 type flight struct {
 	mu    sync.Mutex
-	calls map[cacheKey]*flightCall
+	calls map[flightKey]*flightCall
 }
 
 type flightCall struct {
@@ -190,10 +203,10 @@ type flightCall struct {
 // do runs fn(k) once for all concurrent callers with key k. fn runs in its
 // own goroutine, so a caller whose ctx ends returns at once without
 // cancelling the query for the others.
-func (f *flight) do(ctx context.Context, k cacheKey, fn func(cacheKey) (*answer, error)) (*answer, error) {
+func (f *flight) do(ctx context.Context, k flightKey, fn func(flightKey) (*answer, error)) (*answer, error) {
 	f.mu.Lock()
 	if f.calls == nil {
-		f.calls = make(map[cacheKey]*flightCall)
+		f.calls = make(map[flightKey]*flightCall)
 	}
 	c := f.calls[k]
 	if c == nil {
@@ -210,7 +223,7 @@ func (f *flight) do(ctx context.Context, k cacheKey, fn func(cacheKey) (*answer,
 	}
 }
 
-func (f *flight) run(k cacheKey, c *flightCall, fn func(cacheKey) (*answer, error)) {
+func (f *flight) run(k flightKey, c *flightCall, fn func(flightKey) (*answer, error)) {
 	c.ans, c.err = fn(k)
 	f.mu.Lock()
 	delete(f.calls, k)

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -31,12 +32,16 @@ type Server struct {
 	audit   auditPipe
 	log     *slog.Logger
 	m       *metrics
-	up      exchanger
 	cache   *cache
 	learned *learnedTable
 	limiter *limiter
 	flight  flight
-	gen     atomic.Uint64 // bumped by Reset
+	gen     atomic.Uint64 // bumped by Reset and when the upstreams change
+
+	// pool holds the upstream resolvers in use (see useUpstreamsOf);
+	// poolMu serialises changing it, and closing it at Shutdown.
+	pool   atomic.Pointer[upstreamPool]
+	poolMu sync.Mutex
 
 	baseCtx context.Context
 	cancel  context.CancelFunc
@@ -84,7 +89,7 @@ func New(cfg Config) (*Server, error) {
 	if err := s.m.register(cfg.Metrics); err != nil {
 		return nil, err
 	}
-	s.up = newUpstreams(set.upstreams, set.mark, set.timeout, set.maxUpstream, s.m)
+	s.pool.Store(&upstreamPool{addrs: set.upstreams, up: s.newUpstreams(set.upstreams)})
 	s.baseCtx, s.cancel = context.WithCancel(context.Background())
 	return s, nil
 }
@@ -94,6 +99,64 @@ func (s *Server) matcher() *policy.Matcher {
 		return nil
 	}
 	return s.policy.Current()
+}
+
+// upstreamPool is the exchanger for one list of upstream resolvers.
+type upstreamPool struct {
+	addrs []netip.AddrPort
+	up    exchanger
+}
+
+func (s *Server) newUpstreams(addrs []netip.AddrPort) exchanger {
+	return newUpstreams(addrs, s.set.mark, s.set.timeout, s.set.maxUpstream, s.m)
+}
+
+// blockRcode is the answer to a name m denies: the policy's
+// dns_block_response, or Config.BlockResponse when the policy sets none.
+func (s *Server) blockRcode(m *policy.Matcher) int {
+	switch m.DNSBlockResponse() {
+	case policy.DNSRefused:
+		return dns.RcodeRefused
+	case policy.DNSNXDomain:
+		return dns.RcodeNameError
+	}
+	return s.set.blockRcode
+}
+
+// useUpstreamsOf makes the upstream resolvers of m — the policy's
+// network.upstream_dns, or Config.Upstreams when the policy names none —
+// the ones every later lookup asks. It is called with the matcher a query
+// was decided with, before the query looks anything up, so a reload that
+// changes the resolvers applies from the first query decided under it.
+//
+// When the resolvers change, the answer cache is emptied and lookups still
+// in flight neither cache nor learn (their answers came from the resolvers
+// of another policy); the old sockets close as their queries finish. Only
+// the matcher in force may change them: a query that read the matcher just
+// before a reload does not switch back.
+func (s *Server) useUpstreamsOf(m *policy.Matcher) {
+	want := m.UpstreamDNS()
+	if len(want) == 0 {
+		want = s.set.upstreams
+	}
+	if slices.Equal(s.pool.Load().addrs, want) {
+		return
+	}
+	s.poolMu.Lock()
+	defer s.poolMu.Unlock()
+	old := s.pool.Load()
+	if slices.Equal(old.addrs, want) || m != s.matcher() {
+		return
+	}
+	select {
+	case <-s.done:
+		return // shut down: the pool is closed, keep it so
+	default:
+	}
+	s.pool.Store(&upstreamPool{addrs: want, up: s.newUpstreams(want)})
+	s.cache.reset(s.gen.Add(1))
+	old.up.close()
+	s.log.Info("dns: upstream resolvers changed", "upstreams", fmt.Sprint(want))
 }
 
 // Listen binds addr ("127.0.0.1:53", "[::1]:53") for UDP and TCP. With port
@@ -260,7 +323,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 	}
 	s.cancel()
-	s.up.close()
+	s.poolMu.Lock()
+	s.pool.Load().up.close()
+	s.poolMu.Unlock()
 	s.audit.stop()
 	return errors.Join(errs...)
 }
@@ -270,8 +335,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // can be handed to the next tenant. Lookups in flight during Reset neither
 // cache nor learn their answers.
 func (s *Server) Reset() {
-	s.gen.Add(1)
-	s.cache.reset()
+	s.cache.reset(s.gen.Add(1))
 	s.learned.reset()
 	s.limiter.reset()
 }

@@ -109,6 +109,9 @@ type startOpts struct {
 	// adminTCP, when set, serves the admin endpoint on this loopback TCP
 	// address instead of a unix socket, and protects its port in the firewall.
 	adminTCP string
+	// upstreamFromPolicy leaves out --upstream-dns, so the policy's
+	// network.upstream_dns decides where allowed names go.
+	upstreamFromPolicy bool
 }
 
 // newEnv starts a world with the standard records, a sandbox, and egressd
@@ -156,13 +159,15 @@ func startEgressdWith(t *testing.T, w *fakenet.World, s *fakenet.Sandbox, o star
 		"--dns-listen", fmt.Sprintf("127.0.0.1:%d,[::1]:%d", dnsPort, dnsPort),
 		"--proxy-listen", fmt.Sprintf("127.0.0.1:%d", proxyPort),
 		"--transparent-listen", fmt.Sprintf("127.0.0.1:%d,[::1]:%d", transparentPort, transparentPort),
-		"--upstream-dns", dnsAddr.String(),
 		"--mark", strconv.Itoa(egressdMark),
 		"--admin-listen", e.adminAddr,
 		"--audit-log", e.auditPath,
 		"--sandbox-id", "e2e-" + s.Name(),
 		"--shutdown-grace", "1s",
 		"--ready-fd", "3",
+	}
+	if !o.upstreamFromPolicy {
+		args = append(args, "--upstream-dns", dnsAddr.String())
 	}
 	args = append(args, o.flags...)
 

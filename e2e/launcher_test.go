@@ -52,6 +52,7 @@ func TestLauncher(t *testing.T) {
 			{"KillingEgressdLeavesNoEgress", testLauncherEgressdDeathFailsClosed},
 			{"NetNoneHasLoopbackOnly", testLauncherNetNone},
 			{"NetHostRefusedUnderFloorStandard", testLauncherNetHostRefused},
+			{"BroadWildcardAllowRefusedUnderFloorStrict", testLauncherBroadAllowRefused},
 			{"ExitCodeIsTheCommandsAnd125ForLauncherErrors", testLauncherExitCodes},
 			{"SIGTERMTearsDownAndNothingIsLeft", testLauncherSIGTERM},
 			{"ExplainShowsProfileRulesAndSpec", testLauncherExplain},
@@ -599,6 +600,42 @@ func testLauncherNetHostRefused(t *testing.T) {
 	}
 	// Nothing was made: the world's cleanup checks its links and rules,
 	// TestLauncher the machine.
+}
+
+// testLauncherBroadAllowRefused: `--profile strict --floor strict --allow
+// '*.*'` used to start the sandbox and reach an arbitrary host; the floor
+// judged `*` by its spelling. Now every rule that matches every name, every
+// name of N labels or the names of more than one registrant is refused
+// before anything is made (exit 125, one line naming the rule, its source
+// and what it matches), and the world sees nothing. The same command with
+// the one host allowed reaches it, so the setup is sound.
+func testLauncherBroadAllowRefused(t *testing.T) {
+	lw := newLauncherWorld(t)
+	fetch := curlArgs + " https://other.test/reached"
+	if r := lw.run("--profile", "strict", "--floor", "strict", "--allow", "other.test", "--", "sh", "-c", fetch); r.code != 0 || len(replies(r.stdout)) != 1 {
+		t.Fatalf("with --allow other.test the fetch must work\n%s", r)
+	}
+	lw.w.ResetCounters()
+	for rule, matches := range map[string]string{
+		"*.*":         "matches every name of 2 labels",
+		"**.":         "matches every name",
+		"*.test":      "matches every name under the public suffix test",
+		"other*.test": "matches names of different registrants under the public suffix test (othera.test, otherb.test)",
+	} {
+		r := lw.run("--profile", "strict", "--floor", "strict", "--allow", rule, "--", "sh", "-c", fetch)
+		lines := strings.Split(strings.TrimSpace(r.stderr), "\n")
+		want := fmt.Sprintf(`network.allow %q (flag:--allow) %s`, rule, matches)
+		if r.code != 125 || len(lines) != 1 || !strings.HasPrefix(lines[0], "launcher: profile is less restrictive than the security floor strict") ||
+			!strings.Contains(lines[0], want) {
+			t.Errorf("--allow %s: want exit 125 and one line naming %s\n%s", rule, want, r)
+		}
+	}
+	if n := lw.w.HTTPRequests("other.test"); n != 0 {
+		t.Errorf("the world served %d requests for other.test under a refused floor", n)
+	}
+	if n := lw.w.DNSQueries("other.test"); n != 0 {
+		t.Errorf("the world's DNS saw %d queries for other.test under a refused floor", n)
+	}
 }
 
 func testLauncherExitCodes(t *testing.T) {

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"slices"
 	"sort"
 	"strings"
@@ -507,6 +508,127 @@ func TestReloadThatBreaksTheFileKeepsOldPolicy(t *testing.T) {
 		return r.code != 0 && strings.Contains(r.stderr, "no-allow-rule")
 	}) {
 		t.Error("a valid policy without allowed.test did not take effect after the broken one")
+	}
+}
+
+// TestReloadAppliesResolverSettings: a reload that changes
+// dns_block_response and upstream_dns used to be accepted and shown by
+// /policy while the resolver kept the old values. dig scores the answer to a
+// denied name; the world's DNS log scores which resolver address the allowed
+// names reached.
+func TestReloadAppliesResolverSettings(t *testing.T) {
+	t.Parallel()
+	w := fakenet.Start(t)
+	setRecords(w)
+	s := w.NewSandbox(t)
+	withResolver := func(resp, upstream string) string {
+		return basePolicy + fmt.Sprintf("dns_block_response = %q\nupstream_dns = [%q]\n", resp, upstream)
+	}
+	e := startEgressdWith(t, w, s, startOpts{policyTOML: withResolver("nxdomain", "203.0.113.53"), upstreamFromPolicy: true})
+	v4, v6 := ap(fakenet.DNS4, 53), ap(fakenet.DNS6, 53)
+
+	if d := e.dig("blocked.test"); d.status != "NXDOMAIN" {
+		t.Fatalf("dig blocked.test before the reload: %s", d)
+	}
+	if d := e.dig("allowed.test"); d.status != "NOERROR" || len(d.answers) != 1 {
+		t.Fatalf("dig allowed.test before the reload: %s", d)
+	}
+	if got := serversAsked(w, "allowed.test"); !slices.Equal(got, []netip.AddrPort{v4}) {
+		t.Fatalf("allowed.test before the reload reached %v, want only %v", got, v4)
+	}
+
+	before := e.metric("egressd_policy_reloads_total")
+	e.writePolicy(withResolver("refused", "[2001:db8::53]:53"))
+	if !eventually(10*time.Second, func() bool { return e.metric("egressd_policy_reloads_total") > before }) {
+		t.Fatalf("the reload did not happen:\n%s", e.stderr)
+	}
+	if d := e.dig("blocked.test"); d.status != "REFUSED" {
+		t.Errorf("dig blocked.test after the reload: %s, want REFUSED", d)
+	}
+	if d := e.dig("other.test"); d.status != "REFUSED" {
+		t.Errorf("dig other.test (never allowed) after the reload: %s, want REFUSED", d)
+	}
+	// allowed.test was cached from the old resolver: asked again, at the
+	// new one; dual.test was never asked.
+	for _, name := range []string{"allowed.test", "dual.test"} {
+		if d := e.dig(name); d.status != "NOERROR" || len(d.answers) == 0 {
+			t.Errorf("dig %s after the reload: %s", name, d)
+		}
+	}
+	if got := serversAsked(w, "allowed.test"); !slices.Equal(got, []netip.AddrPort{v4, v6}) {
+		t.Errorf("allowed.test reached %v, want %v then %v", got, v4, v6)
+	}
+	if got := serversAsked(w, "dual.test"); !slices.Equal(got, []netip.AddrPort{v6}) {
+		t.Errorf("dual.test after the reload reached %v, want only %v", got, v6)
+	}
+	_, body := e.admin(http.MethodGet, "/policy")
+	if !strings.Contains(body, "refused") || !strings.Contains(body, "2001:db8::53") {
+		t.Errorf("GET /policy does not show the new resolver settings:\n%s", body)
+	}
+}
+
+// serversAsked lists, in order and without repeats in a row, the resolver
+// addresses at which the world's DNS server received questions for name.
+func serversAsked(w *fakenet.World, name string) []netip.AddrPort {
+	var out []netip.AddrPort
+	for _, q := range w.DNSLog() {
+		if strings.EqualFold(strings.TrimSuffix(q.Name, "."), name) && (len(out) == 0 || out[len(out)-1] != q.Server) {
+			out = append(out, q.Server)
+		}
+	}
+	return out
+}
+
+// TestReloadHappensUnderSteadyAuditLogTraffic: the audit log lives next to
+// the policy file. A watcher that reacted to every event of the directory
+// restarted its debounce on each audit record, so under ~16 queries/s a
+// policy edit was never applied.
+func TestReloadHappensUnderSteadyAuditLogTraffic(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, basePolicy)
+	if filepath.Dir(e.auditPath) != filepath.Dir(e.policyPath) {
+		t.Fatalf("the audit log %s is not in the policy's directory", e.auditPath)
+	}
+	// Two threads resolving allowed.test every 10ms from inside the
+	// sandbox (an A and an AAAA query each, one audit record per query):
+	// ~300 records/s, far more than the 16/s that starved the old watcher.
+	ctx, cancel := context.WithCancel(context.Background())
+	loop := e.s.Exec(ctx, pythonBin, "-c", `
+import socket, threading, time
+def resolve():
+    while True:
+        try:
+            socket.getaddrinfo("allowed.test", 443)
+        except OSError:
+            pass
+        time.sleep(0.01)
+for _ in range(2):
+    threading.Thread(target=resolve, daemon=True).start()
+time.sleep(3600)
+`)
+	loop.Env = cleanEnv()
+	if err := loop.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cancel(); _ = loop.Wait() }()
+	lines := func() int { return strings.Count(e.auditText(), "\n") }
+	if !eventually(5*time.Second, func() bool { return lines() >= 10 }) {
+		t.Fatalf("the query loop wrote %d audit records in 5s", lines())
+	}
+	if d := e.dig("other.test"); d.status != "NXDOMAIN" {
+		t.Fatalf("dig other.test before the reload: %s", d)
+	}
+
+	start, before := lines(), e.metric("egressd_policy_reloads_total")
+	e.writePolicy(strings.Replace(basePolicy, `  "allowed.test",`, `  "allowed.test", "other.test",`, 1))
+	if !eventually(5*time.Second, func() bool { return e.metric("egressd_policy_reloads_total") > before }) {
+		t.Fatalf("no reload 5s after the policy changed, while the audit log grew by %d records", lines()-start)
+	}
+	if !eventually(2*time.Second, func() bool { return lines() > start }) {
+		t.Errorf("the query loop stopped writing audit records: the traffic was not steady")
+	}
+	if d := e.dig("other.test"); d.status != "NOERROR" {
+		t.Errorf("dig other.test after the reload: %s, want NOERROR", d)
 	}
 }
 

@@ -13,6 +13,11 @@
 //	                 warnings, floor                 Decide / DecideName / GuardAddr
 //	                                                 (pure, no I/O, no allocation)
 //
+// The security floor and the validator judge an allow rule by what its
+// compiled pattern matches (breadth.go: every name, every name of N labels,
+// names of more than one registrable domain of the Public Suffix List,
+// every address, a guard lift), never by how it is spelled.
+//
 // Decision order (docs/design.md): invalid target → deny (invalid-name); any block
 // rule → deny (blocked-by); an allow rule for name and port → allow
 // (allowed-by), else deny (no-allow-rule); every resolved address of an allowed

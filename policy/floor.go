@@ -26,14 +26,23 @@ type Violation struct {
 	// Floor is the floor profile's name and FloorValue its value of the
 	// field (or what it requires).
 	Floor, FloorValue string
+	// Matches, for an allow rule, says what it matches that the floor
+	// refuses ("matches every name under the public suffix co.uk"); Value
+	// is then the rule.
+	Matches string
 }
 
 // String renders `network.mode = "host" (flag:--net) is less restrictive
-// than floor standard ("filtered")`.
+// than floor standard ("filtered")`, and for an allow rule
+// `network.allow "*.co.uk" (policy.toml:3:10) matches every name under the
+// public suffix co.uk`.
 func (v Violation) String() string {
 	src := positionString(v.Source)
 	if src != "" {
 		src = " (" + src + ")"
+	}
+	if v.Matches != "" {
+		return fmt.Sprintf("%s %s%s %s", v.Field, v.Value, src, v.Matches)
 	}
 	return fmt.Sprintf("%s = %s%s is less restrictive than floor %s (%s)", v.Field, v.Value, src, v.Floor, v.FloorValue)
 }
@@ -54,9 +63,14 @@ func (e *FloorError) Error() string {
 // ("<" = less restrictive):
 //
 //   - network.mode: host < filtered < none.
-//   - network.allow: when the floor filters, an allow rule matching every
-//     name ("*", "**", "*:*") is a violation. Other allow rules are not:
-//     adding hosts is what tenants do, even on top of strict.
+//   - network.allow: when the floor filters, an allow rule is a violation
+//     when it is broad (breadth.go: it matches every name, every name of N
+//     labels, or names of more than one registrable domain — `*`, `*.*`,
+//     `*.co.uk`, `foo*.com`, `*.github.io` — or every address, or a range
+//     wider than an IANA allocation), or when it lifts the address guard
+//     for anything but one subnet of private, ULA or CGNAT space (allowRisk).
+//     Other allow rules are not: adding hosts is what tenants do, even on
+//     top of strict.
 //   - network.block: every block rule of the floor must be present.
 //   - filesystem.read_only, process.no_new_privileges,
 //     commands.allowlist_only: false < true.
@@ -101,8 +115,8 @@ func CheckFloor(p *Profile, floor string) error {
 	}
 	if f.Network.Mode != ModeHost {
 		for _, r := range p.Network.Allow {
-			if matchesEverything(r) {
-				add("network.allow", tomlString(r.Text), "no rule allowing every name", r.Source)
+			if what, refused := allowRisk(r); refused {
+				e.Violations = append(e.Violations, Violation{Field: "network.allow", Value: tomlString(r.Text), Source: r.Source, Floor: f.Name, Matches: what})
 			}
 		}
 	}

@@ -2,6 +2,7 @@ package policy
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -117,6 +118,84 @@ func TestFloorErrorNamesEachFieldValueAndSource(t *testing.T) {
 	want := `profile is less restrictive than the security floor standard:
   network.mode = "host" (flag:--net) is less restrictive than floor standard ("filtered")
   process.cap_add = "CAP_NET_RAW" (flag:--cap-add) is less restrictive than floor standard (none)`
+	if err == nil || err.Error() != want {
+		t.Errorf("error:\n%v\nwant:\n%s", err, want)
+	}
+}
+
+// TestFloorRefusesBroadAllowRules: the floors standard and strict judge
+// what an allow rule matches, not how it is spelled (breadth.go): every
+// class is refused, with the rule, its source and what it matches; narrow
+// rules and one subnet of a private network pass; the open floor refuses
+// none of them.
+func TestFloorRefusesBroadAllowRules(t *testing.T) {
+	broad := map[string]string{
+		"*":                       "matches every name",
+		"**":                      "matches every name",
+		"**.":                     "matches every name",
+		"?**":                     "matches every name",
+		"*:443":                   "matches every name",
+		"*.*":                     "matches every name of 2 labels",
+		"*.*.*":                   "matches every name of 3 labels",
+		"*.**":                    "matches every name of 2 or more labels",
+		"*.com":                   "matches every name under the public suffix com",
+		".com":                    "matches every name under the public suffix com",
+		"**.com":                  "matches every name under the public suffix com",
+		"*.co.uk":                 "matches every name under the public suffix co.uk",
+		"foo*.com":                "matches names of different registrants under the public suffix com (fooa.com, foob.com)",
+		"*.github.io":             "matches every name under the public suffix github.io",
+		"*.githubusercontent.com": "matches every name under the public suffix githubusercontent.com",
+		"*.s3.amazonaws.com":      "matches every name under the public suffix s3.amazonaws.com",
+		"*.amazonaws.com":         "matches every name under the public suffix s3.amazonaws.com",
+		"*.cloudfront.net":        "matches every name under the public suffix cloudfront.net",
+		"api.*":                   "matches names of more than one registrable domain (api.com, api.net)",
+		"*.internal":              "matches every name under the public suffix internal",
+		"0.0.0.0/0":               "matches every IPv4 address",
+		"::/0":                    "matches every IPv6 address",
+		"0.0.0.0/7":               "matches a range wider than an IANA allocation (/8): hosts of unrelated networks",
+		"2000::/3":                "matches a range wider than an IANA allocation (/12): hosts of unrelated networks",
+		"169.254.169.254":         "lifts the address guard for metadata 169.254.169.254/32",
+		"[fd00:ec2::254]:80":      "lifts the address guard for metadata fd00:ec2::254/128",
+		"127.0.0.1:8080":          "lifts the address guard for loopback 127.0.0.0/8",
+		"169.254.0.0/16":          "lifts the address guard for link-local 169.254.0.0/16",
+		"64:ff9b::a00:1":          "lifts the address guard for nat64 64:ff9b::/96",
+		"10.0.0.0/8":              "lifts the address guard for private 10.0.0.0/8 over more than one subnet (/24)",
+		"[fd00::/48]:443":         "lifts the address guard for ula fc00::/7 over more than one subnet (/64)",
+	}
+	narrowRules := []string{"pypi.org", "*.example.com", ".example.com", "api-*.example.com", "**.example.com",
+		"*.corp.internal", "raw.githubusercontent.com", "203.0.113.0/24", "9.0.0.0/8", "2001:db8::/32",
+		"10.1.2.0/24", "10.1.2.3:5000", "[fd00:1::/64]:443", "100.64.1.0/24"}
+	for _, floor := range []string{"standard", "strict"} {
+		for rule, what := range broad {
+			t.Run(floor+" "+rule, func(t *testing.T) {
+				_, _, err := Resolve(ResolveOptions{Profile: "strict", Overrides: []Setting{{Key: "network.allow", Values: []string{rule}, Source: Flag("--allow")}}, Floor: floor})
+				want := fmt.Sprintf("network.allow %q (flag:--allow) %s", rule, what)
+				var fe *FloorError
+				if !errors.As(err, &fe) || len(fe.Violations) != 1 || fe.Violations[0].String() != want {
+					t.Errorf("floor %s, --allow %s: err %v\nwant the one violation %s", floor, rule, err, want)
+				}
+			})
+		}
+		for _, rule := range narrowRules {
+			if _, _, err := Resolve(ResolveOptions{Profile: "strict", Overrides: []Setting{{Key: "network.allow", Values: []string{rule}, Source: Flag("--allow")}}, Floor: floor}); err != nil {
+				t.Errorf("floor %s refused the narrow rule %s: %v", floor, rule, err)
+			}
+		}
+	}
+	for rule := range broad {
+		if _, _, err := Resolve(ResolveOptions{Profile: "strict", Overrides: []Setting{{Key: "network.allow", Values: []string{rule}}}, Floor: "open"}); err != nil {
+			t.Errorf("floor open refused %s: %v", rule, err)
+		}
+	}
+}
+
+// TestFloorNamesTheRuleItsPositionAndWhatItMatches is the issue's example,
+// from a file.
+func TestFloorNamesTheRuleItsPositionAndWhatItMatches(t *testing.T) {
+	paths := writePolicies(t, [2]string{"policy.toml", "version = 1\n[network]\nallow = [\"*.co.uk\", \"pypi.org\"]\n"})
+	_, _, err := Resolve(ResolveOptions{Profile: "strict", Files: paths, Floor: "strict"})
+	want := `profile is less restrictive than the security floor strict:
+  network.allow "*.co.uk" (` + paths[0] + `:3:10) matches every name under the public suffix co.uk`
 	if err == nil || err.Error() != want {
 		t.Errorf("error:\n%v\nwant:\n%s", err, want)
 	}

@@ -9,7 +9,10 @@ import (
 )
 
 // NetworkPolicy is the network part of a resolved profile: what NewMatcher
-// compiles.
+// compiles. The compiled Matcher carries all of it, the resolver settings
+// included, so that one atomic swap of the Matcher (Live.Store) changes
+// everything a reload changes at once: no enforcement point ever pairs the
+// rules of one policy with the resolver settings of another.
 type NetworkPolicy struct {
 	// Mode is the network mode. The zero value means ModeFiltered. In
 	// ModeNone every decision denies. ModeHost is decided like ModeFiltered
@@ -26,6 +29,12 @@ type NetworkPolicy struct {
 	// Self are egressd's own addresses: always guarded unless an allow IP
 	// rule names them (a /32 or /128 rule for that address).
 	Self []netip.Addr
+	// DNSBlockResponse is what the resolver answers for a denied name.
+	// "" leaves it to the resolver's own default.
+	DNSBlockResponse DNSResponse
+	// UpstreamDNS are the resolvers allowed names are forwarded to. Empty
+	// leaves them to the resolver's own default.
+	UpstreamDNS []netip.AddrPort
 }
 
 var defaultPorts = []uint16{80, 443}
@@ -57,6 +66,19 @@ func NewMatcher(n NetworkPolicy) (*Matcher, error) {
 	}
 	if err := m.block.add(n.Block, "block"); err != nil {
 		return nil, err
+	}
+	switch n.DNSBlockResponse {
+	case "", DNSNXDomain, DNSRefused:
+		m.blockResponse = n.DNSBlockResponse
+	default:
+		return nil, fmt.Errorf("compiling network policy: DNS block response %q (want %q or %q)", n.DNSBlockResponse, DNSNXDomain, DNSRefused)
+	}
+	for i, u := range n.UpstreamDNS {
+		a, ok := canonAddr(u.Addr())
+		if !ok || u.Port() == 0 || a.IsUnspecified() || a.IsMulticast() {
+			return nil, fmt.Errorf("compiling network policy: upstream resolver %d (%v) is not a unicast IP:port without a zone", i, u)
+		}
+		m.upstreams = append(m.upstreams, netip.AddrPortFrom(a, u.Port()))
 	}
 	for i, a := range n.Self {
 		c, ok := canonAddr(a)
@@ -252,6 +274,25 @@ func (t *prefixTable) lookup(a netip.Addr, port uint16, defaults []uint16, block
 		}
 	}
 	return nil
+}
+
+// DNSBlockResponse is the policy's answer to a denied name, "" when the
+// policy leaves it to the resolver (and for a nil Matcher).
+func (m *Matcher) DNSBlockResponse() DNSResponse {
+	if m == nil {
+		return ""
+	}
+	return m.blockResponse
+}
+
+// UpstreamDNS are the policy's upstream resolvers (IPv4-mapped addresses
+// unmapped), empty when the policy leaves them to the resolver (and for a
+// nil Matcher). The slice is the Matcher's own: do not modify it.
+func (m *Matcher) UpstreamDNS() []netip.AddrPort {
+	if m == nil {
+		return nil
+	}
+	return m.upstreams
 }
 
 // Mode returns the network mode; a nil Matcher reports ModeNone.

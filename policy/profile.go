@@ -215,14 +215,17 @@ type CommandSettings struct {
 	AllowlistOnly bool
 }
 
-// NetworkPolicy returns the part of the profile the matcher compiles.
-// Self is left empty: the caller knows egressd's own addresses.
+// NetworkPolicy returns the part of the profile the matcher compiles: the
+// [network] section. Self is left empty: the caller knows egressd's own
+// addresses.
 func (p *Profile) NetworkPolicy() NetworkPolicy {
 	return NetworkPolicy{
-		Mode:         p.Network.Mode,
-		Allow:        slices.Clone(p.Network.Allow),
-		Block:        slices.Clone(p.Network.Block),
-		DefaultPorts: slices.Clone(p.Network.DefaultPorts),
+		Mode:             p.Network.Mode,
+		Allow:            slices.Clone(p.Network.Allow),
+		Block:            slices.Clone(p.Network.Block),
+		DefaultPorts:     slices.Clone(p.Network.DefaultPorts),
+		DNSBlockResponse: p.Network.DNSBlockResponse,
+		UpstreamDNS:      slices.Clone(p.Network.UpstreamDNS),
 	}
 }
 

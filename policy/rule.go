@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync/atomic"
 )
 
 // ruleKind is the shape of a parsed pattern.
@@ -53,6 +54,10 @@ type Rule struct {
 	// blocks every port. ":*" is a constraint covering 1-65535.
 	hasPort        bool
 	portLo, portHi uint16
+
+	// breadthMemo keeps the rule's breadth judgment (breadth.go), made
+	// when first asked for.
+	breadthMemo atomic.Pointer[breadth]
 }
 
 // PatternError is a pattern that ParseRule refused, with what is wrong and,
@@ -649,4 +654,7 @@ type Matcher struct {
 	allow, block ruleSet
 	defaultPorts []uint16
 	self         map[netip.Addr]string // egressd's own addresses → guard label
+	// The resolver settings of the same policy (see NetworkPolicy).
+	blockResponse DNSResponse
+	upstreams     []netip.AddrPort
 }

@@ -1,10 +1,6 @@
 package policy
 
-import (
-	"net/netip"
-	"slices"
-	"strings"
-)
+import "strconv"
 
 // Validate checks one policy file as `egressd validate` does: it parses and
 // validates the file, resolves it on the built-in profile it names (or
@@ -56,27 +52,32 @@ func (r *resolver) analyse() {
 		return
 	}
 
+	// Broad allow rules and guard lifts, in the words of the floor's
+	// refusal (allowRisk).
 	for _, a := range n.Allow {
 		if a.Source.Kind == SourceBuiltin {
 			continue
 		}
-		if labels := guardedBy(a); len(labels) > 0 {
-			r.warn(a.Source, "allow %q lifts the address guard for %s: the sandbox can reach those addresses",
-				a.Text, strings.Join(labels, ", "))
+		what, refused := allowRisk(a)
+		if what == "" {
+			continue
 		}
+		msg := "network.allow " + strconv.Quote(a.Text) + " " + what
+		if _, lifts := liftedGuard(a); lifts {
+			msg += ": the sandbox can reach those addresses"
+		}
+		if refused {
+			msg += " (the floors standard and strict refuse it)"
+		}
+		r.warn(a.Source, "%s", msg)
 	}
 
 	var blockAll *Rule
 	for _, b := range n.Block {
-		if matchesEverything(b) {
+		if lo, hi := b.portRange(); b.breadth().class == everyName && lo == 1 && hi == 65535 {
 			blockAll = b
 			r.warn(b.Source, "block %q blocks every name, so no allow rule can take effect (filtered mode already denies what is not allowed)", b.Text)
 			break
-		}
-	}
-	for _, a := range n.Allow {
-		if matchesEverything(a) {
-			r.warn(a.Source, "allow %q allows every name: the allow list no longer restricts anything", a.Text)
 		}
 	}
 	if blockAll != nil {
@@ -101,61 +102,6 @@ func (r *resolver) analyse() {
 	}
 }
 
-// guardProbes are addresses of the guarded ranges that matter most, used to
-// tell whether a wide allow IP rule (8.0.0.0/5 holds 10.0.0.0/8) reaches
-// into them.
-var guardProbes = []netip.Addr{
-	netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("172.16.0.1"),
-	netip.MustParseAddr("192.168.0.1"), netip.MustParseAddr("169.254.169.254"), netip.MustParseAddr("100.64.0.1"),
-	netip.MustParseAddr("::1"), netip.MustParseAddr("fd00::1"), netip.MustParseAddr("fe80::1"),
-	netip.MustParseAddr("fd00:ec2::254"),
-}
-
-// guardedBy returns the labels of the guarded ranges an allow IP rule
-// reaches into (its first address, and the probes it holds).
-func guardedBy(r *Rule) []string {
-	prefix, ok := r.Prefix()
-	if !ok {
-		return nil
-	}
-	var labels []string
-	add := func(a netip.Addr) {
-		if l, guarded := GuardedRange(a); guarded && !slices.Contains(labels, l) {
-			labels = append(labels, l)
-		}
-	}
-	add(prefix.Masked().Addr())
-	for _, a := range guardProbes {
-		if prefix.Contains(a) {
-			add(a)
-		}
-	}
-	return labels
-}
-
 // maxShadowPairs bounds the allow × block comparisons of the shadowing
 // check (each a Rule.Covers call), so validating a huge policy stays fast.
 const maxShadowPairs = 1 << 22
-
-// everything is the rule every name matches on every port.
-var everything = func() *Rule {
-	r, err := ParseRule("*:*", Source{})
-	if err != nil {
-		return nil
-	}
-	return r
-}()
-
-// matchesEverything reports whether r matches every name (on its ports):
-// "*", "*:443", "**" and the like.
-func matchesEverything(r *Rule) bool {
-	host := r.Text
-	if i := strings.LastIndexByte(host, ':'); i >= 0 && !strings.Contains(host[:i], ":") {
-		host = host[:i]
-	}
-	switch host {
-	case "*", "**", ".":
-		return true
-	}
-	return everything != nil && r.Covers(everything)
-}

@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 
@@ -57,7 +58,7 @@ func TestValidateWarnsAboutRulesWithoutEffect(t *testing.T) {
 		{
 			name: "star in allow",
 			src:  "version = 1\n[network]\nallow = [\"*\"]\n",
-			want: []string{`p.toml:3:10: warning: allow "*" allows every name: the allow list no longer restricts anything`},
+			want: []string{`p.toml:3:10: warning: network.allow "*" matches every name (the floors standard and strict refuse it)`},
 		},
 		{
 			name: "star in block kills every allow, said once",
@@ -65,12 +66,27 @@ func TestValidateWarnsAboutRulesWithoutEffect(t *testing.T) {
 			want: []string{`p.toml:4:10: warning: block "*" blocks every name, so no allow rule can take effect (filtered mode already denies what is not allowed)`},
 		},
 		{
-			name: "allow IP rule lifting the address guard",
-			src:  "version = 1\n[network]\nallow = [\"203.0.113.0/24\", \"169.254.169.254:80\", \"8.0.0.0/5\"]\n",
+			name: "allow IP rules lifting the address guard or wider than an allocation",
+			src: "version = 1\n[network]\nallow = [\"203.0.113.0/24\", \"169.254.169.254:80\", \"8.0.0.0/5\",\n" +
+				"  \"10.1.2.0/24\", \"10.0.0.0/8\", \"169.254.0.0/16\", \"[fd00::/64]:443\", \"0.0.0.0/0\", \"::/0\", \"127.0.0.1\"]\n",
 			want: []string{
-				`p.toml:3:28: warning: allow "169.254.169.254:80" lifts the address guard for metadata 169.254.169.254/32: the sandbox can reach those addresses`,
-				`p.toml:3:50: warning: allow "8.0.0.0/5" lifts the address guard for private 10.0.0.0/8: the sandbox can reach those addresses`,
+				`p.toml:3:28: warning: network.allow "169.254.169.254:80" lifts the address guard for metadata 169.254.169.254/32: the sandbox can reach those addresses (the floors standard and strict refuse it)`,
+				// 8.0.0.0/5 holds 10.0.0.0/8 but lifts nothing there: only a rule
+				// inside a guarded range lifts it.
+				`p.toml:3:50: warning: network.allow "8.0.0.0/5" matches a range wider than an IANA allocation (/8): hosts of unrelated networks (the floors standard and strict refuse it)`,
+				`p.toml:4:3: warning: network.allow "10.1.2.0/24" lifts the address guard for private 10.0.0.0/8: the sandbox can reach those addresses`,
+				`p.toml:4:18: warning: network.allow "10.0.0.0/8" lifts the address guard for private 10.0.0.0/8 over more than one subnet (/24): the sandbox can reach those addresses (the floors standard and strict refuse it)`,
+				`p.toml:4:32: warning: network.allow "169.254.0.0/16" lifts the address guard for link-local 169.254.0.0/16: the sandbox can reach those addresses (the floors standard and strict refuse it)`,
+				`p.toml:4:50: warning: network.allow "[fd00::/64]:443" lifts the address guard for ula fc00::/7: the sandbox can reach those addresses`,
+				`p.toml:4:69: warning: network.allow "0.0.0.0/0" matches every IPv4 address (the floors standard and strict refuse it)`,
+				`p.toml:4:82: warning: network.allow "::/0" matches every IPv6 address (the floors standard and strict refuse it)`,
+				`p.toml:4:90: warning: network.allow "127.0.0.1" lifts the address guard for loopback 127.0.0.0/8: the sandbox can reach those addresses (the floors standard and strict refuse it)`,
 			},
+		},
+		{
+			name: "every breadth class of name rules",
+			src:  "version = 1\n[network]\nallow = [\n" + breadthClassRules + "]\n",
+			want: breadthClassWarnings,
 		},
 		{
 			name: "domain rules under none",
@@ -99,6 +115,55 @@ func TestValidateWarnsAboutRulesWithoutEffect(t *testing.T) {
 		})
 	}
 }
+
+// breadthClassRules are one allow rule per line (lines 4 on, column 3) of
+// every breadth class, the issue's list first; breadthClassWarnings are
+// their warnings.
+const breadthClassRules = `  "**.",
+  "?**",
+  "*.*",
+  "*.*.*",
+  "*.com",
+  ".com",
+  "**.com",
+  "*.co.uk",
+  "foo*.com",
+  "*.github.io",
+  "*.amazonaws.com",
+  "api.*",
+  "*:443",
+  "*.**",
+  "?*",
+  "*.*.com",
+  "*.example.com",
+  "api-*.example.com",
+  ".github.com",
+`
+
+var breadthClassWarnings = func() []string {
+	out := []string{}
+	for i, w := range []string{
+		`network.allow "**." matches every name`,
+		`network.allow "?**" matches every name`,
+		`network.allow "*.*" matches every name of 2 labels`,
+		`network.allow "*.*.*" matches every name of 3 labels`,
+		`network.allow "*.com" matches every name under the public suffix com`,
+		`network.allow ".com" matches every name under the public suffix com`,
+		`network.allow "**.com" matches every name under the public suffix com`,
+		`network.allow "*.co.uk" matches every name under the public suffix co.uk`,
+		`network.allow "foo*.com" matches names of different registrants under the public suffix com (fooa.com, foob.com)`,
+		`network.allow "*.github.io" matches every name under the public suffix github.io`,
+		`network.allow "*.amazonaws.com" matches every name under the public suffix s3.amazonaws.com`,
+		`network.allow "api.*" matches names of more than one registrable domain (api.com, api.net)`,
+		`network.allow "*:443" matches every name`,
+		`network.allow "*.**" matches every name of 2 or more labels`,
+		`network.allow "?*" matches every name of 1 label`,
+		`network.allow "*.*.com" matches names of different registrants under the public suffix com (a.a.com, a.b.com)`,
+	} {
+		out = append(out, fmt.Sprintf("p.toml:%d:3: warning: %s (the floors standard and strict refuse it)", 4+i, w))
+	}
+	return out
+}()
 
 func TestValidateReturnsEveryErrorAsFileLineCol(t *testing.T) {
 	paths := writePolicies(t, [2]string{"p.toml", "version = 1\n[process]\ncpus = \"x\"\nmemory = \"y\"\n"})

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net"
 	"net/http"
 	"os"
@@ -261,5 +262,80 @@ func TestHealthAsksTheAdminEndpoint(t *testing.T) {
 	}
 	if code, _, _ := runCLI(t, "health"); code != exitUsage {
 		t.Errorf("health without --admin: code %d, want %d", code, exitUsage)
+	}
+}
+
+// breadthRules are allow rules of every breadth class (policy/breadth.go),
+// the list first, with what the floor and the warnings say they
+// match.
+var breadthRules = []struct{ rule, matches string }{
+	{"**.", "matches every name"},
+	{"?**", "matches every name"},
+	{"*.*", "matches every name of 2 labels"},
+	{"*.*.*", "matches every name of 3 labels"},
+	{"*.com", "matches every name under the public suffix com"},
+	{".com", "matches every name under the public suffix com"},
+	{"**.com", "matches every name under the public suffix com"},
+	{"*.co.uk", "matches every name under the public suffix co.uk"},
+	{"foo*.com", "matches names of different registrants under the public suffix com (fooa.com, foob.com)"},
+	{"*.github.io", "matches every name under the public suffix github.io"},
+	{"*.s3.amazonaws.com", "matches every name under the public suffix s3.amazonaws.com"},
+	{"api.*", "matches names of more than one registrable domain (api.com, api.net)"},
+	{"0.0.0.0/0", "matches every IPv4 address"},
+	{"169.254.169.254", "lifts the address guard for metadata 169.254.169.254/32"},
+}
+
+// TestValidateAndCheckWarnAboutEveryBreadthClass: validate and check warn
+// about each broad allow rule with its position and what it matches, and
+// still accept the file (exit 0) when no floor is asked for.
+func TestValidateAndCheckWarnAboutEveryBreadthClass(t *testing.T) {
+	var b strings.Builder
+	b.WriteString("version = 1\nprofile = \"strict\"\n[network]\nallow = [\n")
+	for _, r := range breadthRules {
+		fmt.Fprintf(&b, "  %q,\n", r.rule)
+	}
+	b.WriteString("  \"pypi.org\",\n]\n")
+	pol := writeFile(t, "policy.toml", b.String())
+	code, out, errOut := runCLI(t, "validate", pol)
+	if code != exitOK || !strings.Contains(out, "ok") {
+		t.Fatalf("validate: code %d, stdout %q, stderr %q", code, out, errOut)
+	}
+	code, _, checkErr := runCLI(t, "check", "--policy", pol, "pypi.org")
+	if code != exitOK {
+		t.Fatalf("check: code %d, stderr %q", code, checkErr)
+	}
+	for i, r := range breadthRules {
+		want := fmt.Sprintf("%s:%d:3: warning: network.allow %q %s", pol, 5+i, r.rule, r.matches)
+		for cmd, stderr := range map[string]string{"validate": errOut, "check": checkErr} {
+			if !strings.Contains(stderr, want) {
+				t.Errorf("%s does not warn %q:\n%s", cmd, want, stderr)
+			}
+		}
+	}
+	if strings.Contains(errOut, "pypi.org") {
+		t.Errorf("validate warns about the narrow rule pypi.org:\n%s", errOut)
+	}
+}
+
+// TestFloorRefusesEveryBreadthClass: under --floor standard or strict,
+// check refuses (exit 2) a broad --allow, naming the rule, its source and
+// what it matches; --floor open accepts it; a narrow rule passes.
+func TestFloorRefusesEveryBreadthClass(t *testing.T) {
+	for _, floor := range []string{"standard", "strict"} {
+		for _, r := range breadthRules {
+			code, _, errOut := runCLI(t, "check", "--profile", "strict", "--floor", floor, "--allow", r.rule, "pypi.org")
+			want := fmt.Sprintf("network.allow %q (flag:--allow) %s", r.rule, r.matches)
+			if code != exitUsage || !strings.Contains(errOut, "less restrictive than the security floor "+floor) || !strings.Contains(errOut, want) {
+				t.Errorf("--floor %s --allow %s: code %d, want %d and %q\n%s", floor, r.rule, code, exitUsage, want, errOut)
+			}
+		}
+		if code, _, errOut := runCLI(t, "check", "--profile", "strict", "--floor", floor, "--allow", "*.pythonhosted.org", "files.pythonhosted.org"); code != exitOK {
+			t.Errorf("--floor %s refused a narrow rule: code %d\n%s", floor, code, errOut)
+		}
+	}
+	for _, r := range breadthRules {
+		if code, _, errOut := runCLI(t, "check", "--profile", "strict", "--floor", "open", "--allow", r.rule, "pypi.org"); code != exitOK {
+			t.Errorf("--floor open --allow %s: code %d\n%s", r.rule, code, errOut)
+		}
 	}
 }

@@ -57,7 +57,7 @@ func newServeFlags(stderr io.Writer) (*flag.FlagSet, *serveOptions) {
 	fs.Var(&o.proxyListen, "proxy-listen", fmt.Sprintf("explicit proxy `ADDR` (default 127.0.0.1:%d)", defaultProxyPort))
 	fs.Var(&o.transparentListen, "transparent-listen", fmt.Sprintf("transparent proxy `ADDR`, the REDIRECT target (default 127.0.0.1:%d,[::1]:%d)", defaultTransparentPort, defaultTransparentPort))
 	fs.StringVar(&o.adminListen, "admin-listen", "", "admin endpoint `ADDR|unix:PATH` (/healthz /readyz /metrics /reload /policy); empty: none")
-	fs.StringVar(&o.upstream, "upstream-dns", "", "upstream resolvers `ADDR[,ADDR]` (default: network.upstream_dns, else /etc/resolv.conf)")
+	fs.StringVar(&o.upstream, "upstream-dns", "", "upstream resolvers `ADDR[,ADDR]`, as network.upstream_dns on top of the policy (default: the policy's, else /etc/resolv.conf)")
 	fs.UintVar(&o.mark, "mark", 0, "SO_MARK `N` set on every upstream socket (needs CAP_NET_ADMIN); 0: none")
 	fs.StringVar(&o.auditLog, "audit-log", "", "write one JSON line per decision to `PATH` (- for stdout); empty: none")
 	fs.StringVar(&o.logFormat, "log-format", "text", "operational log format on stderr: `text|json`")

@@ -3,7 +3,8 @@
 // the learned-address table and the resolver path, serves the admin endpoint,
 // hot-reloads the policy, and shuts everything down in order.
 //
-//	policy files ──► load ──► policy.Live ◄── reload (fsnotify, SIGHUP, POST /reload)
+//	policy files ──► load ──► snapshot ◄── reload (fsnotify, SIGHUP, POST /reload)
+//	                 (profile + matcher + resolver settings, one atomic swap)
 //	                              │
 //	     ┌────────────────────────┼───────────────────────┐
 //	     ▼                        ▼                       ▼
@@ -21,6 +22,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -61,8 +63,10 @@ type Config struct {
 	AdminListen string
 
 	// UpstreamDNS are the resolvers allowed names are forwarded to
-	// ("ip" or "ip:port"). Empty means the policy's network.upstream_dns,
-	// and if that is empty too, the nameservers of ResolvConf.
+	// ("ip" or "ip:port"). It is applied like a policy key,
+	// network.upstream_dns from flag:--upstream-dns, after the files on
+	// every load. Empty means the policy's network.upstream_dns, and if
+	// that is empty too, the nameservers of ResolvConf (read on every load).
 	UpstreamDNS []string
 	// ResolvConf is read for nameservers when no upstream is configured.
 	// "" means /etc/resolv.conf.
@@ -98,11 +102,34 @@ type Config struct {
 	Ready func()
 }
 
+// snapshot is everything the daemon derives from one load of the policy:
+// the resolved profile (what GET /policy shows) and the compiled matcher,
+// which carries the resolver settings too (dns_block_response and the
+// upstream resolvers, the resolv.conf fallback applied). It is immutable; a
+// reload swaps the one pointer, so every enforcement point sees either the
+// old policy whole or the new one whole.
+type snapshot struct {
+	profile *policy.Profile
+	matcher *policy.Matcher
+}
+
+// livePolicy is the snapshot in force, as the enforcement points read it
+// (dnsfilter.PolicySource and proxy.Policy).
+type livePolicy struct{ p atomic.Pointer[snapshot] }
+
+// Current returns the matcher in force, nil before the first load.
+func (l *livePolicy) Current() *policy.Matcher {
+	if s := l.p.Load(); s != nil {
+		return s.matcher
+	}
+	return nil
+}
+
 // Daemon is one running egressd.
 type Daemon struct {
 	cfg   Config
 	log   *slog.Logger
-	live  policy.Live
+	live  livePolicy
 	reg   *prometheus.Registry
 	audit *audit.Logger
 
@@ -113,7 +140,6 @@ type Daemon struct {
 	adminLn               net.Listener
 
 	reloadMu     sync.Mutex
-	profile      atomic.Pointer[policy.Profile]
 	self         []netip.Addr
 	ready        atomic.Bool
 	reloadsOK    prometheus.Counter
@@ -152,34 +178,24 @@ func New(cfg Config) (_ *Daemon, err error) {
 	if err != nil {
 		return nil, err
 	}
-	prof, m, err := d.load()
+	snap, err := d.load()
 	if err != nil {
 		return nil, err
 	}
-	d.profile.Store(prof)
-	d.live.Store(m)
+	d.live.p.Store(snap)
 
-	upstreams := cfg.UpstreamDNS
-	if len(upstreams) == 0 {
-		for _, ap := range prof.Network.UpstreamDNS {
-			upstreams = append(upstreams, ap.String())
-		}
-	}
-	if len(upstreams) == 0 {
-		upstreams, err = resolvConfServers(cfg.ResolvConf)
-		if err != nil {
-			return nil, err
-		}
-	}
-	upstreams, err = normaliseUpstreams(upstreams)
-	if err != nil {
-		return nil, err
+	// The resolver takes its upstreams and its answer to denied names from
+	// the matcher in force; these are only its fallback, never used while
+	// a loaded policy is in force (load always sets both).
+	var upstreams []string
+	for _, ap := range snap.matcher.UpstreamDNS() {
+		upstreams = append(upstreams, ap.String())
 	}
 	d.dns, err = dnsfilter.New(dnsfilter.Config{
 		Policy:        &d.live,
 		Upstreams:     upstreams,
 		Mark:          cfg.Mark,
-		BlockResponse: string(prof.Network.DNSBlockResponse),
+		BlockResponse: string(snap.matcher.DNSBlockResponse()),
 		MaxNameLen:    cfg.DNSMaxNameLen,
 		QueryRate:     cfg.DNSQueryRate,
 		Audit:         d.audit,
@@ -260,46 +276,69 @@ func (d *Daemon) selfAddrPorts() ([]netip.AddrPort, error) {
 	return out, nil
 }
 
-// load resolves the policy files and compiles the matcher. It changes
+// load resolves the policy files and compiles the snapshot. It changes
 // nothing: the caller decides whether to put the result in force.
-func (d *Daemon) load() (*policy.Profile, *policy.Matcher, error) {
-	prof, warnings, err := policy.Resolve(policy.ResolveOptions{Profile: d.cfg.Profile, Files: d.cfg.PolicyFiles, Overrides: d.cfg.Overrides, Floor: d.cfg.Floor})
+//
+// Everything serve takes from a policy is in the [network] table, and all
+// of it reloads: allow, block, default_ports, dns_block_response and
+// upstream_dns. The one key that cannot change while serving is
+// network.mode: serve enforces filtered mode only, so a policy naming
+// another mode is refused, with the file:line:col of the value. The other
+// tables are the launcher's; serve does not apply them, at start or on
+// reload.
+func (d *Daemon) load() (*snapshot, error) {
+	overrides := d.cfg.Overrides
+	if len(d.cfg.UpstreamDNS) > 0 {
+		overrides = append(slices.Clone(overrides), policy.Setting{Key: "network.upstream_dns", Values: d.cfg.UpstreamDNS, Source: policy.Flag("--upstream-dns")})
+	}
+	prof, warnings, err := policy.Resolve(policy.ResolveOptions{Profile: d.cfg.Profile, Files: d.cfg.PolicyFiles, Overrides: overrides, Floor: d.cfg.Floor})
 	for _, w := range warnings {
 		d.log.Warn("policy warning", "warning", w.String())
 	}
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	if prof.Network.Mode != policy.ModeFiltered {
-		return nil, nil, fmt.Errorf("network.mode is %q (%s): egressd serve enforces filtered mode only", prof.Network.Mode, prof.SourceOf("network.mode"))
+		return nil, &policy.Error{
+			Pos:  prof.SourceOf("network.mode"),
+			Msg:  fmt.Sprintf("network.mode = %q: egressd serve enforces filtered mode only", prof.Network.Mode),
+			Hint: `set mode = "filtered", or run the sandbox with the launcher`,
+		}
 	}
 	np := prof.NetworkPolicy()
 	np.Self = append(np.Self, d.self...)
+	if len(np.UpstreamDNS) == 0 {
+		if np.UpstreamDNS, err = resolvConfServers(d.cfg.ResolvConf); err != nil {
+			return nil, err
+		}
+	}
 	m, err := policy.NewMatcher(np)
 	if err != nil {
-		return nil, nil, fmt.Errorf("compiling policy: %w", err)
+		return nil, fmt.Errorf("compiling policy: %w", err)
 	}
-	return prof, m, nil
+	return &snapshot{profile: prof, matcher: m}, nil
 }
 
 // Reload re-reads the policy. On any error the last good policy stays in
 // force and the error (with file:line:col) is returned and logged. On
-// success every later decision uses the new policy, and open tunnels the new
-// policy denies are closed.
+// success every later decision and DNS answer uses the new policy, its
+// resolver settings included, and open tunnels the new policy denies are
+// closed.
 func (d *Daemon) Reload() error {
 	d.reloadMu.Lock()
 	defer d.reloadMu.Unlock()
-	prof, m, err := d.load()
+	snap, err := d.load()
 	if err != nil {
 		d.reloadsError.Inc()
 		d.log.Error("policy reload refused; the last good policy stays in force", "error", err.Error())
 		return err
 	}
-	d.profile.Store(prof)
-	d.live.Store(m)
+	d.live.p.Store(snap)
 	d.proxy.Reevaluate()
 	d.reloadsOK.Inc()
-	d.log.Info("policy reloaded", "allow_rules", len(prof.Network.Allow), "block_rules", len(prof.Network.Block))
+	n := snap.profile.Network
+	d.log.Info("policy reloaded", "allow_rules", len(n.Allow), "block_rules", len(n.Block),
+		"dns_block_response", string(snap.matcher.DNSBlockResponse()), "upstream_dns", fmt.Sprint(snap.matcher.UpstreamDNS()))
 	return nil
 }
 
@@ -330,7 +369,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		h := admin.Handler(admin.Handlers{
 			Ready:    d.ready.Load,
 			Reload:   d.Reload,
-			Policy:   func() any { return d.profile.Load().Explain() },
+			Policy:   func() any { return d.live.p.Load().profile.Explain() },
 			Gatherer: d.reg,
 		})
 		goServe("admin endpoint", func() error { return admin.Serve(ctx, d.adminLn, h) })
@@ -429,8 +468,9 @@ func addrsOf(lns []net.Listener) []net.Addr {
 	return out
 }
 
-// resolvConfServers reads nameserver lines from path ("" = /etc/resolv.conf).
-func resolvConfServers(path string) ([]string, error) {
+// resolvConfServers reads nameserver lines from path ("" = /etc/resolv.conf),
+// each on port 53.
+func resolvConfServers(path string) ([]netip.AddrPort, error) {
 	if path == "" {
 		path = "/etc/resolv.conf"
 	}
@@ -438,32 +478,20 @@ func resolvConfServers(path string) ([]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("no upstream DNS given (--upstream-dns or network.upstream_dns) and %s is unreadable: %w", path, err)
 	}
-	var out []string
-	for _, line := range strings.Split(string(b), "\n") {
+	var out []netip.AddrPort
+	for i, line := range strings.Split(string(b), "\n") {
 		f := strings.Fields(line)
-		if len(f) >= 2 && f[0] == "nameserver" {
-			out = append(out, f[1])
+		if len(f) < 2 || f[0] != "nameserver" {
+			continue
 		}
+		ip, err := netip.ParseAddr(f[1])
+		if err != nil || ip.Zone() != "" {
+			return nil, fmt.Errorf("%s:%d: nameserver %q: want an IP address without a zone (or give --upstream-dns)", path, i+1, f[1])
+		}
+		out = append(out, netip.AddrPortFrom(ip.Unmap(), 53))
 	}
 	if len(out) == 0 {
 		return nil, fmt.Errorf("no upstream DNS given (--upstream-dns or network.upstream_dns) and %s lists no nameserver", path)
-	}
-	return out, nil
-}
-
-// normaliseUpstreams turns "ip" and "ip:port" into "ip:port" (port 53).
-func normaliseUpstreams(in []string) ([]string, error) {
-	out := make([]string, 0, len(in))
-	for _, s := range in {
-		if ap, err := netip.ParseAddrPort(s); err == nil {
-			out = append(out, ap.String())
-			continue
-		}
-		ip, err := netip.ParseAddr(strings.Trim(s, "[]"))
-		if err != nil || ip.Zone() != "" {
-			return nil, fmt.Errorf("upstream DNS %q: want an IP address, optionally with :port", s)
-		}
-		out = append(out, netip.AddrPortFrom(ip.Unmap(), 53).String())
 	}
 	return out, nil
 }

@@ -2,6 +2,8 @@ package daemon
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -86,28 +88,12 @@ func TestReloadKeepsLastGoodPolicyAndAppliesTheNext(t *testing.T) {
 	up, seen := startUpstream(t)
 	pol := filepath.Join(t.TempDir(), "policy.toml")
 	writePolicy(t, pol, "version = 1\nprofile = \"strict\"\n[network]\nallow = [\"a.test\"]\n")
-	d, err := New(Config{
+	d, dnsAddr := startDaemon(t, Config{
 		PolicyFiles: []string{pol},
 		DNSListen:   []string{"127.0.0.1:0"},
 		ProxyListen: []string{"127.0.0.1:0"},
 		UpstreamDNS: []string{up},
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	ready := make(chan struct{})
-	d.cfg.Ready = func() { close(ready) }
-	done := make(chan error, 1)
-	go func() { done <- d.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	})
-	<-ready
-	dnsAddr := d.DNSAddrs()[0].String()
 
 	if rc := query(t, dnsAddr, "a.test"); rc != dns.RcodeSuccess {
 		t.Fatalf("a.test: rcode %s, want NOERROR", dns.RcodeToString[rc])
@@ -140,27 +126,141 @@ func TestReloadKeepsLastGoodPolicyAndAppliesTheNext(t *testing.T) {
 	}
 }
 
-func TestServeRefusesNonFilteredModes(t *testing.T) {
+// TestReloadAppliesResolverSettings: a reload that changes
+// dns_block_response and upstream_dns is not only shown by /policy but
+// answered by the resolver: denied names get the new rcode, allowed names
+// go to the new upstream.
+func TestReloadAppliesResolverSettings(t *testing.T) {
+	up1, seen1 := startUpstream(t)
+	up2, seen2 := startUpstream(t)
 	pol := filepath.Join(t.TempDir(), "policy.toml")
-	writePolicy(t, pol, "version = 1\n[network]\nmode = \"host\"\n")
-	_, err := New(Config{PolicyFiles: []string{pol}, DNSListen: []string{"127.0.0.1:0"}, UpstreamDNS: []string{"127.0.0.1:53"}})
-	if err == nil || !strings.Contains(err.Error(), "filtered") {
-		t.Fatalf("New with mode host: err %v, want a refusal naming filtered mode", err)
+	body := func(resp, up string) string {
+		return fmt.Sprintf("version = 1\nprofile = \"strict\"\n[network]\nallow = [\"a.test\", \"b.test\"]\ndns_block_response = %q\nupstream_dns = [%q]\n", resp, up)
+	}
+	writePolicy(t, pol, body("nxdomain", up1))
+	d, dnsAddr := startDaemon(t, Config{PolicyFiles: []string{pol}, DNSListen: []string{"127.0.0.1:0"}})
+	if rc := query(t, dnsAddr, "a.test"); rc != dns.RcodeSuccess || seen1("a.test") != 1 {
+		t.Fatalf("a.test: rcode %s, up1 saw %d; want NOERROR from up1", dns.RcodeToString[rc], seen1("a.test"))
+	}
+	if rc := query(t, dnsAddr, "c.test"); rc != dns.RcodeNameError {
+		t.Fatalf("c.test: rcode %s, want NXDOMAIN", dns.RcodeToString[rc])
+	}
+
+	writePolicy(t, pol, body("refused", up2))
+	waitFor(t, "the reload to take effect", func() bool { return counterValue(d.reloadsOK) >= 1 })
+	if rc := query(t, dnsAddr, "c.test"); rc != dns.RcodeRefused {
+		t.Errorf("c.test after the reload: rcode %s, want REFUSED", dns.RcodeToString[rc])
+	}
+	for _, name := range []string{"a.test", "b.test"} { // a.test was cached from up1
+		if rc := query(t, dnsAddr, name); rc != dns.RcodeSuccess || seen2(name) != 1 {
+			t.Errorf("%s after the reload: rcode %s, up2 saw %d; want NOERROR from up2", name, dns.RcodeToString[rc], seen2(name))
+		}
+	}
+	if n := seen1("b.test"); n != 0 {
+		t.Errorf("the old upstream saw %d queries for b.test after the reload", n)
+	}
+	got := d.live.p.Load().profile.Explain()
+	if b, _ := json.Marshal(got); !strings.Contains(string(b), "refused") || !strings.Contains(string(b), up2) {
+		t.Errorf("/policy after the reload does not show the new settings: %s", b)
 	}
 }
 
-func TestNormaliseUpstreams(t *testing.T) {
-	got, err := normaliseUpstreams([]string{"192.0.2.1", "192.0.2.2:5353", "2001:db8::1", "[2001:db8::2]:53"})
+// startDaemon runs a daemon from cfg until the test ends and returns it
+// with its first DNS address.
+func startDaemon(t *testing.T, cfg Config) (*Daemon, string) {
+	t.Helper()
+	d, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := "192.0.2.1:53 192.0.2.2:5353 [2001:db8::1]:53 [2001:db8::2]:53"
-	if strings.Join(got, " ") != want {
-		t.Errorf("got %v, want %s", got, want)
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan struct{})
+	d.cfg.Ready = func() { close(ready) }
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	<-ready
+	return d, d.DNSAddrs()[0].String()
+}
+
+// TestModeIsTheKeyThatCannotReload: serve enforces filtered mode only; a
+// policy naming another mode is refused at start and on reload, naming the
+// value's file:line:col, and the last good policy stays.
+func TestModeIsTheKeyThatCannotReload(t *testing.T) {
+	pol := filepath.Join(t.TempDir(), "policy.toml")
+	writePolicy(t, pol, "version = 1\n[network]\nmode = \"host\"\n")
+	_, err := New(Config{PolicyFiles: []string{pol}, DNSListen: []string{"127.0.0.1:0"}, UpstreamDNS: []string{"127.0.0.1:53"}})
+	if want := pol + `:3:8: network.mode = "host": egressd serve enforces filtered mode only`; err == nil || !strings.HasPrefix(err.Error(), want) {
+		t.Fatalf("New with mode host: err %v, want %q...", err, want)
+	}
+
+	up, _ := startUpstream(t)
+	writePolicy(t, pol, "version = 1\n[network]\nallow = [\"a.test\"]\n")
+	d, dnsAddr := startDaemon(t, Config{PolicyFiles: []string{pol}, DNSListen: []string{"127.0.0.1:0"}, UpstreamDNS: []string{up}})
+	writePolicy(t, pol, "version = 1\n[network]\nallow = [\"a.test\"]\nmode = \"none\"\n")
+	waitFor(t, "the refused reload to be counted", func() bool { return counterValue(d.reloadsError) >= 1 })
+	if err := d.Reload(); err == nil || !strings.HasPrefix(err.Error(), pol+`:4:8: network.mode = "none"`) {
+		t.Errorf("Reload to mode none: err %v, want a refusal naming %s:4:8", err, pol)
+	}
+	if rc := query(t, dnsAddr, "a.test"); rc != dns.RcodeSuccess {
+		t.Errorf("a.test after the refused reload: rcode %s, want NOERROR", dns.RcodeToString[rc])
+	}
+}
+
+// TestUpstreamFlagIsAPolicyOverride: --upstream-dns is network.upstream_dns
+// from flag:--upstream-dns, checked like the key and shown with its source.
+func TestUpstreamFlagIsAPolicyOverride(t *testing.T) {
+	d, err := New(Config{DNSListen: []string{"127.0.0.1:0"}, UpstreamDNS: []string{"192.0.2.1", "[2001:db8::2]:5353"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.closeListeners()
+	snap := d.live.p.Load()
+	if got := fmt.Sprint(snap.matcher.UpstreamDNS()); got != "[192.0.2.1:53 [2001:db8::2]:5353]" {
+		t.Errorf("upstreams %s", got)
+	}
+	if src := snap.profile.SourceOf("network.upstream_dns").String(); src != "flag:--upstream-dns" {
+		t.Errorf("source of network.upstream_dns: %q", src)
 	}
 	for _, bad := range []string{"dns.google", "192.0.2.1:x", "fe80::1%eth0"} {
-		if _, err := normaliseUpstreams([]string{bad}); err == nil {
-			t.Errorf("normaliseUpstreams(%q) accepted", bad)
+		_, err := New(Config{DNSListen: []string{"127.0.0.1:0"}, UpstreamDNS: []string{bad}})
+		if err == nil || !strings.Contains(err.Error(), "flag:--upstream-dns: network.upstream_dns") {
+			t.Errorf("--upstream-dns %q: err %v", bad, err)
+		}
+	}
+}
+
+// TestResolvConfIsTheLastFallback: with no upstream in flags or policy,
+// resolv.conf's nameservers are used (re-read on every load).
+func TestResolvConfIsTheLastFallback(t *testing.T) {
+	dir := t.TempDir()
+	rc := filepath.Join(dir, "resolv.conf")
+	if err := os.WriteFile(rc, []byte("# comment\nsearch example\nnameserver 192.0.2.53\nnameserver 2001:db8::53\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d, err := New(Config{DNSListen: []string{"127.0.0.1:0"}, ResolvConf: rc})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.closeListeners()
+	if got := fmt.Sprint(d.live.p.Load().matcher.UpstreamDNS()); got != "[192.0.2.53:53 [2001:db8::53]:53]" {
+		t.Errorf("upstreams from resolv.conf: %s", got)
+	}
+	for content, want := range map[string]string{
+		"search example\n":              "lists no nameserver",
+		"nameserver fe80::1%eth0\n":     rc + ":1: nameserver",
+		"nameserver resolver.example\n": rc + ":1: nameserver",
+	} {
+		if err := os.WriteFile(rc, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := New(Config{DNSListen: []string{"127.0.0.1:0"}, ResolvConf: rc}); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("resolv.conf %q: err %v, want %q", content, err, want)
 		}
 	}
 }
