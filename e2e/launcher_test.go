@@ -56,6 +56,14 @@ func TestLauncher(t *testing.T) {
 			{"SIGTERMTearsDownAndNothingIsLeft", testLauncherSIGTERM},
 			{"ExplainShowsProfileRulesAndSpec", testLauncherExplain},
 			{"SandboxOfAKilledLauncherIsReaped", testLauncherReapsStale},
+			{"HostFilesOutsideTheViewAreUnreadable", testLauncherHostViewHidesHostFiles},
+			{"FileOfTheOldDefaultUIDIsUnreadable", testLauncherOldDefaultUIDFileUnreadable},
+			{"WorkspaceGitHooksAndConfigCannotBeWritten", testLauncherWorkspaceGitIsProtected},
+			{"MissingProtectedPathsCannotBeCreated", testLauncherMissingProtectedPathsCannotBeCreated},
+			{"UserInstallsWorkUnderStrict", testLauncherUserInstallsUnderStrict},
+			{"VolumeWritableUnderStrictAndOfflineButNotItsProtectedPaths", testLauncherVolumeWritableUnderReadOnlyProfiles},
+			{"UnwritableWorkspaceIsRefusedAndRootWarned", testLauncherWorkspacePreflight},
+			{"ExplainShowsViewVolumesProtectedPathsAndUser", testLauncherExplainFilesystem},
 		} {
 			t.Run(tc.name, func(t *testing.T) {
 				t.Parallel()
@@ -302,8 +310,12 @@ func testLauncherIptablesFlushFails(t *testing.T) {
 	script := `iptables -F; echo flush=$?; iptables -t nat -F OUTPUT; echo natflush=$?; ip6tables -F; echo flush6=$?; ` +
 		`ip route add 198.51.100.0/24 dev eth0; echo route=$?; ` +
 		curlArgs + ` --noproxy '*' --resolve other.test:443:198.51.100.10 https://other.test/; echo other=$?`
-	for _, user := range []string{"100:100", "0:0"} {
-		r := lw.run("--allow", "allowed.test", "--user", user, "--", "sh", "-c", script)
+	for _, user := range []string{"", "0:0"} {
+		args := []string{"--allow", "allowed.test"}
+		if user != "" {
+			args = append(args, "--user", user)
+		}
+		r := lw.run(append(args, "--", "sh", "-c", script)...)
 		if r.code != 0 {
 			t.Fatalf("user %s: want exit 0\n%s", user, r)
 		}
@@ -716,6 +728,7 @@ func testLauncherExplain(t *testing.T) {
 
 func testLauncherReapsStale(t *testing.T) {
 	lw := newLauncherWorld(t)
+	before := listDir(t, lw.ws)
 	started := make(chan int, 1)
 	done := make(chan lresult, 1)
 	go func() {
@@ -734,6 +747,10 @@ func testLauncherReapsStale(t *testing.T) {
 		return false
 	}) {
 		t.Fatal("the sandbox never came up")
+	}
+	// The protected paths' placeholders are in the workspace while it runs.
+	if _, err := os.Lstat(filepath.Join(lw.ws, ".envrc")); err != nil {
+		t.Errorf("no .envrc placeholder in the workspace of a running sandbox: %v", err)
 	}
 	// The launcher dies without a chance to clean up; egressd dies with it
 	// (parent-death signal), the container and everything else stay.
@@ -756,6 +773,9 @@ func testLauncherReapsStale(t *testing.T) {
 		if _, err := os.Stat(p); err == nil {
 			t.Errorf("%s still exists after cleanup", p)
 		}
+	}
+	if after := listDir(t, lw.ws); !slices.Equal(after, before) {
+		t.Errorf("the workspace holds %v after the reap, want %v (placeholders removed)", after, before)
 	}
 	// The world's cleanup checks the veth and the NAT chains are gone.
 }

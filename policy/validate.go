@@ -101,6 +101,17 @@ func (r *resolver) analyse() {
 	}
 }
 
+// analyseFilesystem warns about filesystem settings that do nothing.
+func (r *resolver) analyseFilesystem() {
+	f := r.p.Filesystem
+	for _, u := range f.Unprotect {
+		if !slices.ContainsFunc(f.Protect, func(e string) bool { return ProtectID(e) == ProtectID(u) }) {
+			r.warn(r.p.Sources[elemKey("filesystem.unprotect", ProtectID(u))],
+				"filesystem.unprotect %q removes nothing: filesystem.protect does not list it", u)
+		}
+	}
+}
+
 // guardProbes are addresses of the guarded ranges that matter most, used to
 // tell whether a wide allow IP rule (8.0.0.0/5 holds 10.0.0.0/8) reaches
 // into them.
