@@ -641,19 +641,21 @@ func testLauncherSIGTERM(t *testing.T) {
 	lw := newLauncherWorld(t)
 	started := make(chan int, 1)
 	done := make(chan lresult, 1)
+	var out lockedBuffer
 	go func() {
-		done <- lw.runWith(lopts{started: func(p int) { started <- p }}, "--", "sh", "-c", "trap 'exit 42' TERM; echo up; sleep 60 & wait")
+		done <- lw.runWith(lopts{started: func(p int) { started <- p }, stdout: &out}, "--", "sh", "-c", "trap 'exit 42' TERM; echo up; sleep 60 & wait")
 	}()
 	pid := <-started
 	var id string
+	// "up" comes after the trap is set: from then on SIGTERM is the
+	// shell's to handle (before, the runtime may still be setting up).
 	if !eventually(30*time.Second, func() bool {
 		var ok bool
 		id, ok = sandboxOf(pid)
-		return ok && len(processesInNetns(filepath.Join(sandbox.NetnsDir, id))) >= 2
+		return ok && strings.Contains(out.String(), "up")
 	}) {
 		t.Fatal("the sandbox never came up")
 	}
-	time.Sleep(500 * time.Millisecond) // let the shell install its trap
 	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
