@@ -73,7 +73,8 @@ func newLauncherWorld(t *testing.T) *lworld {
 	w := fakenet.Start(t)
 	setRecords(w)
 	ws := t.TempDir()
-	// The sandbox user (uid 100) writes here, through the bind mount.
+	// The sandbox user (policy.DefaultUID, no host account) writes here,
+	// through the bind mount.
 	if err := os.Chmod(ws, 0o777); err != nil {
 		t.Fatal(err)
 	}
@@ -139,6 +140,9 @@ type lopts struct {
 	started func(pid int)
 	// stdout, if set, receives the command's output as it streams.
 	stdout io.Writer
+	// dir is the launcher's working directory (what --mount-cwd mounts);
+	// "" means the world's workspace.
+	dir string
 }
 
 // lresult is one launcher run.
@@ -191,6 +195,9 @@ func (lw *lworld) runWith(o lopts, args ...string) lresult {
 	defer cancel()
 	cmd := lw.w.Exec(ctx, bin, full...)
 	cmd.Dir = lw.ws
+	if o.dir != "" {
+		cmd.Dir = o.dir
+	}
 	cmd.Env = append(cleanEnv(), o.env...)
 	// On timeout: SIGTERM, so the launcher tears its sandbox down; SIGKILL
 	// only if it does not finish that.
@@ -317,7 +324,9 @@ func launcherLeftovers(t *testing.T) []string {
 	}
 	ents, _ = os.ReadDir(sandbox.DefaultStateDir)
 	for _, e := range ents {
-		if strings.Contains(e.Name(), sandbox.IDPrefix) {
+		// A sandbox's directory, or the record of a protected directory's
+		// placeholders (protect-HASH.json, .lock).
+		if strings.Contains(e.Name(), sandbox.IDPrefix) || strings.HasPrefix(e.Name(), "protect-") {
 			left = append(left, "state "+e.Name())
 		}
 	}

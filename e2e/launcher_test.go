@@ -58,6 +58,14 @@ func TestLauncher(t *testing.T) {
 			{"ExplainShowsProfileRulesAndSpec", testLauncherExplain},
 			{"SandboxOfAKilledLauncherIsReaped", testLauncherReapsStale},
 			{"StreamsThatNameNoAllowedHostAreRefused", testLauncherUndecidedStreamsRefused},
+			{"HostFilesOutsideTheViewAreUnreadable", testLauncherHostViewHidesHostFiles},
+			{"FileOfTheOldDefaultUIDIsUnreadable", testLauncherOldDefaultUIDFileUnreadable},
+			{"WorkspaceGitHooksAndConfigCannotBeWritten", testLauncherWorkspaceGitIsProtected},
+			{"MissingProtectedPathsCannotBeCreated", testLauncherMissingProtectedPathsCannotBeCreated},
+			{"UserInstallsWorkUnderStrict", testLauncherUserInstallsUnderStrict},
+			{"VolumeWritableUnderStrictAndOfflineButNotItsProtectedPaths", testLauncherVolumeWritableUnderReadOnlyProfiles},
+			{"UnwritableWorkspaceIsRefusedAndRootWarned", testLauncherWorkspacePreflight},
+			{"ExplainShowsViewVolumesProtectedPathsAndUser", testLauncherExplainFilesystem},
 		} {
 			t.Run(tc.name, func(t *testing.T) {
 				t.Parallel()
@@ -304,8 +312,12 @@ func testLauncherIptablesFlushFails(t *testing.T) {
 	script := `iptables -F; echo flush=$?; iptables -t nat -F OUTPUT; echo natflush=$?; ip6tables -F; echo flush6=$?; ` +
 		`ip route add 198.51.100.0/24 dev eth0; echo route=$?; ` +
 		curlArgs + ` --noproxy '*' --resolve other.test:443:198.51.100.10 https://other.test/; echo other=$?`
-	for _, user := range []string{"100:100", "0:0"} {
-		r := lw.run("--allow", "allowed.test", "--user", user, "--", "sh", "-c", script)
+	for _, user := range []string{"", "0:0"} {
+		args := []string{"--allow", "allowed.test"}
+		if user != "" {
+			args = append(args, "--user", user)
+		}
+		r := lw.run(append(args, "--", "sh", "-c", script)...)
 		if r.code != 0 {
 			t.Fatalf("user %s: want exit 0\n%s", user, r)
 		}
@@ -667,19 +679,21 @@ func testLauncherSIGTERM(t *testing.T) {
 	lw := newLauncherWorld(t)
 	started := make(chan int, 1)
 	done := make(chan lresult, 1)
+	var out lockedBuffer
 	go func() {
-		done <- lw.runWith(lopts{started: func(p int) { started <- p }}, "--", "sh", "-c", "trap 'exit 42' TERM; echo up; sleep 60 & wait")
+		done <- lw.runWith(lopts{started: func(p int) { started <- p }, stdout: &out}, "--", "sh", "-c", "trap 'exit 42' TERM; echo up; sleep 60 & wait")
 	}()
 	pid := <-started
 	var id string
+	// "up" comes after the trap is set: from then on SIGTERM is the
+	// shell's to handle (before, the runtime may still be setting up).
 	if !eventually(30*time.Second, func() bool {
 		var ok bool
 		id, ok = sandboxOf(pid)
-		return ok && len(processesInNetns(filepath.Join(sandbox.NetnsDir, id))) >= 2
+		return ok && strings.Contains(out.String(), "up")
 	}) {
 		t.Fatal("the sandbox never came up")
 	}
-	time.Sleep(500 * time.Millisecond) // let the shell install its trap
 	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
@@ -754,6 +768,7 @@ func testLauncherExplain(t *testing.T) {
 
 func testLauncherReapsStale(t *testing.T) {
 	lw := newLauncherWorld(t)
+	before := listDir(t, lw.ws)
 	started := make(chan int, 1)
 	done := make(chan lresult, 1)
 	go func() {
@@ -772,6 +787,10 @@ func testLauncherReapsStale(t *testing.T) {
 		return false
 	}) {
 		t.Fatal("the sandbox never came up")
+	}
+	// The protected paths' placeholders are in the workspace while it runs.
+	if _, err := os.Lstat(filepath.Join(lw.ws, ".envrc")); err != nil {
+		t.Errorf("no .envrc placeholder in the workspace of a running sandbox: %v", err)
 	}
 	// The launcher dies without a chance to clean up; egressd dies with it
 	// (parent-death signal), the container and everything else stay.
@@ -794,6 +813,9 @@ func testLauncherReapsStale(t *testing.T) {
 		if _, err := os.Stat(p); err == nil {
 			t.Errorf("%s still exists after cleanup", p)
 		}
+	}
+	if after := listDir(t, lw.ws); !slices.Equal(after, before) {
+		t.Errorf("the workspace holds %v after the reap, want %v (placeholders removed)", after, before)
 	}
 	// The world's cleanup checks the veth and the NAT chains are gone.
 }

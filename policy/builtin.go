@@ -86,6 +86,49 @@ func allProfileNames() []string {
 // both for its own user (a host PATH or HOME means nothing inside).
 var standardEnvPass = []string{"LANG", "LC_ALL", "TERM", "TZ"}
 
+// DefaultUID and DefaultGID are the sandbox user of every built-in profile
+// but open: ids no account or group of a host uses. They lie in the range
+// 1879048192-2147352575, which systemd's UID/GID allocation documents as
+// unused (above the container ranges nspawn hands out, below the foreign
+// range and below 2^31, which some programs still treat as signed), and far
+// above what useradd gives login accounts (1000-60000) and subordinate
+// ranges (/etc/subuid, from 100000). The launcher still checks the host's
+// account databases before every launch.
+const (
+	DefaultUID = 2000000000
+	DefaultGID = 2000000000
+)
+
+// DefaultProtect returns the paths every built-in profile protects inside
+// the workspace and every writable volume (filesystem.protect): the files
+// that make a host run code when a person works in that directory after
+// the sandbox did — git's hooks and configuration (and the files that
+// redirect them: commondir, per-worktree config, submodules' and linked
+// worktrees' git directories), shell start-up files, direnv, editors' and
+// AI agents' project settings. "NAME/" is a directory.
+func DefaultProtect() []string { return slices.Clone(defaultProtect) }
+
+var defaultProtect = []string{
+	".git/hooks/",
+	".git/config",
+	".git/commondir",
+	".git/config.worktree",
+	".git/modules/",
+	".git/worktrees/",
+	".gitmodules",
+	".gitconfig",
+	".bashrc",
+	".bash_profile",
+	".profile",
+	".zshrc",
+	".zprofile",
+	".envrc",
+	".vscode/",
+	".idea/",
+	".mcp.json",
+	".claude/",
+}
+
 // readOnlyTmpfs are the scratch mounts of the read-only profiles.
 func readOnlyTmpfs() []Tmpfs {
 	const mib = 1 << 20
@@ -108,7 +151,8 @@ func readOnlyTmpfs() []Tmpfs {
 //	allow        -          StandardAllow() (empty)     -
 //	root fs      writable   writable      read-only     read-only
 //	tmpfs        -          -             /tmp /var/tmp ~/.cache ~/.npm ~/.cargo ~/.local/share
-//	user         0:0        100:100       100:100       100:100
+//	user         0:0        DefaultUID:DefaultGID (2000000000:2000000000)
+//	host user    allowed    refused       refused       refused
 //	no_new_privs false      true          true          true
 //	caps         none       none          none          none
 //	seccomp      unconfined moderate      strict        strict
@@ -119,7 +163,8 @@ func readOnlyTmpfs() []Tmpfs {
 //
 // Every profile: default_ports [80, 443], dns_block_response nxdomain,
 // upstream_dns empty (the host's resolvers), workspace /sandbox,
-// mount_cwd false, no timeout, no command lists.
+// mount_cwd false, no exposed paths or volumes, protect DefaultProtect(),
+// no timeout, no command lists.
 func BuiltinProfile(name string) (*Profile, error) {
 	canon, ok := CanonicalProfileName(name)
 	if !ok {
@@ -138,9 +183,9 @@ func BuiltinProfile(name string) (*Profile, error) {
 			DefaultPorts:     []uint16{80, 443},
 			DNSBlockResponse: DNSNXDomain,
 		},
-		Filesystem: FilesystemSettings{Workspace: "/sandbox"},
+		Filesystem: FilesystemSettings{Workspace: "/sandbox", Protect: DefaultProtect()},
 		Process: ProcessSettings{
-			User:            User{UID: 100, GID: 100},
+			User:            User{UID: DefaultUID, GID: DefaultGID},
 			NoNewPrivileges: true,
 		},
 		Env: EnvSettings{Set: map[string]string{}},
@@ -149,6 +194,7 @@ func BuiltinProfile(name string) (*Profile, error) {
 	case "open":
 		p.Network.Mode = ModeHost
 		p.Process.User = User{UID: 0, GID: 0}
+		p.Process.AllowHostUser = true
 		p.Process.NoNewPrivileges = false
 		p.Process.Seccomp = SeccompUnconfined
 		p.Env.Pass = []string{"HOME", "LANG", "LC_ALL", "PATH", "TERM", "TZ"}

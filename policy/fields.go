@@ -153,10 +153,29 @@ var fields = []*field{
 	scalar("filesystem.workspace", "an absolute path inside the sandbox", `workspace = "/sandbox"`,
 		func(p *Profile) *string { return &p.Filesystem.Workspace }, decodeWorkspace, tomlString),
 	boolean("filesystem.mount_cwd", `mount_cwd = true`, func(p *Profile) *bool { return &p.Filesystem.MountCwd }),
+	stringSet("filesystem.expose", "an absolute host path", `expose = ["/opt/toolchains"]`,
+		func(p *Profile) *[]string { return &p.Filesystem.Expose }, decodeExpose),
+	{
+		key: "filesystem.volumes", kind: setField,
+		want:    `"HOST:PATH[:rw|ro]", HOST an absolute host path, PATH an absolute path or "~/..." inside the sandbox`,
+		example: `volumes = ["/srv/agents/42/claude:~/.claude:rw"]`,
+		decode:  decodeVolume,
+		id:      func(v any) string { return v.(Volume).String() },
+		add:     func(p *Profile, v any, _ Source) { p.Filesystem.Volumes = append(p.Filesystem.Volumes, v.(Volume)) },
+		items: func(p *Profile) (ids, text []string) {
+			for _, v := range p.Filesystem.Volumes {
+				ids, text = append(ids, v.String()), append(text, tomlString(v.String()))
+			}
+			return ids, text
+		},
+	},
+	protectField("filesystem.protect", `protect = [".git/hooks/", ".envrc"]`, func(p *Profile) *[]string { return &p.Filesystem.Protect }),
+	protectField("filesystem.unprotect", `unprotect = [".idea/"]`, func(p *Profile) *[]string { return &p.Filesystem.Unprotect }),
 
 	scalar("process.user", `"UID", "UID:GID" or a user name`, `user = "1000:1000"`,
 		func(p *Profile) *User { return &p.Process.User }, decodeUser,
 		func(u User) string { return tomlString(u.String()) }),
+	boolean("process.allow_host_user", `allow_host_user = true`, func(p *Profile) *bool { return &p.Process.AllowHostUser }),
 	scalar("process.pids_limit", "an integer", `pids_limit = 256`+"; 0 means no limit",
 		func(p *Profile) *int64 { return &p.Process.PidsLimit }, decodePids,
 		func(n int64) string { return strconv.FormatInt(n, 10) }),
@@ -260,6 +279,25 @@ func stringSet(key, want, example string, get func(*Profile) *[]string,
 		items: func(p *Profile) (ids, text []string) {
 			for _, s := range *get(p) {
 				ids, text = append(ids, s), append(text, tomlString(s))
+			}
+			return ids, text
+		},
+	}
+}
+
+// protectField is filesystem.protect or filesystem.unprotect: a set of
+// relative paths whose identity ignores the "/" that marks a directory.
+func protectField(key, example string, get func(*Profile) *[]string) *field {
+	return &field{
+		key: key, kind: setField,
+		want:    `a path relative to the workspace ("NAME/" for a directory)`,
+		example: example,
+		decode:  func(d *decoder, f *field, v *tval) (any, bool) { return decodeProtect(d, f, v) },
+		id:      func(v any) string { return ProtectID(v.(string)) },
+		add:     func(p *Profile, v any, _ Source) { *get(p) = append(*get(p), v.(string)) },
+		items: func(p *Profile) (ids, text []string) {
+			for _, s := range *get(p) {
+				ids, text = append(ids, ProtectID(s)), append(text, tomlString(s))
 			}
 			return ids, text
 		},
@@ -500,6 +538,135 @@ func decodeWorkspace(d *decoder, f *field, v *tval) (string, bool) {
 	}
 	if msg, hint := checkSandboxPath(s, false); msg != "" {
 		d.errorf(v.pos, hint, "%s %q: %s", f.key, s, msg)
+		return "", false
+	}
+	return s, true
+}
+
+// ForbiddenHostPath says why no sandbox may see host path p (absolute,
+// clean) through filesystem.expose, filesystem.volumes or the workspace,
+// or returns "": the whole host, its configuration, kernel interfaces and
+// devices, its runtime state and sockets (the launcher's state directory,
+// a container runtime's socket), root's home, /home and the homes in it,
+// and a home's hidden entries (~/.ssh, ~/.aws, ~/.config). A directory
+// below a home that is not hidden (~/projects/x) may be given. The
+// launcher refuses more at launch, where it can see the host: every host
+// account's home wherever it is, what leads to one, its hidden entries,
+// and whatever a symbolic link in p leads to.
+func ForbiddenHostPath(p string) string {
+	under := func(dir string) bool { return p == dir || strings.HasPrefix(p, dir+"/") }
+	hiddenIn := func(home string) bool {
+		rest, ok := strings.CutPrefix(p, home+"/")
+		return ok && strings.HasPrefix(rest, ".")
+	}
+	homeDir, _, _ := strings.Cut(strings.TrimPrefix(p, "/home/"), "/")
+	switch {
+	case p == "/":
+		return "it is the whole host"
+	case under("/etc"):
+		return "it is the host's configuration (the sandbox sees /etc read-only already)"
+	case under("/proc"), under("/sys"), under("/dev"):
+		return "it holds the host's kernel interfaces and devices"
+	case under("/run"), under("/var/run"):
+		return "it holds the host's runtime state and sockets (the launcher's own, a container runtime's)"
+	case p == "/root":
+		return "it is root's home"
+	case hiddenIn("/root"):
+		return "it is a hidden entry of root's home (credentials and configuration live there)"
+	case p == "/home":
+		return "it holds every user's home"
+	case strings.HasPrefix(p, "/home/") && p == "/home/"+homeDir:
+		return "it is a user's home"
+	case strings.HasPrefix(p, "/home/") && hiddenIn("/home/"+homeDir):
+		return "it is a hidden entry of a user's home (credentials and configuration live there)"
+	}
+	return ""
+}
+
+// decodeHostPath decodes an absolute, clean host path that the sandbox may
+// be given.
+func decodeHostPath(d *decoder, f *field, v *tval, s string) (string, bool) {
+	switch {
+	case strings.ContainsRune(s, 0) || !utf8.ValidString(s):
+		d.errorf(v.pos, "", "%s: %q contains a NUL byte or invalid UTF-8", f.key, s)
+		return "", false
+	case !strings.HasPrefix(s, "/"):
+		d.errorf(v.pos, "give the absolute path on the host", "%s: host path %q is not absolute", f.key, s)
+		return "", false
+	case path.Clean(s) != s:
+		d.errorf(v.pos, "did you mean "+strconv.Quote(path.Clean(s))+"?", "%s: host path %q is not clean", f.key, s)
+		return "", false
+	}
+	if why := ForbiddenHostPath(s); why != "" {
+		d.errorf(v.pos, "name a directory that holds only what the sandbox needs", "%s: host path %s is never given to a sandbox: %s", f.key, s, why)
+		return "", false
+	}
+	return s, true
+}
+
+func decodeExpose(d *decoder, f *field, v *tval) (string, bool) {
+	s, ok := d.str(f, v)
+	if !ok {
+		return "", false
+	}
+	return decodeHostPath(d, f, v, s)
+}
+
+// decodeVolume decodes "HOST:PATH[:rw|ro]".
+func decodeVolume(d *decoder, f *field, v *tval) (any, bool) {
+	s, ok := d.str(f, v)
+	if !ok {
+		return nil, false
+	}
+	parts := strings.Split(s, ":")
+	if len(parts) < 2 || len(parts) > 3 {
+		d.errorf(v.pos, `for example: "/srv/agents/42/claude:~/.claude:rw" (host paths with ':' cannot be mounted)`,
+			"%s: %q is not HOST:PATH[:rw|ro]", f.key, s)
+		return nil, false
+	}
+	host, ok := decodeHostPath(d, f, v, parts[0])
+	if !ok {
+		return nil, false
+	}
+	vol := Volume{Host: host, Path: parts[1]}
+	if msg, hint := checkSandboxPath(vol.Path, true); msg != "" {
+		d.errorf(v.pos, hint, "%s %q: sandbox path %q: %s", f.key, s, vol.Path, msg)
+		return nil, false
+	}
+	if len(parts) == 3 {
+		switch parts[2] {
+		case "rw":
+		case "ro":
+			vol.ReadOnly = true
+		default:
+			d.errorf(v.pos, meanHint(parts[2], []string{"rw", "ro"}), "%s %q: mode %q is not rw or ro", f.key, s, parts[2])
+			return nil, false
+		}
+	}
+	return vol, true
+}
+
+// decodeProtect decodes a path relative to the workspace; a trailing "/"
+// says it is a directory.
+func decodeProtect(d *decoder, f *field, v *tval) (string, bool) {
+	s, ok := d.str(f, v)
+	if !ok {
+		return "", false
+	}
+	rel := strings.TrimSuffix(s, "/")
+	switch {
+	case strings.ContainsRune(s, 0) || !utf8.ValidString(s) || len(s) > 4096:
+		d.errorf(v.pos, "", "%s: %q contains a NUL byte or invalid UTF-8, or is too long", f.key, s)
+		return "", false
+	case rel == "" || strings.HasPrefix(rel, "/") || strings.HasPrefix(rel, "~"):
+		d.errorf(v.pos, `paths are relative to the workspace (and to each writable volume): ".git/hooks/", ".envrc"`,
+			"%s: %q is not a relative path", f.key, s)
+		return "", false
+	case path.Clean(rel) != rel || rel == "." || rel == ".." || strings.HasPrefix(rel, "../"):
+		d.errorf(v.pos, "did you mean "+strconv.Quote(path.Clean(rel))+"?", "%s: %q is not a clean path inside the workspace", f.key, s)
+		return "", false
+	case strings.ContainsAny(rel, "*?["):
+		d.errorf(v.pos, "name each path; patterns are not supported", "%s: %q is a pattern", f.key, s)
 		return "", false
 	}
 	return s, true

@@ -2,6 +2,7 @@ package policy
 
 import (
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 
@@ -88,7 +89,7 @@ func TestParseFilePointsAtTheOffendingValue(t *testing.T) {
 			want: []string{
 				`p.toml:3:8: process.cpus must be a number, not a string (for example: cpus = 1.5; 0 means no limit)`,
 				`p.toml:5:8: network.mode must be "none", "filtered" or "host", not an integer (for example: mode = "filtered")`,
-				`p.toml:6:1: unknown key "x" in [process] (keys of [process] are user, pids_limit, memory, cpus, timeout, no_new_privileges, cap_add, seccomp)`,
+				`p.toml:6:1: unknown key "x" in [process] (keys of [process] are user, allow_host_user, pids_limit, memory, cpus, timeout, no_new_privileges, cap_add, seccomp)`,
 			},
 		},
 		{
@@ -288,6 +289,33 @@ func TestValueDecoders(t *testing.T) {
 		{"command dotdot", `commands.block = [".."]`, nil, nil, "is not a command name or path"},
 		{"env value NUL", "env.set.A = \"a\\u0000b\"", nil, nil, "NUL byte"},
 		{"dns response", `network.dns_block_response = "REFUSED"`, func(p *Profile) any { return p.Network.DNSBlockResponse }, DNSRefused, ""},
+		{"expose", `filesystem.expose = ["/opt/toolchains", "/srv/data"]`, func(p *Profile) any { return p.Filesystem.Expose }, []string{"/opt/toolchains", "/srv/data"}, ""},
+		{"expose relative", `filesystem.expose = ["opt/x"]`, nil, nil, `host path "opt/x" is not absolute`},
+		{"expose unclean", `filesystem.expose = ["/opt//x/"]`, nil, nil, `did you mean "/opt/x"?`},
+		{"expose the host", `filesystem.expose = ["/"]`, nil, nil, "host path / is never given to a sandbox: it is the whole host"},
+		{"expose root's home", `filesystem.expose = ["/root"]`, nil, nil, "it is root's home"},
+		{"expose root's keys", `filesystem.expose = ["/root/.ssh"]`, nil, nil, "hidden entry of root's home"},
+		{"expose every home", `filesystem.expose = ["/home"]`, nil, nil, "every user's home"},
+		{"expose a home", `filesystem.expose = ["/home/alice"]`, nil, nil, "it is a user's home"},
+		{"expose a home's config", `filesystem.expose = ["/home/alice/.config/gh"]`, nil, nil, "hidden entry of a user's home"},
+		{"expose a project in a home", `filesystem.expose = ["/home/alice/src/lib", "/root/src"]`, func(p *Profile) any { return p.Filesystem.Expose }, []string{"/home/alice/src/lib", "/root/src"}, ""},
+		{"expose a socket dir", `filesystem.expose = ["/var/run/docker.sock"]`, nil, nil, "runtime state and sockets"},
+		{"expose devices", `filesystem.expose = ["/dev/kvm"]`, nil, nil, "kernel interfaces and devices"},
+		{"volume", `filesystem.volumes = ["/srv/a:~/.claude", "/srv/b:/data:ro"]`, func(p *Profile) any { return p.Filesystem.Volumes },
+			[]Volume{{Host: "/srv/a", Path: "~/.claude"}, {Host: "/srv/b", Path: "/data", ReadOnly: true}}, ""},
+		{"volume etc", `filesystem.volumes = ["/etc/app:/app"]`, nil, nil, "host's configuration"},
+		{"volume no target", `filesystem.volumes = ["/srv/a"]`, nil, nil, `is not HOST:PATH[:rw|ro]`},
+		{"volume bad mode", `filesystem.volumes = ["/srv/a:/a:rx"]`, nil, nil, `mode "rx" is not rw or ro`},
+		{"volume over home", `filesystem.volumes = ["/srv/a:~"]`, nil, nil, "whole home directory"},
+		{"volume over proc", `filesystem.volumes = ["/srv/a:/proc/x"]`, nil, nil, "mounting over /proc is not allowed"},
+		{"protect", `filesystem.protect = [".tool/", "bin/setup"]`, func(p *Profile) any { return p.Filesystem.EffectiveProtect()[len(DefaultProtect()):] },
+			[]string{".tool/", "bin/setup"}, ""},
+		{"protect twice with and without slash", `filesystem.protect = [".idea", ".claude"]`, func(p *Profile) any { return len(p.Filesystem.Protect) }, len(DefaultProtect()), ""},
+		{"unprotect", `filesystem.unprotect = [".idea"]`, func(p *Profile) any { return slices.Contains(p.Filesystem.EffectiveProtect(), ".idea/") }, false, ""},
+		{"protect absolute", `filesystem.protect = ["/sandbox/.envrc"]`, nil, nil, "is not a relative path"},
+		{"protect escapes", `filesystem.protect = ["../x"]`, nil, nil, "is not a clean path inside the workspace"},
+		{"protect pattern", `filesystem.protect = ["*.sh"]`, nil, nil, "is a pattern"},
+		{"allow host user", `process.allow_host_user = true`, func(p *Profile) any { return p.Process.AllowHostUser }, true, ""},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -84,10 +84,17 @@ func (e *FloorError) Error() string {
 //   - process.user: root < non-root. A user name other than "root" cannot
 //     be proved non-root before the sandbox's /etc/passwd is read, so under
 //     a non-root floor it is a violation: use a numeric uid.
+//   - process.allow_host_user: true < false (only open allows a host
+//     account).
 //   - commands.block: every command the floor blocks must be blocked.
+//   - filesystem.protect: every path the floor protects must stay
+//     protected. Every built-in protects DefaultProtect, so under any
+//     floor filesystem.unprotect may remove only what an operator added.
 //
-// Not compared: tmpfs mounts, the workspace and mount_cwd (operator-chosen
-// mounts), env (what a sandbox is given, not what it may do),
+// Not compared: tmpfs mounts, the workspace, mount_cwd, expose and volumes
+// (operator-chosen mounts; the host paths no sandbox may see are refused
+// whatever the floor, see ForbiddenHostPath), env (what a sandbox is
+// given, not what it may do),
 // default_ports (any allow rule can name its port), dns_block_response and
 // upstream_dns.
 func CheckFloor(p *Profile, floor string) error {
@@ -135,6 +142,19 @@ func CheckFloor(p *Profile, floor string) error {
 			want += "; a user name cannot be checked before launch"
 		}
 		add("process.user", v, want, src)
+	}
+	if !f.Process.AllowHostUser && p.Process.AllowHostUser {
+		violatesScalar("process.allow_host_user")
+	}
+	kept := p.Filesystem.EffectiveProtect()
+	for _, e := range f.Filesystem.EffectiveProtect() {
+		if !slices.ContainsFunc(kept, func(k string) bool { return ProtectID(k) == ProtectID(e) }) {
+			src, ok := p.Sources[elemKey("filesystem.unprotect", ProtectID(e))]
+			if !ok {
+				src = p.Sources["filesystem.protect"]
+			}
+			add("filesystem.protect", "(without "+tomlString(e)+")", tomlString(e), src)
+		}
 	}
 	for _, key := range []string{"process.pids_limit", "process.memory"} {
 		pv, fv := p.Process.PidsLimit, f.Process.PidsLimit

@@ -29,11 +29,11 @@ func floorFields(t *testing.T, err error) []string {
 // less restrictive floor, and violates every more restrictive one.
 func TestBuiltinsAreOrderedByTheFloor(t *testing.T) {
 	want := map[[2]string][]string{
-		{"open", "standard"}: {"network.mode", "process.user", "process.pids_limit", "process.memory",
+		{"open", "standard"}: {"network.mode", "process.user", "process.allow_host_user", "process.pids_limit", "process.memory",
 			"process.cpus", "process.no_new_privileges", "process.seccomp"},
-		{"open", "strict"}: {"network.mode", "filesystem.read_only", "process.user", "process.pids_limit",
+		{"open", "strict"}: {"network.mode", "filesystem.read_only", "process.user", "process.allow_host_user", "process.pids_limit",
 			"process.memory", "process.cpus", "process.no_new_privileges", "process.seccomp"},
-		{"open", "offline"}: {"network.mode", "filesystem.read_only", "process.user", "process.pids_limit",
+		{"open", "offline"}: {"network.mode", "filesystem.read_only", "process.user", "process.allow_host_user", "process.pids_limit",
 			"process.memory", "process.cpus", "process.no_new_privileges", "process.seccomp"},
 		{"standard", "strict"}: {"filesystem.read_only", "process.pids_limit", "process.memory", "process.cpus",
 			"process.seccomp"},
@@ -88,7 +88,15 @@ func TestFloorComparesFieldByField(t *testing.T) {
 		{"none is above filtered", "strict", []Setting{{Key: "network.mode", Values: []string{"none"}}}, "strict", nil},
 		{"writable root", "strict", []Setting{{Key: "filesystem.read_only", Values: []string{"false"}}}, "strict", []string{"filesystem.read_only"}},
 		{"new privileges", "strict", []Setting{{Key: "process.no_new_privileges", Values: []string{"false"}}}, "strict", []string{"process.no_new_privileges"}},
+		{"host user", "standard", []Setting{{Key: "process.allow_host_user", Values: []string{"true"}}}, "standard", []string{"process.allow_host_user"}},
+		{"host user under open", "standard", []Setting{{Key: "process.allow_host_user", Values: []string{"true"}}}, "open", nil},
+		{"unprotect a default", "standard", []Setting{{Key: "filesystem.unprotect", Values: []string{".git/hooks"}}}, "standard", []string{"filesystem.protect"}},
+		{"unprotect under open", "standard", []Setting{{Key: "filesystem.unprotect", Values: []string{".idea/"}}}, "open", []string{"filesystem.protect"}},
+		{"unprotect without a floor", "standard", []Setting{{Key: "filesystem.unprotect", Values: []string{".idea/"}}}, "", nil},
+		{"protect more", "standard", []Setting{{Key: "filesystem.protect", Values: []string{".cursor/"}}}, "strict", []string{"filesystem.read_only", "process.pids_limit", "process.memory", "process.cpus", "process.seccomp"}},
 		{"mounts and env are not compared", "strict", []Setting{
+			{Key: "filesystem.expose", Values: []string{"/opt/toolchains"}},
+			{Key: "filesystem.volumes", Values: []string{"/srv/a:~/.claude"}},
 			{Key: "filesystem.mount_cwd", Values: []string{"true"}},
 			{Key: "env.pass", Values: []string{"HOME"}},
 			{Key: "network.default_ports", Values: []string{"22"}},
@@ -198,6 +206,27 @@ func TestFloorNamesTheRuleItsPositionAndWhatItMatches(t *testing.T) {
   network.allow "*.co.uk" (` + paths[0] + `:3:10) matches every name under the public suffix co.uk`
 	if err == nil || err.Error() != want {
 		t.Errorf("error:\n%v\nwant:\n%s", err, want)
+	}
+}
+
+func TestFloorNamesTheUnprotectThatRemovedAProtectedPath(t *testing.T) {
+	_, _, err := Resolve(ResolveOptions{
+		Overrides: []Setting{{Key: "filesystem.unprotect", Values: []string{".envrc"}, Source: Flag("--unprotect")}},
+		Floor:     "strict",
+	})
+	want := `filesystem.protect = (without ".envrc") (flag:--unprotect) is less restrictive than floor strict (".envrc")`
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("error:\n%v\nwant it to contain:\n%s", err, want)
+	}
+}
+
+func TestUnprotectOfWhatIsNotProtectedWarns(t *testing.T) {
+	_, warnings, err := Resolve(ResolveOptions{Overrides: []Setting{{Key: "filesystem.unprotect", Values: []string{"Makefile"}, Source: Flag("--unprotect")}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(warnings) != 1 || !strings.Contains(warnings[0].String(), `filesystem.unprotect "Makefile" removes nothing`) {
+		t.Errorf("warnings = %v", warnings)
 	}
 }
 

@@ -76,7 +76,59 @@ type FilesystemSettings struct {
 	Workspace string
 	// MountCwd mounts the launcher's current directory at Workspace.
 	MountCwd bool
+	// Expose are host paths (absolute, clean) the sandbox also sees,
+	// read-only, at the same path, on top of the host view (the system
+	// directories the default root shows). Empty means none. Paths that
+	// hold other users' or the launcher's data are refused
+	// (ForbiddenHostPath).
+	Expose []string
+	// Volumes are host directories mounted into the sandbox, writable
+	// unless marked read-only, under every profile (a read-only root
+	// included). Empty means none.
+	Volumes []Volume
+	// Protect are paths relative to the workspace and to every writable
+	// volume that the sandbox may not change or create (DefaultProtect in
+	// every built-in profile); "NAME/" names a directory. Unprotect removes
+	// entries, where the floor allows (EffectiveProtect).
+	Protect, Unprotect []string
 }
+
+// Volume is one host directory mounted into the sandbox.
+type Volume struct {
+	// Host is the host path: absolute and clean.
+	Host string
+	// Path is where the sandbox sees it: absolute, or "~/..." under the
+	// sandbox user's home (ExpandHome).
+	Path string
+	// ReadOnly mounts it read-only; the default is writable.
+	ReadOnly bool
+}
+
+// String renders the volume in the policy file's syntax,
+// "/srv/agents/42/claude:~/.claude:rw".
+func (v Volume) String() string {
+	mode := "rw"
+	if v.ReadOnly {
+		mode = "ro"
+	}
+	return v.Host + ":" + v.Path + ":" + mode
+}
+
+// EffectiveProtect is Protect without the entries Unprotect names, in
+// Protect's order. Entries compare without a trailing "/".
+func (f FilesystemSettings) EffectiveProtect() []string {
+	var out []string
+	for _, e := range f.Protect {
+		if !slices.ContainsFunc(f.Unprotect, func(u string) bool { return ProtectID(u) == ProtectID(e) }) {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// ProtectID is a protected path's identity: the path without the trailing
+// "/" that marks a directory.
+func ProtectID(e string) string { return strings.TrimSuffix(e, "/") }
 
 // Tmpfs is one tmpfs mount.
 type Tmpfs struct {
@@ -146,6 +198,10 @@ func (t Tmpfs) String() string {
 type ProcessSettings struct {
 	// User is who the command runs as inside the sandbox.
 	User User
+	// AllowHostUser lets User (other than root) be a uid or gid that an
+	// account or group of the host uses; without it such a user is
+	// refused, since the sandbox would own that account's files.
+	AllowHostUser bool
 	// PidsLimit caps the number of tasks; 0 means no limit.
 	PidsLimit int64
 	// Memory caps memory in bytes; 0 means no limit.
@@ -240,6 +296,10 @@ func (p *Profile) Clone() *Profile {
 	for i := range c.Filesystem.Tmpfs {
 		c.Filesystem.Tmpfs[i].Options = slices.Clone(c.Filesystem.Tmpfs[i].Options)
 	}
+	c.Filesystem.Expose = slices.Clone(p.Filesystem.Expose)
+	c.Filesystem.Volumes = slices.Clone(p.Filesystem.Volumes)
+	c.Filesystem.Protect = slices.Clone(p.Filesystem.Protect)
+	c.Filesystem.Unprotect = slices.Clone(p.Filesystem.Unprotect)
 	c.Process.CapAdd = slices.Clone(p.Process.CapAdd)
 	c.Env.Pass = slices.Clone(p.Env.Pass)
 	c.Env.Set = maps.Clone(p.Env.Set)

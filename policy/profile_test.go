@@ -54,9 +54,9 @@ func TestBuiltinProfilesMatchTheDesignTable(t *testing.T) {
 	roTmpfs := 6
 	want := map[string]row{
 		"open":     {ModeHost, false, 0, "0:0", false, 0, SeccompUnconfined, 0, 0, 0, []string{"HOME", "LANG", "LC_ALL", "PATH", "TERM", "TZ"}},
-		"standard": {ModeFiltered, false, 0, "100:100", true, 0, SeccompModerate, 256, 4 << 30, 2, []string{"LANG", "LC_ALL", "TERM", "TZ"}},
-		"strict":   {ModeFiltered, true, roTmpfs, "100:100", true, 0, SeccompStrict, 128, 2 << 30, 1, []string{"LANG", "LC_ALL", "TERM", "TZ"}},
-		"offline":  {ModeNone, true, roTmpfs, "100:100", true, 0, SeccompStrict, 128, 2 << 30, 1, nil},
+		"standard": {ModeFiltered, false, 0, "2000000000:2000000000", true, 0, SeccompModerate, 256, 4 << 30, 2, []string{"LANG", "LC_ALL", "TERM", "TZ"}},
+		"strict":   {ModeFiltered, true, roTmpfs, "2000000000:2000000000", true, 0, SeccompStrict, 128, 2 << 30, 1, []string{"LANG", "LC_ALL", "TERM", "TZ"}},
+		"offline":  {ModeNone, true, roTmpfs, "2000000000:2000000000", true, 0, SeccompStrict, 128, 2 << 30, 1, nil},
 	}
 	if diff := cmp.Diff([]string{"open", "standard", "strict", "offline"}, BuiltinNames()); diff != "" {
 		t.Errorf("BuiltinNames (-want +got):\n%s", diff)

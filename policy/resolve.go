@@ -171,6 +171,7 @@ func resolveLayers(profile string, layers []*layer, flags *layer, floor string) 
 		return nil, nil, errs
 	}
 	r.analyse()
+	r.analyseFilesystem()
 	r.sortWarnings()
 	if floor != "" {
 		if err := CheckFloor(p, floor); err != nil {

@@ -1,6 +1,9 @@
 package policy
 
-import "strconv"
+import (
+	"slices"
+	"strconv"
+)
 
 // Validate checks one policy file as `egressd validate` does: it parses and
 // validates the file, resolves it on the built-in profile it names (or
@@ -98,6 +101,17 @@ func (r *resolver) analyse() {
 				r.warn(a.Source, "allow %q has no effect: block %q (%s) covers it, and block wins", a.Text, b.Text, positionString(b.Source))
 				break
 			}
+		}
+	}
+}
+
+// analyseFilesystem warns about filesystem settings that do nothing.
+func (r *resolver) analyseFilesystem() {
+	f := r.p.Filesystem
+	for _, u := range f.Unprotect {
+		if !slices.ContainsFunc(f.Protect, func(e string) bool { return ProtectID(e) == ProtectID(u) }) {
+			r.warn(r.p.Sources[elemKey("filesystem.unprotect", ProtectID(u))],
+				"filesystem.unprotect %q removes nothing: filesystem.protect does not list it", u)
 		}
 	}
 }

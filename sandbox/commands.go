@@ -29,11 +29,11 @@ type foundCmd struct {
 }
 
 // BlockedPaths returns the paths inside the sandbox to mask for a block
-// list (SpecOptions.MaskPaths), looked up in rootfs.
+// list (SpecOptions.MaskPaths), looked up in the tree the sandbox starts with.
 //
 // A name ("curl") is looked for in CommandDirs and the directories of
 // pathEnv (a PATH value; "" means DefaultPath), following symlinks inside
-// rootfs (/bin -> usr/bin, /etc/alternatives): every file found is masked
+// the tree (/bin -> usr/bin, /etc/alternatives): every file found is masked
 // at its resolved path, so exec through any link to it fails too; so is
 // every hard link to it in those directories (/usr/bin/perl5.36.0 for
 // perl). An absolute path is masked at its resolved path, or as given when
@@ -49,12 +49,12 @@ type foundCmd struct {
 // multi-call binary (busybox) masks all its applets. Pair a block list with
 // a read-only root and noexec scratch space (the strict profile) for it to
 // mean much; network reach is egressd's to enforce, not this list's.
-func BlockedPaths(rootfs string, block []string, pathEnv string) ([]string, error) {
+func BlockedPaths(t Tree, block []string, pathEnv string) ([]string, error) {
 	dirs := searchDirs(pathEnv, true)
 	var paths []string
 	ids := map[fileID]bool{}
 	for _, entry := range block {
-		found, err := findCommand(rootfs, entry, dirs, false)
+		found, err := findCommand(t, entry, dirs, false)
 		if err != nil {
 			return nil, fmt.Errorf("commands.block %q: %w", entry, err)
 		}
@@ -67,7 +67,7 @@ func BlockedPaths(rootfs string, block []string, pathEnv string) ([]string, erro
 		}
 	}
 	if len(ids) > 0 {
-		links, err := hardLinks(rootfs, dirs, ids)
+		links, err := hardLinks(t, dirs, ids)
 		if err != nil {
 			return nil, err
 		}
@@ -101,11 +101,11 @@ func searchDirs(pathEnv string, withDefaults bool) []string {
 	return out
 }
 
-// findCommand finds entry (a name or an absolute path) in rootfs: every
+// findCommand finds entry (a name or an absolute path) in t: every
 // regular file it names in dirs (firstOnly: the first executable one, as
 // exec would), or the file an absolute path resolves to. A missing file is
 // no error; a lookup that fails otherwise (a symlink loop) is.
-func findCommand(rootfs, entry string, dirs []string, firstOnly bool) ([]foundCmd, error) {
+func findCommand(t Tree, entry string, dirs []string, firstOnly bool) ([]foundCmd, error) {
 	var candidates []string
 	switch {
 	case path.IsAbs(entry):
@@ -119,7 +119,7 @@ func findCommand(rootfs, entry string, dirs []string, firstOnly bool) ([]foundCm
 	}
 	var out []foundCmd
 	for _, c := range candidates {
-		f, ok, err := statInRoot(rootfs, c)
+		f, ok, err := t.stat(c)
 		if err != nil {
 			return nil, err
 		}
@@ -142,17 +142,21 @@ type statResult struct {
 	mode fs.FileMode
 }
 
-// statInRoot resolves p inside rootfs; ok is false when p does not exist
-// or is not a regular file.
-func statInRoot(rootfs, p string) (statResult, bool, error) {
-	r, err := resolveInRoot(rootfs, p)
+// stat resolves p inside the tree; ok is false when p does not exist or
+// is not a regular file.
+func (t Tree) stat(p string) (statResult, bool, error) {
+	r, err := t.resolve(p)
 	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ENOTDIR) {
 		return statResult{}, false, nil
 	}
 	if err != nil {
 		return statResult{}, false, fmt.Errorf("looking up %s: %w", p, err)
 	}
-	fi, err := os.Lstat(filepath.Join(rootfs, filepath.FromSlash(r)))
+	h := t.hostFile(r)
+	if h == "" {
+		return statResult{}, false, nil
+	}
+	fi, err := os.Lstat(h)
 	if err != nil {
 		return statResult{}, false, fmt.Errorf("looking up %s: %w", p, err)
 	}
@@ -167,11 +171,11 @@ func statInRoot(rootfs, p string) (statResult, bool, error) {
 }
 
 // hardLinks lists the files in dirs that are hard links to one of ids.
-func hardLinks(rootfs string, dirs []string, ids map[fileID]bool) ([]string, error) {
+func hardLinks(t Tree, dirs []string, ids map[fileID]bool) ([]string, error) {
 	var out []string
 	seen := map[string]bool{}
 	for _, d := range dirs {
-		rd, err := resolveInRoot(rootfs, d)
+		rd, err := t.resolve(d)
 		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ENOTDIR) {
 			continue
 		}
@@ -182,7 +186,10 @@ func hardLinks(rootfs string, dirs []string, ids map[fileID]bool) ([]string, err
 			continue
 		}
 		seen[rd] = true
-		host := filepath.Join(rootfs, filepath.FromSlash(rd))
+		host := t.hostFile(rd)
+		if host == "" {
+			continue // a directory of the host view's own root: empty
+		}
 		entries, err := os.ReadDir(host)
 		if err != nil {
 			if errors.Is(err, unix.ENOTDIR) {
@@ -233,7 +240,7 @@ func (e *CommandDeniedError) Error() string {
 // CheckCommand applies the profile's [commands] section to the command a
 // launch runs, before the launch, and returns the arguments to run.
 //
-// argv[0] is looked up the way the runtime's exec would, in rootfs and the
+// argv[0] is looked up the way the runtime's exec would, in t and the
 // PATH of env (DefaultPath if unset): a command that resolves to a blocked
 // file (or is literally a blocked entry) is refused, whatever
 // allowlist_only says; the masks from BlockedPaths stop it anyway, this
@@ -241,9 +248,9 @@ func (e *CommandDeniedError) Error() string {
 //
 // With commands.allowlist_only, argv[0] must resolve to a file that an
 // entry of commands.allow also resolves to (the same file, through any
-// symlink or hard link); a relative path, a command not found in rootfs,
+// symlink or hard link); a relative path, a command not found in t,
 // or one under a path the sandbox mounts over (the workspace, /tmp, the
-// home, tmpfs paths: their content is not what rootfs shows) is refused.
+// home, tmpfs paths: their content is not what t shows) is refused.
 // The returned argv[0] is then the absolute path that was checked, so the
 // runtime runs exactly that file rather than searching PATH again.
 // Without allowlist_only the arguments are returned unchanged.
@@ -252,7 +259,7 @@ func (e *CommandDeniedError) Error() string {
 // not: an allowed shell or interpreter runs anything (blocked commands
 // excepted, through masking). allowlist_only is a guard against launching
 // the wrong tool, not a sandbox boundary.
-func CheckCommand(p *policy.Profile, rootfs string, user User, args, env []string) ([]string, error) {
+func CheckCommand(p *policy.Profile, t Tree, user User, args, env []string) ([]string, error) {
 	if len(args) == 0 || args[0] == "" {
 		return nil, errors.New("checking the command: no command given")
 	}
@@ -281,7 +288,7 @@ func CheckCommand(p *policy.Profile, rootfs string, user User, args, env []strin
 	)
 	switch {
 	case path.IsAbs(argv0):
-		f, ok, err := statInRoot(rootfs, argv0)
+		f, ok, err := t.stat(argv0)
 		if err != nil {
 			return nil, fmt.Errorf("checking the command: %w", err)
 		}
@@ -295,7 +302,7 @@ func CheckCommand(p *policy.Profile, rootfs string, user User, args, env []strin
 		return args, nil
 	default:
 		for _, d := range searchDirs(pathEnv, false) {
-			f, ok, err := statInRoot(rootfs, path.Join(d, argv0))
+			f, ok, err := t.stat(path.Join(d, argv0))
 			if err != nil {
 				return nil, fmt.Errorf("checking the command: %w", err)
 			}
@@ -309,7 +316,7 @@ func CheckCommand(p *policy.Profile, rootfs string, user User, args, env []strin
 	if found != nil {
 		dirs := searchDirs(pathEnv, true)
 		for _, b := range p.Commands.Block {
-			hits, err := findCommand(rootfs, b, dirs, false)
+			hits, err := findCommand(t, b, dirs, false)
 			if err != nil {
 				return nil, fmt.Errorf("commands.block %q: %w", b, err)
 			}
@@ -335,7 +342,7 @@ func CheckCommand(p *policy.Profile, rootfs string, user User, args, env []strin
 	}
 	dirs := searchDirs(pathEnv, true)
 	for _, a := range p.Commands.Allow {
-		hits, err := findCommand(rootfs, a, dirs, false)
+		hits, err := findCommand(t, a, dirs, false)
 		if err != nil {
 			return nil, fmt.Errorf("commands.allow %q: %w", a, err)
 		}

@@ -75,7 +75,7 @@ func TestBlockedPathsMaskEveryWayToRunACommand(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := BlockedPaths(root, tc.block, tc.pathEnv)
+			got, err := BlockedPaths(DirTree(root), tc.block, tc.pathEnv)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -89,11 +89,11 @@ func TestBlockedPathsMaskEveryWayToRunACommand(t *testing.T) {
 func TestBlockedPathsRefusesBadEntries(t *testing.T) {
 	root := commandRoot(t)
 	for _, entry := range []string{"bin/curl", "..", ""} {
-		if _, err := BlockedPaths(root, []string{entry}, ""); err == nil {
+		if _, err := BlockedPaths(DirTree(root), []string{entry}, ""); err == nil {
 			t.Errorf("BlockedPaths(%q) succeeded", entry)
 		}
 	}
-	if _, err := BlockedPaths(root, []string{"/usr/bin/loop"}, ""); err == nil {
+	if _, err := BlockedPaths(DirTree(root), []string{"/usr/bin/loop"}, ""); err == nil {
 		t.Error("a symlink loop was not an error")
 	}
 }
@@ -145,7 +145,7 @@ func TestAllowlistOnlyChecksTheLaunchedCommand(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := CheckCommand(tc.p, root, user, tc.args, tc.env)
+			got, err := CheckCommand(tc.p, DirTree(root), user, tc.args, tc.env)
 			if tc.wantDeny != "" {
 				var de *CommandDeniedError
 				if !errors.As(err, &de) {
@@ -173,7 +173,7 @@ func TestAllowlistOnlyRefusesShadowedPaths(t *testing.T) {
 	p, _ := policy.BuiltinProfile("strict")
 	p.Commands = policy.CommandSettings{Allow: []string{"/sandbox/tool", "/tmp/tool", "/home/sandbox/.cache/tool"}, AllowlistOnly: true}
 	for _, cmd := range []string{"/sandbox/tool", "/tmp/tool", "/home/sandbox/.cache/tool"} {
-		_, err := CheckCommand(p, root, User{UID: 100, GID: 100, Home: DefaultHome}, []string{cmd}, nil)
+		_, err := CheckCommand(p, DirTree(root), User{UID: 100, GID: 100, Home: DefaultHome}, []string{cmd}, nil)
 		if err == nil || !strings.Contains(err.Error(), "mounts over") {
 			t.Errorf("CheckCommand(%s) err = %v, want refused as shadowed", cmd, err)
 		}

@@ -26,81 +26,111 @@ import (
 // the memory limit bounds it.
 const readOnlyUpperSize = 16 << 20
 
-// PrepareRootfs builds a container root file system over lowerDir (the host
-// root "/" by default, or an image directory) and returns its path,
-// stateDir/rootfs, and a cleanup that removes everything it created.
+// Rootfs is a container root file system PrepareRootfs made.
+type Rootfs struct {
+	// Dir is the root: the runtime's root.path.
+	Dir string
+	// Overlays maps each writable system directory of the view (its Path
+	// inside the sandbox) to the throwaway overlay made of it, which the
+	// runtime binds instead of the host directory (SpecOptions.Binds).
+	Overlays map[string]string
+	// Cleanup unmounts and removes everything PrepareRootfs made (lazily
+	// unmounting what is busy); it may be called more than once, and after
+	// a partial failure.
+	Cleanup func() error
+}
+
+// PrepareRootfs builds the container root file system of view v in
+// stateDir (created, mode 0700, if missing) and returns it.
 //
-// The root is always an overlay: lowerDir is the lower layer, and the upper
-// layer and overlay work directory live on a fresh tmpfs at
-// stateDir/upper-tmpfs. Nothing the sandbox or the runtime writes reaches
-// lowerDir; it all vanishes with the tmpfs. writable=false is for a profile
-// with a read-only root: the spec's root.readonly makes the runtime remount
-// the overlay read-only once it has created its mount points (that is why
-// a plain read-only bind of lowerDir is not used: /sandbox, ~/.cache and a
-// missing /etc/resolv.conf must be created as mount points, and a read-only
-// bind refuses them while a writable one would create them on the host).
-// The upper layer is then small (16 MiB). With writable=true the sandbox
-// writes into the overlay freely; the tmpfs has the kernel's default size
-// and its pages are charged to the writer's memory cgroup.
+// Everything lives on a fresh tmpfs at stateDir/upper-tmpfs, so nothing the
+// sandbox or the runtime writes reaches the host, and it all vanishes with
+// the tmpfs. writable=false is for a profile with a read-only root: the
+// spec's root.readonly makes the runtime remount the root read-only once
+// it has created its mount points, and the tmpfs is small (16 MiB: it
+// holds only mount points). With writable=true the tmpfs has the kernel's
+// default size and its pages are charged to the writer's memory cgroup.
 //
-// An overlay's lower layer is one file system: mounts below lowerDir (the
-// host's /proc, /sys, /dev, /run/netns, a separate /home or /boot) are not
-// part of it, and appear as the empty directories they are mounted on. That
-// is intended: the runtime mounts its own /proc, /sys and /dev, and a host
-// mount never leaks into the sandbox by being under /. A host whose /usr is
-// a separate file system needs --rootfs.
+// The host view (v.Image == ""): the root is an empty directory on the
+// tmpfs holding the view's links (/bin -> usr/bin); the runtime binds the
+// view's host paths into it (BuildSpec). A writable system directory
+// (ViewMount.Writable) gets a throwaway overlay (stateDir/view/NAME: the
+// host directory below, an upper layer on the tmpfs), bound instead of the
+// host directory, so writes to /usr land on the tmpfs.
 //
-// stateDir is created (mode 0700) if missing; it should be private to the
-// launcher (not under the host root's world-readable paths, or under /run,
-// which every sandbox sees as a fresh tmpfs).
+// An image (v.Image, --rootfs): the root is an overlay at stateDir/rootfs,
+// the image below and the upper layer on the tmpfs. The lower layer is one
+// file system: mounts below the image appear as the empty directories they
+// are mounted on.
 //
-// cleanup unmounts the overlay and the tmpfs (falling back to a lazy
-// unmount when busy) and removes the two directories; it may be called
-// more than once, and after a partial failure.
-func PrepareRootfs(ctx context.Context, lowerDir, stateDir string, writable bool) (rootfs string, cleanup func() error, err error) {
+// stateDir should be private to the launcher (not under the host's
+// world-readable paths, or under /run, which every sandbox sees as a fresh
+// tmpfs).
+func PrepareRootfs(ctx context.Context, v *View, stateDir string, writable bool) (*Rootfs, error) {
 	if err := ctx.Err(); err != nil {
-		return "", nil, err
+		return nil, err
 	}
-	if !filepath.IsAbs(lowerDir) || !filepath.IsAbs(stateDir) {
-		return "", nil, fmt.Errorf("preparing rootfs: lower %q and state %q must be absolute paths", lowerDir, stateDir)
+	if v == nil {
+		return nil, errors.New("preparing rootfs: no view")
 	}
-	lowerDir, stateDir = filepath.Clean(lowerDir), filepath.Clean(stateDir)
+	if !filepath.IsAbs(stateDir) || v.Image != "" && !filepath.IsAbs(v.Image) {
+		return nil, fmt.Errorf("preparing rootfs: image %q and state %q must be absolute paths", v.Image, stateDir)
+	}
+	lowerDir, stateDir := filepath.Clean(v.Image), filepath.Clean(stateDir)
 	// Overlay options separate layers with ':' and options with ','.
-	if strings.ContainsAny(lowerDir, ",:\\\n") || strings.ContainsAny(stateDir, ",:\\\n") {
-		return "", nil, fmt.Errorf("preparing rootfs: paths %q and %q may not contain ',', ':', '\\' or newlines (overlay options)", lowerDir, stateDir)
+	lowers := []string{stateDir}
+	if v.Image != "" {
+		lowers = append(lowers, lowerDir)
 	}
-	if st, err := os.Stat(lowerDir); err != nil {
-		return "", nil, fmt.Errorf("preparing rootfs: %w", err)
-	} else if !st.IsDir() {
-		return "", nil, fmt.Errorf("preparing rootfs: %s is not a directory", lowerDir)
+	for _, m := range v.Mounts {
+		if m.Kind == MountSystem && m.Writable {
+			lowers = append(lowers, m.Source)
+		}
 	}
-	if stateDir == lowerDir || strings.HasPrefix(lowerDir, stateDir+"/") {
-		return "", nil, fmt.Errorf("preparing rootfs: state directory %s contains the lower layer %s", stateDir, lowerDir)
+	for _, l := range lowers {
+		if strings.ContainsAny(l, ",:\\\n") {
+			return nil, fmt.Errorf("preparing rootfs: path %q may not contain ',', ':', '\\' or newlines (overlay options)", l)
+		}
+	}
+	if v.Image != "" {
+		if st, err := os.Stat(lowerDir); err != nil {
+			return nil, fmt.Errorf("preparing rootfs: %w", err)
+		} else if !st.IsDir() {
+			return nil, fmt.Errorf("preparing rootfs: %s is not a directory", lowerDir)
+		}
+		if stateDir == lowerDir || strings.HasPrefix(lowerDir, stateDir+"/") {
+			return nil, fmt.Errorf("preparing rootfs: state directory %s contains the lower layer %s", stateDir, lowerDir)
+		}
 	}
 	if err := os.MkdirAll(stateDir, 0o700); err != nil {
-		return "", nil, fmt.Errorf("preparing rootfs: %w", err)
+		return nil, fmt.Errorf("preparing rootfs: %w", err)
 	}
 	upperMnt := filepath.Join(stateDir, "upper-tmpfs")
-	rootfs = filepath.Join(stateDir, "rootfs")
-	cleanup = func() error {
-		return errors.Join(
-			unmountAndRemove(rootfs),
-			unmountAndRemove(upperMnt),
-		)
+	viewDir := filepath.Join(stateDir, "view")
+	r := &Rootfs{Overlays: map[string]string{}}
+	var overlays []string // mounted, in order
+	r.Cleanup = func() error {
+		var errs []error
+		for i := len(overlays) - 1; i >= 0; i-- {
+			errs = append(errs, unmountAndRemove(overlays[i]))
+		}
+		if err := os.Remove(viewDir); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			errs = append(errs, err)
+		}
+		errs = append(errs, unmountAndRemove(filepath.Join(stateDir, "rootfs")), unmountAndRemove(upperMnt))
+		return errors.Join(errs...)
 	}
-	fail := func(err error) (string, func() error, error) {
-		if cerr := cleanup(); cerr != nil {
+	fail := func(err error) (*Rootfs, error) {
+		if cerr := r.Cleanup(); cerr != nil {
 			err = errors.Join(err, fmt.Errorf("cleaning up: %w", cerr))
 		}
-		return "", nil, fmt.Errorf("preparing rootfs: %w", err)
+		return nil, fmt.Errorf("preparing rootfs: %w", err)
 	}
-	for _, d := range []string{upperMnt, rootfs} {
-		if err := os.Mkdir(d, 0o700); err != nil {
-			if errors.Is(err, fs.ErrExist) {
-				return "", nil, fmt.Errorf("preparing rootfs: %s already exists (a previous sandbox not cleaned up?)", d)
-			}
-			return fail(err)
+	if err := os.Mkdir(upperMnt, 0o700); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			return nil, fmt.Errorf("preparing rootfs: %s already exists (a previous sandbox not cleaned up?)", upperMnt)
 		}
+		return fail(err)
 	}
 	tmpfsOpts := "mode=0700"
 	if !writable {
@@ -109,32 +139,75 @@ func PrepareRootfs(ctx context.Context, lowerDir, stateDir string, writable bool
 	if err := unix.Mount("tmpfs", upperMnt, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, tmpfsOpts); err != nil {
 		return fail(fmt.Errorf("mounting the upper tmpfs on %s: %w", upperMnt, err))
 	}
-	upper, work := filepath.Join(upperMnt, "upper"), filepath.Join(upperMnt, "work")
-	for _, d := range []string{upper, work} {
-		if err := os.Mkdir(d, 0o755); err != nil {
+	// overlay mounts an overlay of lower at dir, its upper layer and work
+	// directory on the tmpfs under name; the upper root takes the lower
+	// root's mode and owner, which become the overlay root's.
+	overlay := func(name, lower, dir string) error {
+		upper, work := filepath.Join(upperMnt, "upper", name), filepath.Join(upperMnt, "work", name)
+		for _, d := range []string{upper, work} {
+			if err := os.MkdirAll(d, 0o755); err != nil {
+				return err
+			}
+		}
+		st, err := os.Stat(lower)
+		if err != nil {
+			return err
+		}
+		sys, ok := st.Sys().(*syscall.Stat_t)
+		if !ok {
+			return fmt.Errorf("%s: no owner information", lower)
+		}
+		if err := os.Chmod(upper, st.Mode().Perm()); err != nil {
+			return err
+		}
+		if err := os.Lchown(upper, int(sys.Uid), int(sys.Gid)); err != nil {
+			return err
+		}
+		if err := os.Mkdir(dir, 0o700); err != nil {
+			if errors.Is(err, fs.ErrExist) {
+				return fmt.Errorf("%s already exists (a previous sandbox not cleaned up?)", dir)
+			}
+			return err
+		}
+		data := "lowerdir=" + lower + ",upperdir=" + upper + ",workdir=" + work
+		if err := unix.Mount("overlay", dir, "overlay", unix.MS_NOSUID|unix.MS_NODEV, data); err != nil {
+			_ = os.Remove(dir)
+			return fmt.Errorf("mounting the overlay on %s (%s): %w", dir, data, err)
+		}
+		overlays = append(overlays, dir)
+		return nil
+	}
+	if v.Image != "" {
+		r.Dir = filepath.Join(stateDir, "rootfs")
+		if err := overlay("rootfs", lowerDir, r.Dir); err != nil {
+			return fail(err)
+		}
+		overlays = overlays[:len(overlays)-1] // removed by Cleanup as rootfs
+		return r, nil
+	}
+	r.Dir = filepath.Join(upperMnt, "root")
+	if err := os.Mkdir(r.Dir, 0o755); err != nil {
+		return fail(err)
+	}
+	for _, l := range v.Links {
+		if err := os.Symlink(l.Target, filepath.Join(r.Dir, filepath.FromSlash(l.Path))); err != nil {
 			return fail(err)
 		}
 	}
-	// The upper root's mode and owner become the overlay root's.
-	st, err := os.Stat(lowerDir)
-	if err != nil {
-		return fail(err)
+	for _, m := range v.Mounts {
+		if m.Kind != MountSystem || !m.Writable {
+			continue
+		}
+		if err := os.MkdirAll(viewDir, 0o700); err != nil {
+			return fail(err)
+		}
+		dir := filepath.Join(viewDir, strings.TrimPrefix(m.Path, "/"))
+		if err := overlay("view"+m.Path, m.Source, dir); err != nil {
+			return fail(err)
+		}
+		r.Overlays[m.Path] = dir
 	}
-	sys, ok := st.Sys().(*syscall.Stat_t)
-	if !ok {
-		return fail(fmt.Errorf("%s: no owner information", lowerDir))
-	}
-	if err := os.Chmod(upper, st.Mode().Perm()); err != nil {
-		return fail(err)
-	}
-	if err := os.Lchown(upper, int(sys.Uid), int(sys.Gid)); err != nil {
-		return fail(err)
-	}
-	data := "lowerdir=" + lowerDir + ",upperdir=" + upper + ",workdir=" + work
-	if err := unix.Mount("overlay", rootfs, "overlay", unix.MS_NOSUID|unix.MS_NODEV, data); err != nil {
-		return fail(fmt.Errorf("mounting the overlay on %s (%s): %w", rootfs, data, err))
-	}
-	return rootfs, cleanup, nil
+	return r, nil
 }
 
 // unmountAndRemove unmounts everything mounted on dir (lazily if busy) and
@@ -165,14 +238,13 @@ func unmountAndRemove(dir string) error {
 // maxSymlinks is the kernel's limit on links followed in one lookup.
 const maxSymlinks = 40
 
-// resolveInRoot resolves p, a path inside the sandbox, against the
-// directory root the way the sandbox would see it: absolute symlinks start
-// again at root, and ".." never climbs above it. It returns the resolved
-// path inside the sandbox (every component but a missing last one exists
-// and is not a symlink) and the error of the first component that does not
-// exist, if any. It reads only root's own tree; mounts the runtime adds are
-// not there.
-func resolveInRoot(root, p string) (string, error) {
+// resolve resolves p, a path inside the sandbox, in the tree the way the
+// sandbox would see it: absolute symlinks start again at the root, and ".."
+// never climbs above it. It returns the resolved path inside the sandbox
+// (every component but a missing last one exists and is not a symlink) and
+// the error of the first component that does not exist, if any. It reads
+// only the tree; mounts the runtime adds are not there.
+func (t Tree) resolve(p string) (string, error) {
 	if !path.IsAbs(p) {
 		return "", fmt.Errorf("%q is not an absolute path", p)
 	}
@@ -190,7 +262,7 @@ func resolveInRoot(root, p string) (string, error) {
 			continue
 		}
 		next := path.Join(resolved, c)
-		fi, err := os.Lstat(filepath.Join(root, filepath.FromSlash(next)))
+		fi, err := t.lstat(next)
 		if err != nil {
 			return next, err
 		}
@@ -205,7 +277,7 @@ func resolveInRoot(root, p string) (string, error) {
 		if links > maxSymlinks {
 			return next, &fs.PathError{Op: "lookup", Path: p, Err: unix.ELOOP}
 		}
-		target, err := os.Readlink(filepath.Join(root, filepath.FromSlash(next)))
+		target, err := t.readlink(next)
 		if err != nil {
 			return next, err
 		}
@@ -228,15 +300,14 @@ func hasComponent(parts []string) bool {
 
 // ResolveUser turns a profile's user into ids and a home directory. A
 // numeric user is taken as given, with home /root for uid 0 and DefaultHome
-// otherwise (the ids need no passwd entry, and a host entry that happens to
-// have the same uid, "messagebus" say, says nothing about the sandbox). A
-// named user is looked up in rootfs's /etc/passwd, and its supplementary
-// groups in /etc/group; a name that is not there is an error.
-func ResolveUser(rootfs string, u policy.User) (User, error) {
+// otherwise (the ids need no passwd entry: the sandbox gets one). A named
+// user is looked up in the tree's /etc/passwd, and its supplementary groups
+// in /etc/group; a name that is not there is an error.
+func ResolveUser(t Tree, u policy.User) (User, error) {
 	if u.Name == "" {
 		return User{UID: u.UID, GID: u.GID, Home: defaultHome(u.UID)}, nil
 	}
-	pw, err := readInRoot(rootfs, "/etc/passwd")
+	pw, err := t.readFile("/etc/passwd")
 	if err != nil {
 		return User{}, fmt.Errorf("looking up user %q: %w", u.Name, err)
 	}
@@ -252,7 +323,7 @@ func ResolveUser(rootfs string, u policy.User) (User, error) {
 			return User{}, fmt.Errorf("looking up user %q: malformed /etc/passwd entry", u.Name)
 		}
 		home := path.Clean("/" + f[5])
-		out, found = User{UID: uint32(uid), GID: uint32(gid), Home: home}, true
+		out, found = User{UID: uint32(uid), GID: uint32(gid), Home: home, Name: u.Name}, true
 		break
 	}
 	if !found {
@@ -261,7 +332,7 @@ func ResolveUser(rootfs string, u policy.User) (User, error) {
 	if out.Home == "/" {
 		out.Home = defaultHome(out.UID)
 	}
-	gr, err := readInRoot(rootfs, "/etc/group")
+	gr, err := t.readFile("/etc/group")
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return User{}, fmt.Errorf("looking up groups of %q: %w", u.Name, err)
 	}
@@ -280,14 +351,18 @@ func ResolveUser(rootfs string, u policy.User) (User, error) {
 	return out, nil
 }
 
-// readInRoot reads a small file inside the sandbox's root, following
-// symlinks inside it only.
-func readInRoot(root, p string) ([]byte, error) {
-	r, err := resolveInRoot(root, p)
+// readFile reads a small file inside the tree, following symlinks inside
+// it only.
+func (t Tree) readFile(p string) ([]byte, error) {
+	r, err := t.resolve(p)
 	if err != nil {
 		return nil, err
 	}
-	f, err := os.Open(filepath.Join(root, filepath.FromSlash(r)))
+	h := t.hostFile(r)
+	if h == "" {
+		return nil, fmt.Errorf("%s is not a regular file", p)
+	}
+	f, err := os.Open(h)
 	if err != nil {
 		return nil, err
 	}

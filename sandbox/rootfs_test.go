@@ -78,18 +78,18 @@ func TestResolveInRootStaysInRoot(t *testing.T) {
 		{"/usr/bin/curl/x", "", unix.ENOTDIR},
 	}
 	for _, tc := range tests {
-		got, err := resolveInRoot(root, tc.path)
+		got, err := DirTree(root).resolve(tc.path)
 		if tc.err != nil {
 			if !errors.Is(err, tc.err) {
-				t.Errorf("resolveInRoot(%s) err = %v, want %v", tc.path, err, tc.err)
+				t.Errorf("resolve(%s) err = %v, want %v", tc.path, err, tc.err)
 			}
 			if tc.want != "" && got != tc.want {
-				t.Errorf("resolveInRoot(%s) = %q, want %q", tc.path, got, tc.want)
+				t.Errorf("resolve(%s) = %q, want %q", tc.path, got, tc.want)
 			}
 			continue
 		}
 		if err != nil || got != tc.want {
-			t.Errorf("resolveInRoot(%s) = %q, %v; want %q", tc.path, got, err, tc.want)
+			t.Errorf("resolve(%s) = %q, %v; want %q", tc.path, got, err, tc.want)
 		}
 	}
 }
@@ -108,15 +108,15 @@ func TestResolveUser(t *testing.T) {
 	}{
 		{"numeric", policy.User{UID: 100, GID: 100}, User{UID: 100, GID: 100, Home: DefaultHome}, ""},
 		{"numeric root", policy.User{}, User{Home: "/root"}, ""},
-		{"named with groups", policy.User{Name: "dev"}, User{UID: 1000, GID: 1000, AdditionalGids: []uint32{999, 10}, Home: "/home/dev"}, ""},
-		{"named root", policy.User{Name: "root"}, User{Home: "/root"}, ""},
-		{"no home", policy.User{Name: "nohome"}, User{UID: 1001, GID: 1001, Home: DefaultHome}, ""},
+		{"named with groups", policy.User{Name: "dev"}, User{UID: 1000, GID: 1000, AdditionalGids: []uint32{999, 10}, Home: "/home/dev", Name: "dev"}, ""},
+		{"named root", policy.User{Name: "root"}, User{Home: "/root", Name: "root"}, ""},
+		{"no home", policy.User{Name: "nohome"}, User{UID: 1001, GID: 1001, Home: DefaultHome, Name: "nohome"}, ""},
 		{"unknown", policy.User{Name: "ghost"}, User{}, `user "ghost" is not in the sandbox's /etc/passwd`},
 		{"malformed", policy.User{Name: "broken"}, User{}, "malformed"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := ResolveUser(root, tc.user)
+			got, err := ResolveUser(DirTree(root), tc.user)
 			if tc.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 					t.Fatalf("err = %v, want %q", err, tc.wantErr)
@@ -133,66 +133,83 @@ func TestResolveUser(t *testing.T) {
 	}
 }
 
-// TestPrepareRootfsNeverWritesTheHost mounts the overlay over the host
-// root in both modes, writes through it, and checks the host file system
-// is unchanged and cleanup leaves no mount and no directory behind.
+// TestPrepareRootfsNeverWritesTheHost prepares the host view in both modes
+// and an image: the root holds only the view's links (the runtime binds the
+// rest), a writable root's system directories are overlays whose writes
+// never reach the host, and cleanup leaves no mount and no directory.
 func TestPrepareRootfsNeverWritesTheHost(t *testing.T) {
 	requireRootForContainers(t)
-	for _, writable := range []bool{false, true} {
-		name := "read-only"
-		if writable {
-			name = "writable"
-		}
-		t.Run(name, func(t *testing.T) {
+	for _, tc := range []struct{ name, profile, image string }{
+		{"read-only host view", "strict", ""},
+		{"writable host view", "standard", ""},
+		{"image", "standard", "/"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p, err := policy.BuiltinProfile(tc.profile)
+			if err != nil {
+				t.Fatal(err)
+			}
+			writable := !p.Filesystem.ReadOnly
+			v, err := PlanView(p, ViewOptions{Image: tc.image, SystemWritable: writable})
+			if err != nil {
+				t.Fatal(err)
+			}
 			dir := containerStateDir(t)
-			rootfs, cleanup, err := PrepareRootfs(context.Background(), "/", dir, writable)
+			r, err := PrepareRootfs(context.Background(), v, dir, writable)
 			if err != nil {
 				t.Fatal(err)
 			}
-			t.Cleanup(func() { _ = cleanup() })
-			if rootfs != filepath.Join(dir, "rootfs") {
-				t.Errorf("rootfs = %s", rootfs)
+			t.Cleanup(func() { _ = r.Cleanup() })
+			if r.Dir != rootfsDir(v, dir) {
+				t.Errorf("rootfs = %s, want %s", r.Dir, rootfsDir(v, dir))
 			}
-			// The host's files are there...
-			host, err := os.ReadFile("/etc/passwd")
-			if err != nil {
-				t.Fatal(err)
+			wantMounts := 2 // the tmpfs and the image's overlay
+			if tc.image == "" {
+				var names, want []string
+				entries, _ := os.ReadDir(r.Dir)
+				for _, e := range entries {
+					names = append(names, "/"+e.Name())
+				}
+				for _, l := range v.Links {
+					want = append(want, l.Path)
+				}
+				if d := cmp.Diff(want, names); d != "" {
+					t.Errorf("the root holds (-want +got):\n%s", d)
+				}
+				wantMounts = 1
+				for _, m := range v.Mounts {
+					if m.Kind != MountSystem {
+						continue
+					}
+					switch {
+					case !writable && r.Overlays[m.Path] != "":
+						t.Errorf("an overlay of %s under a read-only root", m.Path)
+					case writable && r.Overlays[m.Path] != overlayDir(dir, m.Path):
+						t.Errorf("overlay of %s at %q, want %s", m.Path, r.Overlays[m.Path], overlayDir(dir, m.Path))
+					case writable:
+						wantMounts++
+					}
+				}
 			}
-			seen, err := os.ReadFile(filepath.Join(rootfs, "etc/passwd"))
-			if err != nil || string(seen) != string(host) {
-				t.Fatalf("rootfs /etc/passwd differs from the host's (%v)", err)
+			switch {
+			case tc.image != "":
+				overlayKeepsTheHost(t, filepath.Join(r.Dir, "etc"))
+			case writable:
+				overlayKeepsTheHost(t, r.Overlays["/etc"])
 			}
-			// ...but not the host's other mounts (/proc is empty).
-			if entries, _ := os.ReadDir(filepath.Join(rootfs, "proc")); len(entries) != 0 {
-				t.Errorf("rootfs /proc has %d entries: the host's /proc shows through", len(entries))
+			if m := mountsBelow(t, dir); len(m) != wantMounts {
+				t.Errorf("mounts under %s: %v, want %d", dir, m, wantMounts)
 			}
-			// Writes land in the overlay only.
-			probe := "etc/" + containerTestID(t)
-			if err := os.WriteFile(filepath.Join(rootfs, probe), []byte("x"), 0o644); err != nil {
-				t.Fatalf("writing in the overlay: %v", err)
-			}
-			if err := os.WriteFile(filepath.Join(rootfs, "etc/passwd"), []byte("changed"), 0o644); err != nil {
-				t.Fatalf("overwriting in the overlay: %v", err)
-			}
-			if _, err := os.Stat("/" + probe); !errors.Is(err, fs.ErrNotExist) {
-				t.Errorf("host /%s exists after writing it in the overlay (%v)", probe, err)
-			}
-			if after, _ := os.ReadFile("/etc/passwd"); string(after) != string(host) {
-				t.Fatal("host /etc/passwd changed") // would be a disaster; stop here
-			}
-			if len(mountsBelow(t, dir)) != 2 {
-				t.Errorf("mounts under %s: %v, want the tmpfs and the overlay", dir, mountsBelow(t, dir))
-			}
-			if err := cleanup(); err != nil {
+			if err := r.Cleanup(); err != nil {
 				t.Fatalf("cleanup: %v", err)
 			}
-			if err := cleanup(); err != nil {
+			if err := r.Cleanup(); err != nil {
 				t.Errorf("second cleanup: %v", err)
 			}
 			if m := mountsBelow(t, dir); len(m) != 0 {
 				t.Errorf("mounts left after cleanup: %v", m)
 			}
-			for _, d := range []string{"rootfs", "upper-tmpfs"} {
+			for _, d := range []string{"rootfs", "upper-tmpfs", "view"} {
 				if _, err := os.Stat(filepath.Join(dir, d)); !errors.Is(err, fs.ErrNotExist) {
 					t.Errorf("%s left after cleanup (%v)", d, err)
 				}
@@ -201,21 +218,52 @@ func TestPrepareRootfsNeverWritesTheHost(t *testing.T) {
 	}
 }
 
-// TestPrepareRootfsCleanupUnmountsBusyMounts checks the lazy-unmount
-// fallback: a process holding the rootfs open does not make cleanup fail.
-func TestPrepareRootfsCleanupUnmountsBusyMounts(t *testing.T) {
-	requireRootForContainers(t)
-	dir := containerStateDir(t)
-	rootfs, cleanup, err := PrepareRootfs(context.Background(), "/", dir, true)
+// overlayKeepsTheHost checks etc, an overlay of the host's /etc, shows the
+// host's files and keeps writes to itself.
+func overlayKeepsTheHost(t *testing.T, etc string) {
+	t.Helper()
+	host, err := os.ReadFile("/etc/passwd")
 	if err != nil {
 		t.Fatal(err)
 	}
-	f, err := os.Open(filepath.Join(rootfs, "etc"))
+	if seen, err := os.ReadFile(filepath.Join(etc, "passwd")); err != nil || string(seen) != string(host) {
+		t.Fatalf("the overlay's /etc/passwd differs from the host's (%v)", err)
+	}
+	probe := containerTestID(t)
+	if err := os.WriteFile(filepath.Join(etc, probe), []byte("x"), 0o644); err != nil {
+		t.Fatalf("writing in the overlay: %v", err)
+	}
+	if err := os.WriteFile(filepath.Join(etc, "passwd"), []byte("changed"), 0o644); err != nil {
+		t.Fatalf("overwriting in the overlay: %v", err)
+	}
+	if _, err := os.Stat("/etc/" + probe); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("host /etc/%s exists after writing it in the overlay (%v)", probe, err)
+	}
+	if after, _ := os.ReadFile("/etc/passwd"); string(after) != string(host) {
+		t.Fatal("host /etc/passwd changed") // would be a disaster; stop here
+	}
+}
+
+// TestPrepareRootfsCleanupUnmountsBusyMounts checks the lazy-unmount
+// fallback: a process holding an overlay open does not make cleanup fail.
+func TestPrepareRootfsCleanupUnmountsBusyMounts(t *testing.T) {
+	requireRootForContainers(t)
+	dir := containerStateDir(t)
+	p, _ := policy.BuiltinProfile("standard")
+	v, err := PlanView(p, ViewOptions{SystemWritable: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := PrepareRootfs(context.Background(), v, dir, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(filepath.Join(r.Overlays["/etc"], "passwd"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	if err := cleanup(); err != nil {
+	if err := r.Cleanup(); err != nil {
 		t.Fatalf("cleanup with a busy mount: %v", err)
 	}
 	if m := mountsBelow(t, dir); len(m) != 0 {
@@ -226,23 +274,27 @@ func TestPrepareRootfsCleanupUnmountsBusyMounts(t *testing.T) {
 func TestPrepareRootfsRefusesBadPaths(t *testing.T) {
 	ctx := context.Background()
 	tmp := t.TempDir()
-	tests := []struct{ lower, state, want string }{
-		{"relative", tmp, "absolute"},
-		{"/", "relative", "absolute"},
-		{"/a,b", tmp, "may not contain"},
-		{"/", tmp + "/x:y", "may not contain"},
-		{filepath.Join(tmp, "missing"), filepath.Join(tmp, "s"), "no such file"},
-		{tmp, filepath.Dir(tmp), "contains the lower layer"},
+	tests := []struct {
+		v           *View
+		state, want string
+	}{
+		{&View{Image: "relative"}, tmp, "absolute"},
+		{&View{}, "relative", "absolute"},
+		{&View{Image: "/a,b"}, tmp, "may not contain"},
+		{&View{}, tmp + "/x:y", "may not contain"},
+		{&View{Image: filepath.Join(tmp, "missing")}, filepath.Join(tmp, "s"), "no such file"},
+		{&View{Image: tmp}, filepath.Dir(tmp), "contains the lower layer"},
+		{nil, tmp, "no view"},
 	}
 	for _, tc := range tests {
-		_, _, err := PrepareRootfs(ctx, tc.lower, tc.state, false)
+		_, err := PrepareRootfs(ctx, tc.v, tc.state, false)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
-			t.Errorf("PrepareRootfs(%q, %q) err = %v, want %q", tc.lower, tc.state, err, tc.want)
+			t.Errorf("PrepareRootfs(%+v, %q) err = %v, want %q", tc.v, tc.state, err, tc.want)
 		}
 	}
 	cancelled, cancel := context.WithCancel(ctx)
 	cancel()
-	if _, _, err := PrepareRootfs(cancelled, "/", tmp, false); !errors.Is(err, context.Canceled) {
+	if _, err := PrepareRootfs(cancelled, &View{}, tmp, false); !errors.Is(err, context.Canceled) {
 		t.Errorf("PrepareRootfs with a cancelled context: %v", err)
 	}
 }
@@ -268,16 +320,16 @@ func TestBlockedPathsThroughTheOverlay(t *testing.T) {
 		}
 	}
 	dir := containerStateDir(t)
-	rootfs, cleanup, err := PrepareRootfs(context.Background(), "/", dir, false)
+	r, err := PrepareRootfs(context.Background(), &View{Image: "/"}, dir, false)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer func() {
-		if err := cleanup(); err != nil {
+		if err := r.Cleanup(); err != nil {
 			t.Error(err)
 		}
 	}()
-	got, err := BlockedPaths(rootfs, []string{"perl"}, "")
+	got, err := BlockedPaths(DirTree(r.Dir), []string{"perl"}, "")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,13 +6,13 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
-	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -126,71 +126,48 @@ type sandboxRun struct {
 }
 
 // runSandbox runs args in a container built from p the way the launcher
-// does (rootfs overlay over the host root, BuildEnv, BlockedPaths,
-// BuildSpec, WriteBundle, Run) and cleans everything up.
+// does (PrepareContainer: the host view, the user, the protected paths,
+// the spec, the bundle; in a fresh network namespace in mode none) and
+// cleans everything up.
 func runSandbox(t *testing.T, rt *Runtime, p *policy.Profile, args []string, secrets []string) sandboxRun {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	dir := containerStateDir(t)
-	id := containerTestID(t)
-	bundle := filepath.Join(dir, "bundle")
-
-	rootfs, cleanupRootfs, err := PrepareRootfs(ctx, "/", dir, !p.Filesystem.ReadOnly)
-	if err != nil {
-		t.Fatalf("PrepareRootfs: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := rt.Delete(context.Background(), id); err != nil {
-			t.Errorf("Delete %s: %v", id, err)
-		}
-		if err := cleanupRootfs(); err != nil {
-			t.Errorf("rootfs cleanup: %v", err)
-		}
-	})
-	user, err := ResolveUser(rootfs, p.Process.User)
-	if err != nil {
-		t.Fatal(err)
-	}
-	env, err := BuildEnv(p, user.Home, []string{"TERM=dumb", "SECRET_TOKEN=nope"}, nil, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	masks, err := BlockedPaths(rootfs, p.Commands.Block, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.MkdirAll(bundle, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	opts := SpecOptions{
-		Args:        args,
-		Env:         env,
-		Hostname:    "egt-box",
-		RootfsDir:   rootfs,
-		MaskPaths:   masks,
-		User:        user,
-		CgroupsPath: id,
-	}
-	if p.Network.Mode != policy.ModeHost {
-		opts.ResolvConf, opts.Hosts, err = WriteEtcFiles(bundle, netip.MustParseAddr("127.0.0.53"), "egt-box")
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	spec, err := BuildSpec(p, opts)
-	if err != nil {
-		t.Fatalf("BuildSpec: %v", err)
-	}
-	if err := WriteBundle(bundle, spec); err != nil {
-		t.Fatal(err)
-	}
+	c, id := prepareTestContainer(t, rt, Config{Profile: p, Args: args, Hostname: "egt-box",
+		CallerEnv: []string{"TERM=dumb", "SECRET_TOKEN=nope"}})
 	var stdout, stderr bytes.Buffer
 	outW, errW := NewMasker(&stdout, secrets), NewMasker(&stderr, secrets)
-	code, err := rt.Run(ctx, id, bundle, Stdio{Stdout: outW, Stderr: errW})
+	code, err := rt.Run(ctx, id, c.Bundle, Stdio{Stdout: outW, Stderr: errW})
 	_ = outW.Close()
 	_ = errW.Close()
 	return sandboxRun{code: code, stdout: stdout.String(), stderr: stderr.String(), err: err}
+}
+
+// prepareTestContainer makes cfg's container in a test state directory
+// (PrepareContainer, no network namespace: mode none gets a fresh one) and
+// removes it, and the container, when the test ends.
+func prepareTestContainer(t testing.TB, rt *Runtime, cfg Config) (*Container, string) {
+	t.Helper()
+	dir := containerStateDir(t)
+	id := containerTestID(t)
+	if cfg.Profile.Network.Mode == policy.ModeFiltered {
+		t.Fatal("prepareTestContainer: filtered mode needs the launcher's namespace")
+	}
+	c, err := PrepareContainer(context.Background(), cfg, id, dir, "")
+	if c != nil {
+		t.Cleanup(func() {
+			if err := rt.Delete(context.Background(), id); err != nil {
+				t.Errorf("Delete %s: %v", id, err)
+			}
+			if err := c.Cleanup(); err != nil {
+				t.Errorf("container cleanup: %v", err)
+			}
+		})
+	}
+	if err != nil {
+		t.Fatalf("PrepareContainer: %v", err)
+	}
+	return c, id
 }
 
 func offlineStrict(t *testing.T) *policy.Profile {
@@ -223,8 +200,8 @@ func TestStrictSandboxIsConfined(t *testing.T) {
 	}
 	t.Logf("output:\n%s", r.stdout)
 	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
-	if lines[0] != "100" {
-		t.Errorf("uid = %q, want 100", lines[0])
+	if want := strconv.Itoa(policy.DefaultUID); lines[0] != want {
+		t.Errorf("uid = %q, want %s", lines[0], want)
 	}
 	for _, want := range []string{
 		"touch: cannot touch '/x': Read-only file system",
@@ -240,7 +217,7 @@ func TestStrictSandboxIsConfined(t *testing.T) {
 		"/sandbox",
 		"home-ok /home/sandbox",
 		"run-entries=0", // the host's /run (and this test's bundle in it) is hidden
-		"nameserver 127.0.0.53",
+		"nameserver 127.0.0.1",
 		"egt-box",
 		"hosts=1",
 		"done",
@@ -351,30 +328,8 @@ func TestRunTimeoutKillsContainer(t *testing.T) {
 	p := offlineStrict(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	dir := containerStateDir(t)
-	id := containerTestID(t)
-	rootfs, cleanup, err := PrepareRootfs(ctx, "/", dir, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := rt.Delete(context.Background(), id); err != nil {
-			t.Error(err)
-		}
-		if err := cleanup(); err != nil {
-			t.Error(err)
-		}
-	})
-	user, _ := ResolveUser(rootfs, p.Process.User)
-	env, _ := BuildEnv(p, user.Home, nil, nil, "")
-	spec, err := BuildSpec(p, SpecOptions{Args: []string{"/bin/sleep", "60"}, Env: env, RootfsDir: rootfs, User: user, CgroupsPath: id})
-	if err != nil {
-		t.Fatal(err)
-	}
-	bundle := filepath.Join(dir, "bundle")
-	if err := WriteBundle(bundle, spec); err != nil {
-		t.Fatal(err)
-	}
+	c, id := prepareTestContainer(t, rt, Config{Profile: p, Args: []string{"/bin/sleep", "60"}})
+	bundle := c.Bundle
 	runCtx, runCancel := context.WithTimeout(ctx, 1500*time.Millisecond)
 	defer runCancel()
 	start := time.Now()
@@ -398,8 +353,8 @@ func TestRuntimeReportsBadSpec(t *testing.T) {
 	dir := containerStateDir(t)
 	id := containerTestID(t)
 	p := offlineStrict(t)
-	env, _ := BuildEnv(p, DefaultHome, nil, nil, "")
-	spec, err := BuildSpec(p, SpecOptions{Args: []string{"/bin/true"}, Env: env, RootfsDir: filepath.Join(dir, "missing-rootfs"), User: User{UID: 100, GID: 100}, CgroupsPath: id})
+	env, _ := BuildEnv(p, DefaultHome, "", nil, nil, "")
+	spec, err := BuildSpec(p, SpecOptions{Args: []string{"/bin/true"}, Env: env, RootfsDir: filepath.Join(dir, "missing-rootfs"), User: User{UID: policy.DefaultUID, GID: policy.DefaultGID}, CgroupsPath: id})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -507,33 +462,15 @@ func BenchmarkRuncRunTrue(b *testing.B) {
 		b.Skip(err)
 	}
 	ctx := context.Background()
-	dir := containerStateDir(b)
-	rootfs, cleanup, err := PrepareRootfs(ctx, "/", dir, false)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() {
-		if err := cleanup(); err != nil {
-			b.Error(err)
-		}
-	})
 	p, _ := policy.BuiltinProfile("strict")
 	p.Network.Mode = policy.ModeNone
-	env, _ := BuildEnv(p, DefaultHome, nil, nil, "")
-	bundle := filepath.Join(dir, "bundle")
+	c, _ := prepareTestContainer(b, rt, Config{Profile: p, Args: []string{"/bin/true"}})
 	var times []time.Duration
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		id := containerTestID(b)
-		spec, err := BuildSpec(p, SpecOptions{Args: []string{"/bin/true"}, Env: env, RootfsDir: rootfs, User: User{UID: 100, GID: 100}, CgroupsPath: id})
-		if err != nil {
-			b.Fatal(err)
-		}
-		if err := WriteBundle(bundle, spec); err != nil {
-			b.Fatal(err)
-		}
 		start := time.Now()
-		code, err := rt.Run(ctx, id, bundle, Stdio{})
+		code, err := rt.Run(ctx, id, c.Bundle, Stdio{})
 		times = append(times, time.Since(start))
 		if err != nil || code != 0 {
 			b.Fatalf("run: %d %v", code, err)

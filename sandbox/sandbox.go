@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -56,9 +57,13 @@ type Config struct {
 	// Args is the command and its arguments. Required.
 	Args []string
 
-	// Rootfs is the lower layer of the container's root file system; ""
-	// means the host root "/" (see PrepareRootfs).
+	// Rootfs is an image directory the container's root is built on; ""
+	// (or "/") means the host view: the host's system directories (see
+	// PlanView, PrepareRootfs).
 	Rootfs string
+	// HostRoot is where the host's system directories and account
+	// databases are read; "" means "/". For tests.
+	HostRoot string
 	// Runtime runs the container; nil means runc from PATH with its
 	// default state directory.
 	Runtime *Runtime
@@ -216,6 +221,13 @@ func (s *Sandbox) log() *slog.Logger {
 	return s.cfg.Logger
 }
 
+func (cfg Config) hostRoot() string {
+	if cfg.HostRoot == "" {
+		return "/"
+	}
+	return cfg.HostRoot
+}
+
 // withDefaults fills cfg's zero values and checks what Create needs.
 func (cfg Config) withDefaults() (Config, error) {
 	p := cfg.Profile
@@ -237,6 +249,17 @@ func (cfg Config) withDefaults() (Config, error) {
 		return cfg, fmt.Errorf("rootfs %q is not an absolute path", cfg.Rootfs)
 	}
 	cfg.Rootfs = filepath.Clean(cfg.Rootfs)
+	if cfg.Rootfs != "/" {
+		st, err := os.Stat(cfg.Rootfs)
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			return cfg, fmt.Errorf("rootfs %s: no such directory (--rootfs names the directory the sandbox's root is built on)", cfg.Rootfs)
+		case err != nil:
+			return cfg, fmt.Errorf("rootfs %s: %w", cfg.Rootfs, err)
+		case !st.IsDir():
+			return cfg, fmt.Errorf("rootfs %s: not a directory", cfg.Rootfs)
+		}
+	}
 	if cfg.Workdir != "" && !isCleanAbs(cfg.Workdir) {
 		return cfg, fmt.Errorf("working directory %q is not an absolute clean path inside the sandbox", cfg.Workdir)
 	}
@@ -497,37 +520,106 @@ func (s *Sandbox) startEgressd(ctx context.Context, upstream []netip.AddrPort) e
 }
 
 // containerPlan is what the container is built from, shared by Create and
-// Explain.
+// Explain: everything the launch will make, decided before anything is
+// made.
 type containerPlan struct {
 	spec *specs.Spec
 	// secretNames are the environment variables holding secrets.
 	secretNames []string
+	// view is what of the host the sandbox sees; rootfs is the root
+	// PrepareRootfs will make of it.
+	view   *View
+	rootfs string
+	// user is who the command runs as.
+	user User
+	// protected are the mounts keeping the protected paths of the
+	// workspace and the writable volumes.
+	protected []ProtectedPath
+	// passwd and group are the sandbox's generated /etc/passwd and
+	// /etc/group; etcDir is where they (and resolv.conf and hosts) go.
+	passwd, group []byte
+	etcDir        string
+	// warnings are what the launch should tell the operator.
+	warnings []string
 }
 
-// planContainer builds the container's spec. lookupRoot is where users and
-// commands are looked up (the root file system's content); rootfs,
-// netnsPath and etcDir are the paths the spec names. With writeEtc the
-// generated resolv.conf and hosts are written into etcDir.
-func planContainer(cfg Config, id, lookupRoot, rootfs, netnsPath, etcDir string, writeEtc bool) (*containerPlan, error) {
+// rootfsDir is where PrepareRootfs makes the root of v in stateDir, and
+// overlayDir the throwaway overlay of the writable system directory at
+// path.
+func rootfsDir(v *View, stateDir string) string {
+	if v.Image != "" {
+		return filepath.Join(stateDir, "rootfs")
+	}
+	return filepath.Join(stateDir, "upper-tmpfs", "root")
+}
+
+func overlayDir(stateDir, path string) string {
+	return filepath.Join(stateDir, "view", strings.TrimPrefix(path, "/"))
+}
+
+// planContainer plans the container of sandbox id, whose state directory
+// is dir and network namespace netnsPath (see PrepareContainer): the view,
+// the user (checked against the host's accounts), the protected paths, the
+// environment and the spec. It reads the host and changes nothing.
+func planContainer(cfg Config, id, dir, netnsPath string) (*containerPlan, error) {
 	p := cfg.Profile
-	user, err := ResolveUser(lookupRoot, p.Process.User)
+	image := ""
+	if cfg.Rootfs != "/" {
+		image = cfg.Rootfs
+	}
+	// The user first, from the view's /etc (expose and volumes cannot
+	// change it), for the home that "~/" volumes go under.
+	sys, err := planSystemView(cfg.HostRoot, image, p, false)
 	if err != nil {
+		return nil, err
+	}
+	user, err := ResolveUser(sys.Tree(), p.Process.User)
+	if err != nil {
+		return nil, err
+	}
+	host, err := readAccounts(cfg.hostRoot())
+	if err != nil {
+		return nil, err
+	}
+	if err := checkHostIdentity(user, host, p.Process.AllowHostUser, p.SourceOf("process.user").String()); err != nil {
 		return nil, err
 	}
 	if p.Network.Mode == policy.ModeFiltered && (user.UID == cfg.EgressdUID || user.GID == cfg.EgressdGID) {
 		return nil, fmt.Errorf("process.user %s (%s) shares egressd's uid or gid %d:%d; the sandbox must not be able to act as egressd",
 			p.Process.User, p.SourceOf("process.user"), cfg.EgressdUID, cfg.EgressdGID)
 	}
-	var extra, secretNames []string
+	workspace := p.Filesystem.Workspace
+	if workspace == "" {
+		workspace = "/sandbox"
+	}
+	vo := ViewOptions{HostRoot: cfg.HostRoot, Image: image, Home: user.Home, Workspace: workspace,
+		WorkspaceDir: cfg.WorkspaceDir, StateDir: cfg.StateDir, Homes: host.homes,
+		SystemWritable: !p.Filesystem.ReadOnly && (user.UID == 0 || host.isAccount(user.UID) || p.Process.AllowHostUser)}
+	if cfg.WorkspaceDir != "" {
+		// Bound (and protected) where its links lead, the path checked.
+		what := fmt.Sprintf("the workspace (filesystem.mount_cwd, %s)", p.SourceOf("filesystem.mount_cwd"))
+		if cfg.WorkspaceDir, err = checkHostPath(cfg.WorkspaceDir, what, vo); err != nil {
+			return nil, err
+		}
+		vo.WorkspaceDir = cfg.WorkspaceDir
+	}
+	view, err := PlanView(p, vo)
+	if err != nil {
+		return nil, err
+	}
+	tree := view.Tree()
+	plan := &containerPlan{view: view, rootfs: rootfsDir(view, dir), user: user, etcDir: filepath.Join(dir, "etc")}
+
+	var extra []string
 	for _, sec := range cfg.Secrets {
 		extra = append(extra, sec.Name+"="+sec.Value)
-		secretNames = append(secretNames, sec.Name)
+		plan.secretNames = append(plan.secretNames, sec.Name)
 	}
 	proxyURL := ""
 	if p.Network.Mode == policy.ModeFiltered {
 		proxyURL = fmt.Sprintf("http://127.0.0.1:%d", EgressdProxyPort)
 	}
-	env, err := BuildEnv(p, user.Home, cfg.CallerEnv, extra, proxyURL)
+	env, err := BuildEnv(p, user.Home, SandboxPath(user.Home, tree), cfg.CallerEnv, extra, proxyURL)
 	if err != nil {
 		return nil, err
 	}
@@ -537,42 +629,84 @@ func planContainer(cfg Config, id, lookupRoot, rootfs, netnsPath, etcDir string,
 			pathEnv = v
 		}
 	}
-	masks, err := BlockedPaths(lookupRoot, p.Commands.Block, pathEnv)
+	masks, err := BlockedPaths(tree, p.Commands.Block, pathEnv)
 	if err != nil {
 		return nil, err
 	}
-	args, err := CheckCommand(p, lookupRoot, user, cfg.Args, env)
+	args, err := CheckCommand(p, tree, user, cfg.Args, env)
 	if err != nil {
 		return nil, err
 	}
-	if err := findExecutable(p, lookupRoot, user, args[0], pathEnv); err != nil {
+	if err := findExecutable(p, tree, user, args[0], pathEnv); err != nil {
+		return nil, err
+	}
+
+	// The host directories the sandbox may write: the workspace and the
+	// writable volumes. Each must be writable by the sandbox user, and
+	// keeps its protected paths.
+	protect := p.Filesystem.EffectiveProtect()
+	type writableDir struct{ host, path, what string }
+	var writableDirs []writableDir
+	if cfg.WorkspaceDir != "" {
+		writableDirs = append(writableDirs, writableDir{cfg.WorkspaceDir, workspace,
+			fmt.Sprintf("the workspace %s (filesystem.mount_cwd, %s)", cfg.WorkspaceDir, p.SourceOf("filesystem.mount_cwd"))})
+	}
+	for _, m := range view.Mounts {
+		if m.Kind == MountVolume && m.Writable {
+			writableDirs = append(writableDirs, writableDir{m.Source, m.Path, m.Origin})
+		}
+	}
+	for _, w := range writableDirs {
+		fi, err := os.Stat(w.host)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", w.what, err)
+		}
+		if !fi.IsDir() {
+			continue
+		}
+		if err := checkWritable(w.host, user); err != nil {
+			return nil, fmt.Errorf("%s is not writable by the sandbox user %d:%d (%v); give that user write access "+
+				"(setfacl -m u:%d:rwx %s), or run as the directory's owner with --user UID:GID --allow-host-user",
+				w.what, user.UID, user.GID, err, user.UID, w.host)
+		}
+		if user.UID == 0 {
+			plan.warnings = append(plan.warnings, fmt.Sprintf("the command runs as root with %s: what it creates there is owned by root on the host", w.what))
+		}
+		pps, err := PlanProtect(w.host, w.path, protect, user.UID != 0 && !host.isAccount(user.UID))
+		if err != nil {
+			return nil, err
+		}
+		plan.protected = append(plan.protected, pps...)
+	}
+
+	binds := slices.Clone(view.Mounts)
+	for i, b := range binds {
+		if b.Kind == MountSystem && b.Writable {
+			binds[i].Source = overlayDir(dir, b.Path)
+		}
+	}
+	plan.passwd, plan.group, err = identityFiles(tree, user, image == "")
+	if err != nil {
 		return nil, err
 	}
 	opts := SpecOptions{
 		Args: args, Env: env, Cwd: cfg.Workdir, Hostname: cfg.Hostname,
-		NetNSPath: netnsPath, RootfsDir: rootfs, WorkspaceDir: cfg.WorkspaceDir,
+		RootfsDir: plan.rootfs, WorkspaceDir: cfg.WorkspaceDir, NetNSPath: netnsPath,
 		MaskPaths: masks, User: user, CgroupsPath: id,
+		Binds: binds, Protected: plan.protected, HiddenPaths: view.Hidden,
+		Passwd: filepath.Join(plan.etcDir, "passwd"), Group: filepath.Join(plan.etcDir, "group"),
 	}
 	if p.Network.Mode != policy.ModeHost {
 		// The sandbox's only resolver is on loopback: the firewall
 		// redirects port 53 of any address to egressd (filtered), and
 		// nothing answers there in mode none (lookups fail at once).
-		if writeEtc {
-			if err := os.MkdirAll(etcDir, 0o755); err != nil {
-				return nil, err
-			}
-			if opts.ResolvConf, opts.Hosts, err = WriteEtcFiles(etcDir, netip.MustParseAddr("127.0.0.1"), cfg.Hostname); err != nil {
-				return nil, err
-			}
-		} else {
-			opts.ResolvConf, opts.Hosts = filepath.Join(etcDir, "resolv.conf"), filepath.Join(etcDir, "hosts")
-		}
+		opts.ResolvConf, opts.Hosts = filepath.Join(plan.etcDir, "resolv.conf"), filepath.Join(plan.etcDir, "hosts")
 	}
-	spec, err := BuildSpec(p, opts)
+	plan.spec, err = BuildSpec(p, opts)
 	if err != nil {
 		return nil, err
 	}
-	return &containerPlan{spec: spec, secretNames: secretNames}, nil
+	return plan, nil
 }
 
 // findExecutable checks that argv0 names an executable file in the root
@@ -580,7 +714,7 @@ func planContainer(cfg Config, id, lookupRoot, rootfs, netnsPath, etcDir string,
 // typo fails the launch with a clear error instead of the runtime's. A path
 // the sandbox mounts over (the workspace, /tmp, ...) or a relative path
 // cannot be checked beforehand and is left to exec.
-func findExecutable(p *policy.Profile, root string, user User, argv0, pathEnv string) error {
+func findExecutable(p *policy.Profile, t Tree, user User, argv0, pathEnv string) error {
 	var candidates []string
 	switch {
 	case strings.HasPrefix(argv0, "/"):
@@ -598,7 +732,7 @@ func findExecutable(p *policy.Profile, root string, user User, argv0, pathEnv st
 		}
 	}
 	for _, c := range candidates {
-		f, ok, err := statInRoot(root, c)
+		f, ok, err := t.stat(c)
 		if err != nil {
 			return fmt.Errorf("looking up the command: %w", err)
 		}
@@ -612,24 +746,85 @@ func findExecutable(p *policy.Profile, root string, user User, argv0, pathEnv st
 	return fmt.Errorf("command %q not found in the sandbox's PATH (%s)", argv0, pathEnv)
 }
 
-// prepareContainer makes the rootfs overlay and writes the bundle.
+// prepareContainer makes the sandbox's container (PrepareContainer).
 func (s *Sandbox) prepareContainer(ctx context.Context) error {
-	cfg := s.cfg
-	rootfs, cleanup, err := PrepareRootfs(ctx, cfg.Rootfs, s.dir, !cfg.Profile.Filesystem.ReadOnly)
-	if err != nil {
-		return err
-	}
-	s.rootfsCleanup = cleanup
 	netnsPath := ""
 	if s.mode != policy.ModeHost {
 		netnsPath = filepath.Join(NetnsDir, s.id)
 	}
-	plan, err := planContainer(cfg, s.id, rootfs, rootfs, netnsPath, filepath.Join(s.dir, "etc"), true)
+	c, err := PrepareContainer(ctx, s.cfg, s.id, s.dir, netnsPath)
+	if c != nil {
+		s.rootfsCleanup = c.Cleanup
+	}
 	if err != nil {
 		return err
 	}
-	s.bundle = filepath.Join(s.dir, "bundle")
-	return WriteBundle(s.bundle, plan.spec)
+	for _, w := range c.Warnings {
+		s.log().Warn(w)
+	}
+	s.bundle = c.Bundle
+	return nil
+}
+
+// Container is a container PrepareContainer made, ready for the runtime.
+type Container struct {
+	// Bundle is the OCI bundle directory.
+	Bundle string
+	// Warnings are what the launch should tell the operator.
+	Warnings []string
+	// Cleanup removes what PrepareContainer made: the root file system and
+	// the protected paths' placeholders. It may be called more than once.
+	Cleanup func() error
+}
+
+// PrepareContainer plans the container of cfg (id, state directory dir,
+// network namespace netnsPath: "" gives mode none a fresh one and is
+// required for mode host), then makes what the plan says: the root file
+// system (PrepareRootfs), the protected paths' placeholders, the generated
+// /etc files and the bundle. On error the Container it returns, if any,
+// still needs its Cleanup.
+func PrepareContainer(ctx context.Context, cfg Config, id, dir, netnsPath string) (*Container, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	plan, err := planContainer(cfg, id, dir, netnsPath)
+	if err != nil {
+		return nil, err
+	}
+	rootfs, err := PrepareRootfs(ctx, plan.view, dir, !cfg.Profile.Filesystem.ReadOnly)
+	if err != nil {
+		return nil, err
+	}
+	c := &Container{Warnings: plan.warnings, Cleanup: func() error {
+		return errors.Join(rootfs.Cleanup(), releasePlaceholders(cfg.StateDir, dir))
+	}}
+	if rootfs.Dir != plan.rootfs {
+		return c, fmt.Errorf("preparing rootfs: made %s, planned %s", rootfs.Dir, plan.rootfs)
+	}
+	for path, d := range rootfs.Overlays {
+		if d != overlayDir(dir, path) {
+			return c, fmt.Errorf("preparing rootfs: overlay of %s at %s, planned at %s", path, d, overlayDir(dir, path))
+		}
+	}
+	if err := acquirePlaceholders(cfg.StateDir, dir, plan.protected); err != nil {
+		return c, err
+	}
+	if err := os.MkdirAll(plan.etcDir, 0o755); err != nil {
+		return c, err
+	}
+	if cfg.Profile.Network.Mode != policy.ModeHost {
+		if _, _, err := WriteEtcFiles(plan.etcDir, netip.MustParseAddr("127.0.0.1"), cfg.Hostname); err != nil {
+			return c, err
+		}
+	}
+	for name, data := range map[string][]byte{"passwd": plan.passwd, "group": plan.group} {
+		if err := os.WriteFile(filepath.Join(plan.etcDir, name), data, 0o644); err != nil {
+			return c, fmt.Errorf("writing the sandbox's %s: %w", name, err)
+		}
+	}
+	c.Bundle = filepath.Join(dir, "bundle")
+	return c, WriteBundle(c.Bundle, plan.spec)
 }
 
 // Result is how a sandboxed command ended.
@@ -791,9 +986,21 @@ func (s *Sandbox) teardown() error {
 		add(s.rootfsCleanup())
 	}
 	if s.dir != "" {
+		// The protected paths' placeholders on the host: this sandbox is
+		// no longer a user of them (for a reaped one, its record says
+		// which directories it protected).
+		stateRoot := s.cfg.StateDir
+		if stateRoot == "" {
+			stateRoot = filepath.Dir(s.dir)
+		}
+		add(releasePlaceholders(stateRoot, s.dir))
 		// What a reaped sandbox may still have mounted (a live one's
 		// cleanups did it already; these are no-ops then).
-		for _, m := range []string{"rootfs", "upper-tmpfs", filepath.Join("egressd", binaryName)} {
+		views, _ := os.ReadDir(filepath.Join(s.dir, "view"))
+		for _, v := range views {
+			add(unmountAndRemove(filepath.Join(s.dir, "view", v.Name())))
+		}
+		for _, m := range []string{"view", "rootfs", "upper-tmpfs", filepath.Join("egressd", binaryName)} {
 			add(unmountAndRemove(filepath.Join(s.dir, m)))
 		}
 		add(removeTree(s.dir))
@@ -1040,6 +1247,16 @@ type Explanation struct {
 	Uplink string `json:"uplink,omitempty"`
 	// Egressd is egressd's command line (filtered mode).
 	Egressd []string `json:"egressd,omitempty"`
+	// View is what of the host the sandbox sees: the system directories
+	// (or the image), exposed paths, volumes, and what is hidden.
+	View *View `json:"view"`
+	// User is who the command runs as.
+	User User `json:"user"`
+	// Protected are the mounts keeping the protected paths of the
+	// workspace and the writable volumes; empty without either.
+	Protected []ProtectedPath `json:"protected,omitempty"`
+	// Warnings are what a launch would warn about.
+	Warnings []string `json:"warnings,omitempty"`
 	// Spec is the OCI runtime spec. Environment values are shown as
 	// "<redacted>", but for PATH, HOME and the proxy variables.
 	Spec *specs.Spec `json:"spec"`
@@ -1047,9 +1264,9 @@ type Explanation struct {
 
 // Explain returns what Create would set up for cfg, without running or
 // mounting anything: the firewall rules, the uplink rules, egressd's
-// command line and the container's spec (users and blocked commands are
-// looked up in cfg.Rootfs directly; paths name a placeholder sandbox id,
-// egs-00000000).
+// command line, the view, the user, the protected paths and the
+// container's spec (the same plan Create makes; paths name a placeholder
+// sandbox id, egs-00000000).
 func Explain(cfg Config) (*Explanation, error) {
 	cfg, err := cfg.withDefaults()
 	if err != nil {
@@ -1058,7 +1275,6 @@ func Explain(cfg Config) (*Explanation, error) {
 	p := cfg.Profile
 	ex := &Explanation{Profile: p.Explain()}
 	dir := filepath.Join(cfg.StateDir, explainID)
-	netnsPath := ""
 	switch p.Network.Mode {
 	case policy.ModeFiltered:
 		upstream, err := UpstreamDNS(p, cfg.ResolvConf)
@@ -1079,20 +1295,22 @@ func Explain(cfg Config) (*Explanation, error) {
 		ex.Uplink = string(u.rules())
 		ex.Egressd = append([]string{"egressd"}, egressdArgs(egressdSpec{dir: filepath.Join(dir, "egressd"), mark: cfg.Mark,
 			upstream: upstream, sandboxID: explainID})...)
-		netnsPath = filepath.Join(NetnsDir, explainID)
 	case policy.ModeNone:
 		v4, v6, err := firewall.Rules(firewall.Config{Mode: policy.ModeNone})
 		if err != nil {
 			return nil, err
 		}
 		ex.FirewallIPv4, ex.FirewallIPv6 = string(v4), string(v6)
+	}
+	netnsPath := ""
+	if p.Network.Mode != policy.ModeHost {
 		netnsPath = filepath.Join(NetnsDir, explainID)
 	}
-	plan, err := planContainer(cfg, explainID, cfg.Rootfs, filepath.Join(dir, "rootfs"), netnsPath, filepath.Join(dir, "etc"), false)
+	plan, err := planContainer(cfg, explainID, dir, netnsPath)
 	if err != nil {
 		return nil, err
 	}
-	ex.Spec = plan.spec
+	ex.Spec, ex.View, ex.User, ex.Protected, ex.Warnings = plan.spec, plan.view, plan.user, plan.protected, plan.warnings
 	shown := []string{"PATH", "HOME", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "NO_PROXY", "no_proxy"}
 	for i, e := range ex.Spec.Process.Env {
 		if name, _, _ := strings.Cut(e, "="); !slices.Contains(shown, name) {

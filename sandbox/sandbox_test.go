@@ -170,7 +170,7 @@ func TestFindExecutableNamesAMissingCommand(t *testing.T) {
 		"/sandbox/run.sh":     "", // the workspace: not in the root file system, exec decides
 		"./relative":          "",
 	} {
-		err := findExecutable(p, "/", u, cmd, DefaultPath)
+		err := findExecutable(p, DirTree("/"), u, cmd, DefaultPath)
 		if (err == nil) != (wantErr == "") || err != nil && !strings.Contains(err.Error(), wantErr) {
 			t.Errorf("findExecutable(%q) = %v, want %q", cmd, err, wantErr)
 		}

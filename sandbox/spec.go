@@ -3,6 +3,7 @@ package sandbox
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"net/netip"
 	"os"
@@ -21,8 +22,12 @@ const (
 	// DefaultHostname is the sandbox's host name when none is given.
 	DefaultHostname = "sandbox"
 	// DefaultHome is the home directory of a numeric non-root user (the
-	// built-in profiles' 100:100), which has no passwd entry to name one.
+	// built-in profiles' policy.DefaultUID), which has no passwd entry to
+	// name one.
 	DefaultHome = "/home/sandbox"
+	// DefaultUserName is the name the sandbox's /etc/passwd gives a numeric
+	// user that its root file system does not name.
+	DefaultUserName = "sandbox"
 	// DefaultPath is the PATH a sandbox gets when nothing sets one.
 	DefaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -35,13 +40,17 @@ const (
 
 // User is the resolved identity the sandboxed command runs as.
 type User struct {
-	UID, GID uint32
+	UID uint32 `json:"uid"`
+	GID uint32 `json:"gid"`
 	// AdditionalGids are supplementary groups (from the rootfs's
 	// /etc/group for a named user); nil means none.
-	AdditionalGids []uint32
+	AdditionalGids []uint32 `json:"additional_gids,omitempty"`
 	// Home is the user's home directory inside the sandbox, where "~/"
 	// tmpfs paths go and HOME points.
-	Home string
+	Home string `json:"home"`
+	// Name is the user's name inside the sandbox (the generated
+	// /etc/passwd); "" means DefaultUserName.
+	Name string `json:"name,omitempty"`
 }
 
 // IsRoot reports whether the user is uid 0.
@@ -82,6 +91,21 @@ type SpecOptions struct {
 	// non-executable empty device (BlockedPaths), so no process of the
 	// sandbox can execute them.
 	MaskPaths []string
+	// Binds are the host paths the sandbox sees (View.Mounts): each bound
+	// at Path from Source, read-only unless Writable. For a writable
+	// system directory Source is the throwaway overlay PrepareRootfs made
+	// of it, never the host directory itself.
+	Binds []ViewMount
+	// Passwd and Group are the generated /etc/passwd and /etc/group
+	// (WriteIdentityFiles), bind-mounted read-only; "" leaves the root's
+	// own file.
+	Passwd, Group string
+	// Protected are the mounts that keep the protected paths of the
+	// workspace and the writable volumes (PlanProtect).
+	Protected []ProtectedPath
+	// HiddenPaths are paths of the view the sandbox cannot see, masked by
+	// the runtime where they exist (View.Hidden).
+	HiddenPaths []string
 	// User is the resolved identity (ResolveUser).
 	User User
 	// CgroupsPath is the container's cgroup. A relative path is placed
@@ -111,10 +135,18 @@ type SpecOptions struct {
 //   - fresh tmpfs mounts over /tmp (noexec, nosuid, nodev), /var/tmp and
 //     /run, so no host scratch file or host socket (docker.sock, D-Bus:
 //     THREATS F5) shows through the host root;
-//   - for a non-root user, a tmpfs home (mode 0700, owned by the user); the
-//     profile's "~/" tmpfs paths go under it and are owned by the user too;
+//   - the host paths it sees (Binds: the view's system directories,
+//     read-only or a throwaway overlay, exposed paths read-only, volumes),
+//     nosuid and nodev, and the generated passwd, group, hosts and
+//     resolv.conf over the root's; what the view hides (HiddenPaths) is
+//     masked;
+//   - a tmpfs home (mode 0700, owned by the user, root included); the
+//     profile's "~/" tmpfs paths go under it and are owned by the user too,
+//     and so is every directory between a tmpfs the user owns and a mount
+//     below it (~/.local for ~/.local/share);
 //   - the workspace: WorkspaceDir bound read-write, or a tmpfs the user
-//     owns; both allow executing files (nosuid, nodev);
+//     owns; both allow executing files (nosuid, nodev); the protected
+//     paths of the workspace and the writable volumes (Protected);
 //   - capabilities: none but cap_add, in the bounding, effective and
 //     permitted sets (and inheritable + ambient for a non-root user, so they
 //     survive exec); no_new_privileges as the profile says; RLIMIT_NOFILE
@@ -188,6 +220,14 @@ func BuildSpec(p *policy.Profile, opts SpecOptions) (*specs.Spec, error) {
 	if err != nil {
 		return nil, err
 	}
+	hidden := slices.Clone(opts.HiddenPaths)
+	slices.Sort(hidden)
+	hidden = slices.Compact(hidden)
+	for _, h := range hidden {
+		if err := checkMountTarget(h); err != nil {
+			return nil, fmt.Errorf("hidden path %q: %w", h, err)
+		}
+	}
 
 	spec := &specs.Spec{
 		Version:  specs.Version,
@@ -218,11 +258,11 @@ func BuildSpec(p *policy.Profile, opts SpecOptions) (*specs.Spec, error) {
 			CgroupsPath:       opts.CgroupsPath,
 			Seccomp:           filter,
 			RootfsPropagation: "rprivate",
-			MaskedPaths: []string{
+			MaskedPaths: append([]string{
 				"/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys",
 				"/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats",
 				"/proc/sched_debug", "/sys/firmware", "/proc/scsi",
-			},
+			}, hidden...),
 			ReadonlyPaths: []string{
 				"/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger",
 			},
@@ -391,7 +431,39 @@ func buildMounts(p *policy.Profile, opts SpecOptions, user User, workspace strin
 		return nil
 	}
 	roBind := []string{"bind", "ro", "nosuid", "nodev", "noexec"}
-	for _, f := range []struct{ src, dst string }{{opts.ResolvConf, "/etc/resolv.conf"}, {opts.Hosts, "/etc/hosts"}} {
+	bindOpts := func(writable bool) []string {
+		if writable {
+			return []string{"bind", "rw", "nosuid", "nodev"}
+		}
+		return []string{"bind", "ro", "nosuid", "nodev"}
+	}
+
+	// The host paths the sandbox sees: the view's system directories,
+	// exposed paths, volumes.
+	volumeAt := map[string]bool{}
+	for _, b := range opts.Binds {
+		key := b.Origin
+		if key == "" {
+			key = b.Kind + " " + b.Path
+		}
+		if err := checkMountTarget(b.Path); err != nil {
+			return nil, fmt.Errorf("%s: %w", key, err)
+		}
+		if !isCleanAbs(b.Source) {
+			return nil, fmt.Errorf("%s: host path %q is not an absolute clean path", key, b.Source)
+		}
+		if err := add(mountSpec{m: specs.Mount{Destination: b.Path, Type: "bind", Source: b.Source, Options: bindOpts(b.Writable)}, key: key}); err != nil {
+			return nil, err
+		}
+		if b.Kind == MountVolume {
+			volumeAt[b.Path] = true
+		}
+	}
+
+	for _, f := range []struct{ src, dst string }{
+		{opts.ResolvConf, "/etc/resolv.conf"}, {opts.Hosts, "/etc/hosts"},
+		{opts.Passwd, "/etc/passwd"}, {opts.Group, "/etc/group"},
+	} {
 		if f.src == "" {
 			continue
 		}
@@ -405,7 +477,8 @@ func buildMounts(p *policy.Profile, opts SpecOptions, user User, workspace strin
 
 	// Scratch tmpfs mounts: the always-present ones merged with the
 	// profile's (a profile entry for the same path sets size and mode and
-	// adds options; the baseline options are never removed).
+	// adds options; the baseline options are never removed). A volume at
+	// the same path replaces a tmpfs.
 	type scratch struct {
 		size    int64
 		mode    uint32
@@ -419,15 +492,13 @@ func buildMounts(p *policy.Profile, opts SpecOptions, user User, workspace strin
 		"/var/tmp": {mode: 0o1777, opts: []string{"nosuid", "nodev"}, key: "the sandbox's /var/tmp"},
 		"/run":     {mode: 0o755, opts: []string{"noexec", "nosuid", "nodev"}, key: "the sandbox's /run"},
 	}
-	if !user.IsRoot() {
-		if err := checkMountTarget(user.Home); err != nil {
-			return nil, fmt.Errorf("home %q: %w", user.Home, err)
-		}
-		if _, clash := tmpfs[user.Home]; clash {
-			return nil, fmt.Errorf("home %q is one of the sandbox's scratch directories", user.Home)
-		}
-		tmpfs[user.Home] = &scratch{mode: 0o700, opts: []string{"nosuid", "nodev"}, owned: true, key: "the user's home"}
+	if err := checkMountTarget(user.Home); err != nil {
+		return nil, fmt.Errorf("home %q: %w", user.Home, err)
 	}
+	if _, clash := tmpfs[user.Home]; clash {
+		return nil, fmt.Errorf("home %q is one of the sandbox's scratch directories", user.Home)
+	}
+	tmpfs[user.Home] = &scratch{mode: 0o700, opts: []string{"nosuid", "nodev"}, owned: true, key: "the user's home"}
 	for _, t := range p.Filesystem.Tmpfs {
 		dest := policy.ExpandHome(t.Path, user.Home)
 		key := fmt.Sprintf("filesystem.tmpfs %s (%s)", t.Path, t.Source)
@@ -451,7 +522,53 @@ func buildMounts(p *policy.Profile, opts SpecOptions, user User, workspace strin
 			s.opts = append(s.opts, t.Options...)
 		default:
 			tmpfs[dest] = &scratch{size: t.Size, mode: t.EffectiveMode(), opts: slices.Clone(t.Options),
-				owned: underHome && !user.IsRoot(), key: key, profile: true}
+				owned: underHome, key: key, profile: true}
+		}
+	}
+	for dest := range volumeAt {
+		delete(tmpfs, dest)
+	}
+
+	// The workspace.
+	switch {
+	case opts.WorkspaceDir != "":
+		if !isCleanAbs(opts.WorkspaceDir) || opts.WorkspaceDir == "/" {
+			return nil, fmt.Errorf("workspace directory %q: want an absolute clean path other than /", opts.WorkspaceDir)
+		}
+		if err := add(mountSpec{m: specs.Mount{Destination: workspace, Type: "bind", Source: opts.WorkspaceDir,
+			Options: []string{"bind", "rw", "nosuid", "nodev"}}, key: "the workspace (filesystem.workspace)"}); err != nil {
+			return nil, err
+		}
+	case p.Filesystem.MountCwd:
+		return nil, errors.New("filesystem.mount_cwd is set but no workspace directory was given")
+	default:
+		if s, ok := tmpfs[workspace]; ok {
+			return nil, fmt.Errorf("%s and the workspace (filesystem.workspace) both mount %s", s.key, workspace)
+		}
+		tmpfs[workspace] = &scratch{mode: 0o755, opts: []string{"nodev", "nosuid"}, owned: true, key: "the workspace (filesystem.workspace)"}
+	}
+
+	// Every directory between a tmpfs the user owns and a mount below it
+	// is a tmpfs the user owns too: the runtime would make it, as root,
+	// and the user could not create anything beside the mount (pip's
+	// ~/.local/lib beside ~/.local/share).
+	dests := slices.Collect(maps.Keys(tmpfs))
+	dests = append(dests, order...)
+	slices.Sort(dests)
+	for _, d := range dests {
+		parent := ""
+		for _, a := range dests {
+			if strings.HasPrefix(d, a+"/") && len(a) > len(parent) {
+				parent = a
+			}
+		}
+		if s, ok := tmpfs[parent]; !ok || !s.owned {
+			continue
+		}
+		for dir := path.Dir(d); dir != parent && strings.HasPrefix(dir, parent+"/"); dir = path.Dir(dir) {
+			if _, ok := tmpfs[dir]; !ok {
+				tmpfs[dir] = &scratch{mode: 0o755, opts: []string{"nodev", "nosuid"}, owned: true, key: "a directory on the way to " + d}
+			}
 		}
 	}
 	for dest, s := range tmpfs {
@@ -470,23 +587,18 @@ func buildMounts(p *policy.Profile, opts SpecOptions, user User, workspace strin
 		}
 	}
 
-	// The workspace.
-	switch {
-	case opts.WorkspaceDir != "":
-		if !isCleanAbs(opts.WorkspaceDir) || opts.WorkspaceDir == "/" {
-			return nil, fmt.Errorf("workspace directory %q: want an absolute clean path other than /", opts.WorkspaceDir)
+	// Protected paths in the workspace and the writable volumes: pinned
+	// directories writable, the rest read-only (see PlanProtect).
+	for _, pp := range opts.Protected {
+		key := fmt.Sprintf("filesystem.protect %s in %s", pp.Entry, pp.Root)
+		if err := checkMountTarget(pp.Path); err != nil {
+			return nil, fmt.Errorf("%s: %w", key, err)
 		}
-		if err := add(mountSpec{m: specs.Mount{Destination: workspace, Type: "bind", Source: opts.WorkspaceDir,
-			Options: []string{"bind", "rw", "nosuid", "nodev"}}, key: "the workspace (filesystem.workspace)"}); err != nil {
-			return nil, err
+		if !isCleanAbs(pp.Host) {
+			return nil, fmt.Errorf("%s: host path %q is not an absolute clean path", key, pp.Host)
 		}
-	case p.Filesystem.MountCwd:
-		return nil, errors.New("filesystem.mount_cwd is set but no workspace directory was given")
-	default:
-		opts := []string{"nodev", "nosuid", "mode=755", "uid=" + strconv.FormatUint(uint64(user.UID), 10),
-			"gid=" + strconv.FormatUint(uint64(user.GID), 10)}
-		if err := add(mountSpec{m: specs.Mount{Destination: workspace, Type: "tmpfs", Source: "tmpfs", Options: opts},
-			key: "the workspace (filesystem.workspace)"}); err != nil {
+		if err := add(mountSpec{m: specs.Mount{Destination: pp.Path, Type: "bind", Source: pp.Host,
+			Options: bindOpts(pp.How == ProtectPinned)}, key: key}); err != nil {
 			return nil, err
 		}
 	}
@@ -540,9 +652,30 @@ func WriteEtcFiles(dir string, nameserver netip.Addr, hostname string) (resolvCo
 	return resolvConf, hosts, nil
 }
 
+// ToolchainDirs are the directories of toolchains installed for every
+// user that SandboxPath adds when the sandbox's tree has them.
+var ToolchainDirs = []string{"/usr/local/go/bin", "/usr/local/cargo/bin"}
+
+// SandboxPath is a sandbox's PATH: the user's own bin directories under
+// home (~/.local/bin for pip --user, pipx and npm --prefix ~/.local,
+// ~/.cargo/bin for cargo install, ~/go/bin for go install: they exist once
+// a tool installs there), then DefaultPath, then the ToolchainDirs the tree
+// has.
+func SandboxPath(home string, t Tree) string {
+	dirs := []string{path.Join(home, ".local/bin"), path.Join(home, ".cargo/bin"), path.Join(home, "go/bin"), DefaultPath}
+	for _, d := range ToolchainDirs {
+		if r, err := t.resolve(d); err == nil {
+			if fi, err := t.lstat(r); err == nil && fi.IsDir() {
+				dirs = append(dirs, d)
+			}
+		}
+	}
+	return strings.Join(dirs, ":")
+}
+
 // BuildEnv computes a sandbox's environment, sorted by name:
 //
-//  1. PATH=DefaultPath and HOME=home;
+//  1. PATH=pathEnv ("" means DefaultPath) and HOME=home;
 //  2. the variables named by the profile's env.pass, copied from callerEnv
 //     when set there ("NAME=VALUE" entries; others are ignored);
 //  3. the profile's env.set;
@@ -555,7 +688,7 @@ func WriteEtcFiles(dir string, nameserver netip.Addr, hostname string) (resolvCo
 //
 // A later step overrides an earlier one. An invalid extra entry (no name, a
 // name that is not letters, digits and _, a NUL byte) is an error.
-func BuildEnv(p *policy.Profile, home string, callerEnv, extra []string, proxyURL string) ([]string, error) {
+func BuildEnv(p *policy.Profile, home, pathEnv string, callerEnv, extra []string, proxyURL string) ([]string, error) {
 	caller := map[string]string{}
 	for _, e := range callerEnv {
 		if k, v, ok := strings.Cut(e, "="); ok && k != "" {
@@ -565,7 +698,10 @@ func BuildEnv(p *policy.Profile, home string, callerEnv, extra []string, proxyUR
 	if home == "" {
 		home = "/"
 	}
-	env := map[string]string{"PATH": DefaultPath, "HOME": home}
+	if pathEnv == "" {
+		pathEnv = DefaultPath
+	}
+	env := map[string]string{"PATH": pathEnv, "HOME": home}
 	for _, name := range p.Env.Pass {
 		if v, ok := caller[name]; ok {
 			env[name] = v

@@ -22,7 +22,7 @@ var update = flag.Bool("update", false, "rewrite the golden files in testdata")
 func goldenOptions(t *testing.T, p *policy.Profile) SpecOptions {
 	t.Helper()
 	user := User{UID: p.Process.User.UID, GID: p.Process.User.GID, Home: defaultHome(p.Process.User.UID)}
-	env, err := BuildEnv(p, user.Home, []string{"TERM=xterm", "LANG=C.UTF-8", "PATH=/host/bin", "HOME=/root", "AWS_SECRET_ACCESS_KEY=x"},
+	env, err := BuildEnv(p, user.Home, "", []string{"TERM=xterm", "LANG=C.UTF-8", "PATH=/host/bin", "HOME=/root", "AWS_SECRET_ACCESS_KEY=x"},
 		[]string{"CI=1"}, "http://127.0.0.1:3128")
 	if err != nil {
 		t.Fatal(err)
@@ -31,10 +31,23 @@ func goldenOptions(t *testing.T, p *policy.Profile) SpecOptions {
 		Args:        []string{"/bin/sh", "-c", "echo hello"},
 		Env:         env,
 		Hostname:    "egt-golden",
-		RootfsDir:   "/run/egressd/egt-golden/rootfs",
+		RootfsDir:   "/run/egressd/egt-golden/upper-tmpfs/root",
 		User:        user,
 		CgroupsPath: "egressd/egt-golden",
 		Seccomp:     SeccompEnv{Arch: "amd64", Kernel: [2]uint64{6, 1}},
+		Passwd:      "/run/egressd/egt-golden/etc/passwd",
+		Group:       "/run/egressd/egt-golden/etc/group",
+		HiddenPaths: HiddenEtcPaths,
+	}
+	// The host view of a merged-/usr host: /etc and /usr (links are in the
+	// root itself), each a throwaway overlay under a writable root for a
+	// user that may own files there (root).
+	for _, d := range []string{"/etc", "/usr"} {
+		b := ViewMount{Path: d, Source: d, Kind: MountSystem, Origin: "the host view (" + p.Name + ")"}
+		if !p.Filesystem.ReadOnly && user.UID == 0 {
+			b.Source, b.Writable = "/run/egressd/egt-golden/view"+d, true
+		}
+		opts.Binds = append(opts.Binds, b)
 	}
 	if p.Network.Mode == policy.ModeFiltered {
 		opts.NetNSPath = "/run/netns/egt-golden"
@@ -96,6 +109,20 @@ func TestProfileToSpecGolden(t *testing.T) {
 		}, func(o *SpecOptions) {
 			o.WorkspaceDir = "/home/dev/project"
 			o.Cwd = "/work/src"
+			o.Protected = []ProtectedPath{
+				{Path: "/work/.git", Host: "/home/dev/project/.git", How: ProtectPinned, Entry: ".git/hooks/", Root: "/work"},
+				{Path: "/work/.git/config", Host: "/home/dev/project/.git/config", How: ProtectReadOnly, Entry: ".git/config", Root: "/work"},
+				{Path: "/work/.git/hooks", Host: "/home/dev/project/.git/hooks", How: ProtectReadOnly, Entry: ".git/hooks/", Root: "/work"},
+				{Path: "/work/.envrc", Host: "/home/dev/project/.envrc", How: ProtectPlaceholder, Entry: ".envrc", Root: "/work"},
+			}
+		}},
+		{"volumes", func(t *testing.T) *policy.Profile { return builtin(t, "strict") }, func(o *SpecOptions) {
+			o.Binds = append(o.Binds,
+				ViewMount{Path: "/home/sandbox/.claude", Source: "/srv/agents/42/claude", Kind: MountVolume, Writable: true, Origin: "filesystem.volumes /srv/agents/42/claude:~/.claude:rw (p.toml:3)"},
+				ViewMount{Path: "/home/sandbox/.config/gh", Source: "/srv/agents/42/gh", Kind: MountVolume, Origin: "filesystem.volumes /srv/agents/42/gh:~/.config/gh:ro (p.toml:3)"},
+				ViewMount{Path: "/opt/toolchains", Source: "/opt/toolchains", Kind: MountExpose, Origin: "filesystem.expose (p.toml:4)"},
+			)
+			o.Protected = []ProtectedPath{{Path: "/home/sandbox/.claude/.git", Host: "/srv/agents/42/claude/.git", How: ProtectPlaceholder, Dir: true, Entry: ".git/hooks/", Root: "/home/sandbox/.claude"}}
 		}},
 	}
 	for _, tc := range tests {
@@ -370,7 +397,7 @@ func TestSpecTmpfsMerge(t *testing.T) {
 	if d := cmp.Diff([]string{"nodev", "noexec", "nosuid", "mode=1777", "size=536870912"}, mountAt(s, "/tmp").Options); d != "" {
 		t.Errorf("/tmp options (-want +got)\n%s", d)
 	}
-	if d := cmp.Diff([]string{"nodev", "nosuid", "mode=700", "size=536870912", "uid=100", "gid=100"}, mountAt(s, "/home/sandbox/.cache").Options); d != "" {
+	if d := cmp.Diff([]string{"nodev", "nosuid", "mode=700", "size=536870912", "uid=2000000000", "gid=2000000000"}, mountAt(s, "/home/sandbox/.cache").Options); d != "" {
 		t.Errorf("~/.cache options (-want +got)\n%s", d)
 	}
 	var order []string
@@ -428,7 +455,7 @@ func TestBuildEnv(t *testing.T) {
 			if tc.p.Process.User.IsRoot() {
 				home = "/root"
 			}
-			got, err := BuildEnv(tc.p, home, caller, tc.extra, tc.proxy)
+			got, err := BuildEnv(tc.p, home, "", caller, tc.extra, tc.proxy)
 			if tc.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 					t.Fatalf("err = %v, want %q", err, tc.wantErr)

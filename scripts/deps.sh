@@ -29,6 +29,9 @@ done
 # installed below.
 [ -e /usr/include/stdio.h ] || missing+=(libc6-dev)
 [ -e /usr/include/linux/io_uring.h ] || missing+=(linux-libc-dev)
+# The system Python's pip (the host view's, not a pyenv shim on PATH): the
+# launcher e2e suite installs a wheel with `pip install --user` in a sandbox.
+[ -d /usr/lib/python3/dist-packages/pip ] || missing+=(python3-pip)
 if [ "${#missing[@]}" -gt 0 ]; then
 	if [ "$(id -u)" -ne 0 ]; then
 		echo "deps: missing packages (${missing[*]}); run as root to install them" >&2

@@ -15,6 +15,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"log"
@@ -27,6 +28,8 @@ import (
 	"syscall"
 	"time"
 
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
 	"github.com/egressd/egressd/policy"
 	"github.com/egressd/egressd/sandbox"
 )
@@ -36,16 +39,21 @@ func main() {
 	egressdBin := flag.String("egressd", "bin/egressd", "egressd binary")
 	n := flag.Int("n", 25, "runs of each")
 	profile := flag.String("profile", "standard", "profile to run")
+	baseLauncher := flag.String("baseline-launcher", "", "another launcher binary (an earlier build) to run interleaved with -launcher, for a before/after figure")
+	baseEgressd := flag.String("baseline-egressd", "", "the egressd binary of -baseline-launcher (default -egressd)")
 	flag.Parse()
 	if os.Geteuid() != 0 {
 		log.Fatal("launcher-bench: run as root")
 	}
-	if err := run(*launcherBin, *egressdBin, *profile, *n); err != nil {
+	if *baseEgressd == "" {
+		*baseEgressd = *egressdBin
+	}
+	if err := run(*launcherBin, *egressdBin, *baseLauncher, *baseEgressd, *profile, *n); err != nil {
 		log.Fatal("launcher-bench: ", err)
 	}
 }
 
-func run(launcherBin, egressdBin, profile string, n int) error {
+func run(launcherBin, egressdBin, baseLauncher, baseEgressd, profile string, n int) error {
 	ns := fmt.Sprintf("egb-%d", os.Getpid())
 	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
 		return fmt.Errorf("ip netns add: %v: %s", err, out)
@@ -62,7 +70,12 @@ func run(launcherBin, egressdBin, profile string, n int) error {
 	if _, _, err := launcherRun(nsPath, launcherBin, egressdBin, profile); err != nil {
 		return err
 	}
-	runcOnce, cleanup, err := runcRunner(nsPath, profile)
+	if baseLauncher != "" {
+		if _, _, err := launcherRun(nsPath, baseLauncher, baseEgressd, profile); err != nil {
+			return fmt.Errorf("baseline: %w", err)
+		}
+	}
+	runcOnce, cleanup, err := runcRunner(nsPath, profile, egressdBin)
 	if err != nil {
 		return err
 	}
@@ -71,9 +84,21 @@ func run(launcherBin, egressdBin, profile string, n int) error {
 		return err
 	}
 	// Interleaved, so both share whatever else the machine is doing.
-	var walls, cpus, runcWalls, runcCPU []time.Duration
-	phases := map[string][]time.Duration{}
+	var walls, cpus, runcWalls, runcCPU, baseWalls, baseCPUs []time.Duration
+	phases, basePhases := map[string][]time.Duration{}, map[string][]time.Duration{}
 	for range n {
+		if baseLauncher != "" {
+			c0 := childrenCPU()
+			wall, ph, err := launcherRun(nsPath, baseLauncher, baseEgressd, profile)
+			if err != nil {
+				return fmt.Errorf("baseline: %w", err)
+			}
+			baseCPUs = append(baseCPUs, childrenCPU()-c0)
+			baseWalls = append(baseWalls, wall)
+			for k, v := range ph {
+				basePhases[k] = append(basePhases[k], v)
+			}
+		}
 		c0 := childrenCPU()
 		wall, ph, err := launcherRun(nsPath, launcherBin, egressdBin, profile)
 		if err != nil {
@@ -98,6 +123,34 @@ func run(launcherBin, egressdBin, profile string, n int) error {
 	for _, k := range []string{"prepare", "reap", "netns", "firewall", "uplink", "egressd", "container", "setup", "create", "run", "teardown", "total"} {
 		if v := phases[k]; len(v) > 0 {
 			fmt.Printf("  %-22s median %7s   p90 %7s\n", k, ms(median(v)), ms(pct(v, 90)))
+		}
+	}
+	if baseLauncher != "" {
+		fmt.Printf("baseline %s, %d runs (interleaved with the above)\n", baseLauncher, n)
+		fmt.Printf("  %-22s median %7s   p90 %7s   min %7s\n", "wall", ms(median(baseWalls)), ms(pct(baseWalls, 90)), ms(slices.Min(baseWalls)))
+		fmt.Printf("  %-22s median %7s\n", "cpu", ms(median(baseCPUs)))
+		for _, k := range []string{"container", "setup", "create", "run", "teardown", "total"} {
+			if v := basePhases[k]; len(v) > 0 {
+				fmt.Printf("  %-22s median %7s   p90 %7s\n", k, ms(median(v)), ms(pct(v, 90)))
+			}
+		}
+		// Each pair of runs is adjacent, so their difference cancels most
+		// of what the rest of the machine does meanwhile.
+		var diffs, totalDiffs, cpuDiffs []time.Duration
+		for i := range walls {
+			diffs = append(diffs, walls[i]-baseWalls[i])
+			cpuDiffs = append(cpuDiffs, cpus[i]-baseCPUs[i])
+		}
+		for i := range min(len(phases["total"]), len(basePhases["total"])) {
+			totalDiffs = append(totalDiffs, phases["total"][i]-basePhases["total"][i])
+		}
+		fmt.Printf("  %-22s %+.1fms median of the paired differences (p25 %+.1fms, p75 %+.1fms); medians apart: %+.1fms\n",
+			"wall: this - baseline", msf(median(diffs)), msf(pct(diffs, 25)), msf(pct(diffs, 75)), msf(median(walls)-median(baseWalls)))
+		fmt.Printf("  %-22s %+.1fms median of the paired differences (p25 %+.1fms, p75 %+.1fms)\n",
+			"cpu: this - baseline", msf(median(cpuDiffs)), msf(pct(cpuDiffs, 25)), msf(pct(cpuDiffs, 75)))
+		if len(totalDiffs) > 0 {
+			fmt.Printf("  %-22s %+.1fms median of the paired differences (p25 %+.1fms, p75 %+.1fms)\n",
+				"total: this - baseline", msf(median(totalDiffs)), msf(pct(totalDiffs, 25)), msf(pct(totalDiffs, 75)))
 		}
 	}
 	fmt.Printf("runc run of true, same spec, no launcher, %d runs (interleaved with the above)\n", n)
@@ -138,12 +191,12 @@ func launcherRun(nsPath, launcherBin, egressdBin, profile string) (time.Duration
 	return wall, ph, nil
 }
 
-// runcRunner prepares `runc run` of `true` with the container spec the
-// launcher would build (rootfs overlay over /, joined to the namespace at
-// nsPath), and returns a function that runs it once and reports its wall
-// and CPU time (runc removes a container that ran to its end; as in the
-// launcher, delete runs only if it did not).
-func runcRunner(nsPath, profile string) (run func() (wall, cpu time.Duration, err error), cleanup func(), err error) {
+// runcRunner prepares `runc run` of `true` with the container the launcher
+// would make (sandbox.PrepareContainer: the host view, the profile, joined
+// to the namespace at nsPath), and returns a function that runs it once
+// and reports its wall and CPU time (runc removes a container that ran to
+// its end; as in the launcher, delete runs only if it did not).
+func runcRunner(nsPath, profile, egressdBin string) (run func() (wall, cpu time.Duration, err error), cleanup func(), err error) {
 	p, _, err := policy.Resolve(policy.ResolveOptions{Profile: profile})
 	if err != nil {
 		return nil, nil, err
@@ -157,38 +210,38 @@ func runcRunner(nsPath, profile string) (run func() (wall, cpu time.Duration, er
 		return nil, nil, err
 	}
 	ctx := context.Background()
-	rootfs, rootfsCleanup, err := sandbox.PrepareRootfs(ctx, "/", dir, !p.Filesystem.ReadOnly)
-	if err != nil {
+	cfg := sandbox.Config{Profile: p, Args: []string{"true"}, EgressdPath: egressdBin}
+	c, err := sandbox.PrepareContainer(ctx, cfg, filepath.Base(dir), dir, nsPath)
+	cleanup = func() {
+		if c != nil {
+			c.Cleanup()
+		}
 		os.RemoveAll(dir)
-		return nil, nil, err
 	}
-	cleanup = func() { rootfsCleanup(); os.RemoveAll(dir) }
-	user, err := sandbox.ResolveUser(rootfs, p.Process.User)
 	if err != nil {
 		cleanup()
 		return nil, nil, err
 	}
-	env, err := sandbox.BuildEnv(p, user.Home, nil, nil, "http://127.0.0.1:3128")
+	data, err := os.ReadFile(filepath.Join(c.Bundle, "config.json"))
+	var spec specs.Spec
+	if err == nil {
+		err = json.Unmarshal(data, &spec)
+	}
 	if err != nil {
 		cleanup()
 		return nil, nil, err
 	}
-	bundle := filepath.Join(dir, "bundle")
 	i := 0
 	run = func() (time.Duration, time.Duration, error) {
 		i++
 		id := fmt.Sprintf("egb-%d-%d", os.Getpid(), i)
-		spec, err := sandbox.BuildSpec(p, sandbox.SpecOptions{Args: []string{"true"}, Env: env, NetNSPath: nsPath,
-			RootfsDir: rootfs, User: user, CgroupsPath: id})
-		if err != nil {
-			return 0, 0, err
-		}
-		if err := sandbox.WriteBundle(bundle, spec); err != nil {
+		spec.Linux.CgroupsPath = id
+		if err := sandbox.WriteBundle(c.Bundle, &spec); err != nil {
 			return 0, 0, err
 		}
 		c0 := childrenCPU()
 		start := time.Now()
-		code, err := rt.Run(ctx, id, bundle, sandbox.Stdio{})
+		code, err := rt.Run(ctx, id, c.Bundle, sandbox.Stdio{})
 		var derr error
 		if _, serr := os.Stat(filepath.Join("/run/runc", id)); serr == nil {
 			derr = rt.Delete(ctx, id)
@@ -222,3 +275,5 @@ func pct(ds []time.Duration, p int) time.Duration {
 }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.1fms", float64(d.Microseconds())/1000) }
+
+func msf(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"text/tabwriter"
 
 	"github.com/egressd/egressd/policy"
 	"github.com/egressd/egressd/sandbox"
@@ -27,16 +28,20 @@ func cmdExplain(args []string, stdout, stderr io.Writer) int {
 	}
 	if f.json {
 		out := struct {
-			Profile  []policy.Provenance `json:"profile"`
-			Warnings []string            `json:"warnings,omitempty"`
-			Firewall *explainFirewall    `json:"firewall,omitempty"`
-			Uplink   string              `json:"uplink,omitempty"`
-			Egressd  []string            `json:"egressd,omitempty"`
-			Spec     any                 `json:"spec"`
-		}{Profile: ex.Profile, Uplink: ex.Uplink, Egressd: ex.Egressd, Spec: ex.Spec}
+			Profile   []policy.Provenance     `json:"profile"`
+			Warnings  []string                `json:"warnings,omitempty"`
+			Firewall  *explainFirewall        `json:"firewall,omitempty"`
+			Uplink    string                  `json:"uplink,omitempty"`
+			Egressd   []string                `json:"egressd,omitempty"`
+			User      sandbox.User            `json:"user"`
+			View      *sandbox.View           `json:"view"`
+			Protected []sandbox.ProtectedPath `json:"protected,omitempty"`
+			Spec      any                     `json:"spec"`
+		}{Profile: ex.Profile, Uplink: ex.Uplink, Egressd: ex.Egressd, User: ex.User, View: ex.View, Protected: ex.Protected, Spec: ex.Spec}
 		for _, w := range warnings {
 			out.Warnings = append(out.Warnings, w.String())
 		}
+		out.Warnings = append(out.Warnings, ex.Warnings...)
 		if ex.FirewallIPv4 != "" {
 			out.Firewall = &explainFirewall{IPv4: ex.FirewallIPv4, IPv6: ex.FirewallIPv6}
 		}
@@ -51,8 +56,12 @@ func cmdExplain(args []string, stdout, stderr io.Writer) int {
 	for _, w := range warnings {
 		fmt.Fprintf(stderr, "launcher: %s\n", oneLine(w.String()))
 	}
+	for _, w := range ex.Warnings {
+		fmt.Fprintf(stderr, "launcher: warning: %s\n", oneLine(w))
+	}
 	fmt.Fprintf(stdout, "# Profile %q: every value and where it came from\n", p.Name)
 	io.WriteString(stdout, policy.FormatProvenance(ex.Profile))
+	io.WriteString(stdout, formatSandboxFS(ex))
 	if ex.FirewallIPv4 != "" {
 		fmt.Fprintf(stdout, "\n# Firewall, IPv4, in the sandbox's network namespace (iptables-restore input)\n%s", ex.FirewallIPv4)
 		fmt.Fprintf(stdout, "\n# Firewall, IPv6\n%s", ex.FirewallIPv6)
@@ -72,6 +81,68 @@ func cmdExplain(args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stdout, "\n# OCI runtime spec (environment values redacted)\n%s\n", spec)
 	return 0
+}
+
+// formatSandboxFS renders the user, the host view and the protected paths
+// of an explanation.
+func formatSandboxFS(ex *sandbox.Explanation) string {
+	var b strings.Builder
+	u := ex.User
+	name := u.Name
+	if name == "" {
+		name = sandbox.DefaultUserName
+	}
+	fmt.Fprintf(&b, "\n# User\nuid %d, gid %d (%s), home %s", u.UID, u.GID, name, u.Home)
+	if len(u.AdditionalGids) > 0 {
+		fmt.Fprintf(&b, ", groups %v", u.AdditionalGids)
+	}
+	b.WriteString("\n")
+
+	v := ex.View
+	if v.Image != "" {
+		fmt.Fprintf(&b, "\n# Host view: the image %s (--rootfs), under a throwaway overlay, and\n", v.Image)
+	} else {
+		b.WriteString("\n# Host view: all the sandbox sees of the host (the root is the sandbox's own)\n")
+	}
+	tw := tabwriter.NewWriter(&b, 0, 4, 2, ' ', 0)
+	for _, l := range v.Links {
+		fmt.Fprintf(tw, "%s\t-> %s\t\tlink\n", l.Path, l.Target)
+	}
+	for _, m := range v.Mounts {
+		how := "read-only"
+		switch {
+		case m.Kind == sandbox.MountSystem && m.Writable:
+			how = "writable, throwaway (an overlay: writes never reach the host)"
+		case m.Writable:
+			how = "writable"
+		}
+		fmt.Fprintf(tw, "%s\t<- %s\t%s\t%s\n", m.Path, m.Source, how, m.Origin)
+	}
+	tw.Flush()
+	if len(v.Hidden) > 0 {
+		fmt.Fprintf(&b, "hidden where the host has them: %s\n", strings.Join(v.Hidden, " "))
+	}
+
+	if len(ex.Protected) > 0 {
+		b.WriteString("\n# Protected paths of the workspace and the writable volumes\n")
+		tw := tabwriter.NewWriter(&b, 0, 4, 2, ' ', 0)
+		for _, pp := range ex.Protected {
+			how := pp.How
+			switch pp.How {
+			case sandbox.ProtectPinned:
+				how = "pinned: cannot be renamed or removed"
+			case sandbox.ProtectPlaceholder:
+				kind := "file"
+				if pp.Dir {
+					kind = "directory"
+				}
+				how = "missing: an empty read-only " + kind + " is made for the run"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t(%s)\n", pp.Path, how, pp.Entry)
+		}
+		tw.Flush()
+	}
+	return b.String()
 }
 
 type explainFirewall struct {

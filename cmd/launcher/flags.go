@@ -100,7 +100,9 @@ const explainUsage = `usage: launcher explain [flags] [--json] -- CMD [ARGS...]
 
 Prints, without running anything, what "launcher run" with the same flags
 would set up: the resolved profile with the source of every value, the
-firewall rules and the OCI runtime spec.
+user, what of the host the sandbox sees (system directories, exposed
+paths, volumes), the protected paths, the firewall rules and the OCI
+runtime spec.
 
 Example:
   launcher explain --profile strict --allow '*.github.com' --json -- git pull
@@ -127,7 +129,7 @@ func newLaunchFlags(name, usageText string, stderr io.Writer, explain bool) (*fl
 	setting("block", "network.block", "block `PATTERN` (repeatable); block wins over every allow")
 	setting("net", "network.mode", "network `MODE`: none, filtered or host")
 	fs.StringVar(&f.floor, "floor", "", "security floor `PROFILE`: refuse a profile less restrictive (default $EGRESSD_SECURITY_FLOOR)")
-	fs.StringVar(&f.rootfs, "rootfs", "", "`DIR` to build the container's root on (default: the host root, read-only underneath)")
+	fs.StringVar(&f.rootfs, "rootfs", "", "image `DIR` to build the container's root on (default: the host view: the host's system directories)")
 	fs.StringVar(&f.runtime, "runtime", "", "OCI runtime: runc, crun, runsc or a `PATH` (default runc)")
 	fs.Var(&settingFlag{s: &f.settings, key: "env.set", name: "--env", transform: func(v string) (string, string) {
 		if strings.Contains(v, "=") {
@@ -146,9 +148,14 @@ func newLaunchFlags(name, usageText string, stderr io.Writer, explain bool) (*fl
 	setting("tmpfs", "filesystem.tmpfs", "tmpfs `PATH[:size=SIZE,mode=OCTAL,nosuid,nodev,noexec]` (repeatable)")
 	setting("seccomp", "process.seccomp", "seccomp `PROFILE`: strict, moderate, unconfined or a JSON file")
 	setting("cap-add", "process.cap_add", "keep `CAPABILITY` (repeatable)")
-	setting("user", "process.user", "run as `UID[:GID]` or a user name")
+	setting("user", "process.user", "run as `UID[:GID]` or a user name (default: ids no host account uses)")
+	boolSetting("allow-host-user", "process.allow_host_user", "let --user be an account or group of the host")
 	fs.StringVar(&f.workdir, "workdir", "", "working `DIR` inside the sandbox (default: the workspace, /sandbox)")
 	boolSetting("mount-cwd", "filesystem.mount_cwd", "bind the current directory read-write at the workspace")
+	setting("expose", "filesystem.expose", "show host `PATH` read-only at the same path (repeatable)")
+	setting("volume", "filesystem.volumes", "mount host directory `HOST:PATH[:rw|ro]` (PATH absolute or ~/...; repeatable)")
+	setting("protect", "filesystem.protect", "keep `PATH` (relative to the workspace and writable volumes; NAME/ for a directory) read-only (repeatable)")
+	setting("unprotect", "filesystem.unprotect", "remove `PATH` from the protected paths, where the floor allows (repeatable)")
 	fs.Var(upstreamFlag{&f.upstream}, "upstream-dns", "upstream resolvers `IP[:PORT][,...]` (default: network.upstream_dns, else /etc/resolv.conf)")
 	fs.StringVar(&f.subnet, "subnet", sandbox.DefaultSubnet.String(), "IPv4 `CIDR` the uplink's /30 is taken from")
 	fs.StringVar(&f.auditLog, "audit-log", "", "append egressd's audit records (JSON lines) to `FILE`")

@@ -58,7 +58,8 @@ func TestFlagsAreSettingsWithProvenance(t *testing.T) {
 		"--net", "none", "--memory", "512m", "--cpus", "1.5", "--pids-limit", "64", "--timeout", "90s", "--read-only=false",
 		"--tmpfs", "/work:size=64m", "--seccomp", "moderate", "--cap-add", "NET_BIND_SERVICE", "--user", "1000:1000",
 		"--mount-cwd", "--env", "FOO=bar", "--env", "MYVAR", "--pass-env", "OTHER", "--upstream-dns", "192.0.2.1,192.0.2.2:5353",
-		"--", "make", "test"}
+		"--allow-host-user", "--expose", "/opt/toolchains", "--volume", "/srv/agents/42/claude:~/.claude", "--protect", ".cursor/",
+		"--unprotect", ".idea/", "--", "make", "test"}
 	cmdArgs, err := parseLaunch(fs, args)
 	if err != nil {
 		t.Fatal(err)
@@ -86,6 +87,11 @@ func TestFlagsAreSettingsWithProvenance(t *testing.T) {
 		`filesystem.tmpfs "/work:size=64m"`:                       "flag:--tmpfs",
 		`filesystem.mount_cwd true`:                               "flag:--mount-cwd",
 		`process.user "1000:1000"`:                                "flag:--user",
+		`process.allow_host_user true`:                            "flag:--allow-host-user",
+		`filesystem.expose "/opt/toolchains"`:                     "flag:--expose",
+		`filesystem.volumes "/srv/agents/42/claude:~/.claude:rw"`: "flag:--volume",
+		`filesystem.protect ".cursor/"`:                           "flag:--protect",
+		`filesystem.unprotect ".idea/"`:                           "flag:--unprotect",
 		`process.pids_limit 64`:                                   "flag:--pids-limit",
 		`process.memory "512MiB"`:                                 "flag:--memory",
 		`process.cpus 1.5`:                                        "flag:--cpus",
@@ -115,6 +121,10 @@ func TestFlagValuesGetTheFileChecks(t *testing.T) {
 		{[]string{"--net", "sideways"}, "flag:--net"},
 		{[]string{"--profile", "stirct"}, `did you mean "strict"`},
 		{[]string{"--net", "host", "--floor", "standard"}, `network.mode = "host" (flag:--net) is less restrictive than floor standard`},
+		{[]string{"--volume", "/:/host"}, "flag:--volume: filesystem.volumes: host path / is never given to a sandbox"},
+		{[]string{"--expose", "/etc/ssh"}, "host's configuration"},
+		{[]string{"--unprotect", ".git/hooks/", "--floor", "strict"}, `filesystem.protect = (without ".git/hooks/") (flag:--unprotect)`},
+		{[]string{"--allow-host-user", "--floor", "standard"}, `process.allow_host_user = true (flag:--allow-host-user) is less restrictive`},
 	} {
 		fs, f := newLaunchFlags("run", runUsage, &bytes.Buffer{}, false)
 		if _, err := parseLaunch(fs, append(tc.args, "--", "true")); err != nil {
@@ -153,6 +163,7 @@ func TestLauncherErrorsAreOneLineAnd125(t *testing.T) {
 		{"run", "--subnet", "nonsense", "--", "true"},
 		{"frobnicate"},
 		{"explain", "--policy", pol, "--", "true"},
+		{"explain", "--rootfs", "/missing", "--", "true"},
 	} {
 		var stdout, stderr bytes.Buffer
 		code := launcher(context.Background(), args, nil, &stdout, &stderr)
@@ -163,6 +174,72 @@ func TestLauncherErrorsAreOneLineAnd125(t *testing.T) {
 		if len(lines) != 1 || !strings.HasPrefix(lines[0], "launcher: ") {
 			t.Errorf("%v: stderr %q, want one line \"launcher: ...\"", args, stderr.String())
 		}
+	}
+}
+
+// TestExplainNamesAMissingRootfs: --rootfs of a directory that is not
+// there says so, instead of failing to find the command in it.
+func TestExplainNamesAMissingRootfs(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	code := launcher(context.Background(), []string{"explain", "--upstream-dns", "192.0.2.53", "--rootfs", "/missing", "--", "sh"}, nil, &stdout, &stderr)
+	if want := "launcher: rootfs /missing: no such directory (--rootfs names the directory the sandbox's root is built on)\n"; code != exitLauncher || stderr.String() != want {
+		t.Errorf("exit %d, stderr %q; want %d, %q", code, stderr.String(), exitLauncher, want)
+	}
+}
+
+// TestExplainShowsTheViewVolumesProtectedPathsAndUser: explain lists what
+// of the host the sandbox sees, the volumes, the protected paths of the
+// workspace and the user; a workspace the sandbox user cannot write is
+// refused before anything runs.
+func TestExplainShowsTheViewVolumesProtectedPathsAndUser(t *testing.T) {
+	ws := t.TempDir()
+	vol := filepath.Join(t.TempDir(), "claude")
+	if err := os.Mkdir(vol, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(vol, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	t.Chdir(ws)
+	args := []string{"explain", "--upstream-dns", "192.0.2.53", "--mount-cwd", "--volume", vol + ":~/.claude", "--", "true"}
+
+	if err := os.Chmod(ws, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	var stdout, stderr bytes.Buffer
+	code := launcher(context.Background(), args, nil, &stdout, &stderr)
+	if code != exitLauncher || !strings.Contains(stderr.String(), "is not writable by the sandbox user 2000000000:2000000000") {
+		t.Errorf("an unwritable workspace: exit %d, stderr %q", code, stderr.String())
+	}
+
+	if err := os.Chmod(ws, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	stdout.Reset()
+	stderr.Reset()
+	if code := launcher(context.Background(), args, nil, &stdout, &stderr); code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr.String())
+	}
+	out := stdout.String()
+	for _, want := range []string{
+		"# User\nuid 2000000000, gid 2000000000 (sandbox), home /home/sandbox\n",
+		"# Host view: all the sandbox sees of the host",
+		"/usr ", "<- /usr", "the host view (standard)",
+		"/home/sandbox/.claude", "<- " + vol, "writable", "filesystem.volumes " + vol + ":~/.claude:rw (flag:--volume)",
+		"hidden where the host has them: ", "/etc/shadow",
+		"# Protected paths of the workspace and the writable volumes",
+		"/sandbox/.idea", "missing: an empty read-only directory is made for the run", "(.idea/)",
+		"/sandbox/.envrc", "/home/sandbox/.claude/.envrc",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("explain output lacks %q", want)
+		}
+	}
+	if t.Failed() {
+		t.Logf("output:\n%s", out)
+	}
+	if entries, _ := os.ReadDir(ws); len(entries) != 0 {
+		t.Errorf("explain made %d entries in the workspace; it must make nothing", len(entries))
 	}
 }
 
@@ -186,7 +263,7 @@ func TestExplainJSONHasTheThreeParts(t *testing.T) {
 	if err := json.Unmarshal(stdout.Bytes(), &out); err != nil {
 		t.Fatal(err)
 	}
-	for _, k := range []string{"profile", "firewall", "spec", "uplink", "egressd"} {
+	for _, k := range []string{"profile", "firewall", "spec", "uplink", "egressd", "user", "view"} {
 		if len(out[k]) == 0 {
 			t.Errorf("explain --json lacks %q", k)
 		}

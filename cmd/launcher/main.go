@@ -39,7 +39,8 @@ run         runs CMD in a sandbox: a network namespace with egressd and the
             profile. Exit status: CMD's; 124 when --timeout killed it; 125
             when the launcher failed (one line on stderr: "launcher: ...").
 explain     prints, without running anything, the resolved profile with the
-            source of every value, the firewall rules and the OCI spec.
+            source of every value, the user, the host view, the protected
+            paths, the firewall rules and the OCI spec.
 cleanup     removes sandboxes whose launcher died without removing them.
 completion  prints a shell completion script (source <(launcher completion bash)).
 

@@ -1,0 +1,261 @@
+package sandbox
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"golang.org/x/sys/unix"
+
+	"github.com/egressd/egressd/policy"
+)
+
+func planOf(pps []ProtectedPath) map[string]string {
+	out := map[string]string{}
+	for _, pp := range pps {
+		how := pp.How
+		if pp.How == ProtectPlaceholder {
+			how += map[bool]string{true: " dir", false: " file"}[pp.Dir]
+		}
+		out[pp.Path] = how
+	}
+	return out
+}
+
+func TestPlanProtectKeepsGitHooksAndConfigFromAnyRoute(t *testing.T) {
+	ws := fakeRoot(t, map[string]string{
+		"/.git/HEAD":                    "ref: refs/heads/main\n",
+		"/.git/config":                  "[core]\n\thooksPath = .husky\n[include]\n\tpath = ../team.gitconfig\n[includeIf \"gitdir:x\"]\n\tpath = \"/etc/gitconfig\"\n",
+		"/.git/hooks/pre-commit.sample": "",
+		"/.husky/pre-commit":            "",
+		"/.vscode/settings.json":        "{}",
+		"/src/main.go":                  "",
+	}, nil)
+	pps, err := PlanProtect(ws, "/sandbox", policy.DefaultProtect(), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{
+		"/sandbox/.git":                 ProtectPinned,
+		"/sandbox/.git/config":          ProtectReadOnly,
+		"/sandbox/.git/hooks":           ProtectReadOnly,
+		"/sandbox/.git/commondir":       "placeholder file",
+		"/sandbox/.git/config.worktree": "placeholder file",
+		"/sandbox/.git/modules":         "placeholder dir",
+		"/sandbox/.git/worktrees":       "placeholder dir",
+		"/sandbox/.husky":               ProtectReadOnly,    // core.hooksPath
+		"/sandbox/team.gitconfig":       "placeholder file", // include.path, relative to .git
+		"/sandbox/.gitmodules":          "placeholder file",
+		"/sandbox/.gitconfig":           "placeholder file",
+		"/sandbox/.bashrc":              "placeholder file",
+		"/sandbox/.bash_profile":        "placeholder file",
+		"/sandbox/.profile":             "placeholder file",
+		"/sandbox/.zshrc":               "placeholder file",
+		"/sandbox/.zprofile":            "placeholder file",
+		"/sandbox/.envrc":               "placeholder file",
+		"/sandbox/.vscode":              ProtectReadOnly,
+		"/sandbox/.idea":                "placeholder dir",
+		"/sandbox/.mcp.json":            "placeholder file",
+		"/sandbox/.claude":              "placeholder dir",
+	}
+	if d := cmp.Diff(want, planOf(pps)); d != "" {
+		t.Errorf("plan (-want +got)\n%s", d)
+	}
+	for _, pp := range pps {
+		if pp.Host != filepath.Join(ws, strings.TrimPrefix(pp.Path, "/sandbox/")) || pp.Root != "/sandbox" {
+			t.Errorf("%s: host %s root %s", pp.Path, pp.Host, pp.Root)
+		}
+	}
+}
+
+func TestPlanProtectCoversWhatLiesBelowAMissingOrFileAncestor(t *testing.T) {
+	// No .git, a sandbox user that is a host account (or root): one
+	// read-only empty directory keeps every git path (and git init) out.
+	entries := []string{".git/hooks/", ".git/config", ".git/commondir", ".claude/settings.json"}
+	pps, err := PlanProtect(t.TempDir(), "/w", entries, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := cmp.Diff(map[string]string{"/w/.git": "placeholder dir", "/w/.claude": "placeholder dir"}, planOf(pps)); d != "" {
+		t.Errorf("missing .git (-want +got)\n%s", d)
+	}
+	// A sandbox user git on the host refuses: its repository cannot harm
+	// the host, so git init stays possible.
+	pps, err = PlanProtect(t.TempDir(), "/w", entries, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := cmp.Diff(map[string]string{"/w/.claude": "placeholder dir"}, planOf(pps)); d != "" {
+		t.Errorf("missing .git, user of no host account (-want +got)\n%s", d)
+	}
+	// .git as a worktree's gitdir file: the file itself is kept.
+	ws := fakeRoot(t, map[string]string{"/.git": "gitdir: /elsewhere\n"}, nil)
+	pps, err = PlanProtect(ws, "/w", []string{".git/hooks/", ".git/config"}, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := cmp.Diff(map[string]string{"/w/.git": ProtectReadOnly}, planOf(pps)); d != "" {
+		t.Errorf("gitdir file (-want +got)\n%s", d)
+	}
+}
+
+// TestPlanProtectFindsABareRepository: a bare repository mounted as the
+// workspace or a volume keeps its hooks and config at the top.
+func TestPlanProtectFindsABareRepository(t *testing.T) {
+	repo := fakeRoot(t, map[string]string{
+		"/HEAD": "ref: refs/heads/main\n", "/objects/pack/": "", "/refs/heads/": "",
+		"/config": "[core]\n\tbare = true\n\thooksPath = custom-hooks\n", "/hooks/update.sample": "",
+	}, nil)
+	pps, err := PlanProtect(repo, "/repo", nil, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{
+		"/repo/hooks": ProtectReadOnly, "/repo/config": ProtectReadOnly, "/repo/custom-hooks": "placeholder dir",
+		"/repo/commondir": "placeholder file", "/repo/config.worktree": "placeholder file",
+		"/repo/modules": "placeholder dir", "/repo/worktrees": "placeholder dir",
+	}
+	if d := cmp.Diff(want, planOf(pps)); d != "" {
+		t.Errorf("bare repository (-want +got)\n%s", d)
+	}
+}
+
+func TestPlanProtectRefusesSymbolicLinks(t *testing.T) {
+	ws := fakeRoot(t, map[string]string{"/dotfiles/bashrc": ""}, map[string]string{"/.bashrc": "dotfiles/bashrc", "/.git": "/elsewhere"})
+	for _, e := range []string{".bashrc", ".git/hooks/"} {
+		_, err := PlanProtect(ws, "/w", []string{e}, true)
+		if err == nil || !strings.Contains(err.Error(), "is a symbolic link") {
+			t.Errorf("%s: %v, want a refusal", e, err)
+		}
+	}
+}
+
+// sandboxStateDir makes a sandbox state directory under stateRoot whose
+// lock is held (a live sandbox) until the test ends or release is called.
+func sandboxStateDir(t *testing.T, stateRoot, id string) (dir string, release func()) {
+	t.Helper()
+	dir = filepath.Join(stateRoot, id)
+	if err := os.Mkdir(dir, 0o711); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return dir, func() { f.Close() }
+}
+
+func TestPlaceholdersAreMadeAndRemovedOnlyIfUnchanged(t *testing.T) {
+	stateRoot, ws := t.TempDir(), t.TempDir()
+	if err := os.Mkdir(filepath.Join(ws, ".git"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	pps, err := PlanProtect(ws, "/w", []string{".envrc", ".idea/", ".git/commondir", ".mcp.json"}, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Someone makes .mcp.json between the plan and the launch: it is not
+	// ours, so it stays.
+	if err := os.WriteFile(filepath.Join(ws, ".mcp.json"), []byte("{}"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	dir, _ := sandboxStateDir(t, stateRoot, "egs-00000001")
+	if err := acquirePlaceholders(stateRoot, dir, pps); err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]os.FileMode{".envrc": 0o444, ".idea": os.ModeDir | 0o555, ".git/commondir": 0o444} {
+		fi, err := os.Lstat(filepath.Join(ws, name))
+		if err != nil || fi.Mode() != want {
+			t.Errorf("placeholder %s: %v %v, want mode %v", name, fi.Mode(), err, want)
+		}
+	}
+	if data, _ := os.ReadFile(filepath.Join(ws, ".git/commondir")); string(data) != ".\n" {
+		t.Errorf(".git/commondir holds %q: git takes an empty one for an error", data)
+	}
+	// A placeholder that changed is reported and left.
+	if err := os.Chmod(filepath.Join(ws, ".envrc"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	err = releasePlaceholders(stateRoot, dir)
+	if err == nil || !strings.Contains(err.Error(), ".envrc: it changed since the launch made it") {
+		t.Errorf("releasePlaceholders: %v, want the changed .envrc reported", err)
+	}
+	for name, want := range map[string]bool{".envrc": true, ".idea": false, ".git/commondir": false, ".mcp.json": true, ".git": true} {
+		if _, err := os.Lstat(filepath.Join(ws, name)); (err == nil) != want {
+			t.Errorf("after release, %s exists = %v, want %v", name, err == nil, want)
+		}
+	}
+	// Once nothing is left to report, the records go too.
+	os.Remove(filepath.Join(ws, ".envrc"))
+	if err := releasePlaceholders(stateRoot, dir); err != nil {
+		t.Fatal(err)
+	}
+	if left := listNames(t, stateRoot); !slices.Equal(left, []string{"egs-00000001"}) {
+		t.Errorf("the state root holds %v, want only the sandbox's directory", left)
+	}
+}
+
+// TestPlaceholdersOutliveNoSandboxThatUsesThem: two sandboxes protect one
+// workspace; the first to end leaves the placeholders to the other (its
+// mounts are on them), the last removes them; a sandbox that died is not
+// waited for.
+func TestPlaceholdersOutliveNoSandboxThatUsesThem(t *testing.T) {
+	stateRoot, ws := t.TempDir(), t.TempDir()
+	plan := func() []ProtectedPath {
+		pps, err := PlanProtect(ws, "/w", []string{".envrc", ".vscode/"}, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return pps
+	}
+	a, _ := sandboxStateDir(t, stateRoot, "egs-0000000a")
+	b, _ := sandboxStateDir(t, stateRoot, "egs-0000000b")
+	dead, die := sandboxStateDir(t, stateRoot, "egs-0000000d")
+	for _, dir := range []string{a, b, dead} {
+		if err := acquirePlaceholders(stateRoot, dir, plan()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	die() // its launcher was killed: it never releases
+	exists := func() bool {
+		_, err1 := os.Lstat(filepath.Join(ws, ".envrc"))
+		_, err2 := os.Lstat(filepath.Join(ws, ".vscode"))
+		return err1 == nil && err2 == nil
+	}
+	if err := releasePlaceholders(stateRoot, a); err != nil {
+		t.Fatal(err)
+	}
+	if !exists() {
+		t.Fatal("the first sandbox to end removed placeholders another one still uses")
+	}
+	if err := releasePlaceholders(stateRoot, b); err != nil {
+		t.Fatal(err)
+	}
+	if left := listNames(t, ws); len(left) != 0 {
+		t.Errorf("the workspace holds %v after the last live sandbox ended", left)
+	}
+	// Reaping the dead one later finds nothing left to do.
+	if err := releasePlaceholders(stateRoot, dead); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func listNames(t *testing.T, dir string) []string {
+	t.Helper()
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	return names
+}
