@@ -34,12 +34,21 @@ var launcherBuild struct {
 
 // launcherBinary builds cmd/launcher once for the whole run, beside the
 // egressd binary TestMain built (a test's TempDir would vanish after the
-// first of several -count runs).
+// first of several -count runs). $EGRESSD_E2E_LAUNCHER names another
+// launcher binary to test instead (the one before a change, to see an
+// attack test fail there).
 func launcherBinary(t *testing.T) string {
 	t.Helper()
 	launcherBuild.once.Do(func() {
+		if bin := os.Getenv("EGRESSD_E2E_LAUNCHER"); bin != "" {
+			launcherBuild.bin = bin
+			return
+		}
 		launcherBuild.bin = filepath.Join(filepath.Dir(egressdBin), "launcher")
-		out, err := exec.Command("go", "build", "-o", launcherBuild.bin, "github.com/egressd/egressd/cmd/launcher").CombinedOutput()
+		// Static, as `make build`: the launcher is also every sandbox's init.
+		build := exec.Command("go", "build", "-o", launcherBuild.bin, "github.com/egressd/egressd/cmd/launcher")
+		build.Env = append(os.Environ(), "CGO_ENABLED=0")
+		out, err := build.CombinedOutput()
 		if err != nil {
 			launcherBuild.err = fmt.Errorf("building the launcher: %v\n%s", err, out)
 		}

@@ -68,30 +68,6 @@ func mountsBelow(t testing.TB, dir string) []string {
 	return out
 }
 
-func unescapeMountinfo(s string) string {
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			var v byte
-			ok := true
-			for _, c := range s[i+1 : i+4] {
-				if c < '0' || c > '7' {
-					ok = false
-					break
-				}
-				v = v*8 + byte(c-'0')
-			}
-			if ok {
-				b.WriteByte(v)
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
-}
-
 // stateDir makes a private directory for one test sandbox and removes it
 // at the end, refusing to (and failing the test) if anything is still
 // mounted below it.
@@ -187,10 +163,10 @@ func runSandbox(t *testing.T, rt *Runtime, p *policy.Profile, args []string, sec
 	}
 	var stdout, stderr bytes.Buffer
 	outW, errW := NewMasker(&stdout, secrets), NewMasker(&stderr, secrets)
-	code, err := rt.Run(ctx, id, bundle, Stdio{Stdout: outW, Stderr: errW})
+	ex, err := rt.Run(ctx, id, bundle, Stdio{Stdout: outW, Stderr: errW})
 	_ = outW.Close()
 	_ = errW.Close()
-	return sandboxRun{code: code, stdout: stdout.String(), stderr: stderr.String(), err: err}
+	return sandboxRun{code: ex.Code, stdout: stdout.String(), stderr: stderr.String(), err: err}
 }
 
 func offlineStrict(t *testing.T) *policy.Profile {
@@ -378,8 +354,8 @@ func TestRunTimeoutKillsContainer(t *testing.T) {
 	runCtx, runCancel := context.WithTimeout(ctx, 1500*time.Millisecond)
 	defer runCancel()
 	start := time.Now()
-	code, err := rt.Run(runCtx, id, bundle, Stdio{})
-	took := time.Since(start)
+	ex, err := rt.Run(runCtx, id, bundle, Stdio{})
+	code, took := ex.Code, time.Since(start)
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("Run error = %v, want deadline exceeded", err)
 	}
@@ -533,10 +509,10 @@ func BenchmarkRuncRunTrue(b *testing.B) {
 			b.Fatal(err)
 		}
 		start := time.Now()
-		code, err := rt.Run(ctx, id, bundle, Stdio{})
+		ex, err := rt.Run(ctx, id, bundle, Stdio{})
 		times = append(times, time.Since(start))
-		if err != nil || code != 0 {
-			b.Fatalf("run: %d %v", code, err)
+		if err != nil || ex.Code != 0 {
+			b.Fatalf("run: %d %v", ex.Code, err)
 		}
 		if err := rt.Delete(ctx, id); err != nil {
 			b.Fatal(err)

@@ -188,7 +188,8 @@ func runcRunner(nsPath, profile string) (run func() (wall, cpu time.Duration, er
 		}
 		c0 := childrenCPU()
 		start := time.Now()
-		code, err := rt.Run(ctx, id, bundle, sandbox.Stdio{})
+		ex, err := rt.Run(ctx, id, bundle, sandbox.Stdio{})
+		code := ex.Code
 		var derr error
 		if _, serr := os.Stat(filepath.Join("/run/runc", id)); serr == nil {
 			derr = rt.Delete(ctx, id)

@@ -11,7 +11,7 @@ cd "$root"
 [[ $EUID -eq 0 ]] || { echo "run as root" >&2; exit 1; }
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-go build -o "$work/" ./cmd/launcher ./cmd/egressd
+CGO_ENABLED=0 go build -o "$work/" ./cmd/launcher ./cmd/egressd # static: the launcher is every sandbox's init
 go build -o "$work/launcher-bench" ./bench/launcher
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg), $(nproc) CPUs, $(runc --version | head -1)"
 "$work/launcher-bench" -launcher "$work/launcher" -egressd "$work/egressd" -n "${N:-25}"

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/egressd/egressd/internal/ptytest"
 )
 
 // The test binary is the init when this variable is set (the launcher
@@ -242,7 +244,7 @@ func parentOf(pid int) int {
 // group is the terminal's foreground group (so ^C typed there signals it)
 // and the size given to Args is set before it starts.
 func TestTerminalIsTheCommandsWithItsSize(t *testing.T) {
-	master, slave := openPty(t)
+	master, slave := ptytest.Open(t)
 	c := initCmd(t, &WindowSize{Rows: 33, Cols: 99}, "sh", "-c",
 		`test -t 0 && echo tty=yes; stty size; [ "$(ps -o tpgid= -p $$)" -eq "$(ps -o pgid= -p $$)" ] && echo fg=yes; exec sleep 30`)
 	c.Stdin, c.Stdout, c.Stderr = slave, slave, slave
@@ -251,7 +253,7 @@ func TestTerminalIsTheCommandsWithItsSize(t *testing.T) {
 		t.Fatal(err)
 	}
 	slave.Close()
-	got := readUntil(t, master, "fg=yes", 5*time.Second)
+	got := ptytest.ReadUntil(t, master, "fg=yes", 5*time.Second)
 	for _, want := range []string{"tty=yes", "33 99"} {
 		if !strings.Contains(got, want) {
 			t.Errorf("the command's view of its terminal lacks %q: %q", want, got)
@@ -280,64 +282,6 @@ func TestTerminalIsTheCommandsWithItsSize(t *testing.T) {
 		_ = c.Process.Kill()
 		t.Fatal("^C on the terminal did not stop the command")
 	}
-}
-
-// control runs fn on f's descriptor without f.Fd(), which would put f in
-// blocking mode for good (no more read deadlines).
-func control(t *testing.T, f *os.File, fn func(fd int) error) {
-	t.Helper()
-	rc, err := f.SyscallConn()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var fnErr error
-	if err := rc.Control(func(fd uintptr) { fnErr = fn(int(fd)) }); err != nil {
-		t.Fatal(err)
-	}
-	if fnErr != nil {
-		t.Fatal(fnErr)
-	}
-}
-
-func openPty(t *testing.T) (master, slave *os.File) {
-	t.Helper()
-	m, err := os.OpenFile("/dev/ptmx", os.O_RDWR|unix.O_NOCTTY, 0)
-	if err != nil {
-		t.Skipf("no pseudo-terminals here: %v", err)
-	}
-	var n uint32
-	control(t, m, func(fd int) (err error) {
-		if err = unix.IoctlSetPointerInt(fd, unix.TIOCSPTLCK, 0); err == nil {
-			n, err = unix.IoctlGetUint32(fd, unix.TIOCGPTN)
-		}
-		return err
-	})
-	s, err := os.OpenFile("/dev/pts/"+strconv.Itoa(int(n)), os.O_RDWR|unix.O_NOCTTY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { m.Close(); s.Close() })
-	return m, s
-}
-
-// readUntil reads r until want appears or the time is up.
-func readUntil(t *testing.T, r *os.File, want string, d time.Duration) string {
-	t.Helper()
-	var got []byte
-	deadline := time.Now().Add(d)
-	_ = r.SetReadDeadline(deadline)
-	buf := make([]byte, 1024)
-	for !bytes.Contains(got, []byte(want)) && time.Now().Before(deadline) {
-		n, err := r.Read(buf)
-		got = append(got, buf[:n]...)
-		if err != nil {
-			break
-		}
-	}
-	if !bytes.Contains(got, []byte(want)) {
-		t.Fatalf("no %q on the terminal: %q", want, got)
-	}
-	return string(got)
 }
 
 func eventually(d time.Duration, f func() bool) bool {
