@@ -15,6 +15,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"log"
@@ -33,19 +34,59 @@ import (
 
 func main() {
 	launcherBin := flag.String("launcher", "bin/launcher", "launcher binary")
+	baselineBin := flag.String("baseline", "", "another launcher binary (the one before a change) run interleaved with -launcher, for before/after figures")
 	egressdBin := flag.String("egressd", "bin/egressd", "egressd binary")
 	n := flag.Int("n", 25, "runs of each")
+	interrupts := flag.Int("interrupts", 10, "runs of `launcher run -- sleep 30` stopped by SIGINT, for the time from SIGINT to the launcher's exit (0: none)")
 	profile := flag.String("profile", "standard", "profile to run")
 	flag.Parse()
 	if os.Geteuid() != 0 {
 		log.Fatal("launcher-bench: run as root")
 	}
-	if err := run(*launcherBin, *egressdBin, *profile, *n); err != nil {
+	if err := run(*launcherBin, *baselineBin, *egressdBin, *profile, *n, *interrupts); err != nil {
 		log.Fatal("launcher-bench: ", err)
 	}
 }
 
-func run(launcherBin, egressdBin, profile string, n int) error {
+// launcherFigures are one launcher binary's measurements.
+type launcherFigures struct {
+	bin         string
+	walls, cpus []time.Duration
+	phases      map[string][]time.Duration
+	interrupts  []time.Duration
+}
+
+func (f *launcherFigures) measure(nsPath, egressdBin, profile string) error {
+	c0 := childrenCPU()
+	wall, ph, err := launcherRun(nsPath, f.bin, egressdBin, profile)
+	if err != nil {
+		return err
+	}
+	f.cpus = append(f.cpus, childrenCPU()-c0)
+	f.walls = append(f.walls, wall)
+	for k, v := range ph {
+		f.phases[k] = append(f.phases[k], v)
+	}
+	return nil
+}
+
+func (f *launcherFigures) print(title, profile string) {
+	fmt.Printf("%s: launcher run --profile %s -- true, %d runs (wall time, from exec to exit)\n", title, profile, len(f.walls))
+	fmt.Printf("  %-22s median %7s   p90 %7s   min %7s\n", "wall", ms(median(f.walls)), ms(pct(f.walls, 90)), ms(slices.Min(f.walls)))
+	fmt.Printf("  %-22s median %7s   (user+system, every process of the run)\n", "cpu", ms(median(f.cpus)))
+	fmt.Println("phases (--timings; firewall, uplink, egressd and container run in parallel inside setup):")
+	for _, k := range []string{"prepare", "reap", "netns", "firewall", "uplink", "egressd", "container", "setup", "create", "run", "teardown", "total"} {
+		if v := f.phases[k]; len(v) > 0 {
+			fmt.Printf("  %-22s median %7s   p90 %7s\n", k, ms(median(v)), ms(pct(v, 90)))
+		}
+	}
+	if len(f.interrupts) > 0 {
+		fmt.Printf("launcher run -- sleep 30, SIGINT to the launcher's exit, %d runs\n", len(f.interrupts))
+		fmt.Printf("  %-22s median %7s   p90 %7s   max %7s\n", "SIGINT to exit", ms(median(f.interrupts)), ms(pct(f.interrupts, 90)), ms(slices.Max(f.interrupts)))
+	}
+}
+
+func run(launcherBin, baselineBin, egressdBin, profile string, n, interrupts int) (err error) {
 	ns := fmt.Sprintf("egb-%d", os.Getpid())
 	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
 		return fmt.Errorf("ip netns add: %v: %s", err, out)
@@ -56,11 +97,43 @@ func run(launcherBin, egressdBin, profile string, n int) error {
 	}
 	nsPath := "/run/netns/" + ns
 
+	// What the launchers leave behind is a bug, not a figure: the runtime's
+	// containers are counted before and after.
+	rt, err := sandbox.NewRuntime("runc", "")
+	if err != nil {
+		return err
+	}
+	before, err := sandboxContainers(rt)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		after, lerr := sandboxContainers(rt)
+		var left []string
+		for id := range after {
+			if !before[id] {
+				left = append(left, id)
+			}
+		}
+		if err == nil && lerr != nil {
+			err = lerr
+		}
+		if err == nil && len(left) > 0 {
+			err = fmt.Errorf("the launchers left %d containers behind: %s", len(left), strings.Join(left, " "))
+		}
+	}()
+
+	figs := []*launcherFigures{{bin: launcherBin, phases: map[string][]time.Duration{}}}
+	if baselineBin != "" {
+		figs = append(figs, &launcherFigures{bin: baselineBin, phases: map[string][]time.Duration{}})
+	}
 	// Warm the page cache (binaries, runc, the rootfs lookups) once; the
 	// measured runs are cold in every other sense (a new namespace, egressd,
 	// rules, rootfs and container each time).
-	if _, _, err := launcherRun(nsPath, launcherBin, egressdBin, profile); err != nil {
-		return err
+	for _, f := range figs {
+		if _, _, err := launcherRun(nsPath, f.bin, egressdBin, profile); err != nil {
+			return err
+		}
 	}
 	runcOnce, cleanup, err := runcRunner(nsPath, profile)
 	if err != nil {
@@ -70,19 +143,16 @@ func run(launcherBin, egressdBin, profile string, n int) error {
 	if _, _, err := runcOnce(); err != nil { // warm up
 		return err
 	}
-	// Interleaved, so both share whatever else the machine is doing.
-	var walls, cpus, runcWalls, runcCPU []time.Duration
-	phases := map[string][]time.Duration{}
-	for range n {
-		c0 := childrenCPU()
-		wall, ph, err := launcherRun(nsPath, launcherBin, egressdBin, profile)
-		if err != nil {
-			return err
-		}
-		cpus = append(cpus, childrenCPU()-c0)
-		walls = append(walls, wall)
-		for k, v := range ph {
-			phases[k] = append(phases[k], v)
+	// Interleaved, so all share whatever else the machine is doing.
+	var runcWalls, runcCPU []time.Duration
+	for i := range n {
+		// Alternate which goes first, so neither always runs on the
+		// other's warm caches.
+		for j := range figs {
+			f := figs[(i+j)%len(figs)]
+			if err := f.measure(nsPath, egressdBin, profile); err != nil {
+				return err
+			}
 		}
 		w, c, err := runcOnce()
 		if err != nil {
@@ -90,20 +160,133 @@ func run(launcherBin, egressdBin, profile string, n int) error {
 		}
 		runcWalls, runcCPU = append(runcWalls, w), append(runcCPU, c)
 	}
-
-	fmt.Printf("launcher run --profile %s -- true, %d runs (wall time, from exec to exit)\n", profile, n)
-	fmt.Printf("  %-22s median %7s   p90 %7s   min %7s\n", "wall", ms(median(walls)), ms(pct(walls, 90)), ms(slices.Min(walls)))
-	fmt.Printf("  %-22s median %7s   (user+system, every process of the run)\n", "cpu", ms(median(cpus)))
-	fmt.Println("phases (--timings; firewall, uplink, egressd and container run in parallel inside setup):")
-	for _, k := range []string{"prepare", "reap", "netns", "firewall", "uplink", "egressd", "container", "setup", "create", "run", "teardown", "total"} {
-		if v := phases[k]; len(v) > 0 {
-			fmt.Printf("  %-22s median %7s   p90 %7s\n", k, ms(median(v)), ms(pct(v, 90)))
+	for range interrupts {
+		for _, f := range figs {
+			d, err := interruptRun(nsPath, f.bin, egressdBin, profile)
+			if err != nil {
+				return err
+			}
+			f.interrupts = append(f.interrupts, d)
 		}
 	}
-	fmt.Printf("runc run of true, same spec, no launcher, %d runs (interleaved with the above)\n", n)
+
+	figs[0].print(launcherBin, profile)
+	if len(figs) > 1 {
+		figs[1].print("baseline "+baselineBin, profile)
+		fmt.Printf("difference (%s − baseline), medians\n", launcherBin)
+		diff := func(name string, a, b []time.Duration) {
+			if len(a) > 0 && len(b) > 0 {
+				fmt.Printf("  %-22s %+7.1fms   ratio %.3f\n", name, float64((median(a)-median(b)).Microseconds())/1000,
+					float64(median(a))/float64(median(b)))
+			}
+		}
+		diff("wall", figs[0].walls, figs[1].walls)
+		// Each iteration ran both, one after the other: the median of the
+		// per-iteration differences follows the machine's load drifting
+		// better than the difference of the medians.
+		paired := make([]time.Duration, len(figs[0].walls))
+		for i := range paired {
+			paired[i] = figs[0].walls[i] - figs[1].walls[i]
+		}
+		fmt.Printf("  %-22s %+7.1fms   (median of the %d per-iteration differences)\n", "wall, paired",
+			float64(median(paired).Microseconds())/1000, len(paired))
+		diff("cpu", figs[0].cpus, figs[1].cpus)
+		for _, k := range []string{"create", "run", "teardown", "total"} {
+			diff(k, figs[0].phases[k], figs[1].phases[k])
+		}
+		diff("SIGINT to exit", figs[0].interrupts, figs[1].interrupts)
+	}
+	fmt.Printf("runc run of true, same spec, no launcher, %d runs (interleaved with the above; created, waited for and deleted)\n", n)
 	fmt.Printf("  %-22s median %7s   p90 %7s   min %7s\n", "runc run", ms(median(runcWalls)), ms(pct(runcWalls, 90)), ms(slices.Min(runcWalls)))
 	fmt.Printf("  %-22s median %7s\n", "cpu", ms(median(runcCPU)))
 	return nil
+}
+
+// sandboxContainers lists the runtime's containers named like sandboxes.
+func sandboxContainers(rt *sandbox.Runtime) (map[string]bool, error) {
+	cs, err := rt.List(context.Background())
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]bool{}
+	for _, c := range cs {
+		if strings.HasPrefix(c.ID, sandbox.IDPrefix) {
+			out[c.ID] = true
+		}
+	}
+	return out, nil
+}
+
+// interruptRun runs `launcher run -- sleep 30` in the namespace, sends the
+// launcher SIGINT once the sandbox's sleep runs (as Ctrl-C would), and
+// returns the time from the signal to the launcher's exit.
+func interruptRun(nsPath, launcherBin, egressdBin, profile string) (time.Duration, error) {
+	cmd := exec.Command("nsenter", "--net="+nsPath, "--", launcherBin, "run", "--profile", profile,
+		"--egressd", egressdBin, "--upstream-dns", "192.0.2.53", "--quiet", "--", "sleep", "30")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		return 0, err
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	// nsenter execs the launcher: same pid. The sandbox's sleep is the
+	// launcher's descendant in the sandbox's network namespace.
+	deadline := time.Now().Add(30 * time.Second)
+	for !sleepRunsFor(cmd.Process.Pid) {
+		if time.Now().After(deadline) {
+			_ = cmd.Process.Kill()
+			<-done
+			return 0, fmt.Errorf("the sandbox's sleep never ran: %s", stderr.String())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	start := time.Now()
+	if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
+		return 0, err
+	}
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		_ = cmd.Process.Kill()
+		<-done
+		return 0, fmt.Errorf("the launcher did not exit within 20s of SIGINT: %s", stderr.String())
+	}
+	return time.Since(start), nil
+}
+
+// sleepRunsFor reports whether a process named sleep runs in the network
+// namespace of the sandbox whose launcher is pid.
+func sleepRunsFor(pid int) bool {
+	ents, _ := os.ReadDir(sandbox.DefaultStateDir)
+	for _, e := range ents {
+		data, err := os.ReadFile(filepath.Join(sandbox.DefaultStateDir, e.Name(), "state.json"))
+		if err != nil {
+			continue
+		}
+		var rec struct {
+			ID  string `json:"id"`
+			PID int    `json:"launcher_pid"`
+		}
+		if json.Unmarshal(data, &rec) != nil || rec.PID != pid {
+			continue
+		}
+		var want syscall.Stat_t
+		if syscall.Stat(filepath.Join(sandbox.NetnsDir, rec.ID), &want) != nil {
+			return false
+		}
+		procs, _ := os.ReadDir("/proc")
+		for _, p := range procs {
+			var st syscall.Stat_t
+			if syscall.Stat("/proc/"+p.Name()+"/ns/net", &st) != nil || st.Ino != want.Ino || st.Dev != want.Dev {
+				continue
+			}
+			if comm, _ := os.ReadFile("/proc/" + p.Name() + "/comm"); strings.TrimSpace(string(comm)) == "sleep" {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // launcherRun runs the launcher once inside the namespace at nsPath.
