@@ -11,14 +11,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/egressd/egressd/e2e/fakenet"
 	"github.com/egressd/egressd/sandbox"
@@ -269,49 +266,13 @@ func marker(out, name string) string {
 	return ""
 }
 
-// sandboxOf returns the state directory of the sandbox whose launcher is
-// pid (the launcher runs through nsenter, which execs it: same pid).
-func sandboxOf(pid int) (id string, ok bool) {
-	ents, _ := os.ReadDir(sandbox.DefaultStateDir)
-	for _, e := range ents {
-		data, err := os.ReadFile(filepath.Join(sandbox.DefaultStateDir, e.Name(), "state.json"))
-		if err != nil {
-			continue
-		}
-		var rec struct {
-			ID  string `json:"id"`
-			PID int    `json:"launcher_pid"`
-		}
-		if json.Unmarshal(data, &rec) == nil && rec.PID == pid {
-			return rec.ID, true
-		}
-	}
-	return "", false
-}
+// sandboxOf returns the id of the sandbox whose launcher is pid (the
+// launcher runs through nsenter, which execs it: same pid).
+func sandboxOf(pid int) (id string, ok bool) { return sandbox.OfLauncher(pid) }
 
 // processesInNetns lists pid → comm of the processes in the namespace
 // bind-mounted at path.
-func processesInNetns(path string) map[int]string {
-	var ns unix.Stat_t
-	if unix.Stat(path, &ns) != nil {
-		return nil
-	}
-	out := map[int]string{}
-	ents, _ := os.ReadDir("/proc")
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		var st unix.Stat_t
-		if unix.Stat("/proc/"+e.Name()+"/ns/net", &st) != nil || st.Ino != ns.Ino || st.Dev != ns.Dev {
-			continue
-		}
-		comm, _ := os.ReadFile("/proc/" + e.Name() + "/comm")
-		out[pid] = strings.TrimSpace(string(comm))
-	}
-	return out
-}
+func processesInNetns(path string) map[int]string { return sandbox.ProcessesInNetns(path) }
 
 // launcherLeftovers lists what the launcher's sandboxes left on the
 // machine: namespaces, state directories, containers.

@@ -176,6 +176,23 @@ type stateRecord struct {
 	Created       time.Time `json:"created"`
 }
 
+// OfLauncher returns the id of the sandbox whose launcher is process pid,
+// from the state records in DefaultStateDir.
+func OfLauncher(pid int) (id string, ok bool) {
+	ents, _ := os.ReadDir(DefaultStateDir)
+	for _, e := range ents {
+		data, err := os.ReadFile(filepath.Join(DefaultStateDir, e.Name(), "state.json"))
+		if err != nil {
+			continue
+		}
+		var rec stateRecord
+		if json.Unmarshal(data, &rec) == nil && rec.LauncherPID == pid && validID(rec.ID) {
+			return rec.ID, true
+		}
+	}
+	return "", false
+}
+
 // ID returns the sandbox's id.
 func (s *Sandbox) ID() string { return s.id }
 

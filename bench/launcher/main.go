@@ -15,7 +15,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"log"
@@ -258,32 +257,13 @@ func interruptRun(nsPath, launcherBin, egressdBin, profile string) (time.Duratio
 // sleepRunsFor reports whether a process named sleep runs in the network
 // namespace of the sandbox whose launcher is pid.
 func sleepRunsFor(pid int) bool {
-	ents, _ := os.ReadDir(sandbox.DefaultStateDir)
-	for _, e := range ents {
-		data, err := os.ReadFile(filepath.Join(sandbox.DefaultStateDir, e.Name(), "state.json"))
-		if err != nil {
-			continue
-		}
-		var rec struct {
-			ID  string `json:"id"`
-			PID int    `json:"launcher_pid"`
-		}
-		if json.Unmarshal(data, &rec) != nil || rec.PID != pid {
-			continue
-		}
-		var want syscall.Stat_t
-		if syscall.Stat(filepath.Join(sandbox.NetnsDir, rec.ID), &want) != nil {
-			return false
-		}
-		procs, _ := os.ReadDir("/proc")
-		for _, p := range procs {
-			var st syscall.Stat_t
-			if syscall.Stat("/proc/"+p.Name()+"/ns/net", &st) != nil || st.Ino != want.Ino || st.Dev != want.Dev {
-				continue
-			}
-			if comm, _ := os.ReadFile("/proc/" + p.Name() + "/comm"); strings.TrimSpace(string(comm)) == "sleep" {
-				return true
-			}
+	id, ok := sandbox.OfLauncher(pid)
+	if !ok {
+		return false
+	}
+	for _, comm := range sandbox.ProcessesInNetns(filepath.Join(sandbox.NetnsDir, id)) {
+		if comm == "sleep" {
+			return true
 		}
 	}
 	return false
