@@ -15,9 +15,11 @@ VERSION ?= $(shell git describe --tags --dirty 2>/dev/null || echo dev)
 COMMIT ?= $(shell c=$$(git rev-parse --short=12 HEAD 2>/dev/null) && { git diff --quiet HEAD 2>/dev/null || c=$$c-dirty; echo $$c; } || echo unknown)
 PKG := github.com/egressd/egressd
 LDFLAGS := -s -w -X $(PKG)/internal/buildinfo.version=$(VERSION) -X $(PKG)/internal/buildinfo.commit=$(COMMIT)
-# Static binaries (no cgo, no libc at run time), without the build machine's
-# paths: the same flags for bin/, the image and the release archives
-# (scripts/release.sh builds with -trimpath -ldflags "$LDFLAGS" too).
+# Static binaries (no cgo, no libc at run time; the launcher is also every
+# sandbox's init, which must need nothing of the sandbox's file system),
+# without the build machine's paths: the same flags for bin/, the image and
+# the release archives (scripts/release.sh builds with -trimpath -ldflags
+# "$LDFLAGS" too).
 build release: export CGO_ENABLED := 0
 BUILDFLAGS = -trimpath -ldflags '$(LDFLAGS)'
 BINDIR ?= bin

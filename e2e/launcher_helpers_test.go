@@ -11,14 +11,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/egressd/egressd/e2e/fakenet"
 	"github.com/egressd/egressd/sandbox"
@@ -34,12 +31,21 @@ var launcherBuild struct {
 
 // launcherBinary builds cmd/launcher once for the whole run, beside the
 // egressd binary TestMain built (a test's TempDir would vanish after the
-// first of several -count runs).
+// first of several -count runs). $EGRESSD_E2E_LAUNCHER names another
+// launcher binary to test instead (the one before a change, to see an
+// attack test fail there).
 func launcherBinary(t *testing.T) string {
 	t.Helper()
 	launcherBuild.once.Do(func() {
+		if bin := os.Getenv("EGRESSD_E2E_LAUNCHER"); bin != "" {
+			launcherBuild.bin = bin
+			return
+		}
 		launcherBuild.bin = filepath.Join(filepath.Dir(egressdBin), "launcher")
-		out, err := exec.Command("go", "build", "-o", launcherBuild.bin, "github.com/egressd/egressd/cmd/launcher").CombinedOutput()
+		// Static, as `make build`: the launcher is also every sandbox's init.
+		build := exec.Command("go", "build", "-o", launcherBuild.bin, "github.com/egressd/egressd/cmd/launcher")
+		build.Env = append(os.Environ(), "CGO_ENABLED=0")
+		out, err := build.CombinedOutput()
 		if err != nil {
 			launcherBuild.err = fmt.Errorf("building the launcher: %v\n%s", err, out)
 		}
@@ -267,49 +273,13 @@ func marker(out, name string) string {
 	return ""
 }
 
-// sandboxOf returns the state directory of the sandbox whose launcher is
-// pid (the launcher runs through nsenter, which execs it: same pid).
-func sandboxOf(pid int) (id string, ok bool) {
-	ents, _ := os.ReadDir(sandbox.DefaultStateDir)
-	for _, e := range ents {
-		data, err := os.ReadFile(filepath.Join(sandbox.DefaultStateDir, e.Name(), "state.json"))
-		if err != nil {
-			continue
-		}
-		var rec struct {
-			ID  string `json:"id"`
-			PID int    `json:"launcher_pid"`
-		}
-		if json.Unmarshal(data, &rec) == nil && rec.PID == pid {
-			return rec.ID, true
-		}
-	}
-	return "", false
-}
+// sandboxOf returns the id of the sandbox whose launcher is pid (the
+// launcher runs through nsenter, which execs it: same pid).
+func sandboxOf(pid int) (id string, ok bool) { return sandbox.OfLauncher(pid) }
 
 // processesInNetns lists pid → comm of the processes in the namespace
 // bind-mounted at path.
-func processesInNetns(path string) map[int]string {
-	var ns unix.Stat_t
-	if unix.Stat(path, &ns) != nil {
-		return nil
-	}
-	out := map[int]string{}
-	ents, _ := os.ReadDir("/proc")
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		var st unix.Stat_t
-		if unix.Stat("/proc/"+e.Name()+"/ns/net", &st) != nil || st.Ino != ns.Ino || st.Dev != ns.Dev {
-			continue
-		}
-		comm, _ := os.ReadFile("/proc/" + e.Name() + "/comm")
-		out[pid] = strings.TrimSpace(string(comm))
-	}
-	return out
-}
+func processesInNetns(path string) map[int]string { return sandbox.ProcessesInNetns(path) }
 
 // launcherLeftovers lists what the launcher's sandboxes left on the
 // machine: namespaces, state directories, containers.

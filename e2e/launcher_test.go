@@ -16,6 +16,7 @@ import (
 
 	"github.com/egressd/egressd/e2e/fakenet"
 	"github.com/egressd/egressd/sandbox"
+	"github.com/egressd/egressd/sandbox/pid1"
 )
 
 // Issue #4, "Done when": the launcher runs inside a fake-internet world
@@ -44,8 +45,8 @@ func TestLauncher(t *testing.T) {
 			{"UDPPingAndIPv6CannotLeave", testLauncherUDPPingIPv6Fail},
 			{"IptablesFlushInsideFailsAndFilterHolds", testLauncherIptablesFlushFails},
 			{"ReadOnlyRootButWritableWorkspace", testLauncherReadOnlyRoot},
-			{"PidsLimitStopsForkLoop", testLauncherPidsLimit},
-			{"MemoryLimitStopsHog", testLauncherMemoryLimit},
+			{"PidsLimitStopsForkLoopAndSaysSo", testLauncherPidsLimit},
+			{"MemoryLimitOOMKillIs137AndSaysSo", testLauncherMemoryLimit},
 			{"TimeoutKillsAndExits124", testLauncherTimeout},
 			{"BlockedCommandCannotRunEvenFromShell", testLauncherBlockedCommand},
 			{"SecretIsMaskedInOutput", testLauncherSecretMasked},
@@ -66,6 +67,14 @@ func TestLauncher(t *testing.T) {
 			{"VolumeWritableUnderStrictAndOfflineButNotItsProtectedPaths", testLauncherVolumeWritableUnderReadOnlyProfiles},
 			{"UnwritableWorkspaceIsRefusedAndRootWarned", testLauncherWorkspacePreflight},
 			{"ExplainShowsViewVolumesProtectedPathsAndUser", testLauncherExplainFilesystem},
+			{"SleepStopsWithinASecondOfSIGINTAndSIGTERM", testLauncherSignalsStopSleep},
+			{"OrphanedZombiesAreReaped", testLauncherZombiesReaped},
+			{"TerminalUnderTWithSizeResizeAndCtrlC", testLauncherTerminal},
+			{"TerminalRestoredWhenTheLauncherIsKilled", testLauncherTerminalRestoredWhenKilled},
+			{"TerminalInjectionStaysInTheSandbox", testLauncherTerminalInjectionStaysInTheSandbox},
+			{"BrokenRuntimeExits125WithItsMessage", testLauncherBrokenRuntime},
+			{"CommandThatCannotRunIs126Or127", testLauncherCommandThatCannotRun},
+			{"NegativePidsLimitRefused", testLauncherNegativePidsLimitRefused},
 		} {
 			t.Run(tc.name, func(t *testing.T) {
 				t.Parallel()
@@ -399,6 +408,9 @@ func testLauncherPidsLimit(t *testing.T) {
 	if n == 0 || n >= 20 || marker(r.stdout, "error") == "" {
 		t.Errorf("fork loop under --pids-limit 20: forked %d, error %q; want fewer than 20 and a fork error\n%s", n, marker(r.stdout, "error"), r)
 	}
+	if !strings.Contains(r.stderr, pidsLimitLine(20)) {
+		t.Errorf("the launcher does not say the task limit was reached (%q)\n%s", pidsLimitLine(20), r)
+	}
 }
 
 func testLauncherMemoryLimit(t *testing.T) {
@@ -407,13 +419,17 @@ func testLauncherMemoryLimit(t *testing.T) {
 for i in range(0, len(b), 4096): b[i] = 1
 print("allocated=512MiB")`
 	r := lw.run("--memory", "64m", "--timeout", "60s", "--", sandboxPython, "-c", hog)
-	if r.code == 0 || marker(r.stdout, "allocated") != "" {
-		t.Errorf("a 512 MiB allocation under --memory 64m: want it stopped\n%s", r)
+	if r.code != 137 || marker(r.stdout, "allocated") != "" {
+		t.Errorf("a 512 MiB allocation under --memory 64m: want it killed, exit 137\n%s", r)
 	}
-	// The same program with room for it runs.
+	const oom = "launcher: out of memory: the kernel killed 1 process of the sandbox at its memory limit, process.memory 64MiB (flag:--memory)"
+	if !strings.Contains(r.stderr, oom) {
+		t.Errorf("the launcher does not say why (%q)\n%s", oom, r)
+	}
+	// The same program with room for it runs, and nothing is said.
 	r = lw.run("--memory", "1g", "--timeout", "60s", "--", sandboxPython, "-c", hog)
-	if r.code != 0 || marker(r.stdout, "allocated") == "" {
-		t.Errorf("under --memory 1g the allocation should succeed\n%s", r)
+	if r.code != 0 || marker(r.stdout, "allocated") == "" || strings.Contains(r.stderr, "out of memory") {
+		t.Errorf("under --memory 1g the allocation should succeed, silently\n%s", r)
 	}
 }
 
@@ -655,10 +671,13 @@ func testLauncherExitCodes(t *testing.T) {
 	if r := lw.run("--", "sh", "-c", "exit 7"); r.code != 7 {
 		t.Errorf("want the command's exit 7\n%s", r)
 	}
-	// The command is the container's init, which SIGKILL from inside its
-	// own pid namespace cannot kill: a child's death is passed on instead.
-	if r := lw.run("--", "sh", "-c", `sh -c 'kill -9 $$'; exit $?`); r.code != 137 {
+	// The command is not the container's process 1 (the init is), so a
+	// signal from inside the sandbox kills it like any process.
+	if r := lw.run("--", "sh", "-c", `kill -9 $$`); r.code != 137 {
 		t.Errorf("a command killed by SIGKILL: want 137\n%s", r)
+	}
+	if r := lw.run("--", "sh", "-c", `sh -c 'kill -9 $$'; exit $?`); r.code != 137 {
+		t.Errorf("a command whose child was killed by SIGKILL: want 137\n%s", r)
 	}
 	for _, args := range [][]string{
 		{"--memory", "lots", "--", "true"},
@@ -725,7 +744,15 @@ func testLauncherExplain(t *testing.T) {
 		Profile  []struct{ Field, Value, Source string } `json:"profile"`
 		Firewall struct{ IPv4, IPv6 string }             `json:"firewall"`
 		Egressd  []string                                `json:"egressd"`
-		Spec     struct {
+		Init     struct {
+			Path, Binary string
+			Forwards     []string
+		} `json:"init"`
+		Spec struct {
+			Mounts []struct {
+				Destination, Source string
+				Options             []string
+			} `json:"mounts"`
 			Process struct {
 				Args []string `json:"args"`
 				Env  []string `json:"env"`
@@ -751,8 +778,20 @@ func testLauncherExplain(t *testing.T) {
 	if !strings.Contains(ex.Firewall.IPv4, "REDIRECT --to-ports 15053") || !strings.Contains(ex.Firewall.IPv6, "REDIRECT --to-ports 15001") {
 		t.Errorf("firewall rules do not redirect to egressd:\n%s\n%s", ex.Firewall.IPv4, ex.Firewall.IPv6)
 	}
-	if !slices.Equal(ex.Spec.Process.Args, []string{"curl", "https://allowed.test/"}) {
+	// The command runs under the init, the launcher's own binary bound
+	// read-only at pid1.Path.
+	if !slices.Equal(ex.Spec.Process.Args, []string{pid1.Path, "--", "curl", "https://allowed.test/"}) {
 		t.Errorf("spec args %q", ex.Spec.Process.Args)
+	}
+	if ex.Init.Path != pid1.Path || ex.Init.Binary != bin || !slices.Contains(ex.Init.Forwards, "SIGINT") {
+		t.Errorf("explain's init: %+v, want %s from %s passing SIGINT on", ex.Init, pid1.Path, bin)
+	}
+	initMount := false
+	for _, m := range ex.Spec.Mounts {
+		initMount = initMount || m.Destination == pid1.Path && m.Source == bin && slices.Contains(m.Options, "ro")
+	}
+	if !initMount {
+		t.Errorf("the spec does not bind the launcher read-only at %s: %+v", pid1.Path, ex.Spec.Mounts)
 	}
 	if !slices.Contains(ex.Spec.Process.Env, "HTTPS_PROXY=http://127.0.0.1:3128") || !slices.Contains(ex.Spec.Process.Env, "TOKEN=<redacted>") {
 		t.Errorf("spec env %q", ex.Spec.Process.Env)

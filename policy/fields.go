@@ -857,7 +857,11 @@ func decodePids(d *decoder, f *field, v *tval) (int64, bool) {
 	if !ok {
 		return 0, false
 	}
-	return max(n, 0), true
+	if n < 0 {
+		d.errorf(v.pos, "0 means no limit", "%s must not be negative", f.key)
+		return 0, false
+	}
+	return n, true
 }
 
 func decodeCPUs(d *decoder, f *field, v *tval) (float64, bool) {

@@ -69,7 +69,7 @@ func TestFloorComparesFieldByField(t *testing.T) {
 		{"stricter than the floor", "offline", []Setting{{Key: "process.memory", Values: []string{"64m"}}}, "standard", nil},
 		{"more memory", "standard", []Setting{{Key: "process.memory", Values: []string{"5g"}}}, "standard", []string{"process.memory"}},
 		{"no memory limit", "standard", []Setting{{Key: "process.memory", Values: []string{"0"}}}, "standard", []string{"process.memory"}},
-		{"no pids limit", "standard", []Setting{{Key: "process.pids_limit", Values: []string{"-1"}}}, "standard", []string{"process.pids_limit"}},
+		{"no pids limit", "standard", []Setting{{Key: "process.pids_limit", Values: []string{"0"}}}, "standard", []string{"process.pids_limit"}},
 		{"fewer cpus is fine", "standard", []Setting{{Key: "process.cpus", Values: []string{"0.5"}}}, "standard", nil},
 		{"any added capability", "standard", []Setting{{Key: "process.cap_add", Values: []string{"NET_BIND_SERVICE"}}}, "standard", []string{"process.cap_add"}},
 		{"root user", "standard", []Setting{{Key: "process.user", Values: []string{"0"}}}, "standard", []string{"process.user"}},

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -195,4 +196,21 @@ func killProcsIn(dev, ino uint64) []int {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+}
+
+// ProcessesInNetns returns pid → command name (comm) of every process in
+// the network namespace bind-mounted at path (NetnsDir/ID for a sandbox),
+// nil when there is none there. For tests and benchmarks that watch a
+// sandbox from outside.
+func ProcessesInNetns(path string) map[int]string {
+	var ns unix.Stat_t
+	if unix.Stat(path, &ns) != nil {
+		return nil
+	}
+	out := map[int]string{}
+	for _, pid := range procsIn(ns.Dev, ns.Ino) {
+		comm, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/comm")
+		out[pid] = strings.TrimSpace(string(comm))
+	}
+	return out
 }

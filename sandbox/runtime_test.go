@@ -68,30 +68,6 @@ func mountsBelow(t testing.TB, dir string) []string {
 	return out
 }
 
-func unescapeMountinfo(s string) string {
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			var v byte
-			ok := true
-			for _, c := range s[i+1 : i+4] {
-				if c < '0' || c > '7' {
-					ok = false
-					break
-				}
-				v = v*8 + byte(c-'0')
-			}
-			if ok {
-				b.WriteByte(v)
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
-}
-
 // stateDir makes a private directory for one test sandbox and removes it
 // at the end, refusing to (and failing the test) if anything is still
 // mounted below it.
@@ -137,16 +113,16 @@ func runSandbox(t *testing.T, rt *Runtime, p *policy.Profile, args []string, sec
 		CallerEnv: []string{"TERM=dumb", "SECRET_TOKEN=nope"}})
 	var stdout, stderr bytes.Buffer
 	outW, errW := NewMasker(&stdout, secrets), NewMasker(&stderr, secrets)
-	code, err := rt.Run(ctx, id, c.Bundle, Stdio{Stdout: outW, Stderr: errW})
+	ex, err := rt.Run(ctx, id, c.Bundle, Stdio{Stdout: outW, Stderr: errW})
 	_ = outW.Close()
 	_ = errW.Close()
-	return sandboxRun{code: code, stdout: stdout.String(), stderr: stderr.String(), err: err}
+	return sandboxRun{code: ex.Code, stdout: stdout.String(), stderr: stderr.String(), err: err}
 }
 
 // prepareTestContainer makes cfg's container in a test state directory
 // (PrepareContainer, no network namespace: mode none gets a fresh one) and
 // removes it, and the container, when the test ends.
-func prepareTestContainer(t testing.TB, rt *Runtime, cfg Config) (*Container, string) {
+func prepareTestContainer(t testing.TB, rt *Runtime, cfg Config) (*Prepared, string) {
 	t.Helper()
 	dir := containerStateDir(t)
 	id := containerTestID(t)
@@ -333,8 +309,8 @@ func TestRunTimeoutKillsContainer(t *testing.T) {
 	runCtx, runCancel := context.WithTimeout(ctx, 1500*time.Millisecond)
 	defer runCancel()
 	start := time.Now()
-	code, err := rt.Run(runCtx, id, bundle, Stdio{})
-	took := time.Since(start)
+	ex, err := rt.Run(runCtx, id, bundle, Stdio{})
+	code, took := ex.Code, time.Since(start)
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("Run error = %v, want deadline exceeded", err)
 	}
@@ -470,10 +446,10 @@ func BenchmarkRuncRunTrue(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		id := containerTestID(b)
 		start := time.Now()
-		code, err := rt.Run(ctx, id, c.Bundle, Stdio{})
+		ex, err := rt.Run(ctx, id, c.Bundle, Stdio{})
 		times = append(times, time.Since(start))
-		if err != nil || code != 0 {
-			b.Fatalf("run: %d %v", code, err)
+		if err != nil || ex.Code != 0 {
+			b.Fatalf("run: %d %v", ex.Code, err)
 		}
 		if err := rt.Delete(ctx, id); err != nil {
 			b.Fatal(err)

@@ -25,6 +25,7 @@ import (
 
 	"github.com/egressd/egressd/firewall"
 	"github.com/egressd/egressd/policy"
+	"github.com/egressd/egressd/sandbox/pid1"
 )
 
 // IDPrefix starts every sandbox id ("egs-" and 8 hex digits). The id names
@@ -41,6 +42,11 @@ const IDPrefix = "egs-"
 // in it is visible inside a container, even where /run is part of the host
 // root the container's root is built from.
 const DefaultStateDir = "/run/egressd-launcher"
+
+// MinPidsLimit is the lowest process.pids_limit a sandbox with an init
+// runs with: the init's own tasks (pid1.Tasks) and as many for the
+// command.
+const MinPidsLimit = 2 * pid1.Tasks
 
 // ExitTimeout is the exit code of a command killed by its timeout.
 const ExitTimeout = 124
@@ -82,6 +88,16 @@ type Config struct {
 	WorkspaceDir string
 	// Hostname is the sandbox's host name; "" means DefaultHostname.
 	Hostname string
+	// Init is the host path of the init binary (the launcher itself, built
+	// static), bind-mounted read-only at pid1.Path and run as the
+	// container's process 1 with the command as its child (package pid1);
+	// "" runs the command itself as process 1, without an init (signals
+	// it does not handle are then dropped, and its orphans are not reaped).
+	Init string
+	// Terminal, when not nil, gives the command a pseudo-terminal of that
+	// initial size instead of pipes (process.terminal; Run then wants a
+	// Stdio.Terminal); nil: pipes.
+	Terminal *WindowSize
 
 	// Subnet is the IPv4 range filtered mode's uplink /30 is taken from;
 	// the zero Prefix means DefaultSubnet.
@@ -134,7 +150,10 @@ type Sandbox struct {
 
 	rt            *Runtime
 	bundle        string
-	container     atomic.Bool // the runtime may know the container
+	container     atomic.Bool      // the runtime may know the container
+	exited        atomic.Bool      // Run reaped the container's process 1
+	ctr           *Container       // the started container (mu)
+	pending       []syscall.Signal // sent before ctr was known (mu)
 	rootfsCleanup func() error
 	secrets       []string
 
@@ -160,6 +179,23 @@ type stateRecord struct {
 	Runtime       string    `json:"runtime"`
 	RuntimeRoot   string    `json:"runtime_root,omitempty"`
 	Created       time.Time `json:"created"`
+}
+
+// OfLauncher returns the id of the sandbox whose launcher is process pid,
+// from the state records in DefaultStateDir.
+func OfLauncher(pid int) (id string, ok bool) {
+	ents, _ := os.ReadDir(DefaultStateDir)
+	for _, e := range ents {
+		data, err := os.ReadFile(filepath.Join(DefaultStateDir, e.Name(), "state.json"))
+		if err != nil {
+			continue
+		}
+		var rec stateRecord
+		if json.Unmarshal(data, &rec) == nil && rec.LauncherPID == pid && validID(rec.ID) {
+			return rec.ID, true
+		}
+	}
+	return "", false
 }
 
 // ID returns the sandbox's id.
@@ -563,6 +599,10 @@ func overlayDir(stateDir, path string) string {
 // environment and the spec. It reads the host and changes nothing.
 func planContainer(cfg Config, id, dir, netnsPath string) (*containerPlan, error) {
 	p := cfg.Profile
+	if n := p.Process.PidsLimit; cfg.Init != "" && n > 0 && n < MinPidsLimit {
+		return nil, fmt.Errorf("process.pids_limit %d (%s) is too low: the sandbox's init takes up to %d tasks itself (its threads count); "+
+			"give at least %d, or 0 for no limit", n, p.SourceOf("process.pids_limit"), pid1.Tasks, MinPidsLimit)
+	}
 	image := ""
 	if cfg.Rootfs != "/" {
 		image = cfg.Rootfs
@@ -695,6 +735,7 @@ func planContainer(cfg Config, id, dir, netnsPath string) (*containerPlan, error
 		MaskPaths: masks, User: user, CgroupsPath: id,
 		Binds: binds, Protected: plan.protected, HiddenPaths: view.Hidden,
 		Passwd: filepath.Join(plan.etcDir, "passwd"), Group: filepath.Join(plan.etcDir, "group"),
+		Init: cfg.Init, Terminal: cfg.Terminal,
 	}
 	if p.Network.Mode != policy.ModeHost {
 		// The sandbox's only resolver is on loopback: the firewall
@@ -766,8 +807,8 @@ func (s *Sandbox) prepareContainer(ctx context.Context) error {
 	return nil
 }
 
-// Container is a container PrepareContainer made, ready for the runtime.
-type Container struct {
+// Prepared is a container PrepareContainer made, ready for the runtime.
+type Prepared struct {
 	// Bundle is the OCI bundle directory.
 	Bundle string
 	// Warnings are what the launch should tell the operator.
@@ -783,7 +824,7 @@ type Container struct {
 // system (PrepareRootfs), the protected paths' placeholders, the generated
 // /etc files and the bundle. On error the Container it returns, if any,
 // still needs its Cleanup.
-func PrepareContainer(ctx context.Context, cfg Config, id, dir, netnsPath string) (*Container, error) {
+func PrepareContainer(ctx context.Context, cfg Config, id, dir, netnsPath string) (*Prepared, error) {
 	cfg, err := cfg.withDefaults()
 	if err != nil {
 		return nil, err
@@ -792,11 +833,17 @@ func PrepareContainer(ctx context.Context, cfg Config, id, dir, netnsPath string
 	if err != nil {
 		return nil, err
 	}
+	if cfg.Init != "" {
+		u := plan.spec.Process.User
+		if err := CheckInit(cfg.Init, u.UID, u.GID, u.AdditionalGids); err != nil {
+			return nil, err
+		}
+	}
 	rootfs, err := PrepareRootfs(ctx, plan.view, dir, !cfg.Profile.Filesystem.ReadOnly)
 	if err != nil {
 		return nil, err
 	}
-	c := &Container{Warnings: plan.warnings, Cleanup: func() error {
+	c := &Prepared{Warnings: plan.warnings, Cleanup: func() error {
 		return errors.Join(rootfs.Cleanup(), releasePlaceholders(cfg.StateDir, dir))
 	}}
 	if rootfs.Dir != plan.rootfs {
@@ -834,17 +881,26 @@ type Result struct {
 	ExitCode int
 	// TimedOut reports that the timeout killed the command.
 	TimedOut bool
+	// OOMKills is how many processes of the sandbox the kernel's
+	// out-of-memory killer killed at process.memory, and PidsLimitHits how
+	// many forks process.pids_limit refused; both read on the host from the
+	// sandbox's cgroup (Exit).
+	OOMKills, PidsLimitHits uint64
 }
 
 var errTimedOut = errors.New("the sandbox's timeout expired")
 
 // Run runs the command in the container, streaming stdio (secrets masked in
-// stdout and stderr), and returns how it ended. The profile's
-// process.timeout bounds it: when it expires every process of the container
-// is killed and the result is ExitTimeout. When ctx ends first (the
-// launcher was interrupted), the container is killed and ctx's error is
-// returned with the result. Run may be called once.
+// stdout and stderr, or in the terminal's output), and returns how it ended.
+// The profile's process.timeout bounds it: when it expires every process of
+// the container is killed and the result is ExitTimeout. When ctx ends first
+// (the launcher was interrupted), the container is killed and ctx's error is
+// returned with the result. A runtime that fails to start the container is an
+// error, never an exit status. Run may be called once.
 func (s *Sandbox) Run(ctx context.Context, stdio Stdio) (Result, error) {
+	if (s.cfg.Terminal != nil) != (stdio.Terminal != nil) {
+		return Result{ExitCode: -1}, errors.New("running the sandbox: a terminal needs both Config.Terminal and Stdio.Terminal")
+	}
 	runCtx := ctx
 	if t := s.cfg.Profile.Process.Timeout; t > 0 {
 		var cancel context.CancelFunc
@@ -862,14 +918,29 @@ func (s *Sandbox) Run(ctx context.Context, stdio Stdio) (Result, error) {
 	}
 	start := time.Now()
 	s.container.Store(true)
-	code, err := s.rt.Run(runCtx, s.id, s.bundle, stdio)
+	c, err := s.rt.Start(runCtx, s.id, s.bundle, stdio)
+	ex := Exit{Code: -1}
+	if err == nil {
+		s.mu.Lock()
+		s.ctr = c
+		pending := s.pending
+		s.pending = nil
+		s.mu.Unlock()
+		// Signals that came while the runtime started the container.
+		for _, sig := range pending {
+			_ = c.Signal(sig)
+		}
+		ex, err = c.Wait(runCtx)
+		s.exited.Store(ex.Code >= 0)
+	}
 	s.timed("run", start)
 	for _, c := range closers {
 		_ = c.Close()
 	}
-	res := Result{ExitCode: code}
+	res := Result{ExitCode: ex.Code, OOMKills: ex.OOMKills, PidsLimitHits: ex.PidsLimitHits}
 	if ctx.Err() == nil && errors.Is(context.Cause(runCtx), errTimedOut) {
-		return Result{ExitCode: ExitTimeout, TimedOut: true}, nil
+		res.ExitCode, res.TimedOut = ExitTimeout, true
+		return res, nil
 	}
 	if ctx.Err() != nil {
 		return res, ctx.Err()
@@ -892,13 +963,22 @@ func MaskErr(err error, secrets []string) error {
 	return err
 }
 
-// Signal sends sig to the container's init process (the command), e.g. to
-// pass on the SIGTERM the launcher received.
-func (s *Sandbox) Signal(ctx context.Context, sig syscall.Signal) error {
-	if !s.container.Load() {
+// Signal sends sig to the container's process 1 (the init, which passes
+// it on to the command's process group), e.g. to pass on the SIGTERM the
+// launcher received. A signal sent before the container runs (while Run
+// starts it: the command may already run then) is delivered as soon as it
+// does; after it ended nothing happens.
+func (s *Sandbox) Signal(sig syscall.Signal) error {
+	s.mu.Lock()
+	c := s.ctr
+	if c == nil {
+		s.pending = append(s.pending, sig)
+	}
+	s.mu.Unlock()
+	if c == nil {
 		return nil
 	}
-	return s.rt.Kill(ctx, s.id, sig)
+	return c.Signal(sig)
 }
 
 // containerGone reports whether runc (with its default state directory)
@@ -919,8 +999,10 @@ const teardownTimeout = 30 * time.Second
 // Close removes everything the sandbox made, in this order:
 //
 //  1. at once: the container (runc delete --force: every process in it is
-//     killed), egressd (SIGTERM, SIGKILL after 2 s), the veth pair (the
-//     sandbox's only way out) and the uplink's NAT and FORWARD chains;
+//     killed; when Run saw its process 1 end, its removal runs beside all
+//     the steps below instead), egressd (SIGTERM, SIGKILL after 2 s), the
+//     veth pair (the sandbox's only way out) and the uplink's NAT and
+//     FORWARD chains;
 //  2. the network namespace: any process still in it is killed by pid,
 //     then its bind mount is removed and the kernel frees it with its
 //     firewall rules (there is nothing to flush first: the rules live and
@@ -962,15 +1044,28 @@ func (s *Sandbox) teardown() error {
 		}
 		wg.Wait()
 	}
-	parallel(
-		func() error {
-			if s.container.Load() && s.rt != nil && !s.containerGone() {
-				if err := s.rt.Delete(ctx, s.id); err != nil {
-					return fmt.Errorf("deleting container %s: %w", s.id, err)
-				}
+	deleteContainer := func() error {
+		if s.container.Load() && s.rt != nil && !s.containerGone() {
+			if err := s.rt.Delete(ctx, s.id); err != nil {
+				return fmt.Errorf("deleting container %s: %w", s.id, err)
 			}
-			return nil
-		},
+		}
+		return nil
+	}
+	// A container whose process 1 Run reaped has no process left: its
+	// removal (the runtime's record and cgroup) neither waits for nor
+	// holds up any other step, so it runs beside all of them. Otherwise
+	// it goes first, with egressd and the uplink: nothing of the sandbox
+	// may run on once its namespace and mounts go.
+	var late sync.WaitGroup
+	first := deleteContainer
+	if s.exited.Load() {
+		late.Add(1)
+		go func() { defer late.Done(); add(deleteContainer()) }()
+		first = func() error { return nil }
+	}
+	parallel(
+		first,
 		func() error { return s.eg.stop() },
 		func() error {
 			if s.up != nil {
@@ -1005,6 +1100,7 @@ func (s *Sandbox) teardown() error {
 		}
 		add(removeTree(s.dir))
 	}
+	late.Wait()
 	if s.lock != nil {
 		s.lock.Close()
 	}
@@ -1257,9 +1353,22 @@ type Explanation struct {
 	Protected []ProtectedPath `json:"protected,omitempty"`
 	// Warnings are what a launch would warn about.
 	Warnings []string `json:"warnings,omitempty"`
+	// Init is the sandbox's process 1 (Config.Init); nil without one.
+	Init *InitExplanation `json:"init,omitempty"`
 	// Spec is the OCI runtime spec. Environment values are shown as
 	// "<redacted>", but for PATH, HOME and the proxy variables.
 	Spec *specs.Spec `json:"spec"`
+}
+
+// InitExplanation is the init a launch runs as the sandbox's process 1.
+type InitExplanation struct {
+	// Path is where it runs inside the sandbox, Binary the host file
+	// bound read-only there.
+	Path   string `json:"path"`
+	Binary string `json:"binary"`
+	// Forwards are the signals it passes on to the command's process
+	// group ("SIGINT", ...).
+	Forwards []string `json:"forwards"`
 }
 
 // Explain returns what Create would set up for cfg, without running or
@@ -1311,6 +1420,12 @@ func Explain(cfg Config) (*Explanation, error) {
 		return nil, err
 	}
 	ex.Spec, ex.View, ex.User, ex.Protected, ex.Warnings = plan.spec, plan.view, plan.user, plan.protected, plan.warnings
+	if cfg.Init != "" {
+		ex.Init = &InitExplanation{Path: pid1.Path, Binary: cfg.Init}
+		for _, sig := range pid1.Forwarded {
+			ex.Init.Forwards = append(ex.Init.Forwards, unix.SignalName(sig.(syscall.Signal)))
+		}
+	}
 	shown := []string{"PATH", "HOME", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "NO_PROXY", "no_proxy"}
 	for i, e := range ex.Spec.Process.Env {
 		if name, _, _ := strings.Cut(e, "="); !slices.Contains(shown, name) {

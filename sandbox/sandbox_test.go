@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/egressd/egressd/policy"
+	"github.com/egressd/egressd/sandbox/pid1"
 )
 
 // TestUpstreamDNSRefusesWhatTheSandboxCannotReach: a loopback stub
@@ -102,6 +103,31 @@ func TestConfigChecks(t *testing.T) {
 	}
 	if cfg.Rootfs != "/" || cfg.Subnet != DefaultSubnet || cfg.EgressdUID != DefaultEgressdUID || cfg.Mark != DefaultMark || cfg.StateDir != DefaultStateDir {
 		t.Errorf("defaults not applied: %+v", cfg)
+	}
+}
+
+// TestExplainShowsTheInit: the init, what it passes on, and a pids limit
+// it would leave no room under.
+func TestExplainShowsTheInit(t *testing.T) {
+	p := resolveWith(t, "offline", "")
+	ex, err := Explain(Config{Profile: p, Args: []string{"true"}, Init: "/opt/bin/launcher"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ex.Init == nil || ex.Init.Path != pid1.Path || ex.Init.Binary != "/opt/bin/launcher" ||
+		!slices.Equal(ex.Init.Forwards[:4], []string{"SIGHUP", "SIGINT", "SIGQUIT", "SIGTERM"}) {
+		t.Errorf("init %+v", ex.Init)
+	}
+	if ex.Spec.Process.Args[0] != pid1.Path {
+		t.Errorf("args %q: the init is not process 1", ex.Spec.Process.Args)
+	}
+	if ex, err := Explain(Config{Profile: p, Args: []string{"true"}}); err != nil || ex.Init != nil || ex.Spec.Process.Args[0] != "true" {
+		t.Errorf("without an init: %v, %+v", err, ex)
+	}
+	low := resolveWith(t, "offline", "", policy.Setting{Key: "process.pids_limit", Values: []string{"10"}, Source: policy.Flag("--pids-limit")})
+	_, err = Explain(Config{Profile: low, Args: []string{"true"}, Init: "/opt/bin/launcher"})
+	if err == nil || !strings.Contains(err.Error(), "process.pids_limit 10 (flag:--pids-limit) is too low") {
+		t.Errorf("pids limit 10 with an init: %v", err)
 	}
 }
 
@@ -269,6 +295,17 @@ func TestCreateRunCloseNoNetwork(t *testing.T) {
 	for _, p := range []string{nsPath, dir} {
 		if _, err := os.Stat(p); err == nil {
 			t.Errorf("%s left after Close", p)
+		}
+	}
+	// The runtime ran the container detached: its record and cgroup are
+	// the teardown's to remove.
+	cs, err := rt.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range cs {
+		if c.ID == s.ID() {
+			t.Errorf("the runtime still knows container %s (%s) after Close", c.ID, c.Status)
 		}
 	}
 	phases := map[string]bool{}

@@ -16,6 +16,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/egressd/egressd/policy"
+	"github.com/egressd/egressd/sandbox/pid1"
 )
 
 const (
@@ -112,6 +113,13 @@ type SpecOptions struct {
 	// under the runtime's own cgroup (runc, cgroupfs driver); "" lets the
 	// runtime choose (runc: a cgroup named after the container id).
 	CgroupsPath string
+	// Init is the host path of the init binary (Config.Init): bound
+	// read-only at pid1.Path and run as process 1 with Args as its child;
+	// "" runs Args as process 1.
+	Init string
+	// Terminal, when not nil, gives the process a pseudo-terminal of that
+	// initial size (process.terminal); nil: pipes.
+	Terminal *WindowSize
 	// Seccomp says what conditional seccomp rules are evaluated against;
 	// its Caps are filled from the profile. The zero value means this
 	// machine.
@@ -152,7 +160,11 @@ type SpecOptions struct {
 //     survive exec); no_new_privileges as the profile says; RLIMIT_NOFILE
 //     4096 and no core dumps;
 //   - pids, memory (swap may not extend it) and CPU limits when set;
-//   - the seccomp filter the profile names.
+//   - the seccomp filter the profile names;
+//   - with Init, the init as process 1 (bind-mounted read-only, nosuid,
+//     nodev at pid1.Path, run with the same user, capabilities, filter and
+//     limits as the command, which it starts as its child);
+//   - with Terminal, a pseudo-terminal (process.terminal and consoleSize).
 //
 // The root is read-only when the profile says so; otherwise it is what
 // RootfsDir is (PrepareRootfs makes it a throwaway overlay).
@@ -228,19 +240,28 @@ func BuildSpec(p *policy.Profile, opts SpecOptions) (*specs.Spec, error) {
 			return nil, fmt.Errorf("hidden path %q: %w", h, err)
 		}
 	}
+	args := slices.Clone(opts.Args)
+	if opts.Init != "" {
+		args = pid1.Args(opts.Args, opts.Terminal)
+	}
+	var console *specs.Box
+	if opts.Terminal != nil {
+		console = &specs.Box{Height: uint(opts.Terminal.Rows), Width: uint(opts.Terminal.Cols)}
+	}
 
 	spec := &specs.Spec{
 		Version:  specs.Version,
 		Hostname: hostname,
 		Root:     &specs.Root{Path: opts.RootfsDir, Readonly: p.Filesystem.ReadOnly},
 		Process: &specs.Process{
-			Terminal: false,
+			Terminal:    opts.Terminal != nil,
+			ConsoleSize: console,
 			User: specs.User{
 				UID:            user.UID,
 				GID:            user.GID,
 				AdditionalGids: slices.Clone(user.AdditionalGids),
 			},
-			Args:            slices.Clone(opts.Args),
+			Args:            args,
 			Env:             slices.Clone(opts.Env),
 			Cwd:             cwd,
 			Capabilities:    buildCaps(caps, user.IsRoot()),
@@ -460,6 +481,15 @@ func buildMounts(p *policy.Profile, opts SpecOptions, user User, workspace strin
 		}
 	}
 
+	if opts.Init != "" {
+		if !isCleanAbs(opts.Init) {
+			return nil, fmt.Errorf("init binary %q is not an absolute clean path", opts.Init)
+		}
+		if err := add(mountSpec{m: specs.Mount{Destination: pid1.Path, Type: "bind", Source: opts.Init,
+			Options: []string{"bind", "ro", "nosuid", "nodev"}}, key: "the init"}); err != nil {
+			return nil, err
+		}
+	}
 	for _, f := range []struct{ src, dst string }{
 		{opts.ResolvConf, "/etc/resolv.conf"}, {opts.Hosts, "/etc/hosts"},
 		{opts.Passwd, "/etc/passwd"}, {opts.Group, "/etc/group"},

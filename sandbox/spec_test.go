@@ -14,6 +14,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/egressd/egressd/policy"
+	"github.com/egressd/egressd/sandbox/pid1"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata")
@@ -498,5 +499,58 @@ func TestWriteEtcFiles(t *testing.T) {
 	}
 	if _, _, err := WriteEtcFiles(dir, netip.MustParseAddr("127.0.0.1"), "bad host\nname"); err == nil {
 		t.Error("a hostname with a newline accepted")
+	}
+}
+
+// TestSpecInitAndTerminal: with an init the command runs as its child, the
+// init bound read-only (and executable) at pid1.Path with nothing else of
+// the spec changed; a terminal sets process.terminal and its size.
+func TestSpecInitAndTerminal(t *testing.T) {
+	p := builtin(t, "strict")
+	plain, err := BuildSpec(p, goldenOptions(t, p))
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := goldenOptions(t, p)
+	opts.Init = "/usr/local/bin/launcher"
+	opts.Terminal = &WindowSize{Rows: 40, Cols: 120}
+	s, err := BuildSpec(p, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := append([]string{pid1.Path, "-winsize=40x120", "--"}, plain.Process.Args...)
+	if diff := cmp.Diff(want, s.Process.Args); diff != "" {
+		t.Errorf("args (-want +got):\n%s", diff)
+	}
+	m := mountAt(s, pid1.Path)
+	if m == nil || m.Source != opts.Init || m.Type != "bind" {
+		t.Fatalf("init mount = %+v", m)
+	}
+	for _, o := range []string{"ro", "nosuid", "nodev"} {
+		if !slices.Contains(m.Options, o) {
+			t.Errorf("init mount lacks %s: %v", o, m.Options)
+		}
+	}
+	if slices.Contains(m.Options, "noexec") {
+		t.Errorf("init mount is noexec: %v", m.Options)
+	}
+	if !s.Process.Terminal || s.Process.ConsoleSize == nil || *s.Process.ConsoleSize != (specs.Box{Height: 40, Width: 120}) {
+		t.Errorf("terminal %v size %+v, want a 40x120 terminal", s.Process.Terminal, s.Process.ConsoleSize)
+	}
+	// Everything else is the spec without an init.
+	s.Process.Args, s.Process.Terminal, s.Process.ConsoleSize = plain.Process.Args, false, nil
+	s.Mounts = slices.DeleteFunc(s.Mounts, func(m specs.Mount) bool { return m.Destination == pid1.Path })
+	if diff := cmp.Diff(plain, s); diff != "" {
+		t.Errorf("the init changed more than args and one mount (-without +with):\n%s", diff)
+	}
+
+	opts.Init = "relative/launcher"
+	if _, err := BuildSpec(p, opts); err == nil || !strings.Contains(err.Error(), "not an absolute clean path") {
+		t.Errorf("a relative init path: %v", err)
+	}
+	opts.Init = "/usr/local/bin/launcher"
+	opts.MaskPaths = []string{pid1.Path}
+	if _, err := BuildSpec(p, opts); err == nil || !strings.Contains(err.Error(), pid1.Path) {
+		t.Errorf("a blocked command masking the init: %v", err)
 	}
 }

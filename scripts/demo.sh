@@ -13,7 +13,7 @@ if [[ $EUID -ne 0 ]]; then
 	exit 1
 fi
 export PATH=/usr/local/go/bin:$HOME/go/bin:$PATH
-go build -o bin/ ./cmd/... ./e2e/cmd/fakeworld
+CGO_ENABLED=0 go build -o bin/ ./cmd/... ./e2e/cmd/fakeworld # static: the launcher is every sandbox's init
 
 # Sandboxes of other runs (a test suite, say) are not the demo's to count.
 before=$(ip netns list | grep -c '^egs-' || true)

@@ -36,24 +36,59 @@ import (
 
 func main() {
 	launcherBin := flag.String("launcher", "bin/launcher", "launcher binary")
+	baselineBin := flag.String("baseline", "", "another launcher binary (the one before a change) run interleaved with -launcher, for before/after figures")
 	egressdBin := flag.String("egressd", "bin/egressd", "egressd binary")
 	n := flag.Int("n", 25, "runs of each")
+	interrupts := flag.Int("interrupts", 10, "runs of `launcher run -- sleep 30` stopped by SIGINT, for the time from SIGINT to the launcher's exit (0: none)")
 	profile := flag.String("profile", "standard", "profile to run")
-	baseLauncher := flag.String("baseline-launcher", "", "another launcher binary (an earlier build) to run interleaved with -launcher, for a before/after figure")
-	baseEgressd := flag.String("baseline-egressd", "", "the egressd binary of -baseline-launcher (default -egressd)")
 	flag.Parse()
 	if os.Geteuid() != 0 {
 		log.Fatal("launcher-bench: run as root")
 	}
-	if *baseEgressd == "" {
-		*baseEgressd = *egressdBin
-	}
-	if err := run(*launcherBin, *egressdBin, *baseLauncher, *baseEgressd, *profile, *n); err != nil {
+	if err := run(*launcherBin, *baselineBin, *egressdBin, *profile, *n, *interrupts); err != nil {
 		log.Fatal("launcher-bench: ", err)
 	}
 }
 
-func run(launcherBin, egressdBin, baseLauncher, baseEgressd, profile string, n int) error {
+// launcherFigures are one launcher binary's measurements.
+type launcherFigures struct {
+	bin         string
+	walls, cpus []time.Duration
+	phases      map[string][]time.Duration
+	interrupts  []time.Duration
+}
+
+func (f *launcherFigures) measure(nsPath, egressdBin, profile string) error {
+	c0 := childrenCPU()
+	wall, ph, err := launcherRun(nsPath, f.bin, egressdBin, profile)
+	if err != nil {
+		return err
+	}
+	f.cpus = append(f.cpus, childrenCPU()-c0)
+	f.walls = append(f.walls, wall)
+	for k, v := range ph {
+		f.phases[k] = append(f.phases[k], v)
+	}
+	return nil
+}
+
+func (f *launcherFigures) print(title, profile string) {
+	fmt.Printf("%s: launcher run --profile %s -- true, %d runs (wall time, from exec to exit)\n", title, profile, len(f.walls))
+	fmt.Printf("  %-22s median %7s   p90 %7s   min %7s\n", "wall", ms(median(f.walls)), ms(pct(f.walls, 90)), ms(slices.Min(f.walls)))
+	fmt.Printf("  %-22s median %7s   (user+system, every process of the run)\n", "cpu", ms(median(f.cpus)))
+	fmt.Println("phases (--timings; firewall, uplink, egressd and container run in parallel inside setup):")
+	for _, k := range []string{"prepare", "reap", "netns", "firewall", "uplink", "egressd", "container", "setup", "create", "run", "teardown", "total"} {
+		if v := f.phases[k]; len(v) > 0 {
+			fmt.Printf("  %-22s median %7s   p90 %7s\n", k, ms(median(v)), ms(pct(v, 90)))
+		}
+	}
+	if len(f.interrupts) > 0 {
+		fmt.Printf("launcher run -- sleep 30, SIGINT to the launcher's exit, %d runs\n", len(f.interrupts))
+		fmt.Printf("  %-22s median %7s   p90 %7s   max %7s\n", "SIGINT to exit", ms(median(f.interrupts)), ms(pct(f.interrupts, 90)), ms(slices.Max(f.interrupts)))
+	}
+}
+
+func run(launcherBin, baselineBin, egressdBin, profile string, n, interrupts int) (err error) {
 	ns := fmt.Sprintf("egb-%d", os.Getpid())
 	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
 		return fmt.Errorf("ip netns add: %v: %s", err, out)
@@ -64,15 +99,42 @@ func run(launcherBin, egressdBin, baseLauncher, baseEgressd, profile string, n i
 	}
 	nsPath := "/run/netns/" + ns
 
+	// What the launchers leave behind is a bug, not a figure: the runtime's
+	// containers are counted before and after.
+	rt, err := sandbox.NewRuntime("runc", "")
+	if err != nil {
+		return err
+	}
+	before, err := sandboxContainers(rt)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		after, lerr := sandboxContainers(rt)
+		var left []string
+		for id := range after {
+			if !before[id] {
+				left = append(left, id)
+			}
+		}
+		if err == nil && lerr != nil {
+			err = lerr
+		}
+		if err == nil && len(left) > 0 {
+			err = fmt.Errorf("the launchers left %d containers behind: %s", len(left), strings.Join(left, " "))
+		}
+	}()
+
+	figs := []*launcherFigures{{bin: launcherBin, phases: map[string][]time.Duration{}}}
+	if baselineBin != "" {
+		figs = append(figs, &launcherFigures{bin: baselineBin, phases: map[string][]time.Duration{}})
+	}
 	// Warm the page cache (binaries, runc, the rootfs lookups) once; the
 	// measured runs are cold in every other sense (a new namespace, egressd,
 	// rules, rootfs and container each time).
-	if _, _, err := launcherRun(nsPath, launcherBin, egressdBin, profile); err != nil {
-		return err
-	}
-	if baseLauncher != "" {
-		if _, _, err := launcherRun(nsPath, baseLauncher, baseEgressd, profile); err != nil {
-			return fmt.Errorf("baseline: %w", err)
+	for _, f := range figs {
+		if _, _, err := launcherRun(nsPath, f.bin, egressdBin, profile); err != nil {
+			return err
 		}
 	}
 	runcOnce, cleanup, err := runcRunner(nsPath, profile, egressdBin)
@@ -83,31 +145,16 @@ func run(launcherBin, egressdBin, baseLauncher, baseEgressd, profile string, n i
 	if _, _, err := runcOnce(); err != nil { // warm up
 		return err
 	}
-	// Interleaved, so both share whatever else the machine is doing.
-	var walls, cpus, runcWalls, runcCPU, baseWalls, baseCPUs []time.Duration
-	phases, basePhases := map[string][]time.Duration{}, map[string][]time.Duration{}
-	for range n {
-		if baseLauncher != "" {
-			c0 := childrenCPU()
-			wall, ph, err := launcherRun(nsPath, baseLauncher, baseEgressd, profile)
-			if err != nil {
-				return fmt.Errorf("baseline: %w", err)
+	// Interleaved, so all share whatever else the machine is doing.
+	var runcWalls, runcCPU []time.Duration
+	for i := range n {
+		// Alternate which goes first, so neither always runs on the
+		// other's warm caches.
+		for j := range figs {
+			f := figs[(i+j)%len(figs)]
+			if err := f.measure(nsPath, egressdBin, profile); err != nil {
+				return err
 			}
-			baseCPUs = append(baseCPUs, childrenCPU()-c0)
-			baseWalls = append(baseWalls, wall)
-			for k, v := range ph {
-				basePhases[k] = append(basePhases[k], v)
-			}
-		}
-		c0 := childrenCPU()
-		wall, ph, err := launcherRun(nsPath, launcherBin, egressdBin, profile)
-		if err != nil {
-			return err
-		}
-		cpus = append(cpus, childrenCPU()-c0)
-		walls = append(walls, wall)
-		for k, v := range ph {
-			phases[k] = append(phases[k], v)
 		}
 		w, c, err := runcOnce()
 		if err != nil {
@@ -115,48 +162,114 @@ func run(launcherBin, egressdBin, baseLauncher, baseEgressd, profile string, n i
 		}
 		runcWalls, runcCPU = append(runcWalls, w), append(runcCPU, c)
 	}
-
-	fmt.Printf("launcher run --profile %s -- true, %d runs (wall time, from exec to exit)\n", profile, n)
-	fmt.Printf("  %-22s median %7s   p90 %7s   min %7s\n", "wall", ms(median(walls)), ms(pct(walls, 90)), ms(slices.Min(walls)))
-	fmt.Printf("  %-22s median %7s   (user+system, every process of the run)\n", "cpu", ms(median(cpus)))
-	fmt.Println("phases (--timings; firewall, uplink, egressd and container run in parallel inside setup):")
-	for _, k := range []string{"prepare", "reap", "netns", "firewall", "uplink", "egressd", "container", "setup", "create", "run", "teardown", "total"} {
-		if v := phases[k]; len(v) > 0 {
-			fmt.Printf("  %-22s median %7s   p90 %7s\n", k, ms(median(v)), ms(pct(v, 90)))
+	for range interrupts {
+		for _, f := range figs {
+			d, err := interruptRun(nsPath, f.bin, egressdBin, profile)
+			if err != nil {
+				return err
+			}
+			f.interrupts = append(f.interrupts, d)
 		}
 	}
-	if baseLauncher != "" {
-		fmt.Printf("baseline %s, %d runs (interleaved with the above)\n", baseLauncher, n)
-		fmt.Printf("  %-22s median %7s   p90 %7s   min %7s\n", "wall", ms(median(baseWalls)), ms(pct(baseWalls, 90)), ms(slices.Min(baseWalls)))
-		fmt.Printf("  %-22s median %7s\n", "cpu", ms(median(baseCPUs)))
-		for _, k := range []string{"container", "setup", "create", "run", "teardown", "total"} {
-			if v := basePhases[k]; len(v) > 0 {
-				fmt.Printf("  %-22s median %7s   p90 %7s\n", k, ms(median(v)), ms(pct(v, 90)))
+
+	figs[0].print(launcherBin, profile)
+	if len(figs) > 1 {
+		figs[1].print("baseline "+baselineBin, profile)
+		fmt.Printf("difference (%s − baseline), medians\n", launcherBin)
+		diff := func(name string, a, b []time.Duration) {
+			if len(a) > 0 && len(b) > 0 {
+				fmt.Printf("  %-22s %+7.1fms   ratio %.3f\n", name, float64((median(a)-median(b)).Microseconds())/1000,
+					float64(median(a))/float64(median(b)))
 			}
 		}
-		// Each pair of runs is adjacent, so their difference cancels most
-		// of what the rest of the machine does meanwhile.
-		var diffs, totalDiffs, cpuDiffs []time.Duration
-		for i := range walls {
-			diffs = append(diffs, walls[i]-baseWalls[i])
-			cpuDiffs = append(cpuDiffs, cpus[i]-baseCPUs[i])
+		diff("wall", figs[0].walls, figs[1].walls)
+		// Each iteration ran both, one after the other: the median of the
+		// per-iteration differences follows the machine's load drifting
+		// better than the difference of the medians.
+		paired := make([]time.Duration, len(figs[0].walls))
+		for i := range paired {
+			paired[i] = figs[0].walls[i] - figs[1].walls[i]
 		}
-		for i := range min(len(phases["total"]), len(basePhases["total"])) {
-			totalDiffs = append(totalDiffs, phases["total"][i]-basePhases["total"][i])
+		fmt.Printf("  %-22s %+7.1fms   (median of the %d per-iteration differences)\n", "wall, paired",
+			float64(median(paired).Microseconds())/1000, len(paired))
+		diff("cpu", figs[0].cpus, figs[1].cpus)
+		for _, k := range []string{"create", "run", "teardown", "total"} {
+			diff(k, figs[0].phases[k], figs[1].phases[k])
 		}
-		fmt.Printf("  %-22s %+.1fms median of the paired differences (p25 %+.1fms, p75 %+.1fms); medians apart: %+.1fms\n",
-			"wall: this - baseline", msf(median(diffs)), msf(pct(diffs, 25)), msf(pct(diffs, 75)), msf(median(walls)-median(baseWalls)))
-		fmt.Printf("  %-22s %+.1fms median of the paired differences (p25 %+.1fms, p75 %+.1fms)\n",
-			"cpu: this - baseline", msf(median(cpuDiffs)), msf(pct(cpuDiffs, 25)), msf(pct(cpuDiffs, 75)))
-		if len(totalDiffs) > 0 {
-			fmt.Printf("  %-22s %+.1fms median of the paired differences (p25 %+.1fms, p75 %+.1fms)\n",
-				"total: this - baseline", msf(median(totalDiffs)), msf(pct(totalDiffs, 25)), msf(pct(totalDiffs, 75)))
-		}
+		diff("SIGINT to exit", figs[0].interrupts, figs[1].interrupts)
 	}
-	fmt.Printf("runc run of true, same spec, no launcher, %d runs (interleaved with the above)\n", n)
+	fmt.Printf("runc run of true, same spec, no launcher, %d runs (interleaved with the above; created, waited for and deleted)\n", n)
 	fmt.Printf("  %-22s median %7s   p90 %7s   min %7s\n", "runc run", ms(median(runcWalls)), ms(pct(runcWalls, 90)), ms(slices.Min(runcWalls)))
 	fmt.Printf("  %-22s median %7s\n", "cpu", ms(median(runcCPU)))
 	return nil
+}
+
+// sandboxContainers lists the runtime's containers named like sandboxes.
+func sandboxContainers(rt *sandbox.Runtime) (map[string]bool, error) {
+	cs, err := rt.List(context.Background())
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]bool{}
+	for _, c := range cs {
+		if strings.HasPrefix(c.ID, sandbox.IDPrefix) {
+			out[c.ID] = true
+		}
+	}
+	return out, nil
+}
+
+// interruptRun runs `launcher run -- sleep 30` in the namespace, sends the
+// launcher SIGINT once the sandbox's sleep runs (as Ctrl-C would), and
+// returns the time from the signal to the launcher's exit.
+func interruptRun(nsPath, launcherBin, egressdBin, profile string) (time.Duration, error) {
+	cmd := exec.Command("nsenter", "--net="+nsPath, "--", launcherBin, "run", "--profile", profile,
+		"--egressd", egressdBin, "--upstream-dns", "192.0.2.53", "--quiet", "--", "sleep", "30")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		return 0, err
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	// nsenter execs the launcher: same pid. The sandbox's sleep is the
+	// launcher's descendant in the sandbox's network namespace.
+	deadline := time.Now().Add(30 * time.Second)
+	for !sleepRunsFor(cmd.Process.Pid) {
+		if time.Now().After(deadline) {
+			_ = cmd.Process.Kill()
+			<-done
+			return 0, fmt.Errorf("the sandbox's sleep never ran: %s", stderr.String())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	start := time.Now()
+	if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
+		return 0, err
+	}
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		_ = cmd.Process.Kill()
+		<-done
+		return 0, fmt.Errorf("the launcher did not exit within 20s of SIGINT: %s", stderr.String())
+	}
+	return time.Since(start), nil
+}
+
+// sleepRunsFor reports whether a process named sleep runs in the network
+// namespace of the sandbox whose launcher is pid.
+func sleepRunsFor(pid int) bool {
+	id, ok := sandbox.OfLauncher(pid)
+	if !ok {
+		return false
+	}
+	for _, comm := range sandbox.ProcessesInNetns(filepath.Join(sandbox.NetnsDir, id)) {
+		if comm == "sleep" {
+			return true
+		}
+	}
+	return false
 }
 
 // launcherRun runs the launcher once inside the namespace at nsPath.
@@ -241,7 +354,8 @@ func runcRunner(nsPath, profile, egressdBin string) (run func() (wall, cpu time.
 		}
 		c0 := childrenCPU()
 		start := time.Now()
-		code, err := rt.Run(ctx, id, c.Bundle, sandbox.Stdio{})
+		ex, err := rt.Run(ctx, id, c.Bundle, sandbox.Stdio{})
+		code := ex.Code
 		var derr error
 		if _, serr := os.Stat(filepath.Join("/run/runc", id)); serr == nil {
 			derr = rt.Delete(ctx, id)

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"text/tabwriter"
 
@@ -21,6 +22,10 @@ func cmdExplain(args []string, stdout, stderr io.Writer) int {
 		fail(stderr, err)
 		return exitLauncher
 	}
+	if f.tty.wants(os.Stdin, stdout) {
+		ws := windowSize(stdout, os.Stdin)
+		cfg.Terminal = &ws
+	}
 	ex, err := sandbox.Explain(cfg)
 	if err != nil {
 		fail(stderr, sandbox.MaskErr(err, secretValues(cfg)))
@@ -36,8 +41,9 @@ func cmdExplain(args []string, stdout, stderr io.Writer) int {
 			User      sandbox.User            `json:"user"`
 			View      *sandbox.View           `json:"view"`
 			Protected []sandbox.ProtectedPath `json:"protected,omitempty"`
+			Init      any                     `json:"init,omitempty"`
 			Spec      any                     `json:"spec"`
-		}{Profile: ex.Profile, Uplink: ex.Uplink, Egressd: ex.Egressd, User: ex.User, View: ex.View, Protected: ex.Protected, Spec: ex.Spec}
+		}{Profile: ex.Profile, Uplink: ex.Uplink, Egressd: ex.Egressd, User: ex.User, View: ex.View, Protected: ex.Protected, Init: ex.Init, Spec: ex.Spec}
 		for _, w := range warnings {
 			out.Warnings = append(out.Warnings, w.String())
 		}
@@ -73,6 +79,14 @@ func cmdExplain(args []string, stdout, stderr io.Writer) int {
 	}
 	if len(ex.Egressd) > 0 {
 		fmt.Fprintf(stdout, "\n# egressd, inside the sandbox's namespace\n%s\n", strings.Join(ex.Egressd, " "))
+	}
+	if ex.Init != nil {
+		fmt.Fprintf(stdout, "\n# Init, the sandbox's process 1 (the command runs as its child)\n"+
+			"%s: %s bound read-only; reaps every orphan, passes %s to the command's process group, exits with the command's status (128+N for signal N)\n",
+			ex.Init.Path, ex.Init.Binary, strings.Join(ex.Init.Forwards, " "))
+	}
+	if ex.Spec.Process.Terminal {
+		fmt.Fprintf(stdout, "\n# Terminal: a pseudo-terminal made inside the sandbox, %dx%d\n", ex.Spec.Process.ConsoleSize.Height, ex.Spec.Process.ConsoleSize.Width)
 	}
 	spec, err := json.MarshalIndent(ex.Spec, "", "  ")
 	if err != nil {

@@ -33,6 +33,7 @@ type launchFlags struct {
 	egressd   string
 	quiet     bool
 	timings   bool
+	tty       ttyFlag
 	json      bool // explain only
 }
 
@@ -142,7 +143,7 @@ func newLaunchFlags(name, usageText string, stderr io.Writer, explain bool) (*fl
 	fs.Var(&f.secretEnv, "secret-env", "secret from the launcher's variable `NAME` (repeatable)")
 	setting("memory", "process.memory", "memory limit `SIZE` (512m, 4GiB; 0: none)")
 	setting("cpus", "process.cpus", "CPU limit in `CPUS` (1.5; 0: none)")
-	setting("pids-limit", "process.pids_limit", "maximum number of `TASKS` (0: none)")
+	setting("pids-limit", "process.pids_limit", "maximum number of `TASKS`, threads included (0 means no limit; at least 16: the init takes up to 8; negative is refused)")
 	setting("timeout", "process.timeout", "kill every process after `DURATION` and exit 124 (0: none)")
 	boolSetting("read-only", "filesystem.read_only", "read-only root file system")
 	setting("tmpfs", "filesystem.tmpfs", "tmpfs `PATH[:size=SIZE,mode=OCTAL,nosuid,nodev,noexec]` (repeatable)")
@@ -160,6 +161,9 @@ func newLaunchFlags(name, usageText string, stderr io.Writer, explain bool) (*fl
 	fs.StringVar(&f.subnet, "subnet", sandbox.DefaultSubnet.String(), "IPv4 `CIDR` the uplink's /30 is taken from")
 	fs.StringVar(&f.auditLog, "audit-log", "", "append egressd's audit records (JSON lines) to `FILE`")
 	fs.StringVar(&f.egressd, "egressd", "", "egressd binary `PATH` (default: next to the launcher, else $PATH)")
+	fs.Var(&f.tty, "t", "give the command a terminal (default: when stdin and stdout are terminals; -t=false or --no-tty for pipes)")
+	fs.Var(&f.tty, "tty", "the same as -t")
+	fs.Var(noTTYFlag{&f.tty}, "no-tty", "give the command pipes, never a terminal")
 	fs.BoolVar(&f.quiet, "quiet", false, "no summary of denied destinations, no warnings")
 	fs.BoolVar(&f.timings, "timings", os.Getenv("EGRESSD_LAUNCHER_TIMINGS") != "", "print how long each phase took (also $EGRESSD_LAUNCHER_TIMINGS)")
 	if explain {
@@ -229,6 +233,12 @@ func (f *launchFlags) resolve() (*policy.Profile, []policy.Warning, error) {
 // config builds the sandbox's config from the flags and the profile.
 func (f *launchFlags) config(p *policy.Profile, args []string, forRun bool) (sandbox.Config, error) {
 	cfg := sandbox.Config{Profile: p, Args: args, Rootfs: f.rootfs, CallerEnv: os.Environ(), Workdir: f.workdir}
+	// The sandbox's init is this very binary (package pid1).
+	self, err := os.Executable()
+	if err != nil {
+		return cfg, fmt.Errorf("finding the launcher's own binary (the sandbox's init): %w", err)
+	}
+	cfg.Init = self
 	if f.rootfs != "" {
 		abs, err := filepath.Abs(f.rootfs)
 		if err != nil {

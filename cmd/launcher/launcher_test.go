@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,7 +15,9 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/egressd/egressd/policy"
 	"github.com/egressd/egressd/sandbox"
+	"github.com/egressd/egressd/sandbox/pid1"
 )
 
 // TestDenialLinesSayWhatWouldAllowIt: each denied destination gets one line
@@ -161,6 +164,9 @@ func TestLauncherErrorsAreOneLineAnd125(t *testing.T) {
 		{"run", "--net", "host", "--floor", "strict", "--", "true"},
 		{"run", "--secret", "NOVALUE", "--", "true"},
 		{"run", "--subnet", "nonsense", "--", "true"},
+		{"run", "--pids-limit", "-5", "--", "true"},
+		{"explain", "--pids-limit", "8", "--", "true"},
+		{"run", "-t=maybe", "--", "true"},
 		{"frobnicate"},
 		{"explain", "--policy", pol, "--", "true"},
 		{"explain", "--rootfs", "/missing", "--", "true"},
@@ -263,7 +269,7 @@ func TestExplainJSONHasTheThreeParts(t *testing.T) {
 	if err := json.Unmarshal(stdout.Bytes(), &out); err != nil {
 		t.Fatal(err)
 	}
-	for _, k := range []string{"profile", "firewall", "spec", "uplink", "egressd", "user", "view"} {
+	for _, k := range []string{"profile", "firewall", "spec", "uplink", "egressd", "user", "view", "init"} {
 		if len(out[k]) == 0 {
 			t.Errorf("explain --json lacks %q", k)
 		}
@@ -273,7 +279,8 @@ func TestExplainJSONHasTheThreeParts(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr.String())
 	}
-	for _, want := range []string{"# Profile \"standard\"", "network.mode", "builtin:standard", "# Firewall, IPv4", "-j REDIRECT --to-ports 15001", "# OCI runtime spec", `"args": [`} {
+	for _, want := range []string{"# Profile \"standard\"", "network.mode", "builtin:standard", "# Firewall, IPv4", "-j REDIRECT --to-ports 15001",
+		"# Init, the sandbox's process 1", pid1.Path + ": ", "passes SIGHUP SIGINT SIGQUIT SIGTERM", "# OCI runtime spec", `"args": [`} {
 		if !strings.Contains(stdout.String(), want) {
 			t.Errorf("explain output lacks %q", want)
 		}
@@ -318,5 +325,67 @@ func TestVersionAndCompletion(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestTerminalFlags: -t/--tty and --no-tty, the last one wins; without
+// them a terminal only when stdin and stdout both are one.
+func TestTerminalFlags(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want bool
+	}{
+		{nil, false}, // buffers are not terminals
+		{[]string{"-t"}, true},
+		{[]string{"--tty"}, true},
+		{[]string{"-t=false"}, false},
+		{[]string{"--no-tty"}, false},
+		{[]string{"-t", "--no-tty"}, false},
+		{[]string{"--no-tty", "-t"}, true},
+		{[]string{"--no-tty=false"}, true},
+	} {
+		fs, f := newLaunchFlags("run", runUsage, &bytes.Buffer{}, false)
+		if _, err := parseLaunch(fs, append(tc.args, "--", "true")); err != nil {
+			t.Fatalf("%v: %v", tc.args, err)
+		}
+		if got := f.tty.wants(&bytes.Buffer{}, &bytes.Buffer{}); got != tc.want {
+			t.Errorf("%v: terminal %v, want %v", tc.args, got, tc.want)
+		}
+	}
+}
+
+func TestLimitLines(t *testing.T) {
+	p, _, err := policy.Resolve(policy.ResolveOptions{Profile: "strict", Overrides: []policy.Setting{
+		{Key: "process.memory", Values: []string{"64m"}, Source: policy.Flag("--memory")}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := limitLines(p, sandbox.Result{OOMKills: 1, PidsLimitHits: 3})
+	want := []string{
+		"out of memory: the kernel killed 1 process of the sandbox at its memory limit, process.memory 64MiB (flag:--memory)",
+		"the sandbox reached its task limit, process.pids_limit 128 (builtin:strict): 3 forks were refused",
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("limitLines (-want +got):\n%s", diff)
+	}
+	p.Process.Memory = 0
+	if got := limitLines(p, sandbox.Result{OOMKills: 2}); len(got) != 1 || !strings.Contains(got[0], "killed 2 processes of the sandbox (process.memory sets no limit") {
+		t.Errorf("without a memory limit: %q", got)
+	}
+	if got := limitLines(p, sandbox.Result{ExitCode: 137}); len(got) != 0 {
+		t.Errorf("a plain exit 137 gave %q", got)
+	}
+}
+
+// TestWarningsInRawModeEndLinesWithCRLF: while the caller's terminal is
+// raw, "\n" alone would not return the cursor.
+func TestWarningsInRawModeEndLinesWithCRLF(t *testing.T) {
+	var b bytes.Buffer
+	w := &lineWriter{w: &b}
+	io.WriteString(w, "launcher: a\n")
+	w.crlf.Store(true)
+	io.WriteString(w, "launcher: b\nlauncher: c\n")
+	if want := "launcher: a\nlauncher: b\r\nlauncher: c\r\n"; b.String() != want {
+		t.Errorf("got %q, want %q", b.String(), want)
 	}
 }

@@ -20,12 +20,14 @@ import (
 	"github.com/egressd/egressd/internal/buildinfo"
 	"github.com/egressd/egressd/internal/completion"
 	"github.com/egressd/egressd/policy"
+	"github.com/egressd/egressd/sandbox/pid1"
 )
 
-// Exit codes of the launcher itself; otherwise it exits with the command's.
+// Exit codes of the launcher itself; otherwise it exits with the command's
+// (126 and 127 from the sandbox's init: pid1.ExitCannotInvoke, ExitNotFound).
 const (
 	exitTimeout  = 124 // the command ran out of time and was killed
-	exitLauncher = 125 // the launcher failed (bad flags, policy, setup)
+	exitLauncher = 125 // the launcher or the runtime failed (bad flags, policy, setup, runtime error)
 )
 
 const usage = `usage: launcher run [flags] -- CMD [ARGS...]
@@ -36,11 +38,16 @@ const usage = `usage: launcher run [flags] -- CMD [ARGS...]
 
 run         runs CMD in a sandbox: a network namespace with egressd and the
             firewall (filtered mode), and a container with the resolved
-            profile. Exit status: CMD's; 124 when --timeout killed it; 125
-            when the launcher failed (one line on stderr: "launcher: ...").
+            profile, under an init that passes signals on; a terminal when
+            stdin and stdout are terminals (-t, --no-tty). Exit status:
+            CMD's (128+N when signal N killed it: 137 for an out-of-memory
+            kill, with a "launcher: ..." line saying so); 124 when --timeout
+            killed it; 125 when the launcher or the runtime failed; 126 when
+            CMD could not be executed, 127 when it was not found (every
+            failure is one line on stderr: "launcher: ...").
 explain     prints, without running anything, the resolved profile with the
             source of every value, the user, the host view, the protected
-            paths, the firewall rules and the OCI spec.
+            paths, the firewall rules, the init and the OCI spec.
 cleanup     removes sandboxes whose launcher died without removing them.
 completion  prints a shell completion script (source <(launcher completion bash)).
 
@@ -48,12 +55,21 @@ examples:
   launcher run --allow pypi.org --allow files.pythonhosted.org -- pip install requests
   launcher run --profile strict --policy team.toml --mount-cwd -- make test
   launcher run --net none -- python3 untrusted.py
+  launcher run -t --profile strict -- bash
   launcher explain --profile strict --allow '*.github.com' -- git clone https://github.com/x/y
 
 Run "launcher run -h" for the flags; docs/launcher.md has the reference.
 `
 
 func main() {
+	// The same binary is every sandbox's init (process 1 inside the
+	// container) and a terminal's guard: both before anything else.
+	switch {
+	case pid1.IsInit(os.Args):
+		os.Exit(pid1.Main(os.Args[1:], os.Stderr))
+	case len(os.Args) == 1 && os.Args[0] == ttyGuardArg0:
+		os.Exit(ttyGuardMain())
+	}
 	os.Exit(launcher(context.Background(), os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
 }
 

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 	"os/signal"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -18,8 +20,48 @@ import (
 )
 
 // signalGrace is how long the command gets to exit after the launcher
-// passed it a SIGINT or SIGTERM, before it is killed.
+// passed it a SIGINT, SIGTERM, SIGHUP or SIGQUIT, before it is killed.
 const signalGrace = 5 * time.Second
+
+// stopSignals are the signals that ask the launcher to stop the command.
+var stopSignals = []os.Signal{syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT}
+
+// limitLines say which of the sandbox's limits the kernel enforced during
+// the run (read on the host from its cgroup), one line each.
+func limitLines(p *policy.Profile, res sandbox.Result) []string {
+	var out []string
+	if n := res.OOMKills; n > 0 {
+		if p.Process.Memory > 0 {
+			out = append(out, fmt.Sprintf("out of memory: the kernel killed %s of the sandbox at its memory limit, process.memory %s (%s)",
+				plural(n, "process", "processes"), settingValue(p, "process.memory"), p.SourceOf("process.memory")))
+		} else {
+			out = append(out, fmt.Sprintf("out of memory: the kernel killed %s of the sandbox (process.memory sets no limit: the machine ran out)",
+				plural(n, "process", "processes")))
+		}
+	}
+	if n := res.PidsLimitHits; n > 0 {
+		out = append(out, fmt.Sprintf("the sandbox reached its task limit, process.pids_limit %d (%s): %s refused",
+			p.Process.PidsLimit, p.SourceOf("process.pids_limit"), plural(n, "fork was", "forks were")))
+	}
+	return out
+}
+
+func plural(n uint64, one, many string) string {
+	if n == 1 {
+		return "1 " + one
+	}
+	return fmt.Sprintf("%d %s", n, many)
+}
+
+// settingValue is key's value as explain shows it ("64MiB", unquoted).
+func settingValue(p *policy.Profile, key string) string {
+	for _, pv := range p.Explain() {
+		if pv.Field == key {
+			return strings.Trim(pv.Value, `"`)
+		}
+	}
+	return ""
+}
 
 func cmdRun(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	start := time.Now()
@@ -40,6 +82,10 @@ func cmdRun(ctx context.Context, args []string, stdin io.Reader, stdout, stderr 
 	if err != nil {
 		fail(stderr, err)
 		return exitLauncher
+	}
+	if f.tty.wants(stdin, stdout) {
+		ws := windowSize(stdout, stdin, stderr)
+		cfg.Terminal = &ws
 	}
 	if !f.quiet {
 		for _, w := range secretWarnings(cfg) {
@@ -70,37 +116,68 @@ func cmdRun(ctx context.Context, args []string, stdin io.Reader, stdout, stderr 
 	}
 	reapTime := time.Since(reapStart)
 
-	// Signals: the first SIGINT/SIGTERM/SIGHUP is passed to the command,
+	// Signals: the first SIGINT, SIGTERM, SIGHUP or SIGQUIT is passed to
+	// the command (through the sandbox's init, to its process group),
 	// which gets signalGrace to exit; a second one, or the end of the
-	// grace, kills it. Before the command runs, a signal aborts the setup.
+	// grace, kills it. Before the command runs, one aborts the setup.
+	// SIGUSR1 and SIGUSR2 are passed on; SIGWINCH resizes the command's
+	// terminal; SIGCONT (after a stop) puts the caller's terminal back in
+	// raw mode.
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	sigc := make(chan os.Signal, 2)
-	signal.Notify(sigc, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
-	defer signal.Stop(sigc)
+	sigc := make(chan os.Signal, 8)
+	signal.Notify(sigc, append(append([]os.Signal{}, stopSignals...), syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGWINCH, syscall.SIGCONT)...)
+	defer func() {
+		signal.Stop(sigc)
+		close(sigc) // ends the handler: Stop guarantees no more sends
+	}()
 	var (
 		mu      sync.Mutex
 		sb      *sandbox.Sandbox
 		running bool
 		gotSig  syscall.Signal
+		raw     *rawTerminal
 	)
+	resize := make(chan sandbox.WindowSize, 1)
 	go func() {
 		for sig := range sigc {
+			sig := sig.(syscall.Signal)
+			mu.Lock()
+			s, r, rt := sb, running, raw
+			mu.Unlock()
+			switch sig {
+			case syscall.SIGWINCH:
+				if cfg.Terminal != nil {
+					select { // only the latest size matters
+					case <-resize:
+					default:
+					}
+					resize <- windowSize(stdout, stdin, stderr)
+				}
+				continue
+			case syscall.SIGCONT:
+				if rt != nil {
+					_ = rt.raw()
+				}
+				continue
+			case syscall.SIGUSR1, syscall.SIGUSR2:
+				if r {
+					_ = s.Signal(sig)
+				}
+				continue
+			}
 			mu.Lock()
 			first := gotSig == 0
 			if first {
-				gotSig = sig.(syscall.Signal)
+				gotSig = sig
 			}
-			s, r := sb, running
 			mu.Unlock()
 			if !first || !r {
 				cancel()
 				continue
 			}
+			_ = s.Signal(sig)
 			go func() {
-				sctx, scancel := context.WithTimeout(context.Background(), signalGrace)
-				defer scancel()
-				_ = s.Signal(sctx, sig.(syscall.Signal))
 				select {
 				case <-time.After(signalGrace):
 					cancel()
@@ -124,11 +201,36 @@ func cmdRun(ctx context.Context, args []string, stdin io.Reader, stdout, stderr 
 		fail(stderr, sandbox.MaskErr(err, secretValues(cfg)))
 		return exitLauncher
 	}
+	stdio := sandbox.Stdio{Stdin: stdin, Stdout: stdout, Stderr: stderr}
+	if cfg.Terminal != nil {
+		stdio.Terminal = &sandbox.Terminal{Size: *cfg.Terminal, Resize: resize}
+		if in, ok := stdin.(*os.File); ok {
+			if _, isTerm := terminalFd(in); isTerm {
+				rt, err := makeRaw(in)
+				if err != nil {
+					fmt.Fprintf(stderr, "launcher: warning: %s; the terminal stays in its own mode (typed keys are echoed twice)\n", err)
+				}
+				// Restored on every way out: here after the run, by this
+				// defer on a panic of this goroutine, by the guard process
+				// on any other death.
+				defer rt.restore()
+				logw.crlf.Store(rt != nil)
+				mu.Lock()
+				raw = rt
+				mu.Unlock()
+			}
+		}
+	}
 	mu.Lock()
 	sb, running = s, true
 	mu.Unlock()
 
-	res, runErr := s.Run(ctx, sandbox.Stdio{Stdin: stdin, Stdout: stdout, Stderr: stderr})
+	res, runErr := s.Run(ctx, stdio)
+	mu.Lock()
+	raw.restore()
+	raw = nil
+	mu.Unlock()
+	logw.crlf.Store(false)
 	closeErr := s.Close()
 	if !f.quiet && p.Network.Mode == policy.ModeFiltered {
 		for _, d := range s.Denials() {
@@ -140,6 +242,9 @@ func cmdRun(ctx context.Context, args []string, stdin io.Reader, stdout, stderr 
 	}
 	if closeErr != nil {
 		fmt.Fprintf(stderr, "launcher: warning: tearing down sandbox %s: %s\n", s.ID(), oneLine(closeErr.Error()))
+	}
+	for _, line := range limitLines(p, res) {
+		fmt.Fprintf(stderr, "launcher: %s\n", line)
 	}
 	switch {
 	case runErr != nil && ctx.Err() != nil:
@@ -222,14 +327,23 @@ func (h *warnHandler) WithAttrs(as []slog.Attr) slog.Handler {
 func (h *warnHandler) WithGroup(string) slog.Handler { return h }
 
 // lineWriter serialises whole writes to w (warnings may come from another
-// goroutine while the command's stderr streams).
+// goroutine while the command's stderr streams). While crlf is set (the
+// caller's terminal is in raw mode, which does not turn "\n" into "\r\n"),
+// it ends lines with "\r\n".
 type lineWriter struct {
-	mu sync.Mutex
-	w  io.Writer
+	mu   sync.Mutex
+	w    io.Writer
+	crlf atomic.Bool
 }
 
 func (l *lineWriter) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.crlf.Load() {
+		if _, err := l.w.Write(bytes.ReplaceAll(p, []byte("\n"), []byte("\r\n"))); err != nil {
+			return 0, err
+		}
+		return len(p), nil
+	}
 	return l.w.Write(p)
 }
