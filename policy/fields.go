@@ -63,6 +63,9 @@ type field struct {
 	items func(p *Profile) (ids, text []string)
 	// render returns a scalar's value as TOML.
 	render func(p *Profile) string
+	// tables lets a set field's elements be tables, also written as an
+	// array of tables ([[section.key]]).
+	tables bool
 }
 
 type mapEntry struct{ name, value string }
@@ -109,9 +112,22 @@ var fields = []*field{
 		},
 	},
 
+	tableSet("network.inspect",
+		`a host pattern string, or a table { host = "...", methods = [...], paths = [...], block_methods = [...], block_paths = [...], log_query = true }`,
+		`inspect = [{ host = "api.example.com", paths = ["/v1/messages"] }]`, decodeInspect,
+		func(v any) (string, Source) { r := v.(*InspectRule); return r.Text, r.Source },
+		func(p *Profile) *[]*InspectRule { return &p.Network.Inspect },
+		func(r *InspectRule) string { return r.Text }),
+	tableSet("network.credentials",
+		`a table { host = "...", header = "...", secret = "...", prefix = "...", placeholder = "..." }`,
+		`credentials = [{ host = "api.example.com", header = "x-api-key", secret = "EXAMPLE_API_KEY" }]`, decodeCredential,
+		func(v any) (string, Source) { c := v.(*Credential); return c.Text, c.Source },
+		func(p *Profile) *[]*Credential { return &p.Network.Credentials },
+		func(c *Credential) string { return c.Text }),
+
 	boolean("filesystem.read_only", `read_only = true`, func(p *Profile) *bool { return &p.Filesystem.ReadOnly }),
 	{
-		key: "filesystem.tmpfs", kind: setField,
+		key: "filesystem.tmpfs", kind: setField, tables: true,
 		want:    `a string "PATH[:size=SIZE,mode=OCTAL,nosuid,nodev,noexec]" or a table { path = "...", size = "...", mode = "...", options = [...] }`,
 		example: `tmpfs = ["/tmp:size=512m,mode=1777,nosuid,nodev", { path = "~/.cache", size = "1g" }]`,
 		decode:  decodeTmpfs,
@@ -279,6 +295,24 @@ func ruleListField(key string, get func(*Profile) *[]*Rule) *field {
 				ids, text = append(ids, r.Text), append(text, tomlString(r.Text))
 			}
 			return ids, text
+		},
+	}
+}
+
+// tableSet is a set field whose elements are tables (inspect, credentials):
+// each element is identified by its canonical text.
+func tableSet[T any](key, want, example string, decode func(*decoder, *field, *tval) (any, bool),
+	ident func(any) (string, Source), get func(*Profile) *[]T, text func(T) string) *field {
+	return &field{
+		key: key, kind: setField, tables: true, want: want, example: example,
+		decode: decode,
+		id:     func(v any) string { id, _ := ident(v); return id },
+		add:    func(p *Profile, v any, _ Source) { *get(p) = append(*get(p), v.(T)) },
+		items: func(p *Profile) (ids, texts []string) {
+			for _, e := range *get(p) {
+				ids, texts = append(ids, text(e)), append(texts, text(e))
+			}
+			return ids, texts
 		},
 	}
 }

@@ -26,6 +26,10 @@ type NetworkPolicy struct {
 	// Self are egressd's own addresses: always guarded unless an allow IP
 	// rule names them (a /32 or /128 rule for that address).
 	Self []netip.Addr
+	// Inspect and Credentials are the HTTPS inspection entries
+	// (inspect.go); nil entries are an error.
+	Inspect     []*InspectRule
+	Credentials []*Credential
 }
 
 var defaultPorts = []uint16{80, 443}
@@ -58,6 +62,17 @@ func NewMatcher(n NetworkPolicy) (*Matcher, error) {
 	if err := m.block.add(n.Block, "block"); err != nil {
 		return nil, err
 	}
+	for i, r := range n.Inspect {
+		if r == nil || r.Host == nil || r.Host.kind == 0 || r.Host.IsIP() {
+			return nil, fmt.Errorf("compiling network policy: inspect entry %d has no host name pattern", i)
+		}
+	}
+	for i, c := range n.Credentials {
+		if c == nil || c.Host == "" || c.Header == "" || c.Secret == "" || c.Placeholder == "" {
+			return nil, fmt.Errorf("compiling network policy: credentials entry %d is incomplete", i)
+		}
+	}
+	m.inspect, m.credentials = slices.Clone(n.Inspect), slices.Clone(n.Credentials)
 	for i, a := range n.Self {
 		c, ok := canonAddr(a)
 		if !ok {
