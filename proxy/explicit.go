@@ -142,13 +142,18 @@ func (p *Proxy) handleConnect(cc *clientConn, br *bufio.Reader, h *requestHead) 
 		return
 	}
 	a := &allowed{kind: audit.KindConnect, target: host, port: t.Port, client: cc.client, decision: d, start: start}
-	up, ap, tried, err := p.dialTarget(ctx, m, t, netip.Addr{})
-	a.addrs = tried
-	if err != nil {
-		p.refuseAfterAllow(cc, a, target, err, true)
-		return
+	// An inspected name gets no tunnel: egressd dials per request (inspect.go).
+	var r *relay
+	if !m.Inspects(t.Name, t.Port) {
+		up, ap, tried, err := p.dialTarget(ctx, m, t, netip.Addr{})
+		a.addrs = tried
+		if err != nil {
+			p.refuseAfterAllow(cc, a, target, err, true)
+			return
+		}
+		cc.setUpstream(up, ap.Addr())
+		r = startRelay(c, up)
 	}
-	cc.setUpstream(up, ap.Addr())
 
 	// The client may already have sent bytes after its CONNECT (they sit in
 	// br). They were not forwarded and will not be before they are judged
@@ -157,13 +162,12 @@ func (p *Proxy) handleConnect(cc *clientConn, br *bufio.Reader, h *requestHead) 
 	_, _ = io.ReadFull(br, prefix)
 	_ = c.SetWriteDeadline(time.Now().Add(p.cfg.HeaderTimeout))
 	if _, err := io.WriteString(c, "HTTP/1.1 200 Connection established\r\n\r\n"); err != nil {
-		_ = up.Close()
+		r.abort()
 		p.finish(a, 0, 0, "writing 200 to the client: "+err.Error())
 		return
 	}
 	_ = c.SetWriteDeadline(time.Time{})
 
-	r := startRelay(c, up)
 	prefix, dn := p.checkConnectStream(cc, prefix, t)
 	if dn != nil {
 		down := r.abort()
@@ -173,6 +177,9 @@ func (p *Proxy) handleConnect(cc *clientConn, br *bufio.Reader, h *requestHead) 
 		}
 		p.logDenial(audit.KindConnect, host, t.Port, cc.client, a.addrs, dn)
 		return
+	}
+	if p.inspectTLS(ctx, m, cc, r, prefix, a, cc.tlsName(), t, netip.Addr{}) {
+		return // the name is inspected: egressd terminated the TLS (inspect.go)
 	}
 	cc.setRelaying(true)
 	upN, downN, err := r.run(prefix)

@@ -58,6 +58,8 @@ type masker struct {
 	next    []int  // per secret: next occurrence in buf at or after the scan position, -1 none, -2 unknown
 	err     error
 	closed  bool
+	// sameLength replaces a secret by as many '*' as it has bytes.
+	sameLength bool
 }
 
 func (m *masker) Write(p []byte) (int, error) {
@@ -98,7 +100,7 @@ func (m *masker) Close() error {
 // flush masks buf into out and writes it; unless final, a tail that may
 // start a secret stays in buf.
 func (m *masker) flush(final bool) error {
-	m.out = maskInto(m.out[:0], &m.buf, m.secrets, m.maxLen, m.next, final)
+	m.out = maskInto(m.out[:0], &m.buf, m.secrets, m.maxLen, m.next, final, m.sameLength)
 	if len(m.out) == 0 {
 		return nil
 	}
@@ -113,7 +115,7 @@ func (m *masker) flush(final bool) error {
 // shortest suffix of *buf that could still begin a secret (so that a match
 // starting there, or a longer match, depends on bytes not seen yet) is left
 // in *buf; everything before it is settled.
-func maskInto(out []byte, buf *[]byte, secrets [][]byte, maxLen int, next []int, final bool) []byte {
+func maskInto(out []byte, buf *[]byte, secrets [][]byte, maxLen int, next []int, final, sameLength bool) []byte {
 	b := *buf
 	for j := range next {
 		next[j] = -2
@@ -160,7 +162,13 @@ func maskInto(out []byte, buf *[]byte, secrets [][]byte, maxLen int, next []int,
 			return out
 		}
 		out = append(out, b[i:mpos]...)
-		out = append(out, Mask...)
+		if sameLength {
+			for range mlen {
+				out = append(out, '*')
+			}
+		} else {
+			out = append(out, Mask...)
+		}
 		i = mpos + mlen
 	}
 }
@@ -183,6 +191,17 @@ func String(s string, secrets []string) string {
 func NewReader(src io.Reader, secrets []string) io.Reader {
 	r := &reader{src: src, tmp: make([]byte, 32<<10)}
 	r.w = NewWriter(&r.buf, secrets)
+	return r
+}
+
+// NewSameLengthReader is NewReader, but each secret becomes as many '*' as
+// it has bytes, so the stream keeps its length: a Content-Length, a
+// WebSocket frame's length field stay true.
+func NewSameLengthReader(src io.Reader, secrets []string) io.Reader {
+	r := &reader{src: src, tmp: make([]byte, 32<<10)}
+	w := NewWriter(&r.buf, secrets)
+	w.(*masker).sameLength = true
+	r.w = w
 	return r
 }
 

@@ -243,3 +243,14 @@ func TestReaderMasksAcrossReadsAndStaysLive(t *testing.T) {
 		t.Errorf("rest = %q", got)
 	}
 }
+
+func TestSameLengthReaderKeepsTheLength(t *testing.T) {
+	in := "a sk-SECRET b sk-SECRET"
+	out, err := io.ReadAll(NewSameLengthReader(strings.NewReader(in), []string{"sk-SECRET"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "a ********* b *********"; string(out) != want {
+		t.Errorf("got %q, want %q", out, want)
+	}
+}
