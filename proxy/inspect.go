@@ -796,3 +796,6 @@ func (cc *clientConn) tlsName() string {
 	}
 	return cc.basis.sni
 }
+
+// InspectConfig returns the inspection configuration in force (nil: none).
+func (p *Proxy) InspectConfig() *Inspect { return p.inspect.Load() }

@@ -32,6 +32,7 @@ import (
 	"github.com/egressd/egressd/audit"
 	"github.com/egressd/egressd/dnsfilter"
 	"github.com/egressd/egressd/internal/admin"
+	"github.com/egressd/egressd/internal/inspectca"
 	"github.com/egressd/egressd/internal/watch"
 	"github.com/egressd/egressd/policy"
 	"github.com/egressd/egressd/proxy"
@@ -69,6 +70,20 @@ type Config struct {
 	ResolvConf string
 	// Mark is set as SO_MARK on every upstream socket. 0 sets none.
 	Mark uint32
+
+	// InspectCACert and InspectCAKey are the inspection CA's files
+	// (docs/inspection.md), read at start and on every reload; when
+	// neither exists, a CA is made there. Empty: no CA, and a policy that
+	// inspects a host is refused.
+	InspectCACert, InspectCAKey string
+	// InspectUpstreamCA is a PEM bundle the inspected hosts' own
+	// certificates are verified against. Empty: the system trust store.
+	InspectUpstreamCA string
+	// SecretFiles maps a credential's secret name to the file holding its
+	// value (re-read on every reload; one trailing newline is dropped).
+	SecretFiles map[string]string
+	// Secrets are secret values given at start (serve --secret-env).
+	Secrets map[string]string
 
 	// SandboxID is stamped on every audit record.
 	SandboxID string
@@ -114,6 +129,7 @@ type Daemon struct {
 
 	reloadMu     sync.Mutex
 	profile      atomic.Pointer[policy.Profile]
+	inspectCA    atomic.Pointer[inspectca.CA]
 	self         []netip.Addr
 	ready        atomic.Bool
 	reloadsOK    prometheus.Counter
@@ -152,12 +168,13 @@ func New(cfg Config) (_ *Daemon, err error) {
 	if err != nil {
 		return nil, err
 	}
-	prof, m, err := d.load()
+	prof, m, ins, err := d.load()
 	if err != nil {
 		return nil, err
 	}
 	d.profile.Store(prof)
 	d.live.Store(m)
+	d.storeInspectCA(ins)
 
 	upstreams := cfg.UpstreamDNS
 	if len(upstreams) == 0 {
@@ -203,6 +220,7 @@ func New(cfg Config) (_ *Daemon, err error) {
 		Logger:            d.log.With("component", "proxy"),
 		Metrics:           d.reg,
 		SelfAddrs:         selfPorts,
+		Inspect:           ins,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("configuring the proxy: %w", err)
@@ -260,26 +278,31 @@ func (d *Daemon) selfAddrPorts() ([]netip.AddrPort, error) {
 	return out, nil
 }
 
-// load resolves the policy files and compiles the matcher. It changes
-// nothing: the caller decides whether to put the result in force.
-func (d *Daemon) load() (*policy.Profile, *policy.Matcher, error) {
+// load resolves the policy files, compiles the matcher and, when the
+// policy inspects hosts, loads what inspection needs (inspection.go). It
+// changes nothing: the caller decides whether to put the result in force.
+func (d *Daemon) load() (*policy.Profile, *policy.Matcher, *proxy.Inspect, error) {
 	prof, warnings, err := policy.Resolve(policy.ResolveOptions{Profile: d.cfg.Profile, Files: d.cfg.PolicyFiles, Overrides: d.cfg.Overrides, Floor: d.cfg.Floor})
 	for _, w := range warnings {
 		d.log.Warn("policy warning", "warning", w.String())
 	}
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	if prof.Network.Mode != policy.ModeFiltered {
-		return nil, nil, fmt.Errorf("network.mode is %q (%s): egressd serve enforces filtered mode only", prof.Network.Mode, prof.SourceOf("network.mode"))
+		return nil, nil, nil, fmt.Errorf("network.mode is %q (%s): egressd serve enforces filtered mode only", prof.Network.Mode, prof.SourceOf("network.mode"))
 	}
 	np := prof.NetworkPolicy()
 	np.Self = append(np.Self, d.self...)
 	m, err := policy.NewMatcher(np)
 	if err != nil {
-		return nil, nil, fmt.Errorf("compiling policy: %w", err)
+		return nil, nil, nil, fmt.Errorf("compiling policy: %w", err)
 	}
-	return prof, m, nil
+	ins, err := d.loadInspect(prof)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return prof, m, ins, nil
 }
 
 // Reload re-reads the policy. On any error the last good policy stays in
@@ -289,13 +312,15 @@ func (d *Daemon) load() (*policy.Profile, *policy.Matcher, error) {
 func (d *Daemon) Reload() error {
 	d.reloadMu.Lock()
 	defer d.reloadMu.Unlock()
-	prof, m, err := d.load()
+	prof, m, ins, err := d.load()
 	if err != nil {
 		d.reloadsError.Inc()
 		d.log.Error("policy reload refused; the last good policy stays in force", "error", err.Error())
 		return err
 	}
 	d.profile.Store(prof)
+	d.storeInspectCA(ins)
+	d.proxy.SetInspect(ins)
 	d.live.Store(m)
 	d.proxy.Reevaluate()
 	d.reloadsOK.Inc()
@@ -330,7 +355,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		h := admin.Handler(admin.Handlers{
 			Ready:    d.ready.Load,
 			Reload:   d.Reload,
-			Policy:   func() any { return d.profile.Load().Explain() },
+			Policy:   d.policyView,
 			Gatherer: d.reg,
 		})
 		goServe("admin endpoint", func() error { return admin.Serve(ctx, d.adminLn, h) })
