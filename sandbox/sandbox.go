@@ -98,6 +98,10 @@ type Config struct {
 	// AuditLog receives egressd's audit records (JSON lines, docs/audit.md)
 	// with each rule's original source; nil keeps only Denials.
 	AuditLog io.Writer
+	// InspectUpstreamCA is a PEM bundle on the host that egressd verifies
+	// inspected hosts' certificates against (docs/inspection.md); "" means
+	// the host's trust store.
+	InspectUpstreamCA string
 
 	// StateDir is where the sandbox's state directory is made; "" means
 	// DefaultStateDir.
@@ -132,6 +136,7 @@ type Sandbox struct {
 	container     atomic.Bool // the runtime may know the container
 	rootfsCleanup func() error
 	secrets       []string
+	inspect       *inspectPlan
 
 	egressdGone atomic.Bool
 
@@ -316,7 +321,13 @@ func Create(ctx context.Context, cfg Config) (s *Sandbox, err error) {
 		}
 	}
 	start := time.Now()
+	if s.inspect, err = planInspection(cfg); err != nil {
+		return s, err
+	}
 	if err := s.makeStateDir(); err != nil {
+		return s, err
+	}
+	if err := s.inspect.makeCA(s.id); err != nil {
 		return s, err
 	}
 	var upstream []netip.AddrPort
@@ -471,11 +482,15 @@ func (s *Sandbox) startEgressd(ctx context.Context, upstream []netip.AddrPort) e
 	if err != nil {
 		return err
 	}
+	if err := s.inspect.writeEgressdFiles(dir, cfg.EgressdUID, cfg.EgressdGID, cfg.InspectUpstreamCA); err != nil {
+		return err
+	}
 	s.sink = newAuditSink(cfg.AuditLog)
 	s.sink.sources = sources
 	e, err := startEgressd(ctx, s.ns, egressdSpec{
 		binary: cfg.EgressdPath, dir: dir, uid: cfg.EgressdUID, gid: cfg.EgressdGID, mark: cfg.Mark,
 		upstream: upstream, sandboxID: s.id, timeout: cfg.ReadyTimeout, sink: s.sink,
+		extra: s.inspect.egressdArgs(dir, cfg.InspectUpstreamCA),
 	})
 	s.eg = e
 	if err != nil {
@@ -508,7 +523,7 @@ type containerPlan struct {
 // commands are looked up (the root file system's content); rootfs,
 // netnsPath and etcDir are the paths the spec names. With writeEtc the
 // generated resolv.conf and hosts are written into etcDir.
-func planContainer(cfg Config, id, lookupRoot, rootfs, netnsPath, etcDir string, writeEtc bool) (*containerPlan, error) {
+func planContainer(cfg Config, ins *inspectPlan, id, lookupRoot, rootfs, netnsPath, etcDir string, writeEtc bool) (*containerPlan, error) {
 	p := cfg.Profile
 	user, err := ResolveUser(lookupRoot, p.Process.User)
 	if err != nil {
@@ -520,7 +535,7 @@ func planContainer(cfg Config, id, lookupRoot, rootfs, netnsPath, etcDir string,
 	}
 	var extra, secretNames []string
 	for _, sec := range cfg.Secrets {
-		extra = append(extra, sec.Name+"="+sec.Value)
+		extra = append(extra, sec.Name+"="+ins.env(sec)) // a credential's secret stays with egressd
 		secretNames = append(secretNames, sec.Name)
 	}
 	proxyURL := ""
@@ -531,6 +546,7 @@ func planContainer(cfg Config, id, lookupRoot, rootfs, netnsPath, etcDir string,
 	if err != nil {
 		return nil, err
 	}
+	env = ins.applyEnv(env)
 	pathEnv := ""
 	for _, e := range env {
 		if v, ok := strings.CutPrefix(e, "PATH="); ok {
@@ -566,6 +582,21 @@ func planContainer(cfg Config, id, lookupRoot, rootfs, netnsPath, etcDir string,
 			}
 		} else {
 			opts.ResolvConf, opts.Hosts = filepath.Join(etcDir, "resolv.conf"), filepath.Join(etcDir, "hosts")
+		}
+	}
+	if ins.inspects {
+		opts.TrustBundle, opts.TrustPaths = filepath.Join(etcDir, "ca-certificates.crt"), trustPaths(lookupRoot)
+		if writeEtc {
+			bundle, err := ins.trustBundle(lookupRoot, id)
+			if err != nil {
+				return nil, err
+			}
+			if err := os.MkdirAll(etcDir, 0o755); err != nil {
+				return nil, err
+			}
+			if err := os.WriteFile(opts.TrustBundle, bundle, 0o644); err != nil {
+				return nil, fmt.Errorf("writing the trust bundle: %w", err)
+			}
 		}
 	}
 	spec, err := BuildSpec(p, opts)
@@ -624,7 +655,7 @@ func (s *Sandbox) prepareContainer(ctx context.Context) error {
 	if s.mode != policy.ModeHost {
 		netnsPath = filepath.Join(NetnsDir, s.id)
 	}
-	plan, err := planContainer(cfg, s.id, rootfs, rootfs, netnsPath, filepath.Join(s.dir, "etc"), true)
+	plan, err := planContainer(cfg, s.inspect, s.id, rootfs, rootfs, netnsPath, filepath.Join(s.dir, "etc"), true)
 	if err != nil {
 		return err
 	}
@@ -1058,6 +1089,10 @@ func Explain(cfg Config) (*Explanation, error) {
 	p := cfg.Profile
 	ex := &Explanation{Profile: p.Explain()}
 	dir := filepath.Join(cfg.StateDir, explainID)
+	ins, err := planInspection(cfg)
+	if err != nil {
+		return nil, err
+	}
 	netnsPath := ""
 	switch p.Network.Mode {
 	case policy.ModeFiltered:
@@ -1078,7 +1113,7 @@ func Explain(cfg Config) (*Explanation, error) {
 		}
 		ex.Uplink = string(u.rules())
 		ex.Egressd = append([]string{"egressd"}, egressdArgs(egressdSpec{dir: filepath.Join(dir, "egressd"), mark: cfg.Mark,
-			upstream: upstream, sandboxID: explainID})...)
+			upstream: upstream, sandboxID: explainID, extra: ins.egressdArgs(filepath.Join(dir, "egressd"), cfg.InspectUpstreamCA)})...)
 		netnsPath = filepath.Join(NetnsDir, explainID)
 	case policy.ModeNone:
 		v4, v6, err := firewall.Rules(firewall.Config{Mode: policy.ModeNone})
@@ -1088,7 +1123,7 @@ func Explain(cfg Config) (*Explanation, error) {
 		ex.FirewallIPv4, ex.FirewallIPv6 = string(v4), string(v6)
 		netnsPath = filepath.Join(NetnsDir, explainID)
 	}
-	plan, err := planContainer(cfg, explainID, cfg.Rootfs, filepath.Join(dir, "rootfs"), netnsPath, filepath.Join(dir, "etc"), false)
+	plan, err := planContainer(cfg, ins, explainID, cfg.Rootfs, filepath.Join(dir, "rootfs"), netnsPath, filepath.Join(dir, "etc"), false)
 	if err != nil {
 		return nil, err
 	}
