@@ -502,3 +502,86 @@ func testInspectTools(t *testing.T) {
 		}
 	}
 }
+
+// The sidecar (egressd serve, as in a pod): it makes its CA where it is
+// told (the workload is given the certificate, never the key), holds the
+// key from a secret file, and enforces the same rules on the explicit and
+// the transparent path.
+func TestSidecarInspectsWithItsOwnCAAndSecretFile(t *testing.T) {
+	t.Parallel()
+	secret := randomSecret(t)
+	dir := t.TempDir()
+	caCert, caKey, secretFile := filepath.Join(dir, "ca.pem"), filepath.Join(dir, "ca.key"), filepath.Join(dir, "model.key")
+	if err := os.WriteFile(secretFile, []byte(secret+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	w := fakenet.Start(t)
+	setRecords(w)
+	s := w.NewSandbox(t)
+	e := startEgressd(t, w, s, `version = 1
+profile = "strict"
+[network]
+allow = ["allowed.test"]
+[[network.inspect]]
+host = "allowed.test"
+block_paths = ["/v1/files"]
+[[network.credentials]]
+host = "allowed.test"
+header = "x-api-key"
+secret = "MODEL_KEY"
+`, "--inspect-ca-cert", caCert, "--inspect-ca-key", caKey, "--inspect-upstream-ca", w.CAFile(), "--secret-file", "MODEL_KEY="+secretFile)
+	if st, err := os.Stat(caKey); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("the CA key egressd made: %v, %v", st, err)
+	}
+	curl := func(args ...string) result {
+		return run(t, s, "", "curl", append([]string{"-sS", "--max-time", "5", "--cacert", caCert}, args...)...)
+	}
+	for _, path := range []struct {
+		name string
+		args []string
+	}{
+		{"explicit", []string{"-x", proxyURL}},
+		{"transparent", nil},
+	} {
+		r := curl(append(path.args, "-H", "x-api-key: egressd-placeholder-MODEL_KEY", "https://allowed.test/v1/messages")...)
+		rep, err := fakenet.ParseReply([]byte(r.stdout))
+		if err != nil {
+			t.Fatalf("%s: %v\n%s", path.name, err, r)
+		}
+		if got := rep.Header.Get("X-Api-Key"); got != strings.Repeat("*", len(secret)) {
+			t.Errorf("%s: the reflected key reached the client as %q", path.name, got)
+		}
+		r = curl(append(path.args, "-o", "/dev/null", "-w", "%{http_code}", "https://allowed.test/v1/files")...)
+		if r.stdout != "403" {
+			t.Errorf("%s: /v1/files: %q, want 403", path.name, r.stdout)
+		}
+		r = curl(append(path.args, "-o", "/dev/null", "-w", "%{http_code}", "-H", "Host: blocked.test", "https://allowed.test/")...)
+		if r.stdout != "421" {
+			t.Errorf("%s: fronted Host: %q, want 421", path.name, r.stdout)
+		}
+	}
+	var keys int
+	for _, req := range w.HTTPLog() {
+		if req.Header.Get("X-Api-Key") == secret {
+			keys++
+		}
+		if req.URI == "/v1/files" || canonicalHost(req.Host) == "blocked.test" {
+			t.Errorf("the world saw %s %s for %s", req.Method, req.URI, req.Host)
+		}
+	}
+	if keys != 2 {
+		t.Errorf("the world got the key on %d requests, want 2", keys)
+	}
+	if strings.Contains(e.auditText(), secret) {
+		t.Error("the secret is in the audit log")
+	}
+}
+
+// canonicalHost drops a Host header's port.
+func canonicalHost(h string) string {
+	host, _, ok := strings.Cut(h, ":")
+	if !ok {
+		return h
+	}
+	return host
+}
