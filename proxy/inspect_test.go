@@ -157,22 +157,12 @@ func (u *inspectUpstream) requests() []*http.Request {
 	return append([]*http.Request(nil), u.reqs...)
 }
 
-func (u *inspectUpstream) sawPath(p string) bool {
-	for _, r := range u.requests() {
-		if r.URL.Path == p || r.RequestURI == p {
-			return true
-		}
-	}
-	return false
-}
-
 // inspectHarness is an explicit proxy whose policy inspects api.test and
 // other.test, with an upstream serving both (and spliced.test).
 type inspectHarness struct {
 	*harness
-	up      *inspectUpstream
-	ca      *inspectca.CA
-	clients map[bool]*http.Client
+	up *inspectUpstream
+	ca *inspectca.CA
 }
 
 func newInspectHarness(t *testing.T, opts ...func(*Config)) *inspectHarness {
