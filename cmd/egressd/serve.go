@@ -27,7 +27,7 @@ Exit status: 0 after a clean shutdown, 1 when a listener fails while serving,
 
 Examples:
   egressd serve --policy /etc/egressd/policy.toml --mark 0x4547 --admin-listen 127.0.0.1:9901
-  egressd serve --policy policy.toml --inspect-ca-cert /shared/ca.pem --inspect-ca-key /etc/egressd/ca.key \
+  egressd serve --policy policy.toml --inspect-ca-cert /var/lib/egressd/ca.pem --inspect-ca-key /etc/egressd/ca.key \
       --secret-file ANTHROPIC_API_KEY=/run/secrets/anthropic
   egressd serve --profile strict --allow pypi.org --allow files.pythonhosted.org \
       --dns-listen 127.0.0.1:15053,[::1]:15053 --audit-log -

@@ -8,7 +8,6 @@ import (
 	"strings"
 
 	"github.com/egressd/egressd/policy"
-	"github.com/egressd/egressd/proxy"
 	"github.com/egressd/egressd/sandbox"
 )
 
@@ -105,9 +104,9 @@ func inspectHint(d sandbox.Denial) string {
 		return "; the inspect entry's block_methods and block_paths win over its allow rules"
 	case string(policy.ReasonNoAllowRule):
 		return "; the inspect entry's methods and paths do not include it"
-	case proxy.ReasonHostMismatch:
+	case "host-mismatch": // proxy.ReasonHostMismatch
 		return "; a request inside the TLS session of one name may not ask for another host"
-	case proxy.ReasonPlaceholder:
+	case "credential-placeholder": // proxy.ReasonPlaceholder
 		return "; a credential's placeholder is only replaced on requests to its own host, and never sent anywhere else"
 	}
 	return ""
