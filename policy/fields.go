@@ -347,6 +347,16 @@ func (d *decoder) errorf(pos Source, hint, format string, args ...any) {
 	d.errs = append(d.errs, &Error{Pos: pos, Msg: fmt.Sprintf(format, args...), Hint: hint})
 }
 
+// unknownTableKey reports key k of a table entry of field f (a tmpfs,
+// inspect or credentials table) that is none of known.
+func (d *decoder) unknownTableKey(f *field, e *tval, k string, known []string) {
+	hint := meanHint(k, known)
+	if hint == "" {
+		hint = "keys are " + quotedList(known)
+	}
+	d.errorf(e.keyPos, hint, "%s: unknown key %q", f.key, k)
+}
+
 // describeValue renders a value for messages: a flag's text, or its TOML kind.
 func describeValue(v *tval) string {
 	if v.flag {
@@ -597,11 +607,7 @@ func decodeTmpfs(d *decoder, f *field, v *tval) (any, bool) {
 					opts = append(opts, o)
 				}
 			default:
-				hint := meanHint(k, known)
-				if hint == "" {
-					hint = "keys are " + quotedList(known)
-				}
-				d.errorf(e.keyPos, hint, "%s: unknown key %q", f.key, k)
+				d.unknownTableKey(f, e, k, known)
 				ok = false
 			}
 		}

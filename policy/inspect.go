@@ -522,11 +522,7 @@ func decodeInspect(d *decoder, f *field, v *tval) (any, bool) {
 				}
 				ir.LogQuery = e.b
 			default:
-				hint := meanHint(k, inspectKeys)
-				if hint == "" {
-					hint = "keys are " + quotedList(inspectKeys)
-				}
-				d.errorf(e.keyPos, hint, "%s: unknown key %q", f.key, k)
+				d.unknownTableKey(f, e, k, inspectKeys)
 				ok = false
 			}
 		}
@@ -717,11 +713,7 @@ func decodeCredential(d *decoder, f *field, v *tval) (any, bool) {
 			}
 			c.Placeholder, placeholderSet = s, true
 		default:
-			hint := meanHint(k, credentialKeys)
-			if hint == "" {
-				hint = "keys are " + quotedList(credentialKeys)
-			}
-			d.errorf(e.keyPos, hint, "%s: unknown key %q", f.key, k)
+			d.unknownTableKey(f, e, k, credentialKeys)
 			ok = false
 		}
 	}
