@@ -19,6 +19,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
 	"github.com/egressd/egressd/audit"
 	"github.com/egressd/egressd/internal/inspectca"
 	"github.com/egressd/egressd/policy"
@@ -557,4 +560,46 @@ func TestReloadThatInspectsASplicedHostClosesItsTunnel(t *testing.T) {
 	if !tunnelClosed(conn) {
 		t.Error("the spliced tunnel stayed open after its host became inspected")
 	}
+}
+
+// Metrics count inspected requests by the inspect entry's host pattern
+// (a label set the policy bounds), result and reason, and failed client
+// handshakes.
+func TestInspectionMetricsCountByHostAndResult(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	ih := newInspectHarness(t, func(c *Config) { c.Metrics = reg })
+	c := ih.client(false)
+	doReq(t, c, "GET", ih.url("api.test", "/v1/messages"), nil)
+	doReq(t, c, "GET", ih.url("api.test", "/v1/files/x"), nil)
+	conn, _, _ := ih.connect(fmt.Sprintf("api.test:%d", ih.up.port))
+	_ = tls.Client(conn, &tls.Config{ServerName: "api.test"}).Handshake()
+	conn.Close()
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting for %s", what)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	waitFor("the handshake failure to be counted", func() bool {
+		return counterValue(ih.p.imet.handshakes.WithLabelValues("api.test")) == 1
+	})
+	if n := counterValue(ih.p.imet.requests.WithLabelValues("api.test", "allow", "allowed-by")); n != 1 {
+		t.Errorf("allowed requests counted %v, want 1", n)
+	}
+	if n := counterValue(ih.p.imet.requests.WithLabelValues("api.test", "deny", "blocked-by")); n != 1 {
+		t.Errorf("blocked requests counted %v, want 1", n)
+	}
+}
+
+// counterValue reads a counter.
+func counterValue(c prometheus.Counter) float64 {
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		return -1
+	}
+	return m.GetCounter().GetValue()
 }
