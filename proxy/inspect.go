@@ -364,6 +364,9 @@ func (s *inspectSession) check(m *policy.Matcher, in *policy.Inspection, r *http
 	if err != nil || ht.Name != s.name || hasExplicitPort(r.Host) && ht.Port != s.port {
 		return denyf(http.StatusMisdirectedRequest, ReasonHostMismatch, "Host %q in a TLS session for %s (THREATS A2)", r.Host, s.name)
 	}
+	if r.Method == http.MethodConnect {
+		return denyf(http.StatusMethodNotAllowed, ReasonBadRequest, "CONNECT inside an inspected session to %s", s.name)
+	}
 	if up := r.Header.Get("Upgrade"); up != "" && !strings.EqualFold(up, "websocket") {
 		return denyf(http.StatusBadRequest, ReasonBadRequest, "Upgrade: %s inside an inspected session (only websocket is passed)", up)
 	}

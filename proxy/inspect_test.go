@@ -247,6 +247,10 @@ func TestInspectedSessionRefusesHostOtherThanTLSName(t *testing.T) {
 			if h2 && resp.ProtoMajor != 2 {
 				t.Errorf("client spoke %s to egressd, want HTTP/2", resp.Proto)
 			}
+			resp, _ = doReq(t, c, "CONNECT", ih.url("api.test", "/"), map[string]string{"Host": fmt.Sprintf("api.test:%d", ih.up.port)})
+			if resp.StatusCode != http.StatusMethodNotAllowed {
+				t.Errorf("CONNECT inside the session: %d, want 405", resp.StatusCode)
+			}
 			resp, body = doReq(t, c, "GET", ih.url("api.test", "/v1/messages"), map[string]string{"Host": "evil.test"})
 			if resp.StatusCode != http.StatusMisdirectedRequest || !strings.Contains(resp.Header.Get("X-Egressd-Denied"), "host-mismatch") {
 				t.Fatalf("fronted request: %d %q %v", resp.StatusCode, body, resp.Header)
