@@ -171,6 +171,9 @@ func (p *Proxy) handleConnect(cc *clientConn, br *bufio.Reader, h *requestHead) 
 	prefix, dn := p.checkConnectStream(cc, prefix, t)
 	if dn != nil {
 		down := r.abort()
+		if r == nil {
+			resetConn(c) // an inspected name: no tunnel was dialled
+		}
 		if dn.reason == "" { // client went away before sending anything
 			p.finish(a, 0, down, cc.closedReasonOr("client sent nothing"))
 			return

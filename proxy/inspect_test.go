@@ -607,3 +607,23 @@ func counterValue(c prometheus.Counter) float64 {
 	}
 	return m.GetCounter().GetValue()
 }
+
+// THREATS A1 holds for inspected names too: a ClientHello for another
+// name than the CONNECT host closes the tunnel before any TLS is served.
+func TestInspectedConnectWithOtherSNIIsClosed(t *testing.T) {
+	ih := newInspectHarness(t)
+	conn, resp, _ := ih.connect(fmt.Sprintf("api.test:%d", ih.up.port))
+	if resp.StatusCode != 200 {
+		t.Fatalf("CONNECT: %d", resp.StatusCode)
+	}
+	if body, err := tlsGet(conn, "other.test"); err == nil {
+		t.Fatalf("a ClientHello for other.test in a tunnel to api.test was served: %q", body)
+	}
+	var found bool
+	for _, r := range ih.audit.waitRecords(t, 1) {
+		found = found || r.Kind == audit.KindConnect && r.Decision == "deny" && r.Reason == ReasonSNIMismatch
+	}
+	if !found || len(ih.up.requests()) != 0 {
+		t.Errorf("want an sni-mismatch denial and no upstream request: %+v", ih.audit.records(t))
+	}
+}
