@@ -19,6 +19,7 @@ const (
 	KindHTTP    Kind = "http"    // one plain-HTTP request (explicit or transparent)
 	KindTLS     Kind = "tls"     // transparent connection decided on SNI
 	KindTCP     Kind = "tcp"     // transparent connection with no name (learned address or IP rule)
+	KindHTTPS   Kind = "https"   // one request inside an inspected TLS session (docs/inspection.md)
 )
 
 // Record is one decision. Zero-valued optional fields are omitted.
@@ -40,6 +41,19 @@ type Record struct {
 	Source   string   `json:"rule_source,omitempty"`
 	// Client is the sandbox-side address of the client.
 	Client string `json:"client,omitempty"`
+	// Method and Path are the request's (https, and http to an inspected
+	// host): the path control-escaped and capped at 256 bytes, its query
+	// string dropped unless the inspect entry sets log_query.
+	Method string `json:"method,omitempty"`
+	Path   string `json:"path,omitempty"`
+	// Status is the HTTP status the client got (https).
+	Status int `json:"status,omitempty"`
+	// Inspected marks a connection whose TLS egressd terminated (connect,
+	// tls): its requests have records of kind https.
+	Inspected bool `json:"inspected,omitempty"`
+	// Credential names the secret whose header egressd added (https); never
+	// its value.
+	Credential string `json:"credential,omitempty"`
 	// Error describes a failure after the decision (dial error, upstream timeout).
 	Error string `json:"error,omitempty"`
 	// BytesUp/BytesDown/DurationMS are set on the record written when a

@@ -63,6 +63,9 @@ type field struct {
 	items func(p *Profile) (ids, text []string)
 	// render returns a scalar's value as TOML.
 	render func(p *Profile) string
+	// tables lets a set field's elements be tables, also written as an
+	// array of tables ([[section.key]]).
+	tables bool
 }
 
 type mapEntry struct{ name, value string }
@@ -109,9 +112,22 @@ var fields = []*field{
 		},
 	},
 
+	tableSet("network.inspect",
+		`a host pattern string, or a table { host = "...", methods = [...], paths = [...], block_methods = [...], block_paths = [...], log_query = true }`,
+		`inspect = [{ host = "api.example.com", paths = ["/v1/messages"] }]`, decodeInspect,
+		func(v any) (string, Source) { r := v.(*InspectRule); return r.Text, r.Source },
+		func(p *Profile) *[]*InspectRule { return &p.Network.Inspect },
+		func(r *InspectRule) string { return r.Text }),
+	tableSet("network.credentials",
+		`a table { host = "...", header = "...", secret = "...", prefix = "...", placeholder = "..." }`,
+		`credentials = [{ host = "api.example.com", header = "x-api-key", secret = "EXAMPLE_API_KEY" }]`, decodeCredential,
+		func(v any) (string, Source) { c := v.(*Credential); return c.Text, c.Source },
+		func(p *Profile) *[]*Credential { return &p.Network.Credentials },
+		func(c *Credential) string { return c.Text }),
+
 	boolean("filesystem.read_only", `read_only = true`, func(p *Profile) *bool { return &p.Filesystem.ReadOnly }),
 	{
-		key: "filesystem.tmpfs", kind: setField,
+		key: "filesystem.tmpfs", kind: setField, tables: true,
 		want:    `a string "PATH[:size=SIZE,mode=OCTAL,nosuid,nodev,noexec]" or a table { path = "...", size = "...", mode = "...", options = [...] }`,
 		example: `tmpfs = ["/tmp:size=512m,mode=1777,nosuid,nodev", { path = "~/.cache", size = "1g" }]`,
 		decode:  decodeTmpfs,
@@ -321,6 +337,24 @@ func ruleListField(key string, get func(*Profile) *[]*Rule) *field {
 	}
 }
 
+// tableSet is a set field whose elements are tables (inspect, credentials):
+// each element is identified by its canonical text.
+func tableSet[T any](key, want, example string, decode func(*decoder, *field, *tval) (any, bool),
+	ident func(any) (string, Source), get func(*Profile) *[]T, text func(T) string) *field {
+	return &field{
+		key: key, kind: setField, tables: true, want: want, example: example,
+		decode: decode,
+		id:     func(v any) string { id, _ := ident(v); return id },
+		add:    func(p *Profile, v any, _ Source) { *get(p) = append(*get(p), v.(T)) },
+		items: func(p *Profile) (ids, texts []string) {
+			for _, e := range *get(p) {
+				ids, texts = append(ids, text(e)), append(texts, text(e))
+			}
+			return ids, texts
+		},
+	}
+}
+
 // dedupe converts decoded list elements to T, keeping the first of equal ones.
 func dedupe[T comparable](elems []any) []T {
 	seen := make(map[T]bool, len(elems))
@@ -349,6 +383,16 @@ type decoder struct {
 
 func (d *decoder) errorf(pos Source, hint, format string, args ...any) {
 	d.errs = append(d.errs, &Error{Pos: pos, Msg: fmt.Sprintf(format, args...), Hint: hint})
+}
+
+// unknownTableKey reports key k of a table entry of field f (a tmpfs,
+// inspect or credentials table) that is none of known.
+func (d *decoder) unknownTableKey(f *field, e *tval, k string, known []string) {
+	hint := meanHint(k, known)
+	if hint == "" {
+		hint = "keys are " + quotedList(known)
+	}
+	d.errorf(e.keyPos, hint, "%s: unknown key %q", f.key, k)
 }
 
 // describeValue renders a value for messages: a flag's text, or its TOML kind.
@@ -730,11 +774,7 @@ func decodeTmpfs(d *decoder, f *field, v *tval) (any, bool) {
 					opts = append(opts, o)
 				}
 			default:
-				hint := meanHint(k, known)
-				if hint == "" {
-					hint = "keys are " + quotedList(known)
-				}
-				d.errorf(e.keyPos, hint, "%s: unknown key %q", f.key, k)
+				d.unknownTableKey(f, e, k, known)
 				ok = false
 			}
 		}

@@ -96,7 +96,9 @@ func (e *FloorError) Error() string {
 // whatever the floor, see ForbiddenHostPath), env (what a sandbox is
 // given, not what it may do),
 // default_ports (any allow rule can name its port), dns_block_response and
-// upstream_dns.
+// upstream_dns, and network.inspect and network.credentials: they only ever
+// restrict (an inspected host is never looser than the same host
+// uninspected, and no inspect entry allows anything).
 func CheckFloor(p *Profile, floor string) error {
 	if floor == "" {
 		return nil

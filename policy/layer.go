@@ -175,7 +175,7 @@ func decodeField(d *decoder, l *layer, f *field, v *tval) {
 			l.assigns = append(l.assigns, assign{f, val, v.pos})
 		}
 	case setField, listField:
-		if v.kind != tArray || v.arrayOfTables && f.key != "filesystem.tmpfs" {
+		if v.kind != tArray || v.arrayOfTables && !f.tables {
 			hint := "for example: " + f.example
 			if v.kind == tString {
 				hint = fmt.Sprintf("write a list: %s = [%s]", f.name, tomlString(v.str))

@@ -35,6 +35,10 @@ type NetworkPolicy struct {
 	// UpstreamDNS are the resolvers allowed names are forwarded to. Empty
 	// leaves them to the resolver's own default.
 	UpstreamDNS []netip.AddrPort
+	// Inspect and Credentials are the HTTPS inspection entries
+	// (inspect.go); nil entries are an error.
+	Inspect     []*InspectRule
+	Credentials []*Credential
 }
 
 var defaultPorts = []uint16{80, 443}
@@ -80,6 +84,17 @@ func NewMatcher(n NetworkPolicy) (*Matcher, error) {
 		}
 		m.upstreams = append(m.upstreams, netip.AddrPortFrom(a, u.Port()))
 	}
+	for i, r := range n.Inspect {
+		if r == nil || r.Host == nil || r.Host.kind == 0 || r.Host.IsIP() {
+			return nil, fmt.Errorf("compiling network policy: inspect entry %d has no host name pattern", i)
+		}
+	}
+	for i, c := range n.Credentials {
+		if c == nil || c.Host == "" || c.Header == "" || c.Secret == "" || c.Placeholder == "" {
+			return nil, fmt.Errorf("compiling network policy: credentials entry %d is incomplete", i)
+		}
+	}
+	m.inspect, m.credentials = slices.Clone(n.Inspect), slices.Clone(n.Credentials)
 	for i, a := range n.Self {
 		c, ok := canonAddr(a)
 		if !ok {

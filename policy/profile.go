@@ -52,6 +52,13 @@ type NetworkSettings struct {
 	// UpstreamDNS are the resolvers egressd forwards allowed queries to.
 	// Empty means the host's resolvers (its resolv.conf).
 	UpstreamDNS []netip.AddrPort
+	// Inspect are the hosts whose HTTPS egressd terminates, with their
+	// request rules ([[network.inspect]], docs/inspection.md). Empty means
+	// no TLS is terminated.
+	Inspect []*InspectRule
+	// Credentials are headers egressd sets on requests to inspected hosts
+	// from secrets the sandbox never holds ([[network.credentials]]).
+	Credentials []*Credential
 }
 
 // DNSResponse is the DNS answer code for a denied name.
@@ -282,6 +289,8 @@ func (p *Profile) NetworkPolicy() NetworkPolicy {
 		DefaultPorts:     slices.Clone(p.Network.DefaultPorts),
 		DNSBlockResponse: p.Network.DNSBlockResponse,
 		UpstreamDNS:      slices.Clone(p.Network.UpstreamDNS),
+		Inspect:          slices.Clone(p.Network.Inspect),
+		Credentials:      slices.Clone(p.Network.Credentials),
 	}
 }
 
@@ -292,6 +301,8 @@ func (p *Profile) Clone() *Profile {
 	c.Network.Block = slices.Clone(p.Network.Block)
 	c.Network.DefaultPorts = slices.Clone(p.Network.DefaultPorts)
 	c.Network.UpstreamDNS = slices.Clone(p.Network.UpstreamDNS)
+	c.Network.Inspect = slices.Clone(p.Network.Inspect)
+	c.Network.Credentials = slices.Clone(p.Network.Credentials)
 	c.Filesystem.Tmpfs = slices.Clone(p.Filesystem.Tmpfs)
 	for i := range c.Filesystem.Tmpfs {
 		c.Filesystem.Tmpfs[i].Options = slices.Clone(c.Filesystem.Tmpfs[i].Options)

@@ -14,6 +14,8 @@ import (
 // profileValues compares profiles by value: rules by text, sources ignored.
 var profileValues = cmp.Options{
 	cmp.Comparer(func(a, b *Rule) bool { return a.Text == b.Text }),
+	cmp.Comparer(func(a, b *InspectRule) bool { return a.Text == b.Text }),
+	cmp.Comparer(func(a, b *Credential) bool { return a.Text == b.Text && a.Placeholder == b.Placeholder }),
 	cmpopts.IgnoreFields(Profile{}, "Sources"),
 	cmpopts.IgnoreFields(Tmpfs{}, "Source"),
 	cmpopts.EquateEmpty(),

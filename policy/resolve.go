@@ -167,6 +167,7 @@ func resolveLayers(profile string, layers []*layer, flags *layer, floor string) 
 	r.apply(flags)
 
 	errs = append(errs, checkCapsUnderFilter(p)...)
+	errs = append(errs, checkInspection(p)...)
 	if len(errs) > 0 {
 		return nil, nil, errs
 	}

@@ -489,9 +489,10 @@ func (r *Rule) parseWildcard(host string) *PatternError {
 }
 
 // globPattern is a compiled glob with gobwas/glob's semantics for the
-// subset ParseRule accepts, with '.' as the separator: `*` matches any run
-// of non-'.' bytes (possibly empty), `**` any run of bytes, `?` one non-'.'
-// byte, anything else itself.
+// subset ParseRule accepts, with '.' as the separator (for names; request
+// path patterns use '/', see PathPattern): `*` matches any run of
+// non-separator bytes (possibly empty), `**` any run of bytes, `?` one
+// non-separator byte, anything else itself.
 //
 // It does not use gobwas/glob's matcher: that one backtracks, and a glob
 // such as `*a*a*a*a*a*a*b*c` took 26 s against a 63-byte label of a's — an
@@ -533,15 +534,25 @@ func compileGlob(g string) globPattern {
 
 // match reports whether the normalised name matches the glob.
 func (p *globPattern) match(name string) bool {
-	if len(name) < p.minLen || len(name) > maxNameLen ||
-		!strings.HasPrefix(name, p.prefix) || !strings.HasSuffix(name, p.suffix) {
+	if len(name) > maxNameLen {
 		return false
 	}
-	mid := name[len(p.prefix) : len(name)-len(p.suffix)]
+	var a, b [maxNameLen + 1]bool
+	return p.matchSep(name, '.', a[:], b[:])
+}
+
+// matchSep reports whether s matches the glob when sep is the separator
+// that `*` and `?` do not cross ('.' for names, '/' for paths). a and b are
+// scratch of at least len(s)+1 entries each.
+func (p *globPattern) matchSep(s string, sep byte, a, b []bool) bool {
+	if len(s) < p.minLen || !strings.HasPrefix(s, p.prefix) || !strings.HasSuffix(s, p.suffix) {
+		return false
+	}
+	mid := s[len(p.prefix) : len(s)-len(p.suffix)]
 	n := len(mid)
 	// cur[j]: the pattern so far matches mid[:j].
-	var a, b [maxNameLen + 1]bool
 	cur, next := a[:n+1], b[:n+1]
+	clear(cur)
 	cur[0] = true
 	for i := 0; i < len(p.prog); i++ {
 		op := p.prog[i]
@@ -550,12 +561,12 @@ func (p *globPattern) match(name string) bool {
 		case '*', globStarStar:
 			next[0] = cur[0]
 			for j := 1; j <= n; j++ {
-				next[j] = cur[j] || next[j-1] && (op == globStarStar || mid[j-1] != '.')
+				next[j] = cur[j] || next[j-1] && (op == globStarStar || mid[j-1] != sep)
 			}
 		case '?':
 			next[0] = false
 			for j := 1; j <= n; j++ {
-				next[j] = cur[j-1] && mid[j-1] != '.'
+				next[j] = cur[j-1] && mid[j-1] != sep
 			}
 		default:
 			next[0] = false
@@ -657,4 +668,6 @@ type Matcher struct {
 	// The resolver settings of the same policy (see NetworkPolicy).
 	blockResponse DNSResponse
 	upstreams     []netip.AddrPort
+	inspect       []*InspectRule
+	credentials   []*Credential
 }

@@ -21,6 +21,7 @@ func (r *resolver) analyse() {
 	p := r.p
 	n := p.Network
 	modeSrc := positionString(p.Sources["network.mode"])
+	r.analyseInspection()
 	switch n.Mode {
 	case ModeNone:
 		builtin := 0

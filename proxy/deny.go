@@ -127,15 +127,7 @@ func sanitizeLine(s string) string {
 // carrying the reason, and the one-line body
 // "egressd: denied <target>: <reason>". The connection is closed after it.
 func writeDenial(c net.Conn, target string, d *denial) error {
-	reason := sanitizeLine(d.text())
-	body := "egressd: denied " + sanitizeLine(target) + ": " + reason + "\n"
-	if target == "" {
-		body = "egressd: denied: " + reason + "\n"
-	}
-	status := d.status
-	if status == 0 {
-		status = http.StatusForbidden
-	}
+	status, reason, body := denialParts(target, d)
 	var b strings.Builder
 	b.WriteString("HTTP/1.1 ")
 	b.WriteString(strconv.Itoa(status))
@@ -149,4 +141,19 @@ func writeDenial(c net.Conn, target string, d *denial) error {
 	b.WriteString(body)
 	_, err := c.Write([]byte(b.String()))
 	return err
+}
+
+// denialParts are what every answer to a denial carries: the status, the
+// reason (the X-Egressd-Denied header) and the body.
+func denialParts(target string, d *denial) (status int, reason, body string) {
+	reason = sanitizeLine(d.text())
+	body = "egressd: denied " + sanitizeLine(target) + ": " + reason + "\n"
+	if target == "" {
+		body = "egressd: denied: " + reason + "\n"
+	}
+	status = d.status
+	if status == 0 {
+		status = http.StatusForbidden
+	}
+	return status, reason, body
 }

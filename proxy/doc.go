@@ -13,6 +13,7 @@
 //	                                   ├─ h2c, other ─► raw admitted? (port rule or IP rule) ─► dial orig ─► splice
 //	                                   └─ unclassified at the deadline ─► refused
 //	CONNECT tunnel (after 200) ─► classify first bytes: the same table, with the CONNECT target as the name
+//	  TLS to an inspected name (either listener) ─► terminate ─► per request: Host, methods/paths, credentials ─► upstream TLS
 //	dialer: name ─► Resolver ─► GuardAddr + self check per address ─► connect to that netip.AddrPort (SO_MARK set)
 //
 // # How each stream is decided: decide or refuse
@@ -81,8 +82,9 @@
 //     server_name equals the CONNECT host; no SNI is accepted only when the
 //     CONNECT target is an IP literal an allow IP rule admits (then a SNI,
 //     if any, must not be blocked). ECH hellos are refused (E2). Inner Host
-//     / HTTP/2 :authority inside TLS is not seen (no MITM): the residual
-//     risk is the set of names served by the same front end (A2, A8).
+//     / HTTP/2 :authority inside spliced TLS is not seen: the residual
+//     risk is the set of names served by the same front end (A2, A8),
+//     unless the name is inspected (below).
 //   - The proxy answers 200 to a CONNECT only after the upstream dial
 //     succeeded, so dial failures are a readable 502/504. Bytes the client
 //     sent before the 200 are judged with the rest of its first bytes and
@@ -115,6 +117,17 @@
 //     parsed here (head.go) and bodies framed with net/http's chunked
 //     reader; upstream requests go through an http.Transport whose only
 //     dialer is the vetted one.
+//   - HTTPS inspection (inspect.go, docs/inspection.md): for a name a
+//     [[network.inspect]] entry matches, an allowed TLS stream is
+//     terminated with a certificate from the inspection CA instead of being
+//     spliced, and each request inside is decided: Host/:authority must be
+//     the TLS name, the entry's methods and paths rules apply on the
+//     canonical path, credentials are set and their secrets masked in the
+//     response. It is served with net/http and httputil.ReverseProxy, not
+//     goproxy's MITM loop (measured: unbounded request heads, dropped
+//     connections on upstream errors; see inspect.go). Plain HTTP to an
+//     inspected host obeys the same rules; a credential's placeholder in
+//     any request egressd sees is refused unless it goes to its own host.
 //
 // # Audit
 //
@@ -134,6 +147,8 @@
 //	egressd_proxy_bytes_total{direction}
 //	egressd_proxy_dial_duration_seconds{result}
 //	egressd_proxy_limit_refusals_total{limit}
+//	egressd_proxy_inspected_requests_total{host,result,reason}
+//	egressd_proxy_inspect_handshake_failures_total{host}
 //
 // # Relay
 //

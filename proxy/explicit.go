@@ -175,13 +175,18 @@ func (p *Proxy) handleConnect(cc *clientConn, br *bufio.Reader, h *requestHead) 
 		return
 	}
 	a := &allowed{kind: audit.KindConnect, target: host, port: t.Port, client: cc.client, decision: d, start: start}
-	up, ap, tried, err := p.dialTarget(ctx, m, t, netip.Addr{})
-	a.addrs = tried
-	if err != nil {
-		p.refuseAfterAllow(cc, a, target, err, true)
-		return
+	// An inspected name gets no tunnel: egressd dials per request (inspect.go).
+	var r *relay
+	if !m.Inspects(t.Name, t.Port) {
+		up, ap, tried, err := p.dialTarget(ctx, m, t, netip.Addr{})
+		a.addrs = tried
+		if err != nil {
+			p.refuseAfterAllow(cc, a, target, err, true)
+			return
+		}
+		cc.setUpstream(up, ap.Addr())
+		r = startRelay(c, up)
 	}
-	cc.setUpstream(up, ap.Addr())
 
 	// The client may already have sent bytes after its CONNECT (they sit in
 	// br). They were not forwarded and will not be before they are judged
@@ -190,16 +195,18 @@ func (p *Proxy) handleConnect(cc *clientConn, br *bufio.Reader, h *requestHead) 
 	_, _ = io.ReadFull(br, prefix)
 	_ = c.SetWriteDeadline(time.Now().Add(p.cfg.HeaderTimeout))
 	if _, err := io.WriteString(c, "HTTP/1.1 200 Connection established\r\n\r\n"); err != nil {
-		_ = up.Close()
+		r.abort()
 		p.finish(a, 0, 0, "writing 200 to the client: "+err.Error())
 		return
 	}
 	_ = c.SetWriteDeadline(time.Time{})
 
-	r := startRelay(c, up)
 	prefix, kind, dn := p.checkConnectStream(cc, prefix, t)
 	if dn != nil {
 		down := r.abort()
+		if r == nil {
+			resetConn(c) // an inspected name: no tunnel was dialled
+		}
 		if dn.reason == "" { // client went away before sending anything
 			p.finish(a, 0, down, cc.closedReasonOr("client sent nothing"))
 			return
@@ -212,7 +219,7 @@ func (p *Proxy) handleConnect(cc *clientConn, br *bufio.Reader, h *requestHead) 
 		// name the tunnel's target, each request forwarded like an
 		// absolute-form one (a splice would pass every request after the
 		// first undecided). No HTTP server speaks first.
-		if !r.detach() {
+		if r != nil && !r.detach() {
 			p.logDenial(audit.KindConnect, host, t.Port, cc.client, a.addrs,
 				denyf(0, ReasonBadRequest, "HTTP request after the server spoke first"))
 			resetConn(c)
@@ -221,6 +228,9 @@ func (p *Proxy) handleConnect(cc *clientConn, br *bufio.Reader, h *requestHead) 
 		p.serveRequests(cc, bufio.NewReaderSize(io.MultiReader(bytes.NewReader(prefix), c), headReadBuffer), arrival{tunnel: t})
 		p.finish(a, 0, 0, cc.closedReason())
 		return
+	}
+	if p.inspectTLS(ctx, m, cc, r, prefix, a, cc.tlsName(), t, netip.Addr{}) {
+		return // the name is inspected: egressd terminated the TLS (inspect.go)
 	}
 	cc.setRelaying(true)
 	upN, downN, err := r.run(prefix)

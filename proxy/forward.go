@@ -110,6 +110,12 @@ func (p *Proxy) handleHTTP(cc *clientConn, br *bufio.Reader, h *requestHead, arr
 		answerAndClose(c, target, dn)
 		return false
 	}
+	path, dn = checkPlainRequest(m, t, h, path) // placeholders, inspected hosts' rules (inspect.go)
+	if dn != nil {
+		p.logDenial(audit.KindHTTP, host, t.Port, cc.client, nil, dn)
+		answerAndClose(c, target, dn)
+		return false
+	}
 	u, err := url.ParseRequestURI(path)
 	if err != nil {
 		dn := denyf(http.StatusBadRequest, ReasonBadRequest, "request-target: %v", err)

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -89,6 +90,9 @@ type Config struct {
 	// unspecified address (0.0.0.0, ::) matches every address of its
 	// family on that port.
 	SelfAddrs []netip.AddrPort
+	// Inspect configures HTTPS inspection (inspect.go); SetInspect
+	// replaces it. Nil: hosts the policy inspects are refused.
+	Inspect *Inspect
 }
 
 const (
@@ -109,6 +113,8 @@ type Proxy struct {
 	cfg       Config
 	log       *slog.Logger
 	met       *metrics
+	imet      *inspectMetrics
+	inspect   atomic.Pointer[Inspect]
 	dialer    net.Dialer
 	transport *http.Transport
 
@@ -168,10 +174,15 @@ func New(cfg Config) (*Proxy, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	imet, err := newInspectMetrics(cfg.Metrics)
+	if err != nil {
+		return nil, err
+	}
 	p := &Proxy{
 		cfg:       cfg,
 		log:       log,
 		met:       met,
+		imet:      imet,
 		listeners: make(map[net.Listener]struct{}),
 		conns:     make(map[*clientConn]struct{}),
 		perDest:   make(map[string]int),
@@ -191,6 +202,7 @@ func New(cfg Config) (*Proxy, error) {
 	p.dial = p.dialer.DialContext
 	p.firstWait = serverFirstWait
 	p.transport = p.newTransport()
+	p.inspect.Store(cfg.Inspect)
 	return p, nil
 }
 
@@ -554,6 +566,10 @@ type basis struct {
 	// bytes), so a name must be allowed by a rule naming the port
 	// (Matcher.DecideNameRaw), not only by default ports.
 	raw bool
+	// inspected: a TLS stream egressd terminates (inspect.go); splicedTLS:
+	// a TLS stream spliced because its name was not inspected. A reload
+	// that changes which of the two a stream would be closes it.
+	inspected, splicedTLS bool
 }
 
 func (b *basis) target() string {
@@ -586,6 +602,15 @@ func recheck(m *policy.Matcher, b *basis) *denial {
 	if b.sni != "" {
 		if d := m.DecideName(b.sni, b.port); !d.Allow && d.Reason != policy.ReasonNoAllowRule {
 			return denyDecision(d, "")
+		}
+	}
+	if b.inspected || b.splicedTLS {
+		name := b.name
+		if name == "" {
+			name = b.sni
+		}
+		if name != "" && m.Inspects(name, b.port) != b.inspected {
+			return denyf(http.StatusServiceUnavailable, ReasonInspectionChanged, "whether %s is inspected changed", name)
 		}
 	}
 	return nil
@@ -664,6 +689,23 @@ func (cc *clientConn) setRaw() {
 	cc.mu.Lock()
 	if cc.basis != nil {
 		cc.basis.raw = true
+	}
+	cc.mu.Unlock()
+}
+
+// setInspected and setSplicedTLS record what became of a TLS stream.
+func (cc *clientConn) setInspected() {
+	cc.mu.Lock()
+	if cc.basis != nil {
+		cc.basis.inspected = true
+	}
+	cc.mu.Unlock()
+}
+
+func (cc *clientConn) setSplicedTLS() {
+	cc.mu.Lock()
+	if cc.basis != nil {
+		cc.basis.splicedTLS = true
 	}
 	cc.mu.Unlock()
 }
@@ -784,6 +826,8 @@ type allowed struct {
 	decision policy.Decision
 	start    time.Time
 	addrs    []string
+	// inspected: the connection's TLS was terminated (inspect.go).
+	inspected bool
 }
 
 // finish writes the record of an allowed connection or request. errText
@@ -803,6 +847,7 @@ func (p *Proxy) finish(a *allowed, up, down int64, errText string) {
 		BytesUp:    up,
 		BytesDown:  down,
 		DurationMS: float64(time.Since(a.start).Microseconds()) / 1000,
+		Inspected:  a.inspected,
 	}
 	if a.decision.Rule != nil {
 		r.Rule = a.decision.Rule.Text

@@ -91,8 +91,12 @@ func (r *relay) run(prefix []byte) (up, down int64, err error) {
 	return up, r.down, err
 }
 
-// abort closes both sides and waits for the upstream→client copy.
+// abort closes both sides and waits for the upstream→client copy. A nil
+// relay (an inspected CONNECT has no tunnel) has nothing to close.
 func (r *relay) abort() int64 {
+	if r == nil {
+		return 0
+	}
 	resetConn(r.client)
 	_ = r.upstream.Close()
 	<-r.downDone

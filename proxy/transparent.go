@@ -158,6 +158,9 @@ func (p *Proxy) transparentTLS(cc *clientConn, orig netip.AddrPort, prefix []byt
 	}
 	defer done()
 	a := &allowed{kind: audit.KindTLS, target: name, port: port, client: cc.client, decision: d, start: start}
+	if p.inspectTLS(ctx, m, cc, nil, prefix, a, name, dial, orig.Addr()) {
+		return // the name is inspected: egressd terminates the TLS (inspect.go)
+	}
 	up, ap, tried, err := p.dialTarget(ctx, m, dial, orig.Addr())
 	a.addrs = tried
 	if err != nil {

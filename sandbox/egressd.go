@@ -65,6 +65,8 @@ type egressdSpec struct {
 	timeout   time.Duration
 	// sink receives egressd's audit records.
 	sink *auditSink
+	// extra are further flags (inspection's, inspect.go).
+	extra []string
 }
 
 // egressdProc is a running egressd.
@@ -95,7 +97,7 @@ func egressdArgs(s egressdSpec) []string {
 	for i, u := range s.upstream {
 		up[i] = u.String()
 	}
-	return []string{
+	return append([]string{
 		"serve",
 		"--policy", filepath.Join(s.dir, policyFile),
 		"--dns-listen", fmt.Sprintf("127.0.0.1:%d,[::1]:%d", EgressdDNSPort, EgressdDNSPort),
@@ -108,7 +110,7 @@ func egressdArgs(s egressdSpec) []string {
 		"--sandbox-id", s.sandboxID,
 		"--ready-fd", "3",
 		"--shutdown-grace", "1s",
-	}
+	}, s.extra...)
 }
 
 // startEgressd starts egressd inside ns and waits until it is serving (or
@@ -368,6 +370,24 @@ func writeEgressdPolicy(p *policy.Profile, path string, uid, gid uint32) (map[st
 		}
 		w("]\n")
 	}
+	// Inspection entries are inline tables: their canonical text parses
+	// back to the same entry.
+	inspect, creds := snapshotEntries(p)
+	for _, list := range []struct {
+		key     string
+		entries []snapshotEntry
+	}{{"inspect", inspect}, {"credentials", creds}} {
+		if len(list.entries) == 0 {
+			continue
+		}
+		w("%s = [\n", list.key)
+		for _, e := range list.entries {
+			src := e.src.String()
+			sources[path+":"+strconv.Itoa(line)] = src
+			w("  %s, # %s\n", e.text, strings.ReplaceAll(src, "\n", " "))
+		}
+		w("]\n")
+	}
 	if err := os.WriteFile(path, b.Bytes(), 0o400); err != nil {
 		return nil, fmt.Errorf("writing egressd's policy: %w", err)
 	}
@@ -375,6 +395,23 @@ func writeEgressdPolicy(p *policy.Profile, path string, uid, gid uint32) (map[st
 		return nil, fmt.Errorf("writing egressd's policy: %w", err)
 	}
 	return sources, nil
+}
+
+// snapshotEntry is one inspection entry of egressd's policy snapshot.
+type snapshotEntry struct {
+	text string
+	src  policy.Source
+}
+
+// snapshotEntries are the profile's inspect and credentials entries.
+func snapshotEntries(p *policy.Profile) (inspect, creds []snapshotEntry) {
+	for _, r := range p.Network.Inspect {
+		inspect = append(inspect, snapshotEntry{r.Text, r.Source})
+	}
+	for _, c := range p.Network.Credentials {
+		creds = append(creds, snapshotEntry{c.Text, c.Source})
+	}
+	return inspect, creds
 }
 
 // tomlQuote renders s as a TOML basic string.
@@ -414,6 +451,9 @@ type Denial struct {
 	Rule, RuleSource string
 	// Addrs are the addresses involved, when the record had them.
 	Addrs []string
+	// Method and Path are the request's, for a request refused inside an
+	// inspected session (Kind "https").
+	Method, Path string
 	// Count is how many denials the run had for this destination.
 	Count int
 }
@@ -434,6 +474,7 @@ type denialKey struct {
 	target       string
 	port         uint16
 	reason, rule string
+	method, path string
 }
 
 func newAuditSink(out io.Writer) *auditSink {
@@ -464,7 +505,7 @@ func (a *auditSink) record(line []byte) {
 	if rec.Decision != "deny" {
 		return
 	}
-	k := denialKey{dns: rec.Kind == audit.KindDNS, target: rec.Target, port: rec.Port, reason: rec.Reason, rule: rec.Rule}
+	k := denialKey{dns: rec.Kind == audit.KindDNS, target: rec.Target, port: rec.Port, reason: rec.Reason, rule: rec.Rule, method: rec.Method, path: rec.Path}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if d, ok := a.denials[k]; ok {
@@ -472,7 +513,7 @@ func (a *auditSink) record(line []byte) {
 		return
 	}
 	a.denials[k] = &Denial{Kind: string(rec.Kind), Target: rec.Target, Port: rec.Port, Reason: rec.Reason,
-		Rule: rec.Rule, RuleSource: rec.Source, Addrs: rec.Addrs, Count: 1}
+		Rule: rec.Rule, RuleSource: rec.Source, Addrs: rec.Addrs, Method: rec.Method, Path: rec.Path, Count: 1}
 	a.order = append(a.order, k)
 }
 

@@ -119,6 +119,10 @@ type Config struct {
 	// AuditLog receives egressd's audit records (JSON lines, docs/audit.md)
 	// with each rule's original source; nil keeps only Denials.
 	AuditLog io.Writer
+	// InspectUpstreamCA is a PEM bundle on the host that egressd verifies
+	// inspected hosts' certificates against (docs/inspection.md); "" means
+	// the host's trust store.
+	InspectUpstreamCA string
 
 	// StateDir is where the sandbox's state directory is made; "" means
 	// DefaultStateDir.
@@ -156,6 +160,7 @@ type Sandbox struct {
 	pending       []syscall.Signal // sent before ctr was known (mu)
 	rootfsCleanup func() error
 	secrets       []string
+	inspect       *inspectPlan
 
 	egressdGone atomic.Bool
 
@@ -375,7 +380,13 @@ func Create(ctx context.Context, cfg Config) (s *Sandbox, err error) {
 		}
 	}
 	start := time.Now()
+	if s.inspect, err = planInspection(cfg); err != nil {
+		return s, err
+	}
 	if err := s.makeStateDir(); err != nil {
+		return s, err
+	}
+	if err := s.inspect.makeCA(s.id); err != nil {
 		return s, err
 	}
 	var upstream []netip.AddrPort
@@ -530,11 +541,15 @@ func (s *Sandbox) startEgressd(ctx context.Context, upstream []netip.AddrPort) e
 	if err != nil {
 		return err
 	}
+	if err := s.inspect.writeEgressdFiles(dir, cfg.EgressdUID, cfg.EgressdGID, cfg.InspectUpstreamCA); err != nil {
+		return err
+	}
 	s.sink = newAuditSink(cfg.AuditLog)
 	s.sink.sources = sources
 	e, err := startEgressd(ctx, s.ns, egressdSpec{
 		binary: cfg.EgressdPath, dir: dir, uid: cfg.EgressdUID, gid: cfg.EgressdGID, mark: cfg.Mark,
 		upstream: upstream, sandboxID: s.id, timeout: cfg.ReadyTimeout, sink: s.sink,
+		extra: s.inspect.egressdArgs(dir, cfg.InspectUpstreamCA),
 	})
 	s.eg = e
 	if err != nil {
@@ -577,6 +592,10 @@ type containerPlan struct {
 	etcDir        string
 	// warnings are what the launch should tell the operator.
 	warnings []string
+	// trustBundle is the sandbox's CA bundle when it inspects HTTPS (its
+	// root's system bundle and the sandbox's CA), written to
+	// etcDir/ca-certificates.crt; nil otherwise.
+	trustBundle []byte
 }
 
 // rootfsDir is where PrepareRootfs makes the root of v in stateDir, and
@@ -596,8 +615,9 @@ func overlayDir(stateDir, path string) string {
 // planContainer plans the container of sandbox id, whose state directory
 // is dir and network namespace netnsPath (see PrepareContainer): the view,
 // the user (checked against the host's accounts), the protected paths, the
-// environment and the spec. It reads the host and changes nothing.
-func planContainer(cfg Config, id, dir, netnsPath string) (*containerPlan, error) {
+// environment, the trust bundle when it inspects (ins) and the spec. It
+// reads the host and changes nothing.
+func planContainer(cfg Config, ins *inspectPlan, id, dir, netnsPath string) (*containerPlan, error) {
 	p := cfg.Profile
 	if n := p.Process.PidsLimit; cfg.Init != "" && n > 0 && n < MinPidsLimit {
 		return nil, fmt.Errorf("process.pids_limit %d (%s) is too low: the sandbox's init takes up to %d tasks itself (its threads count); "+
@@ -652,7 +672,7 @@ func planContainer(cfg Config, id, dir, netnsPath string) (*containerPlan, error
 
 	var extra []string
 	for _, sec := range cfg.Secrets {
-		extra = append(extra, sec.Name+"="+sec.Value)
+		extra = append(extra, sec.Name+"="+ins.env(sec)) // a credential's secret stays with egressd
 		plan.secretNames = append(plan.secretNames, sec.Name)
 	}
 	proxyURL := ""
@@ -663,6 +683,7 @@ func planContainer(cfg Config, id, dir, netnsPath string) (*containerPlan, error
 	if err != nil {
 		return nil, err
 	}
+	env = ins.applyEnv(env)
 	pathEnv := ""
 	for _, e := range env {
 		if v, ok := strings.CutPrefix(e, "PATH="); ok {
@@ -743,6 +764,12 @@ func planContainer(cfg Config, id, dir, netnsPath string) (*containerPlan, error
 		// nothing answers there in mode none (lookups fail at once).
 		opts.ResolvConf, opts.Hosts = filepath.Join(plan.etcDir, "resolv.conf"), filepath.Join(plan.etcDir, "hosts")
 	}
+	if ins.inspects {
+		if plan.trustBundle, err = ins.trustBundle(tree, id); err != nil {
+			return nil, err
+		}
+		opts.TrustBundle, opts.TrustPaths = filepath.Join(plan.etcDir, "ca-certificates.crt"), trustPaths(tree)
+	}
 	plan.spec, err = BuildSpec(p, opts)
 	if err != nil {
 		return nil, err
@@ -793,7 +820,7 @@ func (s *Sandbox) prepareContainer(ctx context.Context) error {
 	if s.mode != policy.ModeHost {
 		netnsPath = filepath.Join(NetnsDir, s.id)
 	}
-	c, err := PrepareContainer(ctx, s.cfg, s.id, s.dir, netnsPath)
+	c, err := prepareContainer(ctx, s.cfg, s.inspect, s.id, s.dir, netnsPath)
 	if c != nil {
 		s.rootfsCleanup = c.Cleanup
 	}
@@ -829,7 +856,20 @@ func PrepareContainer(ctx context.Context, cfg Config, id, dir, netnsPath string
 	if err != nil {
 		return nil, err
 	}
-	plan, err := planContainer(cfg, id, dir, netnsPath)
+	ins, err := planInspection(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if err := ins.makeCA(id); err != nil {
+		return nil, err
+	}
+	return prepareContainer(ctx, cfg, ins, id, dir, netnsPath)
+}
+
+// prepareContainer is PrepareContainer with the launch's inspection plan
+// (its CA made), for a cfg that has its defaults.
+func prepareContainer(ctx context.Context, cfg Config, ins *inspectPlan, id, dir, netnsPath string) (*Prepared, error) {
+	plan, err := planContainer(cfg, ins, id, dir, netnsPath)
 	if err != nil {
 		return nil, err
 	}
@@ -865,7 +905,11 @@ func PrepareContainer(ctx context.Context, cfg Config, id, dir, netnsPath string
 			return c, err
 		}
 	}
-	for name, data := range map[string][]byte{"passwd": plan.passwd, "group": plan.group} {
+	files := map[string][]byte{"passwd": plan.passwd, "group": plan.group}
+	if plan.trustBundle != nil {
+		files["ca-certificates.crt"] = plan.trustBundle
+	}
+	for name, data := range files {
 		if err := os.WriteFile(filepath.Join(plan.etcDir, name), data, 0o644); err != nil {
 			return c, fmt.Errorf("writing the sandbox's %s: %w", name, err)
 		}
@@ -1384,6 +1428,10 @@ func Explain(cfg Config) (*Explanation, error) {
 	p := cfg.Profile
 	ex := &Explanation{Profile: p.Explain()}
 	dir := filepath.Join(cfg.StateDir, explainID)
+	ins, err := planInspection(cfg)
+	if err != nil {
+		return nil, err
+	}
 	switch p.Network.Mode {
 	case policy.ModeFiltered:
 		upstream, err := UpstreamDNS(p, cfg.ResolvConf)
@@ -1403,7 +1451,7 @@ func Explain(cfg Config) (*Explanation, error) {
 		}
 		ex.Uplink = string(u.rules())
 		ex.Egressd = append([]string{"egressd"}, egressdArgs(egressdSpec{dir: filepath.Join(dir, "egressd"), mark: cfg.Mark,
-			upstream: upstream, sandboxID: explainID})...)
+			upstream: upstream, sandboxID: explainID, extra: ins.egressdArgs(filepath.Join(dir, "egressd"), cfg.InspectUpstreamCA)})...)
 	case policy.ModeNone:
 		v4, v6, err := firewall.Rules(firewall.Config{Mode: policy.ModeNone})
 		if err != nil {
@@ -1415,7 +1463,7 @@ func Explain(cfg Config) (*Explanation, error) {
 	if p.Network.Mode != policy.ModeHost {
 		netnsPath = filepath.Join(NetnsDir, explainID)
 	}
-	plan, err := planContainer(cfg, explainID, dir, netnsPath)
+	plan, err := planContainer(cfg, ins, explainID, dir, netnsPath)
 	if err != nil {
 		return nil, err
 	}

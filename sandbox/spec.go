@@ -83,6 +83,11 @@ type SpecOptions struct {
 	// read-only at /etc/resolv.conf and /etc/hosts; "" leaves the rootfs's
 	// own file.
 	ResolvConf, Hosts string
+	// TrustBundle is a generated CA bundle (the system's and the inspection
+	// CA, docs/inspection.md) bind-mounted read-only at each of TrustPaths;
+	// "" mounts none.
+	TrustBundle string
+	TrustPaths  []string
 	// WorkspaceDir is a host directory bound read-write at the profile's
 	// workspace (the only host path a sandbox may change). Required when
 	// the profile sets filesystem.mount_cwd; "" otherwise gives the
@@ -502,6 +507,19 @@ func buildMounts(p *policy.Profile, opts SpecOptions, user User, workspace strin
 		}
 		if err := add(mountSpec{m: specs.Mount{Destination: f.dst, Type: "bind", Source: f.src, Options: roBind}, key: "generated " + f.dst}); err != nil {
 			return nil, err
+		}
+	}
+	if opts.TrustBundle != "" {
+		if !isCleanAbs(opts.TrustBundle) {
+			return nil, fmt.Errorf("trust bundle source %q is not an absolute clean path", opts.TrustBundle)
+		}
+		for _, dst := range opts.TrustPaths {
+			if err := checkMountTarget(dst); err != nil {
+				return nil, fmt.Errorf("trust bundle at %q: %w", dst, err)
+			}
+			if err := add(mountSpec{m: specs.Mount{Destination: dst, Type: "bind", Source: opts.TrustBundle, Options: roBind}, key: "the inspection trust bundle"}); err != nil {
+				return nil, err
+			}
 		}
 	}
 

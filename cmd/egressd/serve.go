@@ -27,6 +27,8 @@ Exit status: 0 after a clean shutdown, 1 when a listener fails while serving,
 
 Examples:
   egressd serve --policy /etc/egressd/policy.toml --mark 0x4547 --admin-listen 127.0.0.1:9901
+  egressd serve --policy policy.toml --inspect-ca-cert /var/lib/egressd/ca.pem --inspect-ca-key /etc/egressd/ca.key \
+      --secret-file ANTHROPIC_API_KEY=/run/secrets/anthropic
   egressd serve --profile strict --allow pypi.org --allow files.pythonhosted.org \
       --dns-listen 127.0.0.1:15053,[::1]:15053 --audit-log -
 
@@ -35,7 +37,8 @@ flags:
 
 // serveOptions are serve's flags.
 type serveOptions struct {
-	policies, allow, block                                                listFlag
+	policies, allow, block, inspect, secretFiles, secretEnv               listFlag
+	inspectCACert, inspectCAKey, inspectUpstreamCA                        string
 	dnsListen, proxyListen, transparentListen                             listListFlag
 	profile, floor, adminListen, upstream, auditLog, logFormat, sandboxID string
 	mark                                                                  uint
@@ -53,6 +56,12 @@ func newServeFlags(stderr io.Writer) (*flag.FlagSet, *serveOptions) {
 	fs.StringVar(&o.floor, "floor", os.Getenv("EGRESSD_SECURITY_FLOOR"), "refuse, at start and on reload, a policy less restrictive than this built-in `profile` (env EGRESSD_SECURITY_FLOOR)")
 	fs.Var(&o.allow, "allow", "allow `PATTERN` on top of the policy (repeatable)")
 	fs.Var(&o.block, "block", "block `PATTERN` on top of the policy (repeatable)")
+	fs.Var(&o.inspect, "inspect", "inspect the HTTPS of hosts matching `PATTERN` (repeatable; network.inspect without rules)")
+	fs.StringVar(&o.inspectCACert, "inspect-ca-cert", "", "inspection CA certificate `FILE` (made with --inspect-ca-key if neither exists)")
+	fs.StringVar(&o.inspectCAKey, "inspect-ca-key", "", "inspection CA key `FILE`, readable by egressd only")
+	fs.StringVar(&o.inspectUpstreamCA, "inspect-upstream-ca", "", "PEM `FILE` the inspected hosts' certificates are verified against (default: the system trust store)")
+	fs.Var(&o.secretFiles, "secret-file", "a credential's secret `NAME=PATH`, read at start and on reload (repeatable)")
+	fs.Var(&o.secretEnv, "secret-env", "a credential's secret from egressd's variable `NAME` (repeatable)")
 	fs.Var(&o.dnsListen, "dns-listen", fmt.Sprintf("resolver `ADDR` for UDP and TCP (repeatable or comma-separated; default 127.0.0.1:%d,[::1]:%d)", defaultDNSPort, defaultDNSPort))
 	fs.Var(&o.proxyListen, "proxy-listen", fmt.Sprintf("explicit proxy `ADDR` (default 127.0.0.1:%d)", defaultProxyPort))
 	fs.Var(&o.transparentListen, "transparent-listen", fmt.Sprintf("transparent proxy `ADDR`, the REDIRECT target (default 127.0.0.1:%d,[::1]:%d)", defaultTransparentPort, defaultTransparentPort))
@@ -103,6 +112,36 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	}
 	if len(o.block) > 0 {
 		cfg.Overrides = append(cfg.Overrides, policy.Setting{Key: "network.block", Values: o.block, Source: policy.Flag("--block")})
+	}
+	if len(o.inspect) > 0 {
+		cfg.Overrides = append(cfg.Overrides, policy.Setting{Key: "network.inspect", Values: o.inspect, Source: policy.Flag("--inspect")})
+	}
+	cfg.InspectCACert, cfg.InspectCAKey, cfg.InspectUpstreamCA = o.inspectCACert, o.inspectCAKey, o.inspectUpstreamCA
+	if (o.inspectCACert == "") != (o.inspectCAKey == "") {
+		fmt.Fprintln(stderr, "egressd serve: --inspect-ca-cert and --inspect-ca-key go together")
+		return exitUsage
+	}
+	for _, s := range o.secretFiles {
+		name, path, ok := strings.Cut(s, "=")
+		if !ok || !policy.ValidEnvName(name) || path == "" {
+			fmt.Fprintf(stderr, "egressd serve: --secret-file %q: want NAME=PATH\n", s)
+			return exitUsage
+		}
+		if cfg.SecretFiles == nil {
+			cfg.SecretFiles = map[string]string{}
+		}
+		cfg.SecretFiles[name] = path
+	}
+	for _, name := range o.secretEnv {
+		v, ok := os.LookupEnv(name)
+		if !ok || v == "" || !policy.ValidEnvName(name) {
+			fmt.Fprintf(stderr, "egressd serve: --secret-env %s: the variable is not set (or empty) in egressd's environment\n", name)
+			return exitUsage
+		}
+		if cfg.Secrets == nil {
+			cfg.Secrets = map[string]string{}
+		}
+		cfg.Secrets[name] = v
 	}
 	cfg.DNSListen = orDefault(o.dnsListen, fmt.Sprintf("127.0.0.1:%d", defaultDNSPort), fmt.Sprintf("[::1]:%d", defaultDNSPort))
 	cfg.ProxyListen = orDefault(o.proxyListen, fmt.Sprintf("127.0.0.1:%d", defaultProxyPort))

@@ -20,6 +20,9 @@ import (
 func formatDenial(d sandbox.Denial) string {
 	dest := hostPort(d.Target, d.Port)
 	what := "denied " + dest
+	if d.Kind == "https" {
+		what = "denied " + d.Method + " " + dest + d.Path
+	}
 	if d.Kind == "dns" {
 		what = "denied " + d.Target + " (DNS lookup"
 	} else {
@@ -44,6 +47,9 @@ func formatDenial(d sandbox.Denial) string {
 	allowTarget := dest
 	if d.Kind == "dns" {
 		allowTarget = d.Target
+	}
+	if d.Kind == "https" {
+		return what + inspectHint(d)
 	}
 	switch policy.Reason(d.Reason) {
 	case policy.ReasonNoAllowRule:
@@ -89,4 +95,19 @@ func hostPort(host string, port uint16) string {
 		return net.JoinHostPort(host, strconv.Itoa(int(port)))
 	}
 	return host + ":" + strconv.Itoa(int(port))
+}
+
+// inspectHint says what refused a request inside an inspected session.
+func inspectHint(d sandbox.Denial) string {
+	switch d.Reason {
+	case string(policy.ReasonBlockedBy):
+		return "; the inspect entry's block_methods and block_paths win over its allow rules"
+	case string(policy.ReasonNoAllowRule):
+		return "; the inspect entry's methods and paths do not include it"
+	case "host-mismatch": // proxy.ReasonHostMismatch
+		return "; a request inside the TLS session of one name may not ask for another host"
+	case "credential-placeholder": // proxy.ReasonPlaceholder
+		return "; a credential's placeholder is only replaced on requests to its own host, and never sent anywhere else"
+	}
+	return ""
 }

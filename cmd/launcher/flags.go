@@ -18,23 +18,24 @@ import (
 
 // launchFlags are the flags run and explain share.
 type launchFlags struct {
-	profile   string
-	policies  listFlag
-	floor     string
-	settings  settings
-	upstream  []string
-	rootfs    string
-	runtime   string
-	secrets   listFlag
-	secretEnv listFlag
-	workdir   string
-	subnet    string
-	auditLog  string
-	egressd   string
-	quiet     bool
-	timings   bool
-	tty       ttyFlag
-	json      bool // explain only
+	profile    string
+	policies   listFlag
+	floor      string
+	settings   settings
+	upstream   []string
+	rootfs     string
+	runtime    string
+	secrets    listFlag
+	secretEnv  listFlag
+	workdir    string
+	subnet     string
+	auditLog   string
+	egressd    string
+	upstreamCA string
+	quiet      bool
+	timings    bool
+	tty        ttyFlag
+	json       bool // explain only
 }
 
 // listFlag is a repeatable string flag.
@@ -129,6 +130,8 @@ func newLaunchFlags(name, usageText string, stderr io.Writer, explain bool) (*fl
 	setting("allow", "network.allow", "allow `PATTERN` (repeatable): host, *.domain, .domain, IP, CIDR, with :PORT")
 	setting("block", "network.block", "block `PATTERN` (repeatable); block wins over every allow")
 	setting("net", "network.mode", "network `MODE`: none, filtered or host")
+	setting("inspect", "network.inspect", "terminate and inspect the HTTPS of hosts matching `PATTERN` (repeatable; docs/inspection.md)")
+	fs.StringVar(&f.upstreamCA, "inspect-upstream-ca", "", "PEM `FILE` egressd verifies inspected hosts' certificates against (default: the host's trust store)")
 	fs.StringVar(&f.floor, "floor", "", "security floor `PROFILE`: refuse a profile less restrictive (default $EGRESSD_SECURITY_FLOOR)")
 	fs.StringVar(&f.rootfs, "rootfs", "", "image `DIR` to build the container's root on (default: the host view: the host's system directories)")
 	fs.StringVar(&f.runtime, "runtime", "", "OCI runtime: runc, crun, runsc or a `PATH` (default runc)")
@@ -139,7 +142,7 @@ func newLaunchFlags(name, usageText string, stderr io.Writer, explain bool) (*fl
 		return "env.pass", v
 	}}, "env", "set `NAME=VALUE` in the sandbox, or pass NAME from here (repeatable)")
 	setting("pass-env", "env.pass", "pass variable `NAME` from the launcher's environment (repeatable)")
-	fs.Var(&f.secrets, "secret", "secret `NAME=VALUE`: set in the sandbox, masked in its output (repeatable)")
+	fs.Var(&f.secrets, "secret", "secret `NAME=VALUE`: set in the sandbox, masked in its output; one a network.credentials entry names stays with egressd and the sandbox gets a placeholder (repeatable)")
 	fs.Var(&f.secretEnv, "secret-env", "secret from the launcher's variable `NAME` (repeatable)")
 	setting("memory", "process.memory", "memory limit `SIZE` (512m, 4GiB; 0: none)")
 	setting("cpus", "process.cpus", "CPU limit in `CPUS` (1.5; 0: none)")
@@ -266,6 +269,13 @@ func (f *launchFlags) config(p *policy.Profile, args []string, forRun bool) (san
 			return cfg, fmt.Errorf("--secret-env %s: the variable is not set in the launcher's environment", name)
 		}
 		cfg.Secrets = append(cfg.Secrets, sandbox.Secret{Name: name, Value: value})
+	}
+	if f.upstreamCA != "" {
+		abs, err := filepath.Abs(f.upstreamCA)
+		if err != nil {
+			return cfg, fmt.Errorf("--inspect-upstream-ca: %w", err)
+		}
+		cfg.InspectUpstreamCA = abs
 	}
 	if p.Filesystem.MountCwd {
 		wd, err := os.Getwd()

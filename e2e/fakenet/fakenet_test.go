@@ -308,7 +308,10 @@ func TestHTTPSFromSandboxNamesHostAndSNI(t *testing.T) {
 			if got.Remote.Addr() != wantRemote {
 				t.Errorf("remote %s, want the sandbox %s", got.Remote, wantRemote)
 			}
-			got.Server, got.Remote, got.ALPN = "", netip.AddrPort{}, ""
+			if got.Header.Get("User-Agent") == "" {
+				t.Errorf("reply lacks the request's headers: %v", got.Header)
+			}
+			got.Server, got.Remote, got.ALPN, got.Header = "", netip.AddrPort{}, "", nil
 			if diff := cmp.Diff(tc.want, got, cmpopts.EquateComparable(netip.AddrPort{})); diff != "" {
 				t.Errorf("reply (-want +got):\n%s", diff)
 			}

@@ -1,6 +1,7 @@
 package fakenet
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -33,6 +34,9 @@ type HTTPRequest struct {
 	BodyBytes int64          `json:"body_bytes"` // request body length read (at most 1 MiB is read)
 	Local     netip.AddrPort `json:"local"`      // server address the connection arrived on
 	Remote    netip.AddrPort `json:"remote"`     // the client as the server saw it
+	// Header is every request header as received (Host aside), so a test
+	// sees what a proxy added: an API that reflects the key it was given.
+	Header http.Header `json:"header,omitempty"`
 }
 
 // ParseReply decodes the JSON body of a fakenet HTTP(S) reply (what curl prints, or an
@@ -60,7 +64,8 @@ func truncate(b []byte, n int) string {
 //
 //	/bytes/N          N bytes of 'x' (N ≤ 1 GiB), for throughput and large-body tests
 //	/redirect?to=URL  302 to URL, for cross-host redirect tests
-//	anything else     200 with the HTTPRequest as JSON
+//	/sse, /simple/…, /git/…, …  server-sent events and a package for pip, npm and git (registries.go)
+//	anything else     200 with the HTTPRequest as JSON (its headers included: an API that reflects the key it got)
 //
 // Every reply carries X-Fakenet-Host and X-Fakenet-SNI headers.
 func (w *World) serveHTTP(rw http.ResponseWriter, r *http.Request) {
@@ -72,6 +77,7 @@ func (w *World) serveHTTP(rw http.ResponseWriter, r *http.Request) {
 		Method: r.Method,
 		URI:    r.RequestURI,
 		Proto:  r.Proto,
+		Header: r.Header.Clone(),
 	}
 	if r.TLS != nil {
 		req.Scheme = "https"
@@ -83,7 +89,10 @@ func (w *World) serveHTTP(rw http.ResponseWriter, r *http.Request) {
 	}
 	req.Remote, _ = netip.ParseAddrPort(r.RemoteAddr)
 	if r.Body != nil {
-		req.BodyBytes, _ = io.Copy(io.Discard, io.LimitReader(r.Body, 1<<20))
+		// Counted, and kept for the handlers that read it (git's POSTs).
+		var body bytes.Buffer
+		req.BodyBytes, _ = io.Copy(&body, io.LimitReader(r.Body, 1<<20))
+		r.Body = io.NopCloser(io.MultiReader(&body, r.Body))
 	}
 	w.logHTTP(req)
 
@@ -91,6 +100,9 @@ func (w *World) serveHTTP(rw http.ResponseWriter, r *http.Request) {
 	h.Set("X-Fakenet-Host", r.Host)
 	h.Set("X-Fakenet-SNI", req.SNI)
 
+	if w.serveRegistry(rw, r) {
+		return
+	}
 	switch {
 	case strings.HasPrefix(r.URL.Path, "/bytes/"):
 		n, err := strconv.ParseInt(strings.TrimPrefix(r.URL.Path, "/bytes/"), 10, 64)

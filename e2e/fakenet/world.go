@@ -95,6 +95,7 @@ type World struct {
 	ca     *testCA
 	caDir  string
 	caFile string
+	reg    registries
 
 	dns        *dnsServer
 	dnsServers []*dns.Server

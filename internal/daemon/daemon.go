@@ -74,6 +74,20 @@ type Config struct {
 	// Mark is set as SO_MARK on every upstream socket. 0 sets none.
 	Mark uint32
 
+	// InspectCACert and InspectCAKey are the inspection CA's files
+	// (docs/inspection.md), read at start and on every reload; when
+	// neither exists, a CA is made there. Empty: no CA, and a policy that
+	// inspects a host is refused.
+	InspectCACert, InspectCAKey string
+	// InspectUpstreamCA is a PEM bundle the inspected hosts' own
+	// certificates are verified against. Empty: the system trust store.
+	InspectUpstreamCA string
+	// SecretFiles maps a credential's secret name to the file holding its
+	// value (re-read on every reload; one trailing newline is dropped).
+	SecretFiles map[string]string
+	// Secrets are secret values given at start (serve --secret-env).
+	Secrets map[string]string
+
 	// SandboxID is stamped on every audit record.
 	SandboxID string
 	// Audit receives one JSON line per decision; nil writes none.
@@ -111,6 +125,9 @@ type Config struct {
 type snapshot struct {
 	profile *policy.Profile
 	matcher *policy.Matcher
+	// inspect is what HTTPS inspection needs (the CA, the upstream trust
+	// store, the secrets); nil when the policy inspects no host.
+	inspect *proxy.Inspect
 }
 
 // livePolicy is the snapshot in force, as the enforcement points read it
@@ -219,6 +236,7 @@ func New(cfg Config) (_ *Daemon, err error) {
 		Logger:            d.log.With("component", "proxy"),
 		Metrics:           d.reg,
 		SelfAddrs:         selfPorts,
+		Inspect:           snap.inspect,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("configuring the proxy: %w", err)
@@ -281,7 +299,8 @@ func (d *Daemon) selfAddrPorts() ([]netip.AddrPort, error) {
 //
 // Everything serve takes from a policy is in the [network] table, and all
 // of it reloads: allow, block, default_ports, dns_block_response and
-// upstream_dns. The one key that cannot change while serving is
+// upstream_dns, and the inspection entries with what they need (the CA,
+// the upstream trust store, the secrets: inspection.go). The one key that cannot change while serving is
 // network.mode: serve enforces filtered mode only, so a policy naming
 // another mode is refused, with the file:line:col of the value. The other
 // tables are the launcher's; serve does not apply them, at start or on
@@ -316,7 +335,11 @@ func (d *Daemon) load() (*snapshot, error) {
 	if err != nil {
 		return nil, fmt.Errorf("compiling policy: %w", err)
 	}
-	return &snapshot{profile: prof, matcher: m}, nil
+	ins, err := d.loadInspect(prof)
+	if err != nil {
+		return nil, err
+	}
+	return &snapshot{profile: prof, matcher: m, inspect: ins}, nil
 }
 
 // Reload re-reads the policy. On any error the last good policy stays in
@@ -334,6 +357,7 @@ func (d *Daemon) Reload() error {
 		return err
 	}
 	d.live.p.Store(snap)
+	d.proxy.SetInspect(snap.inspect)
 	d.proxy.Reevaluate()
 	d.reloadsOK.Inc()
 	n := snap.profile.Network
@@ -369,7 +393,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		h := admin.Handler(admin.Handlers{
 			Ready:    d.ready.Load,
 			Reload:   d.Reload,
-			Policy:   func() any { return d.live.p.Load().profile.Explain() },
+			Policy:   d.policyView,
 			Gatherer: d.reg,
 		})
 		goServe("admin endpoint", func() error { return admin.Serve(ctx, d.adminLn, h) })

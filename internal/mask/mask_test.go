@@ -1,4 +1,4 @@
-package sandbox
+package mask
 
 import (
 	"bytes"
@@ -13,7 +13,7 @@ import (
 func writeSplit(t testing.TB, secrets []string, in string, cuts ...int) string {
 	t.Helper()
 	var out bytes.Buffer
-	m := NewMasker(&out, secrets)
+	m := NewWriter(&out, secrets)
 	prev := 0
 	for _, c := range append(cuts, len(in)) {
 		n, err := m.Write([]byte(in[prev:c]))
@@ -81,7 +81,7 @@ func TestMaskerRules(t *testing.T) {
 					t.Fatalf("cut at %d: got %q, want %q", cut, got, tc.want)
 				}
 			}
-			if got := MaskSecrets(tc.in, tc.secrets); got != tc.want {
+			if got := String(tc.in, tc.secrets); got != tc.want {
 				t.Errorf("MaskSecrets = %q, want %q", got, tc.want)
 			}
 		})
@@ -92,7 +92,7 @@ func TestMaskerRules(t *testing.T) {
 // possible secret is written at once (interactive output is not delayed).
 func TestMaskerHoldsBackOnlyAPossibleSecretStart(t *testing.T) {
 	var out bytes.Buffer
-	m := NewMasker(&out, []string{"password"})
+	m := NewWriter(&out, []string{"password"})
 	_, _ = m.Write([]byte("prompt> "))
 	if out.String() != "prompt> " {
 		t.Errorf("after a write with no secret prefix, out = %q", out.String())
@@ -119,7 +119,7 @@ func (f *failWriter) Write(p []byte) (int, error) {
 }
 
 func TestMaskerReportsWriteErrors(t *testing.T) {
-	m := NewMasker(&failWriter{n: 1}, []string{"zz"})
+	m := NewWriter(&failWriter{n: 1}, []string{"zz"})
 	if _, err := m.Write([]byte("a")); err != nil {
 		t.Fatal(err)
 	}
@@ -132,7 +132,7 @@ func TestMaskerReportsWriteErrors(t *testing.T) {
 	if err := m.Close(); err == nil {
 		t.Fatal("Close after an error succeeded")
 	}
-	m2 := NewMasker(&bytes.Buffer{}, []string{"zz"})
+	m2 := NewWriter(&bytes.Buffer{}, []string{"zz"})
 	_ = m2.Close()
 	if _, err := m2.Write([]byte("x")); err == nil {
 		t.Fatal("write after Close succeeded")
@@ -141,7 +141,7 @@ func TestMaskerReportsWriteErrors(t *testing.T) {
 
 func TestMaskerConcurrentWriters(t *testing.T) {
 	var out bytes.Buffer
-	m := NewMasker(&out, []string{"TOPSECRET"})
+	m := NewWriter(&out, []string{"TOPSECRET"})
 	var wg sync.WaitGroup
 	for range 8 {
 		wg.Add(1)
@@ -192,7 +192,7 @@ func FuzzMasker(f *testing.F) {
 		}
 		want := in
 		for _, s := range secrets {
-			want = strings.ReplaceAll(want, s, SecretMask)
+			want = strings.ReplaceAll(want, s, Mask)
 		}
 		a, b := int(cut1)%(len(in)+1), int(cut2)%(len(in)+1)
 		if a > b {
@@ -211,9 +211,46 @@ func FuzzMasker(f *testing.F) {
 
 func BenchmarkMasker(b *testing.B) {
 	line := []byte(strings.Repeat("ordinary build output without anything interesting in it ", 16) + "\n")
-	m := NewMasker(io.Discard, []string{"ghp_abcdefghijklmnopqrstuvwxyz0123456789", "sk-ant-api03-xyz", "AKIAIOSFODNN7EXAMPLE"})
+	m := NewWriter(io.Discard, []string{"ghp_abcdefghijklmnopqrstuvwxyz0123456789", "sk-ant-api03-xyz", "AKIAIOSFODNN7EXAMPLE"})
 	b.SetBytes(int64(len(line)))
 	for b.Loop() {
 		_, _ = m.Write(line)
+	}
+}
+
+// TestReaderMasksAcrossReadsAndStaysLive: a secret split across two reads
+// of the source is masked, and bytes that cannot begin the secret are
+// returned before the source delivers more.
+func TestReaderMasksAcrossReadsAndStaysLive(t *testing.T) {
+	pr, pw := io.Pipe()
+	r := NewReader(pr, []string{"sk-SECRET"})
+	go func() {
+		_, _ = pw.Write([]byte("data: one\n\n"))
+		_, _ = pw.Write([]byte("key=sk-SE"))
+		_, _ = pw.Write([]byte("CRET end"))
+		_ = pw.Close()
+	}()
+	buf := make([]byte, 64)
+	n, err := r.Read(buf)
+	if err != nil || string(buf[:n]) != "data: one\n\n" {
+		t.Fatalf("first read = %q, %v; want the first event at once", buf[:n], err)
+	}
+	rest, err := io.ReadAll(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := string(rest); got != "key="+Mask+" end" {
+		t.Errorf("rest = %q", got)
+	}
+}
+
+func TestSameLengthReaderKeepsTheLength(t *testing.T) {
+	in := "a sk-SECRET b sk-SECRET"
+	out, err := io.ReadAll(NewSameLengthReader(strings.NewReader(in), []string{"sk-SECRET"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "a ********* b *********"; string(out) != want {
+		t.Errorf("got %q, want %q", out, want)
 	}
 }

@@ -1,0 +1,140 @@
+package sandbox
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/egressd/egressd/policy"
+)
+
+const inspectTenant = `version = 1
+[network]
+allow = ["api.model.test"]
+[[network.inspect]]
+host = "api.model.test"
+paths = ["/v1/messages"]
+[[network.credentials]]
+host = "api.model.test"
+header = "x-api-key"
+secret = "MODEL_KEY"
+`
+
+// TestCredentialSecretStaysWithEgressd: the sandbox's environment holds
+// the placeholder where a credential's secret would be, the trust
+// variables and the bundle mounts are there, and egressd gets the secret
+// as a file of its own.
+func TestCredentialSecretStaysWithEgressd(t *testing.T) {
+	p := resolveWith(t, "standard", inspectTenant)
+	cfg := Config{Profile: p, Args: []string{"sh"}, EgressdPath: "/nonexistent/egressd",
+		Secrets: []Secret{{"MODEL_KEY", "sk-real-secret-123"}, {"OTHER", "other-secret-456"}}}
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ins, err := planInspection(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ins.makeCA("egs-test"); err != nil {
+		t.Fatal(err)
+	}
+	plan, err := planContainer(cfg, ins, "egs-test", t.TempDir(), "/run/netns/egs-test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	etc := plan.etcDir
+	env := plan.spec.Process.Env
+	for _, want := range []string{"MODEL_KEY=egressd-placeholder-MODEL_KEY", "OTHER=other-secret-456", "SSL_CERT_FILE=" + TrustBundlePath, "NODE_EXTRA_CA_CERTS=" + TrustBundlePath} {
+		if !slices.Contains(env, want) {
+			t.Errorf("env lacks %s: %q", want, env)
+		}
+	}
+	if strings.Contains(strings.Join(env, "\n"), "sk-real-secret-123") {
+		t.Errorf("the credential's secret is in the sandbox's environment: %q", env)
+	}
+	var mounted bool
+	for _, m := range plan.spec.Mounts {
+		if m.Destination == TrustBundlePath || slices.Contains(trustPaths(plan.view.Tree()), m.Destination) && m.Source == filepath.Join(etc, "ca-certificates.crt") {
+			mounted = true
+			if !slices.Contains(m.Options, "ro") {
+				t.Errorf("trust bundle mounted writable: %+v", m)
+			}
+		}
+	}
+	if !mounted {
+		t.Errorf("no trust bundle mount: %+v", plan.spec.Mounts)
+	}
+	bundle := plan.trustBundle
+	if !bytes.HasSuffix(bytes.TrimSpace(bundle), bytes.TrimSpace(ins.caCert)) || bytes.Contains(bundle, ins.caKey) {
+		t.Errorf("bundle %d bytes: want the system bundle, then the CA certificate, never its key", len(bundle))
+	}
+	args := strings.Join(ins.egressdArgs("/run/x/egressd", ""), " ")
+	if !strings.Contains(args, "--secret-file MODEL_KEY=/run/x/egressd/secret-MODEL_KEY") || strings.Contains(args, "OTHER") ||
+		!strings.Contains(args, "--inspect-ca-key /run/x/egressd/inspect-ca.key") {
+		t.Errorf("egressd args %q", args)
+	}
+}
+
+func TestCredentialWithoutItsSecretRefusesTheLaunch(t *testing.T) {
+	p := resolveWith(t, "standard", inspectTenant)
+	_, err := planInspection(Config{Profile: p})
+	if err == nil || !strings.Contains(err.Error(), "--secret-env MODEL_KEY") {
+		t.Fatalf("err = %v, want a refusal saying how to give the secret", err)
+	}
+}
+
+// TestEgressdPolicyCarriesInspection: egressd's snapshot holds the same
+// inspect and credentials entries, each with its original source.
+func TestEgressdPolicyCarriesInspection(t *testing.T) {
+	p := resolveWith(t, "standard", inspectTenant, policy.Setting{Key: "network.inspect", Values: []string{"*.git.test"}, Source: policy.Flag("--inspect")})
+	path := filepath.Join(t.TempDir(), "policy.toml")
+	sources, err := writeEgressdPolicy(p, path, uint32(os.Getuid()), uint32(os.Getgid()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	snap, _, err := policy.Resolve(policy.ResolveOptions{Files: []string{path}})
+	if err != nil {
+		data, _ := os.ReadFile(path)
+		t.Fatalf("the snapshot does not resolve: %v\n%s", err, data)
+	}
+	texts := func(rs []*policy.InspectRule, remap bool) (out []string) {
+		for _, r := range rs {
+			src := r.Source.String()
+			if s, ok := sources[src]; ok && remap {
+				src = s
+			}
+			out = append(out, r.Text+" "+src)
+		}
+		return out
+	}
+	if got, want := texts(snap.Network.Inspect, true), texts(p.Network.Inspect, false); !slices.Equal(got, want) {
+		t.Errorf("inspect entries %q, want %q", got, want)
+	}
+	if len(snap.Network.Credentials) != 1 || snap.Network.Credentials[0].Text != p.Network.Credentials[0].Text ||
+		snap.Network.Credentials[0].Placeholder != p.Network.Credentials[0].Placeholder {
+		t.Errorf("credentials %+v", snap.Network.Credentials)
+	}
+}
+
+func TestExplainShowsInspectionWithoutItsSecrets(t *testing.T) {
+	p := resolveWith(t, "standard", inspectTenant)
+	rc := filepath.Join(t.TempDir(), "resolv.conf")
+	os.WriteFile(rc, []byte("nameserver 192.0.2.53\n"), 0o644)
+	ex, err := Explain(Config{Profile: p, Args: []string{"true"}, EgressdPath: "/nonexistent/egressd", ResolvConf: rc,
+		Secrets: []Secret{{"MODEL_KEY", "sk-real-secret-xyz"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, _ := json.Marshal(ex)
+	if bytes.Contains(data, []byte("sk-real-secret-xyz")) {
+		t.Errorf("explain shows the secret")
+	}
+	if !strings.Contains(strings.Join(ex.Egressd, " "), "--inspect-ca-cert") {
+		t.Errorf("egressd's command line lacks the CA: %q", ex.Egressd)
+	}
+}
