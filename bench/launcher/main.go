@@ -390,4 +390,3 @@ func pct(ds []time.Duration, p int) time.Duration {
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.1fms", float64(d.Microseconds())/1000) }
 
-func msf(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
