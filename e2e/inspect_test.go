@@ -396,20 +396,27 @@ func scanSandboxForSecret(t *testing.T, marker, ready, scanned, secret string) e
 			}
 			continue
 		}
-		if strings.HasPrefix(mnt, "/proc") || strings.HasPrefix(mnt, "/sys") || fstype == "devpts" || fstype == "mqueue" || fstype == "cgroup" || fstype == "cgroup2" {
+		if mnt == "/" || strings.HasPrefix(mnt, "/proc") || strings.HasPrefix(mnt, "/sys") || fstype == "devpts" || fstype == "mqueue" || fstype == "cgroup" || fstype == "cgroup2" {
 			continue
 		}
 		roots = append(roots, mnt)
-	}
-	if upper == "" {
-		return fmt.Errorf("no overlay root in the sandbox's mountinfo")
 	}
 	roots = append(roots, "/etc")
 	args := append([]string{"--mount=/proc/" + pid + "/ns/mnt", "--", "grep", "-rlsF", "-D", "skip", "-e", secret}, roots...)
 	start := time.Now()
 	out, _ := exec.Command("nsenter", args...).Output()
-	host, _ := exec.Command("grep", "-rlsF", "-D", "skip", "-e", secret, upper).Output()
-	t.Logf("scanned %d mounts and the overlay's upper layer in %v", len(roots), time.Since(start).Round(time.Millisecond))
+	var host []byte
+	if upper != "" {
+		// An overlay root (--rootfs): what the sandbox wrote is in its
+		// upper layer; the lower layer is the image, never written.
+		host, _ = exec.Command("grep", "-rlsF", "-D", "skip", "-e", secret, upper).Output()
+	} else {
+		// The host view: the root is the sandbox's own tmpfs; the host
+		// directories on it are separate mounts, scanned above.
+		host, _ = exec.Command("nsenter", "--mount=/proc/"+pid+"/ns/mnt", "--", "sh", "-c",
+			`find / -xdev -type f -print0 | xargs -0 -r grep -lsF -D skip -e "$1"`, "scan", secret).Output()
+	}
+	t.Logf("scanned %d mounts and the root in %v", len(roots), time.Since(start).Round(time.Millisecond))
 	if found := strings.TrimSpace(string(out) + string(host)); found != "" {
 		return fmt.Errorf("files the sandbox can read hold the secret:\n%s", found)
 	}
