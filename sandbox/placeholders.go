@@ -46,6 +46,10 @@ type sandboxShares struct {
 
 const placeholdersFile = "placeholders.json"
 
+// errProtectedChanged says a protected path planned as existing was gone
+// when the sandbox registered as a user of its directory.
+var errProtectedChanged = errors.New("a protected path changed since it was planned")
+
 func shareFiles(stateRoot, root string) (lock, record string) {
 	sum := sha256.Sum256([]byte(root))
 	base := filepath.Join(stateRoot, "protect-"+hex.EncodeToString(sum[:8]))
@@ -132,7 +136,10 @@ func alive(dir string) bool {
 // acquirePlaceholders registers the sandbox with state directory dir as a
 // user of every directory pps protect (stateRoot holds the records), and
 // makes the placeholders that are missing. A path something else made
-// since it was planned is left alone (bound read-only all the same).
+// since it was planned is left alone (bound read-only all the same). A
+// path planned as existing that is gone (another sandbox's placeholder,
+// removed when it ended between this one's plan and now) makes it return
+// errProtectedChanged: the plan no longer holds, and is made again.
 func acquirePlaceholders(stateRoot, dir string, pps []ProtectedPath) error {
 	byRoot := map[string][]ProtectedPath{}
 	var roots []string
@@ -152,6 +159,14 @@ func acquirePlaceholders(stateRoot, dir string, pps []ProtectedPath) error {
 	}
 	for _, root := range roots {
 		err := withShare(stateRoot, root, func(sh *placeholderShare) error {
+			for _, pp := range byRoot[root] {
+				if pp.How == ProtectPlaceholder {
+					continue
+				}
+				if _, err := os.Lstat(pp.Host); errors.Is(err, fs.ErrNotExist) {
+					return fmt.Errorf("%w: %s", errProtectedChanged, pp.Host)
+				}
+			}
 			if !slices.Contains(sh.Users, dir) {
 				sh.Users = append(sh.Users, dir)
 			}

@@ -1,6 +1,7 @@
 package sandbox
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"slices"
@@ -258,4 +259,52 @@ func listNames(t *testing.T, dir string) []string {
 		names = append(names, e.Name())
 	}
 	return names
+}
+
+// TestPlanMadeOnAnotherSandboxsPlaceholderIsMadeAgain: sandbox b plans
+// while a's placeholders exist (read-only binds of what is there); a ends
+// and removes them before b registers. b must not go on with a plan whose
+// mount sources are gone (runc fails on them): acquiring says the plan no
+// longer holds, and a new plan makes the placeholders b then owns.
+func TestPlanMadeOnAnotherSandboxsPlaceholderIsMadeAgain(t *testing.T) {
+	stateRoot, ws := t.TempDir(), t.TempDir()
+	plan := func() []ProtectedPath {
+		pps, err := PlanProtect(ws, "/w", []string{".envrc", ".vscode/"}, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return pps
+	}
+	a, _ := sandboxStateDir(t, stateRoot, "egs-0000000a")
+	b, _ := sandboxStateDir(t, stateRoot, "egs-0000000b")
+	if err := acquirePlaceholders(stateRoot, a, plan()); err != nil {
+		t.Fatal(err)
+	}
+	stale := plan() // sees a's placeholders as existing paths
+	for _, pp := range stale {
+		if pp.How == ProtectPlaceholder {
+			t.Fatalf("planned %s as a placeholder with a's placeholder in place", pp.Path)
+		}
+	}
+	if err := releasePlaceholders(stateRoot, a); err != nil {
+		t.Fatal(err)
+	}
+	if err := acquirePlaceholders(stateRoot, b, stale); !errors.Is(err, errProtectedChanged) {
+		t.Fatalf("acquiring a plan whose paths are gone: %v, want errProtectedChanged", err)
+	}
+	if err := releasePlaceholders(stateRoot, b); err != nil {
+		t.Fatal(err)
+	}
+	if err := acquirePlaceholders(stateRoot, b, plan()); err != nil {
+		t.Fatal(err)
+	}
+	if left := listNames(t, ws); !slices.Equal(left, []string{".envrc", ".vscode"}) {
+		t.Errorf("the workspace holds %v, want b's placeholders", left)
+	}
+	if err := releasePlaceholders(stateRoot, b); err != nil {
+		t.Fatal(err)
+	}
+	if left := listNames(t, ws); len(left) != 0 {
+		t.Errorf("the workspace holds %v after b ended", left)
+	}
 }

@@ -869,6 +869,21 @@ func PrepareContainer(ctx context.Context, cfg Config, id, dir, netnsPath string
 // prepareContainer is PrepareContainer with the launch's inspection plan
 // (its CA made), for a cfg that has its defaults.
 func prepareContainer(ctx context.Context, cfg Config, ins *inspectPlan, id, dir, netnsPath string) (*Prepared, error) {
+	// Sandboxes sharing a workspace share its placeholders: one that ends
+	// between this plan and its registration may remove a placeholder the
+	// plan counted on. The plan is then made again, from what is there.
+	for attempt := 1; ; attempt++ {
+		c, err := prepareContainerOnce(ctx, cfg, ins, id, dir, netnsPath)
+		if c == nil || !errors.Is(err, errProtectedChanged) || attempt == 5 {
+			return c, err
+		}
+		if err := c.Cleanup(); err != nil {
+			return c, err
+		}
+	}
+}
+
+func prepareContainerOnce(ctx context.Context, cfg Config, ins *inspectPlan, id, dir, netnsPath string) (*Prepared, error) {
 	plan, err := planContainer(cfg, ins, id, dir, netnsPath)
 	if err != nil {
 		return nil, err
