@@ -28,7 +28,7 @@ DESTDIR ?=
 DIST ?= dist
 RELEASE_PLATFORMS ?= linux/amd64 linux/arm64
 
-.PHONY: all deps build install uninstall release lint test unit demo fuzz bench clean
+.PHONY: all deps build install uninstall release lint test unit demo docs fuzz bench clean
 
 all: build
 
@@ -70,6 +70,10 @@ test: deps lint
 # Unit tests only (no root needed).
 unit:
 	$(GO) test -count=1 -short ./...
+
+# Regenerate the CLI reference (docs/cli/) from the flag definitions.
+docs:
+	$(GO) test -count=1 ./cmd/egressd ./cmd/launcher -run TestCLIReferenceIsCurrent -update
 
 demo: deps build
 	@scripts/demo.sh

@@ -58,6 +58,11 @@ type Flag struct {
 	Words []string
 	// Files offers file names for the value.
 	Files bool
+	// Placeholder is the value's name in the usage ("FILE", "ADDR"; see
+	// flag.UnquoteUsage), and Default the flag's default as the flag
+	// package prints it ("" when it is the zero value). The CLI reference
+	// (internal/clidoc) shows both.
+	Placeholder, Default string
 }
 
 // FromFlagSet lists fs's flags, in name order. A flag whose value name (the
@@ -68,9 +73,14 @@ func FromFlagSet(fs *flag.FlagSet, words map[string][]string) []Flag {
 	var out []Flag
 	fs.VisitAll(func(f *flag.Flag) {
 		name, usage := flag.UnquoteUsage(f)
-		fl := Flag{Name: f.Name, Usage: usage, Value: true}
+		fl := Flag{Name: f.Name, Usage: usage, Value: true, Placeholder: name}
 		if b, ok := f.Value.(interface{ IsBoolFlag() bool }); ok && b.IsBoolFlag() {
-			fl.Value = false
+			fl.Value, fl.Placeholder = false, ""
+		}
+		switch f.DefValue {
+		case "", "0", "false", "[]", "0s":
+		default:
+			fl.Default = f.DefValue
 		}
 		if fl.Value {
 			fl.Words = words[f.Name]

@@ -62,7 +62,7 @@ func needShell(t *testing.T, name string) string {
 	return p
 }
 
-func TestFromFlagSetKnowsBoolsFilesAndWords(t *testing.T) {
+func TestFromFlagSetKnowsBoolsFilesWordsAndDefaults(t *testing.T) {
 	fs := flag.NewFlagSet("x", flag.ContinueOnError)
 	fs.Bool("json", false, "JSON")
 	fs.String("policy", "", "policy `FILE`")
@@ -70,10 +70,10 @@ func TestFromFlagSetKnowsBoolsFilesAndWords(t *testing.T) {
 	fs.String("log-format", "text", "`text|json`")
 	got := FromFlagSet(fs, map[string][]string{"log-format": {"text", "json"}})
 	want := []Flag{
-		{Name: "egressd", Usage: "binary PATH", Value: true, Files: true},
+		{Name: "egressd", Usage: "binary PATH", Value: true, Files: true, Placeholder: "PATH"},
 		{Name: "json", Usage: "JSON"},
-		{Name: "log-format", Usage: "text|json", Value: true, Words: []string{"text", "json"}},
-		{Name: "policy", Usage: "policy FILE", Value: true, Files: true},
+		{Name: "log-format", Usage: "text|json", Value: true, Words: []string{"text", "json"}, Placeholder: "text|json", Default: "text"},
+		{Name: "policy", Usage: "policy FILE", Value: true, Files: true, Placeholder: "FILE"},
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("(-want +got):\n%s", diff)

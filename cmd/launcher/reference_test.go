@@ -1,0 +1,19 @@
+package main
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/egressd/egressd/internal/clidoc"
+	"github.com/egressd/egressd/internal/golden"
+)
+
+// TestCLIReferenceIsCurrent: docs/cli/launcher.md is what the flag
+// definitions make now (make docs rewrites it).
+func TestCLIReferenceIsCurrent(t *testing.T) {
+	var b strings.Builder
+	if err := clidoc.Write(&b, completionSpec(), "make docs"); err != nil {
+		t.Fatal(err)
+	}
+	golden.Check(t, "../../docs/cli/launcher.md", b.String())
+}
