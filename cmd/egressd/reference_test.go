@@ -16,4 +16,7 @@ func TestCLIReferenceIsCurrent(t *testing.T) {
 		t.Fatal(err)
 	}
 	golden.Check(t, "../../docs/cli/egressd.md", b.String())
+	if t.Failed() {
+		t.Log("the flags changed: run `make docs` and commit docs/cli/")
+	}
 }
