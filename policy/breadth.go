@@ -307,7 +307,7 @@ func (w *witnessSearch) try(x string) {
 // registrableDomain is the registrable domain of a normalised name and its
 // public suffix; ok is false for a name that is itself a public suffix.
 func registrableDomain(name string) (reg, suffix string, ok bool) {
-	suffix, _ = publicsuffix.PublicSuffix(name)
+	suffix = publicSuffix(name)
 	if len(name) <= len(suffix) {
 		return "", "", false
 	}
@@ -316,10 +316,15 @@ func registrableDomain(name string) (reg, suffix string, ok bool) {
 }
 
 // isPublicSuffix reports whether name is a public suffix, from either
-// section of the list or the implicit `*` rule.
+// section of the list, the implicit `*` rule, or sharedZones.
 func isPublicSuffix(name string) bool {
+	return publicSuffix(name) == name
+}
+
+// pslSuffix is name's public suffix in the list x/net ships.
+func pslSuffix(name string) string {
 	s, _ := publicsuffix.PublicSuffix(name)
-	return s == name
+	return s
 }
 
 // token is one wildcard of p: its label and its byte offset there.
@@ -544,6 +549,9 @@ func pslTails(f string) []string {
 			}
 		}
 		queue = next
+	}
+	for _, rel := range sharedZoneTails(f) {
+		add(rel)
 	}
 	// Shallowest, then shortest first: s3.amazonaws.com before
 	// s3-website-us-east-1.amazonaws.com in a refusal.

@@ -342,3 +342,32 @@ func FuzzBreadthAgainstTheMatcher(f *testing.F) {
 		}
 	})
 }
+
+// TestAllowingSharedTenantZonesIsBroad: a rule that covers the names
+// strangers get on a tunnel, request-catcher or out-of-band service
+// (sharedZones, not on the PSL) reaches an endpoint built to receive what
+// a sandbox sends: broad, as *.github.io is. A name under one stays
+// narrow (the tunnel the policy's owner runs).
+func TestAllowingSharedTenantZonesIsBroad(t *testing.T) {
+	for _, tc := range []struct {
+		rule  string
+		broad bool
+	}{
+		{"*.webhook.site", true}, {"*.interact.sh", true}, {"*.oast.fun", true}, {"*.burpcollaborator.net", true},
+		{"*.pipedream.net", true}, {"*.m.pipedream.net", true}, {"**.pipedream.net", true},
+		{"*.requestcatcher.com", true}, {"*.loca.lt", true}, {"*.serveo.net", true}, {"*.localhost.run", true},
+		{".nip.io", true}, {"foo*.webhook.site", true}, {"*.usw2.devtunnels.ms", true}, {"**.pinggy.net", true},
+		{"*.ngrok-free.app", true}, // on the PSL already
+		{"abc123.m.pipedream.net", false}, {"mytunnel.loca.lt", false}, {"webhook.site", false},
+		{"*.pinggy.net", true}, // *.x is **.x: it reaches every name under free.pinggy.net
+		{"*.example.com", false},
+	} {
+		r, err := ParseRule(tc.rule, Source{})
+		if err != nil {
+			t.Fatalf("%s: %v", tc.rule, err)
+		}
+		if b := r.breadth(); b.broad() != tc.broad {
+			t.Errorf("%s: judged %s, want broad=%v", tc.rule, b, tc.broad)
+		}
+	}
+}
