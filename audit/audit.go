@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"io"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -29,16 +30,21 @@ type Record struct {
 	Kind      Kind      `json:"kind"`
 	// Target is the name or IP literal the client asked for, normalised.
 	Target string `json:"target"`
+	// Name is the name a connection to an address was decided on (tcp:
+	// a name learned from an allowed DNS answer for the address); empty
+	// when that is Target, or no name decided.
+	Name string `json:"name,omitempty"`
 	// Port is the destination port (53 for DNS).
 	Port uint16 `json:"port"`
 	// QType is the DNS query type (dns only).
 	QType string `json:"qtype,omitempty"`
 	// Addrs are the addresses answered (dns) or dialled (others).
-	Addrs    []string `json:"addrs,omitempty"`
-	Decision string   `json:"decision"` // "allow" or "deny"
-	Reason   string   `json:"reason"`   // a policy.Reason, or an error class such as "upstream-error"
-	Rule     string   `json:"rule,omitempty"`
-	Source   string   `json:"rule_source,omitempty"`
+	Addrs []string `json:"addrs,omitempty"`
+	// Decision is the outcome (vocab.go); Reason why (one of Reasons).
+	Decision Outcome `json:"decision"`
+	Reason   Reason  `json:"reason"`
+	Rule     string  `json:"rule,omitempty"`
+	Source   string  `json:"rule_source,omitempty"`
 	// Client is the sandbox-side address of the client.
 	Client string `json:"client,omitempty"`
 	// Method and Path are the request's (https, and http to an inspected
@@ -54,7 +60,10 @@ type Record struct {
 	// Credential names the secret whose header egressd added (https); never
 	// its value.
 	Credential string `json:"credential,omitempty"`
-	// Error describes a failure after the decision (dial error, upstream timeout).
+	// Error says more about the outcome: what failed (an error outcome:
+	// the resolver's or the destination's words), the address or rule
+	// behind a denial, or why an allowed connection ended early (closed
+	// on a policy reload, idle). Never shown to the sandbox.
 	Error string `json:"error,omitempty"`
 	// BytesUp/BytesDown/DurationMS are set on the record written when a
 	// connection ends.
@@ -70,6 +79,7 @@ type Logger struct {
 	w         io.Writer
 	sandboxID string
 	now       func() time.Time
+	failed    atomic.Uint64
 }
 
 // New returns a Logger writing to w, stamping every record with sandboxID.
@@ -77,9 +87,9 @@ func New(w io.Writer, sandboxID string) *Logger {
 	return &Logger{w: w, sandboxID: sandboxID, now: time.Now}
 }
 
-// Log writes r as one line. Time and SandboxID are filled when empty. Write
-// errors are dropped: an audit sink that fails must not stop enforcement
-// (every decision is still enforced; metrics count the failure upstream).
+// Log writes r as one line. Time and SandboxID are filled when empty. A
+// write that fails is counted (WriteErrors), not returned: an audit sink
+// that fails must not stop enforcement (every decision is still enforced).
 func (l *Logger) Log(r Record) {
 	if l == nil || l.w == nil {
 		return
@@ -96,6 +106,18 @@ func (l *Logger) Log(r Record) {
 	}
 	b = append(b, '\n')
 	l.mu.Lock()
-	_, _ = l.w.Write(b)
+	_, err = l.w.Write(b)
 	l.mu.Unlock()
+	if err != nil {
+		l.failed.Add(1)
+	}
+}
+
+// WriteErrors is the number of records whose write failed
+// (egressd_audit_write_errors_total).
+func (l *Logger) WriteErrors() uint64 {
+	if l == nil {
+		return 0
+	}
+	return l.failed.Load()
 }

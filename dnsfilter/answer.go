@@ -47,6 +47,7 @@ type filtered struct {
 	// removed every one: the client gets NOERROR with no data.
 	allGuarded bool
 	guardBy    policy.Decision
+	guarded    netip.Addr // the last address the guard refused
 	rrs        []dns.RR
 	addrs      []netip.Addr
 	stripped   int
@@ -218,7 +219,7 @@ func filter(a *answer, m *policy.Matcher) *filtered {
 			}
 			if g := m.GuardAddr(addr, 0); !g.Allow {
 				f.stripped++
-				f.guardBy = g
+				f.guardBy, f.guarded = g, addr.Unmap()
 				continue
 			}
 			f.addrs = append(f.addrs, addr.Unmap())

@@ -725,13 +725,13 @@ func TestRateLimitPerClient(t *testing.T) {
 	if diff := cmp.Diff([]string{"NOERROR", "NOERROR", "NOERROR", "NOERROR", "NOERROR", "REFUSED"}, got); diff != "" {
 		t.Errorf("after 1s (-want +got):\n%s", diff)
 	}
-	if got := metricValue(t, e.srv.m.queries[resultRateLimited]); got != 3 {
+	if got := metricValue(t, e.srv.m.queries[audit.ReasonDNSRate]); got != 3 {
 		t.Errorf("rate-limited metric %v, want 3", got)
 	}
 	// Audit: at most one rate-limited record per client per second.
 	n := 0
 	for _, r := range e.audit.records(t) {
-		if r.Reason == reasonRateLimited {
+		if r.Reason == audit.ReasonDNSRate && r.Decision == audit.OutcomeDeny {
 			n++
 		}
 	}
@@ -795,10 +795,11 @@ func TestUpstreamDownGivesSERVFAIL(t *testing.T) {
 	for _, tc := range []struct {
 		name     string
 		upstream string
+		reason   audit.Reason
 	}{
-		{"closed port", closed},
-		{"silent upstream", silent.LocalAddr().String()},
-		{"upstream SERVFAIL", servfailing.addr},
+		{"closed port", closed, audit.ReasonResolverError},
+		{"silent upstream", silent.LocalAddr().String(), audit.ReasonResolverTimeout},
+		{"upstream SERVFAIL", servfailing.addr, audit.ReasonResolverError},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			up := &testUpstream{addr: tc.upstream}
@@ -810,15 +811,19 @@ func TestUpstreamDownGivesSERVFAIL(t *testing.T) {
 			if d := time.Since(start); d > 3*time.Second {
 				t.Errorf("SERVFAIL took %v", d)
 			}
-			if _, err := e.srv.Resolve(context.Background(), "www.example.test"); err == nil {
-				t.Error("Resolve succeeded with the upstream down")
+			var re *ResolveError
+			if _, err := e.srv.Resolve(context.Background(), "www.example.test"); !errors.As(err, &re) || re.AuditReason() != tc.reason {
+				t.Errorf("Resolve with the upstream down: %v, want a ResolveError with reason %s", err, tc.reason)
 			}
 			if n := e.srv.cache.len(); n != 0 {
 				t.Errorf("a failure was cached (%d entries)", n)
 			}
 			recs := e.audit.records(t)
-			if len(recs) != 1 || recs[0].Reason != reasonUpstreamError || recs[0].Error == "" {
-				t.Errorf("audit %+v, want one upstream-error record", recs)
+			// An upstream failure is an error, not a denial of the name; the
+			// record (not the client) names the resolver.
+			if len(recs) != 1 || recs[0].Decision != audit.OutcomeError || recs[0].Reason != tc.reason ||
+				!strings.Contains(recs[0].Error, tc.upstream) || recs[0].Rule != "*.example.test" {
+				t.Errorf("audit %+v, want one error record, reason %s, naming the upstream %s and the allow rule", recs, tc.reason, tc.upstream)
 			}
 		})
 	}
@@ -902,14 +907,14 @@ func TestAuditLinePerQuery(t *testing.T) {
 	allowed.Addrs, allowed.Rule, allowed.Source = []string{"203.0.113.7"}, "*.example.test", "policy.toml:10"
 	blocked := base("x.evil.test", "A", "deny", "blocked-by")
 	blocked.Rule, blocked.Source = "*.evil.test", "policy.toml:20"
-	https := base("www.example.test", "HTTPS", "deny", reasonQTypeNotForwarded)
+	https := base("www.example.test", "HTTPS", "allow", "qtype-not-forwarded") // the name is allowed; the type is answered empty
 	https.Rule, https.Source = "*.example.test", "policy.toml:10"
 	want := []auditRecord{
 		allowed,
 		allowed,
 		blocked,
 		base("other.test", "AAAA", "deny", "no-allow-rule"),
-		base("www.example.test.", "ANY", "deny", reasonQTypeRefused),
+		base("www.example.test.", "ANY", "deny", "qtype-refused"),
 		https,
 		base("1.2.3.4.", "A", "deny", "invalid-name"),
 	}
@@ -933,7 +938,7 @@ func toAuditRecords(in []audit.Record) []auditRecord {
 	for i, r := range in {
 		out[i] = auditRecord{
 			SandboxID: r.SandboxID, Kind: string(r.Kind), Target: r.Target, Port: r.Port, QType: r.QType,
-			Addrs: r.Addrs, Decision: r.Decision, Reason: r.Reason, Rule: r.Rule, Source: r.Source,
+			Addrs: r.Addrs, Decision: string(r.Decision), Reason: string(r.Reason), Rule: r.Rule, Source: r.Source,
 			Client: r.Client, Error: r.Error,
 		}
 	}
@@ -1167,5 +1172,56 @@ func TestLearnedTableIsBounded(t *testing.T) {
 	lt.add([]netip.Addr{netip.MustParseAddr("192.0.2.1")}, []string{"late.example.test"}, clock.Now().Add(time.Minute), clock.Now())
 	if n := lt.len(); n > 16 {
 		t.Errorf("%d addresses, bound is 16", n)
+	}
+}
+
+// TestEveryQueryHasItsOutcome: each way a query can end has one outcome
+// and one reason, the same in the audit record and the metric; an allowed
+// name whose type is not forwarded is not a denial of the name; a query
+// name the sandbox chose is escaped and capped in the record.
+func TestEveryQueryHasItsOutcome(t *testing.T) {
+	up := startUpstream(t,
+		"www.example.test. 300 IN A 203.0.113.7",
+		"inside.example.test. 300 IN A 10.0.0.7",
+	)
+	e := newEnv(t, up, testAllow, testBlock, func(c *Config) { c.MaxNameLen = 100 })
+	long := strings.Repeat("a", 60) + "." + strings.Repeat("b", 60) + ".example.test."
+	for _, tc := range []struct {
+		name    string
+		qtype   uint16
+		rcode   string
+		outcome audit.Outcome
+		reason  audit.Reason
+		target  string
+		addrs   []string
+	}{
+		{"www.example.test.", dns.TypeA, "NOERROR", audit.OutcomeAllow, audit.ReasonAllowedBy, "www.example.test", []string{"203.0.113.7"}},
+		{"www.example.test.", dns.TypeNULL, "NOERROR", audit.OutcomeAllow, audit.ReasonQTypeNotForwarded, "www.example.test", nil},
+		{"x.evil.test.", dns.TypeA, "NXDOMAIN", audit.OutcomeDeny, audit.ReasonBlockedBy, "x.evil.test", nil},
+		{"other.test.", dns.TypeA, "NXDOMAIN", audit.OutcomeDeny, audit.ReasonNoAllowRule, "other.test", nil},
+		{"inside.example.test.", dns.TypeA, "NOERROR", audit.OutcomeDeny, audit.ReasonGuardedAddress, "inside.example.test", []string{"10.0.0.7"}},
+		{"a\\007b\\027[2J.example.test.", dns.TypeA, "NXDOMAIN", audit.OutcomeDeny, audit.ReasonInvalidName, `a\007b\027[2J.example.test.`, nil},
+		{long, dns.TypeA, "REFUSED", audit.OutcomeDeny, audit.ReasonDNSMaxNameLen, long, nil},
+		{"www.example.test.", dns.TypeAXFR, "REFUSED", audit.OutcomeDeny, audit.ReasonQTypeRefused, "www.example.test.", nil},
+	} {
+		e.audit.reset()
+		if got := rcode(e.ask(tc.name, tc.qtype)); got != tc.rcode {
+			t.Errorf("%s %s: rcode %s, want %s", tc.name, dns.TypeToString[tc.qtype], got, tc.rcode)
+		}
+		recs := e.audit.records(t)
+		if len(recs) != 1 {
+			t.Fatalf("%s: %d records, want 1: %+v", tc.name, len(recs), recs)
+		}
+		r := recs[0]
+		if r.Decision != tc.outcome || r.Reason != tc.reason || r.Target != tc.target || !slices.Equal(r.Addrs, tc.addrs) {
+			t.Errorf("%s %s: record %s %s %q %v, want %s %s %q %v", tc.name, dns.TypeToString[tc.qtype],
+				r.Decision, r.Reason, r.Target, r.Addrs, tc.outcome, tc.reason, tc.target, tc.addrs)
+		}
+		if tc.reason == audit.ReasonQTypeNotForwarded && r.Rule != "*.example.test" {
+			t.Errorf("qtype-not-forwarded names the rule that allowed the name: %+v", r)
+		}
+		if got := metricValue(t, e.srv.m.queriesVec.WithLabelValues(string(tc.outcome), string(tc.reason))); got < 1 {
+			t.Errorf("%s: egressd_dns_queries_total{result=%q,reason=%q} = %v", tc.name, tc.outcome, tc.reason, got)
+		}
 	}
 }

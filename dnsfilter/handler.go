@@ -35,27 +35,27 @@ func refusedType(t uint16) bool {
 	return t == dns.TypeNone || t == dns.TypeOPT || (t >= 128 && t <= 255)
 }
 
-// Audit reasons that are not policy reasons.
-const (
-	reasonRateLimited       = "rate-limited"
-	reasonMalformed         = "malformed"
-	reasonQTypeRefused      = "qtype-refused"
-	reasonQTypeNotForwarded = "qtype-not-forwarded"
-	reasonNameTooLong       = "name-too-long"
-	reasonUpstreamError     = "upstream-error"
-)
+// maxAuditName caps a query name as audited (escaped, audit.Escape); a
+// valid name is at most 253 bytes, so only a name egressd refuses is cut.
+const maxAuditName = 300
 
-// outcome is what happened to one query, for the audit record and metrics.
+// outcome is what happened to one query, for the audit record and metrics:
+// its reason (audit.Reasons: the outcome follows from it), the policy's
+// decision when the policy decided.
 type outcome struct {
-	result   string
+	reason   audit.Reason
 	decision policy.Decision
-	reason   string // overrides decision.Reason when set
 	target   string
 	qtype    uint16
 	addrs    []netip.Addr
 	stripped int
 	note     string
 	noAudit  bool
+}
+
+// fromDecision sets the outcome of a policy decision.
+func (o *outcome) fromDecision(d policy.Decision) {
+	o.decision, o.reason = d, audit.Reason(d.Reason)
 }
 
 // respond answers one query; nil means send nothing (req is a response).
@@ -65,7 +65,7 @@ func (s *Server) respond(req *dns.Msg, client netip.Addr, tcp bool) *dns.Msg {
 	}
 	now := s.set.now()
 	resp, out := s.decide(req, client, now)
-	s.m.queries[out.result].Inc()
+	s.m.query(out.reason)
 	if out.stripped > 0 {
 		s.m.stripped.Add(float64(out.stripped))
 	}
@@ -82,48 +82,49 @@ func (s *Server) decide(req *dns.Msg, client netip.Addr, now time.Time) (*dns.Ms
 		out.target, out.qtype = req.Question[0].Name, req.Question[0].Qtype
 	}
 	if ok, aud := s.limiter.allow(client, now); !ok {
-		out.result, out.reason, out.noAudit = resultRateLimited, reasonRateLimited, !aud
+		out.reason, out.noAudit = audit.ReasonDNSRate, !aud
 		return reply(req, dns.RcodeRefused), out
 	}
 	if req.Opcode != dns.OpcodeQuery {
-		out.result, out.reason = resultMalformed, reasonMalformed
+		out.reason = audit.ReasonMalformed
 		return reply(req, dns.RcodeNotImplemented), out
 	}
 	if len(req.Question) != 1 {
 		// RFC 9619: more than one question is a format error. Nothing
 		// of it is forwarded.
-		out.result, out.reason = resultMalformed, reasonMalformed
+		out.reason = audit.ReasonMalformed
 		out.note = strconv.Itoa(len(req.Question)) + " questions"
 		return reply(req, dns.RcodeFormatError), out
 	}
 	q := req.Question[0]
 	if rc := checkEDNS(req); rc != dns.RcodeSuccess {
-		out.result, out.reason = resultMalformed, reasonMalformed
+		out.reason = audit.ReasonMalformed
 		return reply(req, rc), out
 	}
 	if q.Qclass != dns.ClassINET || refusedType(q.Qtype) {
-		out.result, out.reason = resultRefused, reasonQTypeRefused
+		out.reason = audit.ReasonQTypeRefused
 		return reply(req, dns.RcodeRefused), out
 	}
 	if len(strings.TrimSuffix(q.Name, ".")) > s.set.maxNameLen {
-		out.result, out.reason = resultRefused, reasonNameTooLong
+		out.reason = audit.ReasonDNSMaxNameLen
 		return reply(req, dns.RcodeRefused), out
 	}
 	m := s.matcher()
 	name, ok := policy.NormalizeName(q.Name)
 	if !ok {
-		out.result, out.decision = resultDeny, policy.Decision{Reason: policy.ReasonInvalidName}
+		out.fromDecision(policy.Decision{Reason: policy.ReasonInvalidName})
 		return reply(req, s.blockRcode(m)), out
 	}
 	out.target = name
 	d := m.DecideNameAnyPort(name)
-	out.decision = d
+	out.fromDecision(d)
 	if !d.Allow {
-		out.result = resultDeny
 		return reply(req, s.blockRcode(m)), out
 	}
 	if !forwardedTypes[q.Qtype] {
-		out.result, out.reason = resultRefused, reasonQTypeNotForwarded
+		// The name is allowed (the record names the rule); the type is
+		// one egressd answers itself, empty: not a denial of the name.
+		out.reason = audit.ReasonQTypeNotForwarded
 		return reply(req, dns.RcodeSuccess), out
 	}
 
@@ -132,11 +133,14 @@ func (s *Server) decide(req *dns.Msg, client netip.Addr, now time.Time) (*dns.Ms
 	if err != nil {
 		if de := (*DeniedError)(nil); errors.As(err, &de) {
 			// The policy changed while we looked: deny.
-			out.result, out.decision = resultDeny, de.Decision
+			out.fromDecision(de.Decision)
 			return reply(req, s.blockRcode(m)), out
 		}
-		out.result, out.reason, out.note = resultServfail, reasonUpstreamError, err.Error()
-		s.log.Debug("dns: upstream failed", "name", name, "qtype", dns.Type(q.Qtype).String(), "err", err)
+		// The upstream resolvers failed: an error, not a denial. The
+		// client gets a bare SERVFAIL (no text, no EDE): the upstream's
+		// address and words go to the audit record only.
+		out.reason, out.note = upstreamReason(err), err.Error()
+		s.log.Debug("upstream failed", "name", name, "qtype", dns.Type(q.Qtype).String(), "err", err)
 		return reply(req, dns.RcodeServerFailure), out
 	}
 	f := a.filterFor(m)
@@ -144,13 +148,15 @@ func (s *Server) decide(req *dns.Msg, client netip.Addr, now time.Time) (*dns.Ms
 	out.stripped = f.stripped
 	switch {
 	case f.deny:
-		out.result, out.decision, out.note = resultDeny, f.denyBy, "via CNAME "+f.denyName
+		out.fromDecision(f.denyBy)
+		out.note = "via CNAME " + f.denyName
 		return reply(req, s.blockRcode(m)), out
 	case f.allGuarded:
-		out.result, out.decision = resultDeny, f.guardBy
+		out.fromDecision(f.guardBy)
+		out.addrs = []netip.Addr{f.guarded}
 		return reply(req, dns.RcodeSuccess), out
 	}
-	out.result, out.addrs = resultAllow, f.addrs
+	out.addrs = f.addrs
 	return s.build(req, a, f, now), out
 }
 
@@ -222,23 +228,16 @@ func fit(req, resp *dns.Msg, tcp bool) {
 
 func (o *outcome) record(client netip.Addr, now time.Time) audit.Record {
 	r := audit.Record{
-		Time:   now,
-		Kind:   audit.KindDNS,
-		Target: o.target,
-		Port:   53,
-		Reason: o.reason,
-		Error:  o.note,
+		Time:     now,
+		Kind:     audit.KindDNS,
+		Target:   audit.Escape(o.target, maxAuditName),
+		Port:     53,
+		Decision: o.reason.Outcome(),
+		Reason:   o.reason,
+		Error:    audit.Escape(o.note, audit.MaxTarget),
 	}
 	if o.qtype != 0 || o.target != "" {
 		r.QType = dns.Type(o.qtype).String()
-	}
-	if o.result == resultAllow {
-		r.Decision = "allow"
-	} else {
-		r.Decision = "deny"
-	}
-	if r.Reason == "" {
-		r.Reason = string(o.decision.Reason)
 	}
 	if rule := o.decision.Rule; rule != nil {
 		r.Rule = rule.Text

@@ -219,6 +219,16 @@ func (s *syncBuffer) Write(p []byte) (int, error) {
 	return s.b.Write(p)
 }
 
+// reset drops the records written so far (after those in flight).
+func (s *syncBuffer) reset() {
+	if s.flush != nil {
+		s.flush()
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.b.Reset()
+}
+
 func (s *syncBuffer) records(t *testing.T) []audit.Record {
 	t.Helper()
 	if s.flush != nil {

@@ -2,25 +2,16 @@ package dnsfilter
 
 import (
 	"fmt"
+	"slices"
 
 	"github.com/prometheus/client_golang/prometheus"
-)
 
-// Query results, the values of egressd_dns_queries_total's "result" label.
-const (
-	resultAllow       = "allow"        // answered from upstream data (including upstream NXDOMAIN/NODATA)
-	resultDeny        = "deny"         // denied by policy: name, CNAME target, or every address guarded
-	resultRefused     = "refused"      // query type or class not served, name too long
-	resultMalformed   = "malformed"    // not exactly one question, unknown EDNS version, opcode
-	resultServfail    = "servfail"     // upstream failed
-	resultRateLimited = "rate_limited" // client over its query rate
+	"github.com/egressd/egressd/audit"
 )
-
-var allResults = []string{resultAllow, resultDeny, resultRefused, resultMalformed, resultServfail, resultRateLimited}
 
 // metrics are the resolver's Prometheus metrics:
 //
-//	egressd_dns_queries_total{result}              client queries by result (see result* above)
+//	egressd_dns_queries_total{result,reason}       client queries by outcome and reason (audit.Reasons)
 //	egressd_dns_cache_hits_total                   answers served from the cache
 //	egressd_dns_cache_misses_total                 lookups that had to ask upstream
 //	egressd_dns_cache_entries                      answers cached now
@@ -29,7 +20,7 @@ var allResults = []string{resultAllow, resultDeny, resultRefused, resultMalforme
 //	egressd_dns_guard_stripped_records_total       A/AAAA records removed by the address guard
 //	egressd_dns_learned_addresses                  addresses in the learned-address table now
 type metrics struct {
-	queries         map[string]prometheus.Counter
+	queries         map[audit.Reason]prometheus.Counter
 	queriesVec      *prometheus.CounterVec
 	cacheHits       prometheus.Counter
 	cacheMisses     prometheus.Counter
@@ -45,11 +36,11 @@ type metrics struct {
 
 func newMetrics(cacheLen, learnedLen func() int) *metrics {
 	m := &metrics{
-		queries: make(map[string]prometheus.Counter, len(allResults)),
+		queries: map[audit.Reason]prometheus.Counter{},
 		queriesVec: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "egressd_dns_queries_total",
-			Help: "Client DNS queries by result: allow, deny, refused, malformed, servfail, rate_limited.",
-		}, []string{"result"}),
+			Help: "Client DNS queries by result (allow, deny, error) and reason (docs/audit.md).",
+		}, []string{"result", "reason"}),
 		cacheHits: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "egressd_dns_cache_hits_total",
 			Help: "Lookups answered from the DNS cache.",
@@ -80,8 +71,10 @@ func newMetrics(cacheLen, learnedLen func() int) *metrics {
 		Name: "egressd_dns_learned_addresses",
 		Help: "Addresses in the DNS learned-address table.",
 	}, func() float64 { return float64(learnedLen()) })
-	for _, r := range allResults {
-		m.queries[r] = m.queriesVec.WithLabelValues(r)
+	for _, ri := range audit.Reasons {
+		if slices.Contains(ri.Kinds, audit.KindDNS) {
+			m.queries[ri.Reason] = m.queriesVec.WithLabelValues(string(ri.Outcome), string(ri.Reason))
+		}
 	}
 	m.upstreamOK = m.upstreamDur.WithLabelValues("ok")
 	m.upstreamErr = m.upstreamDur.WithLabelValues("error")
@@ -90,6 +83,15 @@ func newMetrics(cacheLen, learnedLen func() int) *metrics {
 		m.stripped, m.cacheEntries, m.learnedEntries,
 	}
 	return m
+}
+
+// query counts one client query.
+func (m *metrics) query(r audit.Reason) {
+	c, ok := m.queries[r]
+	if !ok { // a reason the table does not give the resolver: still counted
+		c = m.queriesVec.WithLabelValues(string(r.Outcome()), string(r))
+	}
+	c.Inc()
 }
 
 func (m *metrics) register(r prometheus.Registerer) error {

@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"sync"
 	"time"
 
 	"github.com/miekg/dns"
 
+	"github.com/egressd/egressd/audit"
 	"github.com/egressd/egressd/policy"
 )
 
@@ -25,21 +27,58 @@ type DeniedError struct {
 	// CNAME is the target in the answer chain that was blocked, if that is
 	// what denied the name.
 	CNAME string
+	// Addr is an address the guard refused, when the guard denied.
+	Addr netip.Addr
 }
 
 func (e *DeniedError) Error() string {
 	if e.CNAME != "" {
 		return fmt.Sprintf("resolving %s denied: CNAME %s %s", e.Name, e.CNAME, e.Decision)
 	}
+	if e.Addr.IsValid() {
+		return fmt.Sprintf("resolving %s denied: %s %s", e.Name, e.Decision, e.Addr)
+	}
 	return fmt.Sprintf("resolving %s denied: %s", e.Name, e.Decision)
 }
 
-// ErrNoAddresses is returned (wrapped) by Resolve for an allowed name with no
-// A or AAAA record.
+// PolicyDecision is the decision that refused the name and, for the
+// address guard, an address it refused (the proxy's view of a refusal).
+func (e *DeniedError) PolicyDecision() (policy.Decision, netip.Addr) { return e.Decision, e.Addr }
+
+// ResolveError is a lookup of an allowed name that could not be answered:
+// the upstream resolvers failed or did not answer, the name has no
+// addresses, or it is longer than MaxNameLen. Reason says which, in the
+// one vocabulary (audit.Reasons).
+type ResolveError struct {
+	Name   string
+	Reason audit.Reason
+	Err    error
+}
+
+func (e *ResolveError) Error() string { return fmt.Sprintf("resolving %s: %v", e.Name, e.Err) }
+func (e *ResolveError) Unwrap() error { return e.Err }
+
+// AuditReason is the failure's reason: resolver-timeout, resolver-error,
+// no-addresses or dns-max-name-len.
+func (e *ResolveError) AuditReason() audit.Reason { return e.Reason }
+
+// ErrNoAddresses is returned (in a ResolveError) by Resolve for an allowed
+// name with no A or AAAA record.
 var ErrNoAddresses = errors.New("no A or AAAA records")
 
-// ErrNameTooLong is returned (wrapped) by Resolve for a name over MaxNameLen.
+// ErrNameTooLong is returned (in a ResolveError) by Resolve for a name over
+// MaxNameLen.
 var ErrNameTooLong = errors.New("name longer than the configured maximum")
+
+// upstreamReason is the reason of a failed upstream exchange: no answer in
+// time, or any other failure.
+func upstreamReason(err error) audit.Reason {
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, context.DeadlineExceeded) {
+		return audit.ReasonResolverTimeout
+	}
+	return audit.ReasonResolverError
+}
 
 // Resolve returns every A and AAAA address of name that passes the address
 // guard (for some port: the proxy guards each again with its port), asking
@@ -52,7 +91,7 @@ func (s *Server) Resolve(ctx context.Context, name string) ([]netip.Addr, error)
 		return nil, &DeniedError{Name: name, Decision: policy.Decision{Reason: policy.ReasonInvalidName}}
 	}
 	if len(canon) > s.set.maxNameLen {
-		return nil, fmt.Errorf("resolving %s: %w (%d bytes)", canon, ErrNameTooLong, s.set.maxNameLen)
+		return nil, &ResolveError{Name: canon, Reason: audit.ReasonDNSMaxNameLen, Err: fmt.Errorf("%w (%d bytes)", ErrNameTooLong, s.set.maxNameLen)}
 	}
 	m := s.matcher()
 	if d := m.DecideNameAnyPort(canon); !d.Allow {
@@ -103,14 +142,13 @@ func (s *Server) Resolve(ctx context.Context, name string) ([]netip.Addr, error)
 	switch {
 	case len(addrs) > 0:
 		return addrs, nil
-	case len(errs) == len(res):
-		return nil, fmt.Errorf("resolving %s: %w", canon, errors.Join(errs...))
-	case guarded != nil:
-		return nil, &DeniedError{Name: canon, Decision: guarded.guardBy}
+	case guarded != nil && len(errs) < len(res):
+		return nil, &DeniedError{Name: canon, Decision: guarded.guardBy, Addr: guarded.guarded}
 	case len(errs) > 0:
-		return nil, fmt.Errorf("resolving %s: %w", canon, errors.Join(errs...))
+		err := errors.Join(errs...)
+		return nil, &ResolveError{Name: canon, Reason: upstreamReason(err), Err: err}
 	}
-	return nil, fmt.Errorf("resolving %s: %w", canon, ErrNoAddresses)
+	return nil, &ResolveError{Name: canon, Reason: audit.ReasonNoAddresses, Err: ErrNoAddresses}
 }
 
 // lookup returns the answer for (name, qtype) from the cache or upstream.

@@ -156,7 +156,7 @@ func (s *Server) useUpstreamsOf(m *policy.Matcher) {
 	s.pool.Store(&upstreamPool{addrs: want, up: s.newUpstreams(want)})
 	s.cache.reset(s.gen.Add(1))
 	old.up.close()
-	s.log.Info("dns: upstream resolvers changed", "upstreams", fmt.Sprint(want))
+	s.log.Info("upstream resolvers changed", "upstreams", fmt.Sprint(want))
 }
 
 // Listen binds addr ("127.0.0.1:53", "[::1]:53") for UDP and TCP. With port
@@ -376,6 +376,6 @@ func (s *Server) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 		return
 	}
 	if err := w.WriteMsg(resp); err != nil {
-		s.log.Debug("dns: writing reply", "client", client, "err", err)
+		s.log.Debug("writing reply failed", "client", client, "err", err)
 	}
 }

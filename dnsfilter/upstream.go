@@ -86,7 +86,8 @@ func (u *upstreams) dialer() *net.Dialer { return u.tcp.Dialer }
 
 // exchange asks each upstream in turn until one gives a usable reply.
 // SERVFAIL and REFUSED count as unusable; if every upstream answers so, the
-// last such reply is returned (the caller turns it into SERVFAIL).
+// error names the last of them and its answer (the caller answers the
+// client SERVFAIL).
 func (u *upstreams) exchange(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
 	select {
 	case u.sem <- struct{}{}:
@@ -106,10 +107,7 @@ func (u *upstreams) exchange(ctx context.Context, q *dns.Msg) (*dns.Msg, error) 
 
 	n := uint32(len(u.servers))
 	start := u.preferred.Load() % n
-	var (
-		lastErr  error
-		lastResp *dns.Msg
-	)
+	var lastErr error
 	for i := range n {
 		idx := (start + i) % n
 		srv := u.servers[idx]
@@ -122,7 +120,7 @@ func (u *upstreams) exchange(ctx context.Context, q *dns.Msg) (*dns.Msg, error) 
 			continue
 		}
 		if resp.Rcode == dns.RcodeServerFailure || resp.Rcode == dns.RcodeRefused {
-			lastResp = resp
+			lastErr = fmt.Errorf("upstream %s: %w", srv.addr, &upstreamRcodeError{resp.Rcode})
 			continue
 		}
 		if i > 0 {
@@ -130,9 +128,9 @@ func (u *upstreams) exchange(ctx context.Context, q *dns.Msg) (*dns.Msg, error) 
 		}
 		return resp, nil
 	}
-	if lastResp != nil {
-		return lastResp, nil
-	}
+	// Every upstream failed or answered SERVFAIL or REFUSED: the error
+	// names the last (the audit record's error; the client gets a bare
+	// SERVFAIL).
 	return nil, lastErr
 }
 

@@ -173,8 +173,8 @@ func testInspectPathRules(t *testing.T) {
 			t.Errorf("%s: status %q, want %s\n%s", m, v, want, r)
 		}
 	}
-	if h := marker(r.stdout, "header"); !strings.Contains(h, `no-allow-rule paths ["/v1/messages"]`) || !strings.Contains(h, "policy.toml:") {
-		t.Errorf("the denial does not name the rule and where egressd holds it: %q", h)
+	if h := marker(r.stdout, "header"); !strings.Contains(h, `no-allow-rule paths ["/v1/messages"]`) || !strings.Contains(h, "inspect.toml:") {
+		t.Errorf("the denial does not name the rule and where its author wrote it (not egressd's snapshot): %q", h)
 	}
 	for _, req := range lw.w.HTTPLog() {
 		if req.URI != "/v1/messages" {

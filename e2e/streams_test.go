@@ -209,7 +209,7 @@ func TestSlowRequestCannotOutwaitTheHeaderTimeout(t *testing.T) {
 	}
 	noRequestsFor(t, e.w, "blocked.test")
 	rec := e.waitAudit("the refused slow stream", func(r auditRecord) bool {
-		return r.Kind == "tcp" && r.Decision == "deny" && r.Reason == "timeout"
+		return r.Kind == "tcp" && r.Decision == "deny" && r.Reason == "header-timeout"
 	})
 	if rec.Target != host4.String() || rec.Port != 80 {
 		t.Errorf("audit %+v: want the timeout refusal for %s", rec, ap(host4, 80))

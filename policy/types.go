@@ -1,8 +1,10 @@
 package policy
 
 import (
+	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync/atomic"
 )
 
@@ -48,6 +50,27 @@ func (s Source) String() string {
 		return "flag:" + s.Name
 	}
 	return ""
+}
+
+// ParseSource reads a source as String writes it: "builtin:NAME",
+// "flag:NAME", "FILE:LINE" or "FILE". It is how a tool that writes an
+// egressd policy for someone else (the launcher's snapshot) hands each
+// rule's original source over (serve --rule-sources).
+func ParseSource(s string) (Source, error) {
+	switch {
+	case s == "":
+		return Source{}, errors.New("empty source")
+	case strings.HasPrefix(s, "builtin:") && len(s) > len("builtin:"):
+		return Builtin(strings.TrimPrefix(s, "builtin:")), nil
+	case strings.HasPrefix(s, "flag:") && len(s) > len("flag:"):
+		return Flag(strings.TrimPrefix(s, "flag:")), nil
+	}
+	if i := strings.LastIndexByte(s, ':'); i > 0 {
+		if n, err := strconv.Atoi(s[i+1:]); err == nil && n > 0 {
+			return Source{Kind: SourceFile, File: s[:i], Line: n}, nil
+		}
+	}
+	return Source{Kind: SourceFile, File: s}, nil
 }
 
 // Builtin returns the source of a value from built-in profile name.

@@ -6,6 +6,10 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -193,5 +197,69 @@ func TestMetricsRegistered(t *testing.T) {
 	}
 	if _, err := New(Config{Policy: h.live, Metrics: reg}); err == nil {
 		t.Error("a second Proxy on the same registry registered silently")
+	}
+}
+
+// TestEveryDenialIsInTheVocabulary reads the proxy's source: every
+// denial it constructs (denyf and &denial literals) names a reason of
+// audit.Reasons and an HTTP status that reason lists, so docs/audit.md's
+// table (held to audit.Reasons by docs/docs_test.go) says what a client
+// can get.
+func TestEveryDenialIsInTheVocabulary(t *testing.T) {
+	vocab, err := os.ReadFile("../audit/vocab.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	values := map[string]audit.Reason{}
+	for _, m := range regexp.MustCompile(`(Reason\w+)\s+Reason = "([^"]+)"`).FindAllStringSubmatch(string(vocab), -1) {
+		values[m[1]] = audit.Reason(m[2])
+	}
+	statuses := map[string]int{"0": 0}
+	for code := 100; code < 600; code++ {
+		if text := http.StatusText(code); text != "" {
+			statuses["http.Status"+strings.NewReplacer(" ", "", "-", "", "'", "").Replace(text)] = code
+		}
+	}
+	statuses["http.StatusRequestHeaderFieldsTooLarge"] = 431
+	statuses["http.StatusHTTPVersionNotSupported"] = 505
+	statuses["http.StatusRequestTimeout"] = 408
+	files, err := filepath.Glob("*.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	call := regexp.MustCompile(`(?:denyf\(|&denial\{status: )([\w.]+),\s*(?:reason:\s*)?audit\.(Reason\w+)`)
+	seen := 0
+	for _, f := range files {
+		if strings.HasSuffix(f, "_test.go") {
+			continue
+		}
+		src, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range call.FindAllStringSubmatch(string(src), -1) {
+			seen++
+			reason, ok := values[m[2]]
+			if !ok {
+				t.Errorf("%s: audit.%s is no constant of audit/vocab.go", f, m[2])
+				continue
+			}
+			info, ok := reason.Info()
+			if !ok {
+				t.Errorf("%s: reason %s is not in audit.Reasons", f, reason)
+				continue
+			}
+			code, ok := statuses[m[1]]
+			if !ok {
+				t.Errorf("%s: status %s unknown to this test", f, m[1])
+				continue
+			}
+			if code != 0 && !slices.Contains(info.Status, code) {
+				t.Errorf("%s: %s answered %d; audit.Reasons (and docs/audit.md) list %v", f, reason, code, info.Status)
+			}
+		}
+	}
+	if seen < 30 {
+		t.Fatalf("found %d denials in the proxy's source: the pattern no longer matches how they are written", seen)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/egressd/egressd/audit"
 	"github.com/egressd/egressd/policy"
 )
 
@@ -31,21 +32,18 @@ func (p *Proxy) vetTarget(ctx context.Context, m *policy.Matcher, t policy.Targe
 		}
 		ap := netip.AddrPortFrom(t.Addr, t.Port)
 		if p.isSelf(ap) {
-			return nil, denyf(http.StatusForbidden, ReasonSelf, "%s is egressd's own listener", ap)
+			return nil, denyf(http.StatusForbidden, audit.ReasonSelf, "%s is egressd's own listener", ap)
 		}
 		return []netip.AddrPort{ap}, nil
 	}
 	if p.cfg.Resolver == nil {
-		return nil, denyf(http.StatusBadGateway, ReasonResolve, "no resolver configured for %s", t.Name)
+		return nil, denyf(http.StatusBadGateway, audit.ReasonResolverError, "no resolver configured for %s", t.Name)
 	}
 	rctx, cancel := context.WithTimeout(ctx, p.cfg.DialTimeout)
 	addrs, err := p.cfg.Resolver.Resolve(rctx, t.Name)
 	cancel()
 	if err != nil {
-		if d, ok := asDenial(err); ok {
-			return nil, d
-		}
-		return nil, denyf(http.StatusBadGateway, ReasonResolve, "resolving %s: %v", t.Name, err)
+		return nil, resolveDenial(t, err)
 	}
 	var (
 		out   []netip.AddrPort
@@ -65,7 +63,7 @@ func (p *Proxy) vetTarget(ctx context.Context, m *policy.Matcher, t policy.Targe
 		ap := netip.AddrPortFrom(a, t.Port)
 		if p.isSelf(ap) {
 			if first == nil {
-				first = denyf(http.StatusForbidden, ReasonSelf, "%s resolves to %s, egressd's own listener", t.Name, ap)
+				first = denyf(http.StatusForbidden, audit.ReasonSelf, "%s resolves to %s, egressd's own listener", t.Name, ap)
 			}
 			continue
 		}
@@ -79,7 +77,7 @@ func (p *Proxy) vetTarget(ctx context.Context, m *policy.Matcher, t policy.Targe
 		if first != nil {
 			return nil, first
 		}
-		return nil, denyf(http.StatusBadGateway, ReasonResolve, "%s has no addresses", t.Name)
+		return nil, denyf(http.StatusBadGateway, audit.ReasonNoAddresses, "%s has no addresses", t.Name)
 	}
 	return out, nil
 }
@@ -116,13 +114,70 @@ func (p *Proxy) dialTarget(ctx context.Context, m *policy.Matcher, t policy.Targ
 	return p.dialVetted(ctx, addrs)
 }
 
-// upstreamFailure is the denial answered when the upstream cannot be
-// reached after an allow: 504 for a timeout, 502 otherwise.
+// upstreamFailure is the failure answered when the upstream cannot be
+// reached after an allow: upstream-timeout (504) or upstream-error (502).
 func upstreamFailure(err error) *denial {
-	status := http.StatusBadGateway
-	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, context.DeadlineExceeded) {
-		status = http.StatusGatewayTimeout
+	if isTimeoutErr(err) {
+		return denyf(http.StatusGatewayTimeout, audit.ReasonUpstreamTimeout, "%v", err)
 	}
-	return denyf(status, ReasonUpstream, "%v", err)
+	return denyf(http.StatusBadGateway, audit.ReasonUpstreamError, "%v", err)
+}
+
+func isTimeoutErr(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout() || errors.Is(err, context.DeadlineExceeded)
+}
+
+// The resolver's errors, as the proxy consumes them (the resolver,
+// dnsfilter, declares the types): a name the policy refused carries its
+// decision, a failure its reason in the one vocabulary.
+type (
+	policyRefusal interface {
+		PolicyDecision() (policy.Decision, netip.Addr)
+	}
+	reasoned interface{ AuditReason() audit.Reason }
+)
+
+// resolveDenial is the denial of t when resolving it failed: the policy's
+// refusal (a blocked CNAME target, every address guarded), or a failure of
+// the upstream resolvers. What the client is told names no resolver: the
+// sandbox never learns the upstream resolvers' addresses (the audit
+// record has them).
+func resolveDenial(t policy.Target, err error) *denial {
+	if d, ok := asDenial(err); ok {
+		return d
+	}
+	var pr policyRefusal
+	if errors.As(err, &pr) {
+		d, addr := pr.PolicyDecision()
+		if d.Reason == policy.ReasonGuardedAddress && addr.IsValid() {
+			dn := denyAddr(d, addr)
+			dn.internal = err.Error()
+			return dn
+		}
+		dn := denyDecision(d, "")
+		dn.internal = err.Error()
+		return dn
+	}
+	reason := audit.ReasonResolverError
+	var rr reasoned
+	switch {
+	case errors.As(err, &rr):
+		reason = rr.AuditReason()
+	case isTimeoutErr(err):
+		reason = audit.ReasonResolverTimeout
+	}
+	var dn *denial
+	switch reason {
+	case audit.ReasonResolverTimeout:
+		dn = denyf(http.StatusGatewayTimeout, reason, "no answer for %s from the upstream resolver", t.Name)
+	case audit.ReasonNoAddresses:
+		dn = denyf(http.StatusBadGateway, reason, "%s has no A or AAAA records", t.Name)
+	case audit.ReasonDNSMaxNameLen:
+		dn = denyf(http.StatusForbidden, reason, "%s is longer than --dns-max-name-len", t.Name)
+	default:
+		dn = denyf(http.StatusBadGateway, audit.ReasonResolverError, "the upstream resolver failed for %s", t.Name)
+	}
+	dn.internal = err.Error()
+	return dn
 }

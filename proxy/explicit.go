@@ -72,7 +72,7 @@ func (p *Proxy) serveRequests(cc *clientConn, br *bufio.Reader, arr arrival) {
 		if h.major != 1 {
 			// "GET / HTTP/2.0", "PRI * HTTP/2.0" after an h2c upgrade
 			// attempt: not HTTP/1, so not decided or forwarded as such.
-			d := denyf(http.StatusHTTPVersionNotSupported, ReasonBadRequest, "%s request line: only HTTP/1.x requests are served (h2c is refused)", h.proto)
+			d := denyf(http.StatusHTTPVersionNotSupported, audit.ReasonBadRequest, "%s request line: only HTTP/1.x requests are served (h2c is refused)", h.proto)
 			target := h.target
 			if h.hasHost {
 				target = h.host
@@ -84,12 +84,12 @@ func (p *Proxy) serveRequests(cc *clientConn, br *bufio.Reader, arr arrival) {
 		if h.method == http.MethodConnect {
 			switch {
 			case arr.orig.IsValid():
-				d := denyf(http.StatusMethodNotAllowed, ReasonBadRequest, "CONNECT sent to %s, which is not a proxy", arr.orig)
+				d := denyf(http.StatusMethodNotAllowed, audit.ReasonBadRequest, "CONNECT sent to %s, which is not a proxy", arr.orig)
 				p.logDenial(audit.KindConnect, h.target, 0, cc.client, nil, d)
 				answerAndClose(c, h.target, d)
 				return
 			case arr.inTunnel():
-				d := denyf(http.StatusMethodNotAllowed, ReasonBadRequest, "CONNECT inside a CONNECT tunnel to %s", arr.tunnel)
+				d := denyf(http.StatusMethodNotAllowed, audit.ReasonBadRequest, "CONNECT inside a CONNECT tunnel to %s", arr.tunnel)
 				p.logDenial(audit.KindConnect, h.target, 0, cc.client, nil, d)
 				answerAndClose(c, h.target, d)
 				return
@@ -113,15 +113,15 @@ func (p *Proxy) refuseHead(cc *clientConn, raw []byte, br *bufio.Reader, err err
 	var d *denial
 	switch {
 	case isTimeout(err):
-		d = denyf(http.StatusRequestTimeout, ReasonTimeout, "request head not complete within %s", p.cfg.HeaderTimeout)
+		d = denyf(http.StatusRequestTimeout, audit.ReasonHeaderTimeout, "request head not complete within %s", p.cfg.HeaderTimeout)
 	case errors.Is(err, errHeadTooLarge):
-		d = denyf(http.StatusRequestHeaderFieldsTooLarge, ReasonBadRequest, "request head over %d bytes or a line over %d bytes", maxHeadBytes, headReadBuffer)
+		d = denyf(http.StatusRequestHeaderFieldsTooLarge, audit.ReasonBadRequest, "request head over %d bytes or a line over %d bytes", maxHeadBytes, headReadBuffer)
 	default:
 		var he *headError
 		if !errors.As(err, &he) {
 			return // the connection failed; nobody to answer
 		}
-		d = denyf(http.StatusBadRequest, ReasonBadRequest, "%s", he.msg)
+		d = denyf(http.StatusBadRequest, audit.ReasonBadRequest, "%s", he.msg)
 	}
 	kind := audit.KindHTTP
 	if strings.HasPrefix(string(raw), "CONNECT ") {
@@ -140,7 +140,7 @@ func (p *Proxy) handleConnect(cc *clientConn, br *bufio.Reader, h *requestHead) 
 	c := cc.c
 	t, err := parseAuthority(h.target)
 	if err != nil {
-		d := &denial{status: http.StatusBadRequest, reason: string(policy.ReasonInvalidName), detail: err.Error()}
+		d := &denial{status: http.StatusBadRequest, reason: audit.ReasonInvalidName, detail: err.Error()}
 		p.logDenial(audit.KindConnect, h.target, 0, cc.client, nil, d)
 		answerAndClose(c, h.target, d)
 		return
@@ -159,7 +159,7 @@ func (p *Proxy) handleConnect(cc *clientConn, br *bufio.Reader, h *requestHead) 
 	}
 	key := t.String()
 	if !p.acquireDest(key) {
-		dn := denyf(http.StatusServiceUnavailable, ReasonDestLimit, "%d tunnels open to %s (max_tunnels_per_destination)", p.cfg.MaxTunnelsPerDest, key)
+		dn := denyf(http.StatusServiceUnavailable, audit.ReasonMaxTunnelsPerDest, "%d tunnels open to %s (--max-tunnels-per-dest)", p.cfg.MaxTunnelsPerDest, key)
 		p.logDenial(audit.KindConnect, host, t.Port, cc.client, nil, dn)
 		answerAndClose(c, target, dn)
 		return
@@ -221,7 +221,7 @@ func (p *Proxy) handleConnect(cc *clientConn, br *bufio.Reader, h *requestHead) 
 		// first undecided). No HTTP server speaks first.
 		if r != nil && !r.detach() {
 			p.logDenial(audit.KindConnect, host, t.Port, cc.client, a.addrs,
-				denyf(0, ReasonBadRequest, "HTTP request after the server spoke first"))
+				denyf(0, audit.ReasonBadRequest, "HTTP request after the server spoke first"))
 			resetConn(c)
 			return
 		}
@@ -263,7 +263,7 @@ func (p *Proxy) checkConnectStream(cc *clientConn, prefix []byte, t policy.Targe
 			return prefix, kind, nil // an IP target: its allow IP rule admits raw TCP
 		}
 		if _, dn := decideRawName(p.cfg.Policy.Current(), t.Name, t.Port, "a CONNECT tunnel to "+t.Name); dn != nil {
-			if kind == streamH2C && dn.reason == ReasonUnidentified {
+			if kind == streamH2C && dn.reason == audit.ReasonUnidentified {
 				dn.detail = h2cRefused + dn.detail
 			}
 			return nil, kind, dn
@@ -280,11 +280,11 @@ func (p *Proxy) checkConnectStream(cc *clientConn, prefix []byte, t policy.Targe
 		if t.Addr.IsValid() {
 			return prefix, kind, nil // an IP target, allowed by an IP rule: no name expected (E1)
 		}
-		return nil, kind, denyf(http.StatusForbidden, ReasonNoSNI, "TLS ClientHello without server_name in a tunnel to %s", t.Name)
+		return nil, kind, denyf(0, audit.ReasonNoSNI, "TLS ClientHello without server_name in a tunnel to %s", t.Name)
 	}
 	name, ok := policy.NormalizeName(hello.serverName)
 	if !ok {
-		return nil, kind, denyf(http.StatusForbidden, ReasonBadHello, "server_name %q is not a valid host name", hello.serverName)
+		return nil, kind, denyf(0, audit.ReasonBadHello, "server_name %q is not a valid host name", hello.serverName)
 	}
 	if t.Addr.IsValid() {
 		// An IP target has no name to match; the SNI must still not be
@@ -296,7 +296,7 @@ func (p *Proxy) checkConnectStream(cc *clientConn, prefix []byte, t policy.Targe
 		return prefix, kind, nil
 	}
 	if name != t.Name {
-		return nil, kind, denyf(http.StatusForbidden, ReasonSNIMismatch, "TLS server_name %s in a tunnel to %s", name, t.Name)
+		return nil, kind, denyf(0, audit.ReasonSNIMismatch, "TLS server_name %s in a tunnel to %s", name, t.Name)
 	}
 	if d := m.DecideName(name, t.Port); !d.Allow {
 		return nil, kind, denyDecision(d, "")
@@ -305,9 +305,10 @@ func (p *Proxy) checkConnectStream(cc *clientConn, prefix []byte, t policy.Targe
 }
 
 // refuseAfterAllow handles a failure between an allow and the tunnel: a
-// policy denial of every resolved address (guard, block IP rule, self) is
-// a denial; a resolver or dial failure is an allowed request that failed.
-// With answer false (transparent TLS and TCP) the client gets a reset.
+// policy refusal of every resolved address (guard, block IP rule, self, a
+// blocked CNAME target) is a denial; a resolver or dial failure an error
+// (logFailure). With answer false (transparent TLS and TCP) the client gets
+// a reset.
 func (p *Proxy) refuseAfterAllow(cc *clientConn, a *allowed, target string, err error, answer bool) {
 	dn, ok := asDenial(err)
 	if !ok {
@@ -317,12 +318,7 @@ func (p *Proxy) refuseAfterAllow(cc *clientConn, a *allowed, target string, err 
 		p.finish(a, 0, 0, why)
 		return
 	}
-	switch dn.reason {
-	case ReasonUpstream, ReasonResolve:
-		p.finish(a, 0, 0, dn.text())
-	default:
-		p.logDenial(a.kind, a.target, a.port, a.client, a.addrs, dn)
-	}
+	p.logFailure(a, dn)
 	if !answer {
 		resetConn(cc.c)
 		return

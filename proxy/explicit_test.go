@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -62,8 +63,8 @@ func TestConnectSNIMismatchIsClosed(t *testing.T) {
 	}
 	rs := h.audit.waitRecords(t, 3)
 	for _, r := range rs {
-		if r.Decision != "deny" || r.Reason != ReasonSNIMismatch {
-			t.Errorf("audit %+v, want deny %s", r, ReasonSNIMismatch)
+		if r.Decision != "deny" || r.Reason != audit.ReasonSNIMismatch {
+			t.Errorf("audit %+v, want deny %s", r, audit.ReasonSNIMismatch)
 		}
 	}
 }
@@ -84,8 +85,8 @@ func TestConnectNoSNIIsClosed(t *testing.T) {
 	if _, n := rec.stats(); n != 0 {
 		t.Fatalf("upstream received %d bytes, want 0", n)
 	}
-	if rs := h.audit.waitRecords(t, 1); len(rs) != 1 || rs[0].Reason != ReasonNoSNI {
-		t.Fatalf("audit %+v, want one %s denial", rs, ReasonNoSNI)
+	if rs := h.audit.waitRecords(t, 1); len(rs) != 1 || rs[0].Reason != audit.ReasonNoSNI {
+		t.Fatalf("audit %+v, want one %s denial", rs, audit.ReasonNoSNI)
 	}
 
 	t.Run("IP target allowed by an IP rule needs no SNI", func(t *testing.T) {
@@ -117,8 +118,8 @@ func TestConnectECHIsClosed(t *testing.T) {
 	if _, n := rec.stats(); n != 0 {
 		t.Fatalf("upstream received %d bytes, want 0", n)
 	}
-	if rs := h.audit.waitRecords(t, 1); len(rs) != 1 || rs[0].Reason != ReasonECH {
-		t.Fatalf("audit %+v, want one %s denial", rs, ReasonECH)
+	if rs := h.audit.waitRecords(t, 1); len(rs) != 1 || rs[0].Reason != audit.ReasonECH {
+		t.Fatalf("audit %+v, want one %s denial", rs, audit.ReasonECH)
 	}
 }
 
@@ -207,8 +208,8 @@ func TestConnectSplitClientHelloHandled(t *testing.T) {
 		if !tunnelClosed(c) {
 			t.Fatal("tunnel with half a ClientHello stayed open")
 		}
-		if rs := h.audit.waitRecords(t, 1); len(rs) != 1 || rs[0].Reason != ReasonBadHello {
-			t.Fatalf("audit %+v, want one %s denial", rs, ReasonBadHello)
+		if rs := h.audit.waitRecords(t, 1); len(rs) != 1 || rs[0].Reason != audit.ReasonHeaderTimeout {
+			t.Fatalf("audit %+v, want one %s denial", rs, audit.ReasonHeaderTimeout)
 		}
 	})
 }
@@ -318,7 +319,7 @@ func TestAbsoluteURIHostMismatchRejected(t *testing.T) {
 	h.res.set("evil.test", "127.0.0.1")
 	for _, host := range []string{"evil.test", fmt.Sprintf("evil.test:%d", up.port), "allowed.test:1", "allowed.test"} {
 		resp, body := h.request(fmt.Sprintf("GET http://allowed.test:%d/ HTTP/1.1\r\nHost: %s\r\n\r\n", up.port, host))
-		if resp.StatusCode != http.StatusBadRequest || resp.Header.Get("X-Egressd-Denied") == "" || !strings.Contains(body, ReasonHostMismatch) {
+		if resp.StatusCode != http.StatusBadRequest || resp.Header.Get("X-Egressd-Denied") == "" || !strings.Contains(body, string(audit.ReasonHostMismatch)) {
 			t.Errorf("Host %s: %d %q, want 400 host-mismatch", host, resp.StatusCode, body)
 		}
 	}
@@ -522,12 +523,12 @@ func TestSelfConnectionRefused(t *testing.T) {
 	proxyPort := netip.MustParseAddrPort(h.addr).Port()
 	for _, auth := range []string{h.addr, self.String(), fmt.Sprintf("loop.test:%d", proxyPort)} {
 		_, resp, body := h.connect(auth)
-		if resp.StatusCode != http.StatusForbidden || !strings.Contains(body, ReasonSelf) {
-			t.Errorf("CONNECT %s: %d %q, want 403 %s", auth, resp.StatusCode, body, ReasonSelf)
+		if resp.StatusCode != http.StatusForbidden || !strings.Contains(body, string(audit.ReasonSelf)) {
+			t.Errorf("CONNECT %s: %d %q, want 403 %s", auth, resp.StatusCode, body, audit.ReasonSelf)
 		}
 	}
 	resp, body := h.request(fmt.Sprintf("GET http://%s/ HTTP/1.1\r\nHost: %s\r\n\r\n", h.addr, h.addr))
-	if resp.StatusCode != http.StatusForbidden || !strings.Contains(body, ReasonSelf) {
+	if resp.StatusCode != http.StatusForbidden || !strings.Contains(body, string(audit.ReasonSelf)) {
 		t.Errorf("GET to the proxy itself: %d %q", resp.StatusCode, body)
 	}
 	// Origin-form requests to the explicit listener are not served (G3).
@@ -553,8 +554,8 @@ func TestTunnelLimitRefusesNotBypasses(t *testing.T) {
 	}
 	echo(t, c1, "one\n")
 	refused, resp, body := h.connect(auth)
-	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("X-Egressd-Denied") == "" || !strings.Contains(body, ReasonDestLimit) {
-		t.Fatalf("second tunnel to the same destination: %d %q, want 503 %s", resp.StatusCode, body, ReasonDestLimit)
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("X-Egressd-Denied") == "" || !strings.Contains(body, string(audit.ReasonMaxTunnelsPerDest)) {
+		t.Fatalf("second tunnel to the same destination: %d %q, want 503 %s", resp.StatusCode, body, audit.ReasonMaxTunnelsPerDest)
 	}
 	refused.Close()
 	waitOpen(t, h.p, 1)
@@ -566,8 +567,8 @@ func TestTunnelLimitRefusesNotBypasses(t *testing.T) {
 	c3 := h.dial()
 	fmt.Fprintf(c3, "CONNECT %s HTTP/1.1\r\n\r\n", auth)
 	resp, body = readResponse(t, c3, "CONNECT")
-	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(body, ReasonTunnelLimit) {
-		t.Fatalf("third connection: %d %q, want 503 %s", resp.StatusCode, body, ReasonTunnelLimit)
+	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(body, string(audit.ReasonMaxTunnels)) {
+		t.Fatalf("third connection: %d %q, want 503 %s", resp.StatusCode, body, audit.ReasonMaxTunnels)
 	}
 	if n, _ := rec.stats(); n != 2 {
 		t.Fatalf("upstream got %d connections, want 2", n)
@@ -730,15 +731,104 @@ func TestNilPolicyDeniesEverything(t *testing.T) {
 	}
 }
 
-func TestResolverFailureIs502(t *testing.T) {
-	h := newHarness(t, policyOf(t, basePolicy(t)...))
-	_, resp, body := h.connect("allowed.test:443") // not in the fake resolver
-	if resp.StatusCode != http.StatusBadGateway || !strings.Contains(body, ReasonResolve) {
-		t.Fatalf("%d %q, want 502 %s", resp.StatusCode, body, ReasonResolve)
+// Resolver errors as dnsfilter's carry them: a policy refusal with its
+// decision, a failure with its reason.
+type (
+	fakeRefusal struct {
+		d    policy.Decision
+		addr netip.Addr
 	}
-	rs := h.audit.waitRecords(t, 1)
-	if len(rs) != 1 || rs[0].Decision != "allow" || rs[0].Error == "" {
-		t.Fatalf("audit %+v, want an allow that failed", rs)
+	fakeReasoned struct{ r audit.Reason }
+	fakeTimeout  struct{}
+)
+
+func (e fakeRefusal) Error() string { return "resolving denied: " + e.d.String() }
+func (e fakeRefusal) PolicyDecision() (policy.Decision, netip.Addr) {
+	return e.d, e.addr
+}
+func (e fakeReasoned) Error() string             { return "upstream 192.0.2.53:53: " + string(e.r) }
+func (e fakeReasoned) AuditReason() audit.Reason { return e.r }
+func (fakeTimeout) Error() string                { return "upstream 192.0.2.53:53: reading over udp: i/o timeout" }
+func (fakeTimeout) Timeout() bool                { return true }
+func (fakeTimeout) Temporary() bool              { return true }
+
+// TestEveryFailureHasItsOutcome: a refusal found after the name was allowed
+// is a deny with the policy's reason; a failure of the resolver or the
+// upstream is an error with its own reason, never a deny and never an
+// allow with the failure hidden in "error"; and what the client reads
+// (status line, header, body) never names the upstream resolver.
+func TestEveryFailureHasItsOutcome(t *testing.T) {
+	closed := func() string { // a port nothing listens on
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		return ln.Addr().String()
+	}()
+	_, closedPort, _ := net.SplitHostPort(closed)
+	guarded := policy.Decision{Reason: policy.ReasonGuardedAddress}
+	for _, tc := range []struct {
+		name    string
+		setup   func(r *fakeResolver)
+		port    string
+		status  int
+		outcome audit.Outcome
+		reason  audit.Reason
+	}{
+		{"resolver does not answer", func(r *fakeResolver) { r.fail("allowed.test", fmt.Errorf("resolving allowed.test: %w", fakeTimeout{})) }, "443",
+			http.StatusGatewayTimeout, audit.OutcomeError, audit.ReasonResolverTimeout},
+		{"resolver fails", func(r *fakeResolver) {
+			r.fail("allowed.test", errors.New("upstream 192.0.2.53:53: upstream answered SERVFAIL"))
+		}, "443",
+			http.StatusBadGateway, audit.OutcomeError, audit.ReasonResolverError},
+		{"no addresses", func(r *fakeResolver) { r.fail("allowed.test", fakeReasoned{audit.ReasonNoAddresses}) }, "443",
+			http.StatusBadGateway, audit.OutcomeError, audit.ReasonNoAddresses},
+		{"name over the resolver's limit", func(r *fakeResolver) { r.fail("allowed.test", fakeReasoned{audit.ReasonDNSMaxNameLen}) }, "443",
+			http.StatusForbidden, audit.OutcomeDeny, audit.ReasonDNSMaxNameLen},
+		{"every address guarded by the resolver", func(r *fakeResolver) {
+			r.fail("allowed.test", fakeRefusal{guarded, netip.MustParseAddr("10.1.2.3")})
+		}, "443", http.StatusForbidden, audit.OutcomeDeny, audit.ReasonGuardedAddress},
+		{"every address guarded by the dialer", func(r *fakeResolver) { r.set("allowed.test", "10.1.2.3") }, "443",
+			http.StatusForbidden, audit.OutcomeDeny, audit.ReasonGuardedAddress},
+		{"a blocked CNAME target", func(r *fakeResolver) {
+			r.fail("allowed.test", fakeRefusal{policy.Decision{Reason: policy.ReasonBlockedBy}, netip.Addr{}})
+		}, "443", http.StatusForbidden, audit.OutcomeDeny, audit.ReasonBlockedBy},
+		{"upstream refuses the connection", func(r *fakeResolver) { r.set("allowed.test", "127.0.0.1") }, closedPort,
+			http.StatusBadGateway, audit.OutcomeError, audit.ReasonUpstreamError},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for _, via := range []string{"CONNECT", "GET"} {
+				h := newHarness(t, policyOf(t, basePolicy(t)...))
+				tc.setup(h.res)
+				var (
+					resp *http.Response
+					body string
+				)
+				if via == "CONNECT" {
+					_, resp, body = h.connect("allowed.test:" + tc.port)
+				} else {
+					resp, body = h.request("GET http://allowed.test:" + tc.port + "/ HTTP/1.1\r\nHost: allowed.test:" + tc.port + "\r\n\r\n")
+				}
+				if resp.StatusCode != tc.status {
+					t.Errorf("%s: status %d, want %d (%q)", via, resp.StatusCode, tc.status, body)
+				}
+				answer := resp.Status + "\n" + resp.Header.Get("X-Egressd-Denied") + "\n" + body
+				if !strings.Contains(resp.Header.Get("X-Egressd-Denied"), string(tc.reason)) || !strings.Contains(resp.Status, "egressd") {
+					t.Errorf("%s: answer does not say who refused and why:\n%s", via, answer)
+				}
+				if strings.Contains(answer, "192.0.2.53") {
+					t.Errorf("%s: the sandbox is told the upstream resolver's address:\n%s", via, answer)
+				}
+				rs := h.audit.waitRecords(t, 1)
+				if len(rs) != 1 || rs[0].Decision != tc.outcome || rs[0].Reason != tc.reason {
+					t.Fatalf("%s: audit %+v, want one %s %s", via, rs, tc.outcome, tc.reason)
+				}
+				if tc.outcome == audit.OutcomeError && (rs[0].Rule != "allowed.test:*" || rs[0].Error == "") {
+					t.Errorf("%s: an error record names the rule that allowed it and what failed: %+v", via, rs[0])
+				}
+			}
+		})
 	}
 }
 
@@ -771,7 +861,7 @@ func TestConnectFirstBytesHeldOnlyWhileTheyCouldBeARequest(t *testing.T) {
 	}
 	var timeouts int
 	for _, r := range h.audit.records(t) {
-		if r.Decision == "deny" && r.Reason == ReasonTimeout {
+		if r.Decision == "deny" && r.Reason == audit.ReasonHeaderTimeout {
 			timeouts++
 		}
 	}

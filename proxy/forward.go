@@ -59,7 +59,7 @@ func (p *Proxy) newTransport() *http.Transport {
 func (p *Proxy) dialForTransport(ctx context.Context, _, addr string) (net.Conn, error) {
 	t, err := policy.ParseTarget(addr, 80)
 	if err != nil {
-		return nil, &denial{status: http.StatusBadRequest, reason: string(policy.ReasonInvalidName), detail: err.Error()}
+		return nil, &denial{status: http.StatusBadRequest, reason: audit.ReasonInvalidName, detail: err.Error()}
 	}
 	prefer, _ := ctx.Value(preferKey{}).(netip.Addr)
 	c, _, _, err := p.dialTarget(ctx, p.cfg.Policy.Current(), t, prefer)
@@ -118,7 +118,7 @@ func (p *Proxy) handleHTTP(cc *clientConn, br *bufio.Reader, h *requestHead, arr
 	}
 	u, err := url.ParseRequestURI(path)
 	if err != nil {
-		dn := denyf(http.StatusBadRequest, ReasonBadRequest, "request-target: %v", err)
+		dn := denyf(http.StatusBadRequest, audit.ReasonBadRequest, "request-target: %v", err)
 		p.logDenial(audit.KindHTTP, host, t.Port, cc.client, nil, dn)
 		answerAndClose(c, target, dn)
 		return false
@@ -126,7 +126,7 @@ func (p *Proxy) handleHTTP(cc *clientConn, br *bufio.Reader, h *requestHead, arr
 	u.Scheme, u.Host = "http", dial.String() // the pool key: the vetted origin
 	key := dial.String()
 	if !p.acquireDest(key) {
-		dn := denyf(http.StatusServiceUnavailable, ReasonDestLimit, "%d requests open to %s (max_tunnels_per_destination)", p.cfg.MaxTunnelsPerDest, key)
+		dn := denyf(http.StatusServiceUnavailable, audit.ReasonMaxTunnelsPerDest, "%d requests open to %s (--max-tunnels-per-dest)", p.cfg.MaxTunnelsPerDest, key)
 		p.logDenial(audit.KindHTTP, host, t.Port, cc.client, nil, dn)
 		answerAndClose(c, target, dn)
 		return false
@@ -179,20 +179,15 @@ func (p *Proxy) handleHTTP(cc *clientConn, br *bufio.Reader, h *requestHead, arr
 		if !ok {
 			dn = upstreamFailure(err)
 		}
-		switch dn.reason {
-		case ReasonUpstream, ReasonResolve:
-			p.finish(a, body.count(), 0, dn.text())
-		default:
-			p.logDenial(audit.KindHTTP, host, t.Port, cc.client, a.addrs, dn)
-		}
+		p.logFailure(a, dn)
 		answerAndClose(c, target, dn)
 		return false
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		cw.begin()
-		dn := denyf(http.StatusBadGateway, ReasonUpstream, "upstream switched protocols on a request without Upgrade")
-		p.finish(a, body.count(), 0, dn.text())
+		dn := denyf(http.StatusBadGateway, audit.ReasonUpstreamError, "upstream switched protocols on a request without Upgrade")
+		p.logFailure(a, dn)
 		answerAndClose(c, target, dn)
 		return false
 	}
@@ -212,30 +207,30 @@ func (p *Proxy) handleHTTP(cc *clientConn, br *bufio.Reader, h *requestHead, arr
 // the tunnel's target (THREATS A1 for plain HTTP).
 func httpTarget(h *requestHead, arr arrival) (policy.Target, string, *denial) {
 	invalid := func(err error) *denial {
-		return &denial{status: http.StatusBadRequest, reason: string(policy.ReasonInvalidName), detail: err.Error()}
+		return &denial{status: http.StatusBadRequest, reason: audit.ReasonInvalidName, detail: err.Error()}
 	}
 	orig := arr.orig
 	if arr.inTunnel() {
 		if !strings.HasPrefix(h.target, "/") {
-			return policy.Target{}, "", denyf(http.StatusBadRequest, ReasonBadRequest,
+			return policy.Target{}, "", denyf(http.StatusBadRequest, audit.ReasonBadRequest,
 				"request-target %q in a CONNECT tunnel is not origin-form", h.target)
 		}
 		if !h.hasHost {
-			return policy.Target{}, "", denyf(http.StatusBadRequest, ReasonBadRequest, "request without a Host header")
+			return policy.Target{}, "", denyf(http.StatusBadRequest, audit.ReasonBadRequest, "request without a Host header")
 		}
 		t, err := parseHostHeader(h.host, arr.tunnel.Port)
 		if err != nil {
 			return policy.Target{}, "", invalid(err)
 		}
 		if t != arr.tunnel {
-			return policy.Target{}, "", denyf(http.StatusForbidden, ReasonHostMismatch,
+			return policy.Target{}, "", denyf(http.StatusForbidden, audit.ReasonHostMismatch,
 				"Host header %q does not name the CONNECT tunnel's target %s", h.host, arr.tunnel)
 		}
 		return t, h.target, nil
 	}
 	if !orig.IsValid() {
 		if strings.HasPrefix(h.target, "/") || h.target == "*" {
-			return policy.Target{}, "", denyf(http.StatusBadRequest, ReasonNotProxy,
+			return policy.Target{}, "", denyf(http.StatusBadRequest, audit.ReasonNotProxy,
 				"%s %s is not a proxy request (use an absolute http:// URL, or CONNECT)", h.method, h.target)
 		}
 		t, path, err := parseAbsoluteTarget(h.target)
@@ -243,34 +238,34 @@ func httpTarget(h *requestHead, arr arrival) (policy.Target, string, *denial) {
 			if errors.Is(err, errBadAuthority) || errors.Is(err, policy.ErrInvalidName) {
 				return policy.Target{}, "", invalid(err)
 			}
-			return policy.Target{}, "", denyf(http.StatusBadRequest, ReasonBadRequest, "%v", err)
+			return policy.Target{}, "", denyf(http.StatusBadRequest, audit.ReasonBadRequest, "%v", err)
 		}
 		if !h.hasHost {
 			if h.proto == "HTTP/1.1" {
-				return policy.Target{}, "", denyf(http.StatusBadRequest, ReasonBadRequest, "HTTP/1.1 request without a Host header")
+				return policy.Target{}, "", denyf(http.StatusBadRequest, audit.ReasonBadRequest, "HTTP/1.1 request without a Host header")
 			}
 			return t, path, nil
 		}
 		ht, err := parseHostHeader(h.host, 80)
 		if err != nil || ht != t {
-			return policy.Target{}, "", denyf(http.StatusBadRequest, ReasonHostMismatch,
+			return policy.Target{}, "", denyf(http.StatusBadRequest, audit.ReasonHostMismatch,
 				"Host header %q does not name the request-target's host %s", h.host, t)
 		}
 		return t, path, nil
 	}
 	if !strings.HasPrefix(h.target, "/") {
-		return policy.Target{}, "", denyf(http.StatusBadRequest, ReasonBadRequest,
+		return policy.Target{}, "", denyf(http.StatusBadRequest, audit.ReasonBadRequest,
 			"request-target %q is not origin-form (the transparent listener is not a proxy)", h.target)
 	}
 	if !h.hasHost {
-		return policy.Target{}, "", denyf(http.StatusBadRequest, ReasonBadRequest, "request without a Host header")
+		return policy.Target{}, "", denyf(http.StatusBadRequest, audit.ReasonBadRequest, "request without a Host header")
 	}
 	t, err := parseHostHeader(h.host, orig.Port())
 	if err != nil {
 		return policy.Target{}, "", invalid(err)
 	}
 	if hasExplicitPort(h.host) && t.Port != orig.Port() {
-		return policy.Target{}, "", denyf(http.StatusBadRequest, ReasonHostMismatch,
+		return policy.Target{}, "", denyf(http.StatusBadRequest, audit.ReasonHostMismatch,
 			"Host header %q names port %d; the connection is to port %d", h.host, t.Port, orig.Port())
 	}
 	return t, h.target, nil

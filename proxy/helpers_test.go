@@ -75,11 +75,19 @@ type fakeResolver struct {
 	mu    sync.Mutex
 	addrs map[string][]netip.Addr
 	fn    func(name string, call int) []netip.Addr // overrides addrs when set
+	errs  map[string]error                         // the error Resolve returns for a name
 	calls map[string]int
 }
 
 func newFakeResolver() *fakeResolver {
-	return &fakeResolver{addrs: map[string][]netip.Addr{}, calls: map[string]int{}}
+	return &fakeResolver{addrs: map[string][]netip.Addr{}, errs: map[string]error{}, calls: map[string]int{}}
+}
+
+// fail makes Resolve(name) return err.
+func (r *fakeResolver) fail(name string, err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.errs[name] = err
 }
 
 func (r *fakeResolver) set(name string, addrs ...string) {
@@ -96,6 +104,9 @@ func (r *fakeResolver) Resolve(_ context.Context, name string) ([]netip.Addr, er
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.calls[name]++
+	if err := r.errs[name]; err != nil {
+		return nil, err
+	}
 	if r.fn != nil {
 		return r.fn(name, r.calls[name]), nil
 	}

@@ -75,15 +75,6 @@ type Inspect struct {
 // end. Nil turns inspection off (inspected hosts are then refused).
 func (p *Proxy) SetInspect(cfg *Inspect) { p.inspect.Store(cfg) }
 
-// Reasons of inspection.
-const (
-	ReasonPlaceholder       = "credential-placeholder" // a credential's placeholder sent to another host
-	ReasonCredential        = "credential-unavailable" // a credential's secret was not given to egressd
-	ReasonUpstreamCert      = "upstream-certificate"   // an inspected host's certificate did not verify
-	ReasonInspection        = "inspection-unavailable" // a host is inspected but egressd has no CA
-	ReasonInspectionChanged = "inspection-changed"     // a reload inspects a spliced host, or no longer an inspected one
-)
-
 // inspectTimeouts of one session beyond Config's.
 const (
 	// maxInspectHeaderBytes bounds one request head inside a session.
@@ -111,7 +102,7 @@ func newInspectMetrics(reg prometheus.Registerer) (*inspectMetrics, error) {
 	m := &inspectMetrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "egressd_proxy_inspected_requests_total",
-			Help: "Requests inside inspected TLS sessions, by the inspect entry's host pattern, result (allow, deny) and reason.",
+			Help: "Requests inside inspected TLS sessions, by the inspect entry's host pattern, result (allow, deny, error) and reason.",
 		}, []string{"host", "result", "reason"}),
 		handshakes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "egressd_proxy_inspect_handshake_failures_total",
@@ -148,18 +139,18 @@ func (p *Proxy) inspectTLS(ctx context.Context, m *policy.Matcher, cc *clientCon
 		return false
 	}
 	if r != nil && !r.detach() {
-		p.logDenial(a.kind, a.target, port, cc.client, a.addrs, denyf(http.StatusBadGateway, ReasonBadRequest, "the upstream spoke before the client"))
+		p.logDenial(a.kind, a.target, port, cc.client, a.addrs, denyf(0, audit.ReasonBadRequest, "the upstream spoke before the client"))
 		resetConn(cc.c)
 		return true
 	}
 	if !looksLikeTLS(prefix) {
-		p.logDenial(a.kind, a.target, port, cc.client, a.addrs, denyf(http.StatusForbidden, ReasonBadRequest, "%s is inspected: the stream must start with TLS", name))
+		p.logDenial(a.kind, a.target, port, cc.client, a.addrs, denyf(0, audit.ReasonBadRequest, "%s is inspected: the stream must start with TLS", name))
 		resetConn(cc.c)
 		return true
 	}
 	cfg := p.inspect.Load()
 	if cfg == nil || cfg.CA == nil {
-		p.logDenial(a.kind, a.target, port, cc.client, a.addrs, denyf(http.StatusServiceUnavailable, ReasonInspection, "%s is inspected, but egressd has no inspection CA", name))
+		p.logDenial(a.kind, a.target, port, cc.client, a.addrs, denyf(0, audit.ReasonInspectUnset, "%s is inspected, but egressd has no inspection CA", name))
 		resetConn(cc.c)
 		return true
 	}
@@ -303,8 +294,8 @@ type inspectRequest struct {
 	creds     []string // names of the secrets whose headers were set
 	secrets   []string // their values, masked in the response
 	upAddr    atomic.Value
-	denial    *denial // a refusal after the rules allowed (guard, certificate, ...)
-	failure   string  // an upstream failure
+	denial    *denial // a refusal, or a failure to serve an allowed request (the outcome its reason has)
+	failure   string  // why an allowed, answered request ended early
 }
 
 type inspectRequestKey struct{}
@@ -362,24 +353,24 @@ func (s *inspectSession) check(m *policy.Matcher, in *policy.Inspection, r *http
 	}
 	ht, err := parseHostHeader(r.Host, s.port)
 	if err != nil || ht.Name != s.name || hasExplicitPort(r.Host) && ht.Port != s.port {
-		return denyf(http.StatusMisdirectedRequest, ReasonHostMismatch, "Host %q in a TLS session for %s (THREATS A2)", r.Host, s.name)
+		return denyf(http.StatusMisdirectedRequest, audit.ReasonHostMismatch, "Host %q in a TLS session for %s (THREATS A2)", r.Host, s.name)
 	}
 	if r.Method == http.MethodConnect {
-		return denyf(http.StatusMethodNotAllowed, ReasonBadRequest, "CONNECT inside an inspected session to %s", s.name)
+		return denyf(http.StatusMethodNotAllowed, audit.ReasonBadRequest, "CONNECT inside an inspected session to %s", s.name)
 	}
 	if up := r.Header.Get("Upgrade"); up != "" && !strings.EqualFold(up, "websocket") {
-		return denyf(http.StatusBadRequest, ReasonBadRequest, "Upgrade: %s inside an inspected session (only websocket is passed)", up)
+		return denyf(http.StatusBadRequest, audit.ReasonBadRequest, "Upgrade: %s inside an inspected session (only websocket is passed)", up)
 	}
 	path := rawPath
 	if in.HasPathRules() {
 		cp, err := policy.CanonicalPath(rawPath)
 		if err != nil {
-			return denyf(http.StatusBadRequest, ReasonBadRequest, "%v", err)
+			return denyf(http.StatusBadRequest, audit.ReasonBadRequest, "%v", err)
 		}
 		path, rq.canonical = cp, cp
 	}
 	if d := in.Decide(r.Method, path); !d.Allow {
-		return &denial{status: http.StatusForbidden, reason: string(d.Reason), decision: policy.Decision{
+		return &denial{status: http.StatusForbidden, reason: audit.Reason(d.Reason), decision: policy.Decision{
 			Reason: d.Reason, Rule: &policy.Rule{Text: d.RuleText(), Source: d.Rule.Source}}}
 	}
 	if dn := placeholderDenial(m, s.name, r.RequestURI, r.Header); dn != nil {
@@ -388,7 +379,7 @@ func (s *inspectSession) check(m *policy.Matcher, in *policy.Inspection, r *http
 	for _, c := range in.Credentials {
 		v, ok := s.cfg.Secrets[c.Secret]
 		if !ok {
-			return denyf(http.StatusServiceUnavailable, ReasonCredential, "the secret %s of the credential for %s was not given to egressd", c.Secret, c.Host)
+			return denyf(http.StatusServiceUnavailable, audit.ReasonCredentialUnset, "the secret %s of the credential for %s was not given to egressd", c.Secret, c.Host)
 		}
 		r.Header[c.Header] = []string{c.Prefix + v}
 		rq.creds, rq.secrets = append(rq.creds, c.Secret), append(rq.secrets, v)
@@ -406,7 +397,7 @@ func (s *inspectSession) check(m *policy.Matcher, in *policy.Inspection, r *http
 // own: the sandbox, or whatever drives it, sending its key elsewhere.
 func placeholderDenial(m *policy.Matcher, host, target string, h http.Header) *denial {
 	deny := func(c *policy.Credential) *denial {
-		return denyf(http.StatusForbidden, ReasonPlaceholder, "the placeholder of secret %s (for %s) sent to %s", c.Secret, c.Host, host)
+		return denyf(http.StatusForbidden, audit.ReasonPlaceholder, "the placeholder of secret %s (for %s) sent to %s", c.Secret, c.Host, host)
 	}
 	if c := m.PlaceholderFor(host, target); c != nil {
 		return deny(c)
@@ -474,14 +465,14 @@ func (s *inspectSession) modifyResponse(resp *http.Response) error {
 	case "gzip", "x-gzip":
 		zr, err := gzip.NewReader(resp.Body)
 		if err != nil {
-			return denyf(http.StatusBadGateway, ReasonUpstream, "the gzip response of %s does not decompress: %v", s.name, err)
+			return denyf(http.StatusBadGateway, audit.ReasonUpstreamError, "the gzip response of %s does not decompress: %v", s.name, err)
 		}
 		resp.Body = &gzipBody{Reader: zr, raw: resp.Body}
 		resp.Header.Del("Content-Encoding")
 		resp.Header.Del("Content-Length")
 		resp.ContentLength = -1
 	default:
-		return denyf(http.StatusBadGateway, ReasonUpstream, "%s answered in Content-Encoding %q, which egressd cannot scan for the credential it sent", s.name, enc)
+		return denyf(http.StatusBadGateway, audit.ReasonUpstreamError, "%s answered in Content-Encoding %q, which egressd cannot scan for the credential it sent", s.name, enc)
 	}
 	resp.Body = &maskedBody{r: mask.NewSameLengthReader(resp.Body, rq.secrets), body: resp.Body, resp: resp, secrets: rq.secrets}
 	return nil
@@ -501,17 +492,13 @@ func (s *inspectSession) upstreamError(w http.ResponseWriter, r *http.Request, e
 	}
 	dn, ok := asDenial(err)
 	switch {
-	case ok && (dn.reason == ReasonUpstream || dn.reason == ReasonResolve):
-		rq.failure = dn.text()
 	case ok:
-		rq.denial = dn
 	case isCertificateError(err):
-		dn = denyf(http.StatusBadGateway, ReasonUpstreamCert, "the certificate of %s does not verify: %v", s.name, err)
-		rq.failure = dn.text()
+		dn = denyf(http.StatusBadGateway, audit.ReasonUpstreamCert, "the certificate of %s does not verify: %v", s.name, err)
 	default:
 		dn = upstreamFailure(err)
-		rq.failure = dn.text()
 	}
+	rq.denial = dn
 	s.refuse(w, r, dn)
 }
 
@@ -572,16 +559,18 @@ func (s *inspectSession) record(r *http.Request, rq *inspectRequest, cw *countin
 		rec.Addrs = []string{a}
 	}
 	if dn != nil {
-		rec.Decision, rec.Reason, rec.Rule, rec.Source, rec.Error = "deny", dn.reason, dn.ruleText(), dn.ruleSource(), dn.detailForAudit()
-		p.imet.requests.WithLabelValues(rq.label, "deny", dn.reason).Inc()
-		p.log.Debug("proxy: inspected request denied", "target", s.name, "method", rec.Method, "path", rec.Path, "reason", dn.text())
+		rec.Decision, rec.Reason, rec.Rule, rec.Source, rec.Error = dn.reason.Outcome(), dn.reason, dn.ruleText(), dn.ruleSource(), dn.detailForAudit()
+		if rec.Decision == audit.OutcomeError && dn.decision.Reason == "" && rq.decision.Rule != nil {
+			rec.Rule, rec.Source = rq.decision.Rule.Text, rq.decision.Rule.Source.String() // the rule that allowed what failed
+		}
+		p.log.Debug("inspected request refused", "target", s.name, "method", rec.Method, "path", rec.Path, "reason", dn.text())
 	} else {
-		rec.Decision, rec.Reason, rec.Error = "allow", string(rq.decision.Reason), sanitizeLine(rq.failure)
+		rec.Decision, rec.Reason, rec.Error = audit.OutcomeAllow, audit.Reason(rq.decision.Reason), sanitizeLine(rq.failure)
 		if rq.decision.Rule != nil {
 			rec.Rule, rec.Source = rq.decision.Rule.Text, rq.decision.Rule.Source.String()
 		}
-		p.imet.requests.WithLabelValues(rq.label, "allow", string(rq.decision.Reason)).Inc()
 	}
+	p.imet.requests.WithLabelValues(rq.label, string(rec.Decision), string(rec.Reason)).Inc()
 	p.cfg.Audit.Log(rec)
 }
 
@@ -633,12 +622,12 @@ func checkPlainRequest(m *policy.Matcher, t policy.Target, h *requestHead, targe
 	if in.HasPathRules() {
 		cp, err := policy.CanonicalPath(path)
 		if err != nil {
-			return "", denyf(http.StatusBadRequest, ReasonBadRequest, "%v", err)
+			return "", denyf(http.StatusBadRequest, audit.ReasonBadRequest, "%v", err)
 		}
 		path = cp
 	}
 	if d := in.Decide(h.method, path); !d.Allow {
-		return "", &denial{status: http.StatusForbidden, reason: string(d.Reason), decision: policy.Decision{
+		return "", &denial{status: http.StatusForbidden, reason: audit.Reason(d.Reason), decision: policy.Decision{
 			Reason: d.Reason, Rule: &policy.Rule{Text: d.RuleText(), Source: d.Rule.Source}}}
 	}
 	if hasQuery {

@@ -266,7 +266,7 @@ func TestInspectedSessionRefusesHostOtherThanTLSName(t *testing.T) {
 			var found bool
 			for deadline := time.Now().Add(5 * time.Second); !found && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
 				for _, r := range byKind(ih.audit.records(t), audit.KindHTTPS) {
-					if r.Decision == "deny" && r.Reason == ReasonHostMismatch && r.Method == "GET" && r.Path == "/v1/messages" {
+					if r.Decision == "deny" && r.Reason == audit.ReasonHostMismatch && r.Method == "GET" && r.Path == "/v1/messages" {
 						found = true
 					}
 				}
@@ -408,7 +408,7 @@ func TestPlaceholderSentToAnotherHostIsRefused(t *testing.T) {
 	ih := newInspectHarness(t)
 	c := ih.client(false)
 	resp, _ := doReq(t, c, "GET", ih.url("other.test", "/upload"), map[string]string{"Authorization": "Bearer " + testPlaceholder})
-	if resp.StatusCode != 403 || !strings.HasPrefix(resp.Header.Get("X-Egressd-Denied"), ReasonPlaceholder) {
+	if resp.StatusCode != 403 || !strings.HasPrefix(resp.Header.Get("X-Egressd-Denied"), string(audit.ReasonPlaceholder)) {
 		t.Errorf("placeholder to other.test: %d %q", resp.StatusCode, resp.Header.Get("X-Egressd-Denied"))
 	}
 	resp, _ = doReq(t, c, "GET", ih.url("other.test", "/upload?key="+testPlaceholder), nil)
@@ -417,7 +417,7 @@ func TestPlaceholderSentToAnotherHostIsRefused(t *testing.T) {
 	}
 	plain := newUpstreamHTTP(t)
 	resp2, _ := ih.request(fmt.Sprintf("GET http://other.test:%d/ HTTP/1.1\r\nHost: other.test:%d\r\nX-Key: %s\r\n\r\n", plain.port, plain.port, testPlaceholder))
-	if resp2.StatusCode != 403 || !strings.HasPrefix(resp2.Header.Get("X-Egressd-Denied"), ReasonPlaceholder) {
+	if resp2.StatusCode != 403 || !strings.HasPrefix(resp2.Header.Get("X-Egressd-Denied"), string(audit.ReasonPlaceholder)) {
 		t.Errorf("plain HTTP with the placeholder: %d %q", resp2.StatusCode, resp2.Header.Get("X-Egressd-Denied"))
 	}
 	if n := len(ih.up.requests()) + len(plain.requests()); n != 0 {
@@ -430,7 +430,7 @@ func TestPlaceholderSentToAnotherHostIsRefused(t *testing.T) {
 func TestUpstreamCertificateThatDoesNotVerifyIsRefusedAndExplained(t *testing.T) {
 	ih := newInspectHarness(t, func(c *Config) { c.Inspect.UpstreamRoots = x509.NewCertPool() })
 	resp, body := doReq(t, ih.client(false), "GET", ih.url("api.test", "/v1/messages"), nil)
-	if resp.StatusCode != http.StatusBadGateway || !strings.Contains(body, ReasonUpstreamCert) || !strings.Contains(body, "certificate") {
+	if resp.StatusCode != http.StatusBadGateway || !strings.Contains(body, string(audit.ReasonUpstreamCert)) || !strings.Contains(body, "certificate") {
 		t.Errorf("got %d %q", resp.StatusCode, body)
 	}
 	if len(ih.up.requests()) != 0 {
@@ -626,7 +626,7 @@ func TestInspectedConnectWithOtherSNIIsClosed(t *testing.T) {
 	}
 	var found bool
 	for _, r := range ih.audit.waitRecords(t, 1) {
-		found = found || r.Kind == audit.KindConnect && r.Decision == "deny" && r.Reason == ReasonSNIMismatch
+		found = found || r.Kind == audit.KindConnect && r.Decision == "deny" && r.Reason == audit.ReasonSNIMismatch
 	}
 	if !found || len(ih.up.requests()) != 0 {
 		t.Errorf("want an sni-mismatch denial and no upstream request: %+v", ih.audit.records(t))

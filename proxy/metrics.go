@@ -6,17 +6,19 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/egressd/egressd/audit"
 )
 
 // metrics are the proxy's Prometheus collectors. They always exist (so the
 // hot path has no nil checks); New registers them only when
 // Config.Metrics is set.
 //
-//	egressd_proxy_decisions_total{kind,result,reason}  final verdict per connection or request
+//	egressd_proxy_decisions_total{kind,result,reason}  final outcome per connection or request (audit.Outcome, audit.Reason)
 //	egressd_proxy_open_tunnels                         client connections being served
 //	egressd_proxy_bytes_total{direction="up"|"down"}   bytes relayed (counted when a connection or request ends)
 //	egressd_proxy_dial_duration_seconds{result}        upstream TCP connect latency
-//	egressd_proxy_limit_refusals_total{limit}          work refused by MaxTunnels / MaxTunnelsPerDest
+//	egressd_proxy_limit_refusals_total{limit}          work refused at --max-tunnels / --max-tunnels-per-dest
 type metrics struct {
 	decisions  *prometheus.CounterVec
 	open       prometheus.Gauge
@@ -35,7 +37,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m := &metrics{
 		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "egressd_proxy_decisions_total",
-			Help: "Proxy verdicts, one per connection (connect, tls, tcp) or request (http), by kind, result (allow, deny) and reason.",
+			Help: "Proxy outcomes, one per connection (connect, tls, tcp) or request (http), by kind, result (allow, deny, error) and reason.",
 		}, []string{"kind", "result", "reason"}),
 		open: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "egressd_proxy_open_tunnels",
@@ -52,15 +54,15 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"result"}),
 		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "egressd_proxy_limit_refusals_total",
-			Help: "Connections or requests refused because a limit was reached, by limit (tunnels, per_destination).",
+			Help: "Connections or requests refused because a limit was reached, by limit (max-tunnels, max-tunnels-per-dest).",
 		}, []string{"limit"}),
 	}
 	m.bytesUp = m.bytes.WithLabelValues("up")
 	m.bytesDown = m.bytes.WithLabelValues("down")
 	m.dialOK = m.dial.WithLabelValues("ok")
 	m.dialErr = m.dial.WithLabelValues("error")
-	m.refTunnels = m.refusals.WithLabelValues("tunnels")
-	m.refDest = m.refusals.WithLabelValues("per_destination")
+	m.refTunnels = m.refusals.WithLabelValues(string(audit.ReasonMaxTunnels))
+	m.refDest = m.refusals.WithLabelValues(string(audit.ReasonMaxTunnelsPerDest))
 	if reg == nil {
 		return m, nil
 	}
@@ -76,8 +78,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	return m, nil
 }
 
-func (m *metrics) decision(kind, result, reason string) {
-	m.decisions.WithLabelValues(kind, result, reason).Inc()
+func (m *metrics) decision(kind string, result audit.Outcome, reason audit.Reason) {
+	m.decisions.WithLabelValues(kind, string(result), string(reason)).Inc()
 }
 
 func (m *metrics) dialed(d time.Duration, err error) {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/egressd/egressd/audit"
 	"github.com/egressd/egressd/policy"
 )
 
@@ -403,4 +404,50 @@ func FuzzParseAuthority(f *testing.F) {
 			t.Fatalf("round trip of %q: %v -> %q -> %v, %v", s, got, got.String(), again, err)
 		}
 	})
+}
+
+// TestDenialStatusLineSaysWhy: the reason phrase of every answer egressd
+// writes says who refused and why in words, for the clients that print
+// nothing but the status line (pip, urllib, Go, wget); it is ASCII with no
+// CR or LF however the target was spelt, and capped.
+func TestDenialStatusLineSaysWhy(t *testing.T) {
+	blocked := &policy.Rule{Text: "*.evil.test", Source: policy.Flag("--block")}
+	long := strings.Repeat("a", 300) + ".test:443"
+	for _, tc := range []struct {
+		name, target string
+		d            *denial
+		want         string
+	}{
+		{"no allow rule", "evil.example:443", denyDecision(policy.Decision{Reason: policy.ReasonNoAllowRule}, ""),
+			"Forbidden by egressd: evil.example:443 not in the allow list"},
+		{"block rule", "x.evil.test:443", denyDecision(policy.Decision{Reason: policy.ReasonBlockedBy, Rule: blocked}, ""),
+			"Forbidden by egressd: x.evil.test:443 blocked by the rule *.evil.test"},
+		{"guard", "10.0.0.1:80", denyDecision(policy.Decision{Reason: policy.ReasonGuardedAddress}, "10.0.0.1 (private 10.0.0.0/8)"),
+			"Forbidden by egressd: 10.0.0.1:80 refused by the address guard: 10.0.0.1 (private 10.0.0.0/8)"},
+		{"resolver", "pypi.org:443", denyf(http.StatusGatewayTimeout, audit.ReasonResolverTimeout, "no answer"),
+			"Gateway Timeout (egressd): pypi.org:443 could not be resolved: the upstream resolver did not answer"},
+		{"control bytes and non-ASCII", "ev\r\nil\x1b[31m\u202e.test", denyDecision(policy.Decision{Reason: policy.ReasonInvalidName}, ""),
+			`Forbidden by egressd: ev\x0d\x0ail\x1b[31m\xe2\x80\xae.test is not a valid host name`},
+		{"long target", long, denyDecision(policy.Decision{Reason: policy.ReasonNoAllowRule}, ""),
+			"Forbidden by egressd: " + strings.Repeat("a", 128) + "... not in the allow list"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			status := tc.d.status
+			if status == 0 {
+				status = http.StatusForbidden
+			}
+			got := tc.d.phrase(status, tc.target)
+			if got != tc.want {
+				t.Errorf("phrase:\n got %q\nwant %q", got, tc.want)
+			}
+			if len(got) > maxPhrase {
+				t.Errorf("phrase of %d bytes, cap %d", len(got), maxPhrase)
+			}
+			for i := 0; i < len(got); i++ {
+				if got[i] < 0x20 || got[i] > 0x7e {
+					t.Fatalf("byte %#x at %d in the phrase %q", got[i], i, got)
+				}
+			}
+		})
+	}
 }

@@ -4,9 +4,10 @@ import (
 	"bytes"
 	"errors"
 	"net"
-	"net/http"
 	"os"
 	"time"
+
+	"github.com/egressd/egressd/audit"
 )
 
 // Peeking at the first bytes a client sends. The bytes are read from the
@@ -223,10 +224,10 @@ func awaitFirst(c net.Conn, buf []byte, idle, header time.Duration) ([]byte, err
 // identified is refused, never relayed. n is how many bytes came.
 func unclassified(n int, err error, timeout time.Duration) *denial {
 	if isTimeout(err) {
-		return denyf(http.StatusRequestTimeout, ReasonTimeout,
+		return denyf(0, audit.ReasonHeaderTimeout,
 			"the first %d bytes did not show a TLS ClientHello, an HTTP/1 request line or another protocol within %s; an unclassified stream is never relayed", n, timeout)
 	}
-	return denyf(http.StatusBadRequest, ReasonBadRequest, "connection ended after %d bytes, before they showed what protocol they are", n)
+	return denyf(0, audit.ReasonBadRequest, "connection ended after %d bytes, before they showed what protocol they are", n)
 }
 
 // isTimeout reports a deadline error.
@@ -236,13 +237,13 @@ func isTimeout(err error) bool { return errors.Is(err, os.ErrDeadlineExceeded) }
 func helloDenial(err error) *denial {
 	switch {
 	case errors.Is(err, errHelloECH):
-		return denyf(http.StatusForbidden, ReasonECH, "the ClientHello carries encrypted_client_hello; the real server name is hidden")
+		return denyf(0, audit.ReasonECH, "the ClientHello carries encrypted_client_hello; the real server name is hidden")
 	case isTimeout(err):
-		return denyf(http.StatusForbidden, ReasonBadHello, "ClientHello not complete within the header timeout")
+		return denyf(0, audit.ReasonHeaderTimeout, "ClientHello not complete within the header timeout")
 	}
 	var he *helloError
 	if errors.As(err, &he) {
-		return denyf(http.StatusForbidden, ReasonBadHello, "%s", he.msg)
+		return denyf(0, audit.ReasonBadHello, "%s", he.msg)
 	}
-	return denyf(http.StatusForbidden, ReasonBadHello, "connection ended inside the ClientHello: %v", err)
+	return denyf(0, audit.ReasonBadHello, "connection ended inside the ClientHello: %v", err)
 }

@@ -252,7 +252,7 @@ func (p *Proxy) serve(ln net.Listener, explicit bool) error {
 			if errors.As(err, &ne) && ne.Timeout() || isTemporaryAcceptError(err) {
 				// EMFILE and friends: back off, never spin, never exit.
 				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-				p.log.Warn("proxy: accept failed; retrying", "listener", ln.Addr().String(), "err", err, "backoff", backoff)
+				p.log.Warn("accept failed; retrying", "listener", ln.Addr().String(), "err", err, "backoff", backoff)
 				time.Sleep(backoff)
 				continue
 			}
@@ -280,14 +280,14 @@ func (p *Proxy) runHandler(cc *clientConn, handle func(*clientConn)) {
 }
 
 // admit registers a new client connection, or returns nil and why not.
-func (p *Proxy) admit(c net.Conn) (*clientConn, string) {
+func (p *Proxy) admit(c net.Conn) (*clientConn, audit.Reason) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closing {
-		return nil, "closing"
+		return nil, audit.ReasonShuttingDown
 	}
 	if p.cfg.MaxTunnels > 0 && len(p.conns) >= p.cfg.MaxTunnels {
-		return nil, ReasonTunnelLimit
+		return nil, audit.ReasonMaxTunnels
 	}
 	cc := &clientConn{p: p, c: c, client: c.RemoteAddr().String(), accepted: time.Now()}
 	p.conns[cc] = struct{}{}
@@ -317,13 +317,13 @@ const maxRefusing = 64
 // refuseAtAccept turns away a connection accepted past MaxTunnels (or
 // during shutdown): 503 on the explicit listener, a reset on the
 // transparent one. The accept loop never waits on the refused client.
-func (p *Proxy) refuseAtAccept(c net.Conn, explicit bool, why string) {
-	if why != ReasonTunnelLimit {
+func (p *Proxy) refuseAtAccept(c net.Conn, explicit bool, why audit.Reason) {
+	if why != audit.ReasonMaxTunnels {
 		resetConn(c)
 		return
 	}
 	p.met.refTunnels.Inc()
-	d := denyf(http.StatusServiceUnavailable, ReasonTunnelLimit, "%d connections open (max_tunnels)", p.cfg.MaxTunnels)
+	d := denyf(http.StatusServiceUnavailable, audit.ReasonMaxTunnels, "%d connections open (--max-tunnels)", p.cfg.MaxTunnels)
 	client := c.RemoteAddr().String()
 	if !explicit {
 		resetConn(c)
@@ -400,7 +400,7 @@ func (p *Proxy) Reevaluate() {
 			continue
 		}
 		if d := recheck(m, b); d != nil {
-			p.log.Info("proxy: closing connection denied after policy reload", "client", cc.client, "target", b.target(), "reason", d.text())
+			p.log.Info("closing a connection the reloaded policy denies", "client", cc.client, "target", sanitizeLine(b.target()), "reason", d.text())
 			cc.closeBy("closed on policy reload: " + d.text())
 		}
 	}
@@ -610,7 +610,7 @@ func recheck(m *policy.Matcher, b *basis) *denial {
 			name = b.sni
 		}
 		if name != "" && m.Inspects(name, b.port) != b.inspected {
-			return denyf(http.StatusServiceUnavailable, ReasonInspectionChanged, "whether %s is inspected changed", name)
+			return denyf(http.StatusServiceUnavailable, audit.ReasonInspectChanged, "whether %s is inspected changed", name)
 		}
 	}
 	return nil
@@ -620,7 +620,9 @@ func recheck(m *policy.Matcher, b *basis) *denial {
 // the guarded range when the guard decided.
 func denyAddr(d policy.Decision, a netip.Addr) *denial {
 	label, _ := policy.GuardedRange(a)
-	return denyDecision(d, guardDetail(a.String(), label))
+	dn := denyDecision(d, guardDetail(a.String(), label))
+	dn.addr = a
+	return dn
 }
 
 func (cc *clientConn) setState(s connState) {
@@ -655,7 +657,7 @@ func (cc *clientConn) decided(m *policy.Matcher, b *basis, upstream net.Conn, ca
 	if cc.closedBy != "" {
 		why := cc.closedBy
 		cc.mu.Unlock()
-		return denyf(http.StatusServiceUnavailable, ReasonUpstream, "%s", why)
+		return denyf(http.StatusServiceUnavailable, audit.ReasonShuttingDown, "%s", why)
 	}
 	cc.state, cc.basis, cc.upstream, cc.cancel = stateActive, b, upstream, cancel
 	cc.mu.Unlock()
@@ -790,37 +792,71 @@ func resetConn(c net.Conn) {
 	_ = c.Close()
 }
 
-// logDenial writes the audit record of a denial, immediately.
+// logDenial writes the audit record of a denial (or of a failure, the
+// outcome its reason has: audit.Reason.Outcome), immediately.
 func (p *Proxy) logDenial(kind audit.Kind, target string, port uint16, client string, addrs []string, d *denial) {
-	p.met.decision(string(kind), "deny", d.reason)
+	outcome := d.reason.Outcome()
+	p.met.decision(string(kind), outcome, d.reason)
+	name := d.name
+	if name == target {
+		name = ""
+	}
+	if len(addrs) == 0 && d.addr.IsValid() {
+		addrs = []string{d.addr.String()}
+	}
 	p.cfg.Audit.Log(audit.Record{
 		Kind:     kind,
 		Target:   sanitizeLine(target),
+		Name:     name,
 		Port:     port,
 		Addrs:    addrs,
-		Decision: "deny",
+		Decision: outcome,
 		Reason:   d.reason,
 		Rule:     d.ruleText(),
 		Source:   d.ruleSource(),
 		Client:   client,
 		Error:    d.detailForAudit(),
 	})
-	p.log.Debug("proxy: denied", "kind", kind, "target", target, "port", port, "client", client, "reason", d.text())
+	p.log.Debug("refused", "kind", kind, "target", sanitizeLine(target), "port", port, "client", client, "reason", d.text())
 }
 
-// detailForAudit is the explanation beyond reason and rule, if any.
-func (d *denial) detailForAudit() string {
-	if d.detail == "" {
-		return ""
+// logFailure writes the record of an allowed request that could not be
+// served (d's reason has outcome error: the resolver or the upstream
+// failed), naming the rule that allowed it; a refusal found after the
+// allow (every address guarded, a blocked CNAME target) is a denial.
+func (p *Proxy) logFailure(a *allowed, d *denial) {
+	if d.reason.Outcome() != audit.OutcomeError || d.decision.Reason != "" {
+		p.logDenial(a.kind, a.target, a.port, a.client, a.addrs, d)
+		return
 	}
-	return sanitizeLine(d.detail)
+	p.met.decision(string(a.kind), audit.OutcomeError, d.reason)
+	r := audit.Record{
+		Kind:       a.kind,
+		Target:     a.target,
+		Name:       a.name,
+		Port:       a.port,
+		Addrs:      a.addrs,
+		Decision:   audit.OutcomeError,
+		Reason:     d.reason,
+		Client:     a.client,
+		Error:      d.detailForAudit(),
+		DurationMS: float64(time.Since(a.start).Microseconds()) / 1000,
+	}
+	if a.decision.Rule != nil {
+		r.Rule = a.decision.Rule.Text
+		r.Source = a.decision.Rule.Source.String()
+	}
+	p.cfg.Audit.Log(r)
 }
 
 // allowed is an allow decision whose record is written when the connection
 // or request ends, with its byte counts and duration.
 type allowed struct {
-	kind     audit.Kind
-	target   string
+	kind   audit.Kind
+	target string
+	// name is the learned name a connection to an address was allowed
+	// on (tcp), for the record's "name".
+	name     string
 	port     uint16
 	client   string
 	decision policy.Decision
@@ -833,15 +869,17 @@ type allowed struct {
 // finish writes the record of an allowed connection or request. errText
 // describes a failure after the decision (dial error, early close).
 func (p *Proxy) finish(a *allowed, up, down int64, errText string) {
-	p.met.decision(string(a.kind), "allow", string(a.decision.Reason))
+	reason := audit.Reason(a.decision.Reason)
+	p.met.decision(string(a.kind), audit.OutcomeAllow, reason)
 	p.met.relayed(up, down)
 	r := audit.Record{
 		Kind:       a.kind,
 		Target:     a.target,
+		Name:       a.name,
 		Port:       a.port,
 		Addrs:      a.addrs,
-		Decision:   "allow",
-		Reason:     string(a.decision.Reason),
+		Decision:   audit.OutcomeAllow,
+		Reason:     reason,
 		Client:     a.client,
 		Error:      sanitizeLine(errText),
 		BytesUp:    up,

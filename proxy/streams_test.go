@@ -451,8 +451,8 @@ func TestStreamDecisionTable(t *testing.T) {
 		name   string
 		path   labPath
 		chunks []labChunk
-		want   []seen // what reached the server, in order
-		reason string // the audit reason of the refusal, if one is expected
+		want   []seen       // what reached the server, in order
+		reason audit.Reason // the audit reason of the refusal, if one is expected
 	}{
 		// Name-admitted address, HTTP: decided per request, any method
 		// token, any HTTP/1.x version.
@@ -468,32 +468,32 @@ func TestStreamDecisionTable(t *testing.T) {
 		{"keep-alive switch", front80, []labChunk{chunk(get("GET", "HTTP/1.1", "web.test") + get("GET", "HTTP/1.1", "other.test"))}, []seen{{"http", "web.test"}}, "no-allow-rule"},
 		{"h2c upgrade, then preface", front80, []labChunk{chunk(upgrade)}, []seen{{"http", "web.test"}}, "bad-request"},
 		// Name-admitted address, no name in the stream: refused.
-		{"h2c prior knowledge", front80, []labChunk{chunk(h2c)}, nil, ReasonUnidentified},
-		{"SSH-like bytes on 443", front443, []labChunk{chunk(ssh)}, nil, ReasonUnidentified},
-		{"slow request line", front80, []labChunk{chunk("GET / HT"), pauseThen(late, "TP/1.1\r\nHost: other.test\r\n\r\n")}, nil, ReasonTimeout},
-		{"slow first byte", front80, []labChunk{chunk("G"), pauseThen(late, "ET / HTTP/1.1\r\nHost: other.test\r\n\r\n")}, nil, ReasonTimeout},
+		{"h2c prior knowledge", front80, []labChunk{chunk(h2c)}, nil, audit.ReasonUnidentified},
+		{"SSH-like bytes on 443", front443, []labChunk{chunk(ssh)}, nil, audit.ReasonUnidentified},
+		{"slow request line", front80, []labChunk{chunk("GET / HT"), pauseThen(late, "TP/1.1\r\nHost: other.test\r\n\r\n")}, nil, audit.ReasonHeaderTimeout},
+		{"slow first byte", front80, []labChunk{chunk("G"), pauseThen(late, "ET / HTTP/1.1\r\nHost: other.test\r\n\r\n")}, nil, audit.ReasonHeaderTimeout},
 		{"silent, then other Host", front80, []labChunk{pauseThen(silent, get("GET", "HTTP/1.1", "other.test"))}, nil, "no-allow-rule"},
 		{"silent, then allowed Host", front80, []labChunk{pauseThen(silent, get("GET", "HTTP/1.1", "web.test"))}, []seen{{"http", "web.test"}}, ""},
 		{"TLS allowed SNI", front443, []labChunk{chunk(string(goClientHello(t, "web.test")))}, []seen{{"tls", "web.test"}}, ""},
 		{"TLS other SNI", front443, []labChunk{chunk(string(goClientHello(t, "other.test")))}, nil, "no-allow-rule"},
-		{"TLS without SNI", front443, []labChunk{chunk(string(goClientHello(t, "")))}, nil, ReasonNoSNI},
+		{"TLS without SNI", front443, []labChunk{chunk(string(goClientHello(t, "")))}, nil, audit.ReasonNoSNI},
 		{"port no rule allows", front7000, []labChunk{chunk(ssh)}, nil, "no-allow-rule"},
 		// A rule naming the port admits raw TCP; HTTP is still decided.
 		{"SSH on ssh.test:22", ssh22, []labChunk{chunk(ssh)}, []seen{{"raw", ""}}, ""},
 		{"server-first on ssh.test:22", ssh22, []labChunk{pauseThen(silent, ssh)}, []seen{{"raw", ""}}, ""},
 		{"h2c on ssh.test:22", ssh22, []labChunk{chunk(h2c)}, []seen{{"http", ""}, {"raw", ""}}, ""},
 		{"HTTP other Host on ssh.test:22", ssh22, []labChunk{chunk(get("GET", "HTTP/1.1", "other.test"))}, nil, "no-allow-rule"},
-		{"slow request on ssh.test:22", ssh22, []labChunk{chunk("GET / HT"), pauseThen(late, "TP/1.1\r\n\r\n")}, nil, ReasonTimeout},
+		{"slow request on ssh.test:22", ssh22, []labChunk{chunk("GET / HT"), pauseThen(late, "TP/1.1\r\n\r\n")}, nil, audit.ReasonHeaderTimeout},
 		{"raw to an allow IP rule", ipRule, []labChunk{chunk("hello\n")}, []seen{{"raw", ""}}, ""},
 		// CONNECT tunnels: the same rule.
 		{"tunnel HTTP allowed Host", tunnel80, []labChunk{chunk(get("GET", "HTTP/1.1", "web.test"))}, []seen{{"http", "web.test"}}, ""},
-		{"tunnel HTTP other Host", tunnel80, []labChunk{chunk(get("GET", "HTTP/1.1", "other.test"))}, nil, ReasonHostMismatch},
-		{"tunnel keep-alive switch", tunnel80, []labChunk{chunk(get("GET", "HTTP/1.1", "web.test") + get("get", "HTTP/1.9", "blocked.test"))}, []seen{{"http", "web.test"}}, ReasonHostMismatch},
+		{"tunnel HTTP other Host", tunnel80, []labChunk{chunk(get("GET", "HTTP/1.1", "other.test"))}, nil, audit.ReasonHostMismatch},
+		{"tunnel keep-alive switch", tunnel80, []labChunk{chunk(get("GET", "HTTP/1.1", "web.test") + get("get", "HTTP/1.9", "blocked.test"))}, []seen{{"http", "web.test"}}, audit.ReasonHostMismatch},
 		{"tunnel absolute-form", tunnel80, []labChunk{chunk("GET http://other.test/ HTTP/1.1\r\nHost: web.test\r\n\r\n")}, nil, "bad-request"},
 		{"tunnel nested CONNECT", tunnel80, []labChunk{chunk("CONNECT other.test:80 HTTP/1.1\r\nHost: other.test:80\r\n\r\n")}, nil, "bad-request"},
-		{"tunnel h2c", tunnel80, []labChunk{chunk(h2c)}, nil, ReasonUnidentified},
-		{"tunnel SSH-like bytes", tunnel443, []labChunk{chunk(ssh)}, nil, ReasonUnidentified},
-		{"tunnel slow request", tunnel80, []labChunk{chunk("GET / HT"), pauseThen(late, "TP/1.1\r\nHost: other.test\r\n\r\n")}, nil, ReasonTimeout},
+		{"tunnel h2c", tunnel80, []labChunk{chunk(h2c)}, nil, audit.ReasonUnidentified},
+		{"tunnel SSH-like bytes", tunnel443, []labChunk{chunk(ssh)}, nil, audit.ReasonUnidentified},
+		{"tunnel slow request", tunnel80, []labChunk{chunk("GET / HT"), pauseThen(late, "TP/1.1\r\nHost: other.test\r\n\r\n")}, nil, audit.ReasonHeaderTimeout},
 		{"tunnel TLS", tunnel443, []labChunk{chunk(string(goClientHello(t, "web.test")))}, []seen{{"tls", "web.test"}}, ""},
 		{"tunnel SSH on ssh.test:22", tunnelSSH, []labChunk{chunk(ssh)}, []seen{{"raw", ""}}, ""},
 		{"tunnel h2c on ssh.test:22", tunnelSSH, []labChunk{chunk(h2c)}, []seen{{"http", ""}, {"raw", ""}}, ""},
@@ -509,7 +509,7 @@ func TestStreamDecisionTable(t *testing.T) {
 			if diff := cmp.Diff(tc.want, got); diff != "" {
 				t.Errorf("what reached the server (-want +got):\n%s", diff)
 			}
-			var reasons []string
+			var reasons []audit.Reason
 			for _, r := range o.records {
 				if r.Decision == "deny" {
 					reasons = append(reasons, r.Reason)
@@ -541,8 +541,8 @@ func TestUnidentifiedStreamRefusalNamesTheFix(t *testing.T) {
 		}
 		r := o.records[len(o.records)-1]
 		for _, w := range tc.want {
-			if r.Reason != ReasonUnidentified || !strings.Contains(r.Error, w) {
-				t.Errorf("%s: audit %+v, want reason %s and %q in the explanation", tc.path, r, ReasonUnidentified, w)
+			if r.Reason != audit.ReasonUnidentified || !strings.Contains(r.Error, w) {
+				t.Errorf("%s: audit %+v, want reason %s and %q in the explanation", tc.path, r, audit.ReasonUnidentified, w)
 			}
 		}
 	}

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"net/netip"
 	"time"
 
@@ -43,8 +42,8 @@ const serverFirstWait = 300 * time.Millisecond
 func (p *Proxy) serveTransparentConn(cc *clientConn) {
 	orig, err := p.origDst(cc.c)
 	if err != nil {
-		p.log.Warn("proxy: transparent connection without an original destination", "client", cc.client, "err", err)
-		p.logDenial(audit.KindTCP, "", 0, cc.client, nil, denyf(0, ReasonBadRequest, "%v", err))
+		p.log.Warn("transparent connection without an original destination", "client", cc.client, "err", err)
+		p.logDenial(audit.KindTCP, "", 0, cc.client, nil, denyf(0, audit.ReasonBadRequest, "%v", err))
 		resetConn(cc.c)
 		return
 	}
@@ -56,7 +55,7 @@ func (p *Proxy) serveTransparentConn(cc *clientConn) {
 func (p *Proxy) serveRedirected(cc *clientConn, orig netip.AddrPort) {
 	orig = netip.AddrPortFrom(orig.Addr().Unmap(), orig.Port())
 	if p.isSelf(orig) {
-		d := denyf(0, ReasonSelf, "%s is egressd's own listener", orig)
+		d := denyf(0, audit.ReasonSelf, "%s is egressd's own listener", orig)
 		p.logDenial(audit.KindTCP, orig.Addr().String(), orig.Port(), cc.client, nil, d)
 		resetConn(cc.c)
 		return
@@ -121,7 +120,7 @@ func (p *Proxy) transparentTLS(cc *clientConn, orig netip.AddrPort, prefix []byt
 		// front end serves other names there, unseen without an SNI.
 		if d := p.cfg.Policy.Current().DecideAddr(orig.Addr(), port); !d.Allow {
 			p.logDenial(audit.KindTLS, orig.Addr().String(), port, cc.client, nil,
-				denyf(0, ReasonNoSNI, "TLS ClientHello without server_name to %s, which no allow IP rule names", orig))
+				denyf(0, audit.ReasonNoSNI, "TLS ClientHello without server_name to %s, which no allow IP rule names", orig))
 			resetConn(c)
 			return
 		}
@@ -130,7 +129,7 @@ func (p *Proxy) transparentTLS(cc *clientConn, orig netip.AddrPort, prefix []byt
 	}
 	name, ok := policy.NormalizeName(hello.serverName)
 	if !ok {
-		d := denyf(0, ReasonBadHello, "server_name %q is not a valid host name", hello.serverName)
+		d := denyf(0, audit.ReasonBadHello, "server_name %q is not a valid host name", hello.serverName)
 		p.logDenial(audit.KindTLS, orig.Addr().String(), port, cc.client, nil, d)
 		resetConn(c)
 		return
@@ -193,7 +192,7 @@ func (p *Proxy) decideRaw(m *policy.Matcher, orig netip.AddrPort) (policy.Decisi
 				}
 				return d, &basis{name: n, addr: addr, port: port, raw: true}, nil
 			}
-			if first == nil || first.reason == string(policy.ReasonNoAllowRule) && dn.reason == ReasonUnidentified {
+			if first == nil || first.reason == audit.ReasonNoAllowRule && dn.reason == audit.ReasonUnidentified {
 				first = dn
 			}
 		}
@@ -244,9 +243,11 @@ func nameOnly(name string, port uint16, d policy.Decision, where string) *denial
 		}
 		rule += ")"
 	}
-	return denyf(http.StatusForbidden, ReasonUnidentified,
+	dn := denyf(0, audit.ReasonUnidentified,
 		"%s, which a rule without a port%s allows on %d for TLS with its server_name and HTTP/1 with its Host only; this stream names no host egressd can check, so raw TCP there needs a rule naming the port, e.g. %s",
 		where, rule, port, policy.Target{Name: name, Port: port})
+	dn.name = name
+	return dn
 }
 
 // admitTunnel takes a per-destination slot for key and registers cc's
@@ -255,7 +256,7 @@ func nameOnly(name string, port uint16, d policy.Decision, where string) *denial
 // reports false. done releases what it took.
 func (p *Proxy) admitTunnel(cc *clientConn, kind audit.Kind, target string, port uint16, key string, m *policy.Matcher, b *basis) (ctx context.Context, done func(), ok bool) {
 	if !p.acquireDest(key) {
-		dn := denyf(0, ReasonDestLimit, "%d tunnels open to %s (max_tunnels_per_destination)", p.cfg.MaxTunnelsPerDest, key)
+		dn := denyf(0, audit.ReasonMaxTunnelsPerDest, "%d tunnels open to %s (--max-tunnels-per-dest)", p.cfg.MaxTunnelsPerDest, key)
 		p.logDenial(kind, target, port, cc.client, nil, dn)
 		resetConn(cc.c)
 		return nil, nil, false
@@ -281,7 +282,7 @@ func (p *Proxy) transparentRaw(cc *clientConn, orig netip.AddrPort, prefix []byt
 	m := p.cfg.Policy.Current()
 	d, b, dn := p.decideRaw(m, orig)
 	if dn != nil {
-		if dn.reason == ReasonUnidentified && classify(prefix) == streamH2C {
+		if dn.reason == audit.ReasonUnidentified && classify(prefix) == streamH2C {
 			dn.detail = h2cRefused + dn.detail
 		}
 		p.logDenial(audit.KindTCP, target, port, cc.client, nil, dn)
@@ -293,7 +294,7 @@ func (p *Proxy) transparentRaw(cc *clientConn, orig netip.AddrPort, prefix []byt
 		return
 	}
 	defer done()
-	a := &allowed{kind: audit.KindTCP, target: target, port: port, client: cc.client, decision: d, start: start}
+	a := &allowed{kind: audit.KindTCP, target: target, name: b.name, port: port, client: cc.client, decision: d, start: start}
 	up, _, tried, err := p.dialVetted(ctx, []netip.AddrPort{orig})
 	a.addrs = tried
 	if err != nil {
@@ -321,7 +322,7 @@ func (p *Proxy) transparentRaw(cc *clientConn, orig netip.AddrPort, prefix []byt
 			// upstream already spoke, which no HTTP server does.
 			if !r.detach() {
 				p.logDenial(audit.KindTCP, target, port, cc.client, a.addrs,
-					denyf(0, ReasonBadRequest, "HTTP request after the server spoke first"))
+					denyf(0, audit.ReasonBadRequest, "HTTP request after the server spoke first"))
 				resetConn(c)
 				return
 			}
@@ -363,13 +364,13 @@ func (p *Proxy) inspectLate(c net.Conn, prefix []byte, port uint16, byAddr bool)
 		}
 		if !hello.hasSNI {
 			if !byAddr {
-				return nil, denyf(0, ReasonNoSNI, "TLS ClientHello without server_name, and no allow IP rule names the address")
+				return nil, denyf(0, audit.ReasonNoSNI, "TLS ClientHello without server_name, and no allow IP rule names the address")
 			}
 			return prefix, nil
 		}
 		name, ok := policy.NormalizeName(hello.serverName)
 		if !ok {
-			return nil, denyf(0, ReasonBadHello, "server_name %q is not a valid host name", hello.serverName)
+			return nil, denyf(0, audit.ReasonBadHello, "server_name %q is not a valid host name", hello.serverName)
 		}
 		d := p.cfg.Policy.Current().DecideName(name, port)
 		if !d.Allow && (!byAddr || d.Reason != policy.ReasonNoAllowRule) {

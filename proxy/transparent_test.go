@@ -260,7 +260,7 @@ func TestTransparentSelfDestinationReset(t *testing.T) {
 		}
 	}
 	rs := th.audit.waitRecords(t, 1)
-	if len(rs) != 1 || rs[0].Reason != ReasonSelf {
+	if len(rs) != 1 || rs[0].Reason != audit.ReasonSelf {
 		t.Fatalf("audit %+v", rs)
 	}
 }

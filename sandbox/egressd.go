@@ -84,9 +84,11 @@ type egressdProc struct {
 	binaryMount string
 }
 
-// policyFile, adminSocket and binaryName are egressd's files in its dir.
+// policyFile, sourcesFile, adminSocket and binaryName are egressd's files
+// in its dir.
 const (
 	policyFile  = "policy.toml"
+	sourcesFile = "sources.json"
 	adminSocket = "admin.sock"
 	binaryName  = "egressd"
 )
@@ -100,6 +102,7 @@ func egressdArgs(s egressdSpec) []string {
 	return append([]string{
 		"serve",
 		"--policy", filepath.Join(s.dir, policyFile),
+		"--rule-sources", filepath.Join(s.dir, sourcesFile),
 		"--dns-listen", fmt.Sprintf("127.0.0.1:%d,[::1]:%d", EgressdDNSPort, EgressdDNSPort),
 		"--proxy-listen", fmt.Sprintf("127.0.0.1:%d", EgressdProxyPort),
 		"--transparent-listen", fmt.Sprintf("127.0.0.1:%d,[::1]:%d", EgressdTransparentPort, EgressdTransparentPort),
@@ -336,8 +339,10 @@ func (e *egressdProc) stop() error {
 // builds on the strict profile, whose allow and block lists are empty, so
 // every rule egressd holds is one written here, each on its own line with
 // its original source as a comment. It returns, for each of those lines,
-// "path:line" → the rule's original source, which the audit sink puts back
-// into egressd's records.
+// "path:line" → the rule's original source, and writes that map beside the
+// policy (sourcesFile) for egressd's --rule-sources: egressd reports every
+// rule by its original source (audit records, the X-Egressd-Denied header
+// and bodies the sandbox reads, GET /policy), never by the snapshot.
 func writeEgressdPolicy(p *policy.Profile, path string, uid, gid uint32) (map[string]string, error) {
 	var b bytes.Buffer
 	sources := map[string]string{}
@@ -388,11 +393,20 @@ func writeEgressdPolicy(p *policy.Profile, path string, uid, gid uint32) (map[st
 		}
 		w("]\n")
 	}
-	if err := os.WriteFile(path, b.Bytes(), 0o400); err != nil {
-		return nil, fmt.Errorf("writing egressd's policy: %w", err)
+	js, err := json.Marshal(sources)
+	if err != nil {
+		return nil, fmt.Errorf("writing egressd's rule sources: %w", err)
 	}
-	if err := os.Chown(path, int(uid), int(gid)); err != nil {
-		return nil, fmt.Errorf("writing egressd's policy: %w", err)
+	for _, f := range []struct {
+		path string
+		data []byte
+	}{{path, b.Bytes()}, {filepath.Join(filepath.Dir(path), sourcesFile), js}} {
+		if err := os.WriteFile(f.path, f.data, 0o400); err != nil {
+			return nil, fmt.Errorf("writing egressd's policy: %w", err)
+		}
+		if err := os.Chown(f.path, int(uid), int(gid)); err != nil {
+			return nil, fmt.Errorf("writing egressd's policy: %w", err)
+		}
 	}
 	return sources, nil
 }
@@ -433,36 +447,49 @@ func tomlQuote(s string) string {
 	return b.String()
 }
 
-// Denial is one distinct destination egressd denied during a run.
+// Denial is one distinct request egressd refused (outcome deny) or could
+// not serve (outcome error: the upstream resolver or the destination
+// failed) during a run. Every text in it has the sandbox's secrets masked.
 type Denial struct {
-	// Kind is the audit record kind that was denied: "dns" for a name
-	// lookup, else a connection ("connect", "http", "tls", "tcp").
-	Kind string
-	// Target is the name or IP asked for, normalised; Port its port (53
-	// for a lookup).
+	// Kind is the audit record kind: "dns" for a name lookup, else a
+	// connection or request ("connect", "http", "tls", "tcp", "https").
+	Kind audit.Kind
+	// Outcome is deny or error.
+	Outcome audit.Outcome
+	// Target is the name or IP asked for, normalised (escaped and capped
+	// by egressd when the sandbox spelt it oddly); Port its port (53 for
+	// a lookup).
 	Target string
 	Port   uint16
-	// Reason is the decision's reason ("blocked-by", "no-allow-rule",
-	// "invalid-name", "guarded-address", or an operational cause).
-	Reason string
+	// Name is the name a connection to an address was decided on (a
+	// learned name), when that is not Target.
+	Name string
+	// Reason is the record's reason (audit.Reasons).
+	Reason audit.Reason
 	// Rule and RuleSource are the deciding rule and where it was written
 	// ("flag:--block", "policy.toml:7", "builtin:standard"), if a rule
-	// decided.
+	// decided; for an error, the rule that allowed what then failed.
 	Rule, RuleSource string
 	// Addrs are the addresses involved, when the record had them.
 	Addrs []string
 	// Method and Path are the request's, for a request refused inside an
 	// inspected session (Kind "https").
 	Method, Path string
-	// Count is how many denials the run had for this destination.
+	// Error is egressd's explanation beyond the reason, if any.
+	Error string
+	// Count is how many times the run had it.
 	Count int
 }
 
-// auditSink takes egressd's audit stream: it puts the original rule
-// sources back (egressd knows its rules by their line in the snapshot),
-// copies every record to out, and keeps one Denial per destination.
+// auditSink takes egressd's audit stream: it masks the sandbox's secrets
+// in every record, copies every record to out, keeps one Denial per
+// destination and reason, and tells onDenial of each new one as it comes.
 type auditSink struct {
-	sources map[string]string
+	mask *LineMasker
+	// onDenial, when set, is called once per distinct Denial, when it is
+	// first seen, from the goroutine reading the stream.
+	onDenial func(Denial)
+
 	mu      sync.Mutex
 	out     io.Writer
 	denials map[denialKey]*Denial
@@ -473,12 +500,13 @@ type denialKey struct {
 	dns          bool
 	target       string
 	port         uint16
-	reason, rule string
+	reason       audit.Reason
+	rule         string
 	method, path string
 }
 
-func newAuditSink(out io.Writer) *auditSink {
-	return &auditSink{out: out, denials: map[denialKey]*Denial{}}
+func newAuditSink(out io.Writer, m *LineMasker, onDenial func(Denial)) *auditSink {
+	return &auditSink{out: out, mask: m, onDenial: onDenial, denials: map[denialKey]*Denial{}}
 }
 
 // consume reads JSON lines until r ends.
@@ -493,28 +521,33 @@ func (a *auditSink) consume(r io.Reader) {
 func (a *auditSink) record(line []byte) {
 	var rec audit.Record
 	if err := json.Unmarshal(line, &rec); err != nil {
-		a.write(append(bytes.Clone(line), '\n'))
+		a.write([]byte(a.mask.String(string(line)) + "\n"))
 		return
 	}
-	if src, ok := a.sources[rec.Source]; ok {
-		rec.Source = src
-	}
+	a.mask.Record(&rec)
 	if out, err := json.Marshal(&rec); err == nil {
 		a.write(append(out, '\n'))
 	}
-	if rec.Decision != "deny" {
+	if rec.Decision == audit.OutcomeAllow {
 		return
 	}
 	k := denialKey{dns: rec.Kind == audit.KindDNS, target: rec.Target, port: rec.Port, reason: rec.Reason, rule: rec.Rule, method: rec.Method, path: rec.Path}
 	a.mu.Lock()
-	defer a.mu.Unlock()
 	if d, ok := a.denials[k]; ok {
 		d.Count++
+		a.mu.Unlock()
 		return
 	}
-	a.denials[k] = &Denial{Kind: string(rec.Kind), Target: rec.Target, Port: rec.Port, Reason: rec.Reason,
-		Rule: rec.Rule, RuleSource: rec.Source, Addrs: rec.Addrs, Method: rec.Method, Path: rec.Path, Count: 1}
+	d := &Denial{Kind: rec.Kind, Outcome: rec.Decision, Target: rec.Target, Port: rec.Port, Name: rec.Name, Reason: rec.Reason,
+		Rule: rec.Rule, RuleSource: rec.Source, Addrs: rec.Addrs, Method: rec.Method, Path: rec.Path, Error: rec.Error, Count: 1}
+	a.denials[k] = d
 	a.order = append(a.order, k)
+	first := *d
+	first.Addrs = slices.Clone(d.Addrs)
+	a.mu.Unlock()
+	if a.onDenial != nil {
+		a.onDenial(first)
+	}
 }
 
 func (a *auditSink) write(b []byte) {
@@ -526,9 +559,9 @@ func (a *auditSink) write(b []byte) {
 	_, _ = a.out.Write(b)
 }
 
-// list returns the denials, one per destination and reason, in the order
-// first seen. A lookup denial is left out when the same name was also
-// denied as a connection (the connection says more: its port).
+// list returns the denials, one per destination and reason, sorted by
+// target and port. A lookup denial is left out when the same name was
+// also denied as a connection (the connection says more: its port).
 func (a *auditSink) list() []Denial {
 	a.mu.Lock()
 	defer a.mu.Unlock()

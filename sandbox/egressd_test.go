@@ -114,47 +114,86 @@ func TestTOMLQuote(t *testing.T) {
 	}
 }
 
-// TestAuditSinkRestoresSourcesAndListsEachDenialOnce: records leave with
-// the rule's real source; denials are one per destination, a lookup
-// denial is dropped when the connection to the same name was denied too,
-// and a line that is not a record passes through untouched.
-func TestAuditSinkRestoresSourcesAndListsEachDenialOnce(t *testing.T) {
-	var out bytes.Buffer
-	a := newAuditSink(&out)
-	a.sources = map[string]string{"/s/policy.toml:9": "flag:--block", "/s/policy.toml:7": "tenant.toml:3"}
+// TestAuditSinkMasksAndListsEachDenialOnce: records leave with the
+// sandbox's secrets masked in every form egressd writes them (lower case in
+// a name, escaped, URL-escaped, cut at a cap); denials and failures are one
+// per destination and reason, told to onDenial live the first time, a
+// lookup denial is dropped when the connection to the same name was denied
+// too, and a line that is not a record passes through (masked).
+func TestAuditSinkMasksAndListsEachDenialOnce(t *testing.T) {
+	const secret = "Sk3tchyT0ken"
+	var (
+		out  bytes.Buffer
+		live []Denial
+	)
+	a := newAuditSink(&out, NewLineMasker([]string{secret}), func(d Denial) { live = append(live, d) })
 	lines := []string{
-		`{"time":"2026-01-01T00:00:00Z","kind":"dns","target":"evil.test","port":53,"decision":"deny","reason":"blocked-by","rule":"evil.test","rule_source":"/s/policy.toml:9"}`,
-		`{"time":"2026-01-01T00:00:00Z","kind":"connect","target":"evil.test","port":443,"decision":"deny","reason":"blocked-by","rule":"evil.test","rule_source":"/s/policy.toml:9"}`,
-		`{"time":"2026-01-01T00:00:00Z","kind":"connect","target":"evil.test","port":443,"decision":"deny","reason":"blocked-by","rule":"evil.test","rule_source":"/s/policy.toml:9"}`,
-		`{"time":"2026-01-01T00:00:00Z","kind":"dns","target":"other.test","port":53,"decision":"deny","reason":"no-allow-rule"}`,
-		`{"time":"2026-01-01T00:00:00Z","kind":"tls","target":"ok.test","port":443,"decision":"allow","reason":"allowed-by","rule":"ok.test","rule_source":"/s/policy.toml:7","bytes_up":5}`,
-		`not json`,
+		`{"time":"2026-01-01T00:00:00Z","kind":"dns","target":"evil.test","port":53,"decision":"deny","reason":"blocked-by","rule":"evil.test","rule_source":"flag:--block"}`,
+		`{"time":"2026-01-01T00:00:00Z","kind":"connect","target":"evil.test","port":443,"decision":"deny","reason":"blocked-by","rule":"evil.test","rule_source":"flag:--block"}`,
+		`{"time":"2026-01-01T00:00:00Z","kind":"connect","target":"evil.test","port":443,"decision":"deny","reason":"blocked-by","rule":"evil.test","rule_source":"flag:--block"}`,
+		`{"time":"2026-01-01T00:00:00Z","kind":"dns","target":"sk3tchyt0ken.x.test","port":53,"decision":"deny","reason":"no-allow-rule"}`,
+		`{"time":"2026-01-01T00:00:00Z","kind":"https","target":"api.test","port":443,"method":"GET","path":"/v1/Sk3tchyT0k...","decision":"deny","reason":"no-allow-rule"}`,
+		`{"time":"2026-01-01T00:00:00Z","kind":"tls","target":"pypi.org","port":443,"decision":"error","reason":"resolver-timeout","rule":"pypi.org","rule_source":"builtin:standard","error":"resolving pypi.org: upstream 192.0.2.53:53: i/o timeout"}`,
+		`{"time":"2026-01-01T00:00:00Z","kind":"tls","target":"ok.test","port":443,"decision":"allow","reason":"allowed-by","rule":"ok.test","rule_source":"tenant.toml:3","bytes_up":5}`,
+		`not json Sk3tchyT0ken`,
 	}
 	a.consume(strings.NewReader(strings.Join(lines, "\n") + "\n"))
 	got := a.list()
 	want := []Denial{
-		{Kind: "connect", Target: "evil.test", Port: 443, Reason: "blocked-by", Rule: "evil.test", RuleSource: "flag:--block", Count: 2},
-		{Kind: "dns", Target: "other.test", Port: 53, Reason: "no-allow-rule", Count: 1},
+		{Kind: "dns", Outcome: "deny", Target: "***.x.test", Port: 53, Reason: "no-allow-rule", Count: 1},
+		{Kind: "https", Outcome: "deny", Target: "api.test", Port: 443, Reason: "no-allow-rule", Method: "GET", Path: "/v1/***...", Count: 1},
+		{Kind: "connect", Outcome: "deny", Target: "evil.test", Port: 443, Reason: "blocked-by", Rule: "evil.test", RuleSource: "flag:--block", Count: 2},
+		{Kind: "tls", Outcome: "error", Target: "pypi.org", Port: 443, Reason: "resolver-timeout", Rule: "pypi.org", RuleSource: "builtin:standard",
+			Error: "resolving pypi.org: upstream 192.0.2.53:53: i/o timeout", Count: 1},
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("denials (-want +got):\n%s", diff)
+	}
+	if len(live) != 5 { // the lookup of evil.test, then its connection: each once
+		t.Errorf("told live of %d denials, want 5: %+v", len(live), live)
 	}
 	outLines := strings.Split(strings.TrimSpace(out.String()), "\n")
 	if len(outLines) != len(lines) {
 		t.Fatalf("copied %d lines, want %d:\n%s", len(outLines), len(lines), out.String())
 	}
-	if outLines[5] != "not json" {
-		t.Errorf("a non-record line became %q", outLines[5])
+	if outLines[7] != "not json ***" {
+		t.Errorf("a non-record line became %q", outLines[7])
 	}
 	var rec map[string]any
-	if err := json.Unmarshal([]byte(outLines[4]), &rec); err != nil {
+	if err := json.Unmarshal([]byte(outLines[6]), &rec); err != nil {
 		t.Fatal(err)
 	}
 	if rec["rule_source"] != "tenant.toml:3" || rec["bytes_up"] != float64(5) {
 		t.Errorf("allowed record copied as %v", rec)
 	}
-	if strings.Contains(out.String(), "/s/policy.toml") {
-		t.Errorf("a snapshot position reached the audit log:\n%s", out.String())
+	if low := strings.ToLower(out.String()); strings.Contains(low, strings.ToLower(secret)) || strings.Contains(low, "sk3tchyt0k") {
+		t.Errorf("the secret reached the audit log:\n%s", out.String())
+	}
+}
+
+// TestLineMaskerMasksEveryFormEgressdWrites: a secret the sandbox used as
+// a name or a path is masked in the forms egressd writes it in, and a
+// value without the secret is left alone.
+func TestLineMaskerMasksEveryFormEgressdWrites(t *testing.T) {
+	m := NewLineMasker([]string{"AbC:d3f/\x01gh", "Pl41nT0ken"})
+	for in, want := range map[string]string{
+		"denied Pl41nT0ken.evil.test:443":   "denied ***.evil.test:443",
+		"denied pl41nt0ken.evil.test:443":   "denied ***.evil.test:443",
+		`path /AbC:d3f/\x01gh`:              "path /***",
+		`path /abc:d3f/\x01gh`:              "path /***",
+		"path /AbC:d3f%2F%01gh":             "path /***",
+		`query AbC\:d3f/\001gh.x.`:          `query AbC\:d3f/\001gh.x.`, // not a form egressd writes: left as is
+		`query AbC:d3f/\001gh.x.`:           "query ***.x.",
+		"cut /v1/Pl41nT0...":                "cut /v1/***...",
+		"cut /v1/Pl4...":                    "cut /v1/Pl4...", // under MinSecretLength: too short to mean anything
+		"allowed pypi.org (builtin:strict)": "allowed pypi.org (builtin:strict)",
+	} {
+		if got := m.String(in); got != want {
+			t.Errorf("String(%q) = %q, want %q", in, got, want)
+		}
+	}
+	if got := NewLineMasker(nil).String("Pl41nT0ken"); got != "Pl41nT0ken" {
+		t.Errorf("no secrets: %q", got)
 	}
 }
 
@@ -242,8 +281,8 @@ func TestEgressdRunsUnprivilegedWithOnlyNetAdmin(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sink := newAuditSink(nil)
-	sink.sources = sources
+	_ = sources
+	sink := newAuditSink(nil, nil, nil)
 	e, err := startEgressd(context.Background(), ns, egressdSpec{binary: bin, dir: dir, uid: DefaultEgressdUID, gid: DefaultEgressdGID,
 		mark: DefaultMark, upstream: []netip.AddrPort{netip.MustParseAddrPort("192.0.2.53:53")}, sandboxID: "egs-test",
 		timeout: 20 * time.Second, sink: sink})
@@ -298,10 +337,13 @@ func TestEgressdThatCannotStartFailsTheLaunchWithItsReason(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, policyFile), []byte("version = 1\n[network]\nalow = []\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	if err := os.WriteFile(filepath.Join(dir, sourcesFile), []byte("{}"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	start := time.Now()
 	e, err := startEgressd(context.Background(), ns, egressdSpec{binary: bin, dir: dir, uid: DefaultEgressdUID, gid: DefaultEgressdGID,
 		mark: DefaultMark, upstream: []netip.AddrPort{netip.MustParseAddrPort("192.0.2.53:53")}, sandboxID: "egs-test",
-		timeout: 20 * time.Second, sink: newAuditSink(nil)})
+		timeout: 20 * time.Second, sink: newAuditSink(nil, nil, nil)})
 	if e != nil {
 		defer e.stop()
 	}

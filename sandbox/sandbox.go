@@ -117,8 +117,13 @@ type Config struct {
 	// ReadyTimeout bounds egressd's start; 0 means DefaultReadyTimeout.
 	ReadyTimeout time.Duration
 	// AuditLog receives egressd's audit records (JSON lines, docs/audit.md)
-	// with each rule's original source; nil keeps only Denials.
+	// with each rule's original source and the secrets masked; nil keeps
+	// only Denials.
 	AuditLog io.Writer
+	// OnDenial, when set, is told of each distinct Denial when egressd
+	// first records it (live, while the command runs), from the goroutine
+	// reading egressd's audit stream; it must not block for long.
+	OnDenial func(Denial)
 	// InspectUpstreamCA is a PEM bundle on the host that egressd verifies
 	// inspected hosts' certificates against (docs/inspection.md); "" means
 	// the host's trust store.
@@ -537,15 +542,13 @@ func (s *Sandbox) startEgressd(ctx context.Context, upstream []netip.AddrPort) e
 	if err := os.Chown(dir, int(cfg.EgressdUID), int(cfg.EgressdGID)); err != nil {
 		return fmt.Errorf("egressd's directory: %w", err)
 	}
-	sources, err := writeEgressdPolicy(cfg.Profile, filepath.Join(dir, policyFile), cfg.EgressdUID, cfg.EgressdGID)
-	if err != nil {
+	if _, err := writeEgressdPolicy(cfg.Profile, filepath.Join(dir, policyFile), cfg.EgressdUID, cfg.EgressdGID); err != nil {
 		return err
 	}
 	if err := s.inspect.writeEgressdFiles(dir, cfg.EgressdUID, cfg.EgressdGID, cfg.InspectUpstreamCA); err != nil {
 		return err
 	}
-	s.sink = newAuditSink(cfg.AuditLog)
-	s.sink.sources = sources
+	s.sink = newAuditSink(cfg.AuditLog, NewLineMasker(s.secrets), cfg.OnDenial)
 	e, err := startEgressd(ctx, s.ns, egressdSpec{
 		binary: cfg.EgressdPath, dir: dir, uid: cfg.EgressdUID, gid: cfg.EgressdGID, mark: cfg.Mark,
 		upstream: upstream, sandboxID: s.id, timeout: cfg.ReadyTimeout, sink: s.sink,

@@ -339,3 +339,17 @@ func TestFloorRefusesEveryBreadthClass(t *testing.T) {
 		}
 	}
 }
+
+// TestCheckEscapesWhatItEchoes: a target that does not parse is shown
+// escaped and capped, never as the raw bytes (a terminal escape in an audit
+// log's target pasted into check must not reach the terminal).
+func TestCheckEscapesWhatItEchoes(t *testing.T) {
+	raw := "evil\x1b]0;pwned\x07" + strings.Repeat("a", 600) + ".test"
+	code, out, stderr := runCLI(t, "check", "--profile", "strict", raw)
+	if code != exitOK {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	if strings.ContainsAny(out, "\x1b\x07") || !strings.Contains(out, `evil\x1b]0;pwned\x07`) || len(out) > 1500 {
+		t.Errorf("check echoed %q", out)
+	}
+}

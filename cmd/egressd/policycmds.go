@@ -10,6 +10,7 @@ import (
 	"strings"
 	"text/tabwriter"
 
+	"github.com/egressd/egressd/audit"
 	"github.com/egressd/egressd/policy"
 )
 
@@ -167,21 +168,23 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 }
 
 // checkTarget decides one target. A target that does not parse is denied
-// as invalid-name, shown as written.
+// as invalid-name, shown as written (control bytes escaped, capped: a
+// target may come from anywhere, an audit log included).
 func checkTarget(m *policy.Matcher, raw string) checkResult {
 	t, err := policy.ParseTarget(raw, 443)
 	if err != nil {
-		return checkResult{Target: raw, Decision: "deny", Reason: string(policy.ReasonInvalidName), Error: err.Error()}
+		return checkResult{Target: audit.Escape(raw, audit.MaxTarget), Decision: string(audit.OutcomeDeny), Reason: string(policy.ReasonInvalidName),
+			Error: audit.Escape(err.Error(), audit.MaxTarget)}
 	}
 	d := m.Decide(t)
-	r := checkResult{Target: t.String(), Port: t.Port, Decision: "deny", Reason: string(d.Reason)}
+	r := checkResult{Target: t.String(), Port: t.Port, Decision: string(audit.OutcomeDeny), Reason: string(d.Reason)}
 	if t.Addr.IsValid() {
 		r.Host = t.Addr.String()
 	} else {
 		r.Host = t.Name
 	}
 	if d.Allow {
-		r.Decision = "allow"
+		r.Decision = string(audit.OutcomeAllow)
 	}
 	switch {
 	case d.Rule != nil:

@@ -2,12 +2,14 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -41,6 +43,7 @@ type serveOptions struct {
 	inspectCACert, inspectCAKey, inspectUpstreamCA                        string
 	dnsListen, proxyListen, transparentListen                             listListFlag
 	profile, floor, adminListen, upstream, auditLog, logFormat, sandboxID string
+	logLevel, ruleSources                                                 string
 	mark                                                                  uint
 	readyFD                                                               int
 	cfg                                                                   daemon.Config
@@ -70,6 +73,8 @@ func newServeFlags(stderr io.Writer) (*flag.FlagSet, *serveOptions) {
 	fs.UintVar(&o.mark, "mark", 0, "SO_MARK `N` set on every upstream socket (needs CAP_NET_ADMIN); 0: none")
 	fs.StringVar(&o.auditLog, "audit-log", "", "write one JSON line per decision to `PATH` (- for stdout); empty: none")
 	fs.StringVar(&o.logFormat, "log-format", "text", "operational log format on stderr: `text|json`")
+	fs.StringVar(&o.logLevel, "log-level", "info", "least severe operational log written: `debug|info|warn|error` (debug adds every refusal)")
+	fs.StringVar(&o.ruleSources, "rule-sources", "", "JSON `FILE` mapping a policy line (\"file:line\") to the source to report for its rule instead (for policies another tool writes: the launcher's)")
 	fs.StringVar(&o.sandboxID, "sandbox-id", "", "sandbox `ID` stamped on every audit record")
 	fs.IntVar(&o.readyFD, "ready-fd", -1, "write \"ready\\n\" to file descriptor `N` and close it once serving")
 	fs.IntVar(&cfg.DNSMaxNameLen, "dns-max-name-len", 0, "refuse query names longer than `N` bytes (default 253)")
@@ -101,11 +106,25 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		fmt.Fprintf(stderr, "egressd serve: --mark %d does not fit in 32 bits\n", o.mark)
 		return exitUsage
 	}
-	var handler slog.Handler = slog.NewTextHandler(stderr, nil)
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(o.logLevel)); err != nil || !slices.Contains([]string{"debug", "info", "warn", "error"}, strings.ToLower(o.logLevel)) {
+		fmt.Fprintf(stderr, "egressd serve: --log-level %q: want debug, info, warn or error\n", o.logLevel)
+		return exitUsage
+	}
+	hopts := &slog.HandlerOptions{Level: level}
+	var handler slog.Handler = slog.NewTextHandler(stderr, hopts)
 	if o.logFormat == "json" {
-		handler = slog.NewJSONHandler(stderr, nil)
+		handler = slog.NewJSONHandler(stderr, hopts)
 	}
 	cfg.Logger = slog.New(handler)
+	if o.ruleSources != "" {
+		srcs, err := readRuleSources(o.ruleSources)
+		if err != nil {
+			fmt.Fprintf(stderr, "egressd serve: --rule-sources: %v\n", err)
+			return exitUsage
+		}
+		cfg.RuleSources = srcs
+	}
 	cfg.PolicyFiles, cfg.Profile, cfg.Floor, cfg.AdminListen, cfg.SandboxID, cfg.Mark = o.policies, o.profile, o.floor, o.adminListen, o.sandboxID, uint32(o.mark)
 	if len(o.allow) > 0 {
 		cfg.Overrides = append(cfg.Overrides, policy.Setting{Key: "network.allow", Values: o.allow, Source: policy.Flag("--allow")})
@@ -217,4 +236,26 @@ func orDefault(l []string, def ...string) []string {
 		return l
 	}
 	return def
+}
+
+// readRuleSources reads --rule-sources: a JSON object of "file:line" →
+// source ("tenant.toml:7", "flag:--block", "builtin:standard").
+func readRuleSources(path string) (map[string]policy.Source, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var raw map[string]string
+	if err := json.Unmarshal(b, &raw); err != nil {
+		return nil, fmt.Errorf("%s: %w (want a JSON object of \"file:line\": \"source\")", path, err)
+	}
+	out := make(map[string]policy.Source, len(raw))
+	for k, v := range raw {
+		src, err := policy.ParseSource(v)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %q: %w", path, k, err)
+		}
+		out[k] = src
+	}
+	return out, nil
 }

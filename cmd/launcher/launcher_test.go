@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,6 +17,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/egressd/egressd/audit"
 	"github.com/egressd/egressd/policy"
 	"github.com/egressd/egressd/sandbox"
 	"github.com/egressd/egressd/sandbox/pid1"
@@ -44,12 +47,64 @@ func TestDenialLinesSayWhatWouldAllowIt(t *testing.T) {
 			"denied meta.test:80 (guarded-address); it resolves to 169.254.169.254, which the address guard refuses: only an allow rule naming that IP lifts it, e.g. --allow 169.254.169.254:80"},
 		{sandbox.Denial{Kind: "dns", Target: "bad..name", Port: 53, Reason: "invalid-name", Count: 1},
 			"denied bad..name (DNS lookup: invalid-name); not a valid host name, so no rule can allow it"},
-		{sandbox.Denial{Kind: "dns", Target: "flood.test", Port: 53, Reason: "rate-limited", Count: 9},
-			"denied flood.test (DNS lookup: rate-limited, 9 times)"},
+		{sandbox.Denial{Kind: "dns", Target: "flood.test", Port: 53, Reason: "dns-rate", Count: 9},
+			"denied flood.test (DNS lookup: dns-rate, 9 times); the sandbox sent DNS queries faster than egressd's limit per client: nothing to allow"},
+		{sandbox.Denial{Kind: "tcp", Target: "203.0.113.10", Name: "git.test", Port: 80, Reason: "unidentified-stream", Count: 1},
+			"denied 203.0.113.10:80 (unidentified-stream); the stream names no host egressd can check (not TLS with a server name, not HTTP/1), and a rule without a port admits git.test for TLS and HTTP only: to relay raw TCP there, name the port, --allow git.test:80"},
+		{sandbox.Denial{Kind: "tls", Outcome: "error", Target: "pypi.org", Port: 443, Reason: "resolver-timeout", Rule: "pypi.org", RuleSource: "builtin:standard", Count: 1},
+			"error pypi.org:443 (resolver-timeout pypi.org from builtin:standard): the upstream resolver 192.0.2.53 did not answer; the policy allowed it, nothing to change there: check that the host reaches the resolver, or name another with --upstream-dns"},
+		{sandbox.Denial{Kind: "dns", Target: "evil\\x1b[2J.test", Port: 53, Reason: "invalid-name", Count: 1},
+			"denied evil\\x1b[2J.test (DNS lookup: invalid-name); not a valid host name, so no rule can allow it"},
 	} {
-		if got := formatDenial(tc.d); got != tc.want {
-			t.Errorf("formatDenial(%+v)\n got %s\nwant %s", tc.d, got, tc.want)
+		w := denialWords{resolvers: []netip.AddrPort{netip.MustParseAddrPort("192.0.2.53:53")}}
+		if got := w.line(tc.d); got != tc.want {
+			t.Errorf("line(%+v)\n got %s\nwant %s", tc.d, got, tc.want)
 		}
+	}
+}
+
+// TestEveryReasonHasAHint: whatever refused or failed a request, the
+// launcher says what would allow it or that nothing should, and never
+// prints a control byte the sandbox chose.
+func TestEveryReasonHasAHint(t *testing.T) {
+	w := denialWords{resolvers: []netip.AddrPort{netip.MustParseAddrPort("192.0.2.53:53"), netip.MustParseAddrPort("192.0.2.54:5353")}}
+	for _, ri := range audit.Reasons {
+		if ri.Outcome == audit.OutcomeAllow {
+			continue
+		}
+		for _, kind := range ri.Kinds {
+			d := sandbox.Denial{Kind: kind, Outcome: ri.Outcome, Target: "x\x1b.test", Port: 443, Reason: ri.Reason, Method: "GET", Path: "/p\r\n", Count: 1}
+			got := w.line(d)
+			if !strings.Contains(got, "; ") && !strings.Contains(got, "): ") {
+				t.Errorf("%s (%s): no hint: %s", ri.Reason, kind, got)
+			}
+			if strings.ContainsAny(got, "\x1b\r\n") {
+				t.Errorf("%s (%s): control bytes printed: %q", ri.Reason, kind, got)
+			}
+		}
+	}
+	if got := w.resolverWords(); got != "the upstream resolvers 192.0.2.53 and 192.0.2.54:5353" {
+		t.Errorf("resolverWords = %q", got)
+	}
+}
+
+// TestSummaryIsCapped: the summary after a run lists at most maxSummary
+// denials, then says how many more and where they are.
+func TestSummaryIsCapped(t *testing.T) {
+	var ds []sandbox.Denial
+	for i := range maxSummary + 5 {
+		ds = append(ds, sandbox.Denial{Kind: "connect", Target: fmt.Sprintf("h%02d.test", i), Port: 443, Reason: "no-allow-rule", Count: 1})
+	}
+	w := denialWords{}
+	got := w.summary(ds, "/var/log/run.jsonl")
+	if len(got) != maxSummary+1 || got[maxSummary] != "and 5 more; see --audit-log /var/log/run.jsonl" {
+		t.Errorf("summary of %d: %d lines, last %q", len(ds), len(got), got[len(got)-1])
+	}
+	if got := w.summary(ds, ""); got[maxSummary] != "and 5 more; run with --audit-log FILE to keep every one" {
+		t.Errorf("without an audit log: %q", got[maxSummary])
+	}
+	if got := w.summary(ds[:3], ""); len(got) != 3 {
+		t.Errorf("summary of 3: %q", got)
 	}
 }
 

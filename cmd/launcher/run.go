@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/egressd/egressd/audit"
 	"github.com/egressd/egressd/policy"
 	"github.com/egressd/egressd/sandbox"
 )
@@ -87,6 +88,12 @@ func cmdRun(ctx context.Context, args []string, stdin io.Reader, stdout, stderr 
 		ws := windowSize(stdout, stdin, stderr)
 		cfg.Terminal = &ws
 	}
+	// From here on every line the launcher writes (warnings, live denials,
+	// the summary, errors) has the secrets masked, in every form egressd
+	// may have written them (THREATS H1); the command's own output is
+	// masked as it streams (sandbox.Run).
+	cmdStderr := stderr
+	stderr = sandbox.NewLineMasker(secretValues(cfg)).Writer(stderr)
 	if !f.quiet {
 		for _, w := range secretWarnings(cfg) {
 			fmt.Fprintf(stderr, "launcher: warning: %s\n", w)
@@ -103,8 +110,15 @@ func cmdRun(ctx context.Context, args []string, stdin io.Reader, stdout, stderr 
 		cfg.AuditLog = auditFile
 	}
 	logw := &lineWriter{w: stderr}
+	words := denialWords{}
+	if p.Network.Mode == policy.ModeFiltered {
+		words.resolvers, _ = sandbox.UpstreamDNS(p, cfg.ResolvConf) // Create says it if they are unusable
+	}
 	if !f.quiet {
 		cfg.Logger = slog.New(&warnHandler{w: logw})
+		// Each distinct denial as egressd records it, while the command
+		// runs; the summary after the run counts them.
+		cfg.OnDenial = func(d sandbox.Denial) { fmt.Fprintf(logw, "launcher: %s\n", words.line(d)) }
 	}
 
 	// Whatever a launcher that died before us left behind goes first.
@@ -201,7 +215,7 @@ func cmdRun(ctx context.Context, args []string, stdin io.Reader, stdout, stderr 
 		fail(stderr, sandbox.MaskErr(err, secretValues(cfg)))
 		return exitLauncher
 	}
-	stdio := sandbox.Stdio{Stdin: stdin, Stdout: stdout, Stderr: stderr}
+	stdio := sandbox.Stdio{Stdin: stdin, Stdout: stdout, Stderr: cmdStderr}
 	if cfg.Terminal != nil {
 		stdio.Terminal = &sandbox.Terminal{Size: *cfg.Terminal, Resize: resize}
 		if in, ok := stdin.(*os.File); ok {
@@ -232,9 +246,10 @@ func cmdRun(ctx context.Context, args []string, stdin io.Reader, stdout, stderr 
 	mu.Unlock()
 	logw.crlf.Store(false)
 	closeErr := s.Close()
-	if !f.quiet && p.Network.Mode == policy.ModeFiltered {
-		for _, d := range s.Denials() {
-			fmt.Fprintf(stderr, "launcher: %s\n", formatDenial(d))
+	if ds := s.Denials(); !f.quiet && len(ds) > 0 {
+		fmt.Fprintf(stderr, "launcher: %s during the run:\n", countDenials(ds))
+		for _, line := range words.summary(ds, f.auditLog) {
+			fmt.Fprintf(stderr, "launcher: %s\n", line)
 		}
 	}
 	if f.timings {
@@ -262,6 +277,34 @@ func cmdRun(ctx context.Context, args []string, stdin io.Reader, stdout, stderr 
 		return exitLauncher
 	}
 	return res.ExitCode
+}
+
+// countDenials says how many destinations were denied and how many failed:
+// "2 destinations denied, 1 failed".
+func countDenials(ds []sandbox.Denial) string {
+	var denied, failed int
+	for _, d := range ds {
+		if d.Outcome == audit.OutcomeError {
+			failed++
+		} else {
+			denied++
+		}
+	}
+	var parts []string
+	if denied > 0 {
+		parts = append(parts, fmt.Sprintf("%d %s denied", denied, pluralWord(denied, "destination", "destinations")))
+	}
+	if failed > 0 {
+		parts = append(parts, fmt.Sprintf("%d failed", failed))
+	}
+	return strings.Join(parts, ", ")
+}
+
+func pluralWord(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
 }
 
 func secretValues(cfg sandbox.Config) []string {

@@ -34,6 +34,7 @@ import (
 	"github.com/egressd/egressd/audit"
 	"github.com/egressd/egressd/dnsfilter"
 	"github.com/egressd/egressd/internal/admin"
+	"github.com/egressd/egressd/internal/buildinfo"
 	"github.com/egressd/egressd/internal/watch"
 	"github.com/egressd/egressd/policy"
 	"github.com/egressd/egressd/proxy"
@@ -52,6 +53,13 @@ type Config struct {
 	// Floor, if not "", refuses (at start and on every reload) a policy less
 	// restrictive than this built-in profile; see policy.CheckFloor.
 	Floor string
+	// RuleSources maps the source of a rule as egressd reads it
+	// ("snapshot.toml:12") to the source to report instead ("tenant.toml:7",
+	// "flag:--block"): the original place of a rule in a policy another
+	// tool wrote for egressd (the launcher's frozen snapshot). Every
+	// decision, audit record, client answer and GET /policy then names
+	// the original. Nil changes nothing.
+	RuleSources map[string]policy.Source
 
 	// DNSListen are the resolver's addresses (UDP and TCP each).
 	DNSListen []string
@@ -161,6 +169,10 @@ type Daemon struct {
 	ready        atomic.Bool
 	reloadsOK    prometheus.Counter
 	reloadsError prometheus.Counter
+	// lastReloadOK is 1 when the last load succeeded; lastReloadTime the
+	// time of the last load that did (the first load included).
+	lastReloadOK   prometheus.Gauge
+	lastReloadTime prometheus.Gauge
 }
 
 // New loads the policy and binds every listener. Nothing is served until Run.
@@ -179,10 +191,23 @@ func New(cfg Config) (_ *Daemon, err error) {
 	d.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	d.reloadsOK = prometheus.NewCounter(prometheus.CounterOpts{Name: "egressd_policy_reloads_total", Help: "Policy reloads that took effect."})
 	d.reloadsError = prometheus.NewCounter(prometheus.CounterOpts{Name: "egressd_policy_reload_failures_total", Help: "Policy reloads refused (the last good policy stayed in force)."})
-	d.reg.MustRegister(d.reloadsOK, d.reloadsError)
+	d.lastReloadOK = prometheus.NewGauge(prometheus.GaugeOpts{Name: "egressd_policy_last_reload_successful", Help: "1 if the last load of the policy (at start or a reload) succeeded, 0 if it was refused."})
+	d.lastReloadTime = prometheus.NewGauge(prometheus.GaugeOpts{Name: "egressd_policy_last_reload_success_timestamp_seconds", Help: "When the policy in force was loaded (Unix time)."})
+	b := buildinfo.Get()
+	build := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name:        "egressd_build_info",
+		Help:        "1, labelled with the build of egressd that is running.",
+		ConstLabels: prometheus.Labels{"version": b.Version, "commit": b.Commit, "goversion": b.GoVersion},
+	})
+	build.Set(1)
+	d.reg.MustRegister(d.reloadsOK, d.reloadsError, d.lastReloadOK, d.lastReloadTime, build)
 	if cfg.Audit != nil {
 		d.audit = audit.New(cfg.Audit, cfg.SandboxID)
 	}
+	d.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "egressd_audit_write_errors_total",
+		Help: "Audit records whose write failed (the decision was enforced; its record is lost).",
+	}, func() float64 { return float64(d.audit.WriteErrors()) }))
 	defer func() {
 		if err != nil {
 			d.closeListeners()
@@ -200,6 +225,8 @@ func New(cfg Config) (_ *Daemon, err error) {
 		return nil, err
 	}
 	d.live.p.Store(snap)
+	d.lastReloadOK.Set(1)
+	d.lastReloadTime.SetToCurrentTime()
 
 	// The resolver takes its upstreams and its answer to denied names from
 	// the matcher in force; these are only its fallback, never used while
@@ -317,6 +344,7 @@ func (d *Daemon) load() (*snapshot, error) {
 	if err != nil {
 		return nil, err
 	}
+	d.restoreSources(prof)
 	if prof.Network.Mode != policy.ModeFiltered {
 		return nil, &policy.Error{
 			Pos:  prof.SourceOf("network.mode"),
@@ -342,6 +370,33 @@ func (d *Daemon) load() (*snapshot, error) {
 	return &snapshot{profile: prof, matcher: m, inspect: ins}, nil
 }
 
+// restoreSources gives every rule of prof the source RuleSources names
+// for the place egressd read it from.
+func (d *Daemon) restoreSources(prof *policy.Profile) {
+	if len(d.cfg.RuleSources) == 0 {
+		return
+	}
+	// Only entries read from a file are keyed in RuleSources, and those
+	// are parsed afresh by every load: changing them in place touches
+	// nothing shared (a built-in profile's entries).
+	n := &prof.Network
+	for _, r := range slices.Concat(n.Allow, n.Block) {
+		if o, ok := d.cfg.RuleSources[r.Source.String()]; ok && r.Source.Kind == policy.SourceFile {
+			r.Source = o
+		}
+	}
+	for _, r := range n.Inspect {
+		if o, ok := d.cfg.RuleSources[r.Source.String()]; ok && r.Source.Kind == policy.SourceFile {
+			r.Source = o
+		}
+	}
+	for _, c := range n.Credentials {
+		if o, ok := d.cfg.RuleSources[c.Source.String()]; ok && c.Source.Kind == policy.SourceFile {
+			c.Source = o
+		}
+	}
+}
+
 // Reload re-reads the policy. On any error the last good policy stays in
 // force and the error (with file:line:col) is returned and logged. On
 // success every later decision and DNS answer uses the new policy, its
@@ -353,13 +408,16 @@ func (d *Daemon) Reload() error {
 	snap, err := d.load()
 	if err != nil {
 		d.reloadsError.Inc()
-		d.log.Error("policy reload refused; the last good policy stays in force", "error", err.Error())
+		d.lastReloadOK.Set(0)
+		d.log.Error("policy reload refused; the last good policy stays in force", "err", err.Error())
 		return err
 	}
 	d.live.p.Store(snap)
 	d.proxy.SetInspect(snap.inspect)
 	d.proxy.Reevaluate()
 	d.reloadsOK.Inc()
+	d.lastReloadOK.Set(1)
+	d.lastReloadTime.SetToCurrentTime()
 	n := snap.profile.Network
 	d.log.Info("policy reloaded", "allow_rules", len(n.Allow), "block_rules", len(n.Block),
 		"dns_block_response", string(snap.matcher.DNSBlockResponse()), "upstream_dns", fmt.Sprint(snap.matcher.UpstreamDNS()))
@@ -402,7 +460,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		w, err := watch.New(d.cfg.PolicyFiles, 0)
 		if err != nil {
 			// Reload by SIGHUP and POST /reload still works; say so loudly.
-			d.log.Error("policy files are not watched; reload with SIGHUP or POST /reload", "error", err.Error())
+			d.log.Error("policy files are not watched; reload with SIGHUP or POST /reload", "err", err.Error())
 		} else {
 			goServe("policy watcher", func() error { return w.Run(ctx, func() { _ = d.Reload() }) })
 		}
@@ -432,7 +490,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	select {
 	case <-ctx.Done():
 	case runErr = <-errc:
-		d.log.Error("listener failed; shutting down", "error", runErr.Error())
+		d.log.Error("listener failed; shutting down", "err", runErr.Error())
 	}
 	d.ready.Store(false)
 	d.shutdown()
@@ -449,7 +507,7 @@ func (d *Daemon) shutdown() {
 	go func() {
 		defer wg.Done()
 		if err := d.proxy.Shutdown(sctx); err != nil {
-			d.log.Info("proxy shutdown: tunnels closed after the grace period", "error", err.Error())
+			d.log.Info("proxy shutdown: tunnels closed after the grace period", "err", err.Error())
 		}
 	}()
 	go func() {

@@ -30,6 +30,7 @@ import (
 
 	"golang.org/x/net/publicsuffix"
 
+	"github.com/egressd/egressd/audit"
 	"github.com/egressd/egressd/internal/draft"
 	"github.com/egressd/egressd/policy"
 )
@@ -70,6 +71,7 @@ type Suggester struct {
 	problems  []Problem
 	records   int            // records read
 	allowed   int            // allow records (no rule needed)
+	failed    int            // error records: allowed, then the resolver or the upstream failed (no rule needed)
 	left      map[string]int // denials left out, by reason
 	wouldDeny int
 }
@@ -172,14 +174,17 @@ func (s *Suggester) use(text []byte) string {
 	if r.Reason != nil {
 		reason = *r.Reason
 	}
-	would := *r.Decision == "would-deny" || reason == "would-deny"
+	would := *r.Decision == string(audit.OutcomeWouldDeny) || reason == string(audit.OutcomeWouldDeny)
 	switch {
 	case would:
 		s.wouldDeny++
-	case *r.Decision == "allow":
+	case *r.Decision == string(audit.OutcomeAllow):
 		s.allowed++
 		return ""
-	case *r.Decision != "deny":
+	case *r.Decision == string(audit.OutcomeError):
+		s.failed++
+		return ""
+	case *r.Decision != string(audit.OutcomeDeny):
 		return "unknown decision " + draft.Quote(clip(*r.Decision))
 	}
 	switch reason {
@@ -271,10 +276,14 @@ func (s *Suggester) Policy() (*draft.Policy, []string) {
 	for _, e := range s.seen {
 		denials += e.count
 	}
+	failed := ""
+	if s.failed > 0 {
+		failed = fmt.Sprintf(", %d allowed but failed upstream", s.failed)
+	}
 	p.Header = []string{
 		"Suggested by `egressd policy suggest` from " + quoteFiles(s.files) + ".",
-		fmt.Sprintf("%d records: %d allowed, %d denied for want of an allow rule (%d of them would-deny), %d other denials left out.",
-			s.records, s.allowed, denials, s.wouldDeny, sum(s.left)),
+		fmt.Sprintf("%d records: %d allowed%s, %d denied for want of an allow rule (%d of them would-deny), %d other denials left out.",
+			s.records, s.allowed, failed, denials, s.wouldDeny, sum(s.left)),
 		"Every entry below was seen denied; review it before use.",
 	}
 	p.EnsureList("network.allow", "")

@@ -162,3 +162,24 @@ func TestSuggestLongLine(t *testing.T) {
 		t.Errorf("the line after the long one was not used:\n%s", p.Text())
 	}
 }
+
+// TestFailuresAreNeitherDenialsNorProblems: a request the policy allowed
+// and the upstream then failed (outcome error) needs no rule: it is
+// counted apart, never suggested, never a bad line.
+func TestFailuresAreNeitherDenialsNorProblems(t *testing.T) {
+	s := New(Options{})
+	log := `{"time":"2026-01-01T00:00:00Z","kind":"tls","target":"pypi.org","port":443,"decision":"error","reason":"resolver-timeout"}
+{"time":"2026-01-01T00:00:00Z","kind":"connect","target":"new.test","port":443,"decision":"deny","reason":"no-allow-rule"}
+`
+	if err := s.Read("audit.jsonl", strings.NewReader(log)); err != nil {
+		t.Fatal(err)
+	}
+	if ps := s.Problems(); len(ps) != 0 {
+		t.Errorf("problems: %v", ps)
+	}
+	p, _ := s.Policy()
+	text := string(p.Text())
+	if strings.Contains(text, "pypi.org") || !strings.Contains(text, "new.test") || !strings.Contains(text, "1 allowed but failed upstream") {
+		t.Errorf("suggested:\n%s", text)
+	}
+}
