@@ -146,9 +146,13 @@ type lopts struct {
 	started func(pid int)
 	// stdout, if set, receives the command's output as it streams.
 	stdout io.Writer
+	// stderr, if set, receives the launcher's stderr as it streams.
+	stderr io.Writer
 	// dir is the launcher's working directory (what --mount-cwd mounts);
 	// "" means the world's workspace.
 	dir string
+	// upstream replaces the world's resolver as --upstream-dns.
+	upstream string
 }
 
 // lresult is one launcher run.
@@ -157,6 +161,8 @@ type lresult struct {
 	code           int
 	took           time.Duration
 	audit          []launcherAudit
+	// auditRaw is the audit log as the launcher wrote it.
+	auditRaw string
 }
 
 func (r lresult) String() string {
@@ -174,6 +180,9 @@ type launcherAudit struct {
 	Source   string   `json:"rule_source"`
 	Addrs    []string `json:"addrs"`
 	Client   string   `json:"client"`
+	Name     string   `json:"name"`
+	Path     string   `json:"path"`
+	Error    string   `json:"error"`
 }
 
 // run runs `launcher run` inside the world with the suite's egressd, the
@@ -191,7 +200,11 @@ func (lw *lworld) runWith(o lopts, args ...string) lresult {
 	auditPath := filepath.Join(t.TempDir(), "audit.jsonl")
 	full := []string{"run"}
 	if !o.noDefaults {
-		full = append(full, "--egressd", egressdBin, "--upstream-dns", dnsAddr.String(), "--audit-log", auditPath)
+		upstream := dnsAddr.String()
+		if o.upstream != "" {
+			upstream = o.upstream
+		}
+		full = append(full, "--egressd", egressdBin, "--upstream-dns", upstream, "--audit-log", auditPath)
 		if !o.noMount {
 			full = append(full, "--mount-cwd")
 		}
@@ -214,6 +227,9 @@ func (lw *lworld) runWith(o lopts, args ...string) lresult {
 	if o.stdout != nil {
 		cmd.Stdout = io.MultiWriter(&out, o.stdout)
 	}
+	if o.stderr != nil {
+		cmd.Stderr = io.MultiWriter(&errOut, o.stderr)
+	}
 	cmd.Stdin = o.stdin
 	start := time.Now()
 	if err := cmd.Start(); err != nil {
@@ -231,6 +247,7 @@ func (lw *lworld) runWith(o lopts, args ...string) lresult {
 		t.Fatalf("launcher %s: killed after %s\n%s", strings.Join(args, " "), launcherRunTimeout, r)
 	}
 	if data, err := os.ReadFile(auditPath); err == nil {
+		r.auditRaw = string(data)
 		sc := bufio.NewScanner(bytes.NewReader(data))
 		sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
 		for sc.Scan() {

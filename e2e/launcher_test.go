@@ -75,6 +75,11 @@ func TestLauncher(t *testing.T) {
 			{"BrokenRuntimeExits125WithItsMessage", testLauncherBrokenRuntime},
 			{"CommandThatCannotRunIs126Or127", testLauncherCommandThatCannotRun},
 			{"NegativePidsLimitRefused", testLauncherNegativePidsLimitRefused},
+			{"StatusLineOnlyClientsSayWhyTheyWereRefused", testLauncherStatusLineSaysWhy},
+			{"DenialIsPrintedWhileTheCommandRuns", testLauncherDenialPrintedWhileTheCommandRuns},
+			{"AllowedNameResolvingToMetadataIsAuditedAsDenial", testLauncherGuardedAddressAfterAllowedNameIsADenial},
+			{"SilentUpstreamResolverIsAnErrorNeverNamedToTheSandbox", testLauncherSilentResolverIsAnErrorNotNamedToTheSandbox},
+			{"SecretUsedAsNameOrPathIsMaskedInStderrAndAuditLog", testLauncherSecretAsNameOrPathIsMasked},
 		} {
 			t.Run(tc.name, func(t *testing.T) {
 				t.Parallel()
