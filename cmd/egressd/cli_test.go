@@ -353,3 +353,22 @@ func TestCheckEscapesWhatItEchoes(t *testing.T) {
 		t.Errorf("check echoed %q", out)
 	}
 }
+
+// TestServeRefusesBadLogLevelAndRuleSources: both are checked before
+// anything is bound, with a message saying what is wanted.
+func TestServeRefusesBadLogLevelAndRuleSources(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--log-level", "loud"}, `--log-level "loud": want debug, info, warn or error`},
+		{[]string{"--log-level", "debug+2"}, `want debug, info, warn or error`},
+		{[]string{"--rule-sources", filepath.Join(t.TempDir(), "missing.json")}, "--rule-sources: open"},
+		{[]string{"--rule-sources", writeFile(t, "s.json", `["not", "a map"]`)}, `want a JSON object of "file:line": "source"`},
+	} {
+		code, _, stderr := runCLI(t, append([]string{"serve", "--dns-listen", "127.0.0.1:0"}, tc.args...)...)
+		if code != exitUsage || !strings.Contains(stderr, tc.want) {
+			t.Errorf("serve %v: exit %d, %q; want %d and %q", tc.args, code, stderr, exitUsage, tc.want)
+		}
+	}
+}

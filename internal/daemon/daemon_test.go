@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -14,6 +15,9 @@ import (
 	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+
+	"github.com/egressd/egressd/audit"
+	"github.com/egressd/egressd/policy"
 )
 
 // startUpstream runs a DNS server on loopback answering every A query with
@@ -272,3 +276,92 @@ func counterValue(c prometheus.Counter) float64 {
 	}
 	return m.GetCounter().GetValue()
 }
+
+// TestRuleSourcesNameTheOriginalRule: a policy another tool wrote for
+// egressd (the launcher's snapshot) keeps each rule's original source
+// through RuleSources: decisions — and so audit records and the answers
+// the sandbox reads — name tenant.toml:7, not the snapshot's line, at
+// start and after a reload.
+func TestRuleSourcesNameTheOriginalRule(t *testing.T) {
+	pol := filepath.Join(t.TempDir(), "snapshot.toml")
+	writePolicy(t, pol, "version = 1\nprofile = \"strict\"\n[network]\nallow = [\"a.test\"]\nblock = [\"b.test\"]\n")
+	d, err := New(Config{PolicyFiles: []string{pol}, DNSListen: []string{"127.0.0.1:0"}, UpstreamDNS: []string{"127.0.0.1:53"},
+		RuleSources: map[string]policy.Source{pol + ":4": {Kind: policy.SourceFile, File: "tenant.toml", Line: 7}, pol + ":5": policy.Flag("--block")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(d.closeListeners)
+	for i := range 2 {
+		m := d.live.Current()
+		for name, want := range map[string]string{"a.test": "tenant.toml:7", "b.test": "flag:--block"} {
+			dec := m.DecideName(name, 443)
+			if dec.Rule == nil || dec.Rule.Source.String() != want {
+				t.Errorf("load %d: %s decided by %v, want a rule from %s", i, name, dec, want)
+			}
+		}
+		if err := d.Reload(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestReloadAndBuildSeries: the conventional series are there and say
+// what happened: the build, the last load's success and its time, audit
+// write failures.
+func TestReloadAndBuildSeries(t *testing.T) {
+	pol := filepath.Join(t.TempDir(), "policy.toml")
+	writePolicy(t, pol, "version = 1\nprofile = \"strict\"\n[network]\nallow = [\"a.test\"]\n")
+	d, err := New(Config{PolicyFiles: []string{pol}, DNSListen: []string{"127.0.0.1:0"}, UpstreamDNS: []string{"127.0.0.1:53"}, Audit: failingWriter{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(d.closeListeners)
+	value := func(name string) (float64, map[string]string) {
+		mfs, err := d.reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, mf := range mfs {
+			if mf.GetName() != name {
+				continue
+			}
+			m := mf.GetMetric()[0]
+			labels := map[string]string{}
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			switch {
+			case m.Gauge != nil:
+				return m.GetGauge().GetValue(), labels
+			case m.Counter != nil:
+				return m.GetCounter().GetValue(), labels
+			}
+		}
+		t.Fatalf("no series %s", name)
+		return 0, nil
+	}
+	if v, l := value("egressd_build_info"); v != 1 || l["goversion"] == "" || l["version"] == "" || l["commit"] == "" {
+		t.Errorf("egressd_build_info = %v %v", v, l)
+	}
+	if v, _ := value("egressd_policy_last_reload_successful"); v != 1 {
+		t.Errorf("last reload successful = %v after a good start", v)
+	}
+	if v, _ := value("egressd_policy_last_reload_success_timestamp_seconds"); v < float64(time.Now().Add(-time.Minute).Unix()) {
+		t.Errorf("last reload success time = %v", v)
+	}
+	writePolicy(t, pol, "version = 1\n[network]\nallow = [\"a.test\"\n")
+	if err := d.Reload(); err == nil {
+		t.Fatal("a broken policy reloaded")
+	}
+	if v, _ := value("egressd_policy_last_reload_successful"); v != 0 {
+		t.Errorf("last reload successful = %v after a refused reload", v)
+	}
+	d.audit.Log(audit.Record{Kind: audit.KindDNS})
+	if v, _ := value("egressd_audit_write_errors_total"); v != 1 {
+		t.Errorf("audit write errors = %v after one failed write", v)
+	}
+}
+
+type failingWriter struct{}
+
+func (failingWriter) Write([]byte) (int, error) { return 0, errors.New("disk full") }
