@@ -10,7 +10,7 @@ import (
 // an Outcome and its "reason" a Reason; the metrics' "result" and
 // "reason" labels, the proxy's X-Egressd-Denied header and the launcher's
 // denial lines use the same words. docs/audit.md has one table of them,
-// which a test (docs/docs_test.go) holds equal to Reasons.
+// which a test (docs/vocab_test.go) holds equal to Reasons.
 
 // Outcome is what became of a request: the record's "decision" field and
 // the metrics' "result" label.

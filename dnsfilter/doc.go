@@ -29,8 +29,12 @@
 //	reply: the client's question as asked, records for the canonical name,
 //	TTLs counted down, truncated (TC=1) to the client's UDP buffer
 //
-// Every client query yields one audit record (rate-limited ones: at most one
-// per client per second). Resolve is the same path for the proxy's own
+// Every client query yields one audit record (those refused at --dns-rate:
+// at most one per client per second), with its outcome and reason
+// (audit.Reasons): an upstream that fails is an error (resolver-timeout,
+// resolver-error; the client gets a bare SERVFAIL naming nobody), an
+// allowed name asked for a type never forwarded is
+// allow/qtype-not-forwarded. Resolve is the same path for the proxy's own
 // lookups; LearnedNames is what the proxy reads through its own one-method
 // interface. dnsfilter never imports proxy.
 package dnsfilter

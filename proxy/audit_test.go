@@ -203,7 +203,7 @@ func TestMetricsRegistered(t *testing.T) {
 // TestEveryDenialIsInTheVocabulary reads the proxy's source: every
 // denial it constructs (denyf and &denial literals) names a reason of
 // audit.Reasons and an HTTP status that reason lists, so docs/audit.md's
-// table (held to audit.Reasons by docs/docs_test.go) says what a client
+// table (held to audit.Reasons by docs/vocab_test.go) says what a client
 // can get.
 func TestEveryDenialIsInTheVocabulary(t *testing.T) {
 	vocab, err := os.ReadFile("../audit/vocab.go")

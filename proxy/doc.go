@@ -131,14 +131,20 @@
 //
 // # Audit
 //
-// One record per decision. A denial is written when it happens. An allowed
-// CONNECT tunnel, transparent connection or plain-HTTP request is written
-// once, when it ends, with bytes up/down and duration; if a check after the
-// allow refuses it (SNI mismatch, ECH, guarded address), the record is the
-// denial instead. An allowed connection that failed afterwards (resolver,
-// dial, closed on policy reload) keeps decision "allow" and says why in
-// "error". A CONNECT tunnel that carries plain HTTP writes one http record
-// per request and, when it ends, its connect record without bytes.
+// One record per decision, in the one vocabulary (audit.Outcome,
+// audit.Reason; docs/audit.md). A denial is written when it happens. An
+// allowed CONNECT tunnel, transparent connection or plain-HTTP request is
+// written once, when it ends, with bytes up/down and duration. A check
+// after the allow that refuses it (SNI mismatch, ECH, every address
+// guarded, a blocked CNAME target) makes the record a deny with that
+// reason; a resolver or dial failure before anything was relayed makes it
+// an error (resolver-timeout, upstream-error, ...), naming the rule that
+// allowed it. A connection that ends early after it was relayed (closed on
+// policy reload, idle, the upstream broke off) keeps decision "allow" and
+// says why in "error". A CONNECT tunnel that carries plain HTTP writes one
+// http record per request and, when it ends, its connect record without
+// bytes. What the client is told (status line, X-Egressd-Denied, body)
+// never names the upstream resolvers; the record's "error" does.
 //
 // # Metrics
 //

@@ -45,7 +45,7 @@ type Config struct {
 	Policy Policy
 	// Resolver resolves every name the proxy dials. Nil means no name can
 	// be resolved: every allowed name target then fails with
-	// resolve-error (fail closed). IP-literal targets need no resolver.
+	// resolver-error (fail closed). IP-literal targets need no resolver.
 	Resolver Resolver
 	// Learned maps addresses to the names they were learned for. Nil means
 	// no learned addresses: transparent connections without a name (raw

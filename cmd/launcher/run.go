@@ -90,7 +90,7 @@ func cmdRun(ctx context.Context, args []string, stdin io.Reader, stdout, stderr 
 	}
 	// From here on every line the launcher writes (warnings, live denials,
 	// the summary, errors) has the secrets masked, in every form egressd
-	// may have written them (THREATS H1); the command's own output is
+	// may have written them (THREATS D4); the command's own output is
 	// masked as it streams (sandbox.Run).
 	cmdStderr := stderr
 	stderr = sandbox.NewLineMasker(secretValues(cfg)).Writer(stderr)
