@@ -190,7 +190,7 @@ func (s *Server) Listen(addr string) error {
 		}
 		s.pcs = append(s.pcs, pc)
 		s.lns = append(s.lns, ln)
-		s.log.Info("dns listening", "addr", pc.LocalAddr().String())
+		s.log.Info("listening", "addr", pc.LocalAddr().String())
 		return nil
 	}
 	return lastErr
