@@ -306,3 +306,37 @@ func testLauncherSecretAsNameOrPathIsMasked(t *testing.T) {
 		}
 	}
 }
+
+// A denial the sandbox reads (the X-Egressd-Denied header and the 403's
+// body, plain HTTP and CONNECT) names the rule where the user wrote it,
+// the --policy file's path and line, never egressd's private policy
+// snapshot or its line numbers.
+func testLauncherDenialNamesTheUsersRule(t *testing.T) {
+	lw := newLauncherWorld(t)
+	pol := filepath.Join(t.TempDir(), "tenant.toml")
+	// blocked.test's rule is on line 6 of the user's file.
+	if err := os.WriteFile(pol, []byte("version = 1\n\n[network]\nallow = [\"allowed.test\"]\nblock = [\n  \"blocked.test\",\n]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r := lw.run("--policy", pol, "--", "sh", "-c",
+		`curl -sS --max-time 5 -D - http://blocked.test/; echo; curl -sS --max-time 5 -v https://blocked.test/ 2>&1; true`)
+	if r.code != 0 {
+		t.Fatalf("want exit 0\n%s", r)
+	}
+	want := "X-Egressd-Denied: blocked-by blocked.test (" + pol + ":6)"
+	if n := strings.Count(r.stdout, want); n != 2 {
+		t.Errorf("the sandbox read %q %d times, want 2 (plain HTTP, CONNECT)\n%s", want, n, r.stdout)
+	}
+	if n := strings.Count(r.stdout, "egressd: denied blocked.test:80: blocked-by blocked.test ("+pol+":6)"); n != 1 {
+		t.Errorf("the 403 body names the user's rule %d times, want 1\n%s", n, r.stdout)
+	}
+	// The snapshot is egressd's policy.toml beside its sources.json.
+	for _, leak := range []string{"policy.toml", "sources.json"} {
+		if strings.Contains(r.stdout, leak) {
+			t.Errorf("what the sandbox read names egressd's snapshot (%q)\n%s", leak, r.stdout)
+		}
+	}
+	if n := lw.w.HTTPRequests("blocked.test"); n != 0 {
+		t.Errorf("world served %d requests for blocked.test", n)
+	}
+}

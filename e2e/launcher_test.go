@@ -80,6 +80,7 @@ func TestLauncher(t *testing.T) {
 			{"AllowedNameResolvingToMetadataIsAuditedAsDenial", testLauncherGuardedAddressAfterAllowedNameIsADenial},
 			{"SilentUpstreamResolverIsAnErrorNeverNamedToTheSandbox", testLauncherSilentResolverIsAnErrorNotNamedToTheSandbox},
 			{"SecretUsedAsNameOrPathIsMaskedInStderrAndAuditLog", testLauncherSecretAsNameOrPathIsMasked},
+			{"DenialNamesTheUsersRuleNotEgressdsSnapshot", testLauncherDenialNamesTheUsersRule},
 		} {
 			t.Run(tc.name, func(t *testing.T) {
 				t.Parallel()
