@@ -1,0 +1,177 @@
+package audit
+
+import (
+	"errors"
+	"math"
+	"strconv"
+	"unicode/utf8"
+)
+
+// The record's JSON encoding, written by hand: appended to a caller's
+// buffer, with no reflection and no allocation for the usual record. It is
+// byte for byte what encoding/json's Marshal writes for a *Record (field
+// order, omitempty, HTML-safe string escaping, time and float formats);
+// TestAppendJSONMatchesEncodingJSON and FuzzAppendJSONMatchesEncodingJSON
+// hold it to that for every field of Record, so a field added to Record and
+// not here fails them.
+
+// errUnsupportedFloat mirrors encoding/json's refusal of NaN and ±Inf.
+var errUnsupportedFloat = errors.New("audit: duration_ms is NaN or infinite")
+
+// AppendJSON appends r as one JSON object, exactly as encoding/json's
+// Marshal(r) encodes it, and returns the extended buffer. It fails where
+// Marshal fails: a Time that RFC 3339 cannot represent (a year outside
+// 0-9999, a zone offset of 24 hours or more) or a DurationMS that is NaN or
+// infinite; then b is returned unchanged.
+func (r *Record) AppendJSON(b []byte) ([]byte, error) {
+	n0 := len(b)
+	b = append(b, `{"time":"`...)
+	t, err := r.Time.AppendText(b)
+	if err != nil {
+		return b[:n0], err
+	}
+	b = append(t, '"')
+	if r.SandboxID != "" {
+		b = appendString(append(b, `,"sandbox_id":`...), r.SandboxID)
+	}
+	b = appendString(append(b, `,"kind":`...), string(r.Kind))
+	b = appendString(append(b, `,"target":`...), r.Target)
+	if r.Name != "" {
+		b = appendString(append(b, `,"name":`...), r.Name)
+	}
+	b = strconv.AppendUint(append(b, `,"port":`...), uint64(r.Port), 10)
+	if r.QType != "" {
+		b = appendString(append(b, `,"qtype":`...), r.QType)
+	}
+	if len(r.Addrs) > 0 {
+		b = append(b, `,"addrs":[`...)
+		for i, a := range r.Addrs {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = appendString(b, a)
+		}
+		b = append(b, ']')
+	}
+	b = appendString(append(b, `,"decision":`...), string(r.Decision))
+	b = appendString(append(b, `,"reason":`...), string(r.Reason))
+	if r.Rule != "" {
+		b = appendString(append(b, `,"rule":`...), r.Rule)
+	}
+	if r.Source != "" {
+		b = appendString(append(b, `,"rule_source":`...), r.Source)
+	}
+	if r.Client != "" {
+		b = appendString(append(b, `,"client":`...), r.Client)
+	}
+	if r.Method != "" {
+		b = appendString(append(b, `,"method":`...), r.Method)
+	}
+	if r.Path != "" {
+		b = appendString(append(b, `,"path":`...), r.Path)
+	}
+	if r.Status != 0 {
+		b = strconv.AppendInt(append(b, `,"status":`...), int64(r.Status), 10)
+	}
+	if r.Inspected {
+		b = append(b, `,"inspected":true`...)
+	}
+	if r.Credential != "" {
+		b = appendString(append(b, `,"credential":`...), r.Credential)
+	}
+	if r.Error != "" {
+		b = appendString(append(b, `,"error":`...), r.Error)
+	}
+	if r.BytesUp != 0 {
+		b = strconv.AppendInt(append(b, `,"bytes_up":`...), r.BytesUp, 10)
+	}
+	if r.BytesDown != 0 {
+		b = strconv.AppendInt(append(b, `,"bytes_down":`...), r.BytesDown, 10)
+	}
+	if r.DurationMS != 0 {
+		if math.IsNaN(r.DurationMS) || math.IsInf(r.DurationMS, 0) {
+			return b[:n0], errUnsupportedFloat
+		}
+		b = appendFloat(append(b, `,"duration_ms":`...), r.DurationMS)
+	}
+	return append(b, '}'), nil
+}
+
+const hexDigits = "0123456789abcdef"
+
+// appendString appends s as a JSON string the way encoding/json does with
+// HTML escaping on (its default): ", \ and control bytes escaped (\b \f \n
+// \r \t by name, the rest as \u00XX), <, > and & as \u003c \u003e \u0026,
+// U+2028 and U+2029 as \u2028 \u2029, and each byte of invalid UTF-8 as
+// \ufffd.
+func appendString(b []byte, s string) []byte {
+	b = append(b, '"')
+	start := 0
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			if c >= 0x20 && c != '"' && c != '\\' && c != '<' && c != '>' && c != '&' {
+				i++
+				continue
+			}
+			b = append(b, s[start:i]...)
+			switch c {
+			case '\\', '"':
+				b = append(b, '\\', c)
+			case '\b':
+				b = append(b, '\\', 'b')
+			case '\f':
+				b = append(b, '\\', 'f')
+			case '\n':
+				b = append(b, '\\', 'n')
+			case '\r':
+				b = append(b, '\\', 'r')
+			case '\t':
+				b = append(b, '\\', 't')
+			default:
+				b = append(b, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xF])
+			}
+			i++
+			start = i
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			b = append(b, s[start:i]...)
+			b = append(b, `\ufffd`...)
+			i += size
+			start = i
+			continue
+		}
+		if r == '\u2028' || r == '\u2029' {
+			b = append(b, s[start:i]...)
+			b = append(b, '\\', 'u', '2', '0', '2', hexDigits[r&0xF])
+			i += size
+			start = i
+			continue
+		}
+		i += size
+	}
+	b = append(b, s[start:]...)
+	return append(b, '"')
+}
+
+// appendFloat appends f as encoding/json does for a float64: the shortest
+// representation, in exponent form below 1e-6 and from 1e21 up, with an
+// exponent of one digit written without a leading zero (1e-7, not 1e-07).
+func appendFloat(b []byte, f float64) []byte {
+	abs := math.Abs(f)
+	format := byte('f')
+	if abs != 0 && (abs < 1e-6 || abs >= 1e21) {
+		format = 'e'
+	}
+	b = strconv.AppendFloat(b, f, format, -1, 64)
+	if format == 'e' {
+		n := len(b)
+		if n >= 4 && b[n-4] == 'e' && b[n-3] == '-' && b[n-2] == '0' {
+			b[n-2] = b[n-1]
+			b = b[:n-1]
+		}
+	}
+	return b
+}
