@@ -58,6 +58,21 @@ type Rule struct {
 	// breadthMemo keeps the rule's breadth judgment (breadth.go), made
 	// when first asked for.
 	breadthMemo atomic.Pointer[breadth]
+	// sourceMemo keeps Source.String(), which every audit record of a
+	// decision by this rule carries (SourceText).
+	sourceMemo atomic.Pointer[string]
+}
+
+// SourceText is r.Source.String(), rendered once per rule: the audit record
+// of every decision the rule makes carries it, and the hot paths must not
+// build it again each time.
+func (r *Rule) SourceText() string {
+	if s := r.sourceMemo.Load(); s != nil {
+		return *s
+	}
+	s := r.Source.String()
+	r.sourceMemo.Store(&s)
+	return s
 }
 
 // PatternError is a pattern that ParseRule refused, with what is wrong and,

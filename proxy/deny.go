@@ -82,7 +82,7 @@ func (d *denial) ruleText() string {
 
 func (d *denial) ruleSource() string {
 	if d.decision.Rule != nil {
-		return d.decision.Rule.Source.String()
+		return d.decision.Rule.SourceText()
 	}
 	return ""
 }

@@ -567,7 +567,7 @@ func (s *inspectSession) record(r *http.Request, rq *inspectRequest, cw *countin
 	} else {
 		rec.Decision, rec.Reason, rec.Error = audit.OutcomeAllow, audit.Reason(rq.decision.Reason), sanitizeLine(rq.failure)
 		if rq.decision.Rule != nil {
-			rec.Rule, rec.Source = rq.decision.Rule.Text, rq.decision.Rule.Source.String()
+			rec.Rule, rec.Source = rq.decision.Rule.Text, rq.decision.Rule.SourceText()
 		}
 	}
 	p.imet.requests.WithLabelValues(rq.label, string(rec.Decision), string(rec.Reason)).Inc()

@@ -889,7 +889,7 @@ func (p *Proxy) finish(a *allowed, up, down int64, errText string) {
 	}
 	if a.decision.Rule != nil {
 		r.Rule = a.decision.Rule.Text
-		r.Source = a.decision.Rule.Source.String()
+		r.Source = a.decision.Rule.SourceText()
 	}
 	p.cfg.Audit.Log(r)
 }
