@@ -4,6 +4,8 @@ import (
 	"errors"
 	"math"
 	"strconv"
+	"sync/atomic"
+	"time"
 	"unicode/utf8"
 )
 
@@ -26,11 +28,11 @@ var errUnsupportedFloat = errors.New("audit: duration_ms is NaN or infinite")
 func (r *Record) AppendJSON(b []byte) ([]byte, error) {
 	n0 := len(b)
 	b = append(b, `{"time":"`...)
-	t, err := r.Time.AppendText(b)
+	b, err := appendTime(b, r.Time)
 	if err != nil {
 		return b[:n0], err
 	}
-	b = append(t, '"')
+	b = append(b, '"')
 	if r.SandboxID != "" {
 		b = appendString(append(b, `,"sandbox_id":`...), r.SandboxID)
 	}
@@ -174,4 +176,57 @@ func appendFloat(b []byte, f float64) []byte {
 		}
 	}
 	return b
+}
+
+// secondText is one second of one location rendered in RFC 3339: the date
+// and clock ("2006-01-02T15:04:05") and the zone ("Z", "+01:00").
+type secondText struct {
+	loc         *time.Location
+	sec         int64
+	clock, zone string
+	err         error
+}
+
+// lastSecond is the second the last record's time fell in: records come in
+// bursts within one second, so its text is nearly always reused.
+var lastSecond atomic.Pointer[secondText]
+
+// appendTime appends t as time.Time.AppendText does (RFC 3339 with
+// nanoseconds, trailing zeros dropped), rendering the date, clock and zone
+// once per second: the standard formatter's deep frames made every short
+// query goroutine of the resolver grow its stack.
+func appendTime(b []byte, t time.Time) ([]byte, error) {
+	sec, loc := t.Unix(), t.Location()
+	st := lastSecond.Load()
+	if st == nil || st.sec != sec || st.loc != loc {
+		st = &secondText{loc: loc, sec: sec}
+		whole, err := t.Truncate(time.Second).AppendText(nil)
+		switch {
+		case err != nil:
+			st.err = err
+		case len(whole) < len("2006-01-02T15:04:05Z"):
+			st.err = errors.New("audit: unexpected time format " + string(whole))
+		default:
+			st.clock, st.zone = string(whole[:19]), string(whole[19:])
+		}
+		lastSecond.Store(st)
+	}
+	if st.err != nil {
+		return b, st.err
+	}
+	b = append(b, st.clock...)
+	if ns := t.Nanosecond(); ns != 0 {
+		var frac [10]byte
+		frac[0] = '.'
+		for i := 9; i >= 1; i-- {
+			frac[i] = byte('0' + ns%10)
+			ns /= 10
+		}
+		n := 10
+		for frac[n-1] == '0' {
+			n--
+		}
+		b = append(b, frac[:n]...)
+	}
+	return append(b, st.zone...), nil
 }

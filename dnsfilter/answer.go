@@ -50,7 +50,10 @@ type filtered struct {
 	guarded    netip.Addr // the last address the guard refused
 	rrs        []dns.RR
 	addrs      []netip.Addr
-	stripped   int
+	// addrText are addrs as the audit record writes them, rendered once
+	// for every reply of this answer (records only read them).
+	addrText []string
+	stripped int
 	// names are the names in the chain the policy allows: the learned
 	// table records addrs under these, and only these.
 	names []string
@@ -67,6 +70,9 @@ type ttlSnap struct {
 	elapsed uint32
 	answer  []dns.RR
 	ns      []dns.RR
+	// packed is the reply made of these records, packed, for the last
+	// query shape that asked (respondWire).
+	packed atomic.Pointer[packedReply]
 }
 
 // upstreamRcodeError is an upstream reply that is neither NOERROR nor
@@ -231,6 +237,12 @@ func filter(a *answer, m *policy.Matcher) *filtered {
 	if f.stripped > 0 && len(f.addrs) == 0 {
 		f.allGuarded = true
 		f.rrs = nil
+	}
+	if len(f.addrs) > 0 {
+		f.addrText = make([]string, len(f.addrs))
+		for i, a := range f.addrs {
+			f.addrText[i] = a.String()
+		}
 	}
 	return f
 }

@@ -1,8 +1,10 @@
 package dnsfilter
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -1100,12 +1102,17 @@ func TestFetchRechecksPolicyBeforeForwarding(t *testing.T) {
 	}
 }
 
+// TestAuditRecordsAreAllWrittenByShutdown: with egressd's buffered audit
+// writer, every query answered before Shutdown is in the log once the
+// writer is closed after it (the order egressd serve stops in), and a
+// query answered later is written too.
 func TestAuditRecordsAreAllWrittenByShutdown(t *testing.T) {
 	up := startUpstream(t, "www.example.test. 300 IN A 203.0.113.7")
 	buf := &syncBuffer{}
 	live := &policy.Live{}
 	live.Store(matcher(t, testAllow, testBlock))
-	s, err := New(Config{Upstreams: []string{up.addr}, Policy: live, QueryRate: -1, Audit: audit.New(buf, "sb")})
+	al := audit.NewBuffered(buf, "sb", audit.BufferOptions{FlushInterval: time.Hour})
+	s, err := New(Config{Upstreams: []string{up.addr}, Policy: live, QueryRate: -1, Audit: al})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1131,9 +1138,9 @@ func TestAuditRecordsAreAllWrittenByShutdown(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
-	// No flush: Shutdown itself must have written every record.
-	if got := len(buf.records(t)); got != n {
-		t.Errorf("%d audit records after Shutdown, want %d", got, n)
+	al.Close()
+	if got := len(buf.records(t)); got != n || al.Dropped() != 0 {
+		t.Errorf("%d audit records after Shutdown and Close (%d dropped), want %d", got, al.Dropped(), n)
 	}
 	// After Shutdown, a query handled directly is still audited.
 	m := new(dns.Msg)
@@ -1223,5 +1230,90 @@ func TestEveryQueryHasItsOutcome(t *testing.T) {
 		if got := metricValue(t, e.srv.m.queriesVec.WithLabelValues(string(tc.outcome), string(tc.reason))); got < 1 {
 			t.Errorf("%s: egressd_dns_queries_total{result=%q,reason=%q} = %v", tc.name, tc.outcome, tc.reason, got)
 		}
+	}
+}
+
+// TestReusedReplyBytesEqualAFreshlyPackedReply: the bytes respondWire reuses
+// for a cached allowed answer are, for every query shape and in every
+// second, exactly the bytes of the reply packed afresh (with the query's ID,
+// its question as asked, its RD and CD bits, its EDNS and truncation).
+func TestReusedReplyBytesEqualAFreshlyPackedReply(t *testing.T) {
+	records := []string{
+		"www.example.test. 300 IN A 203.0.113.7",
+		"www.example.test. 300 IN A 203.0.113.8",
+		"www.example.test. 120 IN AAAA 2001:db8::7",
+		"alias.example.test. 60 IN CNAME www.example.test.",
+		"txt.example.test. 300 IN TXT \"v=spf1 -all\"",
+	}
+	for i := range 40 { // a UDP answer over 512 bytes: truncated without EDNS
+		records = append(records, fmt.Sprintf("big.example.test. 300 IN A 198.51.100.%d", i+1))
+	}
+	up := startUpstream(t, records...)
+	e := newEnv(t, up, testAllow, testBlock, nil)
+	client := netip.MustParseAddr("127.0.0.1")
+	type shape struct {
+		name   string
+		qtype  uint16
+		edns   int // 0: none
+		rd, cd bool
+		tcp    bool
+	}
+	var shapes []shape
+	for _, name := range []string{"www.example.test.", "WwW.ExAmPlE.TeSt.", "alias.example.test.", "txt.example.test.", "big.example.test.", "nx.example.test."} {
+		for _, qtype := range []uint16{dns.TypeA, dns.TypeAAAA, dns.TypeTXT} {
+			for _, edns := range []int{0, 512, 1232, 4096} {
+				for _, tcp := range []bool{false, true} {
+					for flags := range 4 { // shapes that differ in RD or CD only, one after the other
+						shapes = append(shapes, shape{name, qtype, edns, flags&1 != 0, flags&2 != 0, tcp})
+					}
+				}
+			}
+		}
+	}
+	query := func(s shape, id uint16) *dns.Msg {
+		m := new(dns.Msg)
+		m.SetQuestion(s.name, s.qtype)
+		m.Id, m.RecursionDesired, m.CheckingDisabled = id, s.rd, s.cd
+		if s.edns > 0 {
+			m.SetEdns0(uint16(s.edns), false)
+		}
+		return m
+	}
+	check := func(s shape, id uint16) {
+		t.Helper()
+		got, err := e.srv.respondWire(query(s, id), client, s.tcp, nil)
+		if err != nil {
+			t.Fatalf("%+v: %v", s, err)
+		}
+		want, err := e.srv.respond(query(s, id), client, s.tcp).Pack()
+		if err != nil {
+			t.Fatalf("%+v: %v", s, err)
+		}
+		if !bytes.Equal(got, want) {
+			var g, w dns.Msg
+			_ = g.Unpack(got)
+			_ = w.Unpack(want)
+			t.Fatalf("%+v id %d: reused bytes differ from a freshly packed reply\n got: %v\nwant: %v", s, id, &g, &w)
+		}
+	}
+	for round := range 3 {
+		for i, s := range shapes {
+			check(s, uint16(1000*round+i))     // the first of its shape this second: packed
+			check(s, uint16(1000*round+i+500)) // reused
+		}
+		e.clock.Advance(7 * time.Second) // every TTL counts down
+	}
+	// The second query of a shape did reuse the bytes: they are there.
+	s := shapes[0]
+	a := e.srv.cache.get(cacheKey{name: "www.example.test", qtype: dns.TypeA}, e.clock.Now())
+	if a == nil {
+		t.Fatal("www.example.test A is not cached")
+	}
+	if _, err := e.srv.respondWire(query(s, 1), client, s.tcp, nil); err != nil {
+		t.Fatal(err)
+	}
+	f := a.memo.Load()
+	if p := f.snap.Load().packed.Load(); p == nil || p.shape != replyShapeOf(query(s, 1), s.tcp) {
+		t.Fatalf("no packed reply kept for %+v", s)
 	}
 }

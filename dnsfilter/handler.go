@@ -1,6 +1,8 @@
 package dnsfilter
 
 import (
+	"bytes"
+	"encoding/binary"
 	"errors"
 	"net/netip"
 	"strconv"
@@ -47,10 +49,14 @@ type outcome struct {
 	decision policy.Decision
 	target   string
 	qtype    uint16
-	addrs    []netip.Addr
+	addrs    []string // the answer's addresses as text (filtered.addrText: shared, read only)
 	stripped int
 	note     string
 	noAudit  bool
+	// ans and snap are an allowed answer and its records for this second,
+	// which the reply is made of (decide leaves building it to the caller).
+	ans  *answer
+	snap *ttlSnap
 }
 
 // fromDecision sets the outcome of a policy decision.
@@ -63,17 +69,84 @@ func (s *Server) respond(req *dns.Msg, client netip.Addr, tcp bool) *dns.Msg {
 	if req.Response {
 		return nil
 	}
+	resp, out := s.query(req, client)
+	if resp == nil {
+		resp = buildReply(req, out.ans, out.snap)
+	}
+	fit(req, resp, tcp)
+	return resp
+}
+
+// respondWire answers one query with the packed reply, appended to buf; nil
+// means send nothing. An allowed answer's reply is packed once per query
+// shape and second (replyShape, ttlSnap.packed) and its bytes reused, with
+// the query's ID, for every later query of that shape in that second: the
+// bytes are the very ones respond's reply packs to
+// (TestReusedReplyBytesEqualAFreshlyPackedReply). Everything else about the
+// query — rate limit, decision, cache, learning, metrics, audit — happens
+// for every query.
+func (s *Server) respondWire(req *dns.Msg, client netip.Addr, tcp bool, buf []byte) ([]byte, error) {
+	if req.Response {
+		return nil, nil
+	}
+	resp, out := s.query(req, client)
+	if resp != nil {
+		fit(req, resp, tcp)
+		return resp.PackBuffer(buf)
+	}
+	shape := replyShapeOf(req, tcp)
+	if p := out.snap.packed.Load(); p != nil && p.shape == shape {
+		buf = append(buf[:0], p.msg...)
+		binary.BigEndian.PutUint16(buf, req.Id)
+		return buf, nil
+	}
+	resp = buildReply(req, out.ans, out.snap)
+	fit(req, resp, tcp)
+	b, err := resp.PackBuffer(buf)
+	if err == nil {
+		out.snap.packed.Store(&packedReply{shape: shape, msg: bytes.Clone(b)})
+	}
+	return b, err
+}
+
+// query decides req and accounts for it (metrics, audit). For an allowed
+// answer resp is nil: the reply is built from out.ans and out.snap, or its
+// bytes reused, by the caller.
+func (s *Server) query(req *dns.Msg, client netip.Addr) (*dns.Msg, outcome) {
 	now := s.set.now()
 	resp, out := s.decide(req, client, now)
 	s.m.query(out.reason)
 	if out.stripped > 0 {
 		s.m.stripped.Add(float64(out.stripped))
 	}
-	if s.audit.log != nil && !out.noAudit {
-		s.audit.send(out.record(client, now))
+	if s.audit != nil && !out.noAudit {
+		s.audit.Log(out.record(s.clientText(client), now))
 	}
-	fit(req, resp, tcp)
-	return resp
+	return resp, out
+}
+
+// replyShape is everything of a query that its reply's bytes depend on
+// besides the answer and the ID: the question as asked (case included),
+// the RD and CD bits, and how fit sizes and extends the reply.
+type replyShape struct {
+	name          string
+	qtype, qclass uint16
+	rd, cd        bool
+	edns, tcp     bool
+	size          int
+}
+
+func replyShapeOf(req *dns.Msg, tcp bool) replyShape {
+	q := req.Question[0]
+	size, edns := fitSize(req, tcp)
+	return replyShape{name: q.Name, qtype: q.Qtype, qclass: q.Qclass, rd: req.RecursionDesired, cd: req.CheckingDisabled,
+		edns: edns, tcp: tcp, size: size}
+}
+
+// packedReply is a reply's bytes for queries of one shape.
+type packedReply struct {
+	shape replyShape
+	msg   []byte
 }
 
 func (s *Server) decide(req *dns.Msg, client netip.Addr, now time.Time) (*dns.Msg, outcome) {
@@ -153,11 +226,12 @@ func (s *Server) decide(req *dns.Msg, client netip.Addr, now time.Time) (*dns.Ms
 		return reply(req, s.blockRcode(m)), out
 	case f.allGuarded:
 		out.fromDecision(f.guardBy)
-		out.addrs = []netip.Addr{f.guarded}
+		out.addrs = []string{f.guarded.String()}
 		return reply(req, dns.RcodeSuccess), out
 	}
-	out.addrs = f.addrs
-	return s.build(req, a, f, now), out
+	out.addrs = f.addrText
+	out.ans, out.snap = a, f.records(a, now, s.set.maxTTL, s.set.maxNegTTL)
+	return nil, out
 }
 
 // checkEDNS validates the client's OPT record: at most one (RFC 6891
@@ -198,14 +272,13 @@ func reply(req *dns.Msg, rcode int) *dns.Msg {
 	return resp
 }
 
-// build is the client's reply from a filtered answer: the client's question
-// as asked (clients match it, case included), the records for the canonical
-// name with TTLs counted down since they were fetched. The records are
-// shared with other replies in the same second; the slices are capped so
-// that nothing appends into them.
-func (s *Server) build(req *dns.Msg, a *answer, f *filtered, now time.Time) *dns.Msg {
+// buildReply is the client's reply from a filtered answer: the client's
+// question as asked (clients match it, case included), the records for the
+// canonical name with TTLs counted down since they were fetched (snap). The
+// records are shared with other replies in the same second; the slices are
+// capped so that nothing appends into them.
+func buildReply(req *dns.Msg, a *answer, snap *ttlSnap) *dns.Msg {
 	resp := reply(req, a.rcode)
-	snap := f.records(a, now, s.set.maxTTL, s.set.maxNegTTL)
 	resp.Answer = snap.answer[:len(snap.answer):len(snap.answer)]
 	resp.Ns = snap.ns[:len(snap.ns):len(snap.ns)]
 	return resp
@@ -215,18 +288,49 @@ func (s *Server) build(req *dns.Msg, a *answer, f *filtered, now time.Time) *dns
 // truncates a UDP reply to the client's buffer (512 without EDNS; at most
 // 1232) with TC=1, so the client retries over TCP.
 func fit(req, resp *dns.Msg, tcp bool) {
-	size := dns.MinMsgSize
-	if opt := req.IsEdns0(); opt != nil {
-		size = min(max(int(opt.UDPSize()), dns.MinMsgSize), upstreamEDNSSize)
+	size, edns := fitSize(req, tcp)
+	if edns {
 		resp.SetEdns0(upstreamEDNSSize, false)
-	}
-	if tcp {
-		size = dns.MaxMsgSize
 	}
 	resp.Truncate(size)
 }
 
-func (o *outcome) record(client netip.Addr, now time.Time) audit.Record {
+// fitSize is the size fit truncates a reply to req to, and whether the
+// reply gets an OPT record.
+func fitSize(req *dns.Msg, tcp bool) (size int, edns bool) {
+	size = dns.MinMsgSize
+	if opt := req.IsEdns0(); opt != nil {
+		size = min(max(int(opt.UDPSize()), dns.MinMsgSize), upstreamEDNSSize)
+		edns = true
+	}
+	if tcp {
+		size = dns.MaxMsgSize
+	}
+	return size, edns
+}
+
+// clientText is client as the audit record writes it. A sandbox's queries
+// come from one or two addresses, so the last one's text is kept rather
+// than rendered (and allocated) again for every query.
+func (s *Server) clientText(client netip.Addr) string {
+	if !client.IsValid() {
+		return ""
+	}
+	if c := s.lastClient.Load(); c != nil && c.addr == client {
+		return c.text
+	}
+	c := &clientName{addr: client, text: client.String()}
+	s.lastClient.Store(c)
+	return c.text
+}
+
+// clientName is an address and its text.
+type clientName struct {
+	addr netip.Addr
+	text string
+}
+
+func (o *outcome) record(client string, now time.Time) audit.Record {
 	r := audit.Record{
 		Time:     now,
 		Kind:     audit.KindDNS,
@@ -235,22 +339,15 @@ func (o *outcome) record(client netip.Addr, now time.Time) audit.Record {
 		Decision: o.reason.Outcome(),
 		Reason:   o.reason,
 		Error:    audit.Escape(o.note, audit.MaxTarget),
+		Client:   client,
+		Addrs:    o.addrs,
 	}
 	if o.qtype != 0 || o.target != "" {
 		r.QType = dns.Type(o.qtype).String()
 	}
 	if rule := o.decision.Rule; rule != nil {
 		r.Rule = rule.Text
-		r.Source = rule.Source.String()
-	}
-	if client.IsValid() {
-		r.Client = client.String()
-	}
-	if len(o.addrs) > 0 {
-		r.Addrs = make([]string, len(o.addrs))
-		for i, a := range o.addrs {
-			r.Addrs[i] = a.String()
-		}
+		r.Source = rule.SourceText()
 	}
 	return r
 }

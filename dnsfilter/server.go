@@ -17,6 +17,7 @@ import (
 	"github.com/miekg/dns"
 	"golang.org/x/net/netutil"
 
+	"github.com/egressd/egressd/audit"
 	"github.com/egressd/egressd/policy"
 )
 
@@ -29,7 +30,7 @@ const maxQuerySize = 4096
 type Server struct {
 	set     settings
 	policy  PolicySource
-	audit   auditPipe
+	audit   *audit.Logger
 	log     *slog.Logger
 	m       *metrics
 	cache   *cache
@@ -37,6 +38,8 @@ type Server struct {
 	limiter *limiter
 	flight  flight
 	gen     atomic.Uint64 // bumped by Reset and when the upstreams change
+	// lastClient is the last client address and its text (clientText).
+	lastClient atomic.Pointer[clientName]
 
 	// pool holds the upstream resolvers in use (see useUpstreamsOf);
 	// poolMu serialises changing it, and closing it at Shutdown.
@@ -71,7 +74,7 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{
 		set:     set,
 		policy:  cfg.Policy,
-		audit:   auditPipe{log: cfg.Audit},
+		audit:   cfg.Audit,
 		log:     cfg.Logger,
 		cache:   newCache(set.cacheSize),
 		learned: newLearnedTable(set.learnedSize),
@@ -228,7 +231,6 @@ func (s *Server) Serve(ctx context.Context) error {
 		ln := netutil.LimitListener(ln, s.set.maxTCPConns)
 		s.servers = append(s.servers, s.newDNSServer(&dns.Server{Listener: ln}, ln))
 	}
-	s.audit.start()
 	errc := make(chan error, len(s.servers))
 	for _, ds := range s.servers {
 		go func() { errc <- ds.srv.ActivateAndServe() }()
@@ -279,9 +281,10 @@ func (s *Server) newDNSServer(srv *dns.Server, c io.Closer) *dnsServer {
 }
 
 // Shutdown stops the listeners, waits (until ctx ends) for queries in
-// progress, cancels upstream queries still running, closes the upstream
-// sockets and writes the audit records still queued. Calling it again waits
-// for the first call to finish and returns nil.
+// progress, cancels upstream queries still running and closes the upstream
+// sockets. Every query answered has been handed to the audit Logger, whose
+// owner flushes it (audit.Logger.Close). Calling it again waits for the
+// first call to finish and returns nil.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	if s.shutdown {
@@ -326,7 +329,6 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.poolMu.Lock()
 	s.pool.Load().up.close()
 	s.poolMu.Unlock()
-	s.audit.stop()
 	return errors.Join(errs...)
 }
 
@@ -371,11 +373,23 @@ func (s *Server) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 		client = a.AddrPort().Addr().Unmap()
 		tcp = true
 	}
-	resp := s.respond(req, client, tcp)
-	if resp == nil {
-		return
+	bp := wireBufs.Get().(*[]byte)
+	wire, err := s.respondWire(req, client, tcp, (*bp)[:cap(*bp)])
+	if err != nil {
+		s.log.Debug("packing reply failed", "client", client, "err", err)
+	} else if wire != nil {
+		if _, err := w.Write(wire); err != nil {
+			s.log.Debug("writing reply failed", "client", client, "err", err)
+		}
 	}
-	if err := w.WriteMsg(resp); err != nil {
-		s.log.Debug("writing reply failed", "client", client, "err", err)
+	if wire != nil && cap(wire) <= maxPooledWire {
+		*bp = wire[:0]
 	}
+	wireBufs.Put(bp)
 }
+
+// wireBufs are the buffers replies are packed into; one that grew larger
+// than maxPooledWire (a big TCP answer) is left to the collector.
+var wireBufs = sync.Pool{New: func() any { b := make([]byte, 0, 2048); return &b }}
+
+const maxPooledWire = 16 << 10

@@ -101,7 +101,13 @@ func run(bareAddr, filterAddr, auditPath string, cacheSize int, duration time.Du
 		CacheSize: cacheSize,
 	}
 	if aw != nil {
-		cfg.Audit = audit.New(aw, "bench")
+		// The writer egressd serve uses: batched, never blocking a query.
+		al := audit.NewBuffered(aw, "bench", audit.BufferOptions{})
+		defer func() {
+			al.Close()
+			log.Printf("audit: %d records dropped, %d failed to write", al.Dropped(), al.WriteErrors())
+		}()
+		cfg.Audit = al
 	}
 	srv, err := dnsfilter.New(cfg)
 	if err != nil {

@@ -72,6 +72,7 @@ func newServeFlags(stderr io.Writer) (*flag.FlagSet, *serveOptions) {
 	fs.StringVar(&o.upstream, "upstream-dns", "", "upstream resolvers `ADDR[,ADDR]`, as network.upstream_dns on top of the policy (default: the policy's, else /etc/resolv.conf)")
 	fs.UintVar(&o.mark, "mark", 0, "SO_MARK `N` set on every upstream socket (needs CAP_NET_ADMIN); 0: none")
 	fs.StringVar(&o.auditLog, "audit-log", "", "write one JSON line per decision to `PATH` (- for stdout); empty: none")
+	fs.DurationVar(&cfg.AuditFlushInterval, "audit-flush-interval", 0, "the longest an audit record waits to be written (default 100ms): what a SIGKILL can lose")
 	fs.StringVar(&o.logFormat, "log-format", "text", "operational log format on stderr: `text|json`")
 	fs.StringVar(&o.logLevel, "log-level", "info", "least severe operational log written: `debug|info|warn|error` (debug adds every refusal)")
 	fs.StringVar(&o.ruleSources, "rule-sources", "", "JSON `FILE` mapping a policy line (\"file:line\") to the source to report for its rule instead (for policies another tool writes: the launcher's)")

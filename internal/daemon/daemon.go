@@ -98,8 +98,13 @@ type Config struct {
 
 	// SandboxID is stamped on every audit record.
 	SandboxID string
-	// Audit receives one JSON line per decision; nil writes none.
+	// Audit receives one JSON line per decision; nil writes none. Records
+	// are written in batches (audit.NewBuffered), never holding up a
+	// decision, and all of them by the time Run returns.
 	Audit io.Writer
+	// AuditFlushInterval is the longest a record waits in egressd before it
+	// is written to Audit. 0 means 100ms.
+	AuditFlushInterval time.Duration
 	// Logger receives operational logs; nil discards them.
 	Logger *slog.Logger
 
@@ -202,8 +207,16 @@ func New(cfg Config) (_ *Daemon, err error) {
 	build.Set(1)
 	d.reg.MustRegister(d.reloadsOK, d.reloadsError, d.lastReloadOK, d.lastReloadTime, build)
 	if cfg.Audit != nil {
-		d.audit = audit.New(cfg.Audit, cfg.SandboxID)
+		// One writer for the resolver and the proxy: batched, never making
+		// a decision wait; closed (everything written) after both stop.
+		d.audit = audit.NewBuffered(cfg.Audit, cfg.SandboxID, audit.BufferOptions{FlushInterval: cfg.AuditFlushInterval, OnDrop: func(n uint64) {
+			d.log.Warn("audit records dropped: the audit log is written slower than decisions are made", "dropped", n)
+		}})
 	}
+	d.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "egressd_audit_dropped_records_total",
+		Help: "Audit records not written because the audit log was too slow to take them (never a decision held up).",
+	}, func() float64 { return float64(d.audit.Dropped()) }))
 	d.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
 		Name: "egressd_audit_write_errors_total",
 		Help: "Audit records whose write failed (the decision was enforced; its record is lost).",
@@ -518,7 +531,9 @@ func (d *Daemon) shutdown() {
 	d.closeListeners()
 }
 
-// closeListeners closes what New bound and Run did not take over.
+// closeListeners closes what New bound and Run did not take over, and then
+// the audit writer, which writes every record still pending: the resolver
+// and the proxy have stopped by then.
 func (d *Daemon) closeListeners() {
 	for _, ln := range append(append([]net.Listener{}, d.explicit...), d.transparent...) {
 		ln.Close()
@@ -531,6 +546,7 @@ func (d *Daemon) closeListeners() {
 		_ = d.dns.Shutdown(sctx)
 		cancel()
 	}
+	d.audit.Close()
 }
 
 // Registry is the daemon's metrics registry (for tests).

@@ -357,6 +357,7 @@ func TestReloadAndBuildSeries(t *testing.T) {
 		t.Errorf("last reload successful = %v after a refused reload", v)
 	}
 	d.audit.Log(audit.Record{Kind: audit.KindDNS})
+	d.audit.Flush() // the batched writer writes it now
 	if v, _ := value("egressd_audit_write_errors_total"); v != 1 {
 		t.Errorf("audit write errors = %v after one failed write", v)
 	}
