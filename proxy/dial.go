@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/egressd/egressd/audit"
@@ -24,8 +25,8 @@ import (
 // literal is decided by DecideAddr. prefer, when it is among the vetted
 // addresses, goes first (a transparent client's original destination).
 // The error is a *denial when policy or the self check refused every
-// address.
-func (p *Proxy) vetTarget(ctx context.Context, m *policy.Matcher, t policy.Target, prefer netip.Addr) ([]netip.AddrPort, error) {
+// address. The addresses are appended to out.
+func (p *Proxy) vetTarget(ctx context.Context, m *policy.Matcher, t policy.Target, prefer netip.Addr, out []netip.AddrPort) ([]netip.AddrPort, error) {
 	if t.Addr.IsValid() {
 		if d := m.DecideAddr(t.Addr, t.Port); !d.Allow {
 			return nil, denyAddr(d, t.Addr)
@@ -34,7 +35,7 @@ func (p *Proxy) vetTarget(ctx context.Context, m *policy.Matcher, t policy.Targe
 		if p.isSelf(ap) {
 			return nil, denyf(http.StatusForbidden, audit.ReasonSelf, "%s is egressd's own listener", ap)
 		}
-		return []netip.AddrPort{ap}, nil
+		return append(out, ap), nil
 	}
 	if p.cfg.Resolver == nil {
 		return nil, denyf(http.StatusBadGateway, audit.ReasonResolverError, "no resolver configured for %s", t.Name)
@@ -45,10 +46,7 @@ func (p *Proxy) vetTarget(ctx context.Context, m *policy.Matcher, t policy.Targe
 	if err != nil {
 		return nil, resolveDenial(t, err)
 	}
-	var (
-		out   []netip.AddrPort
-		first *denial
-	)
+	var first *denial
 	for _, a := range addrs {
 		a = a.Unmap()
 		if !a.IsValid() || a.Zone() != "" {
@@ -68,7 +66,7 @@ func (p *Proxy) vetTarget(ctx context.Context, m *policy.Matcher, t policy.Targe
 			continue
 		}
 		if a == prefer {
-			out = append([]netip.AddrPort{ap}, out...)
+			out = slices.Insert(out, 0, ap)
 			continue
 		}
 		out = append(out, ap)
@@ -107,7 +105,8 @@ func (p *Proxy) dialVetted(ctx context.Context, addrs []netip.AddrPort) (net.Con
 
 // dialTarget vets t and dials it.
 func (p *Proxy) dialTarget(ctx context.Context, m *policy.Matcher, t policy.Target, prefer netip.Addr) (net.Conn, netip.AddrPort, []string, error) {
-	addrs, err := p.vetTarget(ctx, m, t, prefer)
+	var buf [4]netip.AddrPort // most targets: an IP literal, or a name with a few addresses
+	addrs, err := p.vetTarget(ctx, m, t, prefer, buf[:0])
 	if err != nil {
 		return nil, netip.AddrPort{}, nil, err
 	}

@@ -22,7 +22,7 @@ import (
 // other (each decided on its own, THREATS A7) until the client closes, a
 // request is refused, or a CONNECT turns the connection into a tunnel.
 func (p *Proxy) serveExplicitConn(cc *clientConn) {
-	p.serveRequests(cc, bufio.NewReaderSize(cc.c, headReadBuffer), arrival{})
+	p.serveRequests(cc, cc.headReader(cc.c), arrival{})
 }
 
 // arrival is where plain-HTTP requests came in, which says what they may
@@ -157,7 +157,7 @@ func (p *Proxy) handleConnect(cc *clientConn, br *bufio.Reader, h *requestHead) 
 		answerAndClose(c, target, dn)
 		return
 	}
-	key := t.String()
+	key := target
 	if !p.acquireDest(key) {
 		dn := denyf(http.StatusServiceUnavailable, audit.ReasonMaxTunnelsPerDest, "%d tunnels open to %s (--max-tunnels-per-dest)", p.cfg.MaxTunnelsPerDest, key)
 		p.logDenial(audit.KindConnect, host, t.Port, cc.client, nil, dn)
@@ -168,13 +168,22 @@ func (p *Proxy) handleConnect(cc *clientConn, br *bufio.Reader, h *requestHead) 
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	b := &basis{name: t.Name, addr: t.Addr, port: t.Port, byAddr: t.Addr.IsValid()}
+	// What the tunnel's decision was made on and what its record will say,
+	// in one allocation.
+	st := &struct {
+		basis
+		allowed
+		relay relay
+	}{
+		basis:   basis{name: t.Name, addr: t.Addr, port: t.Port, byAddr: t.Addr.IsValid()},
+		allowed: allowed{kind: audit.KindConnect, target: host, port: t.Port, client: cc.client, decision: d, start: start},
+	}
+	b, a := &st.basis, &st.allowed
 	if dn := cc.decided(m, b, nil, cancel); dn != nil {
 		p.logDenial(audit.KindConnect, host, t.Port, cc.client, nil, dn)
 		answerAndClose(c, target, dn)
 		return
 	}
-	a := &allowed{kind: audit.KindConnect, target: host, port: t.Port, client: cc.client, decision: d, start: start}
 	// An inspected name gets no tunnel: egressd dials per request (inspect.go).
 	var r *relay
 	if !m.Inspects(t.Name, t.Port) {
@@ -185,16 +194,23 @@ func (p *Proxy) handleConnect(cc *clientConn, br *bufio.Reader, h *requestHead) 
 			return
 		}
 		cc.setUpstream(up, ap.Addr())
-		r = startRelay(c, up)
+		r = st.relay.start(p.pipes, c, up)
 	}
 
 	// The client may already have sent bytes after its CONNECT (they sit in
 	// br). They were not forwarded and will not be before they are judged
-	// with the rest of the first bytes.
-	prefix := make([]byte, br.Buffered(), max(br.Buffered(), 4096))
-	_, _ = io.ReadFull(br, prefix)
+	// with the rest of the first bytes. The head reader is done with.
+	prefix := cc.peekBuf()
+	if n := br.Buffered(); n > 0 {
+		if n > cap(prefix) {
+			prefix = make([]byte, 0, n)
+		}
+		prefix = prefix[:n]
+		_, _ = io.ReadFull(br, prefix)
+	}
+	cc.releaseHeadReader()
 	_ = c.SetWriteDeadline(time.Now().Add(p.cfg.HeaderTimeout))
-	if _, err := io.WriteString(c, "HTTP/1.1 200 Connection established\r\n\r\n"); err != nil {
+	if _, err := c.Write(connectEstablished); err != nil {
 		r.abort()
 		p.finish(a, 0, 0, "writing 200 to the client: "+err.Error())
 		return
@@ -225,7 +241,7 @@ func (p *Proxy) handleConnect(cc *clientConn, br *bufio.Reader, h *requestHead) 
 			resetConn(c)
 			return
 		}
-		p.serveRequests(cc, bufio.NewReaderSize(io.MultiReader(bytes.NewReader(prefix), c), headReadBuffer), arrival{tunnel: t})
+		p.serveRequests(cc, cc.headReader(io.MultiReader(bytes.NewReader(prefix), c)), arrival{tunnel: t})
 		p.finish(a, 0, 0, cc.closedReason())
 		return
 	}
@@ -233,10 +249,13 @@ func (p *Proxy) handleConnect(cc *clientConn, br *bufio.Reader, h *requestHead) 
 		return // the name is inspected: egressd terminated the TLS (inspect.go)
 	}
 	cc.setRelaying(true)
-	upN, downN, err := r.run(prefix)
+	upN, downN, err := r.run(prefix, cc.releasePeekBuf)
 	cc.setRelaying(false)
 	p.finish(a, upN, downN, cc.closedReasonOr(errorText(err)))
 }
+
+// connectEstablished is the answer to an allowed CONNECT.
+var connectEstablished = []byte("HTTP/1.1 200 Connection established\r\n\r\n")
 
 // checkConnectStream waits for the client's first bytes in an allowed
 // tunnel and judges them (the table in doc.go): a TLS ClientHello must name

@@ -144,6 +144,9 @@ func (p *Proxy) handleHTTP(cc *clientConn, br *bufio.Reader, h *requestHead, arr
 	a := &allowed{kind: audit.KindHTTP, target: host, port: t.Port, client: cc.client, decision: d, start: start}
 	cw := &clientWriter{c: c, idle: p.cfg.IdleTimeout}
 	body := newRequestBody(br, h, c, cw, p.cfg.IdleTimeout)
+	if body != nil {
+		cc.shareBuffers() // the transport's goroutines read the body through br
+	}
 	out := &http.Request{
 		Method:     h.method,
 		URL:        u,

@@ -68,8 +68,13 @@ type requestHead struct {
 
 // readRequestHead reads one request head from br: every line up to and
 // including the empty line. Lines must end in CRLF and the head must fit in
-// max bytes. On error it returns what it read.
+// max bytes. On error it returns what it read. A head that is whole in br's
+// buffer (nearly every head) is returned as a slice of the buffer, valid
+// until the next read from br.
 func readRequestHead(br *bufio.Reader, max int) ([]byte, error) {
+	if head, ok := bufferedHead(br, max); ok {
+		return head, nil
+	}
 	var head []byte
 	for {
 		line, err := br.ReadSlice('\n')
@@ -95,29 +100,59 @@ func readRequestHead(br *bufio.Reader, max int) ([]byte, error) {
 	}
 }
 
+// bufferedHead returns the head at the start of br's buffer, and consumes
+// it, when the buffer holds all of it and it is well-formed (CRLF line
+// ends, within max bytes); otherwise it consumes nothing and reports false,
+// and the caller reads line by line (and says what is wrong, if anything).
+func bufferedHead(br *bufio.Reader, max int) ([]byte, bool) {
+	if br.Buffered() == 0 {
+		if _, err := br.Peek(1); err != nil {
+			return nil, false
+		}
+	}
+	b, _ := br.Peek(min(br.Buffered(), max))
+	for start := 0; start < len(b); {
+		i := bytes.IndexByte(b[start:], '\n')
+		if i < 0 {
+			return nil, false
+		}
+		end := start + i + 1
+		if i < 1 || b[end-2] != '\r' {
+			return nil, false
+		}
+		if end-start == 2 { // the empty line
+			_, _ = br.Discard(end)
+			return b[:end], true
+		}
+		start = end
+	}
+	return nil, false
+}
+
 // parseRequestHead parses a head read by readRequestHead.
 func parseRequestHead(b []byte) (*requestHead, error) {
 	if !bytes.HasSuffix(b, []byte("\r\n\r\n")) && !bytes.Equal(b, []byte("\r\n")) {
 		return nil, badHead("head does not end with an empty line")
 	}
-	lines := strings.Split(string(b[:len(b)-2]), "\r\n")
-	lines = lines[:len(lines)-1] // the split leaves "" after the last CRLF
-	if len(lines) == 0 {
+	text := string(b[:len(b)-2]) // every line with its CRLF; the strings below are slices of it
+	if text == "" {
 		return nil, badHead("empty line instead of a request line")
 	}
-	for _, l := range lines {
-		if strings.ContainsAny(l, "\r\n") {
-			return nil, badHead("bare CR or LF inside the head")
-		}
+	n := strings.Count(text, "\r\n") // lines
+	if strings.Count(text, "\r")+strings.Count(text, "\n") != 2*n {
+		return nil, badHead("bare CR or LF inside the head")
 	}
-	h := &requestHead{header: make(http.Header, len(lines)), contentLength: -1}
-	if err := h.parseRequestLine(lines[0]); err != nil {
+	first, rest, _ := strings.Cut(text, "\r\n")
+	h := &requestHead{header: make(http.Header, n-1), contentLength: -1}
+	if err := h.parseRequestLine(first); err != nil {
 		return nil, err
 	}
-	if len(lines)-1 > maxHeaderLines {
+	if n-1 > maxHeaderLines {
 		return nil, badHead("more than %d header fields", maxHeaderLines)
 	}
-	for _, l := range lines[1:] {
+	for rest != "" {
+		var l string
+		l, rest, _ = strings.Cut(rest, "\r\n")
 		if err := h.addField(l); err != nil {
 			return nil, err
 		}

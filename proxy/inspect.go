@@ -155,6 +155,7 @@ func (p *Proxy) inspectTLS(ctx context.Context, m *policy.Matcher, cc *clientCon
 		return true
 	}
 	cc.setInspected()
+	cc.shareBuffers() // net/http's goroutines read the peeked bytes
 	a.inspected = true
 	cc.setRelaying(true) // the idle watchdog covers the session
 	up, down, errText := p.serveInspected(ctx, cc, cfg, prefix, name, dial, prefer)

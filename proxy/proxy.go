@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -101,6 +102,8 @@ const (
 	defaultDialTimeout       = 10 * time.Second
 	defaultMaxTunnels        = 4096
 	defaultMaxTunnelsPerDest = 512
+	// defaultMaxPipes bounds the splice pipes in use at once (2 fds each).
+	defaultMaxPipes = 256
 )
 
 // ErrClosed is returned by ServeExplicit and ServeTransparent after
@@ -138,6 +141,8 @@ type Proxy struct {
 	dial func(ctx context.Context, network, address string) (net.Conn, error)
 	// firstWait is serverFirstWait (tests shorten it).
 	firstWait time.Duration
+	// pipes are the relay's splice pipes (splice.go).
+	pipes *pipePool
 }
 
 // New checks cfg, fills its defaults and returns a Proxy that serves
@@ -201,6 +206,7 @@ func New(cfg Config) (*Proxy, error) {
 	}
 	p.dial = p.dialer.DialContext
 	p.firstWait = serverFirstWait
+	p.pipes = newPipePool(defaultMaxPipes)
 	p.transport = p.newTransport()
 	p.inspect.Store(cfg.Inspect)
 	return p, nil
@@ -275,6 +281,7 @@ func (p *Proxy) serve(ln net.Listener, explicit bool) error {
 func (p *Proxy) runHandler(cc *clientConn, handle func(*clientConn)) {
 	defer p.handlers.Done()
 	defer p.release(cc)
+	defer cc.releaseBuffers() // after the close: nothing reads them any more
 	defer cc.c.Close()
 	handle(cc)
 }
@@ -289,7 +296,7 @@ func (p *Proxy) admit(c net.Conn) (*clientConn, audit.Reason) {
 	if p.cfg.MaxTunnels > 0 && len(p.conns) >= p.cfg.MaxTunnels {
 		return nil, audit.ReasonMaxTunnels
 	}
-	cc := &clientConn{p: p, c: c, client: c.RemoteAddr().String(), accepted: time.Now()}
+	cc := &clientConn{p: p, c: c, client: addrText(c.RemoteAddr()), accepted: time.Now()}
 	p.conns[cc] = struct{}{}
 	p.handlers.Add(1)
 	p.met.open.Inc()
@@ -547,6 +554,13 @@ type clientConn struct {
 	cancel   context.CancelFunc
 	relaying bool
 	closedBy string
+
+	// The handler goroutine's own (buffers.go): the pooled head reader and
+	// first-bytes buffer it holds, and whether another goroutine may read
+	// them (then they are not pooled again).
+	br     *bufio.Reader
+	peek   *[]byte
+	shared bool
 }
 
 // basis is what a decision was made on, so it can be made again.
@@ -781,6 +795,17 @@ func (cc *clientConn) closeBy(reason string) {
 	if up != nil {
 		_ = up.Close()
 	}
+}
+
+// addrText is a's text as net.Addr.String writes it, rendered in one
+// allocation for a TCP address (an IPv4-mapped address as IPv4, as
+// TCPAddr.String does).
+func addrText(a net.Addr) string {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		ap := ta.AddrPort()
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()).String()
+	}
+	return a.String()
 }
 
 // resetConn closes c with a TCP reset (SO_LINGER 0) when it is TCP, so a

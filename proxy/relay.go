@@ -2,8 +2,8 @@ package proxy
 
 import (
 	"errors"
-	"io"
 	"net"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -11,34 +11,32 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// The relay. Between two *net.TCPConn, io.Copy becomes TCPConn.ReadFrom,
-// which moves the bytes with splice(2) and never copies them through user
-// space. Wrapping either side (to count bytes, say) silently loses that
-// and doubles the CPU per byte (docs/design.md, "Performance notes"). So
-// the relay hands the bare connections to io.Copy, counts from its return
-// values, and watches idleness through TCP_INFO instead of per-read
-// deadlines.
-
-// copyFn is the relay's copy; tests replace it to check that both sides
-// arrive as *net.TCPConn.
-var copyFn = io.Copy
+// The relay. Bytes move between the two *net.TCPConn by splice(2) through
+// a pipe borrowed only while they are in flight (splice.go), never copied
+// through user space. Wrapping either side (to count bytes, say) would
+// lose that and double the CPU per byte (docs/design.md, "Performance
+// notes"). So the relay hands the bare connections to the pipe pool's copy,
+// counts from its return values, and watches idleness through TCP_INFO
+// instead of per-read deadlines.
 
 // relay is one bidirectional tunnel between client and upstream.
 type relay struct {
+	pipes            *pipePool
 	client, upstream net.Conn
 	down             int64
 	downErr          error
-	downDone         chan struct{}
+	downDone         sync.WaitGroup
 	// detached is set by detach before it closes upstream, so copyDown
 	// leaves the client connection alone.
 	detached atomic.Bool
 }
 
-// startRelay starts the upstream→client direction at once (server-first
-// protocols: SMTP banners, MySQL greetings) and returns the relay; the
-// caller finishes with run once the client side may flow.
-func startRelay(client, upstream net.Conn) *relay {
-	r := &relay{client: client, upstream: upstream, downDone: make(chan struct{})}
+// start starts the upstream→client direction at once (server-first
+// protocols: SMTP banners, MySQL greetings); the caller finishes with run
+// once the client side may flow. A relay is used once.
+func (r *relay) start(pipes *pipePool, client, upstream net.Conn) *relay {
+	r.pipes, r.client, r.upstream = pipes, client, upstream
+	r.downDone.Add(1)
 	go r.copyDown()
 	return r
 }
@@ -46,8 +44,8 @@ func startRelay(client, upstream net.Conn) *relay {
 // copyDown copies upstream→client until upstream's end of stream, then
 // half-closes the client.
 func (r *relay) copyDown() {
-	defer close(r.downDone)
-	r.down, r.downErr = copyFn(r.client, r.upstream)
+	defer r.downDone.Done()
+	r.down, r.downErr = r.pipes.copy(r.client, r.upstream)
 	if r.detached.Load() {
 		return
 	}
@@ -60,10 +58,11 @@ func (r *relay) copyDown() {
 	closeWrite(r.client)
 }
 
-// run writes prefix (the bytes peeked from the client) upstream, then
-// copies client→upstream until the client's end of stream, waits for the
-// other direction and closes both. It returns the bytes each way.
-func (r *relay) run(prefix []byte) (up, down int64, err error) {
+// run writes prefix (the bytes peeked from the client) upstream and calls
+// sent (prefix's buffer may be reused from then on), then copies
+// client→upstream until the client's end of stream, waits for the other
+// direction and closes both. It returns the bytes each way.
+func (r *relay) run(prefix []byte, sent func()) (up, down int64, err error) {
 	if len(prefix) > 0 {
 		n, werr := r.upstream.Write(prefix)
 		up += int64(n)
@@ -71,9 +70,10 @@ func (r *relay) run(prefix []byte) (up, down int64, err error) {
 			err = werr
 		}
 	}
+	sent()
 	if err == nil {
 		var n int64
-		n, err = copyFn(r.upstream, r.client)
+		n, err = r.pipes.copy(r.upstream, r.client)
 		up += n
 	}
 	if err != nil {
@@ -82,7 +82,7 @@ func (r *relay) run(prefix []byte) (up, down int64, err error) {
 	} else {
 		closeWrite(r.upstream)
 	}
-	<-r.downDone
+	r.downDone.Wait()
 	_ = r.client.Close()
 	_ = r.upstream.Close()
 	if err == nil {
@@ -99,7 +99,7 @@ func (r *relay) abort() int64 {
 	}
 	resetConn(r.client)
 	_ = r.upstream.Close()
-	<-r.downDone
+	r.downDone.Wait()
 	return r.down
 }
 
@@ -109,7 +109,7 @@ func (r *relay) abort() int64 {
 func (r *relay) detach() (clean bool) {
 	r.detached.Store(true)
 	_ = r.upstream.Close()
-	<-r.downDone
+	r.downDone.Wait()
 	return r.down == 0
 }
 

@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"fmt"
@@ -61,7 +60,7 @@ func (p *Proxy) serveRedirected(cc *clientConn, orig netip.AddrPort) {
 		return
 	}
 	start := time.Now()
-	buf, err := readFirst(cc.c, make([]byte, 0, 4096), start.Add(min(p.firstWait, p.cfg.HeaderTimeout)))
+	buf, err := readFirst(cc.c, cc.peekBuf(), start.Add(min(p.firstWait, p.cfg.HeaderTimeout)))
 	if len(buf) == 0 {
 		if err != nil && !isTimeout(err) {
 			return // the client left without a word
@@ -78,8 +77,7 @@ func (p *Proxy) serveRedirected(cc *clientConn, orig netip.AddrPort) {
 	case streamTLS:
 		p.transparentTLS(cc, orig, buf, start)
 	case streamHTTP:
-		br := bufio.NewReaderSize(io.MultiReader(bytes.NewReader(buf), cc.c), headReadBuffer)
-		p.serveRequests(cc, br, arrival{orig: orig})
+		p.serveRequests(cc, cc.headReader(io.MultiReader(bytes.NewReader(buf), cc.c)), arrival{orig: orig})
 	case streamH2C, streamOther:
 		p.transparentRaw(cc, orig, buf, start)
 	default:
@@ -167,9 +165,9 @@ func (p *Proxy) transparentTLS(cc *clientConn, orig netip.AddrPort, prefix []byt
 		return
 	}
 	cc.setUpstream(up, ap.Addr())
-	r := startRelay(c, up)
+	r := new(relay).start(p.pipes, c, up)
 	cc.setRelaying(true)
-	upN, downN, err := r.run(prefix)
+	upN, downN, err := r.run(prefix, cc.releasePeekBuf)
 	cc.setRelaying(false)
 	p.finish(a, upN, downN, cc.closedReasonOr(errorText(err)))
 }
@@ -302,8 +300,11 @@ func (p *Proxy) transparentRaw(cc *clientConn, orig netip.AddrPort, prefix []byt
 		return
 	}
 	cc.setUpstream(up, addr)
-	r := startRelay(c, up)
+	r := new(relay).start(p.pipes, c, up)
 	if classify(prefix) == streamUnknown {
+		if prefix == nil {
+			prefix = cc.peekBuf() // silent so far: its first bytes are peeked when they come
+		}
 		var dn *denial
 		prefix, dn = p.inspectLate(c, prefix, port, b.byAddr)
 		if dn != nil {
@@ -326,13 +327,12 @@ func (p *Proxy) transparentRaw(cc *clientConn, orig netip.AddrPort, prefix []byt
 				resetConn(c)
 				return
 			}
-			br := bufio.NewReaderSize(io.MultiReader(bytes.NewReader(prefix), c), headReadBuffer)
-			p.serveRequests(cc, br, arrival{orig: orig})
+			p.serveRequests(cc, cc.headReader(io.MultiReader(bytes.NewReader(prefix), c)), arrival{orig: orig})
 			return
 		}
 	}
 	cc.setRelaying(true)
-	upN, downN, err := r.run(prefix)
+	upN, downN, err := r.run(prefix, cc.releasePeekBuf)
 	cc.setRelaying(false)
 	p.finish(a, upN, downN, cc.closedReasonOr(errorText(err)))
 }
