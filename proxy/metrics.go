@@ -19,7 +19,10 @@ import (
 //	egressd_proxy_bytes_total{direction="up"|"down"}   bytes relayed (counted when a connection or request ends)
 //	egressd_proxy_dial_duration_seconds{result}        upstream TCP connect latency
 //	egressd_proxy_limit_refusals_total{limit}          work refused at --max-tunnels / --max-tunnels-per-dest
+//	egressd_proxy_max_tunnels                          the cap in force (MaxTunnels after the fd limit; -1: none)
+//	egressd_proxy_relay_copied_chunks_total            chunks relayed through a buffer, every splice pipe in use (registered by New)
 type metrics struct {
+	maxTunnels prometheus.Gauge
 	decisions  *prometheus.CounterVec
 	open       prometheus.Gauge
 	bytes      *prometheus.CounterVec
@@ -42,6 +45,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		open: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "egressd_proxy_open_tunnels",
 			Help: "Client connections the proxy is serving (CONNECT tunnels, transparent connections, HTTP client connections).",
+		}),
+		maxTunnels: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "egressd_proxy_max_tunnels",
+			Help: "The cap on client connections in force: --max-tunnels, lowered to what the file-descriptor limit leaves room for; -1 means no cap.",
 		}),
 		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "egressd_proxy_bytes_total",
@@ -66,7 +73,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.decisions, m.open, m.bytes, m.dial, m.refusals} {
+	for _, c := range []prometheus.Collector{m.decisions, m.open, m.maxTunnels, m.bytes, m.dial, m.refusals} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if errors.As(err, &are) {

@@ -70,8 +70,18 @@ type Config struct {
 	// (a CONNECT tunnel, a transparent connection, a keep-alive HTTP client
 	// connection each count once). Past it, new connections are refused:
 	// 503 on the explicit listener, a reset on the transparent one. Zero
-	// means 4096; negative means no cap.
+	// means 4096; negative means no cap. With FDLimit set, the cap is
+	// lowered to what the limit leaves room for (MaxTunnels reports it).
 	MaxTunnels int
+	// FDLimit is the process's file-descriptor limit (RLIMIT_NOFILE); when
+	// positive, the tunnel cap never exceeds what it leaves room for after
+	// FDReserve and the proxy's own reserve (fds.go), so a client past the
+	// cap is refused cleanly instead of the process running out of
+	// descriptors. Zero means no limit is considered.
+	FDLimit int
+	// FDReserve is the descriptors the rest of the process may hold at once
+	// (the resolver's sockets), counted off FDLimit before tunnels.
+	FDReserve int
 	// MaxTunnelsPerDest caps concurrent tunnels and in-flight HTTP requests
 	// to one destination (name or address, and port). Zero means 512;
 	// negative means no cap.
@@ -100,11 +110,14 @@ const (
 	defaultHeaderTimeout     = 10 * time.Second
 	defaultIdleTimeout       = 5 * time.Minute
 	defaultDialTimeout       = 10 * time.Second
-	defaultMaxTunnels        = 4096
 	defaultMaxTunnelsPerDest = 512
 	// defaultMaxPipes bounds the splice pipes in use at once (2 fds each).
 	defaultMaxPipes = 256
 )
+
+// DefaultMaxTunnels is the cap on client connections when
+// Config.MaxTunnels is zero.
+const DefaultMaxTunnels = 4096
 
 // ErrClosed is returned by ServeExplicit and ServeTransparent after
 // Shutdown.
@@ -161,10 +174,21 @@ func New(cfg Config) (*Proxy, error) {
 		cfg.DialTimeout = defaultDialTimeout
 	}
 	if cfg.MaxTunnels == 0 {
-		cfg.MaxTunnels = defaultMaxTunnels
+		cfg.MaxTunnels = DefaultMaxTunnels
 	}
 	if cfg.MaxTunnelsPerDest == 0 {
 		cfg.MaxTunnelsPerDest = defaultMaxTunnelsPerDest
+	}
+	pipes := defaultMaxPipes
+	if cfg.FDLimit > 0 {
+		b, err := budgetFDs(cfg.FDLimit, cfg.FDReserve)
+		if err != nil {
+			return nil, err
+		}
+		pipes = b.pipes
+		if cfg.MaxTunnels < 0 || cfg.MaxTunnels > b.tunnels {
+			cfg.MaxTunnels = b.tunnels
+		}
 	}
 	for _, ap := range cfg.SelfAddrs {
 		if !ap.IsValid() {
@@ -206,7 +230,18 @@ func New(cfg Config) (*Proxy, error) {
 	}
 	p.dial = p.dialer.DialContext
 	p.firstWait = serverFirstWait
-	p.pipes = newPipePool(defaultMaxPipes)
+	p.pipes = newPipePool(pipes)
+	if cfg.Metrics != nil {
+		pp := p.pipes
+		err := cfg.Metrics.Register(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "egressd_proxy_relay_copied_chunks_total",
+			Help: "Chunks the relay moved through a user-space buffer because every splice pipe was in use.",
+		}, func() float64 { return float64(pp.copiedChunks.Load()) }))
+		if err != nil {
+			return nil, fmt.Errorf("registering proxy metrics: %w", err)
+		}
+	}
+	p.met.maxTunnels.Set(float64(max(cfg.MaxTunnels, -1)))
 	p.transport = p.newTransport()
 	p.inspect.Store(cfg.Inspect)
 	return p, nil
@@ -393,6 +428,10 @@ func (p *Proxy) OpenTunnels() int {
 	defer p.mu.Unlock()
 	return len(p.conns)
 }
+
+// MaxTunnels is the cap in force on client connections (Config.MaxTunnels,
+// lowered to what Config.FDLimit leaves room for); negative means none.
+func (p *Proxy) MaxTunnels() int { return p.cfg.MaxTunnels }
 
 // Reevaluate re-decides every open tunnel and in-flight request against
 // the matcher now in force, with the inputs of its original decision

@@ -80,7 +80,7 @@ func newServeFlags(stderr io.Writer) (*flag.FlagSet, *serveOptions) {
 	fs.IntVar(&o.readyFD, "ready-fd", -1, "write \"ready\\n\" to file descriptor `N` and close it once serving")
 	fs.IntVar(&cfg.DNSMaxNameLen, "dns-max-name-len", 0, "refuse query names longer than `N` bytes (default 253)")
 	fs.Float64Var(&cfg.DNSQueryRate, "dns-rate", 0, "queries per second allowed per client (default 200; negative: no limit)")
-	fs.IntVar(&cfg.MaxTunnels, "max-tunnels", 0, "cap on concurrent proxied connections (default 4096)")
+	fs.IntVar(&cfg.MaxTunnels, "max-tunnels", 0, "cap on concurrent proxied connections (default 4096; lowered to what the file-descriptor limit leaves room for)")
 	fs.IntVar(&cfg.MaxTunnelsPerDest, "max-tunnels-per-dest", 0, "cap on concurrent connections per destination (default 512)")
 	fs.DurationVar(&cfg.HeaderTimeout, "header-timeout", 0, "bound on reading a request head or ClientHello (default 10s)")
 	fs.DurationVar(&cfg.IdleTimeout, "idle-timeout", 0, "close tunnels idle this long (default 5m)")

@@ -5,16 +5,20 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/egressd/egressd/audit"
 	"github.com/miekg/dns"
 )
 
@@ -212,4 +216,203 @@ func TestAuditRecordsOlderThanTheIntervalSurviveSIGKILL(t *testing.T) {
 	if got := auditTargets(t, log); len(got) != n {
 		t.Fatalf("%d audit records after SIGKILL, want all %d (each was older than the flush interval)", len(got), n)
 	}
+}
+
+// TestTunnelFloodPastTheFDLimitIsRefusedNotEMFILE: a sandbox that opens
+// tunnel after tunnel must meet egressd's cap, refused cleanly and
+// audited, never the process's descriptor limit (where accept4 and every
+// dial fail with EMFILE for everyone). Under `ulimit -n 1024` egressd
+// computes its cap from the limit, logs it and serves it in /metrics; the
+// tunnels up to it are relayed, the ones past it get 503 max-tunnels, and
+// once they close egressd serves again.
+func TestTunnelFloodPastTheFDLimitIsRefusedNotEMFILE(t *testing.T) {
+	echo := startHoldingEcho(t)
+	log := filepath.Join(t.TempDir(), "audit.log")
+	admin := freePort(t)
+	s := startServe(t, "ulimit -n 1024", "--allow", "127.0.0.1:*", "--audit-log", log, "--admin-listen", admin,
+		"--max-tunnels", "100000")
+
+	limit := loggedTunnelCap(t, s)
+	if limit < 16 || limit > 1024/2 {
+		t.Fatalf("tunnel cap %d under a limit of 1024 descriptors; want 16..512 (two per tunnel, room kept for the rest)\nstderr:\n%s", limit, s.stderr)
+	}
+	if got := metricValue(t, admin, "egressd_proxy_max_tunnels"); got != float64(limit) {
+		t.Errorf("egressd_proxy_max_tunnels = %v, want the logged cap %d", got, limit)
+	}
+
+	const past = 40
+	var held []net.Conn
+	defer func() {
+		for _, c := range held {
+			c.Close()
+		}
+	}()
+	refused := 0
+	for i := range limit + past {
+		c, status, err := connectThrough(s.proxy, echo)
+		if i < limit {
+			if err != nil || status != 200 {
+				t.Fatalf("tunnel %d (cap %d): status %d, err %v\nstderr:\n%s", i+1, limit, status, err, s.stderr)
+			}
+			if err := echoByte(c); err != nil {
+				t.Fatalf("tunnel %d (cap %d) relays nothing: %v", i+1, limit, err)
+			}
+			held = append(held, c)
+			continue
+		}
+		// Past the cap: a 503 (or, when many refusals are being written
+		// at once, a reset), never a tunnel.
+		if err == nil && status == 200 {
+			t.Fatalf("tunnel %d opened past the cap of %d", i+1, limit)
+		}
+		if err == nil && status != 503 {
+			t.Fatalf("tunnel %d past the cap: status %d, want 503", i+1, status)
+		}
+		if c != nil {
+			c.Close()
+		}
+		refused++
+	}
+	if strings.Contains(s.stderr.String(), "too many open files") {
+		t.Errorf("egressd ran out of descriptors:\n%s", s.stderr)
+	}
+
+	// Healthy afterwards: the held tunnels close, a new one relays, the
+	// resolver answers.
+	for _, c := range held {
+		c.Close()
+	}
+	held = nil
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, status, err := connectThrough(s.proxy, echo)
+		if err == nil && status == 200 {
+			if err := echoByte(c); err != nil {
+				t.Fatalf("a tunnel after the flood relays nothing: %v", err)
+			}
+			c.Close()
+			break
+		}
+		if c != nil {
+			c.Close()
+		}
+		refused++ // the held tunnels' handlers had not all let go yet
+		if time.Now().After(deadline) {
+			t.Fatalf("no tunnel 10s after the flood ended: status %d, err %v\nstderr:\n%s", status, err, s.stderr)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	askDenied(t, s.dns, 1)
+
+	s.stop(t, syscall.SIGTERM)
+	b, err := os.ReadFile(log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	limited := strings.Count(string(b), `"reason":"`+string(audit.ReasonMaxTunnels)+`"`)
+	if limited != refused {
+		t.Errorf("%d max-tunnels records in the audit log, want one per refused tunnel (%d)", limited, refused)
+	}
+}
+
+// loggedTunnelCap reads the tunnel cap egressd logged at start (its
+// stderr is copied in by another goroutine: it may come after ready).
+func loggedTunnelCap(t *testing.T, s *served) int {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		for _, line := range strings.Split(s.stderr.String(), "\n") {
+			var l struct {
+				MaxTunnels *int `json:"max_tunnels"`
+			}
+			if json.Unmarshal([]byte(line), &l) == nil && l.MaxTunnels != nil {
+				return *l.MaxTunnels
+			}
+		}
+	}
+	t.Fatalf("egressd logged no tunnel cap (max_tunnels); stderr:\n%s", s.stderr)
+	return 0
+}
+
+// metricValue reads one unlabelled metric from the admin endpoint.
+func metricValue(t *testing.T, admin, name string) float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+			return f
+		}
+	}
+	t.Fatalf("no %s in /metrics", name)
+	return 0
+}
+
+// connectThrough sends a CONNECT for target to the proxy at addr and
+// returns the connection and the answer's status (the connection is nil
+// when the proxy reset or closed it without an answer).
+func connectThrough(addr, target string) (net.Conn, int, error) {
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		return nil, 0, err
+	}
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", target, target); err != nil {
+		c.Close()
+		return nil, 0, err
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		c.Close()
+		return nil, 0, err
+	}
+	_ = c.SetDeadline(time.Time{})
+	return c, resp.StatusCode, nil
+}
+
+// echoByte sends a byte through c and reads it back.
+func echoByte(c net.Conn) error {
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	defer c.SetDeadline(time.Time{})
+	b := []byte{0x01} // not a request line: relayed as raw TCP to an IP target
+	if _, err := c.Write(b); err != nil {
+		return err
+	}
+	_, err := io.ReadFull(c, b)
+	return err
+}
+
+// startHoldingEcho serves loopback connections that echo every byte until
+// the client closes, and returns its address.
+func startHoldingEcho(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() {
+		ln.Close()
+		wg.Wait()
+	})
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Go(func() {
+				defer c.Close()
+				_, _ = io.Copy(c, c)
+			})
+		}
+	})
+	return ln.Addr().String()
 }

@@ -14,6 +14,7 @@
 package daemon
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -193,6 +194,12 @@ func New(cfg Config) (_ *Daemon, err error) {
 		return nil, errors.New("nothing to serve: give at least one of --dns-listen, --proxy-listen, --transparent-listen")
 	}
 	d := &Daemon{cfg: cfg, log: cfg.Logger, reg: prometheus.NewRegistry()}
+	// Every open tunnel costs descriptors: take all the process may have,
+	// and cap tunnels at what that leaves room for (proxy.Config.FDLimit).
+	fdLimit, fdWas, err := raiseNoFile()
+	if err != nil {
+		return nil, err
+	}
 	d.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	d.reloadsOK = prometheus.NewCounter(prometheus.CounterOpts{Name: "egressd_policy_reloads_total", Help: "Policy reloads that took effect."})
 	d.reloadsError = prometheus.NewCounter(prometheus.CounterOpts{Name: "egressd_policy_reload_failures_total", Help: "Policy reloads refused (the last good policy stayed in force)."})
@@ -272,6 +279,8 @@ func New(cfg Config) (_ *Daemon, err error) {
 		DialTimeout:       cfg.DialTimeout,
 		MaxTunnels:        cfg.MaxTunnels,
 		MaxTunnelsPerDest: cfg.MaxTunnelsPerDest,
+		FDLimit:           fdLimit,
+		FDReserve:         resolverFDs(len(cfg.DNSListen)),
 		Audit:             d.audit,
 		Logger:            d.log.With("component", "proxy"),
 		Metrics:           d.reg,
@@ -280,6 +289,13 @@ func New(cfg Config) (_ *Daemon, err error) {
 	})
 	if err != nil {
 		return nil, fmt.Errorf("configuring the proxy: %w", err)
+	}
+	capArgs := []any{"max_tunnels", d.proxy.MaxTunnels(), "fd_limit", fdLimit, "fd_limit_was", fdWas}
+	if asked := cmp.Or(cfg.MaxTunnels, proxy.DefaultMaxTunnels); asked < 0 || asked > d.proxy.MaxTunnels() {
+		d.log.Warn("tunnel cap lowered to what the file-descriptor limit leaves room for; raise the limit (ulimit -n, LimitNOFILE=) for more",
+			append(capArgs, "max_tunnels_asked", asked)...)
+	} else {
+		d.log.Info("tunnel cap", capArgs...)
 	}
 
 	for _, a := range cfg.DNSListen {
