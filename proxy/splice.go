@@ -7,7 +7,6 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
-	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -158,42 +157,63 @@ func (pp *pipePool) splice(dst, src *net.TCPConn) (written int64, err error) {
 	if err != nil {
 		return 0, err
 	}
-	var p *pipe // held only while the socket has bytes to move
+	// One state and two callbacks per copy, not per chunk.
+	var (
+		p      *pipe // held only while the socket has bytes to move
+		n      int   // bytes in p
+		serr   error
+		noPipe bool
+		out    int // bytes of n written to dst
+	)
 	defer func() {
 		if p != nil {
 			pp.put(p, true)
 		}
 	}()
-	for {
-		var (
-			n      int
-			serr   error
-			noPipe bool
-		)
-		// Wait for src to be readable holding no pipe: on EAGAIN the pipe
-		// goes back before the wait, and a new one is taken after it.
-		rerr := srcRC.Read(func(fd uintptr) bool {
-			if p == nil {
-				if p = pp.get(); p == nil {
-					noPipe = true
-					return true
-				}
+	// fill waits for src to be readable holding no pipe: on EAGAIN the pipe
+	// goes back before the wait, and a new one is taken after it.
+	fill := func(fd uintptr) bool {
+		if p == nil {
+			if p = pp.get(); p == nil {
+				noPipe = true
+				return true
 			}
-			for {
-				var n64 int64
-				n64, serr = unix.Splice(int(fd), nil, p.w, nil, maxSpliceChunk, unix.SPLICE_F_NONBLOCK)
-				n = int(n64)
-				if serr != unix.EINTR {
-					break
-				}
+		}
+		for {
+			var n64 int64
+			n64, serr = unix.Splice(int(fd), nil, p.w, nil, maxSpliceChunk, unix.SPLICE_F_NONBLOCK)
+			n = int(n64)
+			if serr != unix.EINTR {
+				break
 			}
-			if serr == unix.EAGAIN {
-				pp.put(p, true)
-				p = nil
+		}
+		if serr == unix.EAGAIN {
+			pp.put(p, true)
+			p = nil
+			return false
+		}
+		return true
+	}
+	// drain moves the n bytes in p to dst, waiting for it to take them.
+	drain := func(fd uintptr) bool {
+		for out < n {
+			m, e := unix.Splice(p.r, nil, int(fd), nil, n-out, unix.SPLICE_F_NONBLOCK)
+			switch {
+			case e == unix.EINTR:
+				continue
+			case e == unix.EAGAIN:
 				return false
+			case e != nil:
+				serr = e
+				return true
 			}
-			return true
-		})
+			out += int(m)
+		}
+		return true
+	}
+	for {
+		n, serr, noPipe = 0, nil, false
+		rerr := srcRC.Read(fill)
 		switch {
 		case rerr != nil:
 			return written, rerr
@@ -221,45 +241,19 @@ func (pp *pipePool) splice(dst, src *net.TCPConn) (written int64, err error) {
 		case n == 0:
 			return written, nil // src's end of stream
 		}
-		m, werr := pump(dstRC, p, n)
-		written += int64(m)
-		pp.spliced.Add(int64(m))
+		out = 0
+		werr := dstRC.Write(drain)
+		if werr == nil && serr != nil {
+			werr = os.NewSyscallError("splice", serr)
+		}
+		written += int64(out)
+		pp.spliced.Add(int64(out))
 		if werr != nil {
 			pp.put(p, false) // it may still hold bytes
 			p = nil
 			return written, werr
 		}
 	}
-}
-
-// pump moves the n bytes in p to the socket behind rc, waiting for it to
-// take them.
-func pump(rc syscall.RawConn, p *pipe, n int) (int, error) {
-	written := 0
-	var serr error
-	err := rc.Write(func(fd uintptr) bool {
-		for written < n {
-			m, e := unix.Splice(p.r, nil, int(fd), nil, n-written, unix.SPLICE_F_NONBLOCK)
-			switch {
-			case e == unix.EINTR:
-				continue
-			case e == unix.EAGAIN:
-				return false
-			case e != nil:
-				serr = e
-				return true
-			}
-			written += int(m)
-		}
-		return true
-	})
-	if err != nil {
-		return written, err
-	}
-	if serr != nil {
-		return written, os.NewSyscallError("splice", serr)
-	}
-	return written, nil
 }
 
 // copyOneChunk moves what src has now (up to copyChunk bytes, waiting for
