@@ -26,7 +26,9 @@ import (
 // it. Besides the usual figures of the whole process (client and echo server
 // included), each path reports what it alone allocates per tunnel — its
 // B/op and allocs/op less those of a direct client→server connection
-// measured in the same run — as B/tunnel and allocs/tunnel.
+// measured in the same run — as B/tunnel and allocs/tunnel, and the
+// process's CPU (user+system, client and echo server included) and GC
+// cycles per 1000 tunnels.
 func BenchmarkConnectTunnel(b *testing.B) {
 	sink := startEchoSink(b)
 	direct := func() (net.Conn, error) { return net.Dial("tcp", sink) }
@@ -116,14 +118,18 @@ func benchTunnels(b *testing.B, base tunnelCost, dial func() (net.Conn, error), 
 	b.ReportAllocs()
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
+	cpu0 := processCPU(b)
 	for b.Loop() {
 		oneTunnel(b, dial)
 	}
 	b.StopTimer()
 	settle()
+	cpu := processCPU(b) - cpu0
 	time.Sleep(20 * time.Millisecond)
 	runtime.ReadMemStats(&after)
 	n := float64(b.N)
+	b.ReportMetric(cpu.Seconds()*1000/n*1000, "CPU-ms/1000")
+	b.ReportMetric(float64(after.NumGC-before.NumGC)/n*1000, "GCs/1000")
 	b.ReportMetric(float64(after.TotalAlloc-before.TotalAlloc)/n-base.bytes, "B/tunnel")
 	b.ReportMetric(float64(after.Mallocs-before.Mallocs)/n-base.allocs, "allocs/tunnel")
 }
