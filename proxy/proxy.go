@@ -506,6 +506,7 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 	p.handlers.Wait()
 	<-p.watchDone
 	p.transport.CloseIdleConnections()
+	p.pipes.closeIdle() // every relay has ended: every pipe is idle
 	return err
 }
 

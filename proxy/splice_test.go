@@ -90,3 +90,27 @@ func processCPU(tb testing.TB) time.Duration {
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
+
+// TestShutdownClosesThePipes: the relay's idle pipes are descriptors the
+// process keeps; Shutdown closes them with everything else.
+func TestShutdownClosesThePipes(t *testing.T) {
+	p, err := New(Config{Policy: policyOf(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := p.pipes.get(), p.pipes.get()
+	if a == nil || b == nil {
+		t.Fatal("no pipe from an empty pool")
+	}
+	p.pipes.put(a, true)
+	p.pipes.put(b, true)
+	if _, open := p.pipes.stats(); open != 2 {
+		t.Fatalf("%d pipes open, want the 2 given back", open)
+	}
+	if err := p.Shutdown(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if inUse, open := p.pipes.stats(); inUse != 0 || open != 0 {
+		t.Errorf("after Shutdown: %d pipes in use, %d open; want none", inUse, open)
+	}
+}
