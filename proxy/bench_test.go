@@ -7,14 +7,13 @@ import (
 	"log/slog"
 	"net"
 	"runtime"
-	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/egressd/egressd/audit"
+	"github.com/egressd/egressd/internal/minrelay"
 	"github.com/egressd/egressd/policy"
 )
 
@@ -164,50 +163,14 @@ func startEchoSink(tb testing.TB) string {
 	return ln.Addr().String()
 }
 
-// startMinimalRelay is bench/proxy's ceiling: read the CONNECT head, dial,
-// answer 200, io.Copy (splice) both ways.
+// startMinimalRelay is bench/proxy's ceiling (internal/minrelay).
 func startMinimalRelay(tb testing.TB) string {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				var head []byte
-				buf := make([]byte, 512)
-				for !bytes.HasSuffix(head, []byte("\r\n\r\n")) {
-					n, err := c.Read(buf)
-					if err != nil {
-						c.Close()
-						return
-					}
-					head = append(head, buf[:n]...)
-				}
-				up, err := net.Dial("tcp", strings.Fields(string(head))[1])
-				if err != nil {
-					c.Close()
-					return
-				}
-				_, _ = io.WriteString(c, "HTTP/1.1 200 Connection established\r\n\r\n")
-				var wg sync.WaitGroup
-				wg.Go(func() {
-					_, _ = io.Copy(up, c)
-					_ = up.(*net.TCPConn).CloseWrite()
-				})
-				_, _ = io.Copy(c, up)
-				_ = c.(*net.TCPConn).CloseWrite()
-				wg.Wait()
-				c.Close()
-				up.Close()
-			}()
-		}
-	}()
+	go minrelay.ServeConnect(ln)
 	return ln.Addr().String()
 }
 

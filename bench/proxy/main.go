@@ -27,6 +27,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/egressd/egressd/internal/minrelay"
 	"github.com/egressd/egressd/internal/sockopt"
 	"github.com/egressd/egressd/policy"
 	"github.com/egressd/egressd/proxy"
@@ -332,38 +333,11 @@ func dialConnect(addr, target string) (net.Conn, error) {
 }
 
 // startRelayConnect is the ceiling for the explicit path: the least a
-// CONNECT proxy can do (read the head, dial, 200, io.Copy both ways).
+// CONNECT proxy can do (internal/minrelay).
 func startRelayConnect() string {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	check(err)
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				var head []byte
-				buf := make([]byte, 512)
-				for !bytes.HasSuffix(head, []byte("\r\n\r\n")) {
-					n, err := c.Read(buf)
-					if err != nil {
-						c.Close()
-						return
-					}
-					head = append(head, buf[:n]...)
-				}
-				target := strings.Fields(string(head))[1]
-				up, err := net.Dial("tcp", target)
-				if err != nil {
-					c.Close()
-					return
-				}
-				_, _ = io.WriteString(c, "HTTP/1.1 200 Connection established\r\n\r\n")
-				splice(c.(*net.TCPConn), up.(*net.TCPConn))
-			}()
-		}
-	}()
+	go minrelay.ServeConnect(ln)
 	return ln.Addr().String()
 }
 
@@ -390,24 +364,10 @@ func startRelayTransparent(addr string) {
 					c.Close()
 					return
 				}
-				splice(c.(*net.TCPConn), up.(*net.TCPConn))
+				minrelay.Join(c.(*net.TCPConn), up.(*net.TCPConn))
 			}()
 		}
 	}()
-}
-
-func splice(a, b *net.TCPConn) {
-	done := make(chan struct{})
-	go func() {
-		_, _ = io.Copy(b, a)
-		_ = b.CloseWrite()
-		close(done)
-	}()
-	_, _ = io.Copy(a, b)
-	_ = a.CloseWrite()
-	<-done
-	a.Close()
-	b.Close()
 }
 
 func origDst4(c *net.TCPConn) (netip.AddrPort, error) {
