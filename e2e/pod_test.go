@@ -348,18 +348,26 @@ func (p *simPod) python(script string, args ...string) result {
 }
 
 // auditHas reports whether the sidecar wrote an audit record with all of
-// the given "key":value pairs (JSON fragments).
+// the given "key":value pairs (JSON fragments), waiting up to 5 s for it:
+// records are written in batches (--audit-flush-interval), and a
+// connection's when it ends.
 func (p *simPod) auditHas(frags ...string) bool {
-	for _, line := range strings.Split(p.audit.String(), "\n") {
-		ok := line != ""
-		for _, f := range frags {
-			ok = ok && strings.Contains(line, f)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		for _, line := range strings.Split(p.audit.String(), "\n") {
+			ok := line != ""
+			for _, f := range frags {
+				ok = ok && strings.Contains(line, f)
+			}
+			if ok {
+				return true
+			}
 		}
-		if ok {
-			return true
+		if time.Now().After(deadline) {
+			return false
 		}
+		time.Sleep(50 * time.Millisecond)
 	}
-	return false
 }
 
 func testPodAllowedHost(t *testing.T, p *simPod) {
