@@ -28,9 +28,10 @@ const (
 	// or egressd lacks what the policy needs (an inspection CA, a
 	// credential's secret). Not a denial.
 	OutcomeError Outcome = "error"
-	// OutcomeWouldDeny is reserved for report mode (a request a deny
-	// reason would have refused, let through and recorded); nothing
-	// writes it yet.
+	// OutcomeWouldDeny: report mode let the request through that its
+	// reason (no-allow-rule, the one reason report mode relaxes) would
+	// have refused in filtered mode. What happened next (forwarded,
+	// failed) is as for an allow.
 	OutcomeWouldDeny Outcome = "would-deny"
 )
 
@@ -184,6 +185,18 @@ func (r Reason) Outcome() Outcome {
 		return o
 	}
 	return OutcomeDeny
+}
+
+// OutcomeLetThrough is the outcome of a request let through with reason
+// r: allow, or would-deny when report mode let it through only as a
+// would-deny (policy.Decision.WouldDeny). The one exception to "a reason
+// always has the same outcome": no-allow-rule is deny, or would-deny in
+// report mode.
+func (r Reason) OutcomeLetThrough(wouldDeny bool) Outcome {
+	if wouldDeny {
+		return OutcomeWouldDeny
+	}
+	return OutcomeAllow
 }
 
 // Escape returns s fit to print on one line wherever egressd or the

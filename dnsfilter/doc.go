@@ -34,7 +34,10 @@
 // (audit.Reasons): an upstream that fails is an error (resolver-timeout,
 // resolver-error; the client gets a bare SERVFAIL naming nobody), an
 // allowed name asked for a type never forwarded is
-// allow/qtype-not-forwarded. Resolve is the same path for the proxy's own
+// allow/qtype-not-forwarded. In report mode a name no rule allows is
+// forwarded, answered and learned like an allowed one, audited
+// would-deny/no-allow-rule (unless the guard or a CNAME refuses it then).
+// Resolve is the same path for the proxy's own
 // lookups; LearnedNames is what the proxy reads through its own one-method
 // interface. dnsfilter never imports proxy.
 package dnsfilter

@@ -42,8 +42,8 @@ func refusedType(t uint16) bool {
 const maxAuditName = 300
 
 // outcome is what happened to one query, for the audit record and metrics:
-// its reason (audit.Reasons: the outcome follows from it), the policy's
-// decision when the policy decided.
+// its reason (audit.Reasons: the outcome follows from it, but for a
+// would-deny: result), the policy's decision when the policy decided.
 type outcome struct {
 	reason   audit.Reason
 	decision policy.Decision
@@ -62,6 +62,16 @@ type outcome struct {
 // fromDecision sets the outcome of a policy decision.
 func (o *outcome) fromDecision(d policy.Decision) {
 	o.decision, o.reason = d, audit.Reason(d.Reason)
+}
+
+// result is the record's decision: the reason's outcome, or would-deny
+// when report mode let the name through and nothing later (the guard, a
+// blocked CNAME target, the upstream) decided otherwise.
+func (o *outcome) result() audit.Outcome {
+	if o.decision.WouldDeny && o.reason == audit.Reason(o.decision.Reason) {
+		return audit.OutcomeWouldDeny
+	}
+	return o.reason.Outcome()
 }
 
 // respond answers one query; nil means send nothing (req is a response).
@@ -115,7 +125,7 @@ func (s *Server) respondWire(req *dns.Msg, client netip.Addr, tcp bool, buf []by
 func (s *Server) query(req *dns.Msg, client netip.Addr) (*dns.Msg, outcome) {
 	now := s.set.now()
 	resp, out := s.decide(req, client, now)
-	s.m.query(out.reason)
+	s.m.query(out.result(), out.reason)
 	if out.stripped > 0 {
 		s.m.stripped.Add(float64(out.stripped))
 	}
@@ -197,7 +207,12 @@ func (s *Server) decide(req *dns.Msg, client netip.Addr, now time.Time) (*dns.Ms
 	if !forwardedTypes[q.Qtype] {
 		// The name is allowed (the record names the rule); the type is
 		// one egressd answers itself, empty: not a denial of the name.
-		out.reason = audit.ReasonQTypeNotForwarded
+		// A would-deny keeps its reason, so the name is still learned.
+		if d.WouldDeny {
+			out.note = "type " + dns.Type(q.Qtype).String() + " answered empty (" + string(audit.ReasonQTypeNotForwarded) + ")"
+		} else {
+			out.reason = audit.ReasonQTypeNotForwarded
+		}
 		return reply(req, dns.RcodeSuccess), out
 	}
 
@@ -336,7 +351,7 @@ func (o *outcome) record(client string, now time.Time) audit.Record {
 		Kind:     audit.KindDNS,
 		Target:   audit.Escape(o.target, maxAuditName),
 		Port:     53,
-		Decision: o.reason.Outcome(),
+		Decision: o.result(),
 		Reason:   o.reason,
 		Error:    audit.Escape(o.note, audit.MaxTarget),
 		Client:   client,

@@ -85,11 +85,12 @@ func newMetrics(cacheLen, learnedLen func() int) *metrics {
 	return m
 }
 
-// query counts one client query.
-func (m *metrics) query(r audit.Reason) {
+// query counts one client query with its outcome (the reason's, or
+// would-deny in report mode) and reason.
+func (m *metrics) query(o audit.Outcome, r audit.Reason) {
 	c, ok := m.queries[r]
-	if !ok { // a reason the table does not give the resolver: still counted
-		c = m.queriesVec.WithLabelValues(string(r.Outcome()), string(r))
+	if !ok || o != r.Outcome() { // a would-deny, or a reason the table does not give the resolver: still counted
+		c = m.queriesVec.WithLabelValues(string(o), string(r))
 	}
 	c.Inc()
 }

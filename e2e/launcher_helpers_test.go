@@ -172,6 +172,7 @@ func (r lresult) String() string {
 // launcherAudit is one audit record the launcher copied (--audit-log).
 type launcherAudit struct {
 	Kind     string   `json:"kind"`
+	QType    string   `json:"qtype"`
 	Target   string   `json:"target"`
 	Port     uint16   `json:"port"`
 	Decision string   `json:"decision"`

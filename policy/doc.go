@@ -21,5 +21,8 @@
 // Decision order (docs/design.md): invalid target → deny (invalid-name); any block
 // rule → deny (blocked-by); an allow rule for name and port → allow
 // (allowed-by), else deny (no-allow-rule); every resolved address of an allowed
-// name then passes GuardAddr (guarded-address).
+// name then passes GuardAddr (guarded-address). In report mode
+// (ModeReport) the one no-allow-rule step lets the request through as a
+// Decision with WouldDeny set, and nothing else changes: block rules,
+// invalid names and the guard still refuse (docs/design.md, "Report mode").
 package policy

@@ -72,7 +72,7 @@ type mapEntry struct{ name, value string }
 
 // fields in the order a rendered policy file lists them.
 var fields = []*field{
-	scalar("network.mode", `"none", "filtered" or "host"`, `mode = "filtered"`,
+	scalar("network.mode", `"none", "filtered", "report" or "host"`, `mode = "filtered"`,
 		func(p *Profile) *Mode { return &p.Network.Mode }, decodeMode,
 		func(m Mode) string { return tomlString(string(m)) }),
 	ruleListField("network.allow", func(p *Profile) *[]*Rule { return &p.Network.Allow }),
@@ -471,7 +471,7 @@ func enum(d *decoder, f *field, v *tval, choices ...string) (string, bool) {
 }
 
 func decodeMode(d *decoder, f *field, v *tval) (Mode, bool) {
-	s, ok := enum(d, f, v, string(ModeNone), string(ModeFiltered), string(ModeHost))
+	s, ok := enum(d, f, v, string(ModeNone), string(ModeFiltered), string(ModeReport), string(ModeHost))
 	return Mode(s), ok
 }
 

@@ -88,7 +88,7 @@ func TestParseFilePointsAtTheOffendingValue(t *testing.T) {
 			src:  "version = 1\n[process]\ncpus = \"x\"\n[network]\nmode = 1\n[process.x]\n",
 			want: []string{
 				`p.toml:3:8: process.cpus must be a number, not a string (for example: cpus = 1.5; 0 means no limit)`,
-				`p.toml:5:8: network.mode must be "none", "filtered" or "host", not an integer (for example: mode = "filtered")`,
+				`p.toml:5:8: network.mode must be "none", "filtered", "report" or "host", not an integer (for example: mode = "filtered")`,
 				`p.toml:6:1: unknown key "x" in [process] (keys of [process] are user, allow_host_user, pids_limit, memory, cpus, timeout, no_new_privileges, cap_add, seccomp)`,
 			},
 		},

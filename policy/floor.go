@@ -62,7 +62,10 @@ func (e *FloorError) Error() string {
 // *FloorError naming each violating field. The ordering, field by field
 // ("<" = less restrictive):
 //
-//   - network.mode: host < filtered < none.
+//   - network.mode: host < report < filtered < none. Report mode lets
+//     every name through that no allow rule allows (it records it as
+//     would-deny), so only a floor that allows unfiltered network (open)
+//     accepts it; the refusal says so and what to do instead.
 //   - network.allow: when the floor filters, an allow rule is a violation
 //     when it is broad (breadth.go: it matches every name, every name of N
 //     labels, or names of more than one registrable domain — `*`, `*.*`,
@@ -118,8 +121,13 @@ func CheckFloor(p *Profile, floor string) error {
 		add(key, v, floorAt(key), src)
 	}
 
-	modeRank := map[Mode]int{ModeHost: 0, ModeFiltered: 1, ModeNone: 2}
-	if modeRank[p.Network.Mode] < modeRank[f.Network.Mode] {
+	modeRank := map[Mode]int{ModeHost: 0, ModeReport: 1, ModeFiltered: 2, ModeNone: 3}
+	switch {
+	case modeRank[p.Network.Mode] >= modeRank[f.Network.Mode]:
+	case p.Network.Mode == ModeReport:
+		e.Violations = append(e.Violations, Violation{Field: "network.mode", Value: tomlString(string(ModeReport)),
+			Source: p.Sources["network.mode"], Floor: f.Name, FloorValue: floorAt("network.mode"), Matches: ReportFloorRefusal})
+	default:
 		violatesScalar("network.mode")
 	}
 	if f.Network.Mode != ModeHost {
@@ -201,6 +209,18 @@ func CheckFloor(p *Profile, floor string) error {
 	}
 	return e
 }
+
+// ReportFloorRefusal is what a floor that filters says of report mode,
+// with what to do instead.
+const ReportFloorRefusal = `lets through every name no allow rule allows (recorded as would-deny, not refused): ` +
+	`only a floor that allows unfiltered network accepts it (--floor open); learn the allow list there ` +
+	`(egressd policy suggest), then run with mode = "filtered"`
+
+// ReportModeMeaning is what validate, check and explain say report mode
+// does.
+const ReportModeMeaning = `network.mode = report: a name (or address) no allow rule allows is let through and audited as would-deny ` +
+	`with the reason it would have had; block rules, the address guard, invalid names and every protocol check and limit ` +
+	`still refuse; learn the allow list with egressd policy suggest, then run with mode = "filtered"`
 
 // seccompRank orders seccomp settings from least to most restrictive; a
 // custom profile ranks just above unconfined (see CheckFloor).

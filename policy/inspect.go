@@ -797,7 +797,7 @@ func checkInspection(p *Profile) ErrorList {
 func (r *resolver) analyseInspection() {
 	n := r.p.Network
 	modeSrc := positionString(r.p.Sources["network.mode"])
-	if n.Mode != ModeFiltered {
+	if !n.Mode.Proxied() {
 		for _, ir := range n.Inspect {
 			r.warn(ir.Source, "inspect %q has no effect: network.mode = %s (%s) sends nothing through egressd", ir.Host.Text, n.Mode, modeSrc)
 		}

@@ -17,7 +17,9 @@ type NetworkPolicy struct {
 	// Mode is the network mode. The zero value means ModeFiltered. In
 	// ModeNone every decision denies. ModeHost is decided like ModeFiltered
 	// (in host mode nothing enforces the decisions, but they stay meaningful
-	// for "what would be allowed").
+	// for "what would be allowed"). ModeReport is decided like ModeFiltered
+	// except that a no-allow-rule denial becomes an allow with WouldDeny
+	// set (see DecideName and DecideAddr).
 	Mode Mode
 	// Allow and Block are the rules, in the order written (the order picks
 	// the reported rule among equally specific matches). Nil entries are an
@@ -50,11 +52,11 @@ var defaultPorts = []uint16{80, 443}
 func NewMatcher(n NetworkPolicy) (*Matcher, error) {
 	m := &Matcher{mode: n.Mode}
 	switch n.Mode {
-	case ModeNone, ModeFiltered, ModeHost:
+	case ModeNone, ModeFiltered, ModeHost, ModeReport:
 	case "":
 		m.mode = ModeFiltered
 	default:
-		return nil, fmt.Errorf("compiling network policy: unknown mode %q (want none, filtered or host)", n.Mode)
+		return nil, fmt.Errorf("compiling network policy: unknown mode %q (want none, filtered, report or host)", n.Mode)
 	}
 	m.defaultPorts = defaultPorts
 	if len(n.DefaultPorts) > 0 {
@@ -330,6 +332,12 @@ func (m *Matcher) Mode() Mode {
 // invalid name here (use DecideAddr). Port 0 means "for some port" (see
 // DecideNameAnyPort). A nil Matcher or mode none denies (no-allow-rule).
 // For a canonical name without "xn--" labels DecideName does not allocate.
+//
+// In ModeReport step 4 lets the request through: Allow, Reason
+// no-allow-rule, WouldDeny. Only no-allow-rule is relaxed: an invalid name
+// matches no rule a learned list could hold, and a block rule is an
+// owner's explicit refusal (one no later layer may lift), so both still
+// deny; the address guard, applied after the name, is never relaxed.
 func (m *Matcher) DecideName(name string, port uint16) Decision {
 	return m.decideName(name, port, false)
 }
@@ -347,6 +355,13 @@ func (m *Matcher) DecideName(name string, port uint16) Decision {
 // rules that also match; block rules apply as in DecideName. Port 0 means
 // "for some port". DecideNameRaw does not allocate where DecideName does
 // not.
+//
+// In ModeReport a name no rule allows is a would-deny only on a port that
+// is not a default port: what egressd policy suggest learns from it,
+// `name:PORT`, admits raw TCP there in filtered mode. On a default port
+// the learned rule would be portless, which admits TLS and HTTP only, so
+// the raw stream is refused as in filtered mode (report mode lets through
+// what the learned list would, no more: THREATS A5).
 func (m *Matcher) DecideNameRaw(name string, port uint16) Decision {
 	return m.decideName(name, port, true)
 }
@@ -371,6 +386,9 @@ func (m *Matcher) decideName(name string, port uint16, raw bool) Decision {
 	if r := m.allow.lookupName(n, port, defaults, false); r != nil {
 		return Decision{Allow: true, Reason: ReasonAllowedBy, Rule: r}
 	}
+	if m.mode == ModeReport && (!raw || port == 0 || !slices.Contains(m.defaultPorts, port)) {
+		return Decision{Allow: true, Reason: ReasonNoAllowRule, WouldDeny: true}
+	}
 	return Decision{Reason: ReasonNoAllowRule}
 }
 
@@ -390,6 +408,10 @@ func (m *Matcher) DecideNameAnyPort(name string) Decision { return m.DecideName(
 // the guard.go comment); the decision then reports that rule. IPv4-mapped
 // addresses are decided as IPv4. Port 0 means "for some port". A nil Matcher
 // or mode none denies. DecideAddr does not allocate.
+//
+// In ModeReport an address no allow IP rule names is a would-deny (Allow,
+// no-allow-rule, WouldDeny) when the guard passes it, and guarded-address
+// when it does not: the guard holds in every mode.
 func (m *Matcher) DecideAddr(addr netip.Addr, port uint16) Decision {
 	if m == nil || m.mode == ModeNone {
 		return Decision{Reason: ReasonNoAllowRule}
@@ -403,6 +425,12 @@ func (m *Matcher) DecideAddr(addr netip.Addr, port uint16) Decision {
 	}
 	allow := m.allow.ips.lookup(a, port, m.defaultPorts, false, 0)
 	if allow == nil {
+		if m.mode == ModeReport {
+			if _, guarded := m.guardFor(a); guarded {
+				return Decision{Reason: ReasonGuardedAddress}
+			}
+			return Decision{Allow: true, Reason: ReasonNoAllowRule, WouldDeny: true}
+		}
 		return Decision{Reason: ReasonNoAllowRule}
 	}
 	// allow is the longest matching prefix, so if any rule lifts the guard

@@ -252,7 +252,7 @@ var filterBreakingCaps = []string{"CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_SYS_ADMIN
 // checkCapsUnderFilter refuses capabilities that defeat filtered mode: with
 // them the allow list would be a suggestion, not enforcement.
 func checkCapsUnderFilter(p *Profile) ErrorList {
-	if p.Network.Mode != ModeFiltered {
+	if !p.Network.Mode.Proxied() {
 		return nil
 	}
 	var errs ErrorList
@@ -260,8 +260,8 @@ func checkCapsUnderFilter(p *Profile) ErrorList {
 		if slices.Contains(filterBreakingCaps, c) {
 			errs = append(errs, &Error{
 				Pos: p.Sources[elemKey("process.cap_add", c)],
-				Msg: fmt.Sprintf("process.cap_add %s would let the sandbox bypass egressd's filtering (network.mode = \"filtered\" from %s)",
-					c, positionString(p.Sources["network.mode"])),
+				Msg: fmt.Sprintf("process.cap_add %s would let the sandbox bypass egressd's filtering (network.mode = %q from %s)",
+					c, p.Network.Mode, positionString(p.Sources["network.mode"])),
 				Hint: "drop it, or use network.mode = \"host\" where the floor allows unfiltered network",
 			})
 		}

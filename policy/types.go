@@ -97,6 +97,11 @@ type Decision struct {
 	Allow  bool
 	Reason Reason
 	Rule   *Rule
+	// WouldDeny marks a request let through only because the mode is
+	// ModeReport: Allow is true and Reason is the reason it would have
+	// been refused with in ModeFiltered (always no-allow-rule). Audit
+	// records and metrics give it the outcome would-deny.
+	WouldDeny bool
 }
 
 // String renders a decision for people: "blocked-by *.evil.test (policy.toml:12)",
@@ -118,7 +123,17 @@ const (
 	ModeNone     Mode = "none"
 	ModeFiltered Mode = "filtered"
 	ModeHost     Mode = "host"
+	// ModeReport is ModeFiltered (the same namespace, firewall and
+	// egressd) with names no allow rule admits let through and recorded
+	// as would-deny instead of refused; everything else filtered mode
+	// refuses stays refused (Matcher.DecideName). It learns an allow
+	// list (egressd policy suggest); only the open floor allows it.
+	ModeReport Mode = "report"
 )
+
+// Proxied reports whether the mode sends the sandbox's traffic through
+// egressd: filtered and report (the same firewall), not none or host.
+func (m Mode) Proxied() bool { return m == ModeFiltered || m == ModeReport }
 
 // Live holds the policy in force. Enforcement points read it with Current on
 // every decision; a reload swaps it with Store. The zero value holds nil,

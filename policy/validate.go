@@ -54,6 +54,8 @@ func (r *resolver) analyse() {
 			r.warn(p.Sources["network.mode"], "network.mode = host: the %d rules of builtin:%s are not enforced", builtin, p.Name)
 		}
 		return
+	case ModeReport:
+		r.warn(p.Sources["network.mode"], "%s", ReportModeMeaning+" (the floors standard and strict refuse it)")
 	}
 
 	// Broad allow rules and guard lifts, in the words of the floor's

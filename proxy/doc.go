@@ -132,7 +132,11 @@
 // # Audit
 //
 // One record per decision, in the one vocabulary (audit.Outcome,
-// audit.Reason; docs/audit.md). A denial is written when it happens. An
+// audit.Reason; docs/audit.md). A denial is written when it happens. In
+// report mode a request the matcher lets through only as a would-deny
+// (policy.Decision.WouldDeny) is relayed and recorded like an allow, with
+// decision "would-deny" and reason no-allow-rule; every other refusal
+// stands. An
 // allowed CONNECT tunnel, transparent connection or plain-HTTP request is
 // written once, when it ends, with bytes up/down and duration. A check
 // after the allow that refuses it (SNI mismatch, ECH, every address

@@ -93,10 +93,10 @@ func (p *Proxy) handleHTTP(cc *clientConn, br *bufio.Reader, h *requestHead, arr
 	d := m.Decide(t)
 	dial := t
 	b := &basis{name: t.Name, addr: t.Addr, port: t.Port, byAddr: t.Addr.IsValid()}
-	if !d.Allow && orig.IsValid() && t.Name != "" && d.Reason == policy.ReasonNoAllowRule {
+	if (!d.Allow || d.WouldDeny) && orig.IsValid() && t.Name != "" && d.Reason == policy.ReasonNoAllowRule {
 		// As for TLS: an address an allow IP rule names may be reached
 		// whatever Host says, as long as no block rule names the host.
-		if da := m.DecideAddr(orig.Addr(), orig.Port()); da.Allow {
+		if da := m.DecideAddr(orig.Addr(), orig.Port()); da.Allow && !da.WouldDeny {
 			d, dial = da, policy.Target{Addr: orig.Addr(), Port: orig.Port()}
 			b = &basis{sni: t.Name, addr: orig.Addr(), port: orig.Port(), byAddr: true}
 		}

@@ -566,7 +566,8 @@ func (s *inspectSession) record(r *http.Request, rq *inspectRequest, cw *countin
 		}
 		p.log.Debug("inspected request refused", "target", s.name, "method", rec.Method, "path", rec.Path, "reason", dn.text())
 	} else {
-		rec.Decision, rec.Reason, rec.Error = audit.OutcomeAllow, audit.Reason(rq.decision.Reason), sanitizeLine(rq.failure)
+		rec.Reason, rec.Error = audit.Reason(rq.decision.Reason), sanitizeLine(rq.failure)
+		rec.Decision = rec.Reason.OutcomeLetThrough(rq.decision.WouldDeny)
 		if rq.decision.Rule != nil {
 			rec.Rule, rec.Source = rq.decision.Rule.Text, rq.decision.Rule.SourceText()
 		}

@@ -931,11 +931,13 @@ type allowed struct {
 	inspected bool
 }
 
-// finish writes the record of an allowed connection or request. errText
-// describes a failure after the decision (dial error, early close).
+// finish writes the record of an allowed connection or request (a
+// would-deny in report mode: its decision says so). errText describes a
+// failure after the decision (dial error, early close).
 func (p *Proxy) finish(a *allowed, up, down int64, errText string) {
 	reason := audit.Reason(a.decision.Reason)
-	p.met.decision(string(a.kind), audit.OutcomeAllow, reason)
+	outcome := reason.OutcomeLetThrough(a.decision.WouldDeny)
+	p.met.decision(string(a.kind), outcome, reason)
 	p.met.relayed(up, down)
 	r := audit.Record{
 		Kind:       a.kind,
@@ -943,7 +945,7 @@ func (p *Proxy) finish(a *allowed, up, down int64, errText string) {
 		Name:       a.name,
 		Port:       a.port,
 		Addrs:      a.addrs,
-		Decision:   audit.OutcomeAllow,
+		Decision:   outcome,
 		Reason:     reason,
 		Client:     a.client,
 		Error:      sanitizeLine(errText),

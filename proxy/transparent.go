@@ -136,10 +136,11 @@ func (p *Proxy) transparentTLS(cc *clientConn, orig netip.AddrPort, prefix []byt
 	d := m.DecideName(name, port)
 	dial := policy.Target{Name: name, Port: port}
 	b := &basis{name: name, port: port}
-	if !d.Allow && d.Reason == policy.ReasonNoAllowRule {
+	if (!d.Allow || d.WouldDeny) && d.Reason == policy.ReasonNoAllowRule {
 		// A name no rule allows, sent to an address an allow IP rule names:
-		// the IP rule allows the address whatever it serves.
-		if da := m.DecideAddr(orig.Addr(), port); da.Allow {
+		// the IP rule allows the address whatever it serves (in report
+		// mode too: an allow beats a would-deny).
+		if da := m.DecideAddr(orig.Addr(), port); da.Allow && !da.WouldDeny {
 			d, dial = da, policy.Target{Addr: orig.Addr(), Port: port}
 			b = &basis{sni: name, addr: orig.Addr(), port: port, byAddr: true}
 		}
@@ -196,7 +197,10 @@ func (p *Proxy) decideRaw(m *policy.Matcher, orig netip.AddrPort) (policy.Decisi
 		}
 	}
 	d := m.DecideAddr(addr, port)
-	if d.Allow {
+	if d.Allow && (!d.WouldDeny || first == nil) {
+		// In report mode an address no rule names is a would-deny, but
+		// not for a stream refused on a name learned for it (a raw
+		// stream on a default port: unidentified-stream holds).
 		return d, &basis{addr: addr, port: port, byAddr: true, raw: true}, nil
 	}
 	if first != nil && d.Reason == policy.ReasonNoAllowRule {
@@ -229,10 +233,19 @@ func decideRawName(m *policy.Matcher, name string, port uint16, where string) (p
 // nameOnly is the refusal of a stream that names no host (h2c, or bytes of
 // no protocol egressd reads) to name on port, which the allow d admits only
 // by a portless rule: its default ports admit the name for TLS and HTTP,
-// whose every stream or request is decided on the name it carries. where
+// whose every stream or request is decided on the name it carries. In
+// report mode d may be a would-deny on a default port: the rule learned
+// from it would be portless, so the stream is refused the same way. where
 // says how the stream came to name ("203.0.113.10 was learned for x.test",
 // "a CONNECT tunnel to x.test").
 func nameOnly(name string, port uint16, d policy.Decision, where string) *denial {
+	if d.WouldDeny {
+		dn := denyf(0, audit.ReasonUnidentified,
+			"%s, which no rule allows: report mode lets it through as the allow list learned from it would, and the rule learned for port %d has no port, which admits TLS with its server_name and HTTP/1 with its Host only; this stream names no host egressd can check, so raw TCP there needs a rule naming the port, e.g. %s",
+			where, port, policy.Target{Name: name, Port: port})
+		dn.name = name
+		return dn
+	}
 	rule := ""
 	if d.Rule != nil {
 		rule = " (" + d.Rule.Text

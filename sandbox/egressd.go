@@ -354,7 +354,11 @@ func writeEgressdPolicy(p *policy.Profile, path string, uid, gid uint32) (map[st
 	}
 	w("# The network policy of one launch, written by the launcher from the\n")
 	w("# resolved profile %q. Rule sources are in the comments.\n", p.Name)
-	w("version = 1\nprofile = \"strict\"\n\n[network]\nmode = \"filtered\"\n")
+	mode := policy.ModeFiltered
+	if p.Network.Mode == policy.ModeReport {
+		mode = policy.ModeReport // the floor allowed it; egressd records would-deny
+	}
+	w("version = 1\nprofile = \"strict\"\n\n[network]\nmode = %s\n", tomlQuote(string(mode)))
 	ports := make([]string, len(p.Network.DefaultPorts))
 	for i, port := range p.Network.DefaultPorts {
 		ports[i] = strconv.Itoa(int(port))
@@ -447,14 +451,16 @@ func tomlQuote(s string) string {
 	return b.String()
 }
 
-// Denial is one distinct request egressd refused (outcome deny) or could
+// Denial is one distinct request egressd refused (outcome deny), could
 // not serve (outcome error: the upstream resolver or the destination
-// failed) during a run. Every text in it has the sandbox's secrets masked.
+// failed), or let through in report mode that filtered mode would refuse
+// (outcome would-deny) during a run. Every text in it has the sandbox's
+// secrets masked.
 type Denial struct {
 	// Kind is the audit record kind: "dns" for a name lookup, else a
 	// connection or request ("connect", "http", "tls", "tcp", "https").
 	Kind audit.Kind
-	// Outcome is deny or error.
+	// Outcome is deny, error or would-deny.
 	Outcome audit.Outcome
 	// Target is the name or IP asked for, normalised (escaped and capped
 	// by egressd when the sandbox spelt it oddly); Port its port (53 for
@@ -497,6 +503,7 @@ type auditSink struct {
 }
 
 type denialKey struct {
+	outcome      audit.Outcome
 	dns          bool
 	target       string
 	port         uint16
@@ -531,7 +538,7 @@ func (a *auditSink) record(line []byte) {
 	if rec.Decision == audit.OutcomeAllow {
 		return
 	}
-	k := denialKey{dns: rec.Kind == audit.KindDNS, target: rec.Target, port: rec.Port, reason: rec.Reason, rule: rec.Rule, method: rec.Method, path: rec.Path}
+	k := denialKey{outcome: rec.Decision, dns: rec.Kind == audit.KindDNS, target: rec.Target, port: rec.Port, reason: rec.Reason, rule: rec.Rule, method: rec.Method, path: rec.Path}
 	a.mu.Lock()
 	if d, ok := a.denials[k]; ok {
 		d.Count++

@@ -354,3 +354,19 @@ func TestEgressdThatCannotStartFailsTheLaunchWithItsReason(t *testing.T) {
 		t.Errorf("took %s to notice", took)
 	}
 }
+
+// TestEgressdPolicyKeepsReportMode: a report-mode launch gives egressd a
+// report-mode snapshot (the floor was checked on the launch's profile);
+// every other proxied launch a filtered one.
+func TestEgressdPolicyKeepsReportMode(t *testing.T) {
+	p := resolveWith(t, "open", "version = 1\n[network]\nallow = [\"pypi.org\"]\n",
+		policy.Setting{Key: "network.mode", Values: []string{"report"}, Source: policy.Flag("--net")})
+	path := filepath.Join(t.TempDir(), "policy.toml")
+	if _, err := writeEgressdPolicy(p, path, uint32(os.Getuid()), uint32(os.Getgid())); err != nil {
+		t.Fatal(err)
+	}
+	snap, _, err := policy.Resolve(policy.ResolveOptions{Files: []string{path}})
+	if err != nil || snap.Network.Mode != policy.ModeReport {
+		t.Fatalf("snapshot of a report-mode launch: mode %v, err %v", snap.Network.Mode, err)
+	}
+}

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/egressd/egressd/internal/inspectca"
-	"github.com/egressd/egressd/policy"
 )
 
 // HTTPS inspection for one launch (docs/inspection.md):
@@ -70,7 +69,7 @@ type inspectPlan struct {
 // that name among the launch's secrets (an error when it is not given).
 func planInspection(cfg Config) (*inspectPlan, error) {
 	n := cfg.Profile.Network
-	if n.Mode != policy.ModeFiltered || len(n.Inspect) == 0 {
+	if !n.Mode.Proxied() || len(n.Inspect) == 0 {
 		return &inspectPlan{}, nil
 	}
 	pl := &inspectPlan{inspects: true, placeholders: map[string]string{}}

@@ -284,7 +284,7 @@ func (cfg Config) withDefaults() (Config, error) {
 		return cfg, errors.New("no command to run")
 	}
 	switch p.Network.Mode {
-	case policy.ModeFiltered, policy.ModeNone, policy.ModeHost:
+	case policy.ModeFiltered, policy.ModeReport, policy.ModeNone, policy.ModeHost:
 	default:
 		return cfg, fmt.Errorf("unknown network mode %q", p.Network.Mode)
 	}
@@ -342,8 +342,8 @@ func (cfg Config) withDefaults() (Config, error) {
 			return cfg, fmt.Errorf("secret %q: want a variable name of letters, digits and _, and a value without NUL", sec.Name)
 		}
 	}
-	if p.Network.Mode == policy.ModeFiltered && cfg.EgressdPath == "" {
-		return cfg, errors.New("filtered mode needs the egressd binary; none was given")
+	if p.Network.Mode.Proxied() && cfg.EgressdPath == "" {
+		return cfg, errors.New("filtered (and report) mode needs the egressd binary; none was given")
 	}
 	return cfg, nil
 }
@@ -395,7 +395,7 @@ func Create(ctx context.Context, cfg Config) (s *Sandbox, err error) {
 		return s, err
 	}
 	var upstream []netip.AddrPort
-	if s.mode == policy.ModeFiltered {
+	if s.mode.Proxied() {
 		if upstream, err = UpstreamDNS(cfg.Profile, cfg.ResolvConf); err != nil {
 			return s, err
 		}
@@ -421,7 +421,7 @@ func Create(ctx context.Context, cfg Config) (s *Sandbox, err error) {
 		}()
 	}
 	switch s.mode {
-	case policy.ModeFiltered:
+	case policy.ModeFiltered, policy.ModeReport:
 		s.fw = firewall.Config{
 			Mode:              policy.ModeFiltered,
 			DNSPort:           EgressdDNSPort,
@@ -647,7 +647,7 @@ func planContainer(cfg Config, ins *inspectPlan, id, dir, netnsPath string) (*co
 	if err := checkHostIdentity(user, host, p.Process.AllowHostUser, p.SourceOf("process.user").String()); err != nil {
 		return nil, err
 	}
-	if p.Network.Mode == policy.ModeFiltered && (user.UID == cfg.EgressdUID || user.GID == cfg.EgressdGID) {
+	if p.Network.Mode.Proxied() && (user.UID == cfg.EgressdUID || user.GID == cfg.EgressdGID) {
 		return nil, fmt.Errorf("process.user %s (%s) shares egressd's uid or gid %d:%d; the sandbox must not be able to act as egressd",
 			p.Process.User, p.SourceOf("process.user"), cfg.EgressdUID, cfg.EgressdGID)
 	}
@@ -679,7 +679,7 @@ func planContainer(cfg Config, ins *inspectPlan, id, dir, netnsPath string) (*co
 		plan.secretNames = append(plan.secretNames, sec.Name)
 	}
 	proxyURL := ""
-	if p.Network.Mode == policy.ModeFiltered {
+	if p.Network.Mode.Proxied() {
 		proxyURL = fmt.Sprintf("http://127.0.0.1:%d", EgressdProxyPort)
 	}
 	env, err := BuildEnv(p, user.Home, SandboxPath(user.Home, tree), cfg.CallerEnv, extra, proxyURL)
@@ -1359,7 +1359,7 @@ func Reap(stateDir string) (reaped []string, err error) {
 		s := &Sandbox{id: id, dir: dir, lock: lock}
 		var rec stateRecord
 		if data, err := os.ReadFile(filepath.Join(dir, "state.json")); err == nil && json.Unmarshal(data, &rec) == nil && rec.ID == id {
-			if rec.Mode == policy.ModeFiltered && rec.LauncherNetNS != "" && rec.LauncherNetNS != self {
+			if rec.Mode.Proxied() && rec.LauncherNetNS != "" && rec.LauncherNetNS != self {
 				// Its uplink and NAT rules live in another network
 				// namespace, which only a launcher there can remove:
 				// leave the whole sandbox to it rather than half-reap it.
@@ -1376,7 +1376,7 @@ func Reap(stateDir string) (reaped []string, err error) {
 			if rec.Mode != policy.ModeHost {
 				s.ns = openNetNS(id)
 			}
-			if rec.Mode == policy.ModeFiltered && rec.LauncherNetNS == self {
+			if rec.Mode.Proxied() && rec.LauncherNetNS == self {
 				s.up = newUplink(id)
 			}
 		}
@@ -1451,7 +1451,7 @@ func Explain(cfg Config) (*Explanation, error) {
 		return nil, err
 	}
 	switch p.Network.Mode {
-	case policy.ModeFiltered:
+	case policy.ModeFiltered, policy.ModeReport:
 		upstream, err := UpstreamDNS(p, cfg.ResolvConf)
 		if err != nil {
 			return nil, err

@@ -391,9 +391,9 @@ func buildNamespaces(mode policy.Mode, netns string) ([]specs.LinuxNamespace, er
 		}
 	case policy.ModeNone:
 		ns = append(ns, specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: netns})
-	case policy.ModeFiltered:
+	case policy.ModeFiltered, policy.ModeReport:
 		if netns == "" {
-			return nil, errors.New("network mode filtered needs the sandbox's network namespace (where egressd runs); none was given")
+			return nil, fmt.Errorf("network mode %s needs the sandbox's network namespace (where egressd runs); none was given", mode)
 		}
 		ns = append(ns, specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: netns})
 	default:
@@ -774,7 +774,7 @@ func BuildEnv(p *policy.Profile, home, pathEnv string, callerEnv, extra []string
 		}
 		env[k] = v
 	}
-	if p.Network.Mode == policy.ModeFiltered && proxyURL != "" {
+	if p.Network.Mode.Proxied() && proxyURL != "" {
 		if strings.ContainsAny(proxyURL, "\x00\n") {
 			return nil, fmt.Errorf("proxy URL %q is not valid", proxyURL)
 		}

@@ -93,6 +93,32 @@ func TestCheckDecisions(t *testing.T) {
 	}
 }
 
+// TestCheckAndValidateSayWhatReportModeMeans: check answers would-deny for
+// what report mode lets through and deny for what it still refuses;
+// validate and check warn what the mode means; a filtering floor refuses it.
+func TestCheckAndValidateSayWhatReportModeMeans(t *testing.T) {
+	pol := writeFile(t, "report.toml", "version = 1\nprofile = \"open\"\n[network]\nmode = \"report\"\nblock = [\"bad.example.com\"]\n")
+	code, out, errOut := runCLI(t, "check", "--policy", pol, "new.example.com", "bad.example.com", "169.254.169.254:80")
+	if code != exitOK {
+		t.Fatalf("check: code %d, stderr %q", code, errOut)
+	}
+	for _, want := range []string{"would-deny  new.example.com:443  no-allow-rule", "deny        bad.example.com:443  blocked-by", "deny        169.254.169.254:80   guarded-address"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("check output lacks %q:\n%s", want, out)
+		}
+	}
+	if !strings.Contains(errOut, "report.toml:4:8: warning: network.mode = report: a name (or address) no allow rule allows is let through and audited as would-deny") {
+		t.Errorf("check gave no warning saying what report mode means: %q", errOut)
+	}
+	if code, _, errOut := runCLI(t, "validate", pol); code != exitOK || !strings.Contains(errOut, "network.mode = report") {
+		t.Errorf("validate: code %d, stderr %q", code, errOut)
+	}
+	code, _, errOut = runCLI(t, "check", "--policy", pol, "--floor", "strict", "new.example.com")
+	if code == exitOK || !strings.Contains(errOut, `network.mode "report" (`+pol+`:4:8) lets through every name no allow rule allows`) {
+		t.Errorf("check under the floor strict: code %d, stderr %q", code, errOut)
+	}
+}
+
 func TestCheckTextNamesRuleAndSource(t *testing.T) {
 	code, out, _ := runCLI(t, "check", "--block", "*.github.com", "api.github.com")
 	if code != exitOK || !strings.Contains(out, "deny") || !strings.Contains(out, "blocked-by *.github.com (flag:--block)") {

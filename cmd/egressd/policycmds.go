@@ -184,7 +184,7 @@ func checkTarget(m *policy.Matcher, raw string) checkResult {
 		r.Host = t.Name
 	}
 	if d.Allow {
-		r.Decision = string(audit.OutcomeAllow)
+		r.Decision = string(audit.Reason(d.Reason).OutcomeLetThrough(d.WouldDeny))
 	}
 	switch {
 	case d.Rule != nil:

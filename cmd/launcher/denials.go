@@ -34,6 +34,7 @@ type denialWords struct {
 //	denied evil.test:443 (no-allow-rule); allow it with --allow evil.test:443
 //	denied x.evil.test:443 (blocked-by *.evil.test from policy.toml:7); a block rule wins over every allow: --allow cannot override it
 //	error pypi.org:443 (resolver-timeout): the upstream resolver 192.0.2.53 did not answer; ...
+//	would deny new.test:443 (no-allow-rule); report mode let it through: ...
 func (w denialWords) line(d sandbox.Denial) string {
 	target := shown(d.Target)
 	dest := hostPort(target, d.Port)
@@ -58,8 +59,11 @@ func (w denialWords) line(d sandbox.Denial) string {
 		why += fmt.Sprintf(", %d times", d.Count)
 	}
 	verb := "denied"
-	if d.Outcome == audit.OutcomeError {
+	switch d.Outcome {
+	case audit.OutcomeError:
 		verb = "error"
+	case audit.OutcomeWouldDeny:
+		verb = "would deny"
 	}
 	allowTarget := dest
 	if d.Kind == audit.KindDNS {
@@ -71,6 +75,10 @@ func (w denialWords) line(d sandbox.Denial) string {
 // hint says what would allow d, or that nothing should: one for every
 // deny and error reason of audit.Reasons (TestEveryReasonHasAHint).
 func (w denialWords) hint(d sandbox.Denial, allowTarget string) string {
+	if d.Outcome == audit.OutcomeWouldDeny {
+		return "; report mode let it through: in filtered mode allow it with --allow " + allowTarget +
+			", or learn every one with egressd policy suggest over --audit-log"
+	}
 	if d.Kind == audit.KindHTTPS {
 		if h := inspectHint(d); h != "" {
 			return h

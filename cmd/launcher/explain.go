@@ -74,6 +74,9 @@ func cmdExplain(args []string, stdout, stderr io.Writer) int {
 	} else {
 		fmt.Fprintf(stdout, "\n# Firewall: none (network.mode %q: the host's network namespace)\n", p.Network.Mode)
 	}
+	if p.Network.Mode == policy.ModeReport {
+		fmt.Fprintf(stdout, "\n# Report mode (%s)\n%s\n", p.SourceOf("network.mode"), policy.ReportModeMeaning)
+	}
 	if ex.Uplink != "" {
 		fmt.Fprintf(stdout, "\n# Uplink NAT, in the launcher's namespace (the /30 is chosen at launch)\n%s", ex.Uplink)
 	}

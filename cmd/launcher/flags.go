@@ -129,7 +129,7 @@ func newLaunchFlags(name, usageText string, stderr io.Writer, explain bool) (*fl
 	fs.Var(&f.policies, "policy", "policy `FILE` (repeatable, applied in order)")
 	setting("allow", "network.allow", "allow `PATTERN` (repeatable): host, *.domain, .domain, IP, CIDR, with :PORT")
 	setting("block", "network.block", "block `PATTERN` (repeatable); block wins over every allow")
-	setting("net", "network.mode", "network `MODE`: none, filtered or host")
+	setting("net", "network.mode", "network `MODE`: none, filtered, report (learn an allow list: docs/migrating.md) or host")
 	setting("inspect", "network.inspect", "terminate and inspect the HTTPS of hosts matching `PATTERN` (repeatable; docs/inspection.md)")
 	fs.StringVar(&f.upstreamCA, "inspect-upstream-ca", "", "PEM `FILE` egressd verifies inspected hosts' certificates against (default: the host's trust store)")
 	fs.StringVar(&f.floor, "floor", "", "security floor `PROFILE`: refuse a profile less restrictive (default $EGRESSD_SECURITY_FLOOR)")
@@ -291,7 +291,7 @@ func (f *launchFlags) config(p *policy.Profile, args []string, forRun bool) (san
 		}
 		cfg.Runtime = rt
 	}
-	if p.Network.Mode == policy.ModeFiltered {
+	if p.Network.Mode.Proxied() {
 		path, err := f.egressdPath(forRun)
 		if err != nil {
 			return cfg, err

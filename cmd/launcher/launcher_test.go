@@ -88,6 +88,23 @@ func TestEveryReasonHasAHint(t *testing.T) {
 	}
 }
 
+// TestWouldDenyIsNotADenial: report mode's would-deny entries read "would
+// deny", never "denied", say the request went through and how to allow it,
+// and are counted apart in the summary's heading.
+func TestWouldDenyIsNotADenial(t *testing.T) {
+	w := denialWords{}
+	d := sandbox.Denial{Kind: audit.KindConnect, Outcome: audit.OutcomeWouldDeny, Target: "new.test", Port: 443, Reason: audit.ReasonNoAllowRule, Count: 2}
+	got := w.line(d)
+	want := "would deny new.test:443 (no-allow-rule, 2 times); report mode let it through: in filtered mode allow it with --allow new.test:443, or learn every one with egressd policy suggest over --audit-log"
+	if got != want {
+		t.Errorf("line:\n%s\nwant\n%s", got, want)
+	}
+	ds := []sandbox.Denial{d, {Kind: audit.KindDNS, Outcome: audit.OutcomeDeny, Target: "x.evil.test", Reason: audit.ReasonBlockedBy}}
+	if got, want := countDenials(ds), "1 destination denied, 1 destination report mode would deny (let through)"; got != want {
+		t.Errorf("countDenials = %q, want %q", got, want)
+	}
+}
+
 // TestSummaryIsCapped: the summary after a run lists at most maxSummary
 // denials, then says how many more and where they are.
 func TestSummaryIsCapped(t *testing.T) {
@@ -375,8 +392,8 @@ func TestVersionAndCompletion(t *testing.T) {
 			if tc.shell == "bash" {
 				prog := `source "$1"; COMP_WORDS=(launcher run --net ''); COMP_CWORD=3; _launcher; printf '%s ' "${COMPREPLY[@]}"`
 				o, err := exec.Command(sh, "-c", prog, "bash", p).CombinedOutput()
-				if err != nil || strings.TrimSpace(string(o)) != "none filtered host" {
-					t.Errorf("launcher run --net <TAB>: %q, %v; want none filtered host", o, err)
+				if err != nil || strings.TrimSpace(string(o)) != "none filtered report host" {
+					t.Errorf("launcher run --net <TAB>: %q, %v; want none filtered report host", o, err)
 				}
 			}
 		})

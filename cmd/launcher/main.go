@@ -124,7 +124,7 @@ func completionSpec() completion.Spec {
 		profiles = append(profiles, a)
 	}
 	words := map[string][]string{
-		"profile": profiles, "floor": profiles, "net": {"none", "filtered", "host"},
+		"profile": profiles, "floor": profiles, "net": {"none", "filtered", "report", "host"},
 		"seccomp": {"strict", "moderate", "unconfined"}, "runtime": {"runc", "crun", "runsc"},
 	}
 	runFlags, _ := newLaunchFlags("run", runUsage, io.Discard, false)

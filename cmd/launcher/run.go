@@ -111,7 +111,7 @@ func cmdRun(ctx context.Context, args []string, stdin io.Reader, stdout, stderr 
 	}
 	logw := &lineWriter{w: stderr}
 	words := denialWords{}
-	if p.Network.Mode == policy.ModeFiltered {
+	if p.Network.Mode.Proxied() {
 		words.resolvers, _ = sandbox.UpstreamDNS(p, cfg.ResolvConf) // Create says it if they are unusable
 	}
 	if !f.quiet {
@@ -282,17 +282,23 @@ func cmdRun(ctx context.Context, args []string, stdin io.Reader, stdout, stderr 
 // countDenials says how many destinations were denied and how many failed:
 // "2 destinations denied, 1 failed".
 func countDenials(ds []sandbox.Denial) string {
-	var denied, failed int
+	var denied, failed, would int
 	for _, d := range ds {
-		if d.Outcome == audit.OutcomeError {
+		switch d.Outcome {
+		case audit.OutcomeError:
 			failed++
-		} else {
+		case audit.OutcomeWouldDeny:
+			would++
+		default:
 			denied++
 		}
 	}
 	var parts []string
 	if denied > 0 {
 		parts = append(parts, fmt.Sprintf("%d %s denied", denied, pluralWord(denied, "destination", "destinations")))
+	}
+	if would > 0 {
+		parts = append(parts, fmt.Sprintf("%d %s report mode would deny (let through)", would, pluralWord(would, "destination", "destinations")))
 	}
 	if failed > 0 {
 		parts = append(parts, fmt.Sprintf("%d failed", failed))

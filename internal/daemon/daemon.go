@@ -374,11 +374,11 @@ func (d *Daemon) load() (*snapshot, error) {
 		return nil, err
 	}
 	d.restoreSources(prof)
-	if prof.Network.Mode != policy.ModeFiltered {
+	if !prof.Network.Mode.Proxied() {
 		return nil, &policy.Error{
 			Pos:  prof.SourceOf("network.mode"),
-			Msg:  fmt.Sprintf("network.mode = %q: egressd serve enforces filtered mode only", prof.Network.Mode),
-			Hint: `set mode = "filtered", or run the sandbox with the launcher`,
+			Msg:  fmt.Sprintf("network.mode = %q: egressd serve enforces filtered (or report) mode only", prof.Network.Mode),
+			Hint: `set mode = "filtered" (or "report", where the floor allows it), or run the sandbox with the launcher`,
 		}
 	}
 	np := prof.NetworkPolicy()

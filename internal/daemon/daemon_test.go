@@ -192,14 +192,14 @@ func startDaemon(t *testing.T, cfg Config) (*Daemon, string) {
 	return d, d.DNSAddrs()[0].String()
 }
 
-// TestModeIsTheKeyThatCannotReload: serve enforces filtered mode only; a
-// policy naming another mode is refused at start and on reload, naming the
-// value's file:line:col, and the last good policy stays.
+// TestModeIsTheKeyThatCannotReload: serve enforces filtered (or report)
+// mode only; a policy naming another mode is refused at start and on
+// reload, naming the value's file:line:col, and the last good policy stays.
 func TestModeIsTheKeyThatCannotReload(t *testing.T) {
 	pol := filepath.Join(t.TempDir(), "policy.toml")
 	writePolicy(t, pol, "version = 1\n[network]\nmode = \"host\"\n")
 	_, err := New(Config{PolicyFiles: []string{pol}, DNSListen: []string{"127.0.0.1:0"}, UpstreamDNS: []string{"127.0.0.1:53"}})
-	if want := pol + `:3:8: network.mode = "host": egressd serve enforces filtered mode only`; err == nil || !strings.HasPrefix(err.Error(), want) {
+	if want := pol + `:3:8: network.mode = "host": egressd serve enforces filtered (or report) mode only`; err == nil || !strings.HasPrefix(err.Error(), want) {
 		t.Fatalf("New with mode host: err %v, want %q...", err, want)
 	}
 
@@ -213,6 +213,33 @@ func TestModeIsTheKeyThatCannotReload(t *testing.T) {
 	}
 	if rc := query(t, dnsAddr, "a.test"); rc != dns.RcodeSuccess {
 		t.Errorf("a.test after the refused reload: rcode %s, want NOERROR", dns.RcodeToString[rc])
+	}
+}
+
+// TestReportModeServesAndReloadsBothWays: serve accepts report mode (the
+// same firewall as filtered); a reload may switch between filtered and
+// report, and the floor refuses report under standard, keeping the last
+// good policy.
+func TestReportModeServesAndReloadsBothWays(t *testing.T) {
+	pol := filepath.Join(t.TempDir(), "policy.toml")
+	up, seen := startUpstream(t)
+	writePolicy(t, pol, "version = 1\n[network]\nallow = [\"a.test\"]\nmode = \"report\"\n")
+	d, dnsAddr := startDaemon(t, Config{PolicyFiles: []string{pol}, DNSListen: []string{"127.0.0.1:0"}, UpstreamDNS: []string{up}})
+	if rc := query(t, dnsAddr, "b.test"); rc != dns.RcodeSuccess || seen("b.test") != 1 {
+		t.Fatalf("b.test in report mode: rcode %s, forwarded %d times; want NOERROR, forwarded", dns.RcodeToString[rc], seen("b.test"))
+	}
+	writePolicy(t, pol, "version = 1\n[network]\nallow = [\"a.test\"]\nmode = \"filtered\"\n")
+	if err := d.Reload(); err != nil {
+		t.Fatalf("reload to filtered: %v", err)
+	}
+	if rc := query(t, dnsAddr, "c.test"); rc != dns.RcodeNameError || seen("c.test") != 0 {
+		t.Errorf("c.test after the reload to filtered: rcode %s, want NXDOMAIN, not forwarded", dns.RcodeToString[rc])
+	}
+
+	_, err := New(Config{PolicyFiles: []string{pol}, DNSListen: []string{"127.0.0.1:0"}, UpstreamDNS: []string{up}, Floor: "standard",
+		Overrides: []policy.Setting{{Key: "network.mode", Values: []string{"report"}, Source: policy.Flag("--net")}}})
+	if err == nil || !strings.Contains(err.Error(), policy.ReportFloorRefusal) {
+		t.Errorf("report mode under the floor standard: %v", err)
 	}
 }
 

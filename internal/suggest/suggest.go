@@ -103,6 +103,7 @@ type record struct {
 	Time     string           `json:"time"`
 	Kind     *string          `json:"kind"`
 	Target   *string          `json:"target"`
+	Name     *string          `json:"name"`
 	Port     *json.RawMessage `json:"port"`
 	Decision *string          `json:"decision"`
 	Reason   *string          `json:"reason"`
@@ -211,6 +212,14 @@ func (s *Suggester) use(text []byte) string {
 	}
 	k := key{port: port}
 	var ip netip.Addr
+	if r.Name != nil && *r.Kind == string(audit.KindTCP) {
+		// A stream to an address decided on the name learned for it
+		// (report mode's would-deny of raw TCP): allow the name, whose
+		// addresses may change, rather than the address.
+		if n, ok := policy.NormalizeName(*r.Name); ok {
+			r.Target = &n
+		}
+	}
 	if a, ok := policy.ParseIP(*r.Target); ok {
 		ip, k.host = a, a.String()
 	} else if n, ok := policy.NormalizeName(*r.Target); ok {

@@ -183,3 +183,27 @@ func TestFailuresAreNeitherDenialsNorProblems(t *testing.T) {
 		t.Errorf("suggested:\n%s", text)
 	}
 }
+
+// TestReportModeRawStreamIsLearnedByName: a would-deny of raw TCP to an
+// address learned for a name (kind tcp, "name" set) becomes a rule for the
+// name on its port, which admits raw TCP in filtered mode; without a name
+// the address is allowed.
+func TestReportModeRawStreamIsLearnedByName(t *testing.T) {
+	s := New(Options{})
+	log := `{"time":"2026-01-01T00:00:00Z","kind":"tcp","target":"203.0.113.7","name":"git.example","port":22,"decision":"would-deny","reason":"no-allow-rule"}
+{"time":"2026-01-01T00:00:00Z","kind":"tcp","target":"203.0.113.8","port":5432,"decision":"would-deny","reason":"no-allow-rule"}
+`
+	if err := s.Read("audit.jsonl", strings.NewReader(log)); err != nil {
+		t.Fatal(err)
+	}
+	p, _ := s.Policy()
+	text := string(p.Text())
+	for _, want := range []string{`"git.example:22"`, `"203.0.113.8:5432"`} {
+		if !strings.Contains(text, want) {
+			t.Errorf("suggested policy lacks %s:\n%s", want, text)
+		}
+	}
+	if strings.Contains(text, "203.0.113.7") {
+		t.Errorf("the learned address was suggested instead of its name:\n%s", text)
+	}
+}
