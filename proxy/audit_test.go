@@ -159,23 +159,10 @@ func TestMetricsRegistered(t *testing.T) {
 		t.Fatal(err)
 	}
 	var names []string
-	found := false
 	for _, mf := range mfs {
 		names = append(names, mf.GetName())
-		if mf.GetName() != "egressd_proxy_decisions_total" {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			labels := map[string]string{}
-			for _, l := range m.GetLabel() {
-				labels[l.GetName()] = l.GetValue()
-			}
-			if labels["kind"] == "connect" && labels["result"] == "deny" && labels["reason"] == "no-allow-rule" {
-				found = m.GetCounter().GetValue() == 1
-			}
-		}
 	}
-	if !found {
+	if decisionCount(t, reg, "connect", "deny", "no-allow-rule") != 1 {
 		t.Errorf("decisions{connect,deny,no-allow-rule} is not 1")
 	}
 	for _, want := range []string{"egressd_proxy_decisions_total", "egressd_proxy_open_tunnels"} {

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"net/netip"
+	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -22,7 +23,7 @@ func reportPolicy(t *testing.T, defaults []uint16, rules ...string) *policy.Live
 	var np policy.NetworkPolicy
 	np.Mode, np.DefaultPorts = policy.ModeReport, defaults
 	for i, line := range rules {
-		verb, text, _ := cutVerb(line)
+		verb, text, _ := strings.Cut(line, " ")
 		r, err := policy.ParseRule(text, policy.Source{Kind: policy.SourceFile, File: "policy.toml", Line: i + 1})
 		if err != nil {
 			t.Fatal(err)
@@ -40,15 +41,6 @@ func reportPolicy(t *testing.T, defaults []uint16, rules ...string) *policy.Live
 	var live policy.Live
 	live.Store(m)
 	return &live
-}
-
-func cutVerb(line string) (verb, text string, ok bool) {
-	for i := range line {
-		if line[i] == ' ' {
-			return line[:i], line[i+1:], true
-		}
-	}
-	return "", line, false
 }
 
 // TestReportModeRelaysWouldDenyAndAuditsIt: a name no rule allows is
