@@ -1156,7 +1156,7 @@ func TestLearnedTableIsBounded(t *testing.T) {
 	lt := newLearnedTable(16)
 	exp := clock.Now().Add(time.Minute)
 	for i := range 100 {
-		lt.add([]netip.Addr{netip.AddrFrom4([4]byte{203, 0, 113, byte(i)})}, []string{"n" + itoa(i) + ".example.test"}, exp, clock.Now())
+		lt.add([]netip.Addr{netip.AddrFrom4([4]byte{203, 0, 113, byte(i)})}, []string{"n" + itoa(i) + ".example.test"}, exp, clock.Now(), 0)
 		if n := lt.len(); n > 16 {
 			t.Fatalf("%d addresses after %d adds, bound is 16", n, i+1)
 		}
@@ -1168,7 +1168,7 @@ func TestLearnedTableIsBounded(t *testing.T) {
 	// One shared address keeps at most maxNamesPerAddr names, the newest.
 	shared := netip.MustParseAddr("198.51.100.1")
 	for i := range 100 {
-		lt.add([]netip.Addr{shared}, []string{"s" + itoa(i) + ".example.test"}, exp.Add(time.Duration(i)*time.Second), clock.Now())
+		lt.add([]netip.Addr{shared}, []string{"s" + itoa(i) + ".example.test"}, exp.Add(time.Duration(i)*time.Second), clock.Now(), 0)
 	}
 	got := lt.names(shared, clock.Now())
 	if len(got) != maxNamesPerAddr || got[len(got)-1] != "s99.example.test" {
@@ -1176,7 +1176,7 @@ func TestLearnedTableIsBounded(t *testing.T) {
 	}
 	// Expired addresses make room before live ones are dropped.
 	clock.Advance(2 * time.Minute)
-	lt.add([]netip.Addr{netip.MustParseAddr("192.0.2.1")}, []string{"late.example.test"}, clock.Now().Add(time.Minute), clock.Now())
+	lt.add([]netip.Addr{netip.MustParseAddr("192.0.2.1")}, []string{"late.example.test"}, clock.Now().Add(time.Minute), clock.Now(), 0)
 	if n := lt.len(); n > 16 {
 		t.Errorf("%d addresses, bound is 16", n)
 	}

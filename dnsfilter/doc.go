@@ -40,4 +40,25 @@
 // Resolve is the same path for the proxy's own
 // lookups; LearnedNames is what the proxy reads through its own one-method
 // interface. dnsfilter never imports proxy.
+//
+// # Pooled reuse
+//
+// Between two tenants of a sandbox the resolver forgets the last one
+// (Reset, reset.go) and proves it (State). What it holds of a tenant:
+//
+//	state                        where                 cleared by Reset
+//	answer cache                 Server.cache          emptied; a lookup begun before never stores (gen)
+//	learned-address table        Server.learned        emptied; a lookup begun before never learns (gen floor)
+//	per-client rate buckets      Server.limiter        emptied (and with them the audit de-dup time)
+//	upstream lookups in flight   Server.flight         cancelled (their context ends)
+//	client TCP connections       resetState.conns      closed
+//	replies being decided        resetState.gate       decided again under the policy now in force
+//	packed replies               ttlSnap.packed        gone with the cached answers they hang on
+//	audit records                Config.Audit          logged under the gate before Reset returns; the owner flushes
+//
+// A reply is written only under the gate, and only if no Reset began
+// since its decision started; otherwise the query is decided again, under
+// the policy in force (at most maxDecisions times, then SERVFAIL). So no
+// answer decided under the last tenant's policy, or served from its cache,
+// reaches a client once Reset has returned.
 package dnsfilter

@@ -100,6 +100,13 @@ func (s *Server) respondWire(req *dns.Msg, client netip.Addr, tcp bool, buf []by
 		return nil, nil
 	}
 	resp, out := s.query(req, client)
+	return s.packReply(req, tcp, resp, &out, buf)
+}
+
+// packReply packs the reply to req, appended to buf: resp, or for an
+// allowed answer (resp nil) the reply built from out, its bytes reused
+// within the second (see respondWire).
+func (s *Server) packReply(req *dns.Msg, tcp bool, resp *dns.Msg, out *outcome, buf []byte) ([]byte, error) {
 	if resp != nil {
 		fit(req, resp, tcp)
 		return resp.PackBuffer(buf)
@@ -124,7 +131,13 @@ func (s *Server) respondWire(req *dns.Msg, client netip.Addr, tcp bool, buf []by
 // bytes reused, by the caller.
 func (s *Server) query(req *dns.Msg, client netip.Addr) (*dns.Msg, outcome) {
 	now := s.set.now()
-	resp, out := s.decide(req, client, now)
+	resp, out := s.decide(req, client, now, false)
+	s.account(&out, client, now)
+	return resp, out
+}
+
+// account counts a query's outcome and sends its audit record.
+func (s *Server) account(out *outcome, client netip.Addr, now time.Time) {
 	s.m.query(out.result(), out.reason)
 	if out.stripped > 0 {
 		s.m.stripped.Add(float64(out.stripped))
@@ -132,7 +145,6 @@ func (s *Server) query(req *dns.Msg, client netip.Addr) (*dns.Msg, outcome) {
 	if s.audit != nil && !out.noAudit {
 		s.audit.Log(out.record(s.clientText(client), now))
 	}
-	return resp, out
 }
 
 // replyShape is everything of a query that its reply's bytes depend on
@@ -159,14 +171,18 @@ type packedReply struct {
 	msg   []byte
 }
 
-func (s *Server) decide(req *dns.Msg, client netip.Addr, now time.Time) (*dns.Msg, outcome) {
+// decide decides req. again is set when the query is decided again
+// after a Reset (reset.go): the rate limiter already took its token.
+func (s *Server) decide(req *dns.Msg, client netip.Addr, now time.Time, again bool) (*dns.Msg, outcome) {
 	var out outcome
 	if len(req.Question) > 0 {
 		out.target, out.qtype = req.Question[0].Name, req.Question[0].Qtype
 	}
-	if ok, aud := s.limiter.allow(client, now); !ok {
-		out.reason, out.noAudit = audit.ReasonDNSRate, !aud
-		return reply(req, dns.RcodeRefused), out
+	if !again {
+		if ok, aud := s.limiter.allow(client, now); !ok {
+			out.reason, out.noAudit = audit.ReasonDNSRate, !aud
+			return reply(req, dns.RcodeRefused), out
+		}
 	}
 	if req.Opcode != dns.OpcodeQuery {
 		out.reason = audit.ReasonMalformed

@@ -19,6 +19,11 @@ type learnedTable struct {
 	mu     sync.RWMutex
 	max    int
 	byAddr map[netip.Addr][]learnedName
+	// floor is the Server.gen of the last reset: an answer fetched before
+	// it (an older gen) is never learned, however late its lookup ends.
+	// Checked under mu, so no add slips in between a reset's check and its
+	// clearing.
+	floor uint64
 }
 
 type learnedName struct {
@@ -31,13 +36,17 @@ func newLearnedTable(max int) *learnedTable {
 }
 
 // add records that each of addrs was answered for each of names until
-// expires.
-func (t *learnedTable) add(addrs []netip.Addr, names []string, expires, now time.Time) {
+// expires. gen is the Server.gen the answer was fetched in; an answer
+// fetched before the last reset is not learned.
+func (t *learnedTable) add(addrs []netip.Addr, names []string, expires, now time.Time, gen uint64) {
 	if len(addrs) == 0 || len(names) == 0 {
 		return
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if gen < t.floor {
+		return
+	}
 	for _, a := range addrs {
 		a = a.Unmap()
 		cur, ok := t.byAddr[a]
@@ -119,8 +128,11 @@ func (t *learnedTable) len() int {
 	return len(t.byAddr)
 }
 
-func (t *learnedTable) reset() {
+// reset forgets every address; gen is the Server.gen answers must carry
+// from now on to be learned.
+func (t *learnedTable) reset(gen uint64) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.byAddr = make(map[netip.Addr][]learnedName)
+	t.floor = gen
 }

@@ -182,7 +182,7 @@ func (s *Server) fetch(fk flightKey) (*answer, error) {
 	q.RecursionDesired = true
 	q.Question = []dns.Question{{Name: k.name + ".", Qtype: k.qtype, Qclass: dns.ClassINET}}
 	q.SetEdns0(upstreamEDNSSize, false)
-	resp, err := up.exchange(s.baseCtx, q)
+	resp, err := up.exchange(s.reset.lookupContext(), q)
 	if err != nil {
 		return nil, err
 	}
@@ -215,7 +215,7 @@ func (s *Server) learn(a *answer, f *filtered, now time.Time) {
 		until = fl
 	}
 	f.learnedUntil.Store(until.UnixNano())
-	s.learned.add(f.addrs, f.names, until, now)
+	s.learned.add(f.addrs, f.names, until, now, a.gen)
 }
 
 // flightKey is what concurrent lookups share: the same question in the same
@@ -259,6 +259,13 @@ func (f *flight) do(ctx context.Context, k flightKey, fn func(flightKey) (*answe
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
+}
+
+// len is the number of upstream lookups in flight.
+func (f *flight) len() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.calls)
 }
 
 func (f *flight) run(k flightKey, c *flightCall, fn func(flightKey) (*answer, error)) {

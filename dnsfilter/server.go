@@ -38,6 +38,11 @@ type Server struct {
 	limiter *limiter
 	flight  flight
 	gen     atomic.Uint64 // bumped by Reset and when the upstreams change
+
+	// reset is Reset's state (reset.go): the gate every reply passes, the
+	// epoch, the context upstream lookups run in, the client TCP
+	// connections.
+	reset resetState
 	// lastClient is the last client address and its text (clientText).
 	lastClient atomic.Pointer[clientName]
 
@@ -94,6 +99,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.pool.Store(&upstreamPool{addrs: set.upstreams, up: s.newUpstreams(set.upstreams)})
 	s.baseCtx, s.cancel = context.WithCancel(context.Background())
+	s.reset.init(s.baseCtx)
 	return s, nil
 }
 
@@ -228,7 +234,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		s.servers = append(s.servers, s.newDNSServer(&dns.Server{PacketConn: pc, UDPSize: maxQuerySize}, pc))
 	}
 	for _, ln := range s.lns {
-		ln := netutil.LimitListener(ln, s.set.maxTCPConns)
+		ln := s.reset.track(netutil.LimitListener(ln, s.set.maxTCPConns))
 		s.servers = append(s.servers, s.newDNSServer(&dns.Server{Listener: ln}, ln))
 	}
 	errc := make(chan error, len(s.servers))
@@ -332,16 +338,6 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// Reset forgets everything learned from past queries — the answer cache, the
-// learned-address table and the per-client rate buckets — so a pooled sandbox
-// can be handed to the next tenant. Lookups in flight during Reset neither
-// cache nor learn their answers.
-func (s *Server) Reset() {
-	s.cache.reset(s.gen.Add(1))
-	s.learned.reset()
-	s.limiter.reset()
-}
-
 // LearnedNames returns the names, allowed by the policy when they were
 // answered, whose unexpired DNS answers contained addr. IPv4-mapped IPv6
 // addresses are looked up as IPv4.
@@ -374,14 +370,11 @@ func (s *Server) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 		tcp = true
 	}
 	bp := wireBufs.Get().(*[]byte)
-	wire, err := s.respondWire(req, client, tcp, (*bp)[:cap(*bp)])
-	if err != nil {
-		s.log.Debug("packing reply failed", "client", client, "err", err)
-	} else if wire != nil {
+	wire := s.serveCommitted(req, client, tcp, (*bp)[:cap(*bp)], func(wire []byte) {
 		if _, err := w.Write(wire); err != nil {
 			s.log.Debug("writing reply failed", "client", client, "err", err)
 		}
-	}
+	})
 	if wire != nil && cap(wire) <= maxPooledWire {
 		*bp = wire[:0]
 	}

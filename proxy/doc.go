@@ -166,4 +166,25 @@
 // from its return values, idleness read from TCP_INFO by one watchdog, so
 // no wrapper ever hides a *net.TCPConn (docs/design.md, "Performance
 // notes").
+//
+// # Pooled reuse
+//
+// Between two tenants of a sandbox the proxy closes everything of the last
+// one (Reset, reset.go) and proves it (State). What it holds of a tenant:
+//
+//	state                                   where                     cleared by Reset
+//	client connections (CONNECT tunnels,    Proxy.conns               closed (reset), each one's upstream
+//	  transparent, keep-alive HTTP,                                   too; an undecided one is refused
+//	  inspected sessions)                                             (clientConn.decided sees closedBy)
+//	pooled upstream HTTP connections        Proxy.transport           closed (idle ones at once, the rest
+//	                                                                  with their requests)
+//	inspected sessions' upstream pools      inspectSession.transport  closed with their session
+//	per-destination slots                   Proxy.perDest             released by the closed handlers
+//	splice pipes                            Proxy.pipes               returned empty by the relays; idle ones closed
+//	503 answers to connections past         Proxy.refusing            end within a second; waited for
+//	  max_tunnels
+//
+// The inspection CA's minted certificates belong to the inspection
+// configuration in force (SetInspect), not to the proxy; the daemon puts a
+// new one in force with every policy.
 package proxy

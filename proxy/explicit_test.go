@@ -884,7 +884,9 @@ func TestResetClosesAllTunnels(t *testing.T) {
 		echo(t, c, "x\n")
 		tunnels = append(tunnels, c)
 	}
-	h.p.Reset()
+	if err := h.p.Reset(context.Background()); err != nil {
+		t.Fatal(err)
+	}
 	for i, c := range tunnels {
 		if !tunnelClosed(c) {
 			t.Fatalf("tunnel %d open after Reset", i)

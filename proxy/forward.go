@@ -63,7 +63,10 @@ func (p *Proxy) dialForTransport(ctx context.Context, _, addr string) (net.Conn,
 	}
 	prefer, _ := ctx.Value(preferKey{}).(netip.Addr)
 	c, _, _, err := p.dialTarget(ctx, p.cfg.Policy.Current(), t, prefer)
-	return c, err
+	if err != nil {
+		return nil, err
+	}
+	return p.countUpstream(c), nil
 }
 
 // handleHTTP decides and forwards one plain-HTTP request. It reports

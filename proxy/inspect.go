@@ -434,6 +434,7 @@ func (s *inspectSession) dialTLS(ctx context.Context, _, _ string) (net.Conn, er
 	if err != nil {
 		return nil, err
 	}
+	c = p.countUpstream(c)
 	tc := tls.Client(c, &tls.Config{ServerName: s.name, RootCAs: s.cfg.UpstreamRoots, NextProtos: []string{"http/1.1"}, MinVersion: tls.VersionTLS12})
 	hctx, cancel := context.WithTimeout(ctx, p.cfg.HeaderTimeout)
 	defer cancel()

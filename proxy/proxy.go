@@ -146,6 +146,9 @@ type Proxy struct {
 	stopWatch chan struct{}
 	watchDone chan struct{}
 	refusing  chan struct{} // semaphore of refuseAtAccept's goroutines
+	// upstreamHTTP counts the open upstream connections of the HTTP
+	// forwarder and of inspected sessions (reset.go).
+	upstreamHTTP atomic.Int64
 	// origDst finds a transparent connection's original destination
 	// (originalDst; tests inject one).
 	origDst func(net.Conn) (netip.AddrPort, error)
@@ -303,7 +306,7 @@ func (p *Proxy) serve(ln net.Listener, explicit bool) error {
 			return fmt.Errorf("accepting on %s: %w", ln.Addr(), err)
 		}
 		backoff = 0
-		cc, why := p.admit(c)
+		cc, why := p.admit(c, explicit)
 		if cc == nil {
 			p.refuseAtAccept(c, explicit, why)
 			continue
@@ -322,7 +325,7 @@ func (p *Proxy) runHandler(cc *clientConn, handle func(*clientConn)) {
 }
 
 // admit registers a new client connection, or returns nil and why not.
-func (p *Proxy) admit(c net.Conn) (*clientConn, audit.Reason) {
+func (p *Proxy) admit(c net.Conn, explicit bool) (*clientConn, audit.Reason) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closing {
@@ -331,7 +334,7 @@ func (p *Proxy) admit(c net.Conn) (*clientConn, audit.Reason) {
 	if p.cfg.MaxTunnels > 0 && len(p.conns) >= p.cfg.MaxTunnels {
 		return nil, audit.ReasonMaxTunnels
 	}
-	cc := &clientConn{p: p, c: c, client: addrText(c.RemoteAddr()), accepted: time.Now()}
+	cc := &clientConn{p: p, c: c, client: addrText(c.RemoteAddr()), accepted: time.Now(), explicit: explicit, released: make(chan struct{})}
 	p.conns[cc] = struct{}{}
 	p.handlers.Add(1)
 	p.met.open.Inc()
@@ -345,6 +348,7 @@ func (p *Proxy) release(cc *clientConn) {
 		return
 	}
 	delete(p.conns, cc)
+	close(cc.released)
 	p.met.open.Dec()
 	if p.closing && len(p.conns) == 0 && p.drained != nil {
 		close(p.drained)
@@ -449,16 +453,6 @@ func (p *Proxy) Reevaluate() {
 			p.log.Info("closing a connection the reloaded policy denies", "client", cc.client, "target", sanitizeLine(b.target()), "reason", d.text())
 			cc.closeBy("closed on policy reload: " + d.text())
 		}
-	}
-	p.transport.CloseIdleConnections()
-}
-
-// Reset closes every connection and every pooled upstream connection,
-// without stopping the listeners: the state of the last tenant of a pooled
-// sandbox must not survive into the next.
-func (p *Proxy) Reset() {
-	for _, cc := range p.snapshot() {
-		cc.closeBy("closed by reset")
 	}
 	p.transport.CloseIdleConnections()
 }
@@ -586,6 +580,10 @@ type clientConn struct {
 	c        net.Conn
 	client   string
 	accepted time.Time
+	// explicit: accepted on the explicit listener (else the transparent).
+	explicit bool
+	// released is closed when the connection is no longer registered.
+	released chan struct{}
 
 	mu       sync.Mutex
 	state    connState

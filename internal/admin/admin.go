@@ -1,5 +1,7 @@
 // Package admin serves egressd's admin endpoint: health, readiness,
-// Prometheus metrics, policy reload and the resolved policy. It must never be
+// Prometheus metrics, policy reload, the resolved policy, and the reset
+// between two tenants of a pooled sandbox with the state that proves it
+// (docs/design.md, "Admin endpoint"). It must never be
 // reachable from the sandbox: serve it on a unix socket outside anything
 // mounted into the container, or on a loopback port the sandbox firewall
 // protects (docs/design.md, THREATS G3).
@@ -27,6 +29,13 @@ type Handlers struct {
 	// Reload re-reads the policy files; an error means the last good policy
 	// stays in force, and is returned to the caller with status 422.
 	Reload func() error
+	// Reset forgets the tenant (deny-everything policy, caches, learned
+	// addresses, connections) and returns the state after it,
+	// JSON-encodable; an error means something was left, and is answered
+	// 500 with the state.
+	Reset func(ctx context.Context) (any, error)
+	// State returns what egressd holds now, JSON-encodable.
+	State func() any
 	// Policy returns the resolved policy with provenance, JSON-encodable.
 	Policy func() any
 	// Gatherer supplies /metrics; nil serves no metrics.
@@ -62,15 +71,42 @@ func Handler(h Handlers) http.Handler {
 			http.Error(w, "no policy view", http.StatusNotImplemented)
 			return
 		}
-		w.Header().Set("Content-Type", "application/json")
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		_ = enc.Encode(h.Policy())
+		writeJSON(w, http.StatusOK, h.Policy())
+	})
+	mux.HandleFunc("POST /reset", func(w http.ResponseWriter, r *http.Request) {
+		if h.Reset == nil {
+			http.Error(w, "reset not supported", http.StatusNotImplemented)
+			return
+		}
+		st, err := h.Reset(r.Context())
+		if err != nil {
+			writeJSON(w, http.StatusInternalServerError, struct {
+				Error string `json:"error"`
+				State any    `json:"state"`
+			}{"reset incomplete: " + err.Error(), st})
+			return
+		}
+		writeJSON(w, http.StatusOK, st)
+	})
+	mux.HandleFunc("GET /state", func(w http.ResponseWriter, _ *http.Request) {
+		if h.State == nil {
+			http.Error(w, "no state view", http.StatusNotImplemented)
+			return
+		}
+		writeJSON(w, http.StatusOK, h.State())
 	})
 	if h.Gatherer != nil {
 		mux.Handle("GET /metrics", promhttp.HandlerFor(h.Gatherer, promhttp.HandlerOpts{}))
 	}
 	return mux
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
 }
 
 // Listen binds addr: "unix:/path/to.sock" (a stale socket file is replaced,

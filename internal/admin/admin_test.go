@@ -20,9 +20,14 @@ func TestAdminEndpoints(t *testing.T) {
 	c.Inc()
 	ready := false
 	reloadErr := errors.New("policy.toml:3:1: unknown key")
+	resetErr := errors.New("2 connections still open")
 	h := Handler(Handlers{
-		Ready:    func() bool { return ready },
-		Reload:   func() error { return reloadErr },
+		Ready:  func() bool { return ready },
+		Reload: func() error { return reloadErr },
+		Reset: func(context.Context) (any, error) {
+			return map[string]int{"cache_entries": 0}, resetErr
+		},
+		State:    func() any { return map[string]int{"cache_entries": 3} },
 		Policy:   func() any { return map[string]string{"network.mode": "filtered"} },
 		Gatherer: reg,
 	})
@@ -62,6 +67,11 @@ func TestAdminEndpoints(t *testing.T) {
 		{"POST", "/reload", func() { reloadErr = nil }, 200, "reloaded"},
 		{"GET", "/reload", nil, 405, ""},
 		{"GET", "/policy", nil, 200, `"network.mode": "filtered"`},
+		{"POST", "/reset", nil, 500, `"error": "reset incomplete: 2 connections still open"`},
+		{"POST", "/reset", func() { resetErr = nil }, 200, `"cache_entries": 0`},
+		{"GET", "/reset", nil, 405, ""},
+		{"GET", "/state", nil, 200, `"cache_entries": 3`},
+		{"POST", "/state", nil, 405, ""},
 		{"GET", "/metrics", nil, 200, "egressd_test_things_total 1"},
 	} {
 		if tc.before != nil {

@@ -1,14 +1,16 @@
 // Package daemon runs `egressd serve`: it loads the policy, binds every
 // listener, wires the DNS resolver (dnsfilter) to the proxy (proxy) through
 // the learned-address table and the resolver path, serves the admin endpoint,
-// hot-reloads the policy, and shuts everything down in order.
+// hot-reloads the policy, resets between two tenants of a pooled sandbox
+// and reports what it holds (POST /reset, GET /state: reset.go), and shuts
+// everything down in order.
 //
 //	policy files ──► load ──► snapshot ◄── reload (fsnotify, SIGHUP, POST /reload)
 //	                 (profile + matcher + resolver settings, one atomic swap)
 //	                              │
 //	     ┌────────────────────────┼───────────────────────┐
 //	     ▼                        ▼                       ▼
-//	 dnsfilter.Server ──Resolve/LearnedNames──► proxy.Proxy        admin (/metrics …)
+//	 dnsfilter.Server ──Resolve/LearnedNames──► proxy.Proxy        admin (/metrics, /reset, /state …)
 //	 UDP+TCP :53                               explicit :3128
 //	                                           transparent :15001
 package daemon
@@ -142,6 +144,8 @@ type snapshot struct {
 	// inspect is what HTTPS inspection needs (the CA, the upstream trust
 	// store, the secrets); nil when the policy inspects no host.
 	inspect *proxy.Inspect
+	// id is which policy this is, for GET /state (reset.go); put sets it.
+	id policyID
 }
 
 // livePolicy is the snapshot in force, as the enforcement points read it
@@ -179,6 +183,8 @@ type Daemon struct {
 	// time of the last load that did (the first load included).
 	lastReloadOK   prometheus.Gauge
 	lastReloadTime prometheus.Gauge
+	// reset is the state of POST /reset (reset.go).
+	reset resetState
 }
 
 // New loads the policy and binds every listener. Nothing is served until Run.
@@ -213,6 +219,7 @@ func New(cfg Config) (_ *Daemon, err error) {
 	})
 	build.Set(1)
 	d.reg.MustRegister(d.reloadsOK, d.reloadsError, d.lastReloadOK, d.lastReloadTime, build)
+	d.reset.register(d.reg)
 	if cfg.Audit != nil {
 		// One writer for the resolver and the proxy: batched, never making
 		// a decision wait; closed (everything written) after both stop.
@@ -244,7 +251,7 @@ func New(cfg Config) (_ *Daemon, err error) {
 	if err != nil {
 		return nil, err
 	}
-	d.live.p.Store(snap)
+	d.put(snap, sourcePolicy)
 	d.lastReloadOK.Set(1)
 	d.lastReloadTime.SetToCurrentTime()
 
@@ -430,10 +437,21 @@ func (d *Daemon) restoreSources(prof *policy.Profile) {
 // force and the error (with file:line:col) is returned and logged. On
 // success every later decision and DNS answer uses the new policy, its
 // resolver settings included, and open tunnels the new policy denies are
-// closed.
+// closed. It is the explicit reload (POST /reload, SIGHUP): after a Reset
+// only this puts a policy from the files in force again.
 func (d *Daemon) Reload() error {
+	return d.reload(true)
+}
+
+// reload is Reload; explicit is false for the file watcher, whose reloads
+// are skipped while a Reset holds the deny-everything policy.
+func (d *Daemon) reload(explicit bool) error {
 	d.reloadMu.Lock()
 	defer d.reloadMu.Unlock()
+	if !explicit && d.reset.held.Load() {
+		d.log.Info("policy files changed; not reloaded: egressd was reset and waits for POST /reload or SIGHUP")
+		return nil
+	}
 	snap, err := d.load()
 	if err != nil {
 		d.reloadsError.Inc()
@@ -441,7 +459,8 @@ func (d *Daemon) Reload() error {
 		d.log.Error("policy reload refused; the last good policy stays in force", "err", err.Error())
 		return err
 	}
-	d.live.p.Store(snap)
+	d.put(snap, sourcePolicy)
+	d.reset.held.Store(false)
 	d.proxy.SetInspect(snap.inspect)
 	d.proxy.Reevaluate()
 	d.reloadsOK.Inc()
@@ -480,6 +499,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 		h := admin.Handler(admin.Handlers{
 			Ready:    d.ready.Load,
 			Reload:   d.Reload,
+			Reset:    d.resetForAdmin,
+			State:    func() any { return d.State() },
 			Policy:   d.policyView,
 			Gatherer: d.reg,
 		})
@@ -491,7 +512,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 			// Reload by SIGHUP and POST /reload still works; say so loudly.
 			d.log.Error("policy files are not watched; reload with SIGHUP or POST /reload", "err", err.Error())
 		} else {
-			goServe("policy watcher", func() error { return w.Run(ctx, func() { _ = d.Reload() }) })
+			goServe("policy watcher", func() error { return w.Run(ctx, func() { _ = d.reload(false) }) })
 		}
 	}
 	if d.cfg.Reload != nil {

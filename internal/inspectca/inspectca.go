@@ -283,3 +283,11 @@ func (ca *CA) Certificate(name string) (*tls.Certificate, error) {
 	ca.mu.Unlock()
 	return c, nil
 }
+
+// CachedCertificates is the number of minted certificates cached now: one
+// per host name a client was served since the CA was loaded.
+func (ca *CA) CachedCertificates() int {
+	ca.mu.Lock()
+	defer ca.mu.Unlock()
+	return len(ca.cache)
+}
