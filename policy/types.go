@@ -20,6 +20,10 @@ const (
 	SourceFile
 	// SourceFlag is a per-launch flag; Name holds the flag (e.g. "--allow").
 	SourceFlag
+	// SourceRequest is a field of a request to `launcher serve`'s
+	// execution API, layered like a per-launch flag; Name holds the field
+	// (e.g. "network.allow").
+	SourceRequest
 )
 
 // Source says where a value or a rule came from, so every decision can
@@ -30,13 +34,14 @@ type Source struct {
 	File string
 	// Line and Col are 1-based; zero means unknown (SourceFile).
 	Line, Col int
-	// Name is the built-in profile name (SourceBuiltin) or the flag name
-	// including dashes (SourceFlag).
+	// Name is the built-in profile name (SourceBuiltin), the flag name
+	// including dashes (SourceFlag) or the request's field (SourceRequest).
 	Name string
 }
 
 // String renders the source as it appears in decisions and audit lines:
-// "policy.toml:12", "builtin:standard", "flag:--allow".
+// "policy.toml:12", "builtin:standard", "flag:--allow",
+// "request:network.allow".
 func (s Source) String() string {
 	switch s.Kind {
 	case SourceBuiltin:
@@ -48,6 +53,8 @@ func (s Source) String() string {
 		return s.File
 	case SourceFlag:
 		return "flag:" + s.Name
+	case SourceRequest:
+		return "request:" + s.Name
 	}
 	return ""
 }
@@ -78,6 +85,10 @@ func Builtin(name string) Source { return Source{Kind: SourceBuiltin, Name: name
 
 // Flag returns the source of a value given by a per-launch flag.
 func Flag(name string) Source { return Source{Kind: SourceFlag, Name: name} }
+
+// Request returns the source of a value given by field of a request to the
+// execution API (`launcher serve`).
+func Request(field string) Source { return Source{Kind: SourceRequest, Name: field} }
 
 // Reason is the machine-readable cause of a Decision. The values are part of
 // the audit log and CLI output and must not change.
