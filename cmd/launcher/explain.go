@@ -2,6 +2,8 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -167,12 +169,27 @@ type explainFirewall struct {
 	IPv6 string `json:"ipv6"`
 }
 
+func newCleanupFlags() (*flag.FlagSet, *string) {
+	fs := flag.NewFlagSet("cleanup", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	return fs, fs.String("state-dir", sandbox.DefaultStateDir, "`DIR` of the sandboxes' state (launcher serve --state-dir)")
+}
+
 func cmdCleanup(args []string, stdout, stderr io.Writer) int {
-	if len(args) > 0 {
-		fail(stderr, fmt.Errorf("cleanup takes no arguments"))
+	fs, stateDir := newCleanupFlags()
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			printUsage(fs, "usage: launcher cleanup [--state-dir DIR]\n\nRemoves the sandboxes in DIR whose launcher died.\n\nflags:\n", stdout)
+			return 0
+		}
+		fail(stderr, fmt.Errorf("%w (usage: launcher cleanup [--state-dir DIR])", err))
 		return exitLauncher
 	}
-	reaped, err := sandbox.Reap("")
+	if fs.NArg() > 0 {
+		fail(stderr, fmt.Errorf("cleanup takes no arguments (usage: launcher cleanup [--state-dir DIR])"))
+		return exitLauncher
+	}
+	reaped, err := sandbox.Reap(*stateDir)
 	for _, id := range reaped {
 		fmt.Fprintf(stdout, "removed %s\n", id)
 	}

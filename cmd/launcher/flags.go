@@ -125,16 +125,11 @@ func newLaunchFlags(name, usageText string, stderr io.Writer, explain bool) (*fl
 	boolSetting := func(flagName, key, usage string) {
 		fs.Var(&settingFlag{s: &f.settings, key: key, name: "--" + flagName, isBool: true}, flagName, usage)
 	}
-	fs.StringVar(&f.profile, "profile", "", "built-in base `profile`: open, standard, strict, offline (default: the policy's, else standard)")
-	fs.Var(&f.policies, "policy", "policy `FILE` (repeatable, applied in order)")
+	sandboxFlags(fs, f)
 	setting("allow", "network.allow", "allow `PATTERN` (repeatable): host, *.domain, .domain, IP, CIDR, with :PORT")
 	setting("block", "network.block", "block `PATTERN` (repeatable); block wins over every allow")
 	setting("net", "network.mode", "network `MODE`: none, filtered, report (learn an allow list: docs/migrating.md) or host")
 	setting("inspect", "network.inspect", "terminate and inspect the HTTPS of hosts matching `PATTERN` (repeatable; docs/inspection.md)")
-	fs.StringVar(&f.upstreamCA, "inspect-upstream-ca", "", "PEM `FILE` egressd verifies inspected hosts' certificates against (default: the host's trust store)")
-	fs.StringVar(&f.floor, "floor", "", "security floor `PROFILE`: refuse a profile less restrictive (default $EGRESSD_SECURITY_FLOOR)")
-	fs.StringVar(&f.rootfs, "rootfs", "", "image `DIR` to build the container's root on (default: the host view: the host's system directories)")
-	fs.StringVar(&f.runtime, "runtime", "", "OCI runtime: runc, crun, runsc or a `PATH` (default runc)")
 	fs.Var(&settingFlag{s: &f.settings, key: "env.set", name: "--env", transform: func(v string) (string, string) {
 		if strings.Contains(v, "=") {
 			return "env.set", v
@@ -160,10 +155,6 @@ func newLaunchFlags(name, usageText string, stderr io.Writer, explain bool) (*fl
 	setting("volume", "filesystem.volumes", "mount host directory `HOST:PATH[:rw|ro]` (PATH absolute or ~/...; repeatable)")
 	setting("protect", "filesystem.protect", "keep `PATH` (relative to the workspace and writable volumes; NAME/ for a directory) read-only (repeatable)")
 	setting("unprotect", "filesystem.unprotect", "remove `PATH` from the protected paths, where the floor allows (repeatable)")
-	fs.Var(upstreamFlag{&f.upstream}, "upstream-dns", "upstream resolvers `IP[:PORT][,...]` (default: network.upstream_dns, else /etc/resolv.conf)")
-	fs.StringVar(&f.subnet, "subnet", sandbox.DefaultSubnet.String(), "IPv4 `CIDR` the uplink's /30 is taken from")
-	fs.StringVar(&f.auditLog, "audit-log", "", "append egressd's audit records (JSON lines) to `FILE`")
-	fs.StringVar(&f.egressd, "egressd", "", "egressd binary `PATH` (default: next to the launcher, else $PATH)")
 	fs.Var(&f.tty, "t", "give the command a terminal (default: when stdin and stdout are terminals; -t=false or --no-tty for pipes)")
 	fs.Var(&f.tty, "tty", "the same as -t")
 	fs.Var(noTTYFlag{&f.tty}, "no-tty", "give the command pipes, never a terminal")
@@ -173,6 +164,23 @@ func newLaunchFlags(name, usageText string, stderr io.Writer, explain bool) (*fl
 		fs.BoolVar(&f.json, "json", false, "print one JSON object")
 	}
 	return fs, f
+}
+
+// sandboxFlags adds the flags that say how sandboxes are made, which
+// launch commands and serve share: the policy, the floor, the root file
+// system, the runtime, egressd and its upstream resolvers, the uplink's
+// subnet and the audit log.
+func sandboxFlags(fs *flag.FlagSet, f *launchFlags) {
+	fs.StringVar(&f.profile, "profile", "", "built-in base `profile`: open, standard, strict, offline (default: the policy's, else standard)")
+	fs.Var(&f.policies, "policy", "policy `FILE` (repeatable, applied in order)")
+	fs.StringVar(&f.upstreamCA, "inspect-upstream-ca", "", "PEM `FILE` egressd verifies inspected hosts' certificates against (default: the host's trust store)")
+	fs.StringVar(&f.floor, "floor", "", "security floor `PROFILE`: refuse a profile less restrictive (default $EGRESSD_SECURITY_FLOOR)")
+	fs.StringVar(&f.rootfs, "rootfs", "", "image `DIR` to build the container's root on (default: the host view: the host's system directories)")
+	fs.StringVar(&f.runtime, "runtime", "", "OCI runtime: runc, crun, runsc or a `PATH` (default runc)")
+	fs.Var(upstreamFlag{&f.upstream}, "upstream-dns", "upstream resolvers `IP[:PORT][,...]` (default: network.upstream_dns, else /etc/resolv.conf)")
+	fs.StringVar(&f.subnet, "subnet", sandbox.DefaultSubnet.String(), "IPv4 `CIDR` the uplink's /30 is taken from")
+	fs.StringVar(&f.auditLog, "audit-log", "", "append egressd's audit records (JSON lines) to `FILE`")
+	fs.StringVar(&f.egressd, "egressd", "", "egressd binary `PATH` (default: next to the launcher, else $PATH)")
 }
 
 // printUsage writes the flag set's usage to w.
@@ -222,15 +230,25 @@ func parseLaunch(fs *flag.FlagSet, args []string) ([]string, error) {
 
 // resolve resolves the profile the flags describe.
 func (f *launchFlags) resolve() (*policy.Profile, []policy.Warning, error) {
+	return policy.Resolve(policy.ResolveOptions{Profile: f.profile, Files: f.policies, Overrides: f.overrides(), Floor: f.floorName()})
+}
+
+// overrides are the policy settings the flags make, in command-line order
+// (--upstream-dns last), each with its flag as the source.
+func (f *launchFlags) overrides() []policy.Setting {
 	overrides := append(settings(nil), f.settings...)
 	if len(f.upstream) > 0 {
 		overrides = append(overrides, policy.Setting{Key: "network.upstream_dns", Values: f.upstream, Source: policy.Flag("--upstream-dns")})
 	}
-	floor := f.floor
-	if floor == "" {
-		floor = os.Getenv("EGRESSD_SECURITY_FLOOR")
+	return overrides
+}
+
+// floorName is --floor, else $EGRESSD_SECURITY_FLOOR.
+func (f *launchFlags) floorName() string {
+	if f.floor != "" {
+		return f.floor
 	}
-	return policy.Resolve(policy.ResolveOptions{Profile: f.profile, Files: f.policies, Overrides: overrides, Floor: floor})
+	return os.Getenv("EGRESSD_SECURITY_FLOOR")
 }
 
 // config builds the sandbox's config from the flags and the profile.

@@ -5,6 +5,7 @@
 //
 //	launcher run [flags] -- CMD [ARGS...]
 //	launcher explain [flags] [--json] -- CMD [ARGS...]
+//	launcher serve [flags]
 //	launcher cleanup
 //	launcher completion bash|zsh|fish
 //	launcher --version
@@ -32,6 +33,7 @@ const (
 
 const usage = `usage: launcher run [flags] -- CMD [ARGS...]
        launcher explain [flags] [--json] -- CMD [ARGS...]
+       launcher serve [flags]
        launcher cleanup
        launcher completion bash|zsh|fish
        launcher --version
@@ -48,6 +50,10 @@ run         runs CMD in a sandbox: a network namespace with egressd and the
 explain     prints, without running anything, the resolved profile with the
             source of every value, the user, the host view, the protected
             paths, the firewall rules, the init and the OCI spec.
+serve       serves the execution API (HTTP JSON on a unix socket, or TCP
+            with a bearer token): each request runs a command in a fresh
+            sandbox, its settings layered over the server's policy files
+            like these flags, never below --floor (docs/serve.md).
 cleanup     removes sandboxes whose launcher died without removing them.
 completion  prints a shell completion script (source <(launcher completion bash)).
 
@@ -83,6 +89,8 @@ func launcher(ctx context.Context, args []string, stdin io.Reader, stdout, stder
 		return cmdRun(ctx, args[1:], stdin, stdout, stderr)
 	case "explain":
 		return cmdExplain(args[1:], stdout, stderr)
+	case "serve":
+		return cmdServe(ctx, args[1:], stdout, stderr)
 	case "cleanup":
 		return cmdCleanup(args[1:], stdout, stderr)
 	case "completion":
@@ -94,7 +102,7 @@ func launcher(ctx context.Context, args []string, stdin io.Reader, stdout, stder
 		fmt.Fprint(stdout, usage)
 		return 0
 	}
-	fail(stderr, fmt.Errorf("unknown command %q (want run, explain, cleanup, completion or --version)", args[0]))
+	fail(stderr, fmt.Errorf("unknown command %q (want run, explain, serve, cleanup, completion or --version)", args[0]))
 	return exitLauncher
 }
 
@@ -129,12 +137,14 @@ func completionSpec() completion.Spec {
 	}
 	runFlags, _ := newLaunchFlags("run", runUsage, io.Discard, false)
 	explainFlags, _ := newLaunchFlags("explain", explainUsage, io.Discard, true)
+	serveFlags, _ := newServeFlags()
 	return completion.Spec{
 		Program: "launcher",
 		Flags:   []completion.Flag{{Name: "version", Usage: "print the version and commit"}, {Name: "help", Usage: "list the commands"}},
 		Commands: []completion.Command{
 			{Name: "run", Summary: "run a command in a sandbox", Flags: completion.FromFlagSet(runFlags, words), Args: completion.Args{Files: true}},
 			{Name: "explain", Summary: "print what run would set up", Flags: completion.FromFlagSet(explainFlags, words), Args: completion.Args{Files: true}},
+			{Name: "serve", Summary: "serve the execution API", Flags: completion.FromFlagSet(serveFlags, words)},
 			{Name: "cleanup", Summary: "remove sandboxes of dead launchers"},
 			{Name: "completion", Summary: "print a shell completion script", Args: completion.Args{Words: completion.Shells}},
 			{Name: "version", Summary: "print the version and commit"},
