@@ -456,7 +456,14 @@ func testServeKilledServerReaped(t *testing.T) {
 	if err := os.Chmod(stateDir, 0o711); err != nil { // egressd, its own user, passes through
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { os.RemoveAll(stateDir) })
+	// Not RemoveAll: a sandbox left in it would still have mounts there.
+	// What stays is the uplinks' subnet lock.
+	t.Cleanup(func() {
+		_ = os.Remove(filepath.Join(stateDir, "subnet.lock"))
+		if err := os.Remove(stateDir); err != nil {
+			t.Errorf("the state directory is not empty at the end: %v", err)
+		}
+	})
 	s := startServer(t, lw, "--state-dir", stateDir)
 
 	// An execution that runs until the server dies.
@@ -493,6 +500,13 @@ func testServeKilledServerReaped(t *testing.T) {
 		t.Fatalf("the execution's sandbox never came up\n%s", s.stderr.String())
 	}
 	nsPath := filepath.Join(sandbox.NetnsDir, id)
+	// Should the restart not reap it, the sandbox is removed from inside
+	// the world (whose namespace its record names), before the world goes.
+	t.Cleanup(func() {
+		if _, err := os.Stat(nsPath); err == nil {
+			lw.w.Run(t, launcherBinary(t), "cleanup", "--state-dir", stateDir)
+		}
+	})
 
 	// kill -9: no chance to tear anything down.
 	if err := s.cmd.Process.Signal(syscall.SIGKILL); err != nil {
