@@ -138,6 +138,7 @@ func completionSpec() completion.Spec {
 	runFlags, _ := newLaunchFlags("run", runUsage, io.Discard, false)
 	explainFlags, _ := newLaunchFlags("explain", explainUsage, io.Discard, true)
 	serveFlags, _ := newServeFlags()
+	cleanupFlags, _ := newCleanupFlags()
 	return completion.Spec{
 		Program: "launcher",
 		Flags:   []completion.Flag{{Name: "version", Usage: "print the version and commit"}, {Name: "help", Usage: "list the commands"}},
@@ -145,7 +146,7 @@ func completionSpec() completion.Spec {
 			{Name: "run", Summary: "run a command in a sandbox", Flags: completion.FromFlagSet(runFlags, words), Args: completion.Args{Files: true}},
 			{Name: "explain", Summary: "print what run would set up", Flags: completion.FromFlagSet(explainFlags, words), Args: completion.Args{Files: true}},
 			{Name: "serve", Summary: "serve the execution API", Flags: completion.FromFlagSet(serveFlags, words)},
-			{Name: "cleanup", Summary: "remove sandboxes of dead launchers"},
+			{Name: "cleanup", Summary: "remove sandboxes of dead launchers", Flags: completion.FromFlagSet(cleanupFlags, words)},
 			{Name: "completion", Summary: "print a shell completion script", Args: completion.Args{Words: completion.Shells}},
 			{Name: "version", Summary: "print the version and commit"},
 		},
