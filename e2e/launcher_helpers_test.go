@@ -318,17 +318,9 @@ func launcherLeftovers(t *testing.T) []string {
 			left = append(left, "state "+e.Name())
 		}
 	}
-	out, err := exec.Command("runc", "list", "--format", "json").Output()
-	if err != nil {
-		t.Errorf("runc list: %v", err)
-	}
-	var cs []struct {
-		ID string `json:"id"`
-	}
-	_ = json.Unmarshal(bytes.TrimSpace(out), &cs)
-	for _, c := range cs {
-		if strings.HasPrefix(c.ID, sandbox.IDPrefix) {
-			left = append(left, "container "+c.ID)
+	for _, id := range runcContainers(t) {
+		if strings.HasPrefix(id, sandbox.IDPrefix) {
+			left = append(left, "container "+id)
 		}
 	}
 	links, _ := exec.Command("ip", "-o", "link", "show").Output()
@@ -338,6 +330,24 @@ func launcherLeftovers(t *testing.T) []string {
 		}
 	}
 	return left
+}
+
+// runcContainers lists the ids of runc's containers (its default root).
+func runcContainers(t *testing.T) []string {
+	t.Helper()
+	out, err := exec.Command("runc", "list", "--format", "json").Output()
+	if err != nil {
+		t.Errorf("runc list: %v", err)
+	}
+	var cs []struct {
+		ID string `json:"id"`
+	}
+	_ = json.Unmarshal(bytes.TrimSpace(out), &cs)
+	ids := make([]string, len(cs))
+	for i, c := range cs {
+		ids[i] = c.ID
+	}
+	return ids
 }
 
 // worldHTTPTo counts the world's HTTP log entries answered on addr.

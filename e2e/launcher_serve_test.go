@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -348,21 +349,12 @@ func testServeDeniedName(t *testing.T) {
 			t.Errorf("denial event %+v", ev.Denial)
 		}
 	}
-	if len(types) == 0 || types[len(types)-1] != "exit" || !contains(types, "denial") || !contains(types, "stdout") {
+	if len(types) == 0 || types[len(types)-1] != "exit" || !slices.Contains(types, "denial") || !slices.Contains(types, "stdout") {
 		t.Errorf("stream events %v: want stdout and denial events, exit last", types)
 	}
 	if n := lw.w.HTTPRequests("blocked.test"); n != 0 {
 		t.Errorf("the fake server for blocked.test saw %d requests", n)
 	}
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // curlPlain is curl bounded, for plain HTTP through the transparent proxy.
@@ -517,7 +509,7 @@ func testServeKilledServerReaped(t *testing.T) {
 	if _, err := os.Stat(nsPath); err != nil {
 		t.Fatalf("the killed server's sandbox namespace is already gone (%v): nothing to reap", err)
 	}
-	if !runcHas(t, id) {
+	if !slices.Contains(runcContainers(t), id) {
 		t.Fatalf("the killed server's container %s is not in runc list: nothing to reap", id)
 	}
 
@@ -534,7 +526,7 @@ func testServeKilledServerReaped(t *testing.T) {
 			t.Errorf("%s still exists after the restart's reap", p)
 		}
 	}
-	if runcHas(t, id) {
+	if slices.Contains(runcContainers(t), id) {
 		t.Errorf("container %s still in runc list after the restart's reap", id)
 	}
 	chain := "EGS-" + strings.ToUpper(strings.TrimPrefix(id, sandbox.IDPrefix))
@@ -546,25 +538,6 @@ func testServeKilledServerReaped(t *testing.T) {
 		t.Errorf("after the restart: %+v", res)
 	}
 	// The world's cleanup checks its rules and links are as before.
-}
-
-// runcHas reports whether runc lists a container id.
-func runcHas(t *testing.T, id string) bool {
-	t.Helper()
-	out, err := exec.Command("runc", "list", "--format", "json").Output()
-	if err != nil {
-		t.Fatalf("runc list: %v", err)
-	}
-	var cs []struct {
-		ID string `json:"id"`
-	}
-	_ = json.Unmarshal(bytes.TrimSpace(out), &cs)
-	for _, c := range cs {
-		if c.ID == id {
-			return true
-		}
-	}
-	return false
 }
 
 func testServeSIGTERMDrains(t *testing.T) {
