@@ -43,6 +43,7 @@ func TestServe(t *testing.T) {
 			{"SecretIsMaskedInStdoutStderrAndDenials", testServeSecretMasked},
 			{"KilledServerLeavesNothingAfterTheRestartsReap", testServeKilledServerReaped},
 			{"SIGTERMLetsTheRunningExecutionFinish", testServeSIGTERMDrains},
+			{"SIGTERMKillsWhatOutlastsTheShutdownTimeout", testServeSIGTERMKills},
 		} {
 			t.Run(tc.name, func(t *testing.T) {
 				t.Parallel()
@@ -573,4 +574,41 @@ func testServeSIGTERMDrains(t *testing.T) {
 	if _, err := os.Stat(s.sock); err == nil {
 		t.Errorf("the socket %s is left after a clean shutdown", s.sock)
 	}
+}
+
+func testServeSIGTERMKills(t *testing.T) {
+	lw := newLauncherWorld(t)
+	s := startServer(t, lw, "--shutdown-timeout", "1s")
+	type answer struct {
+		status int
+		body   string
+		took   time.Duration
+	}
+	done := make(chan answer, 1)
+	go func() {
+		start := time.Now()
+		status, body := s.post("/v1/execute", sh("echo begin; sleep 120; echo end"))
+		done <- answer{status, string(body), time.Since(start)}
+	}()
+	if !eventually(60*time.Second, func() bool { return strings.Contains(s.get("/metrics"), "egressd_serve_in_flight 1") }) {
+		t.Fatal("the execution never started")
+	}
+	time.Sleep(500 * time.Millisecond) // the command runs
+	if err := s.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	a := <-done
+	if a.status != http.StatusServiceUnavailable || !strings.Contains(a.body, "shutting down") || a.took > 60*time.Second {
+		t.Errorf("the execution outlasting the shutdown: status %d after %s: %s; want 503 saying the server is shutting down", a.status, a.took, a.body)
+	}
+	select {
+	case <-s.exited:
+	case <-time.After(60 * time.Second):
+		t.Fatal("the server did not exit after killing its execution")
+	}
+	if code := s.cmd.ProcessState.ExitCode(); code != 0 {
+		t.Errorf("launcher serve exited %d, want 0\n%s", code, s.stderr.String())
+	}
+	// TestServe and the world's cleanup check that the killed execution's
+	// sandbox left nothing.
 }

@@ -281,6 +281,9 @@ func reloadPolicy(ps *policySet, sb *launchFlags) error {
 	return nil
 }
 
+// killGrace bounds the teardown of the executions a shutdown killed.
+const killGrace = time.Minute
+
 // shutdown stops accepting, lets running executions finish until timeout
 // (or a second signal), then kills them and waits for their teardown.
 func shutdown(hs *http.Server, api *execapi.Server, timeout time.Duration, sigc <-chan os.Signal, log *slog.Logger) error {
@@ -295,15 +298,19 @@ func shutdown(hs *http.Server, api *execapi.Server, timeout time.Duration, sigc 
 		}
 	}()
 	if err := hs.Shutdown(ctx); err == nil {
-		api.Wait()
 		return nil
 	}
 	log.Warn("killing the executions still running")
 	api.Kill()
-	// Their teardown (container, namespace, egressd) is bounded by the
-	// sandbox's own timeouts; the handlers answer 503 and end.
-	api.Wait()
-	return hs.Close()
+	// Killed, each is torn down (container, namespace, egressd) and its
+	// client told 503.
+	kctx, kcancel := context.WithTimeout(context.Background(), killGrace)
+	defer kcancel()
+	if err := api.Wait(kctx); err != nil {
+		log.Error("giving up on the teardown of killed executions: launcher cleanup removes what they leave", "error", err.Error())
+	}
+	_ = hs.Close() // the listener is closed already; this ends the connections
+	return nil
 }
 
 // checkStateDir makes the state directory if it is missing, and refuses

@@ -14,7 +14,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -97,7 +96,8 @@ type Server struct {
 	// killCtx ends every running execution (Kill).
 	killCtx context.Context
 	kill    context.CancelCauseFunc
-	running sync.WaitGroup
+	// active counts the execution requests being handled.
+	active atomic.Int64
 }
 
 // New returns a server with opts.
@@ -174,9 +174,20 @@ func (s *Server) Drain() { s.draining.Store(true) }
 // sandbox torn down; its client gets ErrShuttingDown.
 func (s *Server) Kill() { s.kill(ErrShuttingDown) }
 
-// Wait returns when no execution runs any more (after Drain, none
-// starts).
-func (s *Server) Wait() { s.running.Wait() }
+// Wait returns when no execution request is being handled any more (after
+// Drain, none starts), or with ctx's error when ctx ends first.
+func (s *Server) Wait(ctx context.Context) error {
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for s.active.Load() > 0 {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%d executions still running: %w", s.active.Load(), ctx.Err())
+		case <-t.C:
+		}
+	}
+	return nil
+}
 
 func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
 	if s.draining.Load() {
@@ -365,8 +376,8 @@ func (s *Server) execute(w http.ResponseWriter, r *http.Request, stream bool) {
 		writeError(w, &requestError{status: http.StatusServiceUnavailable, msg: "the server is shutting down: send the request to another"})
 		return
 	}
-	s.running.Add(1)
-	defer s.running.Done()
+	s.active.Add(1)
+	defer s.active.Add(-1)
 	pr, err := s.prepare(r)
 	if err != nil {
 		s.metrics.result(resultInvalid)

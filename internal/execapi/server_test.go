@@ -545,7 +545,11 @@ func TestShutdownDrainsThenKills(t *testing.T) {
 	if r.status != http.StatusServiceUnavailable || !strings.Contains(errorOf(t, r), "shutting down") {
 		t.Errorf("killed execution: %d %s, want 503 saying the server is shutting down", r.status, r.body)
 	}
-	s.Wait()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := s.Wait(ctx); err != nil {
+		t.Error(err)
+	}
 }
 
 func TestUTF8Tail(t *testing.T) {
