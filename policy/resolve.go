@@ -67,11 +67,18 @@ func Resolve(opts ResolveOptions) (*Profile, []Warning, error) {
 	if len(errs) > 0 {
 		return nil, nil, errs
 	}
-	return resolveLayers(opts.Profile, layers, flags, opts.Floor)
+	return resolveLayers(opts.Profile, Flag("--profile"), layers, flags, opts.Floor)
 }
 
 // ResolveFiles is Resolve for files already parsed with ParseFile.
 func ResolveFiles(profile string, files []*File, overrides []Setting, floor string) (*Profile, []Warning, error) {
+	return ResolveFilesFrom(profile, Flag("--profile"), files, overrides, floor)
+}
+
+// ResolveFilesFrom is ResolveFiles with the base profile given by
+// profileSrc (a request's field, Request("profile")) rather than the
+// --profile flag: the source its errors and provenance name.
+func ResolveFilesFrom(profile string, profileSrc Source, files []*File, overrides []Setting, floor string) (*Profile, []Warning, error) {
 	flags, errs := overridesLayer(overrides)
 	if len(errs) > 0 {
 		return nil, nil, errs
@@ -80,7 +87,7 @@ func ResolveFiles(profile string, files []*File, overrides []Setting, floor stri
 	for i, f := range files {
 		layers[i] = f.layer
 	}
-	return resolveLayers(profile, layers, flags, floor)
+	return resolveLayers(profile, profileSrc, layers, flags, floor)
 }
 
 // readPolicyFile reads a file, refusing one larger than MaxFileSize without
@@ -116,7 +123,7 @@ type resolver struct {
 	order map[string]int
 }
 
-func resolveLayers(profile string, layers []*layer, flags *layer, floor string) (*Profile, []Warning, error) {
+func resolveLayers(profile string, profileSrc Source, layers []*layer, flags *layer, floor string) (*Profile, []Warning, error) {
 	var errs ErrorList
 	base, baseSrc := "", Source{}
 	if profile != "" {
@@ -126,9 +133,9 @@ func resolveLayers(profile string, layers []*layer, flags *layer, floor string) 
 			if hint == "" {
 				hint = "built-in profiles are " + quotedList(allProfileNames())
 			}
-			return nil, nil, ErrorList{{Pos: Flag("--profile"), Msg: fmt.Sprintf("unknown profile %q", profile), Hint: hint}}
+			return nil, nil, ErrorList{{Pos: profileSrc, Msg: fmt.Sprintf("unknown profile %q", profile), Hint: hint}}
 		}
-		base, baseSrc = canon, Flag("--profile")
+		base, baseSrc = canon, profileSrc
 	}
 	for _, l := range layers {
 		switch {

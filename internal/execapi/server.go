@@ -288,9 +288,9 @@ func (s *Server) prepare(r *http.Request) (*prepared, error) {
 // resolve layers the request over the server's policy: built-in profile,
 // the server's files, the server's flags, then the request's fields.
 func (s *Server) resolve(req *Request) (*policy.Profile, []policy.Warning, error) {
-	profile := req.Profile
+	profile, profileSrc := req.Profile, policy.Request("profile")
 	if profile == "" {
-		profile = s.opts.Profile
+		profile, profileSrc = s.opts.Profile, policy.Flag("--profile")
 	}
 	files := s.opts.Files()
 	reqSettings := req.settings()
@@ -299,7 +299,7 @@ func (s *Server) resolve(req *Request) (*policy.Profile, []policy.Warning, error
 		out = append(out, extra...)
 		return append(out, reqSettings...)
 	}
-	p, warnings, err := policy.ResolveFiles(profile, files, layer(), s.opts.Floor)
+	p, warnings, err := policy.ResolveFilesFrom(profile, profileSrc, files, layer(), s.opts.Floor)
 	if err != nil {
 		return nil, nil, resolveError(err)
 	}
@@ -312,7 +312,7 @@ func (s *Server) resolve(req *Request) (*policy.Profile, []policy.Warning, error
 			return nil, nil, badRequest("timeout %s (request:timeout) is over the server's limit, --max-timeout %s: ask for %s or less", asked, limit, limit)
 		}
 		capped := policy.Setting{Key: "process.timeout", Values: []string{limit.String()}, Source: policy.Flag("--max-timeout")}
-		if p, warnings, err = policy.ResolveFiles(profile, files, layer(capped), s.opts.Floor); err != nil {
+		if p, warnings, err = policy.ResolveFilesFrom(profile, profileSrc, files, layer(capped), s.opts.Floor); err != nil {
 			return nil, nil, resolveError(err)
 		}
 	}

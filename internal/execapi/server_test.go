@@ -171,7 +171,7 @@ func TestMalformedRequestsAreRefusedWithTheirCause(t *testing.T) {
 		{"too large", `{"cmd": "true", "stdin": "` + strings.Repeat("x", 300) + `"}`, 413, "larger than the server's limit of 200 bytes"},
 		{"bad pattern", `{"cmd": "true", "network": {"allow": ["*github.com"]}}`, 400, "request:network.allow"},
 		{"bad memory", `{"cmd": "true", "limits": {"memory": "lots"}}`, 400, "request:limits.memory"},
-		{"unknown profile", `{"cmd": "true", "profile": "lenient"}`, 400, "lenient"},
+		{"unknown profile", `{"cmd": "true", "profile": "lenient"}`, 400, `request:profile: unknown profile "lenient"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := post(t, hs, "/v1/execute", tc.body)
@@ -238,6 +238,11 @@ block = ["evil.test"]
 		}
 	}
 	p := job.Config.Profile
+	// The profile a request names must be the one the files build on.
+	r = post(t, hs, "/v1/execute", `{"cmd": "true", "profile": "standard"}`)
+	if r.status != http.StatusBadRequest || !strings.Contains(errorOf(t, r), "named at request:profile") {
+		t.Errorf("a request's profile other than the files': %d %s, want 400 naming request:profile", r.status, r.body)
+	}
 	if p.Name != "strict" {
 		t.Errorf("profile %q, want the file's strict", p.Name)
 	}
