@@ -570,3 +570,50 @@ func TestUTF8Tail(t *testing.T) {
 		}
 	}
 }
+
+// blockingWriter is a client that reads nothing until released.
+type blockingWriter struct {
+	header  http.Header
+	release chan struct{}
+	mu      sync.Mutex
+	lines   int
+}
+
+func (b *blockingWriter) Header() http.Header { return b.header }
+func (b *blockingWriter) WriteHeader(int)     {}
+func (b *blockingWriter) Write(p []byte) (int, error) {
+	<-b.release
+	b.mu.Lock()
+	b.lines += strings.Count(string(p), "\n")
+	b.mu.Unlock()
+	return len(p), nil
+}
+
+// TestSlowStreamClientNeverHoldsUpTheAuditReader: denials reach the stream
+// from the goroutine that reads egressd's audit records; a client that
+// reads nothing must not stall it (egressd would block on its audit
+// writes): past a bound the live events are dropped (the exit event lists
+// every denial), and every queued one is sent once the client reads.
+func TestSlowStreamClientNeverHoldsUpTheAuditReader(t *testing.T) {
+	w := &blockingWriter{header: http.Header{}, release: make(chan struct{})}
+	st := &streamer{w: w, rc: http.NewResponseController(w), enc: json.NewEncoder(w)}
+	live := newLiveDenials(st, &prepared{mask: secretMasker(nil)})
+	added := make(chan struct{})
+	go func() {
+		for i := range 10 * maxLiveDenials {
+			live.add(sandbox.Denial{Kind: "dns", Target: fmt.Sprintf("n%d.test", i), Reason: "no-allow-rule"})
+		}
+		close(added)
+	}()
+	select {
+	case <-added:
+	case <-time.After(10 * time.Second):
+		t.Fatal("adding denials blocked on a client that reads nothing")
+	}
+	close(w.release)
+	live.close()
+	live.add(sandbox.Denial{Target: "after-close.test"}) // a late record: ignored, no panic
+	if w.lines < 1 || w.lines > maxLiveDenials+1 {
+		t.Errorf("%d denial events sent, want between 1 and %d", w.lines, maxLiveDenials+1)
+	}
+}

@@ -125,13 +125,12 @@ func (s *Server) runStream(ctx context.Context, w http.ResponseWriter, pr *prepa
 	stdout := &streamOut{st: st, typ: EventStdout, max: s.opts.MaxOutputBytes}
 	stderr := &streamOut{st: st, typ: EventStderr, max: s.opts.MaxOutputBytes}
 	job, closeStreams := pr.job(stdout, stderr)
-	job.OnDenial = func(d sandbox.Denial) {
-		dd := pr.denied(d)
-		st.send(Event{Type: EventDenial, Denial: &dd})
-	}
+	live := newLiveDenials(st, pr)
+	job.OnDenial = live.add
 	start := time.Now()
 	out, err := s.opts.Executor.Execute(ctx, job)
 	took := time.Since(start)
+	live.close()
 	closeStreams()
 	stdout.close()
 	stderr.close()
@@ -151,4 +150,58 @@ func (s *Server) runStream(ctx context.Context, w http.ResponseWriter, pr *prepa
 	sum.Truncated = stdout.truncated || stderr.truncated
 	s.finished(sum, took, wait)
 	st.send(exitEvent{Type: EventExit, Summary: sum})
+}
+
+// maxLiveDenials is how many denial events may wait for a slow client;
+// past it they are dropped from the stream (the exit event lists them
+// all).
+const maxLiveDenials = 256
+
+// liveDenials passes denials to the stream from the goroutine that reads
+// egressd's audit records, which must never wait for the client: the
+// events queue here and a goroutine of their own sends them.
+type liveDenials struct {
+	pr   *prepared
+	mu   sync.Mutex
+	ch   chan Denied
+	done chan struct{}
+}
+
+func newLiveDenials(st *streamer, pr *prepared) *liveDenials {
+	l := &liveDenials{pr: pr, ch: make(chan Denied, maxLiveDenials), done: make(chan struct{})}
+	go l.sendDenials(st, l.ch)
+	return l
+}
+
+func (l *liveDenials) sendDenials(st *streamer, ch <-chan Denied) {
+	defer close(l.done)
+	for d := range ch {
+		st.send(Event{Type: EventDenial, Denial: &d})
+	}
+}
+
+// add queues d, or drops it when the client is that far behind; after
+// close it does nothing.
+func (l *liveDenials) add(d sandbox.Denial) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.ch == nil {
+		return
+	}
+	select {
+	case l.ch <- l.pr.denied(d):
+	default:
+	}
+}
+
+// close ends the queue once every queued event was sent.
+func (l *liveDenials) close() {
+	l.mu.Lock()
+	ch := l.ch
+	l.ch = nil
+	l.mu.Unlock()
+	if ch != nil {
+		close(ch)
+	}
+	<-l.done
 }
