@@ -341,17 +341,27 @@ func testServeDeniedName(t *testing.T) {
 	if n := lw.w.DNSQueries("blocked.test"); n != 0 {
 		t.Errorf("the world's resolver saw %d queries for blocked.test", n)
 	}
-	// The stream reports the denial as an event of its own, before exit.
-	events := s.stream(map[string]any{"cmd": "sh", "args": []string{"-c", curlPlain + " http://blocked.test/stream; echo done"}})
+	// The stream reports the denial as an event of its own when it
+	// happens: before what the command prints a second later.
+	events := s.stream(map[string]any{"cmd": "sh", "args": []string{"-c", curlPlain + " http://blocked.test/stream; sleep 1; echo done"}})
 	var types []string
-	for _, ev := range events {
+	denialAt, doneAt := -1, -1
+	for i, ev := range events {
 		types = append(types, ev.Type)
+		if ev.Type == "denial" && denialAt < 0 {
+			denialAt = i
+		}
+		if ev.Type == "stdout" && strings.Contains(ev.Data, "done") {
+			doneAt = i
+		}
 		if ev.Type == "denial" && (ev.Denial == nil || ev.Denial.Target != "blocked.test" || ev.Denial.Reason != "no-allow-rule") {
 			t.Errorf("denial event %+v", ev.Denial)
 		}
 	}
-	if len(types) == 0 || types[len(types)-1] != "exit" || !slices.Contains(types, "denial") || !slices.Contains(types, "stdout") {
+	if len(types) == 0 || types[len(types)-1] != "exit" || denialAt < 0 || doneAt < 0 {
 		t.Errorf("stream events %v: want stdout and denial events, exit last", types)
+	} else if denialAt > doneAt {
+		t.Errorf("stream events %v: the denial came after the command's later output, not when it happened", types)
 	}
 	if n := lw.w.HTTPRequests("blocked.test"); n != 0 {
 		t.Errorf("the fake server for blocked.test saw %d requests", n)

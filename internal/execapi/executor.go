@@ -33,7 +33,9 @@ type Job struct {
 	// Stdout and Stderr receive its output as it comes, secrets already
 	// masked by the executor (sandbox.Run masks them).
 	Stdout, Stderr io.Writer
-	// OnDenial, when set, is told of each distinct denial (once each).
+	// OnDenial, when set, is told of each distinct denial (once each) as
+	// it happens, from a goroutine that must not wait (sandbox.Config's
+	// OnDenial).
 	OnDenial func(sandbox.Denial)
 }
 
@@ -72,6 +74,8 @@ func (c *Cold) Execute(ctx context.Context, job Job) (Outcome, error) {
 	c.busy.Add(1)
 	defer c.busy.Add(-1)
 	cfg := job.Config
+	// Each distinct denial as egressd records it, while the command runs.
+	cfg.OnDenial = job.OnDenial
 	s, err := sandbox.Create(ctx, cfg)
 	if err != nil {
 		return Outcome{}, fmt.Errorf("setting up the sandbox: %w", err)
@@ -81,11 +85,6 @@ func (c *Cold) Execute(ctx context.Context, job Job) (Outcome, error) {
 	closeErr := s.Close()
 	out.Result = res
 	out.Denials = s.Denials()
-	if job.OnDenial != nil {
-		for _, d := range out.Denials {
-			job.OnDenial(d)
-		}
-	}
 	if closeErr != nil {
 		out.Warnings = append(out.Warnings, fmt.Sprintf("tearing down sandbox %s: %s", s.ID(), closeErr))
 	}

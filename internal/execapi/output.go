@@ -2,11 +2,10 @@ package execapi
 
 import (
 	"bytes"
-	"strings"
 	"sync"
 	"unicode/utf8"
 
-	"github.com/egressd/egressd/internal/mask"
+	"github.com/egressd/egressd/sandbox"
 )
 
 // cappedBuffer keeps the first max bytes written to it and drops the rest,
@@ -41,21 +40,12 @@ func (c *cappedBuffer) String() string {
 }
 
 // secretMasker returns the function that masks secrets in the texts of a
-// response that do not come from the command's streams (which the
-// sandbox masks as they stream): denied targets, error messages, warnings.
-// Those carry names egressd has normalised, so a secret's lower-case form
-// is masked too.
+// response that do not come from the command's streams (which are masked
+// as they stream): denied targets, error messages, warnings. Those carry
+// what egressd has transformed (a name lower-cased, escaped, cut), so
+// every form sandbox.LineMasker knows is masked.
 func secretMasker(secrets []string) func(string) string {
-	var forms []string
-	for _, s := range secrets {
-		if s != "" {
-			forms = append(forms, s, strings.ToLower(s))
-		}
-	}
-	if len(forms) == 0 {
-		return func(s string) string { return s }
-	}
-	return func(s string) string { return mask.String(s, forms) }
+	return sandbox.NewLineMasker(secrets).String
 }
 
 // utf8Tail is the length of an incomplete UTF-8 sequence at the end of p

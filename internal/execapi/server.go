@@ -462,7 +462,10 @@ type Denied struct {
 	// Target is the name or address; Port its port (0 for a lookup).
 	Target string `json:"target"`
 	Port   uint16 `json:"port,omitempty"`
-	// Reason is the decision's reason (docs/audit.md).
+	// Outcome is "deny" (the policy refused it) or "error" (the policy
+	// allowed it and then the resolver or the destination failed).
+	Outcome string `json:"outcome"`
+	// Reason is the record's reason (docs/audit.md).
 	Reason string `json:"reason"`
 	// Rule and Source are the deciding rule and where it was written, ""
 	// when no rule decided.
@@ -477,7 +480,7 @@ func (pr *prepared) denied(d sandbox.Denial) Denied {
 	if d.Kind == "dns" {
 		port = 0
 	}
-	return Denied{Kind: string(d.Kind), Target: pr.mask(d.Target), Port: port, Reason: pr.mask(string(d.Reason)),
+	return Denied{Kind: string(d.Kind), Target: pr.mask(d.Target), Port: port, Outcome: string(d.Outcome), Reason: pr.mask(string(d.Reason)),
 		Rule: pr.mask(d.Rule), Source: pr.mask(d.RuleSource), Count: d.Count}
 }
 
