@@ -66,6 +66,7 @@ func newServeFlags() (*flag.FlagSet, *serveFlags) {
 	fs.SetOutput(io.Discard)
 	fs.Usage = func() {}
 	sandboxFlags(fs, f.sb)
+	fs.Lookup("floor").Usage = "security floor `PROFILE`: refuse a request less restrictive (default $EGRESSD_SECURITY_FLOOR, else " + defaultServeFloor + "; open lifts it)"
 	fs.StringVar(&f.listen, "listen", "unix:"+DefaultServeSocket, "`unix:PATH` (mode 0600) or tcp:HOST:PORT (needs --token-file)")
 	fs.StringVar(&f.tokenFile, "token-file", "", "`FILE` holding the bearer token every request must carry (required on TCP; readable by its owner only)")
 	fs.StringVar(&f.stateDir, "state-dir", sandbox.DefaultStateDir, "`DIR` of the sandboxes' state; the stale ones in it are removed at start")
@@ -77,6 +78,20 @@ func newServeFlags() (*flag.FlagSet, *serveFlags) {
 	fs.DurationVar(&f.maxTimeout, "max-timeout", execapi.DefaultMaxTimeout, "longest process.timeout a request may have (`DURATION`); a policy without one gets this")
 	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 30*time.Second, "after SIGTERM, how long running executions may finish before they are killed (`DURATION`)")
 	return fs, f
+}
+
+// defaultServeFloor is the floor of a server given none: its clients
+// are not the operator, and without a floor a request could ask for the
+// open profile (the host's network, uid 0, no limits) or report mode.
+const defaultServeFloor = "standard"
+
+// floor is --floor, else $EGRESSD_SECURITY_FLOOR, else defaultServeFloor;
+// --floor open lifts it.
+func (f *serveFlags) floor() string {
+	if fl := f.sb.floorName(); fl != "" {
+		return fl
+	}
+	return defaultServeFloor
 }
 
 // policySet holds the server's parsed policy files; SIGHUP swaps in a new
@@ -161,7 +176,7 @@ func serve(ctx context.Context, f *serveFlags, stderr io.Writer) error {
 	if err := ps.load(); err != nil {
 		return err
 	}
-	if _, _, err := policy.ResolveFiles(f.sb.profile, ps.get(), f.sb.overrides(), f.sb.floorName()); err != nil {
+	if _, _, err := policy.ResolveFiles(f.sb.profile, ps.get(), f.sb.overrides(), f.floor()); err != nil {
 		return fmt.Errorf("the server's policy: %w", err)
 	}
 	rt, err := sandbox.NewRuntime(f.sb.runtime, "")
@@ -205,7 +220,7 @@ func serve(ctx context.Context, f *serveFlags, stderr io.Writer) error {
 	api, err := execapi.New(execapi.Options{
 		Files:           ps.get,
 		Profile:         f.sb.profile,
-		Floor:           f.sb.floorName(),
+		Floor:           f.floor(),
 		Overrides:       f.sb.overrides(),
 		MaxTimeout:      f.maxTimeout,
 		Configure:       configure,
@@ -244,7 +259,7 @@ func serve(ctx context.Context, f *serveFlags, stderr io.Writer) error {
 	defer signal.Stop(sigc)
 	served := make(chan error, 1)
 	go func() { served <- hs.Serve(ln) }()
-	log.Info("serving the execution API", "listen", f.listen, "max_concurrent", f.maxConcurrent, "state_dir", f.stateDir)
+	log.Info("serving the execution API", "listen", f.listen, "floor", f.floor(), "max_concurrent", f.maxConcurrent, "state_dir", f.stateDir)
 
 	for {
 		select {
@@ -254,7 +269,7 @@ func serve(ctx context.Context, f *serveFlags, stderr io.Writer) error {
 			return shutdown(hs, api, f.shutdownTimeout, sigc, log)
 		case sig := <-sigc:
 			if sig == syscall.SIGHUP {
-				if err := reloadPolicy(ps, f.sb); err != nil {
+				if err := reloadPolicy(ps, f); err != nil {
 					log.Error("policy reload refused: the last good policy stays in force", "error", oneLine(err.Error()))
 				} else {
 					log.Info("policy reloaded", "files", strings.Join(ps.names, ","))
@@ -269,12 +284,12 @@ func serve(ctx context.Context, f *serveFlags, stderr io.Writer) error {
 
 // reloadPolicy re-reads the policy files; a set that does not parse, or
 // does not resolve above the floor, is refused and the old set stays.
-func reloadPolicy(ps *policySet, sb *launchFlags) error {
+func reloadPolicy(ps *policySet, f *serveFlags) error {
 	next := &policySet{names: ps.names}
 	if err := next.load(); err != nil {
 		return err
 	}
-	if _, _, err := policy.ResolveFiles(sb.profile, next.get(), sb.overrides(), sb.floorName()); err != nil {
+	if _, _, err := policy.ResolveFiles(f.sb.profile, next.get(), f.sb.overrides(), f.floor()); err != nil {
 		return err
 	}
 	ps.files.Store(next.files.Load())

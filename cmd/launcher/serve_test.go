@@ -144,3 +144,29 @@ func TestSystemdUnitFlagsAreTheLaunchers(t *testing.T) {
 		t.Errorf("ExecStartPre cleans %q, the server keeps its sandboxes in %q", cleanupDir, serveDir)
 	}
 }
+
+// TestServeFloorDefaultsToStandard: a server given no floor refuses what is
+// below standard (its clients could otherwise ask for the open profile:
+// the host's network, uid 0); the operator lifts it only by naming one.
+func TestServeFloorDefaultsToStandard(t *testing.T) {
+	t.Setenv("EGRESSD_SECURITY_FLOOR", "")
+	for _, tc := range []struct {
+		args []string
+		env  string
+		want string
+	}{
+		{nil, "", "standard"},
+		{[]string{"--floor", "open"}, "", "open"},
+		{[]string{"--floor", "strict"}, "", "strict"},
+		{nil, "strict", "strict"},
+	} {
+		t.Setenv("EGRESSD_SECURITY_FLOOR", tc.env)
+		fs, f := newServeFlags()
+		if err := fs.Parse(tc.args); err != nil {
+			t.Fatal(err)
+		}
+		if got := f.floor(); got != tc.want {
+			t.Errorf("%v with EGRESSD_SECURITY_FLOOR=%q: floor %q, want %q", tc.args, tc.env, got, tc.want)
+		}
+	}
+}
