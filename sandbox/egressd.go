@@ -2,7 +2,6 @@ package sandbox
 
 import (
 	"bufio"
-	"bytes"
 	"cmp"
 	"context"
 	"encoding/json"
@@ -84,11 +83,9 @@ type egressdProc struct {
 	binaryMount string
 }
 
-// policyFile, sourcesFile, adminSocket and binaryName are egressd's files
-// in its dir.
+// policyFile, adminSocket and binaryName are egressd's files in its dir.
 const (
-	policyFile  = "policy.toml"
-	sourcesFile = "sources.json"
+	policyFile  = "policy.json"
 	adminSocket = "admin.sock"
 	binaryName  = "egressd"
 )
@@ -102,7 +99,6 @@ func egressdArgs(s egressdSpec) []string {
 	return append([]string{
 		"serve",
 		"--policy", filepath.Join(s.dir, policyFile),
-		"--rule-sources", filepath.Join(s.dir, sourcesFile),
 		"--dns-listen", fmt.Sprintf("127.0.0.1:%d,[::1]:%d", EgressdDNSPort, EgressdDNSPort),
 		"--proxy-listen", fmt.Sprintf("127.0.0.1:%d", EgressdProxyPort),
 		"--transparent-listen", fmt.Sprintf("127.0.0.1:%d,[::1]:%d", EgressdTransparentPort, EgressdTransparentPort),
@@ -335,120 +331,23 @@ func (e *egressdProc) stop() error {
 
 // writeEgressdPolicy writes the policy egressd enforces for a launch: the
 // launch's resolved network policy, frozen (the launcher checked it against
-// the floor; a policy file edited during the run does not change it). It
-// builds on the strict profile, whose allow and block lists are empty, so
-// every rule egressd holds is one written here, each on its own line with
-// its original source as a comment. It returns, for each of those lines,
-// "path:line" → the rule's original source, and writes that map beside the
-// policy (sourcesFile) for egressd's --rule-sources: egressd reports every
-// rule by its original source (audit records, the X-Egressd-Denied header
-// and bodies the sandbox reads, GET /policy), never by the snapshot.
-func writeEgressdPolicy(p *policy.Profile, path string, uid, gid uint32) (map[string]string, error) {
-	var b bytes.Buffer
-	sources := map[string]string{}
-	line := 1
-	w := func(format string, args ...any) {
-		s := fmt.Sprintf(format, args...)
-		b.WriteString(s)
-		line += strings.Count(s, "\n")
-	}
-	w("# The network policy of one launch, written by the launcher from the\n")
-	w("# resolved profile %q. Rule sources are in the comments.\n", p.Name)
-	mode := policy.ModeFiltered
-	if p.Network.Mode == policy.ModeReport {
-		mode = policy.ModeReport // the floor allowed it; egressd records would-deny
-	}
-	w("version = 1\nprofile = \"strict\"\n\n[network]\nmode = %s\n", tomlQuote(string(mode)))
-	ports := make([]string, len(p.Network.DefaultPorts))
-	for i, port := range p.Network.DefaultPorts {
-		ports[i] = strconv.Itoa(int(port))
-	}
-	w("default_ports = [%s]\n", strings.Join(ports, ", "))
-	if p.Network.DNSBlockResponse != "" {
-		w("dns_block_response = %s\n", tomlQuote(string(p.Network.DNSBlockResponse)))
-	}
-	for _, list := range []struct {
-		key   string
-		rules []*policy.Rule
-	}{{"allow", p.Network.Allow}, {"block", p.Network.Block}} {
-		w("%s = [\n", list.key)
-		for _, r := range list.rules {
-			src := r.Source.String()
-			sources[path+":"+strconv.Itoa(line)] = src
-			w("  %s, # %s\n", tomlQuote(r.Text), strings.ReplaceAll(src, "\n", " "))
-		}
-		w("]\n")
-	}
-	// Inspection entries are inline tables: their canonical text parses
-	// back to the same entry.
-	inspect, creds := snapshotEntries(p)
-	for _, list := range []struct {
-		key     string
-		entries []snapshotEntry
-	}{{"inspect", inspect}, {"credentials", creds}} {
-		if len(list.entries) == 0 {
-			continue
-		}
-		w("%s = [\n", list.key)
-		for _, e := range list.entries {
-			src := e.src.String()
-			sources[path+":"+strconv.Itoa(line)] = src
-			w("  %s, # %s\n", e.text, strings.ReplaceAll(src, "\n", " "))
-		}
-		w("]\n")
-	}
-	js, err := json.Marshal(sources)
+// the floor; a policy file edited during the run does not change it), as a
+// snapshot (policy.Profile.Snapshot: the JSON GET /policy writes, read by
+// egressd with the same code). Every value keeps its original source, so
+// egressd's audit records, X-Egressd-Denied headers and 403 bodies name the
+// file and line, flag or built-in the rule was written at.
+func writeEgressdPolicy(p *policy.Profile, path string, uid, gid uint32) error {
+	data, err := policy.MarshalSnapshot(p.Snapshot("network"))
 	if err != nil {
-		return nil, fmt.Errorf("writing egressd's rule sources: %w", err)
+		return fmt.Errorf("writing egressd's policy: %w", err)
 	}
-	for _, f := range []struct {
-		path string
-		data []byte
-	}{{path, b.Bytes()}, {filepath.Join(filepath.Dir(path), sourcesFile), js}} {
-		if err := os.WriteFile(f.path, f.data, 0o400); err != nil {
-			return nil, fmt.Errorf("writing egressd's policy: %w", err)
-		}
-		if err := os.Chown(f.path, int(uid), int(gid)); err != nil {
-			return nil, fmt.Errorf("writing egressd's policy: %w", err)
-		}
+	if err := os.WriteFile(path, data, 0o400); err != nil {
+		return fmt.Errorf("writing egressd's policy: %w", err)
 	}
-	return sources, nil
-}
-
-// snapshotEntry is one inspection entry of egressd's policy snapshot.
-type snapshotEntry struct {
-	text string
-	src  policy.Source
-}
-
-// snapshotEntries are the profile's inspect and credentials entries.
-func snapshotEntries(p *policy.Profile) (inspect, creds []snapshotEntry) {
-	for _, r := range p.Network.Inspect {
-		inspect = append(inspect, snapshotEntry{r.Text, r.Source})
+	if err := os.Chown(path, int(uid), int(gid)); err != nil {
+		return fmt.Errorf("writing egressd's policy: %w", err)
 	}
-	for _, c := range p.Network.Credentials {
-		creds = append(creds, snapshotEntry{c.Text, c.Source})
-	}
-	return inspect, creds
-}
-
-// tomlQuote renders s as a TOML basic string.
-func tomlQuote(s string) string {
-	var b strings.Builder
-	b.WriteByte('"')
-	for _, r := range s {
-		switch {
-		case r == '"' || r == '\\':
-			b.WriteByte('\\')
-			b.WriteRune(r)
-		case r < 0x20 || r == 0x7f:
-			fmt.Fprintf(&b, "\\u%04x", r)
-		default:
-			b.WriteRune(r)
-		}
-	}
-	b.WriteByte('"')
-	return b.String()
+	return nil
 }
 
 // Denial is one distinct request egressd refused (outcome deny), could

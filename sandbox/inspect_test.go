@@ -92,9 +92,8 @@ func TestCredentialWithoutItsSecretRefusesTheLaunch(t *testing.T) {
 // inspect and credentials entries, each with its original source.
 func TestEgressdPolicyCarriesInspection(t *testing.T) {
 	p := resolveWith(t, "standard", inspectTenant, policy.Setting{Key: "network.inspect", Values: []string{"*.git.test"}, Source: policy.Flag("--inspect")})
-	path := filepath.Join(t.TempDir(), "policy.toml")
-	sources, err := writeEgressdPolicy(p, path, uint32(os.Getuid()), uint32(os.Getgid()))
-	if err != nil {
+	path := filepath.Join(t.TempDir(), policyFile)
+	if err := writeEgressdPolicy(p, path, uint32(os.Getuid()), uint32(os.Getgid())); err != nil {
 		t.Fatal(err)
 	}
 	snap, _, err := policy.Resolve(policy.ResolveOptions{Files: []string{path}})
@@ -102,21 +101,18 @@ func TestEgressdPolicyCarriesInspection(t *testing.T) {
 		data, _ := os.ReadFile(path)
 		t.Fatalf("the snapshot does not resolve: %v\n%s", err, data)
 	}
-	texts := func(rs []*policy.InspectRule, remap bool) (out []string) {
+	texts := func(rs []*policy.InspectRule) (out []string) {
 		for _, r := range rs {
-			src := r.Source.String()
-			if s, ok := sources[src]; ok && remap {
-				src = s
-			}
-			out = append(out, r.Text+" "+src)
+			out = append(out, r.Text+" "+r.Source.String())
 		}
 		return out
 	}
-	if got, want := texts(snap.Network.Inspect, true), texts(p.Network.Inspect, false); !slices.Equal(got, want) {
+	if got, want := texts(snap.Network.Inspect), texts(p.Network.Inspect); !slices.Equal(got, want) {
 		t.Errorf("inspect entries %q, want %q", got, want)
 	}
 	if len(snap.Network.Credentials) != 1 || snap.Network.Credentials[0].Text != p.Network.Credentials[0].Text ||
-		snap.Network.Credentials[0].Placeholder != p.Network.Credentials[0].Placeholder {
+		snap.Network.Credentials[0].Placeholder != p.Network.Credentials[0].Placeholder ||
+		snap.Network.Credentials[0].Source.String() != p.Network.Credentials[0].Source.String() {
 		t.Errorf("credentials %+v", snap.Network.Credentials)
 	}
 }

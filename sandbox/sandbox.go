@@ -542,7 +542,7 @@ func (s *Sandbox) startEgressd(ctx context.Context, upstream []netip.AddrPort) e
 	if err := os.Chown(dir, int(cfg.EgressdUID), int(cfg.EgressdGID)); err != nil {
 		return fmt.Errorf("egressd's directory: %w", err)
 	}
-	if _, err := writeEgressdPolicy(cfg.Profile, filepath.Join(dir, policyFile), cfg.EgressdUID, cfg.EgressdGID); err != nil {
+	if err := writeEgressdPolicy(cfg.Profile, filepath.Join(dir, policyFile), cfg.EgressdUID, cfg.EgressdGID); err != nil {
 		return err
 	}
 	if err := s.inspect.writeEgressdFiles(dir, cfg.EgressdUID, cfg.EgressdGID, cfg.InspectUpstreamCA); err != nil {
