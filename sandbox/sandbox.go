@@ -1467,7 +1467,11 @@ func Explain(cfg Config) (*Explanation, error) {
 		if u.prefix, err = pickPrefix(cfg.Subnet, nil, 0); err != nil {
 			return nil, err
 		}
-		ex.Uplink = string(u.rules())
+		rules, err := firewall.UplinkRules(u.nat())
+		if err != nil {
+			return nil, err
+		}
+		ex.Uplink = string(rules)
 		ex.Egressd = append([]string{"egressd"}, egressdArgs(egressdSpec{dir: filepath.Join(dir, "egressd"), mark: cfg.Mark,
 			upstream: upstream, sandboxID: explainID, extra: ins.egressdArgs(filepath.Join(dir, "egressd"), cfg.InspectUpstreamCA)})...)
 	case policy.ModeNone:

@@ -1,7 +1,6 @@
 package sandbox
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/binary"
@@ -11,13 +10,14 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/egressd/egressd/firewall"
 )
 
 // DefaultSubnet is the IPv4 range uplinks are carved from, one /30 per
@@ -225,8 +225,8 @@ func (u *uplink) setup(ctx context.Context, ns *netNS, subnet netip.Prefix, stat
 	if err := enableForwarding(); err != nil {
 		return fmt.Errorf("uplink: %w", err)
 	}
-	if err := iptablesRestore(ctx, u.rules()); err != nil {
-		return fmt.Errorf("uplink: NAT rules: %w", err)
+	if err := firewall.New(firewall.System()).InstallUplink(ctx, u.nat()); err != nil {
+		return err
 	}
 	return waitOperUp(nsh, eth.Attrs().Index, host, hostLink.Attrs().Index)
 }
@@ -288,40 +288,10 @@ func ipNet(a netip.Addr, bits int) *net.IPNet {
 	return &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(bits, a.BitLen())}
 }
 
-// rules is the iptables-restore batch that installs the uplink's chains:
-//
-//	filter FORWARD ─► EGS-<id>-FWD
-//	    in from the sandbox                     → ACCEPT
-//	    out to the sandbox, RELATED,ESTABLISHED → ACCEPT
-//	    out to the sandbox, anything else       → DROP
-//	nat POSTROUTING ─► EGS-<id>-NAT
-//	    from the sandbox's /30, not to it       → MASQUERADE
-//
-// The FORWARD rules matter where the launcher's namespace drops forwarded
-// traffic by default (Docker sets FORWARD's policy to DROP); the last one
-// keeps anyone who can route to the /30 from opening connections into the
-// sandbox. Each sandbox has chains of its own, so installing and removing
-// them never touches another sandbox's rules or anyone else's.
-func (u *uplink) rules() []byte {
-	var b bytes.Buffer
-	fmt.Fprintf(&b, "*filter\n:%s - [0:0]\n", u.fwdChain)
-	fmt.Fprintf(&b, "-A %s -i %s -j ACCEPT\n", u.fwdChain, u.hostIf)
-	fmt.Fprintf(&b, "-A %s -o %s -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n", u.fwdChain, u.hostIf)
-	fmt.Fprintf(&b, "-A %s -o %s -j DROP\n", u.fwdChain, u.hostIf)
-	fmt.Fprintf(&b, "-I FORWARD 1 -j %s\nCOMMIT\n", u.fwdChain)
-	fmt.Fprintf(&b, "*nat\n:%s - [0:0]\n", u.natChain)
-	fmt.Fprintf(&b, "-A %s -s %s ! -o %s -j MASQUERADE\n", u.natChain, u.prefix, u.hostIf)
-	fmt.Fprintf(&b, "-I POSTROUTING 1 -j %s\nCOMMIT\n", u.natChain)
-	return b.Bytes()
-}
-
-// removeRules is the batch that takes the chains out again.
-func (u *uplink) removeRules() []byte {
-	var b bytes.Buffer
-	for _, t := range []struct{ table, hook, chain string }{{"filter", "FORWARD", u.fwdChain}, {"nat", "POSTROUTING", u.natChain}} {
-		fmt.Fprintf(&b, "*%s\n-D %s -j %s\n-F %s\n-X %s\nCOMMIT\n", t.table, t.hook, t.chain, t.chain, t.chain)
-	}
-	return b.Bytes()
+// nat is the uplink's launcher-side NAT and FORWARD chains
+// (firewall.Uplink).
+func (u *uplink) nat() firewall.Uplink {
+	return firewall.Uplink{Link: u.hostIf, Prefix: u.prefix, ForwardChain: u.fwdChain, NATChain: u.natChain}
 }
 
 // remove deletes the veth pair (both ends go together; the sandbox loses
@@ -360,58 +330,10 @@ func (u *uplink) deleteLink(h *netlink.Handle, l netlink.Link) error {
 	return nil
 }
 
-// removeChains removes the uplink's chains and jumps: one batch when they
-// are all there (the usual case), else table by table, what exists.
+// removeChains removes the uplink's chains and jumps (whatever part of
+// them exists).
 func (u *uplink) removeChains(ctx context.Context) error {
-	if err := iptablesRestore(ctx, u.removeRules()); err == nil {
-		return nil
-	}
-	var errs []error
-	for _, t := range []struct{ table, hook, chain string }{{"filter", "FORWARD", u.fwdChain}, {"nat", "POSTROUTING", u.natChain}} {
-		var b bytes.Buffer
-		listing, err := exec.CommandContext(ctx, "iptables", "-w", "10", "-t", t.table, "-S").Output()
-		if err != nil {
-			errs = append(errs, fmt.Errorf("listing %s rules: %w", t.table, err))
-			continue
-		}
-		jump := "-A " + t.hook + " -j " + t.chain
-		hasChain := false
-		fmt.Fprintf(&b, "*%s\n", t.table)
-		for _, line := range strings.Split(string(listing), "\n") {
-			line = strings.TrimSpace(line)
-			if line == jump {
-				fmt.Fprintf(&b, "-D %s -j %s\n", t.hook, t.chain)
-			}
-			if line == "-N "+t.chain {
-				hasChain = true
-			}
-		}
-		if !hasChain && !bytes.Contains(b.Bytes(), []byte("-D")) {
-			continue
-		}
-		if hasChain {
-			fmt.Fprintf(&b, "-F %s\n-X %s\n", t.chain, t.chain)
-		}
-		b.WriteString("COMMIT\n")
-		if err := iptablesRestore(ctx, b.Bytes()); err != nil {
-			errs = append(errs, fmt.Errorf("removing %s chain %s: %w", t.table, t.chain, err))
-		}
-	}
-	return errors.Join(errs...)
-}
-
-// iptablesRestore applies batch to the calling process's network namespace
-// with `iptables-restore --noflush` (each table commits at once).
-func iptablesRestore(ctx context.Context, batch []byte) error {
-	cmd := exec.CommandContext(ctx, "iptables-restore", "--noflush", "--wait", "10")
-	cmd.Env = []string{"PATH=" + DefaultPath}
-	cmd.Stdin = bytes.NewReader(batch)
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("iptables-restore --noflush: %w: %s", err, strings.TrimSpace(out.String()))
-	}
-	return nil
+	return firewall.New(firewall.System()).RemoveUplink(ctx, u.nat())
 }
 
 // enableForwarding turns IPv4 forwarding on in the launcher's namespace

@@ -7,13 +7,13 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/google/go-cmp/cmp"
 	"github.com/vishvananda/netlink"
+
+	"github.com/egressd/egressd/firewall"
 )
 
 func TestPickPrefixSkipsEveryRangeInUse(t *testing.T) {
@@ -60,31 +60,6 @@ func TestUplinkAddrs(t *testing.T) {
 	h, n := uplinkAddrs(netip.MustParsePrefix("10.200.3.8/30"))
 	if h.String() != "10.200.3.9" || n.String() != "10.200.3.10" {
 		t.Errorf("uplinkAddrs = %s, %s; want 10.200.3.9, 10.200.3.10", h, n)
-	}
-}
-
-// TestUplinkRulesGolden pins the launcher-side rules: per-sandbox chains,
-// one jump each, MASQUERADE only for the sandbox's /30 and not back into
-// it, and new connections into the sandbox dropped.
-func TestUplinkRulesGolden(t *testing.T) {
-	u := newUplink("egs-0a1b2c3d")
-	u.prefix = netip.MustParsePrefix("10.200.7.4/30")
-	got := "# install\n" + string(u.rules()) + "# remove\n" + string(u.removeRules())
-	path := filepath.Join("testdata", "uplink.rules")
-	if *update {
-		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run with -update to create it)", err)
-	}
-	if diff := cmp.Diff(string(want), got); diff != "" {
-		t.Errorf("uplink rules (-want +got):\n%s", diff)
-	}
-	if u.fwdChain != "EGS-0a1b2c3d-FWD" || u.natChain != "EGS-0a1b2c3d-NAT" || u.hostIf != "egs-0a1b2c3d" {
-		t.Errorf("names %q %q %q", u.fwdChain, u.natChain, u.hostIf)
 	}
 }
 
@@ -271,9 +246,13 @@ func TestUplinkRemoveAfterPartialSetup(t *testing.T) {
 	u.prefix = netip.MustParsePrefix("10.200.0.0/30")
 	ctx := context.Background()
 	// Only the filter half, as if the nat table had failed.
-	half := strings.SplitAfter(string(u.rules()), "COMMIT\n")[0]
-	err := host.do(func() error {
-		if err := iptablesRestore(ctx, []byte(half)); err != nil {
+	rules, err := firewall.UplinkRules(u.nat())
+	if err != nil {
+		t.Fatal(err)
+	}
+	half := strings.SplitAfter(string(rules), "COMMIT\n")[0]
+	err = host.do(func() error {
+		if err := firewall.System().Restore(ctx, "", firewall.IPv4, []byte(half)); err != nil {
 			return err
 		}
 		return u.remove(ctx)
