@@ -27,6 +27,9 @@ import (
 // sandbox. Each sandbox has chains of its own, so installing and removing
 // them never touches another sandbox's rules or anyone else's.
 type Uplink struct {
+	// Netns is the network namespace of the launcher's end (its path, as
+	// for Netfilter); "" is the calling thread's own.
+	Netns string
 	// Link is the launcher's end of the veth pair.
 	Link string
 	// Prefix is the link's network: the sandbox's traffic from it is
@@ -84,8 +87,8 @@ func uplinkRemoveRules(u Uplink) []byte {
 	return b.Bytes()
 }
 
-// InstallUplink installs u's chains and jumps into the calling thread's
-// network namespace (the launcher's), in one batch: both tables or, on
+// InstallUplink installs u's chains and jumps into u's network namespace
+// (the launcher's), in one batch: both tables or, on
 // error, whatever tables committed before the failure (RemoveUplink takes
 // out any part).
 func (fw *Firewall) InstallUplink(ctx context.Context, u Uplink) error {
@@ -93,26 +96,26 @@ func (fw *Firewall) InstallUplink(ctx context.Context, u Uplink) error {
 	if err != nil {
 		return err
 	}
-	if err := fw.nf.Restore(ctx, "", IPv4, batch); err != nil {
+	if err := fw.nf.Restore(ctx, u.Netns, IPv4, batch); err != nil {
 		return fmt.Errorf("uplink %s: NAT rules: %w", u.Link, err)
 	}
 	return nil
 }
 
-// RemoveUplink removes u's chains and the jumps to them from the calling
-// thread's network namespace: one batch when they are all there (the usual
+// RemoveUplink removes u's chains and the jumps to them from u's network
+// namespace: one batch when they are all there (the usual
 // case), else table by table, what exists. Parts that are already gone are
 // not errors, so it is safe after a partial install and twice.
 func (fw *Firewall) RemoveUplink(ctx context.Context, u Uplink) error {
 	if err := u.validate(false); err != nil {
 		return err
 	}
-	if err := fw.nf.Restore(ctx, "", IPv4, uplinkRemoveRules(u)); err == nil {
+	if err := fw.nf.Restore(ctx, u.Netns, IPv4, uplinkRemoveRules(u)); err == nil {
 		return nil
 	}
 	var errs []error
 	for _, h := range u.hooks() {
-		listing, err := fw.nf.List(ctx, "", IPv4, h.table, h.builtin)
+		listing, err := fw.nf.List(ctx, u.Netns, IPv4, h.table, h.builtin)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("uplink %s: listing %s %s: %w", u.Link, h.table, h.builtin, err))
 			continue
@@ -123,7 +126,7 @@ func (fw *Firewall) RemoveUplink(ctx context.Context, u Uplink) error {
 				lines = append(lines, fmt.Sprintf("-D %s -j %s", h.builtin, h.chain))
 			}
 		}
-		exists, err := fw.nf.ChainExists(ctx, "", IPv4, h.table, h.chain)
+		exists, err := fw.nf.ChainExists(ctx, u.Netns, IPv4, h.table, h.chain)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("uplink %s: looking for %s %s: %w", u.Link, h.table, h.chain, err))
 			continue
@@ -135,7 +138,7 @@ func (fw *Firewall) RemoveUplink(ctx context.Context, u Uplink) error {
 			continue
 		}
 		batch := "*" + h.table + "\n" + strings.Join(lines, "\n") + "\nCOMMIT\n"
-		if err := fw.nf.Restore(ctx, "", IPv4, []byte(batch)); err != nil {
+		if err := fw.nf.Restore(ctx, u.Netns, IPv4, []byte(batch)); err != nil {
 			errs = append(errs, fmt.Errorf("uplink %s: removing %s chain %s: %w", u.Link, h.table, h.chain, err))
 		}
 	}

@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/egressd/egressd/sandbox/pid1"
+	"github.com/egressd/egressd/sandbox/specconv"
 )
 
 // Stdio is where a container's standard streams go. A nil field is
@@ -181,7 +182,7 @@ func (r *Runtime) Start(ctx context.Context, id, bundleDir string, stdio Stdio) 
 	}
 	cmd := r.command(ctx, append(args, "--bundle", bundleDir, id)...)
 	cmd.Dir = bundleDir
-	cmd.Env = []string{"PATH=" + DefaultPath}
+	cmd.Env = []string{"PATH=" + specconv.DefaultPath}
 	// A terminal's ^C is the launcher's to handle, never the runtime's.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.WaitDelay = killGrace

@@ -61,7 +61,11 @@ func TestEgressdPolicyIsTheLaunchsNetworkPolicy(t *testing.T) {
 				policy.Setting{Key: "network.allow", Values: []string{"api.test:443"}, Source: policy.Flag("--allow")},
 				policy.Setting{Key: "network.block", Values: []string{"*.evil.test"}, Source: policy.Flag("--block")})
 			path := filepath.Join(t.TempDir(), policyFile)
-			if err := writeEgressdPolicy(p, path, uint32(os.Getuid()), uint32(os.Getgid())); err != nil {
+			data, err := egressdPolicy(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(path, data, 0o400); err != nil {
 				t.Fatal(err)
 			}
 			snap, _, err := policy.Resolve(policy.ResolveOptions{Files: []string{path}})
@@ -83,9 +87,6 @@ func TestEgressdPolicyIsTheLaunchsNetworkPolicy(t *testing.T) {
 			}
 			if p.Network.DNSBlockResponse != snap.Network.DNSBlockResponse {
 				t.Errorf("dns_block_response %q, want %q", snap.Network.DNSBlockResponse, p.Network.DNSBlockResponse)
-			}
-			if st, err := os.Stat(path); err != nil || st.Mode().Perm() != 0o400 {
-				t.Errorf("snapshot mode %v, %v; want 0400", st.Mode(), err)
 			}
 		})
 	}
@@ -175,7 +176,7 @@ func TestLineMaskerMasksEveryFormEgressdWrites(t *testing.T) {
 }
 
 func TestEgressdArgs(t *testing.T) {
-	args := egressdArgs(egressdSpec{dir: "/run/x/egressd", mark: 0x4547, sandboxID: "egs-1",
+	args := egressdArgs(egressdFlags{dir: "/run/x/egressd", mark: 0x4547, sandboxID: "egs-1",
 		upstream: []netip.AddrPort{netip.MustParseAddrPort("192.0.2.53:53"), netip.MustParseAddrPort("192.0.2.54:5353")}})
 	joined := strings.Join(args, " ")
 	for _, want := range []string{
@@ -254,17 +255,28 @@ func TestEgressdRunsUnprivilegedWithOnlyNetAdmin(t *testing.T) {
 		os.Chmod(d, 0o711)
 	}
 	p := resolveWith(t, "standard", "", policy.Setting{Key: "network.allow", Values: []string{"allowed.test"}, Source: policy.Flag("--allow")})
-	if err := writeEgressdPolicy(p, filepath.Join(dir, policyFile), DefaultEgressdUID, DefaultEgressdGID); err != nil {
+	data, err := egressdPolicy(p)
+	if err != nil {
 		t.Fatal(err)
 	}
-	sink := newAuditSink(nil, nil, nil)
-	e, err := startEgressd(context.Background(), ns, egressdSpec{binary: bin, dir: dir, uid: DefaultEgressdUID, gid: DefaultEgressdGID,
-		mark: DefaultMark, upstream: []netip.AddrPort{netip.MustParseAddrPort("192.0.2.53:53")}, sandboxID: "egs-test",
-		timeout: 20 * time.Second, sink: sink})
-	t.Cleanup(func() { e.stop() })
+	if err := os.WriteFile(filepath.Join(dir, policyFile), data, 0o400); err != nil {
+		t.Fatal(err)
+	}
+	os.Chown(filepath.Join(dir, policyFile), DefaultEgressdUID, DefaultEgressdGID)
+	if err := bindFile(hostFS{}, bin, filepath.Join(dir, binaryName)); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unmountAndRemove(hostFS{}, filepath.Join(dir, binaryName)) })
+	plan := &EgressdPlan{Binary: bin, Dir: dir, UID: DefaultEgressdUID, GID: DefaultEgressdGID, ReadyTimeout: 20 * time.Second,
+		Args: egressdArgs(egressdFlags{dir: dir, mark: DefaultMark, upstream: []netip.AddrPort{netip.MustParseAddrPort("192.0.2.53:53")}, sandboxID: "egs-test"})}
+	proc, err := hostEgressd{}.Start(context.Background(), ns.Path, plan, newAuditSink(nil, nil, nil).consume)
+	if proc != nil {
+		t.Cleanup(func() { proc.Stop() })
+	}
 	if err != nil {
 		t.Fatalf("starting egressd: %v", err)
 	}
+	e := proc.(*egressdProc)
 	st := procStatus(t, e.pid)
 	const netAdmin = "0000000000001000"
 	for k, want := range map[string]string{
@@ -279,20 +291,19 @@ func TestEgressdRunsUnprivilegedWithOnlyNetAdmin(t *testing.T) {
 	if comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", e.pid)); strings.TrimSpace(string(comm)) != "egressd" {
 		t.Errorf("egressd's comm is %q", comm)
 	}
-	if procs := procsIn(ns.dev, ns.ino); len(procs) != 1 || procs[0] != e.pid {
+	if procs := procsIn(ns.Dev, ns.Ino); len(procs) != 1 || procs[0] != e.pid {
 		t.Errorf("processes in the sandbox namespace: %v, want egressd's pid %d alone", procs, e.pid)
 	}
 	if _, err := os.Stat(filepath.Join(dir, adminSocket)); err != nil {
 		t.Errorf("admin socket: %v", err)
 	}
-	if err := e.stop(); err != nil {
+	if err := e.Stop(); err != nil {
 		t.Errorf("stop: %v", err)
 	}
-	if !e.exited() {
+	select {
+	case <-e.Done():
+	default:
 		t.Error("egressd still running after stop")
-	}
-	if _, err := os.Lstat(filepath.Join(dir, binaryName)); err == nil {
-		t.Error("egressd's binary mount is still there after stop")
 	}
 }
 
@@ -312,12 +323,16 @@ func TestEgressdThatCannotStartFailsTheLaunchWithItsReason(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, policyFile), []byte(`[{"field": "network.alow", "value": "[]", "source": "t.toml:3"}]`), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	if err := bindFile(hostFS{}, bin, filepath.Join(dir, binaryName)); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unmountAndRemove(hostFS{}, filepath.Join(dir, binaryName)) })
 	start := time.Now()
-	e, err := startEgressd(context.Background(), ns, egressdSpec{binary: bin, dir: dir, uid: DefaultEgressdUID, gid: DefaultEgressdGID,
-		mark: DefaultMark, upstream: []netip.AddrPort{netip.MustParseAddrPort("192.0.2.53:53")}, sandboxID: "egs-test",
-		timeout: 20 * time.Second, sink: newAuditSink(nil, nil, nil)})
+	plan := &EgressdPlan{Binary: bin, Dir: dir, UID: DefaultEgressdUID, GID: DefaultEgressdGID, ReadyTimeout: 20 * time.Second,
+		Args: egressdArgs(egressdFlags{dir: dir, mark: DefaultMark, upstream: []netip.AddrPort{netip.MustParseAddrPort("192.0.2.53:53")}, sandboxID: "egs-test"})}
+	e, err := hostEgressd{}.Start(context.Background(), ns.Path, plan, newAuditSink(nil, nil, nil).consume)
 	if e != nil {
-		defer e.stop()
+		defer e.Stop()
 	}
 	if err == nil || !strings.Contains(err.Error(), "exited before it was ready") || !strings.Contains(err.Error(), `unknown field "network.alow"`) {
 		t.Errorf("start with a broken policy: %v; want egressd's exit and its message", err)
@@ -333,8 +348,12 @@ func TestEgressdThatCannotStartFailsTheLaunchWithItsReason(t *testing.T) {
 func TestEgressdPolicyKeepsReportMode(t *testing.T) {
 	p := resolveWith(t, "open", "version = 1\n[network]\nallow = [\"pypi.org\"]\n",
 		policy.Setting{Key: "network.mode", Values: []string{"report"}, Source: policy.Flag("--net")})
+	data, err := egressdPolicy(p)
+	if err != nil {
+		t.Fatal(err)
+	}
 	path := filepath.Join(t.TempDir(), policyFile)
-	if err := writeEgressdPolicy(p, path, uint32(os.Getuid()), uint32(os.Getgid())); err != nil {
+	if err := os.WriteFile(path, data, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	snap, _, err := policy.Resolve(policy.ResolveOptions{Files: []string{path}})

@@ -1,22 +1,18 @@
 package sandbox
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
-	"path"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
 
+	"github.com/egressd/egressd/sandbox/specconv"
 	"golang.org/x/sys/unix"
-
-	"github.com/egressd/egressd/policy"
 )
 
 // Sizes of the tmpfs holding an overlay's upper layer. A read-only root's
@@ -66,7 +62,12 @@ type Rootfs struct {
 // stateDir should be private to the launcher (not under the host's
 // world-readable paths, or under /run, which every sandbox sees as a fresh
 // tmpfs).
-func PrepareRootfs(ctx context.Context, v *View, stateDir string, writable bool) (*Rootfs, error) {
+func PrepareRootfs(ctx context.Context, v *specconv.View, stateDir string, writable bool) (*Rootfs, error) {
+	return prepareRootfs(ctx, hostFS{}, v, stateDir, writable)
+}
+
+// prepareRootfs is PrepareRootfs through fsys.
+func prepareRootfs(ctx context.Context, fsys HostFS, v *specconv.View, stateDir string, writable bool) (*Rootfs, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -83,7 +84,7 @@ func PrepareRootfs(ctx context.Context, v *View, stateDir string, writable bool)
 		lowers = append(lowers, lowerDir)
 	}
 	for _, m := range v.Mounts {
-		if m.Kind == MountSystem && m.Writable {
+		if m.Kind == specconv.MountSystem && m.Writable {
 			lowers = append(lowers, m.Source)
 		}
 	}
@@ -112,12 +113,12 @@ func PrepareRootfs(ctx context.Context, v *View, stateDir string, writable bool)
 	r.Cleanup = func() error {
 		var errs []error
 		for i := len(overlays) - 1; i >= 0; i-- {
-			errs = append(errs, unmountAndRemove(overlays[i]))
+			errs = append(errs, unmountAndRemove(fsys, overlays[i]))
 		}
 		if err := os.Remove(viewDir); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			errs = append(errs, err)
 		}
-		errs = append(errs, unmountAndRemove(filepath.Join(stateDir, "rootfs")), unmountAndRemove(upperMnt))
+		errs = append(errs, unmountAndRemove(fsys, filepath.Join(stateDir, "rootfs")), unmountAndRemove(fsys, upperMnt))
 		return errors.Join(errs...)
 	}
 	fail := func(err error) (*Rootfs, error) {
@@ -136,7 +137,7 @@ func PrepareRootfs(ctx context.Context, v *View, stateDir string, writable bool)
 	if !writable {
 		tmpfsOpts += ",size=" + strconv.Itoa(readOnlyUpperSize)
 	}
-	if err := unix.Mount("tmpfs", upperMnt, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, tmpfsOpts); err != nil {
+	if err := fsys.Mount("tmpfs", upperMnt, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, tmpfsOpts); err != nil {
 		return fail(fmt.Errorf("mounting the upper tmpfs on %s: %w", upperMnt, err))
 	}
 	// overlay mounts an overlay of lower at dir, its upper layer and work
@@ -160,7 +161,7 @@ func PrepareRootfs(ctx context.Context, v *View, stateDir string, writable bool)
 		if err := os.Chmod(upper, st.Mode().Perm()); err != nil {
 			return err
 		}
-		if err := os.Lchown(upper, int(sys.Uid), int(sys.Gid)); err != nil {
+		if err := fsys.Lchown(upper, int(sys.Uid), int(sys.Gid)); err != nil {
 			return err
 		}
 		if err := os.Mkdir(dir, 0o700); err != nil {
@@ -170,7 +171,7 @@ func PrepareRootfs(ctx context.Context, v *View, stateDir string, writable bool)
 			return err
 		}
 		data := "lowerdir=" + lower + ",upperdir=" + upper + ",workdir=" + work
-		if err := unix.Mount("overlay", dir, "overlay", unix.MS_NOSUID|unix.MS_NODEV, data); err != nil {
+		if err := fsys.Mount("overlay", dir, "overlay", unix.MS_NOSUID|unix.MS_NODEV, data); err != nil {
 			_ = os.Remove(dir)
 			return fmt.Errorf("mounting the overlay on %s (%s): %w", dir, data, err)
 		}
@@ -195,7 +196,7 @@ func PrepareRootfs(ctx context.Context, v *View, stateDir string, writable bool)
 		}
 	}
 	for _, m := range v.Mounts {
-		if m.Kind != MountSystem || !m.Writable {
+		if m.Kind != specconv.MountSystem || !m.Writable {
 			continue
 		}
 		if err := os.MkdirAll(viewDir, 0o700); err != nil {
@@ -210,16 +211,25 @@ func PrepareRootfs(ctx context.Context, v *View, stateDir string, writable bool)
 	return r, nil
 }
 
+// hostFS is the host's file systems (HostFS).
+type hostFS struct{}
+
+func (hostFS) Mount(source, target, fstype string, flags uintptr, data string) error {
+	return unix.Mount(source, target, fstype, flags, data)
+}
+func (hostFS) Unmount(target string, flags int) error { return unix.Unmount(target, flags) }
+func (hostFS) Lchown(path string, uid, gid int) error { return os.Lchown(path, uid, gid) }
+
 // unmountAndRemove unmounts everything mounted on dir (lazily if busy) and
 // removes the directory. A directory that is gone or not mounted is fine.
-func unmountAndRemove(dir string) error {
+func unmountAndRemove(fsys HostFS, dir string) error {
 	for range 8 { // stacked mounts, each unmounted in turn
-		err := unix.Unmount(dir, 0)
+		err := fsys.Unmount(dir, 0)
 		if err == nil {
 			continue
 		}
 		if errors.Is(err, unix.EBUSY) {
-			if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
+			if err := fsys.Unmount(dir, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
 				return fmt.Errorf("unmounting %s: %w", dir, err)
 			}
 			continue
@@ -233,164 +243,4 @@ func unmountAndRemove(dir string) error {
 		return fmt.Errorf("removing %s: %w", dir, err)
 	}
 	return nil
-}
-
-// maxSymlinks is the kernel's limit on links followed in one lookup.
-const maxSymlinks = 40
-
-// resolve resolves p, a path inside the sandbox, in the tree the way the
-// sandbox would see it: absolute symlinks start again at the root, and ".."
-// never climbs above it. It returns the resolved path inside the sandbox
-// (every component but a missing last one exists and is not a symlink) and
-// the error of the first component that does not exist, if any. It reads
-// only the tree; mounts the runtime adds are not there.
-func (t Tree) resolve(p string) (string, error) {
-	if !path.IsAbs(p) {
-		return "", fmt.Errorf("%q is not an absolute path", p)
-	}
-	resolved := "/"
-	rest := strings.Split(p, "/")
-	links := 0
-	for len(rest) > 0 {
-		c := rest[0]
-		rest = rest[1:]
-		switch c {
-		case "", ".":
-			continue
-		case "..":
-			resolved = path.Dir(resolved)
-			continue
-		}
-		next := path.Join(resolved, c)
-		fi, err := t.lstat(next)
-		if err != nil {
-			return next, err
-		}
-		if fi.Mode()&fs.ModeSymlink == 0 {
-			if len(rest) > 0 && !fi.IsDir() && hasComponent(rest) {
-				return next, &fs.PathError{Op: "lookup", Path: next, Err: unix.ENOTDIR}
-			}
-			resolved = next
-			continue
-		}
-		links++
-		if links > maxSymlinks {
-			return next, &fs.PathError{Op: "lookup", Path: p, Err: unix.ELOOP}
-		}
-		target, err := t.readlink(next)
-		if err != nil {
-			return next, err
-		}
-		if path.IsAbs(target) {
-			resolved = "/"
-		}
-		rest = append(strings.Split(target, "/"), rest...)
-	}
-	return resolved, nil
-}
-
-func hasComponent(parts []string) bool {
-	for _, c := range parts {
-		if c != "" && c != "." {
-			return true
-		}
-	}
-	return false
-}
-
-// ResolveUser turns a profile's user into ids and a home directory. A
-// numeric user is taken as given, with home /root for uid 0 and DefaultHome
-// otherwise (the ids need no passwd entry: the sandbox gets one). A named
-// user is looked up in the tree's /etc/passwd, and its supplementary groups
-// in /etc/group; a name that is not there is an error.
-func ResolveUser(t Tree, u policy.User) (User, error) {
-	if u.Name == "" {
-		return User{UID: u.UID, GID: u.GID, Home: defaultHome(u.UID)}, nil
-	}
-	pw, err := t.readFile("/etc/passwd")
-	if err != nil {
-		return User{}, fmt.Errorf("looking up user %q: %w", u.Name, err)
-	}
-	var out User
-	found := false
-	for _, f := range colonRecords(pw, 7) {
-		if f[0] != u.Name {
-			continue
-		}
-		uid, err1 := strconv.ParseUint(f[2], 10, 32)
-		gid, err2 := strconv.ParseUint(f[3], 10, 32)
-		if err1 != nil || err2 != nil {
-			return User{}, fmt.Errorf("looking up user %q: malformed /etc/passwd entry", u.Name)
-		}
-		home := path.Clean("/" + f[5])
-		out, found = User{UID: uint32(uid), GID: uint32(gid), Home: home, Name: u.Name}, true
-		break
-	}
-	if !found {
-		return User{}, fmt.Errorf("user %q is not in the sandbox's /etc/passwd; use a numeric \"UID:GID\"", u.Name)
-	}
-	if out.Home == "/" {
-		out.Home = defaultHome(out.UID)
-	}
-	gr, err := t.readFile("/etc/group")
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return User{}, fmt.Errorf("looking up groups of %q: %w", u.Name, err)
-	}
-	for _, f := range colonRecords(gr, 4) {
-		gid, err := strconv.ParseUint(f[2], 10, 32)
-		if err != nil || uint32(gid) == out.GID {
-			continue
-		}
-		for m := range strings.SplitSeq(f[3], ",") {
-			if strings.TrimSpace(m) == u.Name {
-				out.AdditionalGids = append(out.AdditionalGids, uint32(gid))
-				break
-			}
-		}
-	}
-	return out, nil
-}
-
-// readFile reads a small file inside the tree, following symlinks inside
-// it only.
-func (t Tree) readFile(p string) ([]byte, error) {
-	r, err := t.resolve(p)
-	if err != nil {
-		return nil, err
-	}
-	h := t.hostFile(r)
-	if h == "" {
-		return nil, fmt.Errorf("%s is not a regular file", p)
-	}
-	f, err := os.Open(h)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if !st.Mode().IsRegular() || st.Size() > 16<<20 {
-		return nil, fmt.Errorf("%s is not a regular file of sensible size", p)
-	}
-	return io.ReadAll(io.LimitReader(f, 16<<20))
-}
-
-// colonRecords splits passwd/group-style lines into at least n fields.
-func colonRecords(data []byte, n int) [][]string {
-	var out [][]string
-	sc := bufio.NewScanner(strings.NewReader(string(data)))
-	for sc.Scan() {
-		line := strings.TrimSpace(sc.Text())
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		f := strings.Split(line, ":")
-		if len(f) < n {
-			continue
-		}
-		out = append(out, f)
-	}
-	return out
 }

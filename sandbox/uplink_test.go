@@ -14,6 +14,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/egressd/egressd/firewall"
+	"github.com/egressd/egressd/internal/nsthread"
 )
 
 func TestPickPrefixSkipsEveryRangeInUse(t *testing.T) {
@@ -75,33 +76,45 @@ func requireRootNetns(t *testing.T) {
 	}
 }
 
+// uplinkSandbox is a sandbox of namespace sb with nothing but an uplink
+// plan, from the launcher namespace launcher (a throwaway one: the test's
+// own stays untouched).
+func uplinkSandbox(t *testing.T, launcher, sb NetNS, subnet netip.Prefix) *Sandbox {
+	u := planUplink(sb.Name, subnet)
+	u.LauncherNetns = launcher.Path
+	return &Sandbox{k: HostKernel(), plan: &Plan{StateRoot: t.TempDir(), Netns: sb.Path, Uplink: u}}
+}
+
 // testNetNS makes a namespace named like a sandbox's and removes it when
 // the test ends.
-func testNetNS(t *testing.T) *netNS {
+func testNetNS(t *testing.T) NetNS {
 	t.Helper()
-	ns, err := createNetNS(newID())
+	ns, err := hostNamespaces{}.Create(newID())
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		if err := ns.destroy(); err != nil {
-			t.Errorf("destroying %s: %v", ns.name, err)
+		if err := (hostNamespaces{}).Remove(ns); err != nil {
+			t.Errorf("removing %s: %v", ns.Name, err)
 		}
 	})
 	return ns
 }
 
+// in runs fn on a thread inside ns.
+func in(ns NetNS, fn func() error) error { return nsthread.InNetns(ns.Path, fn) }
+
 // inNS runs a command in ns and returns its output.
-func inNS(t *testing.T, ns *netNS, name string, args ...string) string {
+func inNS(t *testing.T, ns NetNS, name string, args ...string) string {
 	t.Helper()
 	var out []byte
-	err := ns.do(func() error {
+	err := in(ns, func() error {
 		var err error
 		out, err = exec.Command(name, args...).CombinedOutput()
 		return err
 	})
 	if err != nil {
-		t.Fatalf("%s %s in %s: %v\n%s", name, strings.Join(args, " "), ns.name, err, out)
+		t.Fatalf("%s %s in %s: %v\n%s", name, strings.Join(args, " "), ns.Name, err, out)
 	}
 	return string(out)
 }
@@ -115,19 +128,22 @@ func TestUplinkSetupAndRemoveLeaveNothing(t *testing.T) {
 	host := testNetNS(t)
 	sb := testNetNS(t)
 	before := inNS(t, host, "iptables-save") + inNS(t, host, "ip", "-o", "link")
-	u := newUplink(sb.name)
+	s := uplinkSandbox(t, host, sb, netip.MustParsePrefix("10.201.0.0/29"))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	err := host.do(func() error { return u.setup(ctx, sb, netip.MustParsePrefix("10.201.0.0/29"), t.TempDir()) })
-	if err != nil {
-		_ = host.do(func() error { return u.remove(ctx) })
+	if err := s.setupUplink(ctx); err != nil {
+		if s.up != nil {
+			_ = s.removeUplink(ctx, s.up)
+		}
 		t.Fatalf("setup: %v", err)
 	}
+	u := s.up
+	hostAddr, _ := uplinkAddrs(u.prefix)
 
 	saved := inNS(t, host, "iptables-save")
 	for _, want := range []string{
-		"-A FORWARD -j " + u.fwdChain, "-A POSTROUTING -j " + u.natChain,
-		"-A " + u.natChain + " -s " + u.prefix.String() + " ! -o " + u.hostIf + " -j MASQUERADE",
+		"-A FORWARD -j " + u.plan.ForwardChain, "-A POSTROUTING -j " + u.plan.NATChain,
+		"-A " + u.plan.NATChain + " -s " + u.prefix.String() + " ! -o " + u.plan.Link + " -j MASQUERADE",
 	} {
 		if !strings.Contains(saved, want+"\n") {
 			t.Errorf("launcher namespace lacks %q:\n%s", want, saved)
@@ -139,19 +155,19 @@ func TestUplinkSetupAndRemoveLeaveNothing(t *testing.T) {
 	if got := inNS(t, sb, "ip", "-6", "addr", "show", "dev", SandboxLink); strings.Contains(got, "inet6") {
 		t.Errorf("the sandbox's %s has an IPv6 address:\n%s", SandboxLink, got)
 	}
-	if got := inNS(t, host, "ip", "-6", "addr", "show", "dev", u.hostIf); strings.Contains(got, "inet6") {
-		t.Errorf("the launcher's %s has an IPv6 address:\n%s", u.hostIf, got)
+	if got := inNS(t, host, "ip", "-6", "addr", "show", "dev", u.plan.Link); strings.Contains(got, "inet6") {
+		t.Errorf("the launcher's %s has an IPv6 address:\n%s", u.plan.Link, got)
 	}
-	if got := inNS(t, sb, "ip", "route"); !strings.HasPrefix(got, "default via "+u.hostAddr.String()+" dev "+SandboxLink) {
-		t.Errorf("sandbox routes:\n%s\nwant the default via %s", got, u.hostAddr)
+	if got := inNS(t, sb, "ip", "route"); !strings.HasPrefix(got, "default via "+hostAddr.String()+" dev "+SandboxLink) {
+		t.Errorf("sandbox routes:\n%s\nwant the default via %s", got, hostAddr)
 	}
 
 	// A TCP connection from the sandbox to a listener on the launcher's
 	// end: the link is up and routed.
 	var ln net.Listener
-	if err := host.do(func() error {
+	if err := in(host, func() error {
 		var err error
-		ln, err = net.Listen("tcp", netip.AddrPortFrom(u.hostAddr, 0).String())
+		ln, err = net.Listen("tcp", netip.AddrPortFrom(hostAddr, 0).String())
 		return err
 	}); err != nil {
 		t.Fatal(err)
@@ -164,7 +180,7 @@ func TestUplinkSetupAndRemoveLeaveNothing(t *testing.T) {
 		}
 	}()
 	var got []byte
-	if err := sb.do(func() error {
+	if err := in(sb, func() error {
 		c, err := net.DialTimeout("tcp", ln.Addr().String(), 3*time.Second)
 		if err != nil {
 			return err
@@ -178,17 +194,17 @@ func TestUplinkSetupAndRemoveLeaveNothing(t *testing.T) {
 		t.Errorf("sandbox → launcher over the uplink: %q, %v", got, err)
 	}
 
-	if err := host.do(func() error { return u.remove(ctx) }); err != nil {
+	if err := s.removeUplink(ctx, u); err != nil {
 		t.Fatalf("remove: %v", err)
 	}
-	if err := host.do(func() error { return u.remove(ctx) }); err != nil {
+	if err := s.removeUplink(ctx, u); err != nil {
 		t.Errorf("second remove: %v", err)
 	}
 	after := inNS(t, host, "iptables-save") + inNS(t, host, "ip", "-o", "link")
 	if normaliseSave(after) != normaliseSave(before) {
 		t.Errorf("the launcher's namespace changed:\nbefore:\n%s\nafter:\n%s", before, after)
 	}
-	sh, err := sb.handle()
+	sh, err := netnsHandle(sb.Path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -223,16 +239,16 @@ func TestUplinkRefusesANameInUse(t *testing.T) {
 	requireRootNetns(t)
 	host := testNetNS(t)
 	sb := testNetNS(t)
-	u := newUplink(sb.name)
-	err := host.do(func() error {
+	s := uplinkSandbox(t, host, sb, DefaultSubnet)
+	err := in(host, func() error {
 		attrs := netlink.NewLinkAttrs()
-		attrs.Name = u.hostIf
-		if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: attrs, PeerName: "squatter"}); err != nil {
-			return err
-		}
-		return u.setup(context.Background(), sb, DefaultSubnet, t.TempDir())
+		attrs.Name = s.plan.Uplink.Link
+		return netlink.LinkAdd(&netlink.Veth{LinkAttrs: attrs, PeerName: "squatter"})
 	})
-	if err == nil || !strings.Contains(err.Error(), "already exists") {
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.setupUplink(context.Background()); err == nil || !strings.Contains(err.Error(), "already exists") {
 		t.Errorf("setup over an existing link: %v, want an error saying it exists", err)
 	}
 }
@@ -242,28 +258,25 @@ func TestUplinkRefusesANameInUse(t *testing.T) {
 func TestUplinkRemoveAfterPartialSetup(t *testing.T) {
 	requireRootNetns(t)
 	host := testNetNS(t)
-	u := newUplink(newID())
-	u.prefix = netip.MustParsePrefix("10.200.0.0/30")
+	s := uplinkSandbox(t, host, NetNS{Name: newID()}, DefaultSubnet)
+	u := &uplink{plan: s.plan.Uplink, prefix: netip.MustParsePrefix("10.200.0.0/30")}
 	ctx := context.Background()
 	// Only the filter half, as if the nat table had failed.
-	rules, err := firewall.UplinkRules(u.nat())
+	rules, err := firewall.UplinkRules(u.plan.nat(u.prefix))
 	if err != nil {
 		t.Fatal(err)
 	}
 	half := strings.SplitAfter(string(rules), "COMMIT\n")[0]
-	err = host.do(func() error {
-		if err := firewall.System().Restore(ctx, "", firewall.IPv4, []byte(half)); err != nil {
-			return err
-		}
-		return u.remove(ctx)
-	})
-	if err != nil {
+	if err := firewall.System().Restore(ctx, host.Path, firewall.IPv4, []byte(half)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.removeUplink(ctx, u); err != nil {
 		t.Fatalf("remove after a partial setup: %v", err)
 	}
 	if saved := inNS(t, host, "iptables-save"); strings.Contains(saved, "EGS-") {
 		t.Errorf("chains left:\n%s", saved)
 	}
-	if err := host.do(func() error { return u.remove(ctx) }); err != nil {
+	if err := s.removeUplink(ctx, u); err != nil {
 		t.Errorf("remove with nothing there: %v", err)
 	}
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/egressd/egressd/policy"
 	"github.com/egressd/egressd/sandbox"
+	"github.com/egressd/egressd/sandbox/specconv"
 )
 
 func cmdExplain(args []string, stdout, stderr io.Writer) int {
@@ -26,23 +27,29 @@ func cmdExplain(args []string, stdout, stderr io.Writer) int {
 		ws := windowSize(stdout, os.Stdin)
 		cfg.Terminal = &ws
 	}
-	ex, err := sandbox.Explain(cfg)
+	cfg.ID = sandbox.ExplainID
+	plan, err := sandbox.NewPlan(cfg)
 	if err != nil {
 		fail(stderr, sandbox.MaskErr(err, secretValues(cfg)))
 		return exitLauncher
 	}
+	ex, err := plan.Explain()
+	if err != nil {
+		fail(stderr, err)
+		return exitLauncher
+	}
 	if f.json {
 		out := struct {
-			Profile   []policy.Provenance     `json:"profile"`
-			Warnings  []string                `json:"warnings,omitempty"`
-			Firewall  *explainFirewall        `json:"firewall,omitempty"`
-			Uplink    string                  `json:"uplink,omitempty"`
-			Egressd   []string                `json:"egressd,omitempty"`
-			User      sandbox.User            `json:"user"`
-			View      *sandbox.View           `json:"view"`
-			Protected []sandbox.ProtectedPath `json:"protected,omitempty"`
-			Init      any                     `json:"init,omitempty"`
-			Spec      any                     `json:"spec"`
+			Profile   []policy.Provenance      `json:"profile"`
+			Warnings  []string                 `json:"warnings,omitempty"`
+			Firewall  *explainFirewall         `json:"firewall,omitempty"`
+			Uplink    string                   `json:"uplink,omitempty"`
+			Egressd   []string                 `json:"egressd,omitempty"`
+			User      specconv.User            `json:"user"`
+			View      *specconv.View           `json:"view"`
+			Protected []specconv.ProtectedPath `json:"protected,omitempty"`
+			Init      any                      `json:"init,omitempty"`
+			Spec      any                      `json:"spec"`
 		}{Profile: ex.Profile, Uplink: ex.Uplink, Egressd: ex.Egressd, User: ex.User, View: ex.View, Protected: ex.Protected, Init: ex.Init, Spec: ex.Spec}
 		for _, w := range warnings {
 			out.Warnings = append(out.Warnings, w.String())
@@ -107,7 +114,7 @@ func formatSandboxFS(ex *sandbox.Explanation) string {
 	u := ex.User
 	name := u.Name
 	if name == "" {
-		name = sandbox.DefaultUserName
+		name = specconv.DefaultUserName
 	}
 	fmt.Fprintf(&b, "\n# User\nuid %d, gid %d (%s), home %s", u.UID, u.GID, name, u.Home)
 	if len(u.AdditionalGids) > 0 {
@@ -128,7 +135,7 @@ func formatSandboxFS(ex *sandbox.Explanation) string {
 	for _, m := range v.Mounts {
 		how := "read-only"
 		switch {
-		case m.Kind == sandbox.MountSystem && m.Writable:
+		case m.Kind == specconv.MountSystem && m.Writable:
 			how = "writable, throwaway (an overlay: writes never reach the host)"
 		case m.Writable:
 			how = "writable"
@@ -146,9 +153,9 @@ func formatSandboxFS(ex *sandbox.Explanation) string {
 		for _, pp := range ex.Protected {
 			how := pp.How
 			switch pp.How {
-			case sandbox.ProtectPinned:
+			case specconv.ProtectPinned:
 				how = "pinned: cannot be renamed or removed"
-			case sandbox.ProtectPlaceholder:
+			case specconv.ProtectPlaceholder:
 				kind := "file"
 				if pp.Dir {
 					kind = "directory"

@@ -1,4 +1,4 @@
-package sandbox
+package specconv
 
 import (
 	"bufio"
@@ -290,21 +290,4 @@ func field(f []string, i int) string {
 		return f[i]
 	}
 	return ""
-}
-
-// WriteIdentityFiles writes the sandbox's passwd and group (identityFiles)
-// into dir, for SpecOptions.Passwd and Group.
-func WriteIdentityFiles(dir string, t Tree, u User, hostView bool) (passwd, group string, err error) {
-	pw, gr, err := identityFiles(t, u, hostView)
-	if err != nil {
-		return "", "", err
-	}
-	passwd, group = filepath.Join(dir, "passwd"), filepath.Join(dir, "group")
-	if err := os.WriteFile(passwd, pw, 0o644); err != nil {
-		return "", "", fmt.Errorf("writing the sandbox's passwd: %w", err)
-	}
-	if err := os.WriteFile(group, gr, 0o644); err != nil {
-		return "", "", fmt.Errorf("writing the sandbox's group: %w", err)
-	}
-	return passwd, group, nil
 }
