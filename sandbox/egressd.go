@@ -219,7 +219,7 @@ func (hostEgressd) Start(ctx context.Context, nsPath string, p *EgressdPlan, aud
 func (e *egressdProc) start(nsPath string) error {
 	started := make(chan error, 1)
 	go func() {
-		_ = nsthread.InNetns(nsPath, func() error {
+		err := nsthread.InNetns(nsPath, func() error {
 			if err := confineThread(); err != nil {
 				started <- err
 				return nil
@@ -233,6 +233,14 @@ func (e *egressdProc) start(nsPath string) error {
 			close(e.done)
 			return nil
 		})
+		if err != nil {
+			// The namespace could not be entered: fn never ran. (Once
+			// fn has said something, this finds the buffer full.)
+			select {
+			case started <- err:
+			default:
+			}
+		}
 	}()
 	return <-started
 }
