@@ -356,11 +356,10 @@ func PrepareContainer(ctx context.Context, cfg Config, id, dir, netnsPath string
 	if err := pl.planContainer(ins); err != nil {
 		return nil, err
 	}
-	c := pl.Container
-	cleanup, err := pl.makeContainer(ctx, hostFS{})
+	cleanup, err := pl.makeContainer(ctx, cfg.Kernel.FS)
 	if cleanup == nil {
 		return nil, err
 	}
-	c = pl.Container
+	c := pl.Container
 	return &Prepared{Bundle: c.Bundle, Warnings: c.Warnings, Cleanup: cleanup}, err
 }

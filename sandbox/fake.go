@@ -56,8 +56,16 @@ type FakeKernel struct {
 	links      map[string]*FakeLink
 	containers map[string]*FakeProcess
 	egressd    []*FakeEgressd
-	mounts     map[string]string // target → source
+	mounts     map[string]fakeMount
 	owners     map[string][2]int
+}
+
+// fakeMount is one mount: what it mounts, and for a file system of its own
+// (tmpfs, overlay) the entries its target held before, which it hid: what
+// was written into it is gone when it is unmounted, as on the kernel.
+type fakeMount struct {
+	source, fstype string
+	hid            map[string]bool
 }
 
 // FakeLink is a veth the fake made.
@@ -74,7 +82,7 @@ type FakeLink struct {
 // NewFakeKernel returns an empty fake kernel.
 func NewFakeKernel() *FakeKernel {
 	k := &FakeKernel{Netfilter: firewall.NewFake(), namespaces: map[string]NetNS{}, links: map[string]*FakeLink{},
-		containers: map[string]*FakeProcess{}, mounts: map[string]string{}, owners: map[string][2]int{}}
+		containers: map[string]*FakeProcess{}, mounts: map[string]fakeMount{}, owners: map[string][2]int{}}
 	k.Kernel = &Kernel{Netns: fakeNamespaces{k}, Links: fakeLinks{k}, Firewall: firewall.New(k.Netfilter),
 		Runtime: fakeContainers{k}, Egressd: fakeEgressdStarter{k}, FS: fakeFS{k}}
 	return k
@@ -334,7 +342,15 @@ func (f fakeFS) Mount(source, target, fstype string, _ uintptr, _ string) error 
 	if _, err := os.Lstat(target); err != nil {
 		return err
 	}
-	k.mounts[target] = source
+	m := fakeMount{source: source, fstype: fstype}
+	if fstype == "tmpfs" || fstype == "overlay" {
+		m.hid = map[string]bool{}
+		ents, _ := os.ReadDir(target)
+		for _, e := range ents {
+			m.hid[e.Name()] = true
+		}
+	}
+	k.mounts[target] = m
 	return nil
 }
 
@@ -351,7 +367,19 @@ func (f fakeFS) Unmount(target string, _ int) error {
 	if err := k.do("fs.unmount " + target); err != nil {
 		return err
 	}
+	m := k.mounts[target]
 	delete(k.mounts, target)
+	if m.hid != nil {
+		// What was written into the file system goes with it.
+		ents, _ := os.ReadDir(target)
+		for _, e := range ents {
+			if !m.hid[e.Name()] {
+				if err := os.RemoveAll(filepath.Join(target, e.Name())); err != nil {
+					return err
+				}
+			}
+		}
+	}
 	return nil
 }
 

@@ -199,10 +199,12 @@ type stateRecord struct {
 
 // OfLauncher returns the id of the sandbox whose launcher is process pid,
 // from the state records in DefaultStateDir.
-func OfLauncher(pid int) (id string, ok bool) {
-	ents, _ := os.ReadDir(DefaultStateDir)
+func OfLauncher(pid int) (id string, ok bool) { return ofLauncher(DefaultStateDir, pid) }
+
+func ofLauncher(stateDir string, pid int) (id string, ok bool) {
+	ents, _ := os.ReadDir(stateDir)
 	for _, e := range ents {
-		data, err := os.ReadFile(filepath.Join(DefaultStateDir, e.Name(), "state.json"))
+		data, err := os.ReadFile(filepath.Join(stateDir, e.Name(), "state.json"))
 		if err != nil {
 			continue
 		}
