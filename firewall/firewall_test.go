@@ -3,13 +3,14 @@ package firewall
 import (
 	"context"
 	"errors"
-	"os"
 	"slices"
 	"strings"
 	"testing"
 
-	"github.com/egressd/egressd/policy"
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/egressd/egressd/internal/privtest"
+	"github.com/egressd/egressd/policy"
 )
 
 var (
@@ -387,7 +388,7 @@ func TestPublicFunctionsRejectBadInput(t *testing.T) {
 	}
 	// Entering even our own namespace needs CAP_SYS_ADMIN; nsthread's own
 	// tests cover panics without it.
-	if os.Geteuid() == 0 {
+	if privtest.Enabled() {
 		if err := inNetns("/proc/self/ns/net", func() error { panic("boom") }); err == nil || !strings.Contains(err.Error(), "boom") {
 			t.Errorf("inNetns(panic) = %v", err)
 		}

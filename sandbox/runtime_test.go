@@ -18,15 +18,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/egressd/egressd/internal/privtest"
 	"github.com/egressd/egressd/policy"
 	"github.com/egressd/egressd/sandbox/specconv"
 )
 
 func requireRootForContainers(t testing.TB) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: mounts and runs containers")
-	}
+	privtest.Require(t, "mounts and runs containers")
 }
 
 func requireRunc(t testing.TB) *Runtime {

@@ -5,7 +5,6 @@ import (
 	"context"
 	"net"
 	"net/netip"
-	"os"
 	"os/exec"
 	"strings"
 	"testing"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/egressd/egressd/firewall"
 	"github.com/egressd/egressd/internal/nsthread"
+	"github.com/egressd/egressd/internal/privtest"
 )
 
 func TestPickPrefixSkipsEveryRangeInUse(t *testing.T) {
@@ -66,9 +66,7 @@ func TestUplinkAddrs(t *testing.T) {
 
 func requireRootNetns(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates network namespaces, veths and iptables rules")
-	}
+	privtest.Require(t, "creates network namespaces, veths and iptables rules")
 	for _, tool := range []string{"iptables-restore", "iptables-save"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			t.Skipf("needs %s: %v", tool, err)
