@@ -22,6 +22,7 @@ import (
 
 	"github.com/egressd/egressd/firewall"
 	"github.com/egressd/egressd/policy"
+	"github.com/egressd/egressd/sandbox/specconv"
 )
 
 // The life of a sandbox on the fake kernel: every test here runs as any
@@ -609,4 +610,106 @@ func TestFakeKernelRefusesWhatTheKernelWould(t *testing.T) {
 	if _, err := kern.Egressd.Start(context.Background(), NetnsDir+"/egs-1", &EgressdPlan{Dir: t.TempDir()}, func(io.Reader) {}); err == nil {
 		t.Error("egressd started without its binary bound")
 	}
+}
+
+// TestLifecyclePlanOnAnotherSandboxsPlaceholdersIsMadeAgain: sandbox b is
+// planned while a's placeholders stand in the shared workspace (they are
+// planned as what is there), and a ends before b is applied, removing
+// them. Apply must not go on with mount sources that are gone (runc fails
+// on them): it plans the container again, makes b's own placeholders, and
+// the plan b holds is what was made.
+func TestLifecyclePlanOnAnotherSandboxsPlaceholdersIsMadeAgain(t *testing.T) {
+	k := NewFakeKernel()
+	ws := t.TempDir()
+	if err := os.Chmod(ws, 0o777); err != nil { // writable by the sandbox user
+		t.Fatal(err)
+	}
+	cfg := fakeConfig(t, k, "standard", withMode("none"), policy.Setting{Key: "filesystem.mount_cwd", Values: []string{"true"}, Source: policy.Flag("--mount-cwd")})
+	cfg.WorkspaceDir = ws
+	if err := os.MkdirAll(cfg.StateDir, 0o711); err != nil {
+		t.Fatal(err)
+	}
+	first, err := NewPlan(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(first.Container.Protected) == 0 {
+		t.Fatal("no protected paths planned in the workspace")
+	}
+	a, releaseA := sandboxStateDir(t, cfg.StateDir, "egs-0000000a")
+	if err := acquirePlaceholders(cfg.StateDir, a, first.Container.Protected); err != nil {
+		t.Fatal(err)
+	}
+	p, err := NewPlan(cfg) // on a's placeholders
+	if err != nil {
+		t.Fatal(err)
+	}
+	if slices.ContainsFunc(p.Container.Protected, func(pp specconv.ProtectedPath) bool { return pp.How == specconv.ProtectPlaceholder }) {
+		t.Fatal("planned a placeholder where a's stands")
+	}
+	if err := releasePlaceholders(cfg.StateDir, a); err != nil {
+		t.Fatal(err)
+	}
+	releaseA()
+	if err := os.RemoveAll(a); err != nil {
+		t.Fatal(err)
+	}
+
+	s, err := Apply(context.Background(), p)
+	if err != nil {
+		t.Fatalf("Apply after a's placeholders went: %v", err)
+	}
+	if !slices.ContainsFunc(s.Plan().Container.Protected, func(pp specconv.ProtectedPath) bool { return pp.How == specconv.ProtectPlaceholder }) {
+		t.Error("the plan b holds was not made again")
+	}
+	checkApplied(t, k, s)
+	for _, pp := range s.Plan().Container.Protected {
+		if _, err := os.Lstat(pp.Host); err != nil {
+			t.Errorf("protected path %s: %v", pp.Path, err)
+		}
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if left := listNames(t, ws); len(left) != 0 {
+		t.Errorf("the workspace holds %v after b ended", left)
+	}
+	checkNothingLeft(t, k, cfg.StateDir)
+}
+
+// TestLifecycleStateDirectoryThatCannotBeClaimed: a state root that is no
+// directory fails the launch saying so; a directory being born under the
+// id, or one left with the id's name, makes the id taken; none of them is
+// touched, and nothing is made in the kernel.
+func TestLifecycleStateDirectoryThatCannotBeClaimed(t *testing.T) {
+	k := NewFakeKernel()
+	cfg := fakeConfig(t, k, "strict", withMode("none"))
+	cfg.ID = "egs-00beef00"
+	if err := os.WriteFile(filepath.Join(filepath.Dir(cfg.StateDir), "file"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	asFile := cfg
+	asFile.StateDir = filepath.Join(filepath.Dir(cfg.StateDir), "file", "state")
+	if _, err := Create(context.Background(), asFile); err == nil || !strings.Contains(err.Error(), "creating") {
+		t.Errorf("a state root under a file: %v", err)
+	}
+	for _, name := range []string{".new-" + cfg.ID, cfg.ID} {
+		if err := os.MkdirAll(filepath.Join(cfg.StateDir, name, "kept"), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		p, err := NewPlan(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := Apply(context.Background(), p); !errors.Is(err, errIDTaken) {
+			t.Errorf("with %s there: %v, want the id taken", name, err)
+		}
+		if _, err := os.Stat(filepath.Join(cfg.StateDir, name, "kept")); err != nil {
+			t.Errorf("%s was touched: %v", name, err)
+		}
+		if err := os.RemoveAll(filepath.Join(cfg.StateDir, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	checkNothingLeft(t, k, cfg.StateDir)
 }

@@ -220,3 +220,85 @@ func TestBlockedPathsThroughTheOverlay(t *testing.T) {
 		t.Errorf("(-want +got)\n%s", d)
 	}
 }
+
+// TestPrepareRootfsOnTheFakeKernel prepares the read-only and writable host
+// views and an image through the fake kernel's file systems, as any user:
+// the planned root and overlays are made, each mount failing in turn
+// fails the preparation with what it was mounting, and cleanup (or the
+// failure) leaves no mount and no directory.
+func TestPrepareRootfsOnTheFakeKernel(t *testing.T) {
+	for _, tc := range []struct{ name, profile, image string }{
+		{"read-only host view", "strict", ""},
+		{"writable host view", "standard", ""},
+		{"image", "standard", "/"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p, err := policy.BuiltinProfile(tc.profile)
+			if err != nil {
+				t.Fatal(err)
+			}
+			writable := tc.name != "read-only host view"
+			v, err := specconv.PlanView(p, specconv.ViewOptions{Image: tc.image, SystemWritable: writable})
+			if err != nil {
+				t.Fatal(err)
+			}
+			k := NewFakeKernel()
+			dir := filepath.Join(t.TempDir(), "egs-0000f00d")
+			if err := os.Mkdir(dir, 0o711); err != nil {
+				t.Fatal(err)
+			}
+			r, err := prepareRootfs(context.Background(), k.Kernel.FS, v, dir, writable)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.Dir != specconv.RootfsDir(v, dir) {
+				t.Errorf("rootfs = %s, want %s", r.Dir, specconv.RootfsDir(v, dir))
+			}
+			for path, d := range r.Overlays {
+				if d != specconv.OverlayDir(dir, path) {
+					t.Errorf("overlay of %s at %s, want %s", path, d, specconv.OverlayDir(dir, path))
+				}
+			}
+			var mounts []string
+			for _, op := range k.Ops() {
+				if strings.HasPrefix(op, "fs.mount ") {
+					mounts = append(mounts, op)
+				}
+			}
+			if writable && len(mounts) < 2 {
+				t.Errorf("a writable root with mounts %q: want the tmpfs and an overlay", mounts)
+			}
+			if err := r.Cleanup(); err != nil {
+				t.Fatal(err)
+			}
+			if left := k.Leftovers(); len(left) > 0 {
+				t.Errorf("left %q", left)
+			}
+			if left := listNames(t, dir); len(left) != 0 {
+				t.Errorf("left in the state directory: %v", left)
+			}
+			for _, failing := range mounts {
+				k := NewFakeKernel()
+				k.Fail = func(op string) error {
+					if op == failing {
+						return unix.EPERM
+					}
+					return nil
+				}
+				_, err := prepareRootfs(context.Background(), k.Kernel.FS, v, dir, writable)
+				if err == nil || !errors.Is(err, unix.EPERM) || !strings.Contains(err.Error(), "mounting") {
+					t.Errorf("%s failing: %v", failing, err)
+				}
+				if left := k.Leftovers(); len(left) > 0 {
+					t.Errorf("%s failing left %q", failing, left)
+				}
+				if left := listNames(t, dir); len(left) != 0 {
+					t.Errorf("%s failing left in the state directory: %v", failing, left)
+				}
+			}
+		})
+	}
+	if _, err := prepareRootfs(context.Background(), NewFakeKernel().Kernel.FS, nil, t.TempDir(), false); err == nil {
+		t.Error("a root of no view")
+	}
+}

@@ -99,6 +99,9 @@ func TestConfigChecks(t *testing.T) {
 		{"mount_cwd without a directory", Config{Profile: cwd, Args: []string{"true"}, EgressdPath: "/x"}, "mount_cwd"},
 		{"bad secret name", Config{Profile: std, Args: []string{"true"}, EgressdPath: "/x", Secrets: []Secret{{"A-B", "v"}}}, "secret"},
 		{"filtered without egressd", Config{Profile: std, Args: []string{"true"}}, "egressd binary"},
+		{"missing rootfs", Config{Profile: std, Args: []string{"true"}, Rootfs: "/nonexistent/img", EgressdPath: "/x"}, "no such directory"},
+		{"rootfs a file", Config{Profile: std, Args: []string{"true"}, Rootfs: "/etc/hostname", EgressdPath: "/x"}, "not a directory"},
+		{"relative state directory", Config{Profile: std, Args: []string{"true"}, StateDir: "state", EgressdPath: "/x"}, "state directory"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if _, err := tc.cfg.withDefaults(); err == nil || !strings.Contains(err.Error(), tc.wantErr) {
