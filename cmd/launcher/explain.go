@@ -39,33 +39,46 @@ func cmdExplain(args []string, stdout, stderr io.Writer) int {
 		return exitLauncher
 	}
 	if f.json {
-		out := struct {
-			Profile   []policy.Provenance      `json:"profile"`
-			Warnings  []string                 `json:"warnings,omitempty"`
-			Firewall  *explainFirewall         `json:"firewall,omitempty"`
-			Uplink    string                   `json:"uplink,omitempty"`
-			Egressd   []string                 `json:"egressd,omitempty"`
-			User      specconv.User            `json:"user"`
-			View      *specconv.View           `json:"view"`
-			Protected []specconv.ProtectedPath `json:"protected,omitempty"`
-			Init      any                      `json:"init,omitempty"`
-			Spec      any                      `json:"spec"`
-		}{Profile: ex.Profile, Uplink: ex.Uplink, Egressd: ex.Egressd, User: ex.User, View: ex.View, Protected: ex.Protected, Init: ex.Init, Spec: ex.Spec}
-		for _, w := range warnings {
-			out.Warnings = append(out.Warnings, w.String())
-		}
-		out.Warnings = append(out.Warnings, ex.Warnings...)
-		if ex.FirewallIPv4 != "" {
-			out.Firewall = &explainFirewall{IPv4: ex.FirewallIPv4, IPv6: ex.FirewallIPv6}
-		}
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(out); err != nil {
-			fail(stderr, err)
-			return exitLauncher
-		}
-		return 0
+		err = writeExplainJSON(stdout, warnings, ex)
+	} else {
+		err = writeExplainText(stdout, stderr, p, warnings, ex)
 	}
+	if err != nil {
+		fail(stderr, err)
+		return exitLauncher
+	}
+	return 0
+}
+
+// writeExplainJSON writes the plan as `explain --json` shows it.
+func writeExplainJSON(stdout io.Writer, warnings []policy.Warning, ex *sandbox.Explanation) error {
+	out := struct {
+		Profile   []policy.Provenance      `json:"profile"`
+		Warnings  []string                 `json:"warnings,omitempty"`
+		Firewall  *explainFirewall         `json:"firewall,omitempty"`
+		Uplink    string                   `json:"uplink,omitempty"`
+		Egressd   []string                 `json:"egressd,omitempty"`
+		User      specconv.User            `json:"user"`
+		View      *specconv.View           `json:"view"`
+		Protected []specconv.ProtectedPath `json:"protected,omitempty"`
+		Init      any                      `json:"init,omitempty"`
+		Spec      any                      `json:"spec"`
+	}{Profile: ex.Profile, Uplink: ex.Uplink, Egressd: ex.Egressd, User: ex.User, View: ex.View, Protected: ex.Protected, Init: ex.Init, Spec: ex.Spec}
+	for _, w := range warnings {
+		out.Warnings = append(out.Warnings, w.String())
+	}
+	out.Warnings = append(out.Warnings, ex.Warnings...)
+	if ex.FirewallIPv4 != "" {
+		out.Firewall = &explainFirewall{IPv4: ex.FirewallIPv4, IPv6: ex.FirewallIPv6}
+	}
+	enc := json.NewEncoder(stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(out)
+}
+
+// writeExplainText writes the plan as `explain` shows it to a person: the
+// warnings on stderr, the rest on stdout.
+func writeExplainText(stdout, stderr io.Writer, p *policy.Profile, warnings []policy.Warning, ex *sandbox.Explanation) error {
 	for _, w := range warnings {
 		fmt.Fprintf(stderr, "launcher: %s\n", oneLine(w.String()))
 	}
@@ -100,11 +113,10 @@ func cmdExplain(args []string, stdout, stderr io.Writer) int {
 	}
 	spec, err := json.MarshalIndent(ex.Spec, "", "  ")
 	if err != nil {
-		fail(stderr, err)
-		return exitLauncher
+		return err
 	}
 	fmt.Fprintf(stdout, "\n# OCI runtime spec (environment values redacted)\n%s\n", spec)
-	return 0
+	return nil
 }
 
 // formatSandboxFS renders the user, the host view and the protected paths
