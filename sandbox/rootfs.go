@@ -71,54 +71,25 @@ func prepareRootfs(ctx context.Context, fsys HostFS, v *specconv.View, stateDir 
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	if v == nil {
-		return nil, errors.New("preparing rootfs: no view")
-	}
-	if !filepath.IsAbs(stateDir) || v.Image != "" && !filepath.IsAbs(v.Image) {
-		return nil, fmt.Errorf("preparing rootfs: image %q and state %q must be absolute paths", v.Image, stateDir)
-	}
-	lowerDir, stateDir := filepath.Clean(v.Image), filepath.Clean(stateDir)
-	// Overlay options separate layers with ':' and options with ','.
-	lowers := []string{stateDir}
-	if v.Image != "" {
-		lowers = append(lowers, lowerDir)
-	}
-	for _, m := range v.Mounts {
-		if m.Kind == specconv.MountSystem && m.Writable {
-			lowers = append(lowers, m.Source)
-		}
-	}
-	for _, l := range lowers {
-		if strings.ContainsAny(l, ",:\\\n") {
-			return nil, fmt.Errorf("preparing rootfs: path %q may not contain ',', ':', '\\' or newlines (overlay options)", l)
-		}
-	}
-	if v.Image != "" {
-		if st, err := os.Stat(lowerDir); err != nil {
-			return nil, fmt.Errorf("preparing rootfs: %w", err)
-		} else if !st.IsDir() {
-			return nil, fmt.Errorf("preparing rootfs: %s is not a directory", lowerDir)
-		}
-		if stateDir == lowerDir || strings.HasPrefix(lowerDir, stateDir+"/") {
-			return nil, fmt.Errorf("preparing rootfs: state directory %s contains the lower layer %s", stateDir, lowerDir)
-		}
+	lowerDir, stateDir, err := checkRootfsPaths(v, stateDir)
+	if err != nil {
+		return nil, err
 	}
 	if err := os.MkdirAll(stateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("preparing rootfs: %w", err)
 	}
-	upperMnt := filepath.Join(stateDir, "upper-tmpfs")
+	b := &rootfsBuilder{fsys: fsys, upperMnt: filepath.Join(stateDir, "upper-tmpfs")}
 	viewDir := filepath.Join(stateDir, "view")
 	r := &Rootfs{Overlays: map[string]string{}}
-	var overlays []string // mounted, in order
 	r.Cleanup = func() error {
 		var errs []error
-		for i := len(overlays) - 1; i >= 0; i-- {
-			errs = append(errs, unmountAndRemove(fsys, overlays[i]))
+		for i := len(b.overlays) - 1; i >= 0; i-- {
+			errs = append(errs, unmountAndRemove(fsys, b.overlays[i]))
 		}
 		if err := os.Remove(viewDir); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			errs = append(errs, err)
 		}
-		errs = append(errs, unmountAndRemove(fsys, filepath.Join(stateDir, "rootfs")), unmountAndRemove(fsys, upperMnt))
+		errs = append(errs, unmountAndRemove(fsys, filepath.Join(stateDir, "rootfs")), unmountAndRemove(fsys, b.upperMnt))
 		return errors.Join(errs...)
 	}
 	fail := func(err error) (*Rootfs, error) {
@@ -127,9 +98,9 @@ func prepareRootfs(ctx context.Context, fsys HostFS, v *specconv.View, stateDir 
 		}
 		return nil, fmt.Errorf("preparing rootfs: %w", err)
 	}
-	if err := os.Mkdir(upperMnt, 0o700); err != nil {
+	if err := os.Mkdir(b.upperMnt, 0o700); err != nil {
 		if errors.Is(err, fs.ErrExist) {
-			return nil, fmt.Errorf("preparing rootfs: %s already exists (a previous sandbox not cleaned up?)", upperMnt)
+			return nil, fmt.Errorf("preparing rootfs: %s already exists (a previous sandbox not cleaned up?)", b.upperMnt)
 		}
 		return fail(err)
 	}
@@ -137,56 +108,18 @@ func prepareRootfs(ctx context.Context, fsys HostFS, v *specconv.View, stateDir 
 	if !writable {
 		tmpfsOpts += ",size=" + strconv.Itoa(readOnlyUpperSize)
 	}
-	if err := fsys.Mount("tmpfs", upperMnt, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, tmpfsOpts); err != nil {
-		return fail(fmt.Errorf("mounting the upper tmpfs on %s: %w", upperMnt, err))
-	}
-	// overlay mounts an overlay of lower at dir, its upper layer and work
-	// directory on the tmpfs under name; the upper root takes the lower
-	// root's mode and owner, which become the overlay root's.
-	overlay := func(name, lower, dir string) error {
-		upper, work := filepath.Join(upperMnt, "upper", name), filepath.Join(upperMnt, "work", name)
-		for _, d := range []string{upper, work} {
-			if err := os.MkdirAll(d, 0o755); err != nil {
-				return err
-			}
-		}
-		st, err := os.Stat(lower)
-		if err != nil {
-			return err
-		}
-		sys, ok := st.Sys().(*syscall.Stat_t)
-		if !ok {
-			return fmt.Errorf("%s: no owner information", lower)
-		}
-		if err := os.Chmod(upper, st.Mode().Perm()); err != nil {
-			return err
-		}
-		if err := fsys.Lchown(upper, int(sys.Uid), int(sys.Gid)); err != nil {
-			return err
-		}
-		if err := os.Mkdir(dir, 0o700); err != nil {
-			if errors.Is(err, fs.ErrExist) {
-				return fmt.Errorf("%s already exists (a previous sandbox not cleaned up?)", dir)
-			}
-			return err
-		}
-		data := "lowerdir=" + lower + ",upperdir=" + upper + ",workdir=" + work
-		if err := fsys.Mount("overlay", dir, "overlay", unix.MS_NOSUID|unix.MS_NODEV, data); err != nil {
-			_ = os.Remove(dir)
-			return fmt.Errorf("mounting the overlay on %s (%s): %w", dir, data, err)
-		}
-		overlays = append(overlays, dir)
-		return nil
+	if err := fsys.Mount("tmpfs", b.upperMnt, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, tmpfsOpts); err != nil {
+		return fail(fmt.Errorf("mounting the upper tmpfs on %s: %w", b.upperMnt, err))
 	}
 	if v.Image != "" {
 		r.Dir = filepath.Join(stateDir, "rootfs")
-		if err := overlay("rootfs", lowerDir, r.Dir); err != nil {
+		if err := b.overlay("rootfs", lowerDir, r.Dir); err != nil {
 			return fail(err)
 		}
-		overlays = overlays[:len(overlays)-1] // removed by Cleanup as rootfs
+		b.overlays = b.overlays[:len(b.overlays)-1] // removed by Cleanup as rootfs
 		return r, nil
 	}
-	r.Dir = filepath.Join(upperMnt, "root")
+	r.Dir = filepath.Join(b.upperMnt, "root")
 	if err := os.Mkdir(r.Dir, 0o755); err != nil {
 		return fail(err)
 	}
@@ -203,12 +136,97 @@ func prepareRootfs(ctx context.Context, fsys HostFS, v *specconv.View, stateDir 
 			return fail(err)
 		}
 		dir := filepath.Join(viewDir, strings.TrimPrefix(m.Path, "/"))
-		if err := overlay("view"+m.Path, m.Source, dir); err != nil {
+		if err := b.overlay("view"+m.Path, m.Source, dir); err != nil {
 			return fail(err)
 		}
 		r.Overlays[m.Path] = dir
 	}
 	return r, nil
+}
+
+// checkRootfsPaths checks the image and the state directory of a root to
+// prepare, and returns them cleaned.
+func checkRootfsPaths(v *specconv.View, stateDir string) (lowerDir, cleanState string, err error) {
+	if v == nil {
+		return "", "", errors.New("preparing rootfs: no view")
+	}
+	if !filepath.IsAbs(stateDir) || v.Image != "" && !filepath.IsAbs(v.Image) {
+		return "", "", fmt.Errorf("preparing rootfs: image %q and state %q must be absolute paths", v.Image, stateDir)
+	}
+	lowerDir, stateDir = filepath.Clean(v.Image), filepath.Clean(stateDir)
+	// Overlay options separate layers with ':' and options with ','.
+	lowers := []string{stateDir}
+	if v.Image != "" {
+		lowers = append(lowers, lowerDir)
+	}
+	for _, m := range v.Mounts {
+		if m.Kind == specconv.MountSystem && m.Writable {
+			lowers = append(lowers, m.Source)
+		}
+	}
+	for _, l := range lowers {
+		if strings.ContainsAny(l, ",:\\\n") {
+			return "", "", fmt.Errorf("preparing rootfs: path %q may not contain ',', ':', '\\' or newlines (overlay options)", l)
+		}
+	}
+	if v.Image != "" {
+		if st, err := os.Stat(lowerDir); err != nil {
+			return "", "", fmt.Errorf("preparing rootfs: %w", err)
+		} else if !st.IsDir() {
+			return "", "", fmt.Errorf("preparing rootfs: %s is not a directory", lowerDir)
+		}
+		if stateDir == lowerDir || strings.HasPrefix(lowerDir, stateDir+"/") {
+			return "", "", fmt.Errorf("preparing rootfs: state directory %s contains the lower layer %s", stateDir, lowerDir)
+		}
+	}
+	return lowerDir, stateDir, nil
+}
+
+// rootfsBuilder mounts a root's overlays, their upper layers and work
+// directories on the tmpfs at upperMnt.
+type rootfsBuilder struct {
+	fsys     HostFS
+	upperMnt string
+	overlays []string // mounted, in order
+}
+
+// overlay mounts an overlay of lower at dir, its upper layer and work
+// directory on the tmpfs under name; the upper root takes the lower root's
+// mode and owner, which become the overlay root's.
+func (b *rootfsBuilder) overlay(name, lower, dir string) error {
+	upper, work := filepath.Join(b.upperMnt, "upper", name), filepath.Join(b.upperMnt, "work", name)
+	for _, d := range []string{upper, work} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return err
+		}
+	}
+	st, err := os.Stat(lower)
+	if err != nil {
+		return err
+	}
+	sys, ok := st.Sys().(*syscall.Stat_t)
+	if !ok {
+		return fmt.Errorf("%s: no owner information", lower)
+	}
+	if err := os.Chmod(upper, st.Mode().Perm()); err != nil {
+		return err
+	}
+	if err := b.fsys.Lchown(upper, int(sys.Uid), int(sys.Gid)); err != nil {
+		return err
+	}
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			return fmt.Errorf("%s already exists (a previous sandbox not cleaned up?)", dir)
+		}
+		return err
+	}
+	data := "lowerdir=" + lower + ",upperdir=" + upper + ",workdir=" + work
+	if err := b.fsys.Mount("overlay", dir, "overlay", unix.MS_NOSUID|unix.MS_NODEV, data); err != nil {
+		_ = os.Remove(dir)
+		return fmt.Errorf("mounting the overlay on %s (%s): %w", dir, data, err)
+	}
+	b.overlays = append(b.overlays, dir)
+	return nil
 }
 
 // hostFS is the host's file systems (HostFS).
