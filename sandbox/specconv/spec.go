@@ -130,6 +130,70 @@ type SpecOptions struct {
 	Seccomp SeccompEnv
 }
 
+// checkHidden returns the paths to hide (masked), sorted and once each,
+// or why one cannot be.
+func checkHidden(paths []string) ([]string, error) {
+	hidden := slices.Clone(paths)
+	slices.Sort(hidden)
+	hidden = slices.Compact(hidden)
+	for _, h := range hidden {
+		if err := checkMountTarget(h); err != nil {
+			return nil, fmt.Errorf("hidden path %q: %w", h, err)
+		}
+	}
+	return hidden, nil
+}
+
+// checkSpecInputs checks what BuildSpec is given, and returns the user
+// (its home defaulted), the workspace, the working directory and the host
+// name the spec names.
+func checkSpecInputs(p *policy.Profile, opts SpecOptions) (user User, workspace, cwd, hostname string, err error) {
+	if p == nil {
+		return User{}, "", "", "", errors.New("building the container spec: no profile")
+	}
+	if len(opts.Args) == 0 || opts.Args[0] == "" {
+		return User{}, "", "", "", errors.New("building the container spec: no command to run")
+	}
+	if !isCleanAbs(opts.RootfsDir) {
+		return User{}, "", "", "", fmt.Errorf("building the container spec: rootfs %q is not an absolute clean path", opts.RootfsDir)
+	}
+	for _, e := range opts.Env {
+		name, _, ok := strings.Cut(e, "=")
+		if !ok || name == "" || strings.ContainsRune(e, 0) {
+			return User{}, "", "", "", fmt.Errorf("building the container spec: environment entry %q is not NAME=VALUE", e)
+		}
+	}
+	user = opts.User
+	if user.Home == "" {
+		user.Home = defaultHome(user.UID)
+	}
+	if !isCleanAbs(user.Home) {
+		return User{}, "", "", "", fmt.Errorf("building the container spec: home %q is not an absolute clean path", user.Home)
+	}
+	workspace = p.Filesystem.Workspace
+	if workspace == "" {
+		workspace = "/sandbox"
+	}
+	if err := checkMountTarget(workspace); err != nil {
+		return User{}, "", "", "", fmt.Errorf("filesystem.workspace %q: %w", workspace, err)
+	}
+	cwd = opts.Cwd
+	if cwd == "" {
+		cwd = workspace
+	}
+	if !isCleanAbs(cwd) {
+		return User{}, "", "", "", fmt.Errorf("building the container spec: working directory %q is not an absolute clean path", cwd)
+	}
+	hostname = opts.Hostname
+	if hostname == "" {
+		hostname = DefaultHostname
+	}
+	if !validHostname(hostname) {
+		return User{}, "", "", "", fmt.Errorf("building the container spec: %q is not a host name", hostname)
+	}
+	return user, workspace, cwd, hostname, nil
+}
+
 // BuildSpec returns the OCI runtime spec for one sandboxed command from a
 // resolved profile. The result depends only on p and opts (and, for a
 // seccomp profile file, that file), so equal inputs give equal specs.
@@ -173,48 +237,9 @@ type SpecOptions struct {
 // The root is read-only when the profile says so; otherwise it is what
 // RootfsDir is (PrepareRootfs makes it a throwaway overlay).
 func BuildSpec(p *policy.Profile, opts SpecOptions) (*specs.Spec, error) {
-	if p == nil {
-		return nil, errors.New("building the container spec: no profile")
-	}
-	if len(opts.Args) == 0 || opts.Args[0] == "" {
-		return nil, errors.New("building the container spec: no command to run")
-	}
-	if !isCleanAbs(opts.RootfsDir) {
-		return nil, fmt.Errorf("building the container spec: rootfs %q is not an absolute clean path", opts.RootfsDir)
-	}
-	for _, e := range opts.Env {
-		name, _, ok := strings.Cut(e, "=")
-		if !ok || name == "" || strings.ContainsRune(e, 0) {
-			return nil, fmt.Errorf("building the container spec: environment entry %q is not NAME=VALUE", e)
-		}
-	}
-	user := opts.User
-	if user.Home == "" {
-		user.Home = defaultHome(user.UID)
-	}
-	if !isCleanAbs(user.Home) {
-		return nil, fmt.Errorf("building the container spec: home %q is not an absolute clean path", user.Home)
-	}
-	workspace := p.Filesystem.Workspace
-	if workspace == "" {
-		workspace = "/sandbox"
-	}
-	if err := checkMountTarget(workspace); err != nil {
-		return nil, fmt.Errorf("filesystem.workspace %q: %w", workspace, err)
-	}
-	cwd := opts.Cwd
-	if cwd == "" {
-		cwd = workspace
-	}
-	if !isCleanAbs(cwd) {
-		return nil, fmt.Errorf("building the container spec: working directory %q is not an absolute clean path", cwd)
-	}
-	hostname := opts.Hostname
-	if hostname == "" {
-		hostname = DefaultHostname
-	}
-	if !validHostname(hostname) {
-		return nil, fmt.Errorf("building the container spec: %q is not a host name", hostname)
+	user, workspace, cwd, hostname, err := checkSpecInputs(p, opts)
+	if err != nil {
+		return nil, err
 	}
 
 	caps, err := normalizeCaps(p.Process.CapAdd)
@@ -236,13 +261,9 @@ func BuildSpec(p *policy.Profile, opts SpecOptions) (*specs.Spec, error) {
 	if err != nil {
 		return nil, err
 	}
-	hidden := slices.Clone(opts.HiddenPaths)
-	slices.Sort(hidden)
-	hidden = slices.Compact(hidden)
-	for _, h := range hidden {
-		if err := checkMountTarget(h); err != nil {
-			return nil, fmt.Errorf("hidden path %q: %w", h, err)
-		}
+	hidden, err := checkHidden(opts.HiddenPaths)
+	if err != nil {
+		return nil, err
 	}
 	args := slices.Clone(opts.Args)
 	if opts.Init != "" {
