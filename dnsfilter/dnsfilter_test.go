@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -19,6 +18,7 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/egressd/egressd/audit"
+	"github.com/egressd/egressd/internal/privtest"
 	"github.com/egressd/egressd/policy"
 )
 
@@ -948,9 +948,7 @@ func toAuditRecords(in []audit.Record) []auditRecord {
 }
 
 func TestUpstreamSocketsCarryTheMark(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: setting SO_MARK needs CAP_NET_ADMIN")
-	}
+	privtest.Require(t, "setting SO_MARK needs CAP_NET_ADMIN")
 	up := startUpstream(t, "www.example.test. 300 IN A 203.0.113.7")
 	e := newEnv(t, up, testAllow, testBlock, func(c *Config) { c.Mark = 0x2a17 })
 	if r := e.ask("www.example.test.", dns.TypeA); len(r.Answer) != 1 {

@@ -754,6 +754,42 @@ func TestOnlyCommandsExit(t *testing.T) {
 	}
 }
 
+// maxFuncLines is the longest a function of the launcher's packages may
+// be, from its func line to its closing brace.
+const maxFuncLines = 80
+
+// TestLauncherFunctionsAreShort: no function (or method) of sandbox, its
+// subpackages or cmd/launcher is longer than maxFuncLines: a reviewer reads
+// each in one screen, and a long one is split by concern (the signal state
+// machine, the mount builder, the seccomp parser were).
+func TestLauncherFunctionsAreShort(t *testing.T) {
+	r := loadRepo(t)
+	pkgs := goPackages(t, r)
+	checked := 0
+	for _, d := range slices.Sorted(maps.Keys(pkgs)) {
+		if d != "cmd/launcher" && d != "sandbox" && !strings.HasPrefix(d, "sandbox/") {
+			continue
+		}
+		g := pkgs[d]
+		for _, f := range g.files {
+			for _, decl := range f.Decls {
+				fn, ok := decl.(*ast.FuncDecl)
+				if !ok || fn.Body == nil {
+					continue
+				}
+				checked++
+				start, end := g.fset.Position(fn.Pos()), g.fset.Position(fn.Body.Rbrace)
+				if n := end.Line - start.Line + 1; n > maxFuncLines {
+					t.Errorf("%s: %s is %d lines, over %d: split it by concern", start, fn.Name.Name, n, maxFuncLines)
+				}
+			}
+		}
+	}
+	if checked < 100 {
+		t.Errorf("checked %d functions: the launcher's packages were not found", checked)
+	}
+}
+
 // TestPackageTableParserSeesEveryColumn guards the parser above against a
 // silent change of the tables' shape: a table read with the wrong columns
 // would check nothing.

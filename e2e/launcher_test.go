@@ -41,6 +41,7 @@ func TestLauncher(t *testing.T) {
 		}{
 			{"AllowedHostFetchedWithAndWithoutProxyEnv", testLauncherAllowedHostFetched},
 			{"BlockedHostRefusedWithItsRule", testLauncherBlockedHostRefused},
+			{"DenialSeenInsideNamesTheUsersRuleNotTheLaunchersFiles", testLauncherDenialNamesUsersRule},
 			{"DNSToAnyServerIsAnsweredByEgressd", testLauncherDNSAnsweredByEgressd},
 			{"UDPPingAndIPv6CannotLeave", testLauncherUDPPingIPv6Fail},
 			{"IptablesFlushInsideFailsAndFilterHolds", testLauncherIptablesFlushFails},
@@ -192,6 +193,49 @@ func testLauncherBlockedHostRefused(t *testing.T) {
 	}
 	if !found {
 		t.Errorf("no deny audit record for blocked.test: %+v", r.audit)
+	}
+}
+
+// testLauncherDenialNamesUsersRule: what a denied client inside the sandbox
+// reads (the X-Egressd-Denied header and the 403 body, through the explicit
+// proxy and transparently) names the rule where its author wrote it — the
+// policy file's line, the flag — and nothing of the launcher's own files
+// (egressd's policy snapshot lives in the launcher's state directory, which
+// no sandbox should learn about).
+func testLauncherDenialNamesUsersRule(t *testing.T) {
+	lw := newLauncherWorld(t)
+	if err := os.WriteFile(filepath.Join(lw.ws, "tenant.toml"), []byte("version = 1\n[network]\nblock = [\"evil.test\"]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	show := func(name, args string) string {
+		return "curl -sS --max-time 5 -D - " + args + " | tr -d '\\r' | sed 's/^/" + name + ": /'; "
+	}
+	r := lw.run("--policy", "tenant.toml", "--allow", "allowed.test", "--block", "blocked.test", "--", "sh", "-c",
+		show("flag-proxied", "http://blocked.test/")+
+			show("flag-direct", "--noproxy '*' --resolve blocked.test:80:203.0.113.10 http://blocked.test/")+
+			show("file-proxied", "http://evil.test/"))
+	if r.code != 0 {
+		t.Fatalf("want exit 0 (the script's)\n%s", r)
+	}
+	for _, want := range []string{
+		"flag-proxied: X-Egressd-Denied: blocked-by blocked.test (flag:--block)",
+		"flag-proxied: egressd: denied blocked.test:80: blocked-by blocked.test (flag:--block)",
+		"flag-direct: X-Egressd-Denied: blocked-by blocked.test (flag:--block)",
+		"file-proxied: X-Egressd-Denied: blocked-by evil.test (tenant.toml:3)",
+	} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("inside the sandbox, no %q\n%s", want, r)
+		}
+	}
+	for _, leak := range []string{sandbox.DefaultStateDir, "policy.json", "policy.toml"} {
+		if strings.Contains(r.stdout, leak) {
+			t.Errorf("a denial seen inside the sandbox names the launcher's file %q\n%s", leak, r)
+		}
+	}
+	for _, host := range []string{"blocked.test", "evil.test"} {
+		if n := lw.w.HTTPRequests(host); n != 0 {
+			t.Errorf("world served %d requests for %s", n, host)
+		}
 	}
 }
 

@@ -19,6 +19,7 @@ import (
 	"testing"
 
 	"github.com/egressd/egressd/e2e/fakenet"
+	"github.com/egressd/egressd/internal/privtest"
 )
 
 var (
@@ -31,8 +32,8 @@ var (
 
 func TestMain(m *testing.M) {
 	flag.Parse()
-	if os.Geteuid() != 0 {
-		// Every test skips with "needs root"; nothing to build or check.
+	if !privtest.Enabled() {
+		// Every test skips (fakenet.RequireRoot); nothing to build or check.
 		os.Exit(m.Run())
 	}
 	os.Exit(runSuite(m))

@@ -1,6 +1,15 @@
 // Package firewall owns the iptables and ip6tables rules of one sandbox
 // network namespace: Rules renders them, Install puts them in, Verify proves
-// they are there exactly, Flush takes them out (and empties conntrack).
+// they are there exactly, Flush takes them out (and empties conntrack). It
+// also owns the launcher's side of a sandbox's uplink: the NAT and FORWARD
+// chains of one veth (Uplink; Firewall.InstallUplink, RemoveUplink).
+//
+// Everything reaches the kernel through one seam, Netfilter (listings,
+// restore batches, conntrack, sysctls, in a namespace named by its path):
+// System is the kernel's, NewFake an in-memory one that interprets the
+// batches strictly, for this package's tests and other packages' (the
+// launcher's lifecycle runs on it as non-root). The package-level functions
+// act through System; New(nf) gives a Firewall acting through any other.
 //
 // The rules live in chains the project owns, so nothing else in the
 // namespace is ever edited; one jump per chain, as rule 1 of its built-in
@@ -56,12 +65,14 @@
 // Operations on one namespace must not run concurrently (the caller owns the
 // namespace's life cycle); different namespaces are independent.
 //
-// How it runs inside a namespace: each operation runs on a fresh OS thread
-// that is locked, enters the namespace with setns and is never unlocked, so
-// the runtime throws the thread away afterwards. go-iptables and
-// iptables-restore are exec'd from that thread and inherit its namespace; the
-// conntrack flush and the sysctl write are done from it directly. IPv4 and
-// IPv6 run in parallel. Rules are applied with one `iptables-restore
+// How System runs inside a namespace: each operation runs on a fresh OS
+// thread that is locked, enters the namespace with setns and is never
+// unlocked, so the runtime throws the thread away afterwards (the namespace
+// "" is the calling thread's own: the uplink's chains go there). go-iptables
+// and iptables-restore are exec'd from that thread and inherit its
+// namespace; the conntrack flush and the sysctl write are done from it
+// directly. IPv4 and IPv6 run in parallel; Install reads both families'
+// built-in chains before it sends either batch. Rules are applied with one `iptables-restore
 // --noflush` per family (each table a single commit), because every iptables
 // exec costs milliseconds.
 package firewall

@@ -4,9 +4,24 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os/exec"
 	"strings"
+	"sync"
 )
+
+// Firewall installs, verifies and removes this package's rules through a
+// Netfilter: the kernel's (System) or an in-memory one (NewFake). The
+// package-level functions use System.
+type Firewall struct{ nf Netfilter }
+
+// New returns the firewall that acts through nf.
+func New(nf Netfilter) *Firewall { return &Firewall{nf: nf} }
+
+// errEmptyPath refuses a namespace left unnamed: the sandbox firewall goes
+// into a namespace the caller names (/proc/self/ns/net for its own).
+var errEmptyPath = errors.New("network namespace path is empty: name the namespace (/proc/self/ns/net for the current one)")
+
+// system is the Firewall of the package-level functions.
+var system = New(System())
 
 // Install puts the rule set for cfg into the network namespace at nsPath (a
 // bind mount such as /var/run/netns/NAME, or /proc/PID/ns/net), for IPv4 and
@@ -24,32 +39,43 @@ import (
 // afterwards was judged by them (THREATS G7: a flow that predates the rules
 // cannot ride the ESTABLISHED rule).
 //
-// Both families or nothing: if iptables or ip6tables (or their -restore) is
+// Both families or nothing: both families' built-in chains are read before
+// either's batch is sent, so if iptables or ip6tables (or their -restore) is
 // missing, Install fails before touching the namespace. Any other error
 // leaves the namespace unfit for use (parts may be installed): the caller
 // must not start a workload in it, and should destroy it or Install again.
 // Install does not Verify; call Verify when the result must be proven.
 func Install(ctx context.Context, nsPath string, cfg Config) error {
+	return system.Install(ctx, nsPath, cfg)
+}
+
+// Install is the package-level Install, through fw's Netfilter.
+func (fw *Firewall) Install(ctx context.Context, nsPath string, cfg Config) error {
 	if err := cfg.Validate(); err != nil {
 		return err
+	}
+	if nsPath == "" {
+		return errEmptyPath
 	}
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("installing firewall in %s: %w", nsPath, err)
 	}
-	bs, err := lookupBackends()
-	if err != nil {
-		return fmt.Errorf("installing firewall in %s: %w", nsPath, err)
-	}
-	err = forEachFamily(nsPath, func(f family) error {
-		if err := install(ctx, bs[f], f, cfg); err != nil {
+	var batches [len(families)][]byte
+	err := forEachFamily(func(f Family) error {
+		b, err := planInstall(ctx, fw.in(nsPath, f), f, cfg)
+		if err != nil {
 			return fmt.Errorf("installing %s rules in %s: %w", f, nsPath, err)
 		}
+		batches[f] = b
 		return nil
 	})
 	if err != nil {
 		return err
 	}
-	return finishInstall(nsPath)
+	if err := fw.restoreBoth(ctx, nsPath, batches, "installing"); err != nil {
+		return err
+	}
+	return fw.finishInstall(nsPath)
 }
 
 // InstallFresh installs cfg's rules in a namespace that was just created and
@@ -60,47 +86,44 @@ func Install(ctx context.Context, nsPath string, cfg Config) error {
 // ping_group_range and flushes conntrack. A namespace that may hold rules
 // must use Install.
 func InstallFresh(ctx context.Context, nsPath string, cfg Config) error {
+	return system.InstallFresh(ctx, nsPath, cfg)
+}
+
+// InstallFresh is the package-level InstallFresh, through fw's Netfilter.
+func (fw *Firewall) InstallFresh(ctx context.Context, nsPath string, cfg Config) error {
 	v4, v6, err := Rules(cfg)
 	if err != nil {
 		return err
 	}
-	batches := [len(families)][]byte{v4, v6}
-	var tools [len(families)]*execBackend
-	for i, f := range families {
-		name := "iptables-restore"
-		if f == ipv6 {
-			name = "ip6tables-restore"
-		}
-		p, err := exec.LookPath(name)
-		if err != nil {
-			return fmt.Errorf("installing firewall in %s: finding %s (both families are required, never one family alone): %w", nsPath, name, err)
-		}
-		tools[i] = &execBackend{restorePath: p}
+	if nsPath == "" {
+		return errEmptyPath
 	}
-	err = forEachFamily(nsPath, func(f family) error {
-		if err := tools[f].restore(ctx, batches[f]); err != nil {
-			return fmt.Errorf("installing %s rules in %s: %w", f, nsPath, err)
+	if err := fw.restoreBoth(ctx, nsPath, [len(families)][]byte{v4, v6}, "installing"); err != nil {
+		return err
+	}
+	return fw.finishInstall(nsPath)
+}
+
+// restoreBoth sends each family's batch, at once.
+func (fw *Firewall) restoreBoth(ctx context.Context, nsPath string, batches [len(families)][]byte, doing string) error {
+	return forEachFamily(func(f Family) error {
+		if err := fw.nf.Restore(ctx, nsPath, f, batches[f]); err != nil {
+			return fmt.Errorf("%s %s rules in %s: %w", doing, f, nsPath, err)
 		}
 		return nil
 	})
-	if err != nil {
-		return err
-	}
-	return finishInstall(nsPath)
 }
 
 // finishInstall does what follows the rules in every install: no ping
 // sockets (THREATS F3), and no flow that predates the rules (G7).
-func finishInstall(nsPath string) error {
-	return inNetns(nsPath, func() error {
-		if err := setPingGroupRange(); err != nil {
-			return fmt.Errorf("installing firewall in %s: %w", nsPath, err)
-		}
-		if err := flushConntrack(); err != nil {
-			return fmt.Errorf("installing firewall in %s: %w", nsPath, err)
-		}
-		return nil
-	})
+func (fw *Firewall) finishInstall(nsPath string) error {
+	if err := setPingGroupRange(fw.nf, nsPath); err != nil {
+		return fmt.Errorf("installing firewall in %s: %w", nsPath, err)
+	}
+	if err := fw.nf.FlushConntrack(nsPath); err != nil {
+		return fmt.Errorf("installing firewall in %s: %w", nsPath, err)
+	}
+	return nil
 }
 
 // Verify checks that the namespace at nsPath holds exactly what Install(cfg)
@@ -110,19 +133,23 @@ func finishInstall(nsPath string) error {
 // *DriftError listing every problem; failing to read the state is another
 // error. Both mean the namespace must not be used.
 func Verify(ctx context.Context, nsPath string, cfg Config) error {
+	return system.Verify(ctx, nsPath, cfg)
+}
+
+// Verify is the package-level Verify, through fw's Netfilter.
+func (fw *Firewall) Verify(ctx context.Context, nsPath string, cfg Config) error {
 	if err := cfg.Validate(); err != nil {
 		return err
+	}
+	if nsPath == "" {
+		return errEmptyPath
 	}
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("verifying firewall in %s: %w", nsPath, err)
 	}
-	bs, err := lookupBackends()
-	if err != nil {
-		return fmt.Errorf("verifying firewall in %s: %w", nsPath, err)
-	}
 	var problems [len(families)][]string
-	err = forEachFamily(nsPath, func(f family) error {
-		p, err := verify(ctx, bs[f], f, cfg)
+	err := forEachFamily(func(f Family) error {
+		p, err := verify(ctx, fw.in(nsPath, f), f, cfg)
 		if err != nil {
 			return fmt.Errorf("verifying %s rules in %s: %w", f, nsPath, err)
 		}
@@ -132,15 +159,13 @@ func Verify(ctx context.Context, nsPath string, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	all := append(problems[ipv4], problems[ipv6]...)
-	err = inNetns(nsPath, func() error {
-		if err := checkPingGroupRange(); err != nil {
-			all = append(all, err.Error())
-		}
-		return nil
-	})
+	all := append(problems[IPv4], problems[IPv6]...)
+	problem, err := pingGroupRangeProblem(fw.nf, nsPath)
 	if err != nil {
 		return fmt.Errorf("verifying firewall in %s: %w", nsPath, err)
+	}
+	if problem != "" {
+		all = append(all, problem)
 	}
 	if len(all) > 0 {
 		return &DriftError{NSPath: nsPath, Problems: all}
@@ -158,28 +183,36 @@ func Verify(ctx context.Context, nsPath string, cfg Config) error {
 // For pooled reuse, Install over the previous tenant's rules is enough and
 // leaves no gap; Flush is for tearing the firewall down.
 func Flush(ctx context.Context, nsPath string) error {
+	return system.Flush(ctx, nsPath)
+}
+
+// Flush is the package-level Flush, through fw's Netfilter.
+func (fw *Firewall) Flush(ctx context.Context, nsPath string) error {
+	if nsPath == "" {
+		return errEmptyPath
+	}
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("flushing firewall in %s: %w", nsPath, err)
 	}
-	bs, err := lookupBackends()
-	if err != nil {
-		return fmt.Errorf("flushing firewall in %s: %w", nsPath, err)
-	}
-	err = forEachFamily(nsPath, func(f family) error {
-		if err := flush(ctx, bs[f], f); err != nil {
+	var batches [len(families)][]byte
+	err := forEachFamily(func(f Family) error {
+		b, err := planFlush(ctx, fw.in(nsPath, f), f)
+		if err != nil {
 			return fmt.Errorf("flushing %s rules in %s: %w", f, nsPath, err)
 		}
+		batches[f] = b
 		return nil
 	})
 	if err != nil {
 		return err
 	}
-	return inNetns(nsPath, func() error {
-		if err := flushConntrack(); err != nil {
-			return fmt.Errorf("flushing firewall in %s: %w", nsPath, err)
-		}
-		return nil
-	})
+	if err := fw.restoreBoth(ctx, nsPath, batches, "flushing"); err != nil {
+		return err
+	}
+	if err := fw.nf.FlushConntrack(nsPath); err != nil {
+		return fmt.Errorf("flushing firewall in %s: %w", nsPath, err)
+	}
+	return nil
 }
 
 // DriftError is Verify's report that a namespace's firewall differs from its
@@ -193,67 +226,92 @@ func (e *DriftError) Error() string {
 	return fmt.Sprintf("firewall in %s differs from its config: %s", e.NSPath, strings.Join(e.Problems, "; "))
 }
 
-// forEachFamily runs fn for IPv4 and IPv6 concurrently, each on its own
-// thread inside the namespace, and joins their errors.
-func forEachFamily(nsPath string, fn func(f family) error) error {
+// forEachFamily runs fn for IPv4 and IPv6 concurrently and joins their
+// errors.
+func forEachFamily(fn func(f Family) error) error {
 	var errs [len(families)]error
-	done := make(chan struct{}, len(families))
+	var wg sync.WaitGroup
 	for _, f := range families {
+		wg.Add(1)
 		go func() {
-			defer func() { done <- struct{}{} }()
-			errs[f] = inNetns(nsPath, func() error { return fn(f) })
+			defer wg.Done()
+			errs[f] = fn(f)
 		}()
 	}
-	for range families {
-		<-done
-	}
+	wg.Wait()
 	return errors.Join(errs[:]...)
 }
 
-// install brings one family's rules to cfg: it reads the three built-in
-// chains we hook, then sends one batch that refills our chains, repairs the
-// jumps and removes chains the mode does not use.
-func install(ctx context.Context, b backend, f family, cfg Config) error {
+// backend is one family's tables in one namespace, as the rule engine
+// (planInstall, planFlush, verify) reads them.
+type backend interface {
+	List(table, chain string) ([]string, error)
+	ChainExists(table, chain string) (bool, error)
+}
+
+// in is family f of the namespace at nsPath, through fw's Netfilter.
+func (fw *Firewall) in(nsPath string, f Family) backend {
+	return familyTables{nf: fw.nf, ns: nsPath, f: f}
+}
+
+type familyTables struct {
+	nf Netfilter
+	ns string
+	f  Family
+}
+
+func (t familyTables) List(table, chain string) ([]string, error) {
+	return t.nf.List(context.Background(), t.ns, t.f, table, chain)
+}
+
+func (t familyTables) ChainExists(table, chain string) (bool, error) {
+	return t.nf.ChainExists(context.Background(), t.ns, t.f, table, chain)
+}
+
+// planInstall returns the batch that brings one family's rules to cfg: it
+// reads the three built-in chains we hook and plans a batch that refills
+// our chains, repairs the jumps and removes chains the mode does not use.
+func planInstall(ctx context.Context, b backend, f Family, cfg Config) ([]byte, error) {
 	rs := buildRuleset(cfg, f)
 	plan := make(map[hook]hookPlan, len(hooks))
 	for _, h := range hooks {
 		if err := ctx.Err(); err != nil {
-			return err
+			return nil, err
 		}
 		listing, err := b.List(h.table, h.builtin)
 		if err != nil {
-			return fmt.Errorf("listing %s %s: %w", h.table, h.builtin, err)
+			return nil, fmt.Errorf("listing %s %s: %w", h.table, h.builtin, err)
 		}
 		_, want := rs[h]
 		p, _ := planJumps(f, h, listing, want)
 		p.remove = !want
 		plan[h] = p
 	}
-	return b.restore(ctx, render(f, "mode "+string(cfg.Mode), rs, plan))
+	return render(f, "mode "+string(cfg.Mode), rs, plan), nil
 }
 
-// flush removes one family's chains and every reference to them from the
-// built-in chains we hook, in one batch.
-func flush(ctx context.Context, b backend, f family) error {
+// planFlush returns the batch that removes one family's chains and every
+// reference to them from the built-in chains we hook.
+func planFlush(ctx context.Context, b backend, f Family) ([]byte, error) {
 	plan := make(map[hook]hookPlan, len(hooks))
 	for _, h := range hooks {
 		if err := ctx.Err(); err != nil {
-			return err
+			return nil, err
 		}
 		listing, err := b.List(h.table, h.builtin)
 		if err != nil {
-			return fmt.Errorf("listing %s %s: %w", h.table, h.builtin, err)
+			return nil, fmt.Errorf("listing %s %s: %w", h.table, h.builtin, err)
 		}
 		p, _ := planJumps(f, h, listing, false)
 		p.remove = true
 		plan[h] = p
 	}
-	return b.restore(ctx, render(f, "flush", ruleset{}, plan))
+	return render(f, "flush", ruleset{}, plan), nil
 }
 
 // verify lists one family's chains and returns every difference from cfg.
 // The error is for failing to read, not for differences.
-func verify(ctx context.Context, b backend, f family, cfg Config) ([]string, error) {
+func verify(ctx context.Context, b backend, f Family, cfg Config) ([]string, error) {
 	rs := buildRuleset(cfg, f)
 	var problems []string
 	for _, h := range hooks {

@@ -3,12 +3,14 @@ package firewall
 import (
 	"context"
 	"errors"
-	"os"
+	"slices"
 	"strings"
 	"testing"
 
-	"github.com/egressd/egressd/policy"
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/egressd/egressd/internal/privtest"
+	"github.com/egressd/egressd/policy"
 )
 
 var (
@@ -19,15 +21,33 @@ var (
 	testNone = Config{Mode: policy.ModeNone}
 )
 
+// install and flush plan one family's batch against k and apply it, as
+// Firewall.Install and Flush do for each family.
+func install(ctx context.Context, k *fakeIPT, f Family, cfg Config) error {
+	b, err := planInstall(ctx, k, f, cfg)
+	if err != nil {
+		return err
+	}
+	return k.restore(ctx, b)
+}
+
+func flush(ctx context.Context, k *fakeIPT, f Family) error {
+	b, err := planFlush(ctx, k, f)
+	if err != nil {
+		return err
+	}
+	return k.restore(ctx, b)
+}
+
 // mustInstall installs cfg into the fake for f and fails the test on error.
-func mustInstall(t *testing.T, k *fakeIPT, f family, cfg Config) {
+func mustInstall(t *testing.T, k *fakeIPT, f Family, cfg Config) {
 	t.Helper()
 	if err := install(context.Background(), k, f, cfg); err != nil {
 		t.Fatalf("install: %v", err)
 	}
 }
 
-func mustVerifyClean(t *testing.T, k *fakeIPT, f family, cfg Config) {
+func mustVerifyClean(t *testing.T, k *fakeIPT, f Family, cfg Config) {
 	t.Helper()
 	problems, err := verify(context.Background(), k, f, cfg)
 	if err != nil {
@@ -46,7 +66,7 @@ func TestInstallIntoFreshNamespaceSendsRulesBatch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for f, want := range map[family][]byte{ipv4: v4, ipv6: v6} {
+	for f, want := range map[Family][]byte{IPv4: v4, IPv6: v6} {
 		k := newFakeIPT()
 		mustInstall(t, k, f, testFiltered)
 		if len(k.batches) != 1 {
@@ -63,7 +83,7 @@ func TestInstallIntoFreshNamespaceSendsRulesBatch(t *testing.T) {
 // per family (each costs milliseconds here): 3 listings and 1 restore.
 func TestInstallCostsOneRestoreAndThreeLists(t *testing.T) {
 	k := newFakeIPT()
-	mustInstall(t, k, ipv4, testFiltered)
+	mustInstall(t, k, IPv4, testFiltered)
 	want := []string{"List filter INPUT", "List filter OUTPUT", "List nat OUTPUT", "restore"}
 	if diff := cmp.Diff(want, k.calls); diff != "" {
 		t.Errorf("calls (-want +got):\n%s", diff)
@@ -121,17 +141,17 @@ func TestInstallRepairsJumps(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			k := newFakeIPT()
-			mustInstall(t, k, ipv4, testFiltered)
+			mustInstall(t, k, IPv4, testFiltered)
 			tc.tamper(k)
-			problems, err := verify(context.Background(), k, ipv4, testFiltered)
+			problems, err := verify(context.Background(), k, IPv4, testFiltered)
 			if err != nil {
 				t.Fatal(err)
 			}
 			if len(problems) == 0 {
 				t.Fatal("verify saw nothing wrong after tampering")
 			}
-			mustInstall(t, k, ipv4, testFiltered)
-			mustVerifyClean(t, k, ipv4, testFiltered)
+			mustInstall(t, k, IPv4, testFiltered)
+			mustVerifyClean(t, k, IPv4, testFiltered)
 			if diff := cmp.Diff(tc.wantOutput, k.tables["filter"].rules["OUTPUT"]); diff != "" {
 				t.Errorf("filter OUTPUT after repair (-want +got):\n%s", diff)
 			}
@@ -163,8 +183,8 @@ func TestInstallSwitchingToNoneRemovesNat(t *testing.T) {
 // there is not an error (the batch creates and deletes it in one commit).
 func TestInstallNoneIntoFreshNamespace(t *testing.T) {
 	k := newFakeIPT()
-	mustInstall(t, k, ipv6, testNone)
-	mustVerifyClean(t, k, ipv6, testNone)
+	mustInstall(t, k, IPv6, testNone)
+	mustVerifyClean(t, k, IPv6, testNone)
 }
 
 // TestVerifyDetectsDrift: every way the installed state can differ from the
@@ -204,10 +224,10 @@ func TestVerifyDetectsDrift(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			k := newFakeIPT()
-			mustInstall(t, k, ipv4, tc.cfg)
-			mustVerifyClean(t, k, ipv4, tc.cfg)
+			mustInstall(t, k, IPv4, tc.cfg)
+			mustVerifyClean(t, k, IPv4, tc.cfg)
 			tc.tamper(k)
-			problems, err := verify(context.Background(), k, ipv4, tc.cfg)
+			problems, err := verify(context.Background(), k, IPv4, tc.cfg)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -225,10 +245,10 @@ func TestVerifyDetectsDrift(t *testing.T) {
 // given, not with whatever is installed.
 func TestVerifyAgainstOtherConfigFails(t *testing.T) {
 	k := newFakeIPT()
-	mustInstall(t, k, ipv6, testFiltered)
+	mustInstall(t, k, IPv6, testFiltered)
 	other := testFiltered
 	other.Mark = 0x2b
-	problems, err := verify(context.Background(), k, ipv6, other)
+	problems, err := verify(context.Background(), k, IPv6, other)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -274,12 +294,12 @@ func TestFlushRemovesOnlyOurs(t *testing.T) {
 // from the hooked built-in chains all go, or the chains could not be deleted.
 func TestFlushRemovesEveryJumpVariant(t *testing.T) {
 	k := newFakeIPT()
-	mustInstall(t, k, ipv4, testFiltered)
+	mustInstall(t, k, IPv4, testFiltered)
 	k.add("filter", "OUTPUT", "-j EGRESSD-OUTPUT")
 	k.add("filter", "INPUT", "-p tcp -j EGRESSD-INPUT")
 	k.add("filter", "INPUT", "-g EGRESSD-OUTPUT")
 	k.insert("nat", "OUTPUT", 1, "-p udp -j EGRESSD-OUTPUT")
-	if err := flush(context.Background(), k, ipv4); err != nil {
+	if err := flush(context.Background(), k, IPv4); err != nil {
 		t.Fatalf("flush: %v", err)
 	}
 	if s := k.save(); strings.Contains(s, "EGRESSD") {
@@ -292,10 +312,10 @@ func TestFlushRemovesEveryJumpVariant(t *testing.T) {
 // changes nothing.
 func TestFlushRefusesToEditForeignChains(t *testing.T) {
 	k := newFakeIPT()
-	mustInstall(t, k, ipv4, testFiltered)
+	mustInstall(t, k, IPv4, testFiltered)
 	k.add("filter", "FOREIGN", "-j EGRESSD-OUTPUT")
 	before := k.save()
-	err := flush(context.Background(), k, ipv4)
+	err := flush(context.Background(), k, IPv4)
 	if err == nil {
 		t.Fatal("flush succeeded although a foreign chain references ours")
 	}
@@ -311,7 +331,7 @@ func TestErrorsSayWhatWasBeingDone(t *testing.T) {
 
 	k := newFakeIPT()
 	k.listErr = boom
-	err := install(context.Background(), k, ipv4, testFiltered)
+	err := install(context.Background(), k, IPv4, testFiltered)
 	if !errors.Is(err, boom) || !strings.Contains(err.Error(), "listing filter INPUT") {
 		t.Errorf("install with failing list: %v", err)
 	}
@@ -321,24 +341,24 @@ func TestErrorsSayWhatWasBeingDone(t *testing.T) {
 
 	k = newFakeIPT()
 	k.restoreErr = boom
-	if err := install(context.Background(), k, ipv4, testFiltered); !errors.Is(err, boom) {
+	if err := install(context.Background(), k, IPv4, testFiltered); !errors.Is(err, boom) {
 		t.Errorf("install with failing restore: %v", err)
 	}
-	if err := flush(context.Background(), k, ipv4); !errors.Is(err, boom) {
+	if err := flush(context.Background(), k, IPv4); !errors.Is(err, boom) {
 		t.Errorf("flush with failing restore: %v", err)
 	}
 
 	k = newFakeIPT()
-	mustInstall(t, k, ipv4, testFiltered)
+	mustInstall(t, k, IPv4, testFiltered)
 	k.listErr = boom
-	if _, err := verify(context.Background(), k, ipv4, testFiltered); !errors.Is(err, boom) || !strings.Contains(err.Error(), "listing filter EGRESSD-INPUT") {
+	if _, err := verify(context.Background(), k, IPv4, testFiltered); !errors.Is(err, boom) || !strings.Contains(err.Error(), "listing filter EGRESSD-INPUT") {
 		t.Errorf("verify with failing list: %v", err)
 	}
 
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	k = newFakeIPT()
-	if err := install(ctx, k, ipv4, testFiltered); !errors.Is(err, context.Canceled) || len(k.calls) != 0 {
+	if err := install(ctx, k, IPv4, testFiltered); !errors.Is(err, context.Canceled) || len(k.calls) != 0 {
 		t.Errorf("install with cancelled context: err %v, calls %q", err, k.calls)
 	}
 }
@@ -353,15 +373,22 @@ func TestPublicFunctionsRejectBadInput(t *testing.T) {
 	if err := Verify(ctx, "/nonexistent", Config{}); err == nil || !strings.Contains(err.Error(), "mode is empty") {
 		t.Errorf("Verify(empty mode) = %v", err)
 	}
-	if err := inNetns("", func() error { return nil }); err == nil {
-		t.Error("inNetns accepted an empty path")
+	for name, fn := range map[string]func() error{
+		"Install":      func() error { return Install(ctx, "", testFiltered) },
+		"InstallFresh": func() error { return InstallFresh(ctx, "", testFiltered) },
+		"Verify":       func() error { return Verify(ctx, "", testFiltered) },
+		"Flush":        func() error { return Flush(ctx, "") },
+	} {
+		if err := fn(); err == nil || !strings.Contains(err.Error(), "network namespace path is empty") {
+			t.Errorf("%s with an empty path: %v", name, err)
+		}
 	}
 	if err := inNetns("/nonexistent/ns", func() error { t.Error("fn ran"); return nil }); err == nil || !strings.Contains(err.Error(), "/nonexistent/ns") {
 		t.Errorf("inNetns(nonexistent) = %v", err)
 	}
 	// Entering even our own namespace needs CAP_SYS_ADMIN; nsthread's own
 	// tests cover panics without it.
-	if os.Geteuid() == 0 {
+	if privtest.Enabled() {
 		if err := inNetns("/proc/self/ns/net", func() error { panic("boom") }); err == nil || !strings.Contains(err.Error(), "boom") {
 			t.Errorf("inNetns(panic) = %v", err)
 		}
@@ -389,7 +416,7 @@ func TestPlanJumps(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			plan, problems := planJumps(ipv4, h, tc.listing, tc.want)
+			plan, problems := planJumps(IPv4, h, tc.listing, tc.want)
 			if diff := cmp.Diff(tc.plan, plan, cmp.AllowUnexported(hookPlan{})); diff != "" {
 				t.Errorf("plan (-want +got):\n%s", diff)
 			}
@@ -416,6 +443,99 @@ func TestDiffLines(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			if diff := cmp.Diff(tc.diff, diffLines(tc.want, tc.got)); diff != "" {
 				t.Errorf("diffLines (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// TestFirewallThroughTheFake: the exported API through a Netfilter — the
+// Fake other packages' tests use — installs, verifies, flushes, sets
+// ping_group_range and empties conntrack, in the namespace named.
+func TestFirewallThroughTheFake(t *testing.T) {
+	ctx := context.Background()
+	const ns = "/run/netns/egs-test"
+	for name, install := range map[string]func(*Firewall) error{
+		"Install":      func(fw *Firewall) error { return fw.Install(ctx, ns, testFiltered) },
+		"InstallFresh": func(fw *Firewall) error { return fw.InstallFresh(ctx, ns, testFiltered) },
+	} {
+		t.Run(name, func(t *testing.T) {
+			k := NewFake()
+			k.AddConntrack(ns, 3) // a flow that predates the rules (THREATS G7)
+			fw := New(k)
+			if err := install(fw); err != nil {
+				t.Fatal(err)
+			}
+			if err := fw.Verify(ctx, ns, testFiltered); err != nil {
+				t.Fatalf("verify after install: %v", err)
+			}
+			if n := k.Conntrack(ns); n != 0 {
+				t.Errorf("%d conntrack entries survived the install", n)
+			}
+			if got, _ := k.Sysctl(ns, pingGroupRangeKey); strings.TrimSpace(got) != noPingGroups {
+				t.Errorf("ping_group_range %q", got)
+			}
+			v4, v6, _ := Rules(testFiltered)
+			for f, want := range map[Family][]byte{IPv4: v4, IPv6: v6} {
+				if b := k.Batches(ns, f); len(b) != 1 || b[0] != string(want) {
+					t.Errorf("%s batches into a fresh namespace: %q, want Rules' one", f, b)
+				}
+			}
+			if got := k.Namespaces(); !slices.Equal(got, []string{ns}) {
+				t.Errorf("namespaces touched: %q", got)
+			}
+			k.AddRule(ns, IPv6, "filter", ChainOutput, "-j ACCEPT")
+			var drift *DriftError
+			if err := fw.Verify(ctx, ns, testFiltered); !errors.As(err, &drift) {
+				t.Errorf("verify after a rule added to our IPv6 chain: %v, want drift", err)
+			}
+			if err := fw.Flush(ctx, ns); err != nil {
+				t.Fatal(err)
+			}
+			for _, f := range []Family{IPv4, IPv6} {
+				if strings.Contains(k.Save(ns, f), "EGRESSD") {
+					t.Errorf("%s after flush:\n%s", f, k.Save(ns, f))
+				}
+			}
+		})
+	}
+}
+
+// TestInstallWithoutOneFamilyTouchesNothing: a family whose tables cannot
+// be read fails the install before the other family's batch is sent
+// (never one family alone, THREATS F1).
+func TestInstallWithoutOneFamilyTouchesNothing(t *testing.T) {
+	k := NewFake()
+	k.Fail = func(op, _ string, f Family) error {
+		if f == IPv6 && op == "list" {
+			return errors.New("ip6tables: not found")
+		}
+		return nil
+	}
+	err := New(k).Install(context.Background(), "/run/netns/x", testFiltered)
+	if err == nil || !strings.Contains(err.Error(), "IPv6") {
+		t.Fatalf("install without IPv6: %v", err)
+	}
+	if b := k.Batches("/run/netns/x", IPv4); len(b) != 0 {
+		t.Errorf("the IPv4 rules went in alone: %q", b)
+	}
+}
+
+// TestFirewallStepsFailClosed: each kernel operation failing in turn fails
+// the install, and says which step.
+func TestFirewallStepsFailClosed(t *testing.T) {
+	// (A failing read of ping_group_range is followed by the write, which
+	// decides.)
+	for _, op := range []string{"restore", "set-sysctl", "flush-conntrack"} {
+		t.Run(op, func(t *testing.T) {
+			k := NewFake()
+			k.Fail = func(o, _ string, _ Family) error {
+				if o == op {
+					return errors.New("boom " + op)
+				}
+				return nil
+			}
+			if err := New(k).InstallFresh(context.Background(), "/run/netns/x", testFiltered); err == nil || !strings.Contains(err.Error(), "boom "+op) {
+				t.Errorf("install with %s failing: %v", op, err)
 			}
 		})
 	}

@@ -28,9 +28,11 @@ import (
 	"time"
 	"unsafe"
 
-	"github.com/egressd/egressd/policy"
 	"github.com/google/go-cmp/cmp"
 	"golang.org/x/sys/unix"
+
+	"github.com/egressd/egressd/internal/privtest"
+	"github.com/egressd/egressd/policy"
 )
 
 const (
@@ -53,9 +55,7 @@ var privCfg = Config{
 
 func requireRoot(t testing.TB) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates network namespaces and runs iptables in them")
-	}
+	privtest.Require(t, "creates network namespaces and runs iptables in them")
 }
 
 // run executes a command (always by absolute path or from the system dirs,

@@ -19,18 +19,19 @@ const (
 	ChainInput = "EGRESSD-INPUT"
 )
 
-// family is an IP family: each has its own tool and rule set.
-type family int
+// Family is an IP family: each has its own tools and rule set.
+type Family int
 
+// The families, both always installed (never one alone, THREATS F1).
 const (
-	ipv4 family = iota
-	ipv6
+	IPv4 Family = iota
+	IPv6
 )
 
-var families = [...]family{ipv4, ipv6}
+var families = [...]Family{IPv4, IPv6}
 
-func (f family) String() string {
-	if f == ipv6 {
+func (f Family) String() string {
+	if f == IPv6 {
 		return "IPv6"
 	}
 	return "IPv4"
@@ -95,12 +96,12 @@ func Rules(cfg Config) (v4, v6 []byte, err error) {
 // buildRuleset returns the rules for cfg (already validated) and f. Each rule
 // is written exactly as `iptables -S` prints it, so Verify can compare the
 // kernel's listing with it line by line.
-func buildRuleset(cfg Config, f family) ruleset {
+func buildRuleset(cfg Config, f Family) ruleset {
 	var (
 		rejectUDP   = "icmp-port-unreachable"
 		rejectOther = "icmp-admin-prohibited"
 	)
-	if f == ipv6 {
+	if f == IPv6 {
 		rejectUDP, rejectOther = "icmp6-port-unreachable", "icmp6-adm-prohibited"
 	}
 	// The tail of filter OUTPUT: reject by protocol, then reject everything
@@ -117,7 +118,7 @@ func buildRuleset(cfg Config, f family) ruleset {
 	// IPv6 to the uplink cannot work. MLDv2 reports (hop limit 1) keep
 	// multicast snooping bridges delivering the solicited-node group.
 	var ndOut, ndIn []string
-	if f == ipv6 {
+	if f == IPv6 {
 		ndIn = []string{
 			"-p ipv6-icmp -m icmp6 --icmpv6-type 135 -m hl --hl-eq 255 -j ACCEPT",
 			"-p ipv6-icmp -m icmp6 --icmpv6-type 136 -m hl --hl-eq 255 -j ACCEPT",
@@ -224,10 +225,10 @@ type hookPlan struct {
 // (create or, under --noflush, flush) our chains, delete stale jumps, fill the
 // chains, insert jumps, delete chains that must not exist. Each table is one
 // COMMIT, so a half-applied table cannot happen.
-func render(f family, what string, rs ruleset, plan map[hook]hookPlan) []byte {
+func render(f Family, what string, rs ruleset, plan map[hook]hookPlan) []byte {
 	var b bytes.Buffer
 	tool := "iptables-restore"
-	if f == ipv6 {
+	if f == IPv6 {
 		tool = "ip6tables-restore"
 	}
 	fmt.Fprintf(&b, "# egressd firewall, %s, %s; apply with %s --noflush\n", f, what, tool)
@@ -320,7 +321,7 @@ func referencesOwnChain(table, spec string) bool {
 // exactly one rule referencing our chains, "-j CHAIN" as rule 1, if want; none
 // otherwise. It returns the edits that get there and, for Verify, what is
 // wrong (empty when nothing is).
-func planJumps(f family, h hook, listing []string, want bool) (hookPlan, []string) {
+func planJumps(f Family, h hook, listing []string, want bool) (hookPlan, []string) {
 	rules := parseListing(h.builtin, listing)
 	var refs []int
 	for _, r := range rules {

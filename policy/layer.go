@@ -43,7 +43,8 @@ type File struct {
 	layer   *layer
 }
 
-// ParseFile parses and validates one policy file. name is used in positions.
+// ParseFile parses and validates one policy file (a snapshot when name ends
+// in SnapshotSuffix). name is used in positions.
 // The error, if any, is an ErrorList naming every problem found, sorted by
 // position; each has a line and column within data.
 func ParseFile(name string, data []byte) (*File, error) {
@@ -60,6 +61,9 @@ func parseLayer(name string, data []byte) (*layer, ErrorList) {
 			Pos: Source{Kind: SourceFile, File: name, Line: 1, Col: 1},
 			Msg: fmt.Sprintf("policy file is %d bytes, more than the limit of %d", len(data), MaxFileSize),
 		}}
+	}
+	if IsSnapshot(name) {
+		return parseSnapshot(name, data)
 	}
 	root, errs := parseTOML(name, data)
 	if len(errs) > 0 {

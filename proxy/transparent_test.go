@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/egressd/egressd/audit"
+	"github.com/egressd/egressd/internal/privtest"
 	"github.com/egressd/egressd/policy"
 )
 
@@ -281,9 +282,7 @@ const (
 // the namespace, which has no route anywhere else.
 func runNetnsScenario(t *testing.T, scenario string) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates a network namespace and iptables REDIRECT rules")
-	}
+	privtest.Require(t, "creates a network namespace and iptables REDIRECT rules")
 	for _, tool := range []string{"ip", "iptables", "ip6tables"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			t.Skipf("needs %s: %v", tool, err)

@@ -51,26 +51,57 @@ func locateCgroups(selfCgroup, mountinfo, leaf string, exists func(string) bool)
 	if leaf == "" || strings.Contains(leaf, "..") {
 		return cgroupDirs{}
 	}
-	type hierarchy struct {
-		controllers []string
-		path        string
+	l := parseSelfCgroup(selfCgroup)
+	l.v1Mounts, l.v2Mount = parseCgroupMounts(mountinfo)
+	l.leaf, l.exists = leaf, exists
+	return cgroupDirs{
+		memory: l.find("memory", cgroupCounter{file: "memory.oom_control", key: "oom_kill"},
+			cgroupCounter{file: "memory.events", key: "oom_kill"}),
+		pids: l.find("pids", cgroupCounter{file: "pids.events", key: "max"}, cgroupCounter{file: "pids.events", key: "max"}),
 	}
-	var v1 []hierarchy
-	v2Path, hasV2 := "", false
+}
+
+// cgroupLayout is where the launcher's cgroups are (/proc/self/cgroup) and
+// where their hierarchies are mounted (/proc/self/mountinfo).
+type cgroupLayout struct {
+	v1       []cgroupHierarchy
+	v2Path   string
+	hasV2    bool
+	v1Mounts map[string]cgroupMount // controller → its hierarchy's mount
+	v2Mount  *cgroupMount
+	leaf     string
+	exists   func(string) bool
+}
+
+type cgroupHierarchy struct {
+	controllers []string
+	path        string
+}
+
+type cgroupMount struct{ root, point string }
+
+// parseSelfCgroup reads /proc/self/cgroup: the v1 hierarchies and the v2
+// path.
+func parseSelfCgroup(selfCgroup string) *cgroupLayout {
+	l := &cgroupLayout{}
 	for line := range strings.SplitSeq(selfCgroup, "\n") {
 		f := strings.SplitN(line, ":", 3)
 		if len(f) != 3 {
 			continue
 		}
 		if f[0] == "0" && f[1] == "" {
-			v2Path, hasV2 = f[2], true
+			l.v2Path, l.hasV2 = f[2], true
 			continue
 		}
-		v1 = append(v1, hierarchy{controllers: strings.Split(f[1], ","), path: f[2]})
+		l.v1 = append(l.v1, cgroupHierarchy{controllers: strings.Split(f[1], ","), path: f[2]})
 	}
-	type mount struct{ root, point string }
-	v1Mounts := map[string]mount{} // controller → its hierarchy's mount
-	var v2Mount *mount
+	return l
+}
+
+// parseCgroupMounts reads /proc/self/mountinfo: the first mount of each
+// v1 controller's hierarchy and of the v2 hierarchy.
+func parseCgroupMounts(mountinfo string) (v1 map[string]cgroupMount, v2 *cgroupMount) {
+	v1 = map[string]cgroupMount{}
 	for line := range strings.SplitSeq(mountinfo, "\n") {
 		left, right, ok := strings.Cut(line, " - ")
 		if !ok {
@@ -80,57 +111,57 @@ func locateCgroups(selfCgroup, mountinfo, leaf string, exists func(string) bool)
 		if len(lf) < 5 || len(rf) < 3 {
 			continue
 		}
-		m := mount{root: unescapeMountinfo(lf[3]), point: unescapeMountinfo(lf[4])}
+		m := cgroupMount{root: unescapeMountinfo(lf[3]), point: unescapeMountinfo(lf[4])}
 		switch rf[0] {
 		case "cgroup2":
-			if v2Mount == nil {
-				v2Mount = &m
+			if v2 == nil {
+				v2 = &m
 			}
 		case "cgroup":
 			for _, o := range strings.Split(rf[2], ",") {
-				if _, seen := v1Mounts[o]; !seen {
-					v1Mounts[o] = m
+				if _, seen := v1[o]; !seen {
+					v1[o] = m
 				}
 			}
 		}
 	}
-	find := func(controller string, v1Counter, v2Counter cgroupCounter) cgroupCounter {
-		var m mount
-		var own string
-		var counter cgroupCounter
-		found := false
-		for _, h := range v1 {
-			for _, c := range h.controllers {
-				if mm, ok := v1Mounts[controller]; ok && c == controller {
-					m, own, counter, found = mm, h.path, v1Counter, true
-				}
+	return v1, v2
+}
+
+// find is the counter of controller in the sandbox's cgroup (leaf, below
+// the launcher's own or one of its ancestors): v1Counter's file in the v1
+// hierarchy that has the controller, else v2Counter's in the v2 one.
+func (l *cgroupLayout) find(controller string, v1Counter, v2Counter cgroupCounter) cgroupCounter {
+	var m cgroupMount
+	var own string
+	var counter cgroupCounter
+	found := false
+	for _, h := range l.v1 {
+		for _, c := range h.controllers {
+			if mm, ok := l.v1Mounts[controller]; ok && c == controller {
+				m, own, counter, found = mm, h.path, v1Counter, true
 			}
 		}
-		if !found {
-			if !hasV2 || v2Mount == nil {
-				return cgroupCounter{}
-			}
-			m, own, counter = *v2Mount, v2Path, v2Counter
-		}
-		rel, ok := strings.CutPrefix(own, m.root)
-		if !ok || (rel != "" && !strings.HasPrefix(rel, "/") && m.root != "/") {
+	}
+	if !found {
+		if !l.hasV2 || l.v2Mount == nil {
 			return cgroupCounter{}
 		}
-		for dir := path.Clean("/" + rel); ; dir = path.Dir(dir) {
-			candidate := path.Join(m.point, dir, leaf)
-			if exists(candidate) {
-				counter.file = path.Join(candidate, counter.file)
-				return counter
-			}
-			if dir == "/" {
-				return cgroupCounter{}
-			}
-		}
+		m, own, counter = *l.v2Mount, l.v2Path, v2Counter
 	}
-	return cgroupDirs{
-		memory: find("memory", cgroupCounter{file: "memory.oom_control", key: "oom_kill"},
-			cgroupCounter{file: "memory.events", key: "oom_kill"}),
-		pids: find("pids", cgroupCounter{file: "pids.events", key: "max"}, cgroupCounter{file: "pids.events", key: "max"}),
+	rel, ok := strings.CutPrefix(own, m.root)
+	if !ok || (rel != "" && !strings.HasPrefix(rel, "/") && m.root != "/") {
+		return cgroupCounter{}
+	}
+	for dir := path.Clean("/" + rel); ; dir = path.Dir(dir) {
+		candidate := path.Join(m.point, dir, l.leaf)
+		if l.exists(candidate) {
+			counter.file = path.Join(candidate, counter.file)
+			return counter
+		}
+		if dir == "/" {
+			return cgroupCounter{}
+		}
 	}
 }
 

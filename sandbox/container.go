@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -20,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/egressd/egressd/sandbox/pid1"
+	"github.com/egressd/egressd/sandbox/specconv"
 )
 
 // Stdio is where a container's standard streams go. A nil field is
@@ -137,22 +139,9 @@ func (r *Runtime) Run(ctx context.Context, id, bundleDir string, stdio Stdio) (E
 // it, so a failing runtime's own words, which it writes to the stream the
 // container inherits, are not mistaken for the command's.
 func (r *Runtime) Start(ctx context.Context, id, bundleDir string, stdio Stdio) (_ *Container, err error) {
-	if err := checkID(id); err != nil {
+	logPath, pidPath, sockPath, err := prepareStart(id, bundleDir)
+	if err != nil {
 		return nil, err
-	}
-	if !filepath.IsAbs(bundleDir) {
-		return nil, fmt.Errorf("bundle %q is not an absolute path", bundleDir)
-	}
-	logPath := filepath.Join(bundleDir, runtimeLog)
-	pidPath := filepath.Join(bundleDir, "init.pid")
-	sockPath := filepath.Join(bundleDir, "console.sock")
-	for _, p := range []string{logPath, pidPath, sockPath} {
-		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return nil, fmt.Errorf("clearing %s: %w", p, err)
-		}
-	}
-	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
-		return nil, fmt.Errorf("becoming the container process's reaper (prctl PR_SET_CHILD_SUBREAPER): %w", err)
 	}
 	args := []string{"--log", logPath, "--log-format", "json", "run", "--detach", "--pid-file", pidPath}
 	var closeAfterStart []io.Closer
@@ -181,28 +170,15 @@ func (r *Runtime) Start(ctx context.Context, id, bundleDir string, stdio Stdio) 
 	}
 	cmd := r.command(ctx, append(args, "--bundle", bundleDir, id)...)
 	cmd.Dir = bundleDir
-	cmd.Env = []string{"PATH=" + DefaultPath}
+	cmd.Env = []string{"PATH=" + specconv.DefaultPath}
 	// A terminal's ^C is the launcher's to handle, never the runtime's.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.WaitDelay = killGrace
 	// What the runtime prints itself, for its error message.
 	var runtimeOut bytes.Buffer
-	if stdio.Terminal != nil {
-		cmd.Stdout, cmd.Stderr = &runtimeOut, &runtimeOut
-	} else {
-		// The container inherits the runtime's stdio: pipes of ours,
-		// whose output is copied once the runtime said it started.
-		files, err := c.pipes(stdio)
-		for _, f := range files {
-			if f != nil {
-				closeAfterStart = append(closeAfterStart, f)
-			}
-		}
-		if err != nil {
-			return nil, err
-		}
-		cmd.Stdin, cmd.Stdout, cmd.Stderr = files[0], files[1], files[2]
-		c.copyOutput(stdio)
+	closeAfterStart, err = c.wireStdio(cmd, stdio, &runtimeOut)
+	if err != nil {
+		return nil, err
 	}
 
 	if err := cmd.Run(); err != nil {
@@ -215,19 +191,7 @@ func (r *Runtime) Start(ctx context.Context, id, bundleDir string, stdio Stdio) 
 			f.Close()
 		}
 		closeAfterStart = nil
-		c.open(false)
-		c.waitCopies()
-		msg := runtimeErrors(logPath)
-		if msg == "" {
-			msg = strings.TrimSpace(runtimeOut.String())
-		}
-		if msg == "" {
-			msg = strings.TrimSpace(c.heldBack.String())
-		}
-		if msg == "" {
-			msg = err.Error()
-		}
-		return nil, fmt.Errorf("%s run %s: %s", r.Name, id, oneLineMsg(msg))
+		return nil, r.failure(c, id, logPath, runtimeOut.String(), err)
 	}
 	pid, err := readPidFile(pidPath)
 	if err != nil {
@@ -249,6 +213,75 @@ func (r *Runtime) Start(ctx context.Context, id, bundleDir string, stdio Stdio) 
 	}
 	c.open(true)
 	return c, nil
+}
+
+// prepareStart checks a container's id and bundle, clears the runtime's
+// log, pid file and console socket in the bundle (a previous start's), and
+// makes the calling process the subreaper of the container's process.
+func prepareStart(id, bundleDir string) (logPath, pidPath, sockPath string, err error) {
+	if err := checkID(id); err != nil {
+		return "", "", "", err
+	}
+	if !filepath.IsAbs(bundleDir) {
+		return "", "", "", fmt.Errorf("bundle %q is not an absolute path", bundleDir)
+	}
+	logPath = filepath.Join(bundleDir, runtimeLog)
+	pidPath = filepath.Join(bundleDir, "init.pid")
+	sockPath = filepath.Join(bundleDir, "console.sock")
+	for _, p := range []string{logPath, pidPath, sockPath} {
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return "", "", "", fmt.Errorf("clearing %s: %w", p, err)
+		}
+	}
+	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+		return "", "", "", fmt.Errorf("becoming the container process's reaper (prctl PR_SET_CHILD_SUBREAPER): %w", err)
+	}
+	return logPath, pidPath, sockPath, nil
+}
+
+// wireStdio gives the runtime's command its stdio. With a terminal it
+// prints to out (its own words, for its error message); otherwise the
+// container inherits the runtime's stdio: pipes of ours, whose output is
+// copied once the runtime said it started. The files returned are the
+// command's ends, to close once it ran (also after an error).
+func (c *Container) wireStdio(cmd *exec.Cmd, stdio Stdio, out *bytes.Buffer) ([]io.Closer, error) {
+	if stdio.Terminal != nil {
+		cmd.Stdout, cmd.Stderr = out, out
+		return nil, nil
+	}
+	var ends []io.Closer
+	files, err := c.pipes(stdio)
+	for _, f := range files {
+		if f != nil {
+			ends = append(ends, f)
+		}
+	}
+	if err != nil {
+		return ends, err
+	}
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = files[0], files[1], files[2]
+	c.copyOutput(stdio)
+	return ends, nil
+}
+
+// failure is the error of a runtime that failed to start container id:
+// its JSON log's errors, else what it printed itself (out), else what it
+// wrote to the streams it shares with the container (held back from the
+// caller), else how it exited.
+func (r *Runtime) failure(c *Container, id, logPath, out string, exitErr error) error {
+	c.open(false)
+	c.waitCopies()
+	msg := runtimeErrors(logPath)
+	if msg == "" {
+		msg = strings.TrimSpace(out)
+	}
+	if msg == "" {
+		msg = strings.TrimSpace(c.heldBack.String())
+	}
+	if msg == "" {
+		msg = exitErr.Error()
+	}
+	return fmt.Errorf("%s run %s: %s", r.Name, id, oneLineMsg(msg))
 }
 
 // pipes makes the container's stdin, stdout and stderr (the runtime's ends

@@ -2,7 +2,6 @@ package sandbox
 
 import (
 	"bufio"
-	"bytes"
 	"cmp"
 	"context"
 	"encoding/json"
@@ -23,7 +22,9 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/egressd/egressd/audit"
+	"github.com/egressd/egressd/internal/nsthread"
 	"github.com/egressd/egressd/policy"
+	"github.com/egressd/egressd/sandbox/specconv"
 )
 
 // Where egressd listens inside a filtered sandbox's namespace: loopback
@@ -54,47 +55,55 @@ const DefaultReadyTimeout = 10 * time.Second
 // egressdStopGrace is how long egressd gets after SIGTERM before SIGKILL.
 const egressdStopGrace = 2 * time.Second
 
-// egressdSpec is how to start one sandbox's egressd.
-type egressdSpec struct {
-	binary    string // on the host, any path root can read
-	dir       string // private to egressd: policy snapshot, admin socket, binary mount
-	uid, gid  uint32
-	mark      uint32
-	upstream  []netip.AddrPort
-	sandboxID string
-	timeout   time.Duration
-	// sink receives egressd's audit records.
-	sink *auditSink
-	// extra are further flags (inspection's, inspect.go).
-	extra []string
+// EgressdPlan is how a filtered sandbox's egressd runs: its own process, a
+// child of the launcher, in the sandbox's network namespace only, as UID:GID
+// with CAP_NET_ADMIN alone, its files in Dir (private to it: the policy
+// snapshot, the admin socket, the inspection files, its binary bound there).
+type EgressdPlan struct {
+	// Binary is the egressd binary on the host (any path root can read),
+	// bound read-only at Dir/egressd, which its uid can reach.
+	Binary string `json:"binary"`
+	Dir    string `json:"dir"`
+	UID    uint32 `json:"uid"`
+	GID    uint32 `json:"gid"`
+	// Args are its command line without argv[0] (egressdArgs).
+	Args []string `json:"args"`
+	// Policy is the snapshot of the launch's resolved network policy it
+	// enforces (Dir/policy.json; writeEgressdPolicy).
+	Policy []byte `json:"-"`
+	// Files are further files of Dir (inspection's: the CA, a copy of the
+	// upstream CA bundle, the credentials' secrets), each mode 0400 and
+	// owned by UID:GID; their contents are never shown.
+	Files []EgressdFile `json:"files,omitempty"`
+	// ReadyTimeout bounds its start.
+	ReadyTimeout time.Duration `json:"ready_timeout"`
 }
 
-// egressdProc is a running egressd.
-type egressdProc struct {
-	cmd     *exec.Cmd
-	pid     int
-	done    chan struct{} // closed once it has exited and been reaped
-	waitErr error         // set before done closes
-	stderr  *tailBuffer
-	stopped chan struct{} // closed when stop begins
-	stop1   sync.Once
-	// auditDone is closed when its audit stream has ended.
-	auditDone chan struct{}
-	// binaryMount is the bind mount of the binary inside dir.
-	binaryMount string
+// EgressdFile is one file of egressd's directory.
+type EgressdFile struct {
+	Name string `json:"name"`
+	Data []byte `json:"-"`
 }
 
-// policyFile, sourcesFile, adminSocket and binaryName are egressd's files
-// in its dir.
+// policyFile, adminSocket and binaryName are egressd's files in its dir.
 const (
-	policyFile  = "policy.toml"
-	sourcesFile = "sources.json"
+	policyFile  = "policy.json"
 	adminSocket = "admin.sock"
 	binaryName  = "egressd"
 )
 
+// egressdFlags are what egressdArgs needs.
+type egressdFlags struct {
+	dir       string
+	mark      uint32
+	upstream  []netip.AddrPort
+	sandboxID string
+	// extra are further flags (inspection's, inspect.go).
+	extra []string
+}
+
 // egressdArgs returns egressd's command line (without argv[0]).
-func egressdArgs(s egressdSpec) []string {
+func egressdArgs(s egressdFlags) []string {
 	up := make([]string, len(s.upstream))
 	for i, u := range s.upstream {
 		up[i] = u.String()
@@ -102,7 +111,6 @@ func egressdArgs(s egressdSpec) []string {
 	return append([]string{
 		"serve",
 		"--policy", filepath.Join(s.dir, policyFile),
-		"--rule-sources", filepath.Join(s.dir, sourcesFile),
 		"--dns-listen", fmt.Sprintf("127.0.0.1:%d,[::1]:%d", EgressdDNSPort, EgressdDNSPort),
 		"--proxy-listen", fmt.Sprintf("127.0.0.1:%d", EgressdProxyPort),
 		"--transparent-listen", fmt.Sprintf("127.0.0.1:%d,[::1]:%d", EgressdTransparentPort, EgressdTransparentPort),
@@ -116,93 +124,130 @@ func egressdArgs(s egressdSpec) []string {
 	}, s.extra...)
 }
 
-// startEgressd starts egressd inside ns and waits until it is serving (or
-// ctx ends).
+// hostEgressd starts egressd as a process of the machine (EgressdStarter).
+type hostEgressd struct{}
+
+// egressdProc is a running egressd.
+type egressdProc struct {
+	cmd     *exec.Cmd
+	pid     int
+	done    chan struct{} // closed once it has exited and been reaped
+	waitErr error         // set before done closes
+	stderr  *tailBuffer
+	stop1   sync.Once
+	stopErr error
+	// auditDone is closed when its audit stream has ended.
+	auditDone chan struct{}
+}
+
+func (e *egressdProc) Pid() int              { return e.pid }
+func (e *egressdProc) Done() <-chan struct{} { return e.done }
+func (e *egressdProc) Err() error {
+	select {
+	case <-e.done:
+		return e.waitErr
+	default:
+		return nil
+	}
+}
+
+// Start starts egressd inside the namespace at nsPath and waits until it
+// is serving (or ctx ends).
 //
 // egressd is its own process, a child of the launcher, in no namespace of
 // the container (not its pid or mount namespace: only the network
-// namespace is shared). It is started from a thread that has entered ns,
-// set no_new_privs and dropped every capability but CAP_NET_ADMIN from its
-// bounding set, and it runs as spec.uid:spec.gid with no supplementary
-// groups and CAP_NET_ADMIN as its only (ambient) capability, which it
-// needs for SO_MARK. The thread lives until egressd exits, so its
+// namespace is shared). It is started from a thread that has entered the
+// namespace, set no_new_privs and dropped every capability but
+// CAP_NET_ADMIN from its bounding set, and it runs as e.UID:e.GID with no
+// supplementary groups and CAP_NET_ADMIN as its only (ambient) capability,
+// which it needs for SO_MARK. The thread lives until egressd exits, so its
 // parent-death signal (SIGKILL) fires only if the launcher dies.
 //
-// Its binary is bind-mounted into spec.dir (traversable by its uid, unlike
-// where the launcher may have found it, say /root/egressd/bin). Its policy
-// is a snapshot of the launch's resolved network policy (see
-// writeEgressdPolicy). Audit records arrive on its stdout and go to
-// spec.sink; its stderr is kept for error messages.
-func startEgressd(ctx context.Context, ns *netNS, s egressdSpec) (*egressdProc, error) {
-	if s.timeout <= 0 {
-		s.timeout = DefaultReadyTimeout
+// It runs its binary as bound into e.Dir (the launcher binds it there,
+// traversable by its uid, unlike where the launcher may have found it, say
+// /root/egressd/bin). Audit records arrive on its stdout and go to audit;
+// its stderr is kept for error messages.
+func (hostEgressd) Start(ctx context.Context, nsPath string, p *EgressdPlan, audit func(io.Reader)) (EgressdProcess, error) {
+	timeout := p.ReadyTimeout
+	if timeout <= 0 {
+		timeout = DefaultReadyTimeout
 	}
-	e := &egressdProc{done: make(chan struct{}), stopped: make(chan struct{}), auditDone: make(chan struct{}), stderr: newTailBuffer(16 << 10)}
-	bin := filepath.Join(s.dir, binaryName)
-	if err := bindFile(s.binary, bin); err != nil {
-		return nil, fmt.Errorf("egressd binary: %w", err)
-	}
-	e.binaryMount = bin
-
+	e := &egressdProc{done: make(chan struct{}), auditDone: make(chan struct{}), stderr: newTailBuffer(16 << 10)}
 	readyR, readyW, err := os.Pipe()
 	if err != nil {
-		return e, err
+		return nil, err
 	}
 	defer readyR.Close()
 	auditR, auditW, err := os.Pipe()
 	if err != nil {
 		readyW.Close()
-		return e, err
+		return nil, err
 	}
-	cmd := exec.Command(bin, egressdArgs(s)...)
+	cmd := exec.Command(filepath.Join(p.Dir, binaryName), p.Args...)
 	cmd.Args[0] = "egressd"
-	cmd.Env = []string{"PATH=" + DefaultPath}
-	cmd.Dir = s.dir
+	cmd.Env = []string{"PATH=" + specconv.DefaultPath}
+	cmd.Dir = p.Dir
 	cmd.Stdout = auditW
 	cmd.Stderr = e.stderr
 	cmd.ExtraFiles = []*os.File{readyW}
 	cmd.SysProcAttr = &syscall.SysProcAttr{
-		Credential:  &syscall.Credential{Uid: s.uid, Gid: s.gid, Groups: []uint32{}},
+		Credential:  &syscall.Credential{Uid: p.UID, Gid: p.GID, Groups: []uint32{}},
 		AmbientCaps: []uintptr{unix.CAP_NET_ADMIN},
 		Pdeathsig:   syscall.SIGKILL,
 		Setpgid:     true, // a terminal's ^C is the launcher's to handle
 	}
 	e.cmd = cmd
-
-	started := make(chan error, 1)
-	go func() {
-		// The thread that starts egressd must outlive it (Pdeathsig), so
-		// the whole life of the process runs in this call.
-		_ = ns.do(func() error {
-			if err := confineThread(); err != nil {
-				started <- err
-				return nil
-			}
-			if err := cmd.Start(); err != nil {
-				started <- err
-				return nil
-			}
-			started <- nil
-			e.waitErr = cmd.Wait()
-			close(e.done)
-			return nil
-		})
-	}()
-	err = <-started
+	err = e.start(nsPath)
 	readyW.Close()
 	auditW.Close()
 	if err != nil {
 		auditR.Close()
 		close(e.auditDone)
-		return e, fmt.Errorf("starting egressd: %w", err)
+		return nil, fmt.Errorf("starting egressd: %w", err)
 	}
 	e.pid = cmd.Process.Pid
 	go func() {
 		defer close(e.auditDone)
 		defer auditR.Close()
-		s.sink.consume(auditR)
+		audit(auditR)
 	}()
+	return e, e.waitReady(ctx, readyR, timeout)
+}
 
+// start starts the process from a thread inside the namespace; that
+// thread waits for it (it must outlive it: Pdeathsig).
+func (e *egressdProc) start(nsPath string) error {
+	started := make(chan error, 1)
+	go func() {
+		err := nsthread.InNetns(nsPath, func() error {
+			if err := confineThread(); err != nil {
+				started <- err
+				return nil
+			}
+			if err := e.cmd.Start(); err != nil {
+				started <- err
+				return nil
+			}
+			started <- nil
+			e.waitErr = e.cmd.Wait()
+			close(e.done)
+			return nil
+		})
+		if err != nil {
+			// The namespace could not be entered: fn never ran. (Once
+			// fn has said something, this finds the buffer full.)
+			select {
+			case started <- err:
+			default:
+			}
+		}
+	}()
+	return <-started
+}
+
+// waitReady waits for "ready" on the ready pipe, egressd's exit, the
+// timeout or ctx, whichever comes first.
+func (e *egressdProc) waitReady(ctx context.Context, readyR *os.File, timeout time.Duration) error {
 	ready := make(chan error, 1)
 	go func() {
 		line, err := bufio.NewReader(readyR).ReadString('\n')
@@ -212,26 +257,26 @@ func startEgressd(ctx context.Context, ns *netNS, s egressdSpec) (*egressdProc, 
 		}
 		ready <- errors.New("closed its ready pipe without saying ready")
 	}()
-	timer := time.NewTimer(s.timeout)
+	timer := time.NewTimer(timeout)
 	defer timer.Stop()
 	select {
 	case err := <-ready:
 		if err == nil {
-			return e, nil
+			return nil
 		}
 		// The pipe closes when egressd exits: report the exit instead.
 		select {
 		case <-e.done:
-			return e, fmt.Errorf("egressd exited before it was ready (%v): %s", e.waitErr, e.stderr.lastLines(5))
+			return fmt.Errorf("egressd exited before it was ready (%v): %s", e.waitErr, e.stderr.lastLines(5))
 		case <-time.After(time.Second):
-			return e, fmt.Errorf("egressd %s: %s", err, e.stderr.lastLines(5))
+			return fmt.Errorf("egressd %s: %s", err, e.stderr.lastLines(5))
 		}
 	case <-e.done:
-		return e, fmt.Errorf("egressd exited before it was ready (%v): %s", e.waitErr, e.stderr.lastLines(5))
+		return fmt.Errorf("egressd exited before it was ready (%v): %s", e.waitErr, e.stderr.lastLines(5))
 	case <-timer.C:
-		return e, fmt.Errorf("egressd not ready after %s: %s", s.timeout, e.stderr.lastLines(5))
+		return fmt.Errorf("egressd not ready after %s: %s", timeout, e.stderr.lastLines(5))
 	case <-ctx.Done():
-		return e, fmt.Errorf("waiting for egressd: %w", ctx.Err())
+		return fmt.Errorf("waiting for egressd: %w", ctx.Err())
 	}
 }
 
@@ -266,7 +311,7 @@ func lastCap() (int, error) {
 }
 
 // bindFile bind-mounts the file src onto dst (created empty).
-func bindFile(src, dst string) error {
+func bindFile(fsys HostFS, src, dst string) error {
 	st, err := os.Stat(src)
 	if err != nil {
 		return err
@@ -279,176 +324,53 @@ func bindFile(src, dst string) error {
 		return err
 	}
 	f.Close()
-	if err := unix.Mount(src, dst, "", unix.MS_BIND, ""); err != nil {
+	if err := fsys.Mount(src, dst, "", unix.MS_BIND, ""); err != nil {
 		os.Remove(dst)
 		return fmt.Errorf("bind-mounting %s at %s: %w", src, dst, err)
 	}
 	return nil
 }
 
-// exited reports whether egressd has exited (for whatever reason).
-func (e *egressdProc) exited() bool {
-	select {
-	case <-e.done:
-		return true
-	default:
-		return false
-	}
-}
-
-// stop ends egressd: SIGTERM, then SIGKILL after the grace period, by pid;
+// Stop ends egressd: SIGTERM, then SIGKILL after the grace period, by pid;
 // it waits for the process and for its audit stream to end. Idempotent.
-func (e *egressdProc) stop() error {
-	if e == nil {
-		return nil
-	}
-	var err error
+func (e *egressdProc) Stop() error {
 	e.stop1.Do(func() {
-		close(e.stopped)
-		if e.cmd != nil && e.cmd.Process != nil {
-			if !e.exited() {
-				_ = e.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-e.done:
+		default:
+			_ = e.cmd.Process.Signal(syscall.SIGTERM)
+			select {
+			case <-e.done:
+			case <-time.After(egressdStopGrace):
+				_ = e.cmd.Process.Kill()
 				select {
 				case <-e.done:
-				case <-time.After(egressdStopGrace):
-					_ = e.cmd.Process.Kill()
-					select {
-					case <-e.done:
-					case <-time.After(5 * time.Second):
-						err = fmt.Errorf("egressd (pid %d) did not exit after SIGKILL", e.pid)
-					}
+				case <-time.After(5 * time.Second):
+					e.stopErr = fmt.Errorf("egressd (pid %d) did not exit after SIGKILL", e.pid)
 				}
 			}
-			select {
-			case <-e.auditDone:
-			case <-time.After(2 * time.Second):
-			}
 		}
-		if e.binaryMount != "" {
-			if uerr := unmountAndRemove(e.binaryMount); uerr != nil {
-				err = errors.Join(err, uerr)
-			}
+		select {
+		case <-e.auditDone:
+		case <-time.After(2 * time.Second):
 		}
 	})
-	return err
+	return e.stopErr
 }
 
-// writeEgressdPolicy writes the policy egressd enforces for a launch: the
-// launch's resolved network policy, frozen (the launcher checked it against
-// the floor; a policy file edited during the run does not change it). It
-// builds on the strict profile, whose allow and block lists are empty, so
-// every rule egressd holds is one written here, each on its own line with
-// its original source as a comment. It returns, for each of those lines,
-// "path:line" → the rule's original source, and writes that map beside the
-// policy (sourcesFile) for egressd's --rule-sources: egressd reports every
-// rule by its original source (audit records, the X-Egressd-Denied header
-// and bodies the sandbox reads, GET /policy), never by the snapshot.
-func writeEgressdPolicy(p *policy.Profile, path string, uid, gid uint32) (map[string]string, error) {
-	var b bytes.Buffer
-	sources := map[string]string{}
-	line := 1
-	w := func(format string, args ...any) {
-		s := fmt.Sprintf(format, args...)
-		b.WriteString(s)
-		line += strings.Count(s, "\n")
-	}
-	w("# The network policy of one launch, written by the launcher from the\n")
-	w("# resolved profile %q. Rule sources are in the comments.\n", p.Name)
-	mode := policy.ModeFiltered
-	if p.Network.Mode == policy.ModeReport {
-		mode = policy.ModeReport // the floor allowed it; egressd records would-deny
-	}
-	w("version = 1\nprofile = \"strict\"\n\n[network]\nmode = %s\n", tomlQuote(string(mode)))
-	ports := make([]string, len(p.Network.DefaultPorts))
-	for i, port := range p.Network.DefaultPorts {
-		ports[i] = strconv.Itoa(int(port))
-	}
-	w("default_ports = [%s]\n", strings.Join(ports, ", "))
-	if p.Network.DNSBlockResponse != "" {
-		w("dns_block_response = %s\n", tomlQuote(string(p.Network.DNSBlockResponse)))
-	}
-	for _, list := range []struct {
-		key   string
-		rules []*policy.Rule
-	}{{"allow", p.Network.Allow}, {"block", p.Network.Block}} {
-		w("%s = [\n", list.key)
-		for _, r := range list.rules {
-			src := r.Source.String()
-			sources[path+":"+strconv.Itoa(line)] = src
-			w("  %s, # %s\n", tomlQuote(r.Text), strings.ReplaceAll(src, "\n", " "))
-		}
-		w("]\n")
-	}
-	// Inspection entries are inline tables: their canonical text parses
-	// back to the same entry.
-	inspect, creds := snapshotEntries(p)
-	for _, list := range []struct {
-		key     string
-		entries []snapshotEntry
-	}{{"inspect", inspect}, {"credentials", creds}} {
-		if len(list.entries) == 0 {
-			continue
-		}
-		w("%s = [\n", list.key)
-		for _, e := range list.entries {
-			src := e.src.String()
-			sources[path+":"+strconv.Itoa(line)] = src
-			w("  %s, # %s\n", e.text, strings.ReplaceAll(src, "\n", " "))
-		}
-		w("]\n")
-	}
-	js, err := json.Marshal(sources)
+// egressdPolicy is the policy egressd enforces for a launch: the launch's
+// resolved network policy, frozen (the launcher checked it against the
+// floor; a policy file edited during the run does not change it), as a
+// snapshot (policy.Profile.Snapshot: the JSON GET /policy writes, read by
+// egressd with the same code). Every value keeps its original source, so
+// egressd's audit records, X-Egressd-Denied headers and 403 bodies name the
+// file and line, flag or built-in the rule was written at.
+func egressdPolicy(p *policy.Profile) ([]byte, error) {
+	data, err := policy.MarshalSnapshot(p.Snapshot("network"))
 	if err != nil {
-		return nil, fmt.Errorf("writing egressd's rule sources: %w", err)
+		return nil, fmt.Errorf("egressd's policy: %w", err)
 	}
-	for _, f := range []struct {
-		path string
-		data []byte
-	}{{path, b.Bytes()}, {filepath.Join(filepath.Dir(path), sourcesFile), js}} {
-		if err := os.WriteFile(f.path, f.data, 0o400); err != nil {
-			return nil, fmt.Errorf("writing egressd's policy: %w", err)
-		}
-		if err := os.Chown(f.path, int(uid), int(gid)); err != nil {
-			return nil, fmt.Errorf("writing egressd's policy: %w", err)
-		}
-	}
-	return sources, nil
-}
-
-// snapshotEntry is one inspection entry of egressd's policy snapshot.
-type snapshotEntry struct {
-	text string
-	src  policy.Source
-}
-
-// snapshotEntries are the profile's inspect and credentials entries.
-func snapshotEntries(p *policy.Profile) (inspect, creds []snapshotEntry) {
-	for _, r := range p.Network.Inspect {
-		inspect = append(inspect, snapshotEntry{r.Text, r.Source})
-	}
-	for _, c := range p.Network.Credentials {
-		creds = append(creds, snapshotEntry{c.Text, c.Source})
-	}
-	return inspect, creds
-}
-
-// tomlQuote renders s as a TOML basic string.
-func tomlQuote(s string) string {
-	var b strings.Builder
-	b.WriteByte('"')
-	for _, r := range s {
-		switch {
-		case r == '"' || r == '\\':
-			b.WriteByte('\\')
-			b.WriteRune(r)
-		case r < 0x20 || r == 0x7f:
-			fmt.Fprintf(&b, "\\u%04x", r)
-		default:
-			b.WriteRune(r)
-		}
-	}
-	b.WriteByte('"')
-	return b.String()
+	return data, nil
 }
 
 // Denial is one distinct request egressd refused (outcome deny), could

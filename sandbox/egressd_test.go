@@ -49,8 +49,8 @@ func rulesOf(rs []*policy.Rule) []ruleView {
 
 // TestEgressdPolicyIsTheLaunchsNetworkPolicy: the snapshot egressd loads
 // resolves to exactly the launch's rules, ports and DNS answer, in filtered
-// mode, and each snapshot line maps back to the rule's real source (the
-// built-in, the tenant file's line, the flag).
+// mode, each rule with its real source (the built-in, the tenant file's
+// line, the flag), as egressd reads it: no map back from snapshot lines.
 func TestEgressdPolicyIsTheLaunchsNetworkPolicy(t *testing.T) {
 	tenant := "version = 1\n\n[network]\nmode = \"none\"\nallow = [\"*.example.com\", \"203.0.113.0/24:8000-8100\", \"bücher.example\"]\n" +
 		"block = [\"gist.github.com\"]\ndefault_ports = [443]\ndns_block_response = \"refused\"\n"
@@ -60,9 +60,12 @@ func TestEgressdPolicyIsTheLaunchsNetworkPolicy(t *testing.T) {
 				policy.Setting{Key: "network.mode", Values: []string{"filtered"}, Source: policy.Flag("--net")},
 				policy.Setting{Key: "network.allow", Values: []string{"api.test:443"}, Source: policy.Flag("--allow")},
 				policy.Setting{Key: "network.block", Values: []string{"*.evil.test"}, Source: policy.Flag("--block")})
-			path := filepath.Join(t.TempDir(), "policy.toml")
-			sources, err := writeEgressdPolicy(p, path, uint32(os.Getuid()), uint32(os.Getgid()))
+			path := filepath.Join(t.TempDir(), policyFile)
+			data, err := egressdPolicy(p)
 			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(path, data, 0o400); err != nil {
 				t.Fatal(err)
 			}
 			snap, _, err := policy.Resolve(policy.ResolveOptions{Files: []string{path}})
@@ -73,18 +76,10 @@ func TestEgressdPolicyIsTheLaunchsNetworkPolicy(t *testing.T) {
 			if snap.Network.Mode != policy.ModeFiltered {
 				t.Errorf("snapshot mode %q", snap.Network.Mode)
 			}
-			remap := func(rs []ruleView) []ruleView {
-				for i := range rs {
-					if s, ok := sources[rs[i].Source]; ok {
-						rs[i].Source = s
-					}
-				}
-				return rs
-			}
-			if diff := cmp.Diff(rulesOf(p.Network.Allow), remap(rulesOf(snap.Network.Allow))); diff != "" {
+			if diff := cmp.Diff(rulesOf(p.Network.Allow), rulesOf(snap.Network.Allow)); diff != "" {
 				t.Errorf("allow rules (-launch +egressd):\n%s", diff)
 			}
-			if diff := cmp.Diff(rulesOf(p.Network.Block), remap(rulesOf(snap.Network.Block))); diff != "" {
+			if diff := cmp.Diff(rulesOf(p.Network.Block), rulesOf(snap.Network.Block)); diff != "" {
 				t.Errorf("block rules (-launch +egressd):\n%s", diff)
 			}
 			if diff := cmp.Diff(p.Network.DefaultPorts, snap.Network.DefaultPorts); diff != "" {
@@ -93,24 +88,7 @@ func TestEgressdPolicyIsTheLaunchsNetworkPolicy(t *testing.T) {
 			if p.Network.DNSBlockResponse != snap.Network.DNSBlockResponse {
 				t.Errorf("dns_block_response %q, want %q", snap.Network.DNSBlockResponse, p.Network.DNSBlockResponse)
 			}
-			if st, err := os.Stat(path); err != nil || st.Mode().Perm() != 0o400 {
-				t.Errorf("snapshot mode %v, %v; want 0400", st.Mode(), err)
-			}
 		})
-	}
-}
-
-func TestTOMLQuote(t *testing.T) {
-	for in, want := range map[string]string{
-		"a.test":     `"a.test"`,
-		`q"uote`:     `"q\"uote"`,
-		`back\slash`: `"back\\slash"`,
-		"tab\there":  `"tab\u0009here"`,
-		"bücher.de":  `"bücher.de"`,
-	} {
-		if got := tomlQuote(in); got != want {
-			t.Errorf("tomlQuote(%q) = %s, want %s", in, got, want)
-		}
 	}
 }
 
@@ -198,11 +176,11 @@ func TestLineMaskerMasksEveryFormEgressdWrites(t *testing.T) {
 }
 
 func TestEgressdArgs(t *testing.T) {
-	args := egressdArgs(egressdSpec{dir: "/run/x/egressd", mark: 0x4547, sandboxID: "egs-1",
+	args := egressdArgs(egressdFlags{dir: "/run/x/egressd", mark: 0x4547, sandboxID: "egs-1",
 		upstream: []netip.AddrPort{netip.MustParseAddrPort("192.0.2.53:53"), netip.MustParseAddrPort("192.0.2.54:5353")}})
 	joined := strings.Join(args, " ")
 	for _, want := range []string{
-		"serve --policy /run/x/egressd/policy.toml",
+		"serve --policy /run/x/egressd/policy.json",
 		"--dns-listen 127.0.0.1:15053,[::1]:15053",
 		"--proxy-listen 127.0.0.1:3128",
 		"--transparent-listen 127.0.0.1:15001,[::1]:15001",
@@ -277,19 +255,28 @@ func TestEgressdRunsUnprivilegedWithOnlyNetAdmin(t *testing.T) {
 		os.Chmod(d, 0o711)
 	}
 	p := resolveWith(t, "standard", "", policy.Setting{Key: "network.allow", Values: []string{"allowed.test"}, Source: policy.Flag("--allow")})
-	sources, err := writeEgressdPolicy(p, filepath.Join(dir, policyFile), DefaultEgressdUID, DefaultEgressdGID)
+	data, err := egressdPolicy(p)
 	if err != nil {
 		t.Fatal(err)
 	}
-	_ = sources
-	sink := newAuditSink(nil, nil, nil)
-	e, err := startEgressd(context.Background(), ns, egressdSpec{binary: bin, dir: dir, uid: DefaultEgressdUID, gid: DefaultEgressdGID,
-		mark: DefaultMark, upstream: []netip.AddrPort{netip.MustParseAddrPort("192.0.2.53:53")}, sandboxID: "egs-test",
-		timeout: 20 * time.Second, sink: sink})
-	t.Cleanup(func() { e.stop() })
+	if err := os.WriteFile(filepath.Join(dir, policyFile), data, 0o400); err != nil {
+		t.Fatal(err)
+	}
+	os.Chown(filepath.Join(dir, policyFile), DefaultEgressdUID, DefaultEgressdGID)
+	if err := bindFile(hostFS{}, bin, filepath.Join(dir, binaryName)); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unmountAndRemove(hostFS{}, filepath.Join(dir, binaryName)) })
+	plan := &EgressdPlan{Binary: bin, Dir: dir, UID: DefaultEgressdUID, GID: DefaultEgressdGID, ReadyTimeout: 20 * time.Second,
+		Args: egressdArgs(egressdFlags{dir: dir, mark: DefaultMark, upstream: []netip.AddrPort{netip.MustParseAddrPort("192.0.2.53:53")}, sandboxID: "egs-test"})}
+	proc, err := hostEgressd{}.Start(context.Background(), ns.Path, plan, newAuditSink(nil, nil, nil).consume)
+	if proc != nil {
+		t.Cleanup(func() { proc.Stop() })
+	}
 	if err != nil {
 		t.Fatalf("starting egressd: %v", err)
 	}
+	e := proc.(*egressdProc)
 	st := procStatus(t, e.pid)
 	const netAdmin = "0000000000001000"
 	for k, want := range map[string]string{
@@ -304,20 +291,19 @@ func TestEgressdRunsUnprivilegedWithOnlyNetAdmin(t *testing.T) {
 	if comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", e.pid)); strings.TrimSpace(string(comm)) != "egressd" {
 		t.Errorf("egressd's comm is %q", comm)
 	}
-	if procs := procsIn(ns.dev, ns.ino); len(procs) != 1 || procs[0] != e.pid {
+	if procs := procsIn(ns.Dev, ns.Ino); len(procs) != 1 || procs[0] != e.pid {
 		t.Errorf("processes in the sandbox namespace: %v, want egressd's pid %d alone", procs, e.pid)
 	}
 	if _, err := os.Stat(filepath.Join(dir, adminSocket)); err != nil {
 		t.Errorf("admin socket: %v", err)
 	}
-	if err := e.stop(); err != nil {
+	if err := e.Stop(); err != nil {
 		t.Errorf("stop: %v", err)
 	}
-	if !e.exited() {
+	select {
+	case <-e.Done():
+	default:
 		t.Error("egressd still running after stop")
-	}
-	if _, err := os.Lstat(filepath.Join(dir, binaryName)); err == nil {
-		t.Error("egressd's binary mount is still there after stop")
 	}
 }
 
@@ -334,20 +320,21 @@ func TestEgressdThatCannotStartFailsTheLaunchWithItsReason(t *testing.T) {
 	for d := filepath.Dir(dir); d != os.TempDir() && d != "/"; d = filepath.Dir(d) {
 		os.Chmod(d, 0o711)
 	}
-	if err := os.WriteFile(filepath.Join(dir, policyFile), []byte("version = 1\n[network]\nalow = []\n"), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, policyFile), []byte(`[{"field": "network.alow", "value": "[]", "source": "t.toml:3"}]`), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(dir, sourcesFile), []byte("{}"), 0o644); err != nil {
+	if err := bindFile(hostFS{}, bin, filepath.Join(dir, binaryName)); err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { unmountAndRemove(hostFS{}, filepath.Join(dir, binaryName)) })
 	start := time.Now()
-	e, err := startEgressd(context.Background(), ns, egressdSpec{binary: bin, dir: dir, uid: DefaultEgressdUID, gid: DefaultEgressdGID,
-		mark: DefaultMark, upstream: []netip.AddrPort{netip.MustParseAddrPort("192.0.2.53:53")}, sandboxID: "egs-test",
-		timeout: 20 * time.Second, sink: newAuditSink(nil, nil, nil)})
+	plan := &EgressdPlan{Binary: bin, Dir: dir, UID: DefaultEgressdUID, GID: DefaultEgressdGID, ReadyTimeout: 20 * time.Second,
+		Args: egressdArgs(egressdFlags{dir: dir, mark: DefaultMark, upstream: []netip.AddrPort{netip.MustParseAddrPort("192.0.2.53:53")}, sandboxID: "egs-test"})}
+	e, err := hostEgressd{}.Start(context.Background(), ns.Path, plan, newAuditSink(nil, nil, nil).consume)
 	if e != nil {
-		defer e.stop()
+		defer e.Stop()
 	}
-	if err == nil || !strings.Contains(err.Error(), "exited before it was ready") || !strings.Contains(err.Error(), `unknown key "alow"`) {
+	if err == nil || !strings.Contains(err.Error(), "exited before it was ready") || !strings.Contains(err.Error(), `unknown field "network.alow"`) {
 		t.Errorf("start with a broken policy: %v; want egressd's exit and its message", err)
 	}
 	if took := time.Since(start); took > 10*time.Second {
@@ -361,8 +348,12 @@ func TestEgressdThatCannotStartFailsTheLaunchWithItsReason(t *testing.T) {
 func TestEgressdPolicyKeepsReportMode(t *testing.T) {
 	p := resolveWith(t, "open", "version = 1\n[network]\nallow = [\"pypi.org\"]\n",
 		policy.Setting{Key: "network.mode", Values: []string{"report"}, Source: policy.Flag("--net")})
-	path := filepath.Join(t.TempDir(), "policy.toml")
-	if _, err := writeEgressdPolicy(p, path, uint32(os.Getuid()), uint32(os.Getgid())); err != nil {
+	data, err := egressdPolicy(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), policyFile)
+	if err := os.WriteFile(path, data, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	snap, _, err := policy.Resolve(policy.ResolveOptions{Files: []string{path}})

@@ -1,10 +1,7 @@
 package sandbox
 
 import (
-	"bytes"
-	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -15,8 +12,8 @@ import (
 
 // HTTPS inspection for one launch (docs/inspection.md):
 //
-//	launcher ─ planInspection ─► which secrets egressd holds, the placeholders the sandbox sees
-//	         ─ Create: a CA for this sandbox ─► ca.pem + ca.key (egressd's dir, its uid only)
+//	launcher ─ planInspection ─► which secrets egressd holds, the placeholders the sandbox sees,
+//	                             a CA for this sandbox ─► ca.pem + ca.key (egressd's dir, its uid only)
 //	                                          ├► trust bundle: the rootfs's system bundle + ca.pem,
 //	                                          │  bound read-only over every CA bundle path of the
 //	                                          │  sandbox, and SSL_CERT_FILE & co. pointing at it
@@ -30,27 +27,6 @@ import (
 // caValidity is how long a sandbox's inspection CA is valid.
 const caValidity = 30 * 24 * time.Hour
 
-// TrustBundlePath is where a sandbox's clients find the CA bundle that
-// includes its inspection CA; the trust variables point here.
-const TrustBundlePath = "/etc/ssl/certs/ca-certificates.crt"
-
-// systemBundles are where distributions keep their CA bundle (Go's
-// crypto/x509 list). Each one the root file system has is covered by the
-// trust bundle; the first one found is the system bundle extended.
-var systemBundles = []string{
-	"/etc/ssl/certs/ca-certificates.crt",
-	"/etc/pki/tls/certs/ca-bundle.crt",
-	"/etc/ssl/ca-bundle.pem",
-	"/etc/pki/tls/cacert.pem",
-	"/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem",
-	"/etc/ssl/cert.pem",
-}
-
-// TrustVariables are the variables that point the common clients at the
-// trust bundle: OpenSSL and Go (SSL_CERT_FILE), requests, pip, Node.js,
-// git and curl. A variable the launch already sets is left alone.
-var TrustVariables = []string{"SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "PIP_CERT", "NODE_EXTRA_CA_CERTS", "GIT_SSL_CAINFO", "CURL_CA_BUNDLE"}
-
 // inspectPlan is what a launch does for inspection.
 type inspectPlan struct {
 	// inspects: the profile inspects hosts (filtered mode): the sandbox
@@ -60,7 +36,7 @@ type inspectPlan struct {
 	// variable of the same name holds placeholders[name] instead.
 	held         []Secret
 	placeholders map[string]string
-	// caCert and caKey are the sandbox's CA (PEM), made by Create.
+	// caCert and caKey are the sandbox's CA (PEM), made by makeCA.
 	caCert, caKey []byte
 }
 
@@ -107,65 +83,6 @@ func (pl *inspectPlan) env(s Secret) string {
 	return s.Value
 }
 
-// trustPaths are the paths in the sandbox the trust bundle covers: every
-// system bundle the root file system has (resolved, so a symlink and its
-// target are covered once), and TrustBundlePath, where the variables
-// point, made as a mount point when the root lacks it.
-func trustPaths(t Tree) []string {
-	var out []string
-	add := func(p string) {
-		if !slices.Contains(out, p) {
-			out = append(out, p)
-		}
-	}
-	for _, p := range systemBundles {
-		if r, err := t.resolve(p); err == nil {
-			add(r)
-		}
-	}
-	if _, err := t.resolve(TrustBundlePath); err != nil {
-		add(TrustBundlePath)
-	}
-	return out
-}
-
-// trustBundle is the root file system's system bundle (the first of
-// systemBundles it has; none is fine) with the sandbox's CA after it.
-func (pl *inspectPlan) trustBundle(t Tree, id string) ([]byte, error) {
-	var b bytes.Buffer
-	for _, p := range systemBundles {
-		data, err := t.readFile(p)
-		if errors.Is(err, fs.ErrNotExist) {
-			continue
-		}
-		if err != nil {
-			return nil, fmt.Errorf("reading the system CA bundle %s: %w", p, err)
-		}
-		b.Write(data)
-		if len(data) > 0 && data[len(data)-1] != '\n' {
-			b.WriteByte('\n')
-		}
-		break
-	}
-	fmt.Fprintf(&b, "# egressd inspection CA of sandbox %s\n", id)
-	b.Write(pl.caCert)
-	return b.Bytes(), nil
-}
-
-// applyEnv adds the trust variables the environment does not set yet.
-func (pl *inspectPlan) applyEnv(env []string) []string {
-	if !pl.inspects {
-		return env
-	}
-	for _, v := range TrustVariables {
-		if !slices.ContainsFunc(env, func(e string) bool { return len(e) > len(v) && e[:len(v)+1] == v+"=" }) {
-			env = append(env, v+"="+TrustBundlePath)
-		}
-	}
-	slices.Sort(env)
-	return env
-}
-
 // egressd's inspection files in its private directory.
 const (
 	inspectCACertFile     = "inspect-ca.pem"
@@ -189,42 +106,23 @@ func (pl *inspectPlan) egressdArgs(dir, upstreamCA string) []string {
 	return args
 }
 
-// writeEgressdFiles writes the files egressdArgs names into egressd's
-// private directory, owned by its uid, mode 0400: the CA, a copy of the
-// upstream CA bundle, the held secrets.
-func (pl *inspectPlan) writeEgressdFiles(dir string, uid, gid uint32, upstreamCA string) error {
+// egressdFiles are the files egressdArgs names, for egressd's private
+// directory (mode 0400, owned by its uid): the CA, a copy of the upstream
+// CA bundle (read here), the held secrets.
+func (pl *inspectPlan) egressdFiles(upstreamCA string) ([]EgressdFile, error) {
 	if !pl.inspects {
-		return nil
+		return nil, nil
 	}
-	write := func(name string, data []byte) error {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, data, 0o400); err != nil {
-			return fmt.Errorf("writing egressd's %s: %w", name, err)
-		}
-		if err := os.Chown(p, int(uid), int(gid)); err != nil {
-			return fmt.Errorf("writing egressd's %s: %w", name, err)
-		}
-		return nil
-	}
-	if err := write(inspectCACertFile, pl.caCert); err != nil {
-		return err
-	}
-	if err := write(inspectCAKeyFile, pl.caKey); err != nil {
-		return err
-	}
+	files := []EgressdFile{{Name: inspectCACertFile, Data: pl.caCert}, {Name: inspectCAKeyFile, Data: pl.caKey}}
 	if upstreamCA != "" {
 		data, err := os.ReadFile(upstreamCA)
 		if err != nil {
-			return fmt.Errorf("the upstream CA bundle for inspection: %w", err)
+			return nil, fmt.Errorf("the upstream CA bundle for inspection: %w", err)
 		}
-		if err := write(inspectUpstreamCAFile, data); err != nil {
-			return err
-		}
+		files = append(files, EgressdFile{Name: inspectUpstreamCAFile, Data: data})
 	}
 	for _, s := range pl.held {
-		if err := write(secretFilePrefix+s.Name, []byte(s.Value)); err != nil {
-			return err
-		}
+		files = append(files, EgressdFile{Name: secretFilePrefix + s.Name, Data: []byte(s.Value)})
 	}
-	return nil
+	return files, nil
 }

@@ -3,6 +3,7 @@ package sandbox
 import (
 	"bytes"
 	"encoding/json"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -10,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/egressd/egressd/policy"
+	"github.com/egressd/egressd/sandbox/specconv"
 )
 
 const inspectTenant = `version = 1
@@ -30,26 +32,16 @@ secret = "MODEL_KEY"
 // as a file of its own.
 func TestCredentialSecretStaysWithEgressd(t *testing.T) {
 	p := resolveWith(t, "standard", inspectTenant)
-	cfg := Config{Profile: p, Args: []string{"sh"}, EgressdPath: "/nonexistent/egressd",
-		Secrets: []Secret{{"MODEL_KEY", "sk-real-secret-123"}, {"OTHER", "other-secret-456"}}}
-	cfg, err := cfg.withDefaults()
+	rc := filepath.Join(t.TempDir(), "resolv.conf")
+	os.WriteFile(rc, []byte("nameserver 192.0.2.53\n"), 0o644)
+	plan, err := NewPlan(Config{Profile: p, Args: []string{"sh"}, EgressdPath: "/nonexistent/egressd", ID: "egs-0000abcd",
+		ResolvConf: rc, StateDir: t.TempDir(), Secrets: []Secret{{"MODEL_KEY", "sk-real-secret-123"}, {"OTHER", "other-secret-456"}}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	ins, err := planInspection(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := ins.makeCA("egs-test"); err != nil {
-		t.Fatal(err)
-	}
-	plan, err := planContainer(cfg, ins, "egs-test", t.TempDir(), "/run/netns/egs-test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	etc := plan.etcDir
-	env := plan.spec.Process.Env
-	for _, want := range []string{"MODEL_KEY=egressd-placeholder-MODEL_KEY", "OTHER=other-secret-456", "SSL_CERT_FILE=" + TrustBundlePath, "NODE_EXTRA_CA_CERTS=" + TrustBundlePath} {
+	c := plan.Container
+	env := c.Spec.Process.Env
+	for _, want := range []string{"MODEL_KEY=egressd-placeholder-MODEL_KEY", "OTHER=other-secret-456", "SSL_CERT_FILE=" + specconv.TrustBundlePath, "NODE_EXTRA_CA_CERTS=" + specconv.TrustBundlePath} {
 		if !slices.Contains(env, want) {
 			t.Errorf("env lacks %s: %q", want, env)
 		}
@@ -58,8 +50,8 @@ func TestCredentialSecretStaysWithEgressd(t *testing.T) {
 		t.Errorf("the credential's secret is in the sandbox's environment: %q", env)
 	}
 	var mounted bool
-	for _, m := range plan.spec.Mounts {
-		if m.Destination == TrustBundlePath || slices.Contains(trustPaths(plan.view.Tree()), m.Destination) && m.Source == filepath.Join(etc, "ca-certificates.crt") {
+	for _, m := range c.Spec.Mounts {
+		if m.Source == filepath.Join(c.EtcDir, "ca-certificates.crt") {
 			mounted = true
 			if !slices.Contains(m.Options, "ro") {
 				t.Errorf("trust bundle mounted writable: %+v", m)
@@ -67,17 +59,27 @@ func TestCredentialSecretStaysWithEgressd(t *testing.T) {
 		}
 	}
 	if !mounted {
-		t.Errorf("no trust bundle mount: %+v", plan.spec.Mounts)
+		t.Errorf("no trust bundle mount: %+v", c.Spec.Mounts)
 	}
-	bundle := plan.trustBundle
-	if !bytes.HasSuffix(bytes.TrimSpace(bundle), bytes.TrimSpace(ins.caCert)) || bytes.Contains(bundle, ins.caKey) {
+	files := map[string][]byte{}
+	for _, f := range plan.Egressd.Files {
+		files[f.Name] = f.Data
+	}
+	caCert, caKey := files[inspectCACertFile], files[inspectCAKeyFile]
+	bundle := c.Files["ca-certificates.crt"]
+	if len(caCert) == 0 || !bytes.HasSuffix(bytes.TrimSpace(bundle), bytes.TrimSpace(caCert)) || bytes.Contains(bundle, caKey) {
 		t.Errorf("bundle %d bytes: want the system bundle, then the CA certificate, never its key", len(bundle))
 	}
-	args := strings.Join(ins.egressdArgs("/run/x/egressd", ""), " ")
-	if !strings.Contains(args, "--secret-file MODEL_KEY=/run/x/egressd/secret-MODEL_KEY") || strings.Contains(args, "OTHER") ||
-		!strings.Contains(args, "--inspect-ca-key /run/x/egressd/inspect-ca.key") {
+	if string(files[secretFilePrefix+"MODEL_KEY"]) != "sk-real-secret-123" || files[secretFilePrefix+"OTHER"] != nil {
+		t.Errorf("egressd's secret files %v: want MODEL_KEY's alone", slices.Sorted(maps.Keys(files)))
+	}
+	args := strings.Join(plan.Egressd.Args, " ")
+	dir := plan.Egressd.Dir
+	if !strings.Contains(args, "--secret-file MODEL_KEY="+dir+"/secret-MODEL_KEY") || strings.Contains(args, "OTHER") ||
+		!strings.Contains(args, "--inspect-ca-key "+dir+"/inspect-ca.key") {
 		t.Errorf("egressd args %q", args)
 	}
+
 }
 
 func TestCredentialWithoutItsSecretRefusesTheLaunch(t *testing.T) {
@@ -92,9 +94,12 @@ func TestCredentialWithoutItsSecretRefusesTheLaunch(t *testing.T) {
 // inspect and credentials entries, each with its original source.
 func TestEgressdPolicyCarriesInspection(t *testing.T) {
 	p := resolveWith(t, "standard", inspectTenant, policy.Setting{Key: "network.inspect", Values: []string{"*.git.test"}, Source: policy.Flag("--inspect")})
-	path := filepath.Join(t.TempDir(), "policy.toml")
-	sources, err := writeEgressdPolicy(p, path, uint32(os.Getuid()), uint32(os.Getgid()))
+	path := filepath.Join(t.TempDir(), policyFile)
+	data, err := egressdPolicy(p)
 	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, data, 0o400); err != nil {
 		t.Fatal(err)
 	}
 	snap, _, err := policy.Resolve(policy.ResolveOptions{Files: []string{path}})
@@ -102,21 +107,18 @@ func TestEgressdPolicyCarriesInspection(t *testing.T) {
 		data, _ := os.ReadFile(path)
 		t.Fatalf("the snapshot does not resolve: %v\n%s", err, data)
 	}
-	texts := func(rs []*policy.InspectRule, remap bool) (out []string) {
+	texts := func(rs []*policy.InspectRule) (out []string) {
 		for _, r := range rs {
-			src := r.Source.String()
-			if s, ok := sources[src]; ok && remap {
-				src = s
-			}
-			out = append(out, r.Text+" "+src)
+			out = append(out, r.Text+" "+r.Source.String())
 		}
 		return out
 	}
-	if got, want := texts(snap.Network.Inspect, true), texts(p.Network.Inspect, false); !slices.Equal(got, want) {
+	if got, want := texts(snap.Network.Inspect), texts(p.Network.Inspect); !slices.Equal(got, want) {
 		t.Errorf("inspect entries %q, want %q", got, want)
 	}
 	if len(snap.Network.Credentials) != 1 || snap.Network.Credentials[0].Text != p.Network.Credentials[0].Text ||
-		snap.Network.Credentials[0].Placeholder != p.Network.Credentials[0].Placeholder {
+		snap.Network.Credentials[0].Placeholder != p.Network.Credentials[0].Placeholder ||
+		snap.Network.Credentials[0].Source.String() != p.Network.Credentials[0].Source.String() {
 		t.Errorf("credentials %+v", snap.Network.Credentials)
 	}
 }
@@ -125,7 +127,7 @@ func TestExplainShowsInspectionWithoutItsSecrets(t *testing.T) {
 	p := resolveWith(t, "standard", inspectTenant)
 	rc := filepath.Join(t.TempDir(), "resolv.conf")
 	os.WriteFile(rc, []byte("nameserver 192.0.2.53\n"), 0o644)
-	ex, err := Explain(Config{Profile: p, Args: []string{"true"}, EgressdPath: "/nonexistent/egressd", ResolvConf: rc,
+	ex, err := explainOf(Config{Profile: p, Args: []string{"true"}, EgressdPath: "/nonexistent/egressd", ResolvConf: rc,
 		Secrets: []Secret{{"MODEL_KEY", "sk-real-secret-xyz"}}})
 	if err != nil {
 		t.Fatal(err)
@@ -133,6 +135,14 @@ func TestExplainShowsInspectionWithoutItsSecrets(t *testing.T) {
 	data, _ := json.Marshal(ex)
 	if bytes.Contains(data, []byte("sk-real-secret-xyz")) {
 		t.Errorf("explain shows the secret")
+	}
+	plan, err := NewPlan(Config{Profile: p, Args: []string{"true"}, EgressdPath: "/nonexistent/egressd", ResolvConf: rc,
+		Secrets: []Secret{{"MODEL_KEY", "sk-real-secret-xyz"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if data, _ := json.Marshal(plan); bytes.Contains(data, []byte("sk-real-secret-xyz")) || bytes.Contains(data, []byte("PRIVATE KEY")) {
+		t.Errorf("the plan's JSON shows the secret or the CA's key")
 	}
 	if !strings.Contains(strings.Join(ex.Egressd, " "), "--inspect-ca-cert") {
 		t.Errorf("egressd's command line lacks the CA: %q", ex.Egressd)

@@ -21,33 +21,27 @@ import (
 // its sandbox id (iproute2's convention, so `ip netns list` shows it).
 const NetnsDir = "/run/netns"
 
-// netNS is a named network namespace the launcher created: a bind mount of
-// the namespace at NetnsDir/name keeps it alive while no process is in it.
-type netNS struct {
-	name, path string
-	// dev and ino identify the namespace (the nsfs inode), to find the
-	// processes inside it.
-	dev, ino uint64
-}
+// hostNamespaces are the kernel's network namespaces (Namespaces).
+type hostNamespaces struct{}
 
-// createNetNS makes a new network namespace bind-mounted at NetnsDir/name,
-// with its loopback up and nothing else: no other link, no route. Nothing
-// of the caller's namespace is visible in it.
+// Create makes a new network namespace bind-mounted at NetnsDir/name, with
+// its loopback up and nothing else: no other link, no route. Nothing of
+// the caller's namespace is visible in it.
 //
 // The namespace is created on a locked OS thread that is thrown away
 // afterwards (the goroutine exits locked), so no other goroutine ever runs
 // in it by accident.
-func createNetNS(name string) (*netNS, error) {
+func (hostNamespaces) Create(name string) (NetNS, error) {
 	if err := os.MkdirAll(NetnsDir, 0o755); err != nil {
-		return nil, fmt.Errorf("creating %s: %w", NetnsDir, err)
+		return NetNS{}, fmt.Errorf("creating %s: %w", NetnsDir, err)
 	}
 	path := filepath.Join(NetnsDir, name)
 	f, err := os.OpenFile(path, os.O_RDONLY|os.O_CREATE|os.O_EXCL, 0o444)
 	if err != nil {
-		return nil, fmt.Errorf("creating network namespace file: %w", err)
+		return NetNS{}, fmt.Errorf("creating network namespace file: %w", err)
 	}
 	f.Close()
-	n := &netNS{name: name, path: path}
+	n := NetNS{Name: name, Path: path}
 	err = nsthread.Run(func() error {
 		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
 			return fmt.Errorf("unshare(CLONE_NEWNET): %w", err)
@@ -72,84 +66,76 @@ func createNetNS(name string) (*netNS, error) {
 	if err == nil {
 		var st unix.Stat_t
 		if err = unix.Stat(path, &st); err == nil {
-			n.dev, n.ino = st.Dev, st.Ino
+			n.Dev, n.Ino = st.Dev, st.Ino
 		}
 	}
 	if err != nil {
 		_ = unix.Unmount(path, unix.MNT_DETACH)
 		_ = os.Remove(path)
-		return nil, fmt.Errorf("creating network namespace %s: %w", name, err)
+		return NetNS{}, fmt.Errorf("creating network namespace %s: %w", name, err)
 	}
 	return n, nil
 }
 
-// openNetNS returns the namespace bind-mounted at NetnsDir/name, or nil if
-// there is none (a mount point that is not a namespace counts as none).
-func openNetNS(name string) *netNS {
-	path := filepath.Join(NetnsDir, name)
+// Open returns the namespace bind-mounted at NetnsDir/name; Dev and Ino
+// are zero if there is none (a mount point that is not a namespace counts
+// as none).
+func (hostNamespaces) Open(name string) NetNS {
+	n := NetNS{Name: name, Path: filepath.Join(NetnsDir, name)}
 	var st unix.Stat_t
-	if err := unix.Stat(path, &st); err != nil {
-		return &netNS{name: name, path: path}
+	if err := unix.Stat(n.Path, &st); err != nil {
+		return n
 	}
 	var fs unix.Statfs_t
-	if err := unix.Statfs(path, &fs); err != nil || fs.Type != unix.NSFS_MAGIC {
-		return &netNS{name: name, path: path}
+	if err := unix.Statfs(n.Path, &fs); err != nil || fs.Type != unix.NSFS_MAGIC {
+		return n
 	}
-	return &netNS{name: name, path: path, dev: st.Dev, ino: st.Ino}
+	n.Dev, n.Ino = st.Dev, st.Ino
+	return n
 }
 
-// do runs fn on a fresh OS thread that has entered the namespace; the
-// thread is discarded afterwards. Sockets fn opens, and processes it starts,
-// belong to the namespace.
-func (n *netNS) do(fn func() error) error {
-	return nsthread.Run(func() error {
-		h, err := netns.GetFromPath(n.path)
-		if err != nil {
-			return fmt.Errorf("opening network namespace %s: %w", n.path, err)
-		}
-		defer h.Close()
-		if err := netns.Set(h); err != nil {
-			return fmt.Errorf("entering network namespace %s: %w", n.path, err)
-		}
-		return fn()
-	})
+// Exists reports whether anything is at NetnsDir/name.
+func (hostNamespaces) Exists(name string) bool {
+	_, err := os.Lstat(filepath.Join(NetnsDir, name))
+	return err == nil
 }
 
-// handle returns a netlink handle whose sockets live in the namespace.
-func (n *netNS) handle() (*netlink.Handle, error) {
-	h, err := netns.GetFromPath(n.path)
+// Remove kills every process still inside the namespace (there should be
+// none: the container and egressd are stopped first), then unmounts and
+// removes its bind mount. The kernel frees the namespace, its links and its
+// netfilter tables with its last reference. Idempotent.
+func (hostNamespaces) Remove(n NetNS) error {
+	if n.Path == "" {
+		return nil
+	}
+	var errs []error
+	if n.Ino != 0 {
+		if left := killProcsIn(n.Dev, n.Ino); len(left) > 0 {
+			errs = append(errs, fmt.Errorf("processes still in network namespace %s after SIGKILL: %v", n.Name, left))
+		}
+	}
+	if err := unix.Unmount(n.Path, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+		errs = append(errs, fmt.Errorf("unmounting %s: %w", n.Path, err))
+	}
+	if err := os.Remove(n.Path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, fmt.Errorf("removing %s: %w", n.Path, err))
+	}
+	return errors.Join(errs...)
+}
+
+// netnsHandle returns a netlink handle whose sockets live in the namespace
+// at path.
+func netnsHandle(path string) (*netlink.Handle, error) {
+	h, err := netns.GetFromPath(path)
 	if err != nil {
-		return nil, fmt.Errorf("opening network namespace %s: %w", n.path, err)
+		return nil, fmt.Errorf("opening network namespace %s: %w", path, err)
 	}
 	defer h.Close()
 	nh, err := netlink.NewHandleAt(h)
 	if err != nil {
-		return nil, fmt.Errorf("netlink in %s: %w", n.path, err)
+		return nil, fmt.Errorf("netlink in %s: %w", path, err)
 	}
 	return nh, nil
-}
-
-// destroy kills every process still inside the namespace (there should be
-// none: the container and egressd are stopped first), then unmounts and
-// removes its bind mount. The kernel frees the namespace, its links and its
-// netfilter tables with its last reference. Idempotent.
-func (n *netNS) destroy() error {
-	if n == nil || n.path == "" {
-		return nil
-	}
-	var errs []error
-	if n.ino != 0 {
-		if left := killProcsIn(n.dev, n.ino); len(left) > 0 {
-			errs = append(errs, fmt.Errorf("processes still in network namespace %s after SIGKILL: %v", n.name, left))
-		}
-	}
-	if err := unix.Unmount(n.path, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
-		errs = append(errs, fmt.Errorf("unmounting %s: %w", n.path, err))
-	}
-	if err := os.Remove(n.path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		errs = append(errs, fmt.Errorf("removing %s: %w", n.path, err))
-	}
-	return errors.Join(errs...)
 }
 
 // procsIn lists the pids of processes whose network namespace is (dev, ino).

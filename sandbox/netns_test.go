@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/egressd/egressd/firewall"
+	"github.com/egressd/egressd/internal/nsthread"
 	"github.com/egressd/egressd/policy"
 )
 
@@ -21,10 +22,10 @@ import (
 func TestNewNamespaceHasOnlyLoopbackUp(t *testing.T) {
 	requireRootNetns(t)
 	ns := testNetNS(t)
-	if !strings.HasPrefix(ns.name, IDPrefix) || ns.path != NetnsDir+"/"+ns.name {
-		t.Errorf("namespace %s at %s", ns.name, ns.path)
+	if !strings.HasPrefix(ns.Name, IDPrefix) || ns.Path != NetnsDir+"/"+ns.Name {
+		t.Errorf("namespace %s at %s", ns.Name, ns.Path)
 	}
-	h, err := ns.handle()
+	h, err := netnsHandle(ns.Path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -41,8 +42,8 @@ func TestNewNamespaceHasOnlyLoopbackUp(t *testing.T) {
 	}
 	// `ip netns list` shows it, under its sandbox name.
 	out, _ := exec.Command("ip", "netns", "list").Output()
-	if !strings.Contains(string(out), ns.name) {
-		t.Errorf("ip netns list does not show %s:\n%s", ns.name, out)
+	if !strings.Contains(string(out), ns.Name) {
+		t.Errorf("ip netns list does not show %s:\n%s", ns.Name, out)
 	}
 	// Nothing of the namespace leaked into this process.
 	if selfNetNS() == "" || selfNetNS() == fmtNS(ns) {
@@ -50,34 +51,34 @@ func TestNewNamespaceHasOnlyLoopbackUp(t *testing.T) {
 	}
 }
 
-func fmtNS(n *netNS) string {
+func fmtNS(n NetNS) string {
 	var st unix.Stat_t
-	if unix.Stat(n.path, &st) != nil {
+	if unix.Stat(n.Path, &st) != nil {
 		return ""
 	}
 	return fmt.Sprintf("%d:%d", st.Dev, st.Ino)
 }
 
-// TestDestroyKillsWhatIsLeftInside: a process that outlived its sandbox
+// TestRemoveKillsWhatIsLeftInside: a process that outlived its sandbox
 // (a leaked child, a runtime that failed to delete) is killed, by pid,
-// before the namespace goes; destroy is idempotent.
-func TestDestroyKillsWhatIsLeftInside(t *testing.T) {
+// before the namespace goes; Remove is idempotent.
+func TestRemoveKillsWhatIsLeftInside(t *testing.T) {
 	requireRootNetns(t)
-	ns, err := createNetNS(newID())
+	ns, err := hostNamespaces{}.Create(newID())
 	if err != nil {
 		t.Fatal(err)
 	}
 	var cmd *exec.Cmd
-	if err := ns.do(func() error {
+	if err := nsthread.InNetns(ns.Path, func() error {
 		cmd = exec.Command("sleep", "60")
 		return cmd.Start()
 	}); err != nil {
-		ns.destroy()
+		hostNamespaces{}.Remove(ns)
 		t.Fatal(err)
 	}
 	waited := make(chan error, 1)
 	go func() { waited <- cmd.Wait() }()
-	if err := ns.destroy(); err != nil {
+	if err := (hostNamespaces{}).Remove(ns); err != nil {
 		t.Errorf("destroy: %v", err)
 	}
 	select {
@@ -89,10 +90,10 @@ func TestDestroyKillsWhatIsLeftInside(t *testing.T) {
 		cmd.Process.Kill()
 		t.Fatal("the process in the namespace survived destroy")
 	}
-	if _, err := os.Lstat(ns.path); err == nil {
-		t.Errorf("%s still exists", ns.path)
+	if _, err := os.Lstat(ns.Path); err == nil {
+		t.Errorf("%s still exists", ns.Path)
 	}
-	if err := ns.destroy(); err != nil {
+	if err := (hostNamespaces{}).Remove(ns); err != nil {
 		t.Errorf("second destroy: %v", err)
 	}
 }
@@ -100,11 +101,11 @@ func TestDestroyKillsWhatIsLeftInside(t *testing.T) {
 // TestOpenNetNSOfNothing: Reap opening a namespace that is gone, or a
 // plain file where one was, finds nothing to kill.
 func TestOpenNetNSOfNothing(t *testing.T) {
-	n := openNetNS("egs-ffffffff")
-	if n.ino != 0 {
-		t.Errorf("openNetNS of a missing name: %+v", n)
+	n := hostNamespaces{}.Open("egs-ffffffff")
+	if n.Ino != 0 {
+		t.Errorf("Open of a missing name: %+v", n)
 	}
-	if err := n.destroy(); err != nil {
+	if err := (hostNamespaces{}).Remove(n); err != nil {
 		t.Errorf("destroy of a missing namespace: %v", err)
 	}
 }
@@ -123,10 +124,10 @@ func TestFreshFirewallIsWhatInstallPuts(t *testing.T) {
 		t.Run(string(cfg.Mode), func(t *testing.T) {
 			ns := testNetNS(t)
 			ctx := context.Background()
-			if err := firewall.InstallFresh(ctx, ns.path, cfg); err != nil {
+			if err := firewall.InstallFresh(ctx, ns.Path, cfg); err != nil {
 				t.Fatal(err)
 			}
-			if err := firewall.Verify(ctx, ns.path, cfg); err != nil {
+			if err := firewall.Verify(ctx, ns.Path, cfg); err != nil {
 				t.Errorf("Verify after the fresh install: %v", err)
 			}
 		})

@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/egressd/egressd/sandbox/specconv"
 	"golang.org/x/sys/unix"
 )
 
@@ -140,8 +141,8 @@ func alive(dir string) bool {
 // path planned as existing that is gone (another sandbox's placeholder,
 // removed when it ended between this one's plan and now) makes it return
 // errProtectedChanged: the plan no longer holds, and is made again.
-func acquirePlaceholders(stateRoot, dir string, pps []ProtectedPath) error {
-	byRoot := map[string][]ProtectedPath{}
+func acquirePlaceholders(stateRoot, dir string, pps []specconv.ProtectedPath) error {
+	byRoot := map[string][]specconv.ProtectedPath{}
 	var roots []string
 	for _, pp := range pps {
 		root := pp.HostRoot
@@ -160,7 +161,7 @@ func acquirePlaceholders(stateRoot, dir string, pps []ProtectedPath) error {
 	for _, root := range roots {
 		err := withShare(stateRoot, root, func(sh *placeholderShare) error {
 			for _, pp := range byRoot[root] {
-				if pp.How == ProtectPlaceholder {
+				if pp.How == specconv.ProtectPlaceholder {
 					continue
 				}
 				if _, err := os.Lstat(pp.Host); errors.Is(err, fs.ErrNotExist) {
@@ -171,7 +172,7 @@ func acquirePlaceholders(stateRoot, dir string, pps []ProtectedPath) error {
 				sh.Users = append(sh.Users, dir)
 			}
 			for _, pp := range byRoot[root] {
-				if pp.How != ProtectPlaceholder {
+				if pp.How != specconv.ProtectPlaceholder {
 					continue
 				}
 				made, err := makePlaceholder(pp)
@@ -193,7 +194,7 @@ func acquirePlaceholders(stateRoot, dir string, pps []ProtectedPath) error {
 
 // makePlaceholder makes pp's placeholder; made is false when the path
 // exists already.
-func makePlaceholder(pp ProtectedPath) (made bool, err error) {
+func makePlaceholder(pp specconv.ProtectedPath) (made bool, err error) {
 	mode := fs.FileMode(0o444)
 	if pp.Dir {
 		mode = 0o555
@@ -287,3 +288,8 @@ func removePlaceholder(p string) error {
 	}
 	return nil
 }
+
+// placeholderContent is what a placeholder file holds, where empty would
+// break the program that reads it: git takes an empty commondir for an
+// error, "." for the repository's own directory.
+var placeholderContent = map[string]string{".git/commondir": ".\n", "commondir": ".\n"}

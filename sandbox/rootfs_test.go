@@ -13,125 +13,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/egressd/egressd/policy"
+	"github.com/egressd/egressd/sandbox/specconv"
 )
-
-// fakeRoot builds a small root file system: files map paths to content
-// (mode 0755), links map paths to symlink targets.
-func fakeRoot(t *testing.T, files map[string]string, links map[string]string) string {
-	t.Helper()
-	root := t.TempDir()
-	for p, content := range files {
-		full := filepath.Join(root, p)
-		if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if strings.HasSuffix(p, "/") {
-			continue
-		}
-		if err := os.WriteFile(full, []byte(content), 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for p, target := range links {
-		full := filepath.Join(root, p)
-		if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Symlink(target, full); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return root
-}
-
-// TestResolveInRootStaysInRoot checks that symlinks are followed inside
-// the sandbox's root: an absolute link starts at the root, ".." stops at
-// it, and loops end.
-func TestResolveInRootStaysInRoot(t *testing.T) {
-	root := fakeRoot(t, map[string]string{
-		"/usr/bin/curl":       "x",
-		"/usr/bin/nc.openbsd": "x",
-		"/etc/passwd":         "root:x:0:0::/root:/bin/sh\n",
-		"/home/u/":            "",
-	}, map[string]string{
-		"/bin":                 "usr/bin",
-		"/etc/alternatives/nc": "/bin/nc.openbsd",
-		"/usr/bin/nc":          "/etc/alternatives/nc",
-		"/escape":              "../../../../etc/passwd",
-		"/abs-escape":          "/../../etc/passwd",
-		"/loop1":               "/loop2",
-		"/loop2":               "/loop1",
-		"/home/u/up":           "../../usr/bin",
-	})
-	tests := []struct {
-		path, want string
-		err        error
-	}{
-		{"/bin/curl", "/usr/bin/curl", nil},
-		{"/usr/bin/nc", "/usr/bin/nc.openbsd", nil},
-		{"/escape", "/etc/passwd", nil},
-		{"/abs-escape", "/etc/passwd", nil},
-		{"/home/u/up/curl", "/usr/bin/curl", nil},
-		{"/bin/../bin/./curl", "/usr/bin/curl", nil},
-		{"/bin/missing", "/usr/bin/missing", fs.ErrNotExist},
-		{"/loop1", "", unix.ELOOP},
-		{"/usr/bin/curl/x", "", unix.ENOTDIR},
-	}
-	for _, tc := range tests {
-		got, err := DirTree(root).resolve(tc.path)
-		if tc.err != nil {
-			if !errors.Is(err, tc.err) {
-				t.Errorf("resolve(%s) err = %v, want %v", tc.path, err, tc.err)
-			}
-			if tc.want != "" && got != tc.want {
-				t.Errorf("resolve(%s) = %q, want %q", tc.path, got, tc.want)
-			}
-			continue
-		}
-		if err != nil || got != tc.want {
-			t.Errorf("resolve(%s) = %q, %v; want %q", tc.path, got, err, tc.want)
-		}
-	}
-}
-
-func TestResolveUser(t *testing.T) {
-	root := fakeRoot(t, map[string]string{
-		"/etc/passwd": "root:x:0:0:root:/root:/bin/sh\n# comment\n" +
-			"dev:x:1000:1000::/home/dev:/bin/bash\nbroken:x:abc:1::/:/bin/sh\nnohome:x:1001:1001:::/bin/sh\n",
-		"/etc/group": "dev:x:1000:\ndocker:x:999:dev,other\nwheel:x:10: other , dev \n",
-	}, nil)
-	tests := []struct {
-		name    string
-		user    policy.User
-		want    User
-		wantErr string
-	}{
-		{"numeric", policy.User{UID: 100, GID: 100}, User{UID: 100, GID: 100, Home: DefaultHome}, ""},
-		{"numeric root", policy.User{}, User{Home: "/root"}, ""},
-		{"named with groups", policy.User{Name: "dev"}, User{UID: 1000, GID: 1000, AdditionalGids: []uint32{999, 10}, Home: "/home/dev", Name: "dev"}, ""},
-		{"named root", policy.User{Name: "root"}, User{Home: "/root", Name: "root"}, ""},
-		{"no home", policy.User{Name: "nohome"}, User{UID: 1001, GID: 1001, Home: DefaultHome, Name: "nohome"}, ""},
-		{"unknown", policy.User{Name: "ghost"}, User{}, `user "ghost" is not in the sandbox's /etc/passwd`},
-		{"malformed", policy.User{Name: "broken"}, User{}, "malformed"},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			got, err := ResolveUser(DirTree(root), tc.user)
-			if tc.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
-					t.Fatalf("err = %v, want %q", err, tc.wantErr)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			if d := cmp.Diff(tc.want, got); d != "" {
-				t.Errorf("(-want +got)\n%s", d)
-			}
-		})
-	}
-}
 
 // TestPrepareRootfsNeverWritesTheHost prepares the host view in both modes
 // and an image: the root holds only the view's links (the runtime binds the
@@ -150,7 +33,7 @@ func TestPrepareRootfsNeverWritesTheHost(t *testing.T) {
 				t.Fatal(err)
 			}
 			writable := !p.Filesystem.ReadOnly
-			v, err := PlanView(p, ViewOptions{Image: tc.image, SystemWritable: writable})
+			v, err := specconv.PlanView(p, specconv.ViewOptions{Image: tc.image, SystemWritable: writable})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -160,8 +43,8 @@ func TestPrepareRootfsNeverWritesTheHost(t *testing.T) {
 				t.Fatal(err)
 			}
 			t.Cleanup(func() { _ = r.Cleanup() })
-			if r.Dir != rootfsDir(v, dir) {
-				t.Errorf("rootfs = %s, want %s", r.Dir, rootfsDir(v, dir))
+			if r.Dir != specconv.RootfsDir(v, dir) {
+				t.Errorf("rootfs = %s, want %s", r.Dir, specconv.RootfsDir(v, dir))
 			}
 			wantMounts := 2 // the tmpfs and the image's overlay
 			if tc.image == "" {
@@ -178,14 +61,14 @@ func TestPrepareRootfsNeverWritesTheHost(t *testing.T) {
 				}
 				wantMounts = 1
 				for _, m := range v.Mounts {
-					if m.Kind != MountSystem {
+					if m.Kind != specconv.MountSystem {
 						continue
 					}
 					switch {
 					case !writable && r.Overlays[m.Path] != "":
 						t.Errorf("an overlay of %s under a read-only root", m.Path)
-					case writable && r.Overlays[m.Path] != overlayDir(dir, m.Path):
-						t.Errorf("overlay of %s at %q, want %s", m.Path, r.Overlays[m.Path], overlayDir(dir, m.Path))
+					case writable && r.Overlays[m.Path] != specconv.OverlayDir(dir, m.Path):
+						t.Errorf("overlay of %s at %q, want %s", m.Path, r.Overlays[m.Path], specconv.OverlayDir(dir, m.Path))
 					case writable:
 						wantMounts++
 					}
@@ -250,7 +133,7 @@ func TestPrepareRootfsCleanupUnmountsBusyMounts(t *testing.T) {
 	requireRootForContainers(t)
 	dir := containerStateDir(t)
 	p, _ := policy.BuiltinProfile("standard")
-	v, err := PlanView(p, ViewOptions{SystemWritable: true})
+	v, err := specconv.PlanView(p, specconv.ViewOptions{SystemWritable: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -275,15 +158,15 @@ func TestPrepareRootfsRefusesBadPaths(t *testing.T) {
 	ctx := context.Background()
 	tmp := t.TempDir()
 	tests := []struct {
-		v           *View
+		v           *specconv.View
 		state, want string
 	}{
-		{&View{Image: "relative"}, tmp, "absolute"},
-		{&View{}, "relative", "absolute"},
-		{&View{Image: "/a,b"}, tmp, "may not contain"},
-		{&View{}, tmp + "/x:y", "may not contain"},
-		{&View{Image: filepath.Join(tmp, "missing")}, filepath.Join(tmp, "s"), "no such file"},
-		{&View{Image: tmp}, filepath.Dir(tmp), "contains the lower layer"},
+		{&specconv.View{Image: "relative"}, tmp, "absolute"},
+		{&specconv.View{}, "relative", "absolute"},
+		{&specconv.View{Image: "/a,b"}, tmp, "may not contain"},
+		{&specconv.View{}, tmp + "/x:y", "may not contain"},
+		{&specconv.View{Image: filepath.Join(tmp, "missing")}, filepath.Join(tmp, "s"), "no such file"},
+		{&specconv.View{Image: tmp}, filepath.Dir(tmp), "contains the lower layer"},
 		{nil, tmp, "no view"},
 	}
 	for _, tc := range tests {
@@ -294,7 +177,7 @@ func TestPrepareRootfsRefusesBadPaths(t *testing.T) {
 	}
 	cancelled, cancel := context.WithCancel(ctx)
 	cancel()
-	if _, err := PrepareRootfs(cancelled, &View{}, tmp, false); !errors.Is(err, context.Canceled) {
+	if _, err := PrepareRootfs(cancelled, &specconv.View{}, tmp, false); !errors.Is(err, context.Canceled) {
 		t.Errorf("PrepareRootfs with a cancelled context: %v", err)
 	}
 }
@@ -320,7 +203,7 @@ func TestBlockedPathsThroughTheOverlay(t *testing.T) {
 		}
 	}
 	dir := containerStateDir(t)
-	r, err := PrepareRootfs(context.Background(), &View{Image: "/"}, dir, false)
+	r, err := PrepareRootfs(context.Background(), &specconv.View{Image: "/"}, dir, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -329,11 +212,93 @@ func TestBlockedPathsThroughTheOverlay(t *testing.T) {
 			t.Error(err)
 		}
 	}()
-	got, err := BlockedPaths(DirTree(r.Dir), []string{"perl"}, "")
+	got, err := specconv.BlockedPaths(specconv.DirTree(r.Dir), []string{"perl"}, "")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if d := cmp.Diff(want, got); d != "" {
 		t.Errorf("(-want +got)\n%s", d)
+	}
+}
+
+// TestPrepareRootfsOnTheFakeKernel prepares the read-only and writable host
+// views and an image through the fake kernel's file systems, as any user:
+// the planned root and overlays are made, each mount failing in turn
+// fails the preparation with what it was mounting, and cleanup (or the
+// failure) leaves no mount and no directory.
+func TestPrepareRootfsOnTheFakeKernel(t *testing.T) {
+	for _, tc := range []struct{ name, profile, image string }{
+		{"read-only host view", "strict", ""},
+		{"writable host view", "standard", ""},
+		{"image", "standard", "/"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p, err := policy.BuiltinProfile(tc.profile)
+			if err != nil {
+				t.Fatal(err)
+			}
+			writable := tc.name != "read-only host view"
+			v, err := specconv.PlanView(p, specconv.ViewOptions{Image: tc.image, SystemWritable: writable})
+			if err != nil {
+				t.Fatal(err)
+			}
+			k := NewFakeKernel()
+			dir := filepath.Join(t.TempDir(), "egs-0000f00d")
+			if err := os.Mkdir(dir, 0o711); err != nil {
+				t.Fatal(err)
+			}
+			r, err := prepareRootfs(context.Background(), k.Kernel.FS, v, dir, writable)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.Dir != specconv.RootfsDir(v, dir) {
+				t.Errorf("rootfs = %s, want %s", r.Dir, specconv.RootfsDir(v, dir))
+			}
+			for path, d := range r.Overlays {
+				if d != specconv.OverlayDir(dir, path) {
+					t.Errorf("overlay of %s at %s, want %s", path, d, specconv.OverlayDir(dir, path))
+				}
+			}
+			var mounts []string
+			for _, op := range k.Ops() {
+				if strings.HasPrefix(op, "fs.mount ") {
+					mounts = append(mounts, op)
+				}
+			}
+			if writable && len(mounts) < 2 {
+				t.Errorf("a writable root with mounts %q: want the tmpfs and an overlay", mounts)
+			}
+			if err := r.Cleanup(); err != nil {
+				t.Fatal(err)
+			}
+			if left := k.Leftovers(); len(left) > 0 {
+				t.Errorf("left %q", left)
+			}
+			if left := listNames(t, dir); len(left) != 0 {
+				t.Errorf("left in the state directory: %v", left)
+			}
+			for _, failing := range mounts {
+				k := NewFakeKernel()
+				k.Fail = func(op string) error {
+					if op == failing {
+						return unix.EPERM
+					}
+					return nil
+				}
+				_, err := prepareRootfs(context.Background(), k.Kernel.FS, v, dir, writable)
+				if err == nil || !errors.Is(err, unix.EPERM) || !strings.Contains(err.Error(), "mounting") {
+					t.Errorf("%s failing: %v", failing, err)
+				}
+				if left := k.Leftovers(); len(left) > 0 {
+					t.Errorf("%s failing left %q", failing, left)
+				}
+				if left := listNames(t, dir); len(left) != 0 {
+					t.Errorf("%s failing left in the state directory: %v", failing, left)
+				}
+			}
+		})
+	}
+	if _, err := prepareRootfs(context.Background(), NewFakeKernel().Kernel.FS, nil, t.TempDir(), false); err == nil {
+		t.Error("a root of no view")
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/egressd/egressd/sandbox/specconv"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
@@ -154,7 +155,7 @@ func (r *Runtime) runShort(ctx context.Context, args ...string) ([]byte, error) 
 	ctx, cancel := shortCtx(ctx)
 	defer cancel()
 	cmd := r.command(ctx, args...)
-	cmd.Env = []string{"PATH=" + DefaultPath}
+	cmd.Env = []string{"PATH=" + specconv.DefaultPath}
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
@@ -264,4 +265,28 @@ func WriteBundle(dir string, spec *specs.Spec) error {
 		return fmt.Errorf("writing the bundle: %w", err)
 	}
 	return nil
+}
+
+// hostContainers runs containers with the runtime's binary (Containers).
+type hostContainers struct{}
+
+func (hostContainers) Start(ctx context.Context, rt *Runtime, id, bundle string, stdio Stdio) (Process, error) {
+	c, err := rt.Start(ctx, id, bundle, stdio)
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// Delete runs the runtime's delete, unless runc certainly has no record of
+// the container: runc (with its default state directory) removes one that
+// ran to its end itself, and its state lives in /run/runc/ID. For another
+// runtime or state directory the delete always runs.
+func (hostContainers) Delete(ctx context.Context, rt *Runtime, id string) error {
+	if rt.Name == "runc" && rt.Root == "" {
+		if _, err := os.Lstat(filepath.Join("/run/runc", id)); errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+	}
+	return rt.Delete(ctx, id)
 }

@@ -18,14 +18,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/egressd/egressd/internal/privtest"
 	"github.com/egressd/egressd/policy"
+	"github.com/egressd/egressd/sandbox/specconv"
 )
 
 func requireRootForContainers(t testing.TB) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: mounts and runs containers")
-	}
+	privtest.Require(t, "mounts and runs containers")
 }
 
 func requireRunc(t testing.TB) *Runtime {
@@ -329,8 +329,8 @@ func TestRuntimeReportsBadSpec(t *testing.T) {
 	dir := containerStateDir(t)
 	id := containerTestID(t)
 	p := offlineStrict(t)
-	env, _ := BuildEnv(p, DefaultHome, "", nil, nil, "")
-	spec, err := BuildSpec(p, SpecOptions{Args: []string{"/bin/true"}, Env: env, RootfsDir: filepath.Join(dir, "missing-rootfs"), User: User{UID: policy.DefaultUID, GID: policy.DefaultGID}, CgroupsPath: id})
+	env, _ := specconv.BuildEnv(p, specconv.DefaultHome, "", nil, nil, "")
+	spec, err := specconv.BuildSpec(p, specconv.SpecOptions{Args: []string{"/bin/true"}, Env: env, RootfsDir: filepath.Join(dir, "missing-rootfs"), User: specconv.User{UID: policy.DefaultUID, GID: policy.DefaultGID}, CgroupsPath: id})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -389,7 +389,7 @@ func TestContainerIDCannotBeAnOption(t *testing.T) {
 func TestWriteBundleIsPrivate(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "b")
 	p := offlineStrict(t)
-	spec, err := BuildSpec(p, SpecOptions{Args: []string{"true"}, RootfsDir: "/r", User: User{UID: 100, GID: 100}})
+	spec, err := specconv.BuildSpec(p, specconv.SpecOptions{Args: []string{"true"}, RootfsDir: "/r", User: specconv.User{UID: 100, GID: 100}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,7 +2,6 @@ package sandbox
 
 import (
 	"context"
-	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -20,12 +19,10 @@ import (
 	"syscall"
 	"time"
 
-	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
-	"github.com/egressd/egressd/firewall"
 	"github.com/egressd/egressd/policy"
-	"github.com/egressd/egressd/sandbox/pid1"
+	"github.com/egressd/egressd/sandbox/specconv"
 )
 
 // IDPrefix starts every sandbox id ("egs-" and 8 hex digits). The id names
@@ -46,7 +43,7 @@ const DefaultStateDir = "/run/egressd-launcher"
 // MinPidsLimit is the lowest process.pids_limit a sandbox with an init
 // runs with: the init's own tasks (pid1.Tasks) and as many for the
 // command.
-const MinPidsLimit = 2 * pid1.Tasks
+const MinPidsLimit = specconv.MinPidsLimit
 
 // ExitTimeout is the exit code of a command killed by its timeout.
 const ExitTimeout = 124
@@ -56,8 +53,11 @@ const ExitTimeout = 124
 type Secret struct{ Name, Value string }
 
 // Config is one launch. The profile is resolved (policy.Resolve, floor
-// included) by the caller; Create enforces it.
+// included) by the caller; NewPlan plans it, Apply (or Create) enforces it.
 type Config struct {
+	// ID is the sandbox's id; "" means a fresh random one (ExplainID
+	// names none, for explain).
+	ID string
 	// Profile is the resolved profile. Required.
 	Profile *policy.Profile
 	// Args is the command and its arguments. Required.
@@ -65,7 +65,7 @@ type Config struct {
 
 	// Rootfs is an image directory the container's root is built on; ""
 	// (or "/") means the host view: the host's system directories (see
-	// PlanView, PrepareRootfs).
+	// specconv.PlanView, PrepareRootfs).
 	Rootfs string
 	// HostRoot is where the host's system directories and account
 	// databases are read; "" means "/". For tests.
@@ -135,6 +135,9 @@ type Config struct {
 	// Logger receives warnings during the run (egressd exiting, say); nil
 	// discards them.
 	Logger *slog.Logger
+	// Kernel is what Apply, Close and Reap act on; nil means the host's
+	// (HostKernel). Tests give NewFakeKernel's.
+	Kernel *Kernel
 }
 
 // Timing is how long one phase of a sandbox's life took.
@@ -143,29 +146,32 @@ type Timing struct {
 	Duration time.Duration
 }
 
-// Sandbox is one sandbox: made by Create, run by Run, removed by Close.
+// Sandbox is one sandbox: made by Apply (or Create), run by Run, removed by
+// Close.
 type Sandbox struct {
+	plan *Plan
 	cfg  Config
+	k    *Kernel
 	id   string
 	dir  string
 	mode policy.Mode
 	lock *os.File
+	rt   *Runtime
 
-	ns   *netNS
-	up   *uplink
-	eg   *egressdProc
-	sink *auditSink
-	fw   firewall.Config
-
-	rt            *Runtime
-	bundle        string
-	container     atomic.Bool      // the runtime may know the container
-	exited        atomic.Bool      // Run reaped the container's process 1
-	ctr           *Container       // the started container (mu)
-	pending       []syscall.Signal // sent before ctr was known (mu)
+	// What exists so far, for the teardown (mu).
+	ns            NetNS // the namespace, when made
+	up            *uplink
+	eg            EgressdProcess
+	egStopping    chan struct{} // closed when the teardown stops egressd
+	sink          *auditSink
 	rootfsCleanup func() error
-	secrets       []string
-	inspect       *inspectPlan
+	bundle        string
+
+	container atomic.Bool      // the runtime may know the container
+	exited    atomic.Bool      // Run reaped the container's process 1
+	ctr       Process          // the started container (mu)
+	pending   []syscall.Signal // sent before ctr was known (mu)
+	secrets   []string
 
 	egressdGone atomic.Bool
 
@@ -193,10 +199,12 @@ type stateRecord struct {
 
 // OfLauncher returns the id of the sandbox whose launcher is process pid,
 // from the state records in DefaultStateDir.
-func OfLauncher(pid int) (id string, ok bool) {
-	ents, _ := os.ReadDir(DefaultStateDir)
+func OfLauncher(pid int) (id string, ok bool) { return ofLauncher(DefaultStateDir, pid) }
+
+func ofLauncher(stateDir string, pid int) (id string, ok bool) {
+	ents, _ := os.ReadDir(stateDir)
 	for _, e := range ents {
-		data, err := os.ReadFile(filepath.Join(DefaultStateDir, e.Name(), "state.json"))
+		data, err := os.ReadFile(filepath.Join(stateDir, e.Name(), "state.json"))
 		if err != nil {
 			continue
 		}
@@ -217,19 +225,23 @@ func (s *Sandbox) StateDir() string { return s.dir }
 // NetNSPath returns the sandbox's network namespace (NetnsDir/ID), or ""
 // in host mode.
 func (s *Sandbox) NetNSPath() string {
-	if s.ns == nil {
-		return ""
-	}
-	return s.ns.path
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.ns.Path
 }
 
 // EgressdPID returns egressd's pid, or 0 when the sandbox has none.
 func (s *Sandbox) EgressdPID() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	if s.eg == nil {
 		return 0
 	}
-	return s.eg.pid
+	return s.eg.Pid()
 }
+
+// Plan returns the plan the sandbox was made from.
+func (s *Sandbox) Plan() *Plan { return s.plan }
 
 // EgressdExited reports whether egressd exited before Close stopped it.
 // The sandbox then has no network egress at all: the firewall redirects
@@ -265,13 +277,6 @@ func (s *Sandbox) log() *slog.Logger {
 		return slog.New(slog.DiscardHandler)
 	}
 	return s.cfg.Logger
-}
-
-func (cfg Config) hostRoot() string {
-	if cfg.HostRoot == "" {
-		return "/"
-	}
-	return cfg.HostRoot
 }
 
 // withDefaults fills cfg's zero values and checks what Create needs.
@@ -345,182 +350,10 @@ func (cfg Config) withDefaults() (Config, error) {
 	if p.Network.Mode.Proxied() && cfg.EgressdPath == "" {
 		return cfg, errors.New("filtered (and report) mode needs the egressd binary; none was given")
 	}
+	if cfg.Kernel == nil {
+		cfg.Kernel = HostKernel()
+	}
 	return cfg, nil
-}
-
-// Create makes the sandbox for cfg, ready to Run:
-//
-//	filtered: namespace (lo) ─┬─ firewall.Install (filtered)       ─┐
-//	                          ├─ uplink: veth /30, route, NAT        ├─ ready
-//	                          ├─ egressd serve (netns, ready-fd)     │
-//	                          └─ rootfs overlay, spec, bundle       ─┘
-//	none:     namespace (lo) ─┬─ firewall.Install (none)
-//	                          └─ rootfs overlay, spec, bundle
-//	host:     rootfs overlay, spec, bundle (no namespace: the host's network)
-//
-// The four branches run at once; none of them starts a workload, and the
-// container starts (Run) only after all of them succeeded, so no sandbox
-// process ever runs without its firewall. On any error everything made so
-// far is removed and the error says which step failed.
-func Create(ctx context.Context, cfg Config) (s *Sandbox, err error) {
-	cfg, err = cfg.withDefaults()
-	if err != nil {
-		return nil, fmt.Errorf("creating the sandbox: %w", err)
-	}
-	s = &Sandbox{cfg: cfg, mode: cfg.Profile.Network.Mode, rt: cfg.Runtime}
-	for _, sec := range cfg.Secrets {
-		s.secrets = append(s.secrets, sec.Value)
-	}
-	defer func() {
-		if err != nil {
-			if cerr := s.Close(); cerr != nil {
-				err = errors.Join(err, fmt.Errorf("cleaning up: %w", cerr))
-			}
-			s = nil
-		}
-	}()
-	if s.rt == nil {
-		if s.rt, err = NewRuntime("", ""); err != nil {
-			return s, err
-		}
-	}
-	start := time.Now()
-	if s.inspect, err = planInspection(cfg); err != nil {
-		return s, err
-	}
-	if err := s.makeStateDir(); err != nil {
-		return s, err
-	}
-	if err := s.inspect.makeCA(s.id); err != nil {
-		return s, err
-	}
-	var upstream []netip.AddrPort
-	if s.mode.Proxied() {
-		if upstream, err = UpstreamDNS(cfg.Profile, cfg.ResolvConf); err != nil {
-			return s, err
-		}
-	}
-	if s.mode != policy.ModeHost {
-		t := time.Now()
-		if s.ns, err = createNetNS(s.id); err != nil {
-			return s, err
-		}
-		s.timed("netns", t)
-	}
-
-	setup := time.Now()
-	var wg sync.WaitGroup
-	errs := make([]error, 4)
-	step := func(i int, name string, fn func() error) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			t := time.Now()
-			errs[i] = fn()
-			s.timed(name, t)
-		}()
-	}
-	switch s.mode {
-	case policy.ModeFiltered, policy.ModeReport:
-		s.fw = firewall.Config{
-			Mode:              policy.ModeFiltered,
-			DNSPort:           EgressdDNSPort,
-			TransparentPort:   EgressdTransparentPort,
-			ExplicitProxyPort: EgressdProxyPort,
-			Mark:              cfg.Mark,
-			UpstreamDNSPorts:  upstreamPorts(upstream),
-		}
-		step(0, "firewall", func() error { return s.installFirewall(ctx) })
-		s.up = newUplink(s.id)
-		step(1, "uplink", func() error { return s.up.setup(ctx, s.ns, cfg.Subnet, cfg.StateDir) })
-		step(2, "egressd", func() error { return s.startEgressd(ctx, upstream) })
-	case policy.ModeNone:
-		s.fw = firewall.Config{Mode: policy.ModeNone}
-		step(0, "firewall", func() error { return s.installFirewall(ctx) })
-	}
-	step(3, "container", func() error { return s.prepareContainer(ctx) })
-	wg.Wait()
-	s.timed("setup", setup)
-	if err := errors.Join(errs...); err != nil {
-		return s, err
-	}
-	if err := ctx.Err(); err != nil {
-		return s, err
-	}
-	s.timed("create", start)
-	return s, nil
-}
-
-// installFirewall installs the sandbox's firewall: by default the
-// fresh-namespace batch (firewall.InstallFresh), or firewall.Install with
-// EGRESSD_LAUNCHER_FIREWALL=install.
-func (s *Sandbox) installFirewall(ctx context.Context) error {
-	if os.Getenv("EGRESSD_LAUNCHER_FIREWALL") == "install" {
-		return firewall.Install(ctx, s.ns.path, s.fw)
-	}
-	return firewall.InstallFresh(ctx, s.ns.path, s.fw)
-}
-
-// newID returns a fresh sandbox id.
-func newID() string {
-	var b [4]byte
-	_, _ = rand.Read(b[:])
-	return IDPrefix + hex.EncodeToString(b[:])
-}
-
-// makeStateDir creates, locks and records the sandbox's state directory
-// under a fresh id. The directory is made as ".new-ID" and renamed once
-// its lock is held, so Reap never mistakes a directory being born for one
-// whose launcher died.
-func (s *Sandbox) makeStateDir() error {
-	root := s.cfg.StateDir
-	if err := os.MkdirAll(root, 0o711); err != nil {
-		return fmt.Errorf("creating %s: %w", root, err)
-	}
-	for range 8 {
-		id := newID()
-		tmp := filepath.Join(root, ".new-"+id)
-		dir := filepath.Join(root, id)
-		if err := os.Mkdir(tmp, 0o711); err != nil {
-			if errors.Is(err, os.ErrExist) {
-				continue
-			}
-			return fmt.Errorf("creating the sandbox's state directory: %w", err)
-		}
-		lock, err := os.OpenFile(filepath.Join(tmp, "lock"), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
-		if err == nil {
-			err = unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB)
-		}
-		if err != nil {
-			if lock != nil {
-				lock.Close()
-			}
-			_ = removeTree(tmp)
-			return fmt.Errorf("locking the sandbox's state directory: %w", err)
-		}
-		if _, err := os.Lstat(filepath.Join(NetnsDir, id)); err == nil {
-			lock.Close()
-			_ = removeTree(tmp)
-			continue // a namespace by that name exists: pick another id
-		}
-		if err := os.Rename(tmp, dir); err != nil {
-			lock.Close()
-			_ = removeTree(tmp)
-			if errors.Is(err, os.ErrExist) || errors.Is(err, syscall.ENOTEMPTY) {
-				continue
-			}
-			return fmt.Errorf("creating the sandbox's state directory: %w", err)
-		}
-		s.id, s.dir, s.lock = id, dir, lock
-		rec := stateRecord{ID: id, Mode: s.mode, LauncherPID: os.Getpid(), LauncherNetNS: selfNetNS(),
-			Runtime: s.rt.Path, RuntimeRoot: s.rt.Root, Created: time.Now().UTC()}
-		data, _ := json.MarshalIndent(rec, "", "  ")
-		if err := os.WriteFile(filepath.Join(dir, "state.json"), append(data, '\n'), 0o600); err != nil {
-			return fmt.Errorf("writing the sandbox's state record: %w", err)
-		}
-		return nil
-	}
-	return errors.New("could not find a free sandbox id")
 }
 
 // selfNetNS identifies the calling thread's network namespace as "dev:ino".
@@ -530,410 +363,6 @@ func selfNetNS() string {
 		return ""
 	}
 	return fmt.Sprintf("%d:%d", st.Dev, st.Ino)
-}
-
-// startEgressd writes egressd's private directory and starts it.
-func (s *Sandbox) startEgressd(ctx context.Context, upstream []netip.AddrPort) error {
-	cfg := s.cfg
-	dir := filepath.Join(s.dir, "egressd")
-	if err := os.Mkdir(dir, 0o700); err != nil {
-		return fmt.Errorf("egressd's directory: %w", err)
-	}
-	if err := os.Chown(dir, int(cfg.EgressdUID), int(cfg.EgressdGID)); err != nil {
-		return fmt.Errorf("egressd's directory: %w", err)
-	}
-	if _, err := writeEgressdPolicy(cfg.Profile, filepath.Join(dir, policyFile), cfg.EgressdUID, cfg.EgressdGID); err != nil {
-		return err
-	}
-	if err := s.inspect.writeEgressdFiles(dir, cfg.EgressdUID, cfg.EgressdGID, cfg.InspectUpstreamCA); err != nil {
-		return err
-	}
-	s.sink = newAuditSink(cfg.AuditLog, NewLineMasker(s.secrets), cfg.OnDenial)
-	e, err := startEgressd(ctx, s.ns, egressdSpec{
-		binary: cfg.EgressdPath, dir: dir, uid: cfg.EgressdUID, gid: cfg.EgressdGID, mark: cfg.Mark,
-		upstream: upstream, sandboxID: s.id, timeout: cfg.ReadyTimeout, sink: s.sink,
-		extra: s.inspect.egressdArgs(dir, cfg.InspectUpstreamCA),
-	})
-	s.eg = e
-	if err != nil {
-		return err
-	}
-	go func() {
-		select {
-		case <-e.done:
-			select {
-			case <-e.stopped:
-			default:
-				s.egressdGone.Store(true)
-				s.log().Warn(fmt.Sprintf("egressd (pid %d) exited during the run (%v); the sandbox has no network egress from now on (fail closed)", e.pid, e.waitErr))
-			}
-		case <-e.stopped:
-		}
-	}()
-	return nil
-}
-
-// containerPlan is what the container is built from, shared by Create and
-// Explain: everything the launch will make, decided before anything is
-// made.
-type containerPlan struct {
-	spec *specs.Spec
-	// secretNames are the environment variables holding secrets.
-	secretNames []string
-	// view is what of the host the sandbox sees; rootfs is the root
-	// PrepareRootfs will make of it.
-	view   *View
-	rootfs string
-	// user is who the command runs as.
-	user User
-	// protected are the mounts keeping the protected paths of the
-	// workspace and the writable volumes.
-	protected []ProtectedPath
-	// passwd and group are the sandbox's generated /etc/passwd and
-	// /etc/group; etcDir is where they (and resolv.conf and hosts) go.
-	passwd, group []byte
-	etcDir        string
-	// warnings are what the launch should tell the operator.
-	warnings []string
-	// trustBundle is the sandbox's CA bundle when it inspects HTTPS (its
-	// root's system bundle and the sandbox's CA), written to
-	// etcDir/ca-certificates.crt; nil otherwise.
-	trustBundle []byte
-}
-
-// rootfsDir is where PrepareRootfs makes the root of v in stateDir, and
-// overlayDir the throwaway overlay of the writable system directory at
-// path.
-func rootfsDir(v *View, stateDir string) string {
-	if v.Image != "" {
-		return filepath.Join(stateDir, "rootfs")
-	}
-	return filepath.Join(stateDir, "upper-tmpfs", "root")
-}
-
-func overlayDir(stateDir, path string) string {
-	return filepath.Join(stateDir, "view", strings.TrimPrefix(path, "/"))
-}
-
-// planContainer plans the container of sandbox id, whose state directory
-// is dir and network namespace netnsPath (see PrepareContainer): the view,
-// the user (checked against the host's accounts), the protected paths, the
-// environment, the trust bundle when it inspects (ins) and the spec. It
-// reads the host and changes nothing.
-func planContainer(cfg Config, ins *inspectPlan, id, dir, netnsPath string) (*containerPlan, error) {
-	p := cfg.Profile
-	if n := p.Process.PidsLimit; cfg.Init != "" && n > 0 && n < MinPidsLimit {
-		return nil, fmt.Errorf("process.pids_limit %d (%s) is too low: the sandbox's init takes up to %d tasks itself (its threads count); "+
-			"give at least %d, or 0 for no limit", n, p.SourceOf("process.pids_limit"), pid1.Tasks, MinPidsLimit)
-	}
-	image := ""
-	if cfg.Rootfs != "/" {
-		image = cfg.Rootfs
-	}
-	// The user first, from the view's /etc (expose and volumes cannot
-	// change it), for the home that "~/" volumes go under.
-	sys, err := planSystemView(cfg.HostRoot, image, p, false)
-	if err != nil {
-		return nil, err
-	}
-	user, err := ResolveUser(sys.Tree(), p.Process.User)
-	if err != nil {
-		return nil, err
-	}
-	host, err := readAccounts(cfg.hostRoot())
-	if err != nil {
-		return nil, err
-	}
-	if err := checkHostIdentity(user, host, p.Process.AllowHostUser, p.SourceOf("process.user").String()); err != nil {
-		return nil, err
-	}
-	if p.Network.Mode.Proxied() && (user.UID == cfg.EgressdUID || user.GID == cfg.EgressdGID) {
-		return nil, fmt.Errorf("process.user %s (%s) shares egressd's uid or gid %d:%d; the sandbox must not be able to act as egressd",
-			p.Process.User, p.SourceOf("process.user"), cfg.EgressdUID, cfg.EgressdGID)
-	}
-	workspace := p.Filesystem.Workspace
-	if workspace == "" {
-		workspace = "/sandbox"
-	}
-	vo := ViewOptions{HostRoot: cfg.HostRoot, Image: image, Home: user.Home, Workspace: workspace,
-		WorkspaceDir: cfg.WorkspaceDir, StateDir: cfg.StateDir, Homes: host.homes,
-		SystemWritable: !p.Filesystem.ReadOnly && (user.UID == 0 || host.isAccount(user.UID) || p.Process.AllowHostUser)}
-	if cfg.WorkspaceDir != "" {
-		// Bound (and protected) where its links lead, the path checked.
-		what := fmt.Sprintf("the workspace (filesystem.mount_cwd, %s)", p.SourceOf("filesystem.mount_cwd"))
-		if cfg.WorkspaceDir, err = checkHostPath(cfg.WorkspaceDir, what, vo); err != nil {
-			return nil, err
-		}
-		vo.WorkspaceDir = cfg.WorkspaceDir
-	}
-	view, err := PlanView(p, vo)
-	if err != nil {
-		return nil, err
-	}
-	tree := view.Tree()
-	plan := &containerPlan{view: view, rootfs: rootfsDir(view, dir), user: user, etcDir: filepath.Join(dir, "etc")}
-
-	var extra []string
-	for _, sec := range cfg.Secrets {
-		extra = append(extra, sec.Name+"="+ins.env(sec)) // a credential's secret stays with egressd
-		plan.secretNames = append(plan.secretNames, sec.Name)
-	}
-	proxyURL := ""
-	if p.Network.Mode.Proxied() {
-		proxyURL = fmt.Sprintf("http://127.0.0.1:%d", EgressdProxyPort)
-	}
-	env, err := BuildEnv(p, user.Home, SandboxPath(user.Home, tree), cfg.CallerEnv, extra, proxyURL)
-	if err != nil {
-		return nil, err
-	}
-	env = ins.applyEnv(env)
-	pathEnv := ""
-	for _, e := range env {
-		if v, ok := strings.CutPrefix(e, "PATH="); ok {
-			pathEnv = v
-		}
-	}
-	masks, err := BlockedPaths(tree, p.Commands.Block, pathEnv)
-	if err != nil {
-		return nil, err
-	}
-	args, err := CheckCommand(p, tree, user, cfg.Args, env)
-	if err != nil {
-		return nil, err
-	}
-	if err := findExecutable(p, tree, user, args[0], pathEnv); err != nil {
-		return nil, err
-	}
-
-	// The host directories the sandbox may write: the workspace and the
-	// writable volumes. Each must be writable by the sandbox user, and
-	// keeps its protected paths.
-	protect := p.Filesystem.EffectiveProtect()
-	type writableDir struct{ host, path, what string }
-	var writableDirs []writableDir
-	if cfg.WorkspaceDir != "" {
-		writableDirs = append(writableDirs, writableDir{cfg.WorkspaceDir, workspace,
-			fmt.Sprintf("the workspace %s (filesystem.mount_cwd, %s)", cfg.WorkspaceDir, p.SourceOf("filesystem.mount_cwd"))})
-	}
-	for _, m := range view.Mounts {
-		if m.Kind == MountVolume && m.Writable {
-			writableDirs = append(writableDirs, writableDir{m.Source, m.Path, m.Origin})
-		}
-	}
-	for _, w := range writableDirs {
-		fi, err := os.Stat(w.host)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", w.what, err)
-		}
-		if !fi.IsDir() {
-			continue
-		}
-		if err := checkWritable(w.host, user); err != nil {
-			return nil, fmt.Errorf("%s is not writable by the sandbox user %d:%d (%v); give that user write access "+
-				"(setfacl -m u:%d:rwx %s), or run as the directory's owner with --user UID:GID --allow-host-user",
-				w.what, user.UID, user.GID, err, user.UID, w.host)
-		}
-		if user.UID == 0 {
-			plan.warnings = append(plan.warnings, fmt.Sprintf("the command runs as root with %s: what it creates there is owned by root on the host", w.what))
-		}
-		pps, err := PlanProtect(w.host, w.path, protect, user.UID != 0 && !host.isAccount(user.UID))
-		if err != nil {
-			return nil, err
-		}
-		plan.protected = append(plan.protected, pps...)
-	}
-
-	binds := slices.Clone(view.Mounts)
-	for i, b := range binds {
-		if b.Kind == MountSystem && b.Writable {
-			binds[i].Source = overlayDir(dir, b.Path)
-		}
-	}
-	plan.passwd, plan.group, err = identityFiles(tree, user, image == "")
-	if err != nil {
-		return nil, err
-	}
-	opts := SpecOptions{
-		Args: args, Env: env, Cwd: cfg.Workdir, Hostname: cfg.Hostname,
-		RootfsDir: plan.rootfs, WorkspaceDir: cfg.WorkspaceDir, NetNSPath: netnsPath,
-		MaskPaths: masks, User: user, CgroupsPath: id,
-		Binds: binds, Protected: plan.protected, HiddenPaths: view.Hidden,
-		Passwd: filepath.Join(plan.etcDir, "passwd"), Group: filepath.Join(plan.etcDir, "group"),
-		Init: cfg.Init, Terminal: cfg.Terminal,
-	}
-	if p.Network.Mode != policy.ModeHost {
-		// The sandbox's only resolver is on loopback: the firewall
-		// redirects port 53 of any address to egressd (filtered), and
-		// nothing answers there in mode none (lookups fail at once).
-		opts.ResolvConf, opts.Hosts = filepath.Join(plan.etcDir, "resolv.conf"), filepath.Join(plan.etcDir, "hosts")
-	}
-	if ins.inspects {
-		if plan.trustBundle, err = ins.trustBundle(tree, id); err != nil {
-			return nil, err
-		}
-		opts.TrustBundle, opts.TrustPaths = filepath.Join(plan.etcDir, "ca-certificates.crt"), trustPaths(tree)
-	}
-	plan.spec, err = BuildSpec(p, opts)
-	if err != nil {
-		return nil, err
-	}
-	return plan, nil
-}
-
-// findExecutable checks that argv0 names an executable file in the root
-// file system the way exec would find it (a name in PATH, or a path), so a
-// typo fails the launch with a clear error instead of the runtime's. A path
-// the sandbox mounts over (the workspace, /tmp, ...) or a relative path
-// cannot be checked beforehand and is left to exec.
-func findExecutable(p *policy.Profile, t Tree, user User, argv0, pathEnv string) error {
-	var candidates []string
-	switch {
-	case strings.HasPrefix(argv0, "/"):
-		for _, sh := range shadowedPaths(p, user) {
-			if argv0 == sh || strings.HasPrefix(argv0, sh+"/") {
-				return nil
-			}
-		}
-		candidates = []string{argv0}
-	case strings.Contains(argv0, "/"):
-		return nil
-	default:
-		for _, d := range searchDirs(pathEnv, false) {
-			candidates = append(candidates, d+"/"+argv0)
-		}
-	}
-	for _, c := range candidates {
-		f, ok, err := t.stat(c)
-		if err != nil {
-			return fmt.Errorf("looking up the command: %w", err)
-		}
-		if ok && f.mode&0o111 != 0 {
-			return nil
-		}
-	}
-	if strings.HasPrefix(argv0, "/") {
-		return fmt.Errorf("command %q not found in the sandbox's root file system (or not executable)", argv0)
-	}
-	return fmt.Errorf("command %q not found in the sandbox's PATH (%s)", argv0, pathEnv)
-}
-
-// prepareContainer makes the sandbox's container (PrepareContainer).
-func (s *Sandbox) prepareContainer(ctx context.Context) error {
-	netnsPath := ""
-	if s.mode != policy.ModeHost {
-		netnsPath = filepath.Join(NetnsDir, s.id)
-	}
-	c, err := prepareContainer(ctx, s.cfg, s.inspect, s.id, s.dir, netnsPath)
-	if c != nil {
-		s.rootfsCleanup = c.Cleanup
-	}
-	if err != nil {
-		return err
-	}
-	for _, w := range c.Warnings {
-		s.log().Warn(w)
-	}
-	s.bundle = c.Bundle
-	return nil
-}
-
-// Prepared is a container PrepareContainer made, ready for the runtime.
-type Prepared struct {
-	// Bundle is the OCI bundle directory.
-	Bundle string
-	// Warnings are what the launch should tell the operator.
-	Warnings []string
-	// Cleanup removes what PrepareContainer made: the root file system and
-	// the protected paths' placeholders. It may be called more than once.
-	Cleanup func() error
-}
-
-// PrepareContainer plans the container of cfg (id, state directory dir,
-// network namespace netnsPath: "" gives mode none a fresh one and is
-// required for mode host), then makes what the plan says: the root file
-// system (PrepareRootfs), the protected paths' placeholders, the generated
-// /etc files and the bundle. On error the Container it returns, if any,
-// still needs its Cleanup.
-func PrepareContainer(ctx context.Context, cfg Config, id, dir, netnsPath string) (*Prepared, error) {
-	cfg, err := cfg.withDefaults()
-	if err != nil {
-		return nil, err
-	}
-	ins, err := planInspection(cfg)
-	if err != nil {
-		return nil, err
-	}
-	if err := ins.makeCA(id); err != nil {
-		return nil, err
-	}
-	return prepareContainer(ctx, cfg, ins, id, dir, netnsPath)
-}
-
-// prepareContainer is PrepareContainer with the launch's inspection plan
-// (its CA made), for a cfg that has its defaults.
-func prepareContainer(ctx context.Context, cfg Config, ins *inspectPlan, id, dir, netnsPath string) (*Prepared, error) {
-	// Sandboxes sharing a workspace share its placeholders: one that ends
-	// between this plan and its registration may remove a placeholder the
-	// plan counted on. The plan is then made again, from what is there.
-	for attempt := 1; ; attempt++ {
-		c, err := prepareContainerOnce(ctx, cfg, ins, id, dir, netnsPath)
-		if c == nil || !errors.Is(err, errProtectedChanged) || attempt == 5 {
-			return c, err
-		}
-		if err := c.Cleanup(); err != nil {
-			return c, err
-		}
-	}
-}
-
-func prepareContainerOnce(ctx context.Context, cfg Config, ins *inspectPlan, id, dir, netnsPath string) (*Prepared, error) {
-	plan, err := planContainer(cfg, ins, id, dir, netnsPath)
-	if err != nil {
-		return nil, err
-	}
-	if cfg.Init != "" {
-		u := plan.spec.Process.User
-		if err := CheckInit(cfg.Init, u.UID, u.GID, u.AdditionalGids); err != nil {
-			return nil, err
-		}
-	}
-	rootfs, err := PrepareRootfs(ctx, plan.view, dir, !cfg.Profile.Filesystem.ReadOnly)
-	if err != nil {
-		return nil, err
-	}
-	c := &Prepared{Warnings: plan.warnings, Cleanup: func() error {
-		return errors.Join(rootfs.Cleanup(), releasePlaceholders(cfg.StateDir, dir))
-	}}
-	if rootfs.Dir != plan.rootfs {
-		return c, fmt.Errorf("preparing rootfs: made %s, planned %s", rootfs.Dir, plan.rootfs)
-	}
-	for path, d := range rootfs.Overlays {
-		if d != overlayDir(dir, path) {
-			return c, fmt.Errorf("preparing rootfs: overlay of %s at %s, planned at %s", path, d, overlayDir(dir, path))
-		}
-	}
-	if err := acquirePlaceholders(cfg.StateDir, dir, plan.protected); err != nil {
-		return c, err
-	}
-	if err := os.MkdirAll(plan.etcDir, 0o755); err != nil {
-		return c, err
-	}
-	if cfg.Profile.Network.Mode != policy.ModeHost {
-		if _, _, err := WriteEtcFiles(plan.etcDir, netip.MustParseAddr("127.0.0.1"), cfg.Hostname); err != nil {
-			return c, err
-		}
-	}
-	files := map[string][]byte{"passwd": plan.passwd, "group": plan.group}
-	if plan.trustBundle != nil {
-		files["ca-certificates.crt"] = plan.trustBundle
-	}
-	for name, data := range files {
-		if err := os.WriteFile(filepath.Join(plan.etcDir, name), data, 0o644); err != nil {
-			return c, fmt.Errorf("writing the sandbox's %s: %w", name, err)
-		}
-	}
-	c.Bundle = filepath.Join(dir, "bundle")
-	return c, WriteBundle(c.Bundle, plan.spec)
 }
 
 // Result is how a sandboxed command ended.
@@ -980,7 +409,7 @@ func (s *Sandbox) Run(ctx context.Context, stdio Stdio) (Result, error) {
 	}
 	start := time.Now()
 	s.container.Store(true)
-	c, err := s.rt.Start(runCtx, s.id, s.bundle, stdio)
+	c, err := s.k.Runtime.Start(runCtx, s.rt, s.id, s.bundle, stdio)
 	ex := Exit{Code: -1}
 	if err == nil {
 		s.mu.Lock()
@@ -1043,18 +472,6 @@ func (s *Sandbox) Signal(sig syscall.Signal) error {
 	return c.Signal(sig)
 }
 
-// containerGone reports whether runc (with its default state directory)
-// certainly has no record of the container: it removes one that ran to its
-// end itself, and its state lives in /run/runc/ID. For another runtime or
-// state directory it reports false, and Close runs the runtime's delete.
-func (s *Sandbox) containerGone() bool {
-	if s.rt.Name != "runc" || s.rt.Root != "" {
-		return false
-	}
-	_, err := os.Lstat(filepath.Join("/run/runc", s.id))
-	return errors.Is(err, os.ErrNotExist)
-}
-
 // teardownTimeout bounds Close's runtime and iptables commands.
 const teardownTimeout = 30 * time.Second
 
@@ -1074,7 +491,7 @@ const teardownTimeout = 30 * time.Second
 //  4. the state directory (never crossing a mount point), and the lock.
 //
 // Every step runs even when an earlier one fails; the errors are joined.
-// Close is idempotent, and safe after a partial Create.
+// Close is idempotent, and safe after a partial Apply.
 func (s *Sandbox) Close() error {
 	s.closeOnce.Do(func() {
 		start := time.Now()
@@ -1087,86 +504,124 @@ func (s *Sandbox) Close() error {
 func (s *Sandbox) teardown() error {
 	ctx, cancel := context.WithTimeout(context.Background(), teardownTimeout)
 	defer cancel()
-	var (
-		mu   sync.Mutex
-		errs []error
-		wg   sync.WaitGroup
-	)
-	add := func(err error) {
-		if err != nil {
-			mu.Lock()
-			errs = append(errs, err)
-			mu.Unlock()
-		}
-	}
-	parallel := func(fns ...func() error) {
-		for _, fn := range fns {
-			wg.Add(1)
-			go func() { defer wg.Done(); add(fn()) }()
-		}
-		wg.Wait()
-	}
-	deleteContainer := func() error {
-		if s.container.Load() && s.rt != nil && !s.containerGone() {
-			if err := s.rt.Delete(ctx, s.id); err != nil {
-				return fmt.Errorf("deleting container %s: %w", s.id, err)
-			}
-		}
-		return nil
-	}
+	var errs joinedErrs
+	s.mu.Lock()
+	ns, up, eg := s.ns, s.up, s.eg
+	s.mu.Unlock()
 	// A container whose process 1 Run reaped has no process left: its
 	// removal (the runtime's record and cgroup) neither waits for nor
 	// holds up any other step, so it runs beside all of them. Otherwise
 	// it goes first, with egressd and the uplink: nothing of the sandbox
 	// may run on once its namespace and mounts go.
 	var late sync.WaitGroup
-	first := deleteContainer
+	first := func() error { return s.deleteContainer(ctx) }
 	if s.exited.Load() {
 		late.Add(1)
-		go func() { defer late.Done(); add(deleteContainer()) }()
+		go func() { defer late.Done(); errs.add(s.deleteContainer(ctx)) }()
 		first = func() error { return nil }
 	}
-	parallel(
+	errs.parallel(
 		first,
-		func() error { return s.eg.stop() },
+		func() error { return s.stopEgressd(eg) },
 		func() error {
-			if s.up != nil {
-				return s.up.remove(ctx)
+			if up != nil {
+				return s.removeUplink(ctx, up)
 			}
 			return nil
 		},
 	)
-	if s.ns != nil {
-		add(s.ns.destroy())
+	if ns.Path != "" {
+		errs.add(s.k.Netns.Remove(ns))
 	}
 	if s.rootfsCleanup != nil {
-		add(s.rootfsCleanup())
+		errs.add(s.rootfsCleanup())
 	}
 	if s.dir != "" {
-		// The protected paths' placeholders on the host: this sandbox is
-		// no longer a user of them (for a reaped one, its record says
-		// which directories it protected).
-		stateRoot := s.cfg.StateDir
-		if stateRoot == "" {
-			stateRoot = filepath.Dir(s.dir)
-		}
-		add(releasePlaceholders(stateRoot, s.dir))
-		// What a reaped sandbox may still have mounted (a live one's
-		// cleanups did it already; these are no-ops then).
-		views, _ := os.ReadDir(filepath.Join(s.dir, "view"))
-		for _, v := range views {
-			add(unmountAndRemove(filepath.Join(s.dir, "view", v.Name())))
-		}
-		for _, m := range []string{"view", "rootfs", "upper-tmpfs", filepath.Join("egressd", binaryName)} {
-			add(unmountAndRemove(filepath.Join(s.dir, m)))
-		}
-		add(removeTree(s.dir))
+		errs.add(s.removeStateDir())
 	}
 	late.Wait()
 	if s.lock != nil {
 		s.lock.Close()
 	}
+	return errs.join()
+}
+
+// deleteContainer has the runtime delete the container, if it may know it.
+func (s *Sandbox) deleteContainer(ctx context.Context) error {
+	if !s.container.Load() || s.rt == nil {
+		return nil
+	}
+	if err := s.k.Runtime.Delete(ctx, s.rt, s.id); err != nil {
+		return fmt.Errorf("deleting container %s: %w", s.id, err)
+	}
+	return nil
+}
+
+// stopEgressd stops egressd, if it was started, and removes its binary's
+// mount.
+func (s *Sandbox) stopEgressd(eg EgressdProcess) error {
+	var err error
+	if eg != nil {
+		close(s.egStopping)
+		err = eg.Stop()
+	}
+	if s.dir != "" {
+		err = errors.Join(err, unmountAndRemove(s.k.FS, filepath.Join(s.dir, "egressd", binaryName)))
+	}
+	return err
+}
+
+// removeStateDir releases the protected paths' placeholders on the host
+// (this sandbox is no longer a user of them; for a reaped one, its record
+// says which directories it protected), undoes what a reaped sandbox may
+// still have mounted (a live one's cleanups did it already: no-ops then),
+// and removes the state directory.
+func (s *Sandbox) removeStateDir() error {
+	var errs []error
+	stateRoot := s.cfg.StateDir
+	if stateRoot == "" {
+		stateRoot = filepath.Dir(s.dir)
+	}
+	errs = append(errs, releasePlaceholders(stateRoot, s.dir))
+	views, _ := os.ReadDir(filepath.Join(s.dir, "view"))
+	for _, v := range views {
+		errs = append(errs, unmountAndRemove(s.k.FS, filepath.Join(s.dir, "view", v.Name())))
+	}
+	for _, m := range []string{"view", "rootfs", "upper-tmpfs", filepath.Join("egressd", binaryName)} {
+		errs = append(errs, unmountAndRemove(s.k.FS, filepath.Join(s.dir, m)))
+	}
+	errs = append(errs, removeTree(s.dir))
 	return errors.Join(errs...)
+}
+
+// joinedErrs collects errors from goroutines.
+type joinedErrs struct {
+	mu   sync.Mutex
+	errs []error
+}
+
+func (j *joinedErrs) add(err error) {
+	if err != nil {
+		j.mu.Lock()
+		j.errs = append(j.errs, err)
+		j.mu.Unlock()
+	}
+}
+
+// parallel runs fns at once and adds their errors.
+func (j *joinedErrs) parallel(fns ...func() error) {
+	var wg sync.WaitGroup
+	for _, fn := range fns {
+		wg.Add(1)
+		go func() { defer wg.Done(); j.add(fn()) }()
+	}
+	wg.Wait()
+}
+
+func (j *joinedErrs) join() error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return errors.Join(j.errs...)
 }
 
 // removeTree removes dir and everything below it, refusing to descend into
@@ -1284,17 +739,6 @@ func checkUpstream(a netip.Addr) error {
 	return nil
 }
 
-func upstreamPorts(up []netip.AddrPort) []uint16 {
-	var ports []uint16
-	for _, u := range up {
-		if !slices.Contains(ports, u.Port()) {
-			ports = append(ports, u.Port())
-		}
-	}
-	slices.Sort(ports)
-	return ports
-}
-
 // validID reports whether id looks like a sandbox id.
 func validID(id string) bool {
 	hexPart, ok := strings.CutPrefix(id, IDPrefix)
@@ -1305,198 +749,7 @@ func validID(id string) bool {
 	return err == nil
 }
 
-// newDirGrace is how old a ".new-ID" directory must be before Reap takes
-// it for abandoned (its launcher died between making and locking it).
-const newDirGrace = time.Minute
-
-// Reap removes every sandbox under stateDir ("" means DefaultStateDir)
-// whose launcher is gone: one whose state directory's lock nobody holds
-// (a launcher holds it for the sandbox's whole life; the kernel drops it
-// when the process dies, however it dies). Each is torn down the way Close
-// does it: container deleted, every process in its namespace killed, veth
-// and uplink chains removed (when they are in the caller's network
-// namespace, where that launcher made them), mounts undone, directory
-// removed. It returns the ids it removed. Sandboxes of running launchers
-// are never touched.
-func Reap(stateDir string) (reaped []string, err error) {
-	if stateDir == "" {
-		stateDir = DefaultStateDir
-	}
-	ents, err := os.ReadDir(stateDir)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("reaping stale sandboxes: %w", err)
-	}
-	self := selfNetNS()
-	var errs []error
-	for _, e := range ents {
-		name := e.Name()
-		fresh := strings.HasPrefix(name, ".new-")
-		id := strings.TrimPrefix(name, ".new-")
-		if !e.IsDir() || !validID(id) {
-			continue
-		}
-		dir := filepath.Join(stateDir, name)
-		if fresh {
-			if info, err := e.Info(); err != nil || time.Since(info.ModTime()) < newDirGrace {
-				continue
-			}
-		}
-		lock, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_RDWR, 0)
-		if err != nil && !errors.Is(err, os.ErrNotExist) {
-			continue
-		}
-		if lock != nil {
-			if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-				lock.Close()
-				continue // its launcher is alive
-			}
-		} else if !fresh {
-			continue // no lock at all: not ours to judge
-		}
-		s := &Sandbox{id: id, dir: dir, lock: lock}
-		var rec stateRecord
-		if data, err := os.ReadFile(filepath.Join(dir, "state.json")); err == nil && json.Unmarshal(data, &rec) == nil && rec.ID == id {
-			if rec.Mode.Proxied() && rec.LauncherNetNS != "" && rec.LauncherNetNS != self {
-				// Its uplink and NAT rules live in another network
-				// namespace, which only a launcher there can remove:
-				// leave the whole sandbox to it rather than half-reap it.
-				if lock != nil {
-					lock.Close()
-				}
-				continue
-			}
-			s.mode = rec.Mode
-			if rec.Runtime != "" {
-				s.rt = &Runtime{Name: filepath.Base(rec.Runtime), Path: rec.Runtime, Root: rec.RuntimeRoot}
-				s.container.Store(true)
-			}
-			if rec.Mode != policy.ModeHost {
-				s.ns = openNetNS(id)
-			}
-			if rec.Mode.Proxied() && rec.LauncherNetNS == self {
-				s.up = newUplink(id)
-			}
-		}
-		if err := s.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("reaping sandbox %s: %w", id, err))
-		}
-		reaped = append(reaped, id)
-	}
-	return reaped, errors.Join(errs...)
-}
-
-// explainID stands for the id a launch would get.
-const explainID = IDPrefix + "00000000"
-
-// Explanation is what a launch would set up, without setting anything up.
-type Explanation struct {
-	// Profile is every value of the resolved profile with its source.
-	Profile []policy.Provenance `json:"profile"`
-	// FirewallIPv4 and FirewallIPv6 are the sandbox namespace's rules, as
-	// iptables-restore input; empty in host mode.
-	FirewallIPv4 string `json:"firewall_ipv4,omitempty"`
-	FirewallIPv6 string `json:"firewall_ipv6,omitempty"`
-	// Uplink is the launcher-side NAT and FORWARD rules (filtered mode),
-	// shown for the first /30 of the subnet (the one used is chosen at
-	// launch).
-	Uplink string `json:"uplink,omitempty"`
-	// Egressd is egressd's command line (filtered mode).
-	Egressd []string `json:"egressd,omitempty"`
-	// View is what of the host the sandbox sees: the system directories
-	// (or the image), exposed paths, volumes, and what is hidden.
-	View *View `json:"view"`
-	// User is who the command runs as.
-	User User `json:"user"`
-	// Protected are the mounts keeping the protected paths of the
-	// workspace and the writable volumes; empty without either.
-	Protected []ProtectedPath `json:"protected,omitempty"`
-	// Warnings are what a launch would warn about.
-	Warnings []string `json:"warnings,omitempty"`
-	// Init is the sandbox's process 1 (Config.Init); nil without one.
-	Init *InitExplanation `json:"init,omitempty"`
-	// Spec is the OCI runtime spec. Environment values are shown as
-	// "<redacted>", but for PATH, HOME and the proxy variables.
-	Spec *specs.Spec `json:"spec"`
-}
-
-// InitExplanation is the init a launch runs as the sandbox's process 1.
-type InitExplanation struct {
-	// Path is where it runs inside the sandbox, Binary the host file
-	// bound read-only there.
-	Path   string `json:"path"`
-	Binary string `json:"binary"`
-	// Forwards are the signals it passes on to the command's process
-	// group ("SIGINT", ...).
-	Forwards []string `json:"forwards"`
-}
-
-// Explain returns what Create would set up for cfg, without running or
-// mounting anything: the firewall rules, the uplink rules, egressd's
-// command line, the view, the user, the protected paths and the
-// container's spec (the same plan Create makes; paths name a placeholder
-// sandbox id, egs-00000000).
-func Explain(cfg Config) (*Explanation, error) {
-	cfg, err := cfg.withDefaults()
-	if err != nil {
-		return nil, err
-	}
-	p := cfg.Profile
-	ex := &Explanation{Profile: p.Explain()}
-	dir := filepath.Join(cfg.StateDir, explainID)
-	ins, err := planInspection(cfg)
-	if err != nil {
-		return nil, err
-	}
-	switch p.Network.Mode {
-	case policy.ModeFiltered, policy.ModeReport:
-		upstream, err := UpstreamDNS(p, cfg.ResolvConf)
-		if err != nil {
-			return nil, err
-		}
-		fw := firewall.Config{Mode: policy.ModeFiltered, DNSPort: EgressdDNSPort, TransparentPort: EgressdTransparentPort,
-			ExplicitProxyPort: EgressdProxyPort, Mark: cfg.Mark, UpstreamDNSPorts: upstreamPorts(upstream)}
-		v4, v6, err := firewall.Rules(fw)
-		if err != nil {
-			return nil, err
-		}
-		ex.FirewallIPv4, ex.FirewallIPv6 = string(v4), string(v6)
-		u := newUplink(explainID)
-		if u.prefix, err = pickPrefix(cfg.Subnet, nil, 0); err != nil {
-			return nil, err
-		}
-		ex.Uplink = string(u.rules())
-		ex.Egressd = append([]string{"egressd"}, egressdArgs(egressdSpec{dir: filepath.Join(dir, "egressd"), mark: cfg.Mark,
-			upstream: upstream, sandboxID: explainID, extra: ins.egressdArgs(filepath.Join(dir, "egressd"), cfg.InspectUpstreamCA)})...)
-	case policy.ModeNone:
-		v4, v6, err := firewall.Rules(firewall.Config{Mode: policy.ModeNone})
-		if err != nil {
-			return nil, err
-		}
-		ex.FirewallIPv4, ex.FirewallIPv6 = string(v4), string(v6)
-	}
-	netnsPath := ""
-	if p.Network.Mode != policy.ModeHost {
-		netnsPath = filepath.Join(NetnsDir, explainID)
-	}
-	plan, err := planContainer(cfg, ins, explainID, dir, netnsPath)
-	if err != nil {
-		return nil, err
-	}
-	ex.Spec, ex.View, ex.User, ex.Protected, ex.Warnings = plan.spec, plan.view, plan.user, plan.protected, plan.warnings
-	if cfg.Init != "" {
-		ex.Init = &InitExplanation{Path: pid1.Path, Binary: cfg.Init}
-		for _, sig := range pid1.Forwarded {
-			ex.Init.Forwards = append(ex.Init.Forwards, unix.SignalName(sig.(syscall.Signal)))
-		}
-	}
-	shown := []string{"PATH", "HOME", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "NO_PROXY", "no_proxy"}
-	for i, e := range ex.Spec.Process.Env {
-		if name, _, _ := strings.Cut(e, "="); !slices.Contains(shown, name) {
-			ex.Spec.Process.Env[i] = name + "=<redacted>"
-		}
-	}
-	return ex, nil
+// isCleanAbs reports whether p is an absolute, clean path without NUL.
+func isCleanAbs(p string) bool {
+	return p != "" && filepath.IsAbs(p) && filepath.Clean(p) == p && !strings.ContainsRune(p, 0)
 }

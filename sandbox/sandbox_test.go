@@ -17,6 +17,15 @@ import (
 	"github.com/egressd/egressd/sandbox/pid1"
 )
 
+// explainOf is what explain shows for cfg: its plan, rendered.
+func explainOf(cfg Config) (*Explanation, error) {
+	p, err := NewPlan(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return p.Explain()
+}
+
 // TestUpstreamDNSRefusesWhatTheSandboxCannotReach: a loopback stub
 // (systemd-resolved's 127.0.0.53) or an IPv6 resolver cannot be reached
 // through the IPv4 uplink: named explicitly they are an error, in
@@ -90,6 +99,9 @@ func TestConfigChecks(t *testing.T) {
 		{"mount_cwd without a directory", Config{Profile: cwd, Args: []string{"true"}, EgressdPath: "/x"}, "mount_cwd"},
 		{"bad secret name", Config{Profile: std, Args: []string{"true"}, EgressdPath: "/x", Secrets: []Secret{{"A-B", "v"}}}, "secret"},
 		{"filtered without egressd", Config{Profile: std, Args: []string{"true"}}, "egressd binary"},
+		{"missing rootfs", Config{Profile: std, Args: []string{"true"}, Rootfs: "/nonexistent/img", EgressdPath: "/x"}, "no such directory"},
+		{"rootfs a file", Config{Profile: std, Args: []string{"true"}, Rootfs: "/etc/hostname", EgressdPath: "/x"}, "not a directory"},
+		{"relative state directory", Config{Profile: std, Args: []string{"true"}, StateDir: "state", EgressdPath: "/x"}, "state directory"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if _, err := tc.cfg.withDefaults(); err == nil || !strings.Contains(err.Error(), tc.wantErr) {
@@ -110,7 +122,7 @@ func TestConfigChecks(t *testing.T) {
 // it would leave no room under.
 func TestExplainShowsTheInit(t *testing.T) {
 	p := resolveWith(t, "offline", "")
-	ex, err := Explain(Config{Profile: p, Args: []string{"true"}, Init: "/opt/bin/launcher"})
+	ex, err := explainOf(Config{Profile: p, Args: []string{"true"}, Init: "/opt/bin/launcher"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -121,11 +133,11 @@ func TestExplainShowsTheInit(t *testing.T) {
 	if ex.Spec.Process.Args[0] != pid1.Path {
 		t.Errorf("args %q: the init is not process 1", ex.Spec.Process.Args)
 	}
-	if ex, err := Explain(Config{Profile: p, Args: []string{"true"}}); err != nil || ex.Init != nil || ex.Spec.Process.Args[0] != "true" {
+	if ex, err := explainOf(Config{Profile: p, Args: []string{"true"}}); err != nil || ex.Init != nil || ex.Spec.Process.Args[0] != "true" {
 		t.Errorf("without an init: %v, %+v", err, ex)
 	}
 	low := resolveWith(t, "offline", "", policy.Setting{Key: "process.pids_limit", Values: []string{"10"}, Source: policy.Flag("--pids-limit")})
-	_, err = Explain(Config{Profile: low, Args: []string{"true"}, Init: "/opt/bin/launcher"})
+	_, err = explainOf(Config{Profile: low, Args: []string{"true"}, Init: "/opt/bin/launcher"})
 	if err == nil || !strings.Contains(err.Error(), "process.pids_limit 10 (flag:--pids-limit) is too low") {
 		t.Errorf("pids limit 10 with an init: %v", err)
 	}
@@ -143,8 +155,8 @@ func TestExplainShowsWhatCreateWouldBuild(t *testing.T) {
 		uplink   bool
 		netns    string
 	}{
-		{"standard", "", true, true, NetnsDir + "/" + explainID},
-		{"standard", "none", true, false, NetnsDir + "/" + explainID},
+		{"standard", "", true, true, NetnsDir + "/" + ExplainID},
+		{"standard", "none", true, false, NetnsDir + "/" + ExplainID},
 		{"open", "", false, false, ""},
 	} {
 		t.Run(tc.profile+tc.net, func(t *testing.T) {
@@ -153,7 +165,7 @@ func TestExplainShowsWhatCreateWouldBuild(t *testing.T) {
 				overrides = append(overrides, policy.Setting{Key: "network.mode", Values: []string{tc.net}, Source: policy.Flag("--net")})
 			}
 			p := resolveWith(t, tc.profile, "", overrides...)
-			ex, err := Explain(Config{Profile: p, Args: []string{"sh", "-c", "echo hi"}, EgressdPath: "/nonexistent/egressd",
+			ex, err := explainOf(Config{ID: ExplainID, Profile: p, Args: []string{"sh", "-c", "echo hi"}, EgressdPath: "/nonexistent/egressd",
 				ResolvConf: rc, Secrets: []Secret{{"TOKEN", "secret-value-xyz"}}, CallerEnv: []string{"TERM=caller-value-xyz"}})
 			if err != nil {
 				t.Fatal(err)
@@ -181,25 +193,6 @@ func TestExplainShowsWhatCreateWouldBuild(t *testing.T) {
 				t.Errorf("filtered mode's env lacks the proxy: %q", ex.Spec.Process.Env)
 			}
 		})
-	}
-}
-
-func TestFindExecutableNamesAMissingCommand(t *testing.T) {
-	p := resolveWith(t, "standard", "")
-	u := User{UID: 100, GID: 100, Home: DefaultHome}
-	for cmd, wantErr := range map[string]string{
-		"sh":                  "",
-		"/bin/sh":             "",
-		"no-such-command-xyz": `command "no-such-command-xyz" not found in the sandbox's PATH`,
-		"/no/such/command":    `command "/no/such/command" not found`,
-		"/etc/passwd":         "not executable",
-		"/sandbox/run.sh":     "", // the workspace: not in the root file system, exec decides
-		"./relative":          "",
-	} {
-		err := findExecutable(p, DirTree("/"), u, cmd, DefaultPath)
-		if (err == nil) != (wantErr == "") || err != nil && !strings.Contains(err.Error(), wantErr) {
-			t.Errorf("findExecutable(%q) = %v, want %q", cmd, err, wantErr)
-		}
 	}
 }
 
@@ -373,11 +366,13 @@ func TestReapRemovesOnlyTheDead(t *testing.T) {
 	root := testStateDir(t)
 	mk := func() *Sandbox {
 		// No runtime recorded: these sandboxes never got a container.
-		s := &Sandbox{cfg: Config{StateDir: root}, mode: policy.ModeNone, rt: &Runtime{}}
-		if err := s.makeStateDir(); err != nil {
+		p := &Plan{ID: newID(), StateRoot: root, Mode: policy.ModeNone}
+		p.StateDir = filepath.Join(root, p.ID)
+		s := &Sandbox{plan: p, cfg: Config{StateDir: root}, k: HostKernel(), mode: policy.ModeNone, rt: &Runtime{}, egStopping: make(chan struct{})}
+		if err := s.claimStateDir(); err != nil {
 			t.Fatal(err)
 		}
-		ns, err := createNetNS(s.id)
+		ns, err := s.k.Netns.Create(s.id)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -391,13 +386,13 @@ func TestReapRemovesOnlyTheDead(t *testing.T) {
 	if err != nil || !slices.Equal(reaped, []string{dead.id}) {
 		t.Errorf("Reap = %v, %v; want [%s]", reaped, err, dead.id)
 	}
-	if _, err := os.Stat(dead.ns.path); err == nil {
+	if _, err := os.Stat(dead.ns.Path); err == nil {
 		t.Errorf("the dead sandbox's namespace is still there")
 	}
 	if _, err := os.Stat(dead.dir); err == nil {
 		t.Errorf("the dead sandbox's state directory is still there")
 	}
-	if _, err := os.Stat(live.ns.path); err != nil {
+	if _, err := os.Stat(live.ns.Path); err != nil {
 		t.Errorf("Reap touched a live sandbox: %v", err)
 	}
 	if again, _ := Reap(root); len(again) != 0 {

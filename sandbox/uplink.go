@@ -1,7 +1,6 @@
 package sandbox
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/binary"
@@ -11,13 +10,15 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/egressd/egressd/firewall"
+	"github.com/egressd/egressd/internal/nsthread"
 )
 
 // DefaultSubnet is the IPv4 range uplinks are carved from, one /30 per
@@ -31,26 +32,35 @@ const SandboxLink = "eth0"
 // uplinkPrefixBits is the size of one sandbox's link.
 const uplinkPrefixBits = 30
 
-// uplink is a filtered sandbox's way out: a veth pair from the launcher's
-// network namespace (hostIf, hostAddr) into the sandbox's (SandboxLink,
-// nsAddr), the sandbox's default route through it, and NAT for it on the
-// launcher's side in chains of its own. IPv4 only: neither end has an IPv6
-// address (not even link-local), so the sandbox has no IPv6 route out at
-// all, on top of its firewall rejecting IPv6.
-type uplink struct {
-	hostIf           string
-	prefix           netip.Prefix
-	hostAddr, nsAddr netip.Addr
-	// fwdChain and natChain are the launcher-side chains (filter FORWARD
-	// and nat POSTROUTING) holding this uplink's rules.
-	fwdChain, natChain string
+// UplinkPlan is a filtered sandbox's way out: a veth pair from the
+// launcher's network namespace (Link) into the sandbox's (SandboxLink), the
+// sandbox's default route through it, and NAT for it on the launcher's
+// side in chains of its own (firewall.Uplink). IPv4 only: neither end has
+// an IPv6 address (not even link-local), so the sandbox has no IPv6 route
+// out at all, on top of its firewall rejecting IPv6.
+type UplinkPlan struct {
+	// LauncherNetns is the launcher's network namespace, where its end
+	// and the NAT live (a path); "" is the launcher process's own.
+	LauncherNetns string `json:"launcher_netns,omitempty"`
+	// Subnet is where the link's /30 is taken from: the first free one,
+	// chosen at apply under a lock every launcher on the machine shares.
+	Subnet netip.Prefix `json:"subnet"`
+	// Link is the launcher's end (the sandbox id); ForwardChain and
+	// NATChain its chains, EGS-<hex>-FWD and EGS-<hex>-NAT.
+	Link         string `json:"link"`
+	ForwardChain string `json:"forward_chain"`
+	NATChain     string `json:"nat_chain"`
 }
 
-// newUplink names an uplink for sandbox id ("egs-<hex>"): the launcher's
-// veth end is called id, its chains EGS-<hex>-FWD and EGS-<hex>-NAT.
-func newUplink(id string) *uplink {
+// planUplink names the uplink of sandbox id ("egs-<hex>").
+func planUplink(id string, subnet netip.Prefix) *UplinkPlan {
 	suffix := strings.TrimPrefix(id, IDPrefix)
-	return &uplink{hostIf: id, fwdChain: "EGS-" + suffix + "-FWD", natChain: "EGS-" + suffix + "-NAT"}
+	return &UplinkPlan{Subnet: subnet, Link: id, ForwardChain: "EGS-" + suffix + "-FWD", NATChain: "EGS-" + suffix + "-NAT"}
+}
+
+// nat is the uplink's chains for the link's prefix.
+func (u *UplinkPlan) nat(prefix netip.Prefix) firewall.Uplink {
+	return firewall.Uplink{Netns: u.LauncherNetns, Link: u.Link, Prefix: prefix, ForwardChain: u.ForwardChain, NATChain: u.NATChain}
 }
 
 // uplinkAddrs returns the launcher's and the sandbox's address in a /30.
@@ -90,10 +100,111 @@ func pickPrefix(subnet netip.Prefix, taken []netip.Prefix, start uint64) (netip.
 	return netip.Prefix{}, fmt.Errorf("uplink subnet %s has no free /%d: every one overlaps an address or route of this namespace (give another with --subnet)", subnet, uplinkPrefixBits)
 }
 
-// takenPrefixes lists the IPv4 address prefixes and route destinations of
-// the namespace h talks to, in every routing table. Default routes are
-// left out: they overlap everything and claim nothing.
-func takenPrefixes(h *netlink.Handle) ([]netip.Prefix, error) {
+// subnetLockName is the lock file, in the state root, that serialises
+// choosing and claiming a /30 among concurrent launchers.
+const subnetLockName = "subnet.lock"
+
+// uplink is an uplink being made or made: its plan and the /30 it got.
+type uplink struct {
+	plan   *UplinkPlan
+	prefix netip.Prefix
+}
+
+// setupUplink makes the uplink of the sandbox's namespace: it picks a free
+// /30 of the subnet and claims it by addressing the launcher's end (under
+// a lock shared by every launcher on the machine), raises the link, and
+// installs the NAT and FORWARD chains. On error, what was made is left for
+// removeUplink (s.up says what there is to remove).
+func (s *Sandbox) setupUplink(ctx context.Context) error {
+	u := s.plan.Uplink
+	unlock, err := lockFile(filepath.Join(s.plan.StateRoot, subnetLockName))
+	if err != nil {
+		return fmt.Errorf("uplink: %w", err)
+	}
+	locked := true
+	defer func() {
+		if locked {
+			unlock()
+		}
+	}()
+	taken, err := s.k.Links.Taken(u.LauncherNetns)
+	if err != nil {
+		return fmt.Errorf("uplink: %w", err)
+	}
+	start, err := rand.Int(rand.Reader, big.NewInt(1<<20))
+	if err != nil {
+		return err
+	}
+	prefix, err := pickPrefix(u.Subnet, taken, start.Uint64())
+	if err != nil {
+		return err
+	}
+	hostAddr, nsAddr := uplinkAddrs(prefix)
+	s.mu.Lock()
+	s.up = &uplink{plan: u, prefix: prefix}
+	s.mu.Unlock()
+	if err := s.k.Links.AddVeth(u.LauncherNetns, u.Link, netip.PrefixFrom(hostAddr, uplinkPrefixBits), s.plan.Netns); err != nil {
+		return err
+	}
+	// The /30 is claimed (its address is on a link): other launchers may
+	// pick from here on.
+	unlock()
+	locked = false
+	if err := s.k.Links.Raise(u.LauncherNetns, u.Link, s.plan.Netns, netip.PrefixFrom(nsAddr, uplinkPrefixBits), hostAddr); err != nil {
+		return err
+	}
+	return s.k.Firewall.InstallUplink(ctx, u.nat(prefix))
+}
+
+// removeUplink deletes the veth pair (both ends go together; the sandbox
+// loses its way out at once) and the uplink's chains. Parts that are
+// already gone are not errors, so it is safe after a partial setup and
+// twice.
+//
+// The veth is set down first, which stops traffic at once; deleting it and
+// removing the chains then run side by side, so NAT never goes away while
+// the link still carries anything.
+func (s *Sandbox) removeUplink(ctx context.Context, u *uplink) error {
+	ns, link := u.plan.LauncherNetns, u.plan.Link
+	if err := s.k.Links.Down(ns, link); err != nil {
+		// Not down: keep the chains until the link is gone.
+		return errors.Join(s.k.Links.Delete(ns, link), s.k.Firewall.RemoveUplink(ctx, u.plan.nat(u.prefix)))
+	}
+	delErr := make(chan error, 1)
+	go func() { delErr <- s.k.Links.Delete(ns, link) }()
+	chainErr := s.k.Firewall.RemoveUplink(ctx, u.plan.nat(u.prefix))
+	return errors.Join(<-delErr, chainErr)
+}
+
+// hostLinks are the kernel's links (Links), through netlink.
+type hostLinks struct{}
+
+// launcherHandle is a netlink handle in the launcher's namespace ns ("" the
+// process's: a handle made on any of its threads but the throwaway ones).
+func launcherHandle(ns string) (*netlink.Handle, error) {
+	if ns == "" {
+		return netlink.NewHandle()
+	}
+	return netnsHandle(ns)
+}
+
+// inLauncherNS runs fn in the launcher's namespace ns, for its sysctls.
+func inLauncherNS(ns string, fn func() error) error {
+	if ns == "" {
+		return fn()
+	}
+	return nsthread.InNetns(ns, fn)
+}
+
+// Taken lists the IPv4 address prefixes and route destinations of the
+// launcher's namespace, in every routing table. Default routes are left
+// out: they overlap everything and claim nothing.
+func (hostLinks) Taken(launcherNS string) ([]netip.Prefix, error) {
+	h, err := launcherHandle(launcherNS)
+	if err != nil {
+		return nil, fmt.Errorf("netlink: %w", err)
+	}
+	defer h.Close()
 	var out []netip.Prefix
 	addrs, err := h.AddrList(nil, netlink.FAMILY_V4)
 	if err != nil {
@@ -128,115 +239,45 @@ func prefixOf(n *net.IPNet) (netip.Prefix, bool) {
 	return netip.PrefixFrom(a.Unmap(), ones), true
 }
 
-// subnetLockName is the lock file, in the state root, that serialises
-// choosing and claiming a /30 among concurrent launchers.
-const subnetLockName = "subnet.lock"
-
-// setup creates the uplink of ns: it picks a free /30 of subnet (under a
-// lock shared by every launcher on the machine), creates the veth pair with
-// one end born inside ns, addresses and raises both ends, routes the
-// sandbox's default through it, turns IPv4 forwarding on, and installs the
-// NAT and FORWARD rules. On error, what was made is left for remove.
-func (u *uplink) setup(ctx context.Context, ns *netNS, subnet netip.Prefix, stateRoot string) error {
-	unlock, err := lockFile(filepath.Join(stateRoot, subnetLockName))
-	if err != nil {
-		return fmt.Errorf("uplink: %w", err)
-	}
-	locked := true
-	defer func() {
-		if locked {
-			unlock()
-		}
-	}()
-	host, err := netlink.NewHandle()
+// AddVeth adds the veth pair, the sandbox's end born in the namespace at
+// nsPath, and addresses the launcher's end. IPv6 is off on each end before
+// it goes up, so it never even gets a link-local address.
+//
+// The launcher's end gets an interface index of its own choosing, never 2
+// (the index the sandbox's end takes in a namespace holding only lo): with
+// equal indexes the kernel activates the carrier up to a second late
+// (linkwatch) and the first packets are dropped.
+func (hostLinks) AddVeth(launcherNS, hostIf string, hostAddr netip.Prefix, nsPath string) error {
+	host, err := launcherHandle(launcherNS)
 	if err != nil {
 		return fmt.Errorf("uplink: netlink: %w", err)
 	}
 	defer host.Close()
-	taken, err := takenPrefixes(host)
-	if err != nil {
-		return fmt.Errorf("uplink: %w", err)
-	}
-	start, err := rand.Int(rand.Reader, big.NewInt(1<<20))
-	if err != nil {
-		return err
-	}
-	if u.prefix, err = pickPrefix(subnet, taken, start.Uint64()); err != nil {
-		return err
-	}
-	u.hostAddr, u.nsAddr = uplinkAddrs(u.prefix)
-
-	nsh, err := ns.handle()
-	if err != nil {
-		return fmt.Errorf("uplink: %w", err)
-	}
-	defer nsh.Close()
-	nsFd, err := os.Open(ns.path)
+	nsFd, err := os.Open(nsPath)
 	if err != nil {
 		return fmt.Errorf("uplink: %w", err)
 	}
 	defer nsFd.Close()
-
-	// No IPv6 on either end: disable_ipv6 is set on each end before it
-	// goes up, so it never even gets a link-local address.
-	if err := u.createVeth(host, nsFd); err != nil {
+	if err := createVeth(host, hostIf, nsFd); err != nil {
 		return err
 	}
-	hostLink, err := host.LinkByName(u.hostIf)
+	hostLink, err := host.LinkByName(hostIf)
 	if err != nil {
-		return fmt.Errorf("uplink: finding %s: %w", u.hostIf, err)
+		return fmt.Errorf("uplink: finding %s: %w", hostIf, err)
 	}
-	if err := writeSysctl("net/ipv6/conf/"+u.hostIf+"/disable_ipv6", "1"); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("uplink: %w", err)
-	}
-	if err := host.AddrAdd(hostLink, &netlink.Addr{IPNet: ipNet(u.hostAddr, uplinkPrefixBits)}); err != nil {
-		return fmt.Errorf("uplink: address %s on %s: %w", u.hostAddr, u.hostIf, err)
-	}
-	// The /30 is claimed (its address is on a link): other launchers may
-	// pick from here on.
-	unlock()
-	locked = false
-	if err := host.LinkSetUp(hostLink); err != nil {
-		return fmt.Errorf("uplink: %s up: %w", u.hostIf, err)
-	}
-
-	err = ns.do(func() error {
-		if err := writeSysctl("net/ipv6/conf/"+SandboxLink+"/disable_ipv6", "1"); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return err
-		}
-		return nil
+	err = inLauncherNS(launcherNS, func() error {
+		return writeSysctl("net/ipv6/conf/"+hostIf+"/disable_ipv6", "1")
 	})
-	if err != nil {
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("uplink: %w", err)
 	}
-	eth, err := nsh.LinkByName(SandboxLink)
-	if err != nil {
-		return fmt.Errorf("uplink: finding %s in the sandbox: %w", SandboxLink, err)
+	if err := host.AddrAdd(hostLink, &netlink.Addr{IPNet: ipNet(hostAddr.Addr(), hostAddr.Bits())}); err != nil {
+		return fmt.Errorf("uplink: address %s on %s: %w", hostAddr.Addr(), hostIf, err)
 	}
-	if err := nsh.AddrAdd(eth, &netlink.Addr{IPNet: ipNet(u.nsAddr, uplinkPrefixBits)}); err != nil {
-		return fmt.Errorf("uplink: address %s on the sandbox's %s: %w", u.nsAddr, SandboxLink, err)
-	}
-	if err := nsh.LinkSetUp(eth); err != nil {
-		return fmt.Errorf("uplink: the sandbox's %s up: %w", SandboxLink, err)
-	}
-	if err := nsh.RouteAdd(&netlink.Route{LinkIndex: eth.Attrs().Index, Gw: u.hostAddr.AsSlice()}); err != nil {
-		return fmt.Errorf("uplink: the sandbox's default route via %s: %w", u.hostAddr, err)
-	}
-	if err := enableForwarding(); err != nil {
-		return fmt.Errorf("uplink: %w", err)
-	}
-	if err := iptablesRestore(ctx, u.rules()); err != nil {
-		return fmt.Errorf("uplink: NAT rules: %w", err)
-	}
-	return waitOperUp(nsh, eth.Attrs().Index, host, hostLink.Attrs().Index)
+	return nil
 }
 
-// createVeth adds the veth pair, the sandbox's end born in the namespace
-// open as nsFd. The launcher's end gets an interface index of its own
-// choosing, never 2 (the index the sandbox's end takes in a namespace
-// holding only lo): with equal indexes the kernel activates the carrier up
-// to a second late (linkwatch) and the first packets are dropped.
-func (u *uplink) createVeth(host *netlink.Handle, nsFd *os.File) error {
+func createVeth(host *netlink.Handle, hostIf string, nsFd *os.File) error {
 	var lastErr error
 	for range 8 {
 		n, err := rand.Int(rand.Reader, big.NewInt(1<<20))
@@ -244,7 +285,7 @@ func (u *uplink) createVeth(host *netlink.Handle, nsFd *os.File) error {
 			return err
 		}
 		attrs := netlink.NewLinkAttrs()
-		attrs.Name = u.hostIf
+		attrs.Name = hostIf
 		attrs.Index = 4096 + int(n.Int64())
 		veth := &netlink.Veth{LinkAttrs: attrs, PeerName: SandboxLink, PeerNamespace: netlink.NsFd(int(nsFd.Fd()))}
 		lastErr = host.LinkAdd(veth)
@@ -254,11 +295,59 @@ func (u *uplink) createVeth(host *netlink.Handle, nsFd *os.File) error {
 		if !errors.Is(lastErr, unix.EEXIST) && !errors.Is(lastErr, unix.EBUSY) {
 			break
 		}
-		if _, err := host.LinkByName(u.hostIf); err == nil {
-			return fmt.Errorf("uplink: a link named %s already exists", u.hostIf)
+		if _, err := host.LinkByName(hostIf); err == nil {
+			return fmt.Errorf("uplink: a link named %s already exists", hostIf)
 		}
 	}
-	return fmt.Errorf("uplink: creating veth %s: %w", u.hostIf, lastErr)
+	return fmt.Errorf("uplink: creating veth %s: %w", hostIf, lastErr)
+}
+
+// Raise configures the sandbox's end, brings both up and routes the
+// sandbox through the launcher's end.
+func (hostLinks) Raise(launcherNS, hostIf, nsPath string, nsAddr netip.Prefix, gateway netip.Addr) error {
+	host, err := launcherHandle(launcherNS)
+	if err != nil {
+		return fmt.Errorf("uplink: netlink: %w", err)
+	}
+	defer host.Close()
+	hostLink, err := host.LinkByName(hostIf)
+	if err != nil {
+		return fmt.Errorf("uplink: finding %s: %w", hostIf, err)
+	}
+	if err := host.LinkSetUp(hostLink); err != nil {
+		return fmt.Errorf("uplink: %s up: %w", hostIf, err)
+	}
+	err = nsthread.InNetns(nsPath, func() error {
+		if err := writeSysctl("net/ipv6/conf/"+SandboxLink+"/disable_ipv6", "1"); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("uplink: %w", err)
+	}
+	nsh, err := netnsHandle(nsPath)
+	if err != nil {
+		return fmt.Errorf("uplink: %w", err)
+	}
+	defer nsh.Close()
+	eth, err := nsh.LinkByName(SandboxLink)
+	if err != nil {
+		return fmt.Errorf("uplink: finding %s in the sandbox: %w", SandboxLink, err)
+	}
+	if err := nsh.AddrAdd(eth, &netlink.Addr{IPNet: ipNet(nsAddr.Addr(), nsAddr.Bits())}); err != nil {
+		return fmt.Errorf("uplink: address %s on the sandbox's %s: %w", nsAddr.Addr(), SandboxLink, err)
+	}
+	if err := nsh.LinkSetUp(eth); err != nil {
+		return fmt.Errorf("uplink: the sandbox's %s up: %w", SandboxLink, err)
+	}
+	if err := nsh.RouteAdd(&netlink.Route{LinkIndex: eth.Attrs().Index, Gw: gateway.AsSlice()}); err != nil {
+		return fmt.Errorf("uplink: the sandbox's default route via %s: %w", gateway, err)
+	}
+	if err := inLauncherNS(launcherNS, enableForwarding); err != nil {
+		return fmt.Errorf("uplink: %w", err)
+	}
+	return waitOperUp(nsh, eth.Attrs().Index, host, hostLink.Attrs().Index)
 }
 
 // waitOperUp waits until the kernel has activated both ends of the veth
@@ -288,130 +377,43 @@ func ipNet(a netip.Addr, bits int) *net.IPNet {
 	return &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(bits, a.BitLen())}
 }
 
-// rules is the iptables-restore batch that installs the uplink's chains:
-//
-//	filter FORWARD ─► EGS-<id>-FWD
-//	    in from the sandbox                     → ACCEPT
-//	    out to the sandbox, RELATED,ESTABLISHED → ACCEPT
-//	    out to the sandbox, anything else       → DROP
-//	nat POSTROUTING ─► EGS-<id>-NAT
-//	    from the sandbox's /30, not to it       → MASQUERADE
-//
-// The FORWARD rules matter where the launcher's namespace drops forwarded
-// traffic by default (Docker sets FORWARD's policy to DROP); the last one
-// keeps anyone who can route to the /30 from opening connections into the
-// sandbox. Each sandbox has chains of its own, so installing and removing
-// them never touches another sandbox's rules or anyone else's.
-func (u *uplink) rules() []byte {
-	var b bytes.Buffer
-	fmt.Fprintf(&b, "*filter\n:%s - [0:0]\n", u.fwdChain)
-	fmt.Fprintf(&b, "-A %s -i %s -j ACCEPT\n", u.fwdChain, u.hostIf)
-	fmt.Fprintf(&b, "-A %s -o %s -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n", u.fwdChain, u.hostIf)
-	fmt.Fprintf(&b, "-A %s -o %s -j DROP\n", u.fwdChain, u.hostIf)
-	fmt.Fprintf(&b, "-I FORWARD 1 -j %s\nCOMMIT\n", u.fwdChain)
-	fmt.Fprintf(&b, "*nat\n:%s - [0:0]\n", u.natChain)
-	fmt.Fprintf(&b, "-A %s -s %s ! -o %s -j MASQUERADE\n", u.natChain, u.prefix, u.hostIf)
-	fmt.Fprintf(&b, "-I POSTROUTING 1 -j %s\nCOMMIT\n", u.natChain)
-	return b.Bytes()
+// Down sets hostIf down.
+func (hostLinks) Down(launcherNS, hostIf string) error {
+	return withLink(launcherNS, hostIf, func(h *netlink.Handle, l netlink.Link) error {
+		if err := h.LinkSetDown(l); err != nil && !errors.Is(err, unix.ENODEV) {
+			return fmt.Errorf("setting veth %s down: %w", hostIf, err)
+		}
+		return nil
+	})
 }
 
-// removeRules is the batch that takes the chains out again.
-func (u *uplink) removeRules() []byte {
-	var b bytes.Buffer
-	for _, t := range []struct{ table, hook, chain string }{{"filter", "FORWARD", u.fwdChain}, {"nat", "POSTROUTING", u.natChain}} {
-		fmt.Fprintf(&b, "*%s\n-D %s -j %s\n-F %s\n-X %s\nCOMMIT\n", t.table, t.hook, t.chain, t.chain, t.chain)
-	}
-	return b.Bytes()
+// Delete deletes hostIf.
+func (hostLinks) Delete(launcherNS, hostIf string) error {
+	return withLink(launcherNS, hostIf, func(h *netlink.Handle, l netlink.Link) error {
+		if err := h.LinkDel(l); err != nil && !errors.Is(err, unix.ENODEV) {
+			return fmt.Errorf("deleting veth %s: %w", hostIf, err)
+		}
+		return nil
+	})
 }
 
-// remove deletes the veth pair (both ends go together; the sandbox loses
-// its way out at once) and the uplink's chains. Parts that are already
-// gone are not errors, so remove is safe after a partial setup and twice.
-//
-// The veth is set down first, which stops traffic at once; deleting it
-// (slow: the kernel waits for RCU grace periods) and removing the chains
-// then run side by side, so NAT never goes away while the link still
-// carries anything.
-func (u *uplink) remove(ctx context.Context) error {
-	// A handle made here talks to this thread's namespace from any thread.
-	h, err := netlink.NewHandle()
+// withLink calls fn with the link named name of the launcher's namespace;
+// a link that is not there is nothing to do.
+func withLink(launcherNS, name string, fn func(*netlink.Handle, netlink.Link) error) error {
+	h, err := launcherHandle(launcherNS)
 	if err != nil {
-		return errors.Join(fmt.Errorf("deleting veth %s: %w", u.hostIf, err), u.removeChains(ctx))
+		return fmt.Errorf("veth %s: netlink: %w", name, err)
 	}
 	defer h.Close()
-	l, err := h.LinkByName(u.hostIf)
+	l, err := h.LinkByName(name)
 	if err != nil {
-		return u.removeChains(ctx)
-	}
-	if err := h.LinkSetDown(l); err != nil && !errors.Is(err, unix.ENODEV) {
-		// Not down: keep the chains until the link is gone.
-		return errors.Join(u.deleteLink(h, l), u.removeChains(ctx))
-	}
-	delErr := make(chan error, 1)
-	go func() { delErr <- u.deleteLink(h, l) }()
-	chainErr := u.removeChains(ctx)
-	return errors.Join(<-delErr, chainErr)
-}
-
-func (u *uplink) deleteLink(h *netlink.Handle, l netlink.Link) error {
-	if err := h.LinkDel(l); err != nil && !errors.Is(err, unix.ENODEV) {
-		return fmt.Errorf("deleting veth %s: %w", u.hostIf, err)
-	}
-	return nil
-}
-
-// removeChains removes the uplink's chains and jumps: one batch when they
-// are all there (the usual case), else table by table, what exists.
-func (u *uplink) removeChains(ctx context.Context) error {
-	if err := iptablesRestore(ctx, u.removeRules()); err == nil {
-		return nil
-	}
-	var errs []error
-	for _, t := range []struct{ table, hook, chain string }{{"filter", "FORWARD", u.fwdChain}, {"nat", "POSTROUTING", u.natChain}} {
-		var b bytes.Buffer
-		listing, err := exec.CommandContext(ctx, "iptables", "-w", "10", "-t", t.table, "-S").Output()
-		if err != nil {
-			errs = append(errs, fmt.Errorf("listing %s rules: %w", t.table, err))
-			continue
+		var nf netlink.LinkNotFoundError
+		if errors.As(err, &nf) {
+			return nil
 		}
-		jump := "-A " + t.hook + " -j " + t.chain
-		hasChain := false
-		fmt.Fprintf(&b, "*%s\n", t.table)
-		for _, line := range strings.Split(string(listing), "\n") {
-			line = strings.TrimSpace(line)
-			if line == jump {
-				fmt.Fprintf(&b, "-D %s -j %s\n", t.hook, t.chain)
-			}
-			if line == "-N "+t.chain {
-				hasChain = true
-			}
-		}
-		if !hasChain && !bytes.Contains(b.Bytes(), []byte("-D")) {
-			continue
-		}
-		if hasChain {
-			fmt.Fprintf(&b, "-F %s\n-X %s\n", t.chain, t.chain)
-		}
-		b.WriteString("COMMIT\n")
-		if err := iptablesRestore(ctx, b.Bytes()); err != nil {
-			errs = append(errs, fmt.Errorf("removing %s chain %s: %w", t.table, t.chain, err))
-		}
+		return fmt.Errorf("finding veth %s: %w", name, err)
 	}
-	return errors.Join(errs...)
-}
-
-// iptablesRestore applies batch to the calling process's network namespace
-// with `iptables-restore --noflush` (each table commits at once).
-func iptablesRestore(ctx context.Context, batch []byte) error {
-	cmd := exec.CommandContext(ctx, "iptables-restore", "--noflush", "--wait", "10")
-	cmd.Env = []string{"PATH=" + DefaultPath}
-	cmd.Stdin = bytes.NewReader(batch)
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("iptables-restore --noflush: %w: %s", err, strings.TrimSpace(out.String()))
-	}
-	return nil
+	return fn(h, l)
 }
 
 // enableForwarding turns IPv4 forwarding on in the launcher's namespace

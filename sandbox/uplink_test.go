@@ -5,15 +5,16 @@ import (
 	"context"
 	"net"
 	"net/netip"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/google/go-cmp/cmp"
 	"github.com/vishvananda/netlink"
+
+	"github.com/egressd/egressd/firewall"
+	"github.com/egressd/egressd/internal/nsthread"
+	"github.com/egressd/egressd/internal/privtest"
 )
 
 func TestPickPrefixSkipsEveryRangeInUse(t *testing.T) {
@@ -63,36 +64,9 @@ func TestUplinkAddrs(t *testing.T) {
 	}
 }
 
-// TestUplinkRulesGolden pins the launcher-side rules: per-sandbox chains,
-// one jump each, MASQUERADE only for the sandbox's /30 and not back into
-// it, and new connections into the sandbox dropped.
-func TestUplinkRulesGolden(t *testing.T) {
-	u := newUplink("egs-0a1b2c3d")
-	u.prefix = netip.MustParsePrefix("10.200.7.4/30")
-	got := "# install\n" + string(u.rules()) + "# remove\n" + string(u.removeRules())
-	path := filepath.Join("testdata", "uplink.rules")
-	if *update {
-		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run with -update to create it)", err)
-	}
-	if diff := cmp.Diff(string(want), got); diff != "" {
-		t.Errorf("uplink rules (-want +got):\n%s", diff)
-	}
-	if u.fwdChain != "EGS-0a1b2c3d-FWD" || u.natChain != "EGS-0a1b2c3d-NAT" || u.hostIf != "egs-0a1b2c3d" {
-		t.Errorf("names %q %q %q", u.fwdChain, u.natChain, u.hostIf)
-	}
-}
-
 func requireRootNetns(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates network namespaces, veths and iptables rules")
-	}
+	privtest.Require(t, "creates network namespaces, veths and iptables rules")
 	for _, tool := range []string{"iptables-restore", "iptables-save"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			t.Skipf("needs %s: %v", tool, err)
@@ -100,33 +74,45 @@ func requireRootNetns(t *testing.T) {
 	}
 }
 
+// uplinkSandbox is a sandbox of namespace sb with nothing but an uplink
+// plan, from the launcher namespace launcher (a throwaway one: the test's
+// own stays untouched).
+func uplinkSandbox(t *testing.T, launcher, sb NetNS, subnet netip.Prefix) *Sandbox {
+	u := planUplink(sb.Name, subnet)
+	u.LauncherNetns = launcher.Path
+	return &Sandbox{k: HostKernel(), plan: &Plan{StateRoot: t.TempDir(), Netns: sb.Path, Uplink: u}}
+}
+
 // testNetNS makes a namespace named like a sandbox's and removes it when
 // the test ends.
-func testNetNS(t *testing.T) *netNS {
+func testNetNS(t *testing.T) NetNS {
 	t.Helper()
-	ns, err := createNetNS(newID())
+	ns, err := hostNamespaces{}.Create(newID())
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		if err := ns.destroy(); err != nil {
-			t.Errorf("destroying %s: %v", ns.name, err)
+		if err := (hostNamespaces{}).Remove(ns); err != nil {
+			t.Errorf("removing %s: %v", ns.Name, err)
 		}
 	})
 	return ns
 }
 
+// in runs fn on a thread inside ns.
+func in(ns NetNS, fn func() error) error { return nsthread.InNetns(ns.Path, fn) }
+
 // inNS runs a command in ns and returns its output.
-func inNS(t *testing.T, ns *netNS, name string, args ...string) string {
+func inNS(t *testing.T, ns NetNS, name string, args ...string) string {
 	t.Helper()
 	var out []byte
-	err := ns.do(func() error {
+	err := in(ns, func() error {
 		var err error
 		out, err = exec.Command(name, args...).CombinedOutput()
 		return err
 	})
 	if err != nil {
-		t.Fatalf("%s %s in %s: %v\n%s", name, strings.Join(args, " "), ns.name, err, out)
+		t.Fatalf("%s %s in %s: %v\n%s", name, strings.Join(args, " "), ns.Name, err, out)
 	}
 	return string(out)
 }
@@ -140,19 +126,22 @@ func TestUplinkSetupAndRemoveLeaveNothing(t *testing.T) {
 	host := testNetNS(t)
 	sb := testNetNS(t)
 	before := inNS(t, host, "iptables-save") + inNS(t, host, "ip", "-o", "link")
-	u := newUplink(sb.name)
+	s := uplinkSandbox(t, host, sb, netip.MustParsePrefix("10.201.0.0/29"))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	err := host.do(func() error { return u.setup(ctx, sb, netip.MustParsePrefix("10.201.0.0/29"), t.TempDir()) })
-	if err != nil {
-		_ = host.do(func() error { return u.remove(ctx) })
+	if err := s.setupUplink(ctx); err != nil {
+		if s.up != nil {
+			_ = s.removeUplink(ctx, s.up)
+		}
 		t.Fatalf("setup: %v", err)
 	}
+	u := s.up
+	hostAddr, _ := uplinkAddrs(u.prefix)
 
 	saved := inNS(t, host, "iptables-save")
 	for _, want := range []string{
-		"-A FORWARD -j " + u.fwdChain, "-A POSTROUTING -j " + u.natChain,
-		"-A " + u.natChain + " -s " + u.prefix.String() + " ! -o " + u.hostIf + " -j MASQUERADE",
+		"-A FORWARD -j " + u.plan.ForwardChain, "-A POSTROUTING -j " + u.plan.NATChain,
+		"-A " + u.plan.NATChain + " -s " + u.prefix.String() + " ! -o " + u.plan.Link + " -j MASQUERADE",
 	} {
 		if !strings.Contains(saved, want+"\n") {
 			t.Errorf("launcher namespace lacks %q:\n%s", want, saved)
@@ -164,19 +153,19 @@ func TestUplinkSetupAndRemoveLeaveNothing(t *testing.T) {
 	if got := inNS(t, sb, "ip", "-6", "addr", "show", "dev", SandboxLink); strings.Contains(got, "inet6") {
 		t.Errorf("the sandbox's %s has an IPv6 address:\n%s", SandboxLink, got)
 	}
-	if got := inNS(t, host, "ip", "-6", "addr", "show", "dev", u.hostIf); strings.Contains(got, "inet6") {
-		t.Errorf("the launcher's %s has an IPv6 address:\n%s", u.hostIf, got)
+	if got := inNS(t, host, "ip", "-6", "addr", "show", "dev", u.plan.Link); strings.Contains(got, "inet6") {
+		t.Errorf("the launcher's %s has an IPv6 address:\n%s", u.plan.Link, got)
 	}
-	if got := inNS(t, sb, "ip", "route"); !strings.HasPrefix(got, "default via "+u.hostAddr.String()+" dev "+SandboxLink) {
-		t.Errorf("sandbox routes:\n%s\nwant the default via %s", got, u.hostAddr)
+	if got := inNS(t, sb, "ip", "route"); !strings.HasPrefix(got, "default via "+hostAddr.String()+" dev "+SandboxLink) {
+		t.Errorf("sandbox routes:\n%s\nwant the default via %s", got, hostAddr)
 	}
 
 	// A TCP connection from the sandbox to a listener on the launcher's
 	// end: the link is up and routed.
 	var ln net.Listener
-	if err := host.do(func() error {
+	if err := in(host, func() error {
 		var err error
-		ln, err = net.Listen("tcp", netip.AddrPortFrom(u.hostAddr, 0).String())
+		ln, err = net.Listen("tcp", netip.AddrPortFrom(hostAddr, 0).String())
 		return err
 	}); err != nil {
 		t.Fatal(err)
@@ -189,7 +178,7 @@ func TestUplinkSetupAndRemoveLeaveNothing(t *testing.T) {
 		}
 	}()
 	var got []byte
-	if err := sb.do(func() error {
+	if err := in(sb, func() error {
 		c, err := net.DialTimeout("tcp", ln.Addr().String(), 3*time.Second)
 		if err != nil {
 			return err
@@ -203,17 +192,17 @@ func TestUplinkSetupAndRemoveLeaveNothing(t *testing.T) {
 		t.Errorf("sandbox → launcher over the uplink: %q, %v", got, err)
 	}
 
-	if err := host.do(func() error { return u.remove(ctx) }); err != nil {
+	if err := s.removeUplink(ctx, u); err != nil {
 		t.Fatalf("remove: %v", err)
 	}
-	if err := host.do(func() error { return u.remove(ctx) }); err != nil {
+	if err := s.removeUplink(ctx, u); err != nil {
 		t.Errorf("second remove: %v", err)
 	}
 	after := inNS(t, host, "iptables-save") + inNS(t, host, "ip", "-o", "link")
 	if normaliseSave(after) != normaliseSave(before) {
 		t.Errorf("the launcher's namespace changed:\nbefore:\n%s\nafter:\n%s", before, after)
 	}
-	sh, err := sb.handle()
+	sh, err := netnsHandle(sb.Path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -248,16 +237,16 @@ func TestUplinkRefusesANameInUse(t *testing.T) {
 	requireRootNetns(t)
 	host := testNetNS(t)
 	sb := testNetNS(t)
-	u := newUplink(sb.name)
-	err := host.do(func() error {
+	s := uplinkSandbox(t, host, sb, DefaultSubnet)
+	err := in(host, func() error {
 		attrs := netlink.NewLinkAttrs()
-		attrs.Name = u.hostIf
-		if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: attrs, PeerName: "squatter"}); err != nil {
-			return err
-		}
-		return u.setup(context.Background(), sb, DefaultSubnet, t.TempDir())
+		attrs.Name = s.plan.Uplink.Link
+		return netlink.LinkAdd(&netlink.Veth{LinkAttrs: attrs, PeerName: "squatter"})
 	})
-	if err == nil || !strings.Contains(err.Error(), "already exists") {
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.setupUplink(context.Background()); err == nil || !strings.Contains(err.Error(), "already exists") {
 		t.Errorf("setup over an existing link: %v, want an error saying it exists", err)
 	}
 }
@@ -267,24 +256,25 @@ func TestUplinkRefusesANameInUse(t *testing.T) {
 func TestUplinkRemoveAfterPartialSetup(t *testing.T) {
 	requireRootNetns(t)
 	host := testNetNS(t)
-	u := newUplink(newID())
-	u.prefix = netip.MustParsePrefix("10.200.0.0/30")
+	s := uplinkSandbox(t, host, NetNS{Name: newID()}, DefaultSubnet)
+	u := &uplink{plan: s.plan.Uplink, prefix: netip.MustParsePrefix("10.200.0.0/30")}
 	ctx := context.Background()
 	// Only the filter half, as if the nat table had failed.
-	half := strings.SplitAfter(string(u.rules()), "COMMIT\n")[0]
-	err := host.do(func() error {
-		if err := iptablesRestore(ctx, []byte(half)); err != nil {
-			return err
-		}
-		return u.remove(ctx)
-	})
+	rules, err := firewall.UplinkRules(u.plan.nat(u.prefix))
 	if err != nil {
+		t.Fatal(err)
+	}
+	half := strings.SplitAfter(string(rules), "COMMIT\n")[0]
+	if err := firewall.System().Restore(ctx, host.Path, firewall.IPv4, []byte(half)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.removeUplink(ctx, u); err != nil {
 		t.Fatalf("remove after a partial setup: %v", err)
 	}
 	if saved := inNS(t, host, "iptables-save"); strings.Contains(saved, "EGS-") {
 		t.Errorf("chains left:\n%s", saved)
 	}
-	if err := host.do(func() error { return u.remove(ctx) }); err != nil {
+	if err := s.removeUplink(ctx, u); err != nil {
 		t.Errorf("remove with nothing there: %v", err)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/egressd/egressd/firewall"
+	"github.com/egressd/egressd/internal/privtest"
 	"github.com/egressd/egressd/policy"
 )
 
@@ -104,9 +105,7 @@ func TestFirewallWithoutNetAdminSaysSo(t *testing.T) {
 // verify clean, delete a rule behind its back, verify fails naming the rule,
 // install repairs it, remove takes it out.
 func TestFirewallInstallIsIdempotentAndVerifyShowsTampering(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates a network namespace and runs iptables in it")
-	}
+	privtest.Require(t, "creates a network namespace and runs iptables in it")
 	var b [3]byte
 	_, _ = rand.Read(b[:])
 	name := "egt-fwcli-" + hex.EncodeToString(b[:])

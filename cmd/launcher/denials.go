@@ -138,8 +138,14 @@ func (w denialWords) hint(d sandbox.Denial, allowTarget string) string {
 		return "; the name is longer than egressd's limit for names: nothing to allow"
 	case audit.ReasonQTypeRefused:
 		return "; a query type egressd never answers (ANY, zone transfers, meta types): nothing to allow"
+	}
+	return w.failureHint(d)
+}
 
-	// Failures after an allow: the policy allowed it; something upstream did not work.
+// failureHint says what to do about a failure after an allow: the policy
+// allowed it; something upstream did not work.
+func (w denialWords) failureHint(d sandbox.Denial) string {
+	switch d.Reason {
 	case audit.ReasonResolverTimeout:
 		return ": " + w.resolverWords() + " did not answer; the policy allowed it, nothing to change there: check that the host reaches the resolver, or name another with --upstream-dns"
 	case audit.ReasonResolverError:

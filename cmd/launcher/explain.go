@@ -12,6 +12,7 @@ import (
 
 	"github.com/egressd/egressd/policy"
 	"github.com/egressd/egressd/sandbox"
+	"github.com/egressd/egressd/sandbox/specconv"
 )
 
 func cmdExplain(args []string, stdout, stderr io.Writer) int {
@@ -28,39 +29,58 @@ func cmdExplain(args []string, stdout, stderr io.Writer) int {
 		ws := windowSize(stdout, os.Stdin)
 		cfg.Terminal = &ws
 	}
-	ex, err := sandbox.Explain(cfg)
+	cfg.ID = sandbox.ExplainID
+	plan, err := sandbox.NewPlan(cfg)
 	if err != nil {
 		fail(stderr, sandbox.MaskErr(err, secretValues(cfg)))
 		return exitLauncher
 	}
-	if f.json {
-		out := struct {
-			Profile   []policy.Provenance     `json:"profile"`
-			Warnings  []string                `json:"warnings,omitempty"`
-			Firewall  *explainFirewall        `json:"firewall,omitempty"`
-			Uplink    string                  `json:"uplink,omitempty"`
-			Egressd   []string                `json:"egressd,omitempty"`
-			User      sandbox.User            `json:"user"`
-			View      *sandbox.View           `json:"view"`
-			Protected []sandbox.ProtectedPath `json:"protected,omitempty"`
-			Init      any                     `json:"init,omitempty"`
-			Spec      any                     `json:"spec"`
-		}{Profile: ex.Profile, Uplink: ex.Uplink, Egressd: ex.Egressd, User: ex.User, View: ex.View, Protected: ex.Protected, Init: ex.Init, Spec: ex.Spec}
-		for _, w := range warnings {
-			out.Warnings = append(out.Warnings, w.String())
-		}
-		out.Warnings = append(out.Warnings, ex.Warnings...)
-		if ex.FirewallIPv4 != "" {
-			out.Firewall = &explainFirewall{IPv4: ex.FirewallIPv4, IPv6: ex.FirewallIPv6}
-		}
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(out); err != nil {
-			fail(stderr, err)
-			return exitLauncher
-		}
-		return 0
+	ex, err := plan.Explain()
+	if err != nil {
+		fail(stderr, err)
+		return exitLauncher
 	}
+	if f.json {
+		err = writeExplainJSON(stdout, warnings, ex)
+	} else {
+		err = writeExplainText(stdout, stderr, p, warnings, ex)
+	}
+	if err != nil {
+		fail(stderr, err)
+		return exitLauncher
+	}
+	return 0
+}
+
+// writeExplainJSON writes the plan as `explain --json` shows it.
+func writeExplainJSON(stdout io.Writer, warnings []policy.Warning, ex *sandbox.Explanation) error {
+	out := struct {
+		Profile   []policy.Provenance      `json:"profile"`
+		Warnings  []string                 `json:"warnings,omitempty"`
+		Firewall  *explainFirewall         `json:"firewall,omitempty"`
+		Uplink    string                   `json:"uplink,omitempty"`
+		Egressd   []string                 `json:"egressd,omitempty"`
+		User      specconv.User            `json:"user"`
+		View      *specconv.View           `json:"view"`
+		Protected []specconv.ProtectedPath `json:"protected,omitempty"`
+		Init      any                      `json:"init,omitempty"`
+		Spec      any                      `json:"spec"`
+	}{Profile: ex.Profile, Uplink: ex.Uplink, Egressd: ex.Egressd, User: ex.User, View: ex.View, Protected: ex.Protected, Init: ex.Init, Spec: ex.Spec}
+	for _, w := range warnings {
+		out.Warnings = append(out.Warnings, w.String())
+	}
+	out.Warnings = append(out.Warnings, ex.Warnings...)
+	if ex.FirewallIPv4 != "" {
+		out.Firewall = &explainFirewall{IPv4: ex.FirewallIPv4, IPv6: ex.FirewallIPv6}
+	}
+	enc := json.NewEncoder(stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(out)
+}
+
+// writeExplainText writes the plan as `explain` shows it to a person: the
+// warnings on stderr, the rest on stdout.
+func writeExplainText(stdout, stderr io.Writer, p *policy.Profile, warnings []policy.Warning, ex *sandbox.Explanation) error {
 	for _, w := range warnings {
 		fmt.Fprintf(stderr, "launcher: %s\n", oneLine(w.String()))
 	}
@@ -95,11 +115,10 @@ func cmdExplain(args []string, stdout, stderr io.Writer) int {
 	}
 	spec, err := json.MarshalIndent(ex.Spec, "", "  ")
 	if err != nil {
-		fail(stderr, err)
-		return exitLauncher
+		return err
 	}
 	fmt.Fprintf(stdout, "\n# OCI runtime spec (environment values redacted)\n%s\n", spec)
-	return 0
+	return nil
 }
 
 // formatSandboxFS renders the user, the host view and the protected paths
@@ -109,7 +128,7 @@ func formatSandboxFS(ex *sandbox.Explanation) string {
 	u := ex.User
 	name := u.Name
 	if name == "" {
-		name = sandbox.DefaultUserName
+		name = specconv.DefaultUserName
 	}
 	fmt.Fprintf(&b, "\n# User\nuid %d, gid %d (%s), home %s", u.UID, u.GID, name, u.Home)
 	if len(u.AdditionalGids) > 0 {
@@ -130,7 +149,7 @@ func formatSandboxFS(ex *sandbox.Explanation) string {
 	for _, m := range v.Mounts {
 		how := "read-only"
 		switch {
-		case m.Kind == sandbox.MountSystem && m.Writable:
+		case m.Kind == specconv.MountSystem && m.Writable:
 			how = "writable, throwaway (an overlay: writes never reach the host)"
 		case m.Writable:
 			how = "writable"
@@ -148,9 +167,9 @@ func formatSandboxFS(ex *sandbox.Explanation) string {
 		for _, pp := range ex.Protected {
 			how := pp.How
 			switch pp.How {
-			case sandbox.ProtectPinned:
+			case specconv.ProtectPinned:
 				how = "pinned: cannot be renamed or removed"
-			case sandbox.ProtectPlaceholder:
+			case specconv.ProtectPlaceholder:
 				kind := "file"
 				if pp.Dir {
 					kind = "directory"

@@ -8,7 +8,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/signal"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -94,189 +93,170 @@ func cmdRun(ctx context.Context, args []string, stdin io.Reader, stdout, stderr 
 	// masked as it streams (sandbox.Run).
 	cmdStderr := stderr
 	stderr = sandbox.NewLineMasker(secretValues(cfg)).Writer(stderr)
-	if !f.quiet {
-		for _, w := range secretWarnings(cfg) {
-			fmt.Fprintf(stderr, "launcher: warning: %s\n", w)
-		}
+	out, err := runOutputs(f, p, &cfg, stderr)
+	if err != nil {
+		fail(stderr, err)
+		return exitLauncher
 	}
-	var auditFile *os.File
-	if f.auditLog != "" {
-		auditFile, err = os.OpenFile(f.auditLog, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
-		if err != nil {
-			fail(stderr, fmt.Errorf("--audit-log: %w", err))
-			return exitLauncher
-		}
-		defer auditFile.Close()
-		cfg.AuditLog = auditFile
-	}
-	logw := &lineWriter{w: stderr}
-	words := denialWords{}
-	if p.Network.Mode.Proxied() {
-		words.resolvers, _ = sandbox.UpstreamDNS(p, cfg.ResolvConf) // Create says it if they are unusable
-	}
-	if !f.quiet {
-		cfg.Logger = slog.New(&warnHandler{w: logw})
-		// Each distinct denial as egressd records it, while the command
-		// runs; the summary after the run counts them.
-		cfg.OnDenial = func(d sandbox.Denial) { fmt.Fprintf(logw, "launcher: %s\n", words.line(d)) }
-	}
+	defer out.closeAudit()
 
 	// Whatever a launcher that died before us left behind goes first.
 	prepTime, reapStart := time.Since(start), time.Now()
-	if reaped, err := sandbox.Reap(""); err != nil {
-		fmt.Fprintf(stderr, "launcher: warning: removing stale sandboxes: %s\n", oneLine(err.Error()))
-	} else if len(reaped) > 0 && !f.quiet {
-		fmt.Fprintf(stderr, "launcher: removed %d stale sandbox(es) of a launcher that died: %s\n", len(reaped), strings.Join(reaped, ", "))
-	}
+	reapStale(f.quiet, stderr)
 	reapTime := time.Since(reapStart)
 
-	// Signals: the first SIGINT, SIGTERM, SIGHUP or SIGQUIT is passed to
-	// the command (through the sandbox's init, to its process group),
-	// which gets signalGrace to exit; a second one, or the end of the
-	// grace, kills it. Before the command runs, one aborts the setup.
-	// SIGUSR1 and SIGUSR2 are passed on; SIGWINCH resizes the command's
-	// terminal; SIGCONT (after a stop) puts the caller's terminal back in
-	// raw mode.
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	sigc := make(chan os.Signal, 8)
-	signal.Notify(sigc, append(append([]os.Signal{}, stopSignals...), syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGWINCH, syscall.SIGCONT)...)
-	defer func() {
-		signal.Stop(sigc)
-		close(sigc) // ends the handler: Stop guarantees no more sends
-	}()
-	var (
-		mu      sync.Mutex
-		sb      *sandbox.Sandbox
-		running bool
-		gotSig  syscall.Signal
-		raw     *rawTerminal
-	)
-	resize := make(chan sandbox.WindowSize, 1)
-	go func() {
-		for sig := range sigc {
-			sig := sig.(syscall.Signal)
-			mu.Lock()
-			s, r, rt := sb, running, raw
-			mu.Unlock()
-			switch sig {
-			case syscall.SIGWINCH:
-				if cfg.Terminal != nil {
-					select { // only the latest size matters
-					case <-resize:
-					default:
-					}
-					resize <- windowSize(stdout, stdin, stderr)
-				}
-				continue
-			case syscall.SIGCONT:
-				if rt != nil {
-					_ = rt.raw()
-				}
-				continue
-			case syscall.SIGUSR1, syscall.SIGUSR2:
-				if r {
-					_ = s.Signal(sig)
-				}
-				continue
-			}
-			mu.Lock()
-			first := gotSig == 0
-			if first {
-				gotSig = sig
-			}
-			mu.Unlock()
-			if !first || !r {
-				cancel()
-				continue
-			}
-			_ = s.Signal(sig)
-			go func() {
-				select {
-				case <-time.After(signalGrace):
-					cancel()
-				case <-ctx.Done():
-				}
-			}()
-		}
-	}()
-	sigExit := func() int {
-		mu.Lock()
-		defer mu.Unlock()
-		return 128 + int(gotSig)
-	}
+	sigs := handleSignals(ctx, cfg.Terminal != nil, stdin, stdout, stderr)
+	defer sigs.stop()
+	ctx = sigs.ctx
 
 	s, err := sandbox.Create(ctx, cfg)
 	if err != nil {
 		if ctx.Err() != nil {
 			fail(stderr, fmt.Errorf("interrupted while setting up the sandbox"))
-			return sigExit()
+			return sigs.exitCode()
 		}
 		fail(stderr, sandbox.MaskErr(err, secretValues(cfg)))
 		return exitLauncher
 	}
 	stdio := sandbox.Stdio{Stdin: stdin, Stdout: stdout, Stderr: cmdStderr}
 	if cfg.Terminal != nil {
-		stdio.Terminal = &sandbox.Terminal{Size: *cfg.Terminal, Resize: resize}
-		if in, ok := stdin.(*os.File); ok {
-			if _, isTerm := terminalFd(in); isTerm {
-				rt, err := makeRaw(in)
-				if err != nil {
-					fmt.Fprintf(stderr, "launcher: warning: %s; the terminal stays in its own mode (typed keys are echoed twice)\n", err)
-				}
-				// Restored on every way out: here after the run, by this
-				// defer on a panic of this goroutine, by the guard process
-				// on any other death.
-				defer rt.restore()
-				logw.crlf.Store(rt != nil)
-				mu.Lock()
-				raw = rt
-				mu.Unlock()
-			}
-		}
+		stdio.Terminal = &sandbox.Terminal{Size: *cfg.Terminal, Resize: sigs.resize}
+		rt := rawCallerTerminal(stdin, stderr)
+		// Restored on every way out: here after the run, by this defer on
+		// a panic of this goroutine, by the guard process on any other
+		// death.
+		defer rt.restore()
+		out.logw.crlf.Store(rt != nil)
+		sigs.setRaw(rt)
 	}
-	mu.Lock()
-	sb, running = s, true
-	mu.Unlock()
+	sigs.setRunning(s)
 
 	res, runErr := s.Run(ctx, stdio)
-	mu.Lock()
-	raw.restore()
-	raw = nil
-	mu.Unlock()
-	logw.crlf.Store(false)
+	sigs.restoreTerminal()
+	out.logw.crlf.Store(false)
 	closeErr := s.Close()
-	if ds := s.Denials(); !f.quiet && len(ds) > 0 {
+	report := runReport{f: f, p: p, s: s, words: out.words, res: res, runErr: runErr, closeErr: closeErr, ctx: ctx,
+		timings: func() string { return formatTimings(prepTime, reapTime, s.Timings(), time.Since(start)) }}
+	return report.print(stderr, sigs.exitCode)
+}
+
+// rawCallerTerminal puts the caller's terminal (stdin) in raw mode for the
+// run, and returns it to restore; nil when stdin is no terminal or it
+// stays in its own mode (said on stderr).
+func rawCallerTerminal(stdin io.Reader, stderr io.Writer) *rawTerminal {
+	in, ok := stdin.(*os.File)
+	if !ok {
+		return nil
+	}
+	if _, isTerm := terminalFd(in); !isTerm {
+		return nil
+	}
+	rt, err := makeRaw(in)
+	if err != nil {
+		fmt.Fprintf(stderr, "launcher: warning: %s; the terminal stays in its own mode (typed keys are echoed twice)\n", err)
+	}
+	return rt
+}
+
+// runOutput is where a run's launcher lines go besides stderr.
+type runOutput struct {
+	// logw writes the warnings' lines and the live denials.
+	logw *lineWriter
+	// words says denials in the launcher's words.
+	words denialWords
+	// closeAudit closes the audit log, if any.
+	closeAudit func()
+}
+
+// runOutputs sets cfg's audit log, warnings' logger and live denials, all
+// written to stderr (masked), and says the secret warnings.
+func runOutputs(f *launchFlags, p *policy.Profile, cfg *sandbox.Config, stderr io.Writer) (runOutput, error) {
+	out := runOutput{closeAudit: func() {}}
+	if !f.quiet {
+		for _, w := range secretWarnings(*cfg) {
+			fmt.Fprintf(stderr, "launcher: warning: %s\n", w)
+		}
+	}
+	if f.auditLog != "" {
+		auditFile, err := os.OpenFile(f.auditLog, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
+		if err != nil {
+			return out, fmt.Errorf("--audit-log: %w", err)
+		}
+		out.closeAudit = func() { auditFile.Close() }
+		cfg.AuditLog = auditFile
+	}
+	out.logw = &lineWriter{w: stderr}
+	if p.Network.Mode.Proxied() {
+		out.words.resolvers, _ = sandbox.UpstreamDNS(p, cfg.ResolvConf) // Create says it if they are unusable
+	}
+	if !f.quiet {
+		cfg.Logger = slog.New(&warnHandler{w: out.logw})
+		// Each distinct denial as egressd records it, while the command
+		// runs; the summary after the run counts them.
+		logw, words := out.logw, out.words
+		cfg.OnDenial = func(d sandbox.Denial) { fmt.Fprintf(logw, "launcher: %s\n", words.line(d)) }
+	}
+	return out, nil
+}
+
+// reapStale removes the sandboxes of launchers that died, saying so.
+func reapStale(quiet bool, stderr io.Writer) {
+	if reaped, err := sandbox.Reap(""); err != nil {
+		fmt.Fprintf(stderr, "launcher: warning: removing stale sandboxes: %s\n", oneLine(err.Error()))
+	} else if len(reaped) > 0 && !quiet {
+		fmt.Fprintf(stderr, "launcher: removed %d stale sandbox(es) of a launcher that died: %s\n", len(reaped), strings.Join(reaped, ", "))
+	}
+}
+
+// runReport is how a run ended, as the launcher reports it.
+type runReport struct {
+	f        *launchFlags
+	p        *policy.Profile
+	s        *sandbox.Sandbox
+	words    denialWords
+	res      sandbox.Result
+	runErr   error
+	closeErr error
+	// ctx is the run's: done when a signal stopped it.
+	ctx     context.Context
+	timings func() string
+}
+
+// print writes the run's denials, timings, teardown warning and limits to
+// stderr and returns the launcher's exit status (sigExit's after a
+// signal).
+func (r runReport) print(stderr io.Writer, sigExit func() int) int {
+	if ds := r.s.Denials(); !r.f.quiet && len(ds) > 0 {
 		fmt.Fprintf(stderr, "launcher: %s during the run:\n", countDenials(ds))
-		for _, line := range words.summary(ds, f.auditLog) {
+		for _, line := range r.words.summary(ds, r.f.auditLog) {
 			fmt.Fprintf(stderr, "launcher: %s\n", line)
 		}
 	}
-	if f.timings {
-		fmt.Fprintf(stderr, "launcher: timings: %s\n", formatTimings(prepTime, reapTime, s.Timings(), time.Since(start)))
+	if r.f.timings {
+		fmt.Fprintf(stderr, "launcher: timings: %s\n", r.timings())
 	}
-	if closeErr != nil {
-		fmt.Fprintf(stderr, "launcher: warning: tearing down sandbox %s: %s\n", s.ID(), oneLine(closeErr.Error()))
+	if r.closeErr != nil {
+		fmt.Fprintf(stderr, "launcher: warning: tearing down sandbox %s: %s\n", r.s.ID(), oneLine(r.closeErr.Error()))
 	}
-	for _, line := range limitLines(p, res) {
+	for _, line := range limitLines(r.p, r.res) {
 		fmt.Fprintf(stderr, "launcher: %s\n", line)
 	}
 	switch {
-	case runErr != nil && ctx.Err() != nil:
+	case r.runErr != nil && r.ctx.Err() != nil:
 		fail(stderr, fmt.Errorf("interrupted: the command was killed"))
 		return sigExit()
-	case runErr != nil:
-		fail(stderr, runErr)
+	case r.runErr != nil:
+		fail(stderr, r.runErr)
 		return exitLauncher
-	case res.TimedOut:
+	case r.res.TimedOut:
 		fmt.Fprintf(stderr, "launcher: the command was killed: it ran longer than process.timeout %s (%s)\n",
-			p.Process.Timeout, p.SourceOf("process.timeout"))
+			r.p.Process.Timeout, r.p.SourceOf("process.timeout"))
 		return exitTimeout
 	}
-	if closeErr != nil && res.ExitCode == 0 {
+	if r.closeErr != nil && r.res.ExitCode == 0 {
 		return exitLauncher
 	}
-	return res.ExitCode
+	return r.res.ExitCode
 }
 
 // countDenials says how many destinations were denied and how many failed:

@@ -155,21 +155,13 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 
 func serve(ctx context.Context, f *serveFlags, stderr io.Writer) error {
 	log := slog.New(slog.NewTextHandler(stderr, nil))
-	network, addr, ok := strings.Cut(f.listen, ":")
-	if !ok || addr == "" || (network != "unix" && network != "tcp") {
-		return fmt.Errorf("--listen %q: want unix:PATH or tcp:HOST:PORT", f.listen)
-	}
-	token, err := readToken(f.tokenFile)
+	network, addr, token, err := serveListenFlags(f)
 	if err != nil {
 		return err
-	}
-	if network == "tcp" && token == "" {
-		return fmt.Errorf("--listen %s: TCP needs --token-file (a bearer token every request must carry); without one, listen on a unix socket", f.listen)
 	}
 	if os.Geteuid() != 0 {
 		return errors.New("must run as root (it creates network namespaces, firewall rules and containers)")
 	}
-
 	// The server's own policy: parsed now, resolved once to refuse a
 	// server whose policy is broken or below its floor before it serves.
 	ps := &policySet{names: f.sb.policies}
@@ -179,19 +171,60 @@ func serve(ctx context.Context, f *serveFlags, stderr io.Writer) error {
 	if _, _, err := policy.ResolveFiles(f.sb.profile, ps.get(), f.sb.overrides(), f.floor()); err != nil {
 		return fmt.Errorf("the server's policy: %w", err)
 	}
-	rt, err := sandbox.NewRuntime(f.sb.runtime, "")
+	api, closeAPI, err := newServeAPI(f, ps, token, log)
 	if err != nil {
 		return err
 	}
-	if f.sb.egressd, err = f.sb.egressdPath(true); err != nil {
+	defer closeAPI()
+	if err := checkStateDir(f.stateDir); err != nil {
 		return err
+	}
+	reapStaleServer(f.stateDir, log)
+	var ln net.Listener
+	if network == "unix" {
+		ln, err = listenUnix(addr)
+	} else {
+		ln, err = net.Listen("tcp", addr)
+	}
+	if err != nil {
+		return err
+	}
+	return serveUntilStopped(ctx, f, ps, api, ln, log)
+}
+
+// serveListenFlags checks --listen and --token-file: unix:PATH, or
+// tcp:HOST:PORT with a token.
+func serveListenFlags(f *serveFlags) (network, addr, token string, err error) {
+	network, addr, ok := strings.Cut(f.listen, ":")
+	if !ok || addr == "" || (network != "unix" && network != "tcp") {
+		return "", "", "", fmt.Errorf("--listen %q: want unix:PATH or tcp:HOST:PORT", f.listen)
+	}
+	if token, err = readToken(f.tokenFile); err != nil {
+		return "", "", "", err
+	}
+	if network == "tcp" && token == "" {
+		return "", "", "", fmt.Errorf("--listen %s: TCP needs --token-file (a bearer token every request must carry); without one, listen on a unix socket", f.listen)
+	}
+	return network, addr, token, nil
+}
+
+// newServeAPI builds the execution API over cold sandboxes configured
+// like launch flags; closeAPI closes the audit log it opened.
+func newServeAPI(f *serveFlags, ps *policySet, token string, log *slog.Logger) (api *execapi.Server, closeAPI func(), err error) {
+	closeAPI = func() {}
+	rt, err := sandbox.NewRuntime(f.sb.runtime, "")
+	if err != nil {
+		return nil, closeAPI, err
+	}
+	if f.sb.egressd, err = f.sb.egressdPath(true); err != nil {
+		return nil, closeAPI, err
 	}
 	var auditLog *os.File
 	if f.sb.auditLog != "" {
 		if auditLog, err = os.OpenFile(f.sb.auditLog, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640); err != nil {
-			return fmt.Errorf("--audit-log: %w", err)
+			return nil, closeAPI, fmt.Errorf("--audit-log: %w", err)
 		}
-		defer auditLog.Close()
+		closeAPI = func() { auditLog.Close() }
 	}
 	configure := func(p *policy.Profile, args []string) (sandbox.Config, error) {
 		cfg, err := f.sb.config(p, args, false)
@@ -205,19 +238,7 @@ func serve(ctx context.Context, f *serveFlags, stderr io.Writer) error {
 		cfg.Logger = log
 		return cfg, nil
 	}
-
-	if err := checkStateDir(f.stateDir); err != nil {
-		return err
-	}
-	// What a server that died left behind goes first: only in our own
-	// state directory, only sandboxes no live launcher holds.
-	if reaped, err := sandbox.Reap(f.stateDir); err != nil {
-		log.Warn("removing stale sandboxes", "error", oneLine(err.Error()))
-	} else if len(reaped) > 0 {
-		log.Info("removed stale sandboxes of a server that died", "sandboxes", strings.Join(reaped, ","))
-	}
-
-	api, err := execapi.New(execapi.Options{
+	api, err = execapi.New(execapi.Options{
 		Files:           ps.get,
 		Profile:         f.sb.profile,
 		Floor:           f.floor(),
@@ -233,18 +254,22 @@ func serve(ctx context.Context, f *serveFlags, stderr io.Writer) error {
 		Token:           token,
 		Logger:          log,
 	})
-	if err != nil {
-		return err
+	return api, closeAPI, err
+}
+
+// reapStaleServer removes what a server that died left behind: only in
+// its own state directory, only sandboxes no live launcher holds.
+func reapStaleServer(stateDir string, log *slog.Logger) {
+	if reaped, err := sandbox.Reap(stateDir); err != nil {
+		log.Warn("removing stale sandboxes", "error", oneLine(err.Error()))
+	} else if len(reaped) > 0 {
+		log.Info("removed stale sandboxes of a server that died", "sandboxes", strings.Join(reaped, ","))
 	}
-	var ln net.Listener
-	if network == "unix" {
-		ln, err = listenUnix(addr)
-	} else {
-		ln, err = net.Listen("tcp", addr)
-	}
-	if err != nil {
-		return err
-	}
+}
+
+// serveUntilStopped serves api on ln until ctx ends or SIGTERM/SIGINT
+// (then drains), re-reading the policy files on SIGHUP.
+func serveUntilStopped(ctx context.Context, f *serveFlags, ps *policySet, api *execapi.Server, ln net.Listener, log *slog.Logger) error {
 	hs := &http.Server{
 		Handler:           api,
 		ReadHeaderTimeout: 10 * time.Second,
@@ -253,14 +278,12 @@ func serve(ctx context.Context, f *serveFlags, stderr io.Writer) error {
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
-
 	sigc := make(chan os.Signal, 4)
 	signal.Notify(sigc, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	defer signal.Stop(sigc)
 	served := make(chan error, 1)
 	go func() { served <- hs.Serve(ln) }()
 	log.Info("serving the execution API", "listen", f.listen, "floor", f.floor(), "max_concurrent", f.maxConcurrent, "state_dir", f.stateDir)
-
 	for {
 		select {
 		case err := <-served:

@@ -24,12 +24,14 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
 	"github.com/miekg/dns"
+
+	"github.com/egressd/egressd/internal/privtest"
 )
 
 // TestMain asserts that the package's tests left nothing behind.
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if os.Geteuid() == 0 {
+	if privtest.Enabled() {
 		if left := LeftOvers(); len(left) > 0 {
 			fmt.Fprintf(os.Stderr, "fakenet: left behind after the tests: %v\n", left)
 			code = 1

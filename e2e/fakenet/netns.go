@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/egressd/egressd/internal/nsthread"
+	"github.com/egressd/egressd/internal/privtest"
 
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -39,9 +40,7 @@ const RunTimeout = 30 * time.Second
 // CAP_NET_ADMIN to create network namespaces and interfaces).
 func RequireRoot(t testing.TB) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: fakenet creates network namespaces and interfaces (run the e2e tests as root)")
-	}
+	privtest.Require(t, "fakenet creates network namespaces and interfaces")
 }
 
 // NetNS is a named network namespace created by this package: the world and every sandbox

@@ -99,7 +99,7 @@ func (d *Daemon) policyView() any {
 	snap := d.live.p.Load()
 	list := snap.profile.Explain()
 	if snap.inspect != nil {
-		list = append(list, policy.Provenance{Field: "inspect.ca_sha256", Value: `"` + snap.inspect.CA.Fingerprint() + `"`, Source: d.cfg.InspectCACert})
+		list = append(list, policy.Provenance{Field: policy.FieldInspectCA, Value: `"` + snap.inspect.CA.Fingerprint() + `"`, Source: d.cfg.InspectCACert})
 	}
 	return list
 }

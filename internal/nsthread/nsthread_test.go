@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/egressd/egressd/internal/privtest"
 )
 
 func TestRunNeverUsesTheMainThread(t *testing.T) {
@@ -34,9 +36,7 @@ func TestRunTurnsPanicsIntoErrors(t *testing.T) {
 // child process forked there lives in it, and that the process itself (every
 // other thread, /proc/self) never does.
 func TestInNetnsEntersAndNeverLeaks(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates a network namespace")
-	}
+	privtest.Require(t, "creates a network namespace")
 	before, err := os.Readlink("/proc/self/ns/net")
 	if err != nil {
 		t.Fatal(err)

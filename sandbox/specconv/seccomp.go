@@ -1,4 +1,4 @@
-package sandbox
+package specconv
 
 import (
 	"bytes"
@@ -282,32 +282,12 @@ func (p *seccompParser) decodeValue(v any) error {
 }
 
 func (p *seccompParser) parse() (*specs.LinuxSeccomp, error) {
-	// Syntax first, on the whole file, for absolute error offsets.
-	var probe any
-	if err := json.Unmarshal(p.data, &probe); err != nil {
-		var se *json.SyntaxError
-		if errors.As(err, &se) {
-			return nil, p.errAt(se.Offset-1, "invalid JSON: %v", se)
-		}
-		return nil, p.errAt(0, "invalid JSON: %v", err)
+	if err := p.open(); err != nil {
+		return nil, err
 	}
-	p.dec = json.NewDecoder(bytes.NewReader(p.data))
-	tok, err := p.dec.Token()
-	if err != nil {
-		return nil, p.jsonErr(0, err)
-	}
-	if d, ok := tok.(json.Delim); !ok || d != '{' {
-		return nil, p.errAt(0, "want a JSON object")
-	}
-	var (
-		out                                = &specs.LinuxSeccomp{}
-		haveDefault, haveArches, haveMap   bool
-		defaultAt, archesAt, mapAt, flagAt int64
-		archMap                            []dockerArch
-		arches                             []string
-		flags                              []string
-		seen                               = map[string]bool{}
-	)
+	out := &specs.LinuxSeccomp{}
+	top := &seccompTop{}
+	seen := map[string]bool{}
 	for p.dec.More() {
 		keyAt := p.valueStart()
 		tok, err := p.dec.Token()
@@ -319,48 +299,8 @@ func (p *seccompParser) parse() (*specs.LinuxSeccomp, error) {
 			return nil, p.errAt(keyAt, "%q is given twice", key)
 		}
 		seen[key] = true
-		at := p.valueStart()
-		switch key {
-		case "defaultAction":
-			var s string
-			if err := p.decodeValue(&s); err != nil {
-				return nil, err
-			}
-			out.DefaultAction, defaultAt, haveDefault = specs.LinuxSeccompAction(s), at, true
-		case "defaultErrnoRet":
-			var n uint
-			if err := p.decodeValue(&n); err != nil {
-				return nil, err
-			}
-			out.DefaultErrnoRet = &n
-		case "architectures":
-			if err := p.decodeValue(&arches); err != nil {
-				return nil, err
-			}
-			archesAt, haveArches = at, true
-		case "archMap":
-			if err := p.decodeValue(&archMap); err != nil {
-				return nil, err
-			}
-			mapAt, haveMap = at, true
-		case "flags":
-			if err := p.decodeValue(&flags); err != nil {
-				return nil, err
-			}
-			flagAt = at
-		case "listenerPath", "listenerMetadata":
-			return nil, p.errAt(at, "%s: seccomp notification listeners are not supported", key)
-		case "comment":
-			var s string
-			if err := p.decodeValue(&s); err != nil {
-				return nil, err
-			}
-		case "syscalls":
-			if err := p.parseSyscalls(out); err != nil {
-				return nil, err
-			}
-		default:
-			return nil, p.errAt(keyAt, "unknown field %q (want defaultAction, defaultErrnoRet, architectures, archMap, flags or syscalls)", key)
+		if err := p.parseField(key, keyAt, out, top); err != nil {
+			return nil, err
 		}
 	}
 	end := p.valueStart()
@@ -370,28 +310,113 @@ func (p *seccompParser) parse() (*specs.LinuxSeccomp, error) {
 	if _, err := p.dec.Token(); err != io.EOF {
 		return nil, p.errAt(p.valueStart(), "unexpected data after the profile")
 	}
-
-	if !haveDefault {
-		return nil, &SeccompError{File: p.file, Msg: "defaultAction is missing"}
-	}
-	if err := p.checkAction(out.DefaultAction, defaultAt); err != nil {
+	if err := p.checkTop(out, top); err != nil {
 		return nil, err
 	}
-	if haveArches && haveMap {
-		return nil, p.errAt(mapAt, "both architectures and archMap are given; use one")
+	return out, nil
+}
+
+// open checks the whole file's syntax first (for absolute error offsets)
+// and reads up to the profile's opening '{'.
+func (p *seccompParser) open() error {
+	var probe any
+	if err := json.Unmarshal(p.data, &probe); err != nil {
+		var se *json.SyntaxError
+		if errors.As(err, &se) {
+			return p.errAt(se.Offset-1, "invalid JSON: %v", se)
+		}
+		return p.errAt(0, "invalid JSON: %v", err)
 	}
-	for _, a := range arches {
+	p.dec = json.NewDecoder(bytes.NewReader(p.data))
+	tok, err := p.dec.Token()
+	if err != nil {
+		return p.jsonErr(0, err)
+	}
+	if d, ok := tok.(json.Delim); !ok || d != '{' {
+		return p.errAt(0, "want a JSON object")
+	}
+	return nil
+}
+
+// seccompTop is what the profile's top-level fields that are checked
+// together said, and where.
+type seccompTop struct {
+	haveDefault, haveArches, haveMap   bool
+	defaultAt, archesAt, mapAt, flagAt int64
+	archMap                            []dockerArch
+	arches                             []string
+	flags                              []string
+}
+
+// parseField parses the value of the top-level field key (at keyAt) into
+// out, or into top for the fields checked together.
+func (p *seccompParser) parseField(key string, keyAt int64, out *specs.LinuxSeccomp, top *seccompTop) error {
+	at := p.valueStart()
+	switch key {
+	case "defaultAction":
+		var s string
+		if err := p.decodeValue(&s); err != nil {
+			return err
+		}
+		out.DefaultAction, top.defaultAt, top.haveDefault = specs.LinuxSeccompAction(s), at, true
+	case "defaultErrnoRet":
+		var n uint
+		if err := p.decodeValue(&n); err != nil {
+			return err
+		}
+		out.DefaultErrnoRet = &n
+	case "architectures":
+		if err := p.decodeValue(&top.arches); err != nil {
+			return err
+		}
+		top.archesAt, top.haveArches = at, true
+	case "archMap":
+		if err := p.decodeValue(&top.archMap); err != nil {
+			return err
+		}
+		top.mapAt, top.haveMap = at, true
+	case "flags":
+		if err := p.decodeValue(&top.flags); err != nil {
+			return err
+		}
+		top.flagAt = at
+	case "listenerPath", "listenerMetadata":
+		return p.errAt(at, "%s: seccomp notification listeners are not supported", key)
+	case "comment":
+		var s string
+		return p.decodeValue(&s)
+	case "syscalls":
+		return p.parseSyscalls(out)
+	default:
+		return p.errAt(keyAt, "unknown field %q (want defaultAction, defaultErrnoRet, architectures, archMap, flags or syscalls)", key)
+	}
+	return nil
+}
+
+// checkTop checks the default action, the architectures (or the archMap
+// entry of the machine's) and the flags, and sets them in out.
+func (p *seccompParser) checkTop(out *specs.LinuxSeccomp, top *seccompTop) error {
+	if !top.haveDefault {
+		return &SeccompError{File: p.file, Msg: "defaultAction is missing"}
+	}
+	if err := p.checkAction(out.DefaultAction, top.defaultAt); err != nil {
+		return err
+	}
+	if top.haveArches && top.haveMap {
+		return p.errAt(top.mapAt, "both architectures and archMap are given; use one")
+	}
+	for _, a := range top.arches {
 		if !slices.Contains(seccompArches, specs.Arch(a)) {
-			return nil, p.errAt(archesAt, "unknown architecture %q", a)
+			return p.errAt(top.archesAt, "unknown architecture %q", a)
 		}
 		out.Architectures = append(out.Architectures, specs.Arch(a))
 	}
-	if haveMap {
+	if top.haveMap {
 		target := goToSeccompArch[p.arch()]
-		for _, m := range archMap {
+		for _, m := range top.archMap {
 			for _, a := range append([]string{m.Arch}, m.SubArches...) {
 				if !slices.Contains(seccompArches, specs.Arch(a)) {
-					return nil, p.errAt(mapAt, "unknown architecture %q", a)
+					return p.errAt(top.mapAt, "unknown architecture %q", a)
 				}
 			}
 			if specs.Arch(m.Arch) == target.arch && len(out.Architectures) == 0 {
@@ -402,13 +427,13 @@ func (p *seccompParser) parse() (*specs.LinuxSeccomp, error) {
 			}
 		}
 	}
-	for _, f := range flags {
+	for _, f := range top.flags {
 		if !slices.Contains(seccompFlags, specs.LinuxSeccompFlag(f)) {
-			return nil, p.errAt(flagAt, "unknown flag %q", f)
+			return p.errAt(top.flagAt, "unknown flag %q", f)
 		}
 		out.Flags = append(out.Flags, specs.LinuxSeccompFlag(f))
 	}
-	return out, nil
+	return nil
 }
 
 func (p *seccompParser) arch() string {

@@ -1,4 +1,4 @@
-package sandbox
+package specconv
 
 import (
 	"errors"
@@ -85,11 +85,6 @@ type ProtectedPath struct {
 	Root     string `json:"root"`
 	HostRoot string `json:"host_root"`
 }
-
-// placeholderContent is what a placeholder file holds, where empty would
-// break the program that reads it: git takes an empty commondir for an
-// error, "." for the repository's own directory.
-var placeholderContent = map[string]string{".git/commondir": ".\n", "commondir": ".\n"}
 
 // PlanProtect plans the protected paths of one host directory hostDir,
 // seen inside the sandbox at root: entries (filesystem.protect, effective)

@@ -1,4 +1,4 @@
-package sandbox
+package specconv
 
 import (
 	"bufio"
@@ -197,8 +197,17 @@ func identityFiles(t Tree, u User, hostView bool) (passwd, group []byte, err err
 	keepID := func(id uint32, own ...uint32) bool {
 		return !hostView || id < loginIDMin || id == nobodyID || slices.Contains(own, id)
 	}
-	var pwOut, grOut bytes.Buffer
-	names := map[string]bool{}
+	passwd, name, names := passwdFile(pw, u, hostView, keepID)
+	return passwd, groupFile(gr, u, hostView, keepID, name, names), nil
+}
+
+// passwdFile is the sandbox's /etc/passwd made of pw (the view's): in a
+// host view only the system accounts, nobody and the user's, and a line for
+// the user when none names its uid. It returns the user's name and every
+// name the file holds.
+func passwdFile(pw []byte, u User, hostView bool, keepID func(uint32, ...uint32) bool) (out []byte, name string, names map[string]bool) {
+	var pwOut bytes.Buffer
+	names = map[string]bool{}
 	uidNamed := false
 	for _, line := range lines(pw) {
 		f := strings.Split(line, ":")
@@ -216,7 +225,7 @@ func identityFiles(t Tree, u User, hostView bool) (passwd, group []byte, err err
 		uidNamed = uidNamed || uint32(id) == u.UID
 		pwOut.WriteString(line + "\n")
 	}
-	name := u.Name
+	name = u.Name
 	if name == "" {
 		name = DefaultUserName
 	}
@@ -230,6 +239,15 @@ func identityFiles(t Tree, u User, hostView bool) (passwd, group []byte, err err
 		fmt.Fprintf(&pwOut, "%s:x:%d:%d:egressd sandbox user:%s:/bin/sh\n", name, u.UID, u.GID, u.Home)
 		names[name] = true
 	}
+	return pwOut.Bytes(), name, names
+}
+
+// groupFile is the sandbox's /etc/group made of gr (the view's): in a host
+// view only the groups passwdFile's accounts may see, their members only
+// those accounts (names), and a line for the user's group (called name)
+// when none names its gid.
+func groupFile(gr []byte, u User, hostView bool, keepID func(uint32, ...uint32) bool, name string, names map[string]bool) []byte {
+	var grOut bytes.Buffer
 	groupNames := map[string]bool{}
 	gidNamed := false
 	for _, line := range lines(gr) {
@@ -268,7 +286,7 @@ func identityFiles(t Tree, u User, hostView bool) (passwd, group []byte, err err
 		}
 		fmt.Fprintf(&grOut, "%s:x:%d:\n", gname, u.GID)
 	}
-	return pwOut.Bytes(), grOut.Bytes(), nil
+	return grOut.Bytes()
 }
 
 // lines returns data's lines without trailing newlines, blank lines
@@ -290,21 +308,4 @@ func field(f []string, i int) string {
 		return f[i]
 	}
 	return ""
-}
-
-// WriteIdentityFiles writes the sandbox's passwd and group (identityFiles)
-// into dir, for SpecOptions.Passwd and Group.
-func WriteIdentityFiles(dir string, t Tree, u User, hostView bool) (passwd, group string, err error) {
-	pw, gr, err := identityFiles(t, u, hostView)
-	if err != nil {
-		return "", "", err
-	}
-	passwd, group = filepath.Join(dir, "passwd"), filepath.Join(dir, "group")
-	if err := os.WriteFile(passwd, pw, 0o644); err != nil {
-		return "", "", fmt.Errorf("writing the sandbox's passwd: %w", err)
-	}
-	if err := os.WriteFile(group, gr, 0o644); err != nil {
-		return "", "", fmt.Errorf("writing the sandbox's group: %w", err)
-	}
-	return passwd, group, nil
 }

@@ -1,4 +1,4 @@
-package sandbox
+package specconv
 
 import (
 	"errors"
@@ -281,50 +281,23 @@ func CheckCommand(p *policy.Profile, t Tree, user User, args, env []string) ([]s
 	onlyAllowed := p.Commands.AllowlistOnly
 	onlySrc := p.SourceOf("commands.allowlist_only")
 
-	// Where exec would find argv[0].
-	var (
-		lookup string // the path exec would be given
-		found  *foundCmd
-	)
-	switch {
-	case path.IsAbs(argv0):
-		f, ok, err := t.stat(argv0)
-		if err != nil {
-			return nil, fmt.Errorf("checking the command: %w", err)
-		}
-		if ok {
-			lookup, found = path.Clean(argv0), &f.foundCmd
-		}
-	case strings.Contains(argv0, "/"):
+	if !path.IsAbs(argv0) && strings.Contains(argv0, "/") {
 		if onlyAllowed {
 			return nil, deny("", "a relative path cannot be checked against commands.allow (allowlist_only); give a name or an absolute path", onlySrc)
 		}
 		return args, nil
-	default:
-		for _, d := range searchDirs(pathEnv, false) {
-			f, ok, err := t.stat(path.Join(d, argv0))
-			if err != nil {
-				return nil, fmt.Errorf("checking the command: %w", err)
-			}
-			if ok && f.mode&0o111 != 0 {
-				lookup, found = path.Join(d, argv0), &f.foundCmd
-				break
-			}
-		}
 	}
-
+	lookup, found, err := lookupCommand(t, argv0, pathEnv)
+	if err != nil {
+		return nil, fmt.Errorf("checking the command: %w", err)
+	}
 	if found != nil {
-		dirs := searchDirs(pathEnv, true)
-		for _, b := range p.Commands.Block {
-			hits, err := findCommand(t, b, dirs, false)
-			if err != nil {
-				return nil, fmt.Errorf("commands.block %q: %w", b, err)
-			}
-			for _, f := range hits {
-				if f.id == found.id {
-					return nil, deny(found.path, "blocked by commands.block entry "+b, p.SourceOf("commands.block["+b+"]"))
-				}
-			}
+		b, ok, err := sameCommand(t, p.Commands.Block, searchDirs(pathEnv, true), found.id)
+		if err != nil {
+			return nil, fmt.Errorf("commands.block %q: %w", b, err)
+		}
+		if ok {
+			return nil, deny(found.path, "blocked by commands.block entry "+b, p.SourceOf("commands.block["+b+"]"))
 		}
 	}
 	if !onlyAllowed {
@@ -340,21 +313,57 @@ func CheckCommand(p *policy.Profile, t Tree, user User, args, env []string) ([]s
 			}
 		}
 	}
-	dirs := searchDirs(pathEnv, true)
-	for _, a := range p.Commands.Allow {
-		hits, err := findCommand(t, a, dirs, false)
+	a, ok, err := sameCommand(t, p.Commands.Allow, searchDirs(pathEnv, true), found.id)
+	if err != nil {
+		return nil, fmt.Errorf("commands.allow %q: %w", a, err)
+	}
+	if !ok {
+		return nil, deny(found.path, "not in commands.allow (allowlist_only)", onlySrc)
+	}
+	out := slices.Clone(args)
+	out[0] = lookup
+	return out, nil
+}
+
+// lookupCommand is where exec would find argv0 (an absolute path, or a
+// name searched in pathEnv's directories): the path exec would be given
+// and the file; found is nil when there is none.
+func lookupCommand(t Tree, argv0, pathEnv string) (lookup string, found *foundCmd, err error) {
+	if path.IsAbs(argv0) {
+		f, ok, err := t.stat(argv0)
+		if err != nil || !ok {
+			return "", nil, err
+		}
+		return path.Clean(argv0), &f.foundCmd, nil
+	}
+	for _, d := range searchDirs(pathEnv, false) {
+		f, ok, err := t.stat(path.Join(d, argv0))
 		if err != nil {
-			return nil, fmt.Errorf("commands.allow %q: %w", a, err)
+			return "", nil, err
+		}
+		if ok && f.mode&0o111 != 0 {
+			return path.Join(d, argv0), &f.foundCmd, nil
+		}
+	}
+	return "", nil, nil
+}
+
+// sameCommand says which of names (commands.block or commands.allow
+// entries), looked up in dirs, is the file id, if any; on an error, name
+// is the entry that failed.
+func sameCommand(t Tree, names, dirs []string, id fileID) (name string, ok bool, err error) {
+	for _, n := range names {
+		hits, err := findCommand(t, n, dirs, false)
+		if err != nil {
+			return n, false, err
 		}
 		for _, f := range hits {
-			if f.id == found.id {
-				out := slices.Clone(args)
-				out[0] = lookup
-				return out, nil
+			if f.id == id {
+				return n, true, nil
 			}
 		}
 	}
-	return nil, deny(found.path, "not in commands.allow (allowlist_only)", onlySrc)
+	return "", false, nil
 }
 
 // shadowedPaths are the sandbox paths whose content at run time is not

@@ -5,18 +5,202 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 )
 
-// fakeIPT is an in-memory netfilter for one family: the filter and nat
-// tables with their built-in chains. List and ChainExists answer like
-// `iptables -S` (including iptables-nft's unhelpful "incompatible" error for
-// a missing chain); restore interprets the subset of iptables-restore the
-// package writes, strictly (a chain must exist before a rule jumps to it, -X
-// needs an empty, unreferenced chain, -D needs the rule), and commits a table
-// only at its COMMIT line, all or nothing.
+// Fake is an in-memory Netfilter for tests, of this package and of others
+// (the launcher's lifecycle tests install a sandbox's firewall and its
+// uplink's NAT through it). Each network namespace (by path; "" is the
+// caller's own) has, per family, the filter and nat tables with their
+// built-in chains, a conntrack entry count and its sysctls. List and
+// ChainExists answer like `iptables -S` (including iptables-nft's unhelpful
+// "incompatible" error for a missing chain); Restore interprets the subset
+// of iptables-restore this package writes, strictly (a chain must exist
+// before a rule jumps to it, -X needs an empty, unreferenced chain, -D
+// needs the rule), and commits a table only at its COMMIT line, all or
+// nothing. A namespace springs into being, empty, when first used; Remove
+// drops one as the kernel frees a namespace with its last reference.
+// Safe for concurrent use.
+type Fake struct {
+	mu sync.Mutex
+	ns map[string]*fakeNS
+	// Fail, if set, is asked before every operation, with what it is
+	// ("restore", "list", "chain-exists", "flush-conntrack", "sysctl",
+	// "set-sysctl"), the namespace and the family; an error it returns
+	// fails the operation, which then changes nothing.
+	Fail func(op, ns string, f Family) error
+	ops  []string
+}
+
+type fakeNS struct {
+	tables    [len(families)]*fakeIPT
+	conntrack int
+	sysctl    map[string]string
+}
+
+// NewFake returns a Fake with no namespace in it yet.
+func NewFake() *Fake { return &Fake{ns: map[string]*fakeNS{}} }
+
+func (k *Fake) get(ns string) *fakeNS {
+	n, ok := k.ns[ns]
+	if !ok {
+		n = &fakeNS{sysctl: map[string]string{pingGroupRangeKey: "0\t2147483647"}}
+		for _, f := range families {
+			n.tables[f] = newFakeIPT()
+		}
+		k.ns[ns] = n
+	}
+	return n
+}
+
+// do records op and asks Fail.
+func (k *Fake) do(op, ns string, f Family) error {
+	k.ops = append(k.ops, fmt.Sprintf("%s %s %s", op, f, ns))
+	if k.Fail != nil {
+		return k.Fail(op, ns, f)
+	}
+	return nil
+}
+
+func (k *Fake) List(_ context.Context, ns string, f Family, table, chain string) ([]string, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if err := k.do("list", ns, f); err != nil {
+		return nil, err
+	}
+	return k.get(ns).tables[f].List(table, chain)
+}
+
+func (k *Fake) ChainExists(_ context.Context, ns string, f Family, table, chain string) (bool, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if err := k.do("chain-exists", ns, f); err != nil {
+		return false, err
+	}
+	return k.get(ns).tables[f].ChainExists(table, chain)
+}
+
+func (k *Fake) Restore(ctx context.Context, ns string, f Family, batch []byte) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if err := k.do("restore", ns, f); err != nil {
+		return err
+	}
+	return k.get(ns).tables[f].restore(ctx, batch)
+}
+
+func (k *Fake) FlushConntrack(ns string) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if err := k.do("flush-conntrack", ns, IPv4); err != nil {
+		return err
+	}
+	k.get(ns).conntrack = 0
+	return nil
+}
+
+func (k *Fake) Sysctl(ns, key string) (string, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if err := k.do("sysctl", ns, IPv4); err != nil {
+		return "", err
+	}
+	v, ok := k.get(ns).sysctl[key]
+	if !ok {
+		return "", &os.PathError{Op: "open", Path: sysctlPath(key), Err: os.ErrNotExist}
+	}
+	return v + "\n", nil
+}
+
+func (k *Fake) SetSysctl(ns, key, value string) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if err := k.do("set-sysctl", ns, IPv4); err != nil {
+		return err
+	}
+	k.get(ns).sysctl[key] = strings.Join(strings.Fields(value), "\t")
+	return nil
+}
+
+// Save renders family f of namespace ns like iptables-save (without
+// counters): what the kernel would hold.
+func (k *Fake) Save(ns string, f Family) string {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.get(ns).tables[f].save()
+}
+
+// Batches returns every batch Restore applied to family f of ns, in order.
+func (k *Fake) Batches(ns string, f Family) []string {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return slices.Clone(k.get(ns).tables[f].batches)
+}
+
+// Ops returns every operation so far, "restore IPv4 /run/netns/x", in
+// order.
+func (k *Fake) Ops() []string {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return slices.Clone(k.ops)
+}
+
+// Namespaces returns the namespaces that hold anything: a chain of their
+// own, a rule in a built-in chain, or a conntrack entry.
+func (k *Fake) Namespaces() []string {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	var out []string
+	for name, n := range k.ns {
+		used := n.conntrack > 0
+		for _, t := range n.tables {
+			used = used || !t.empty()
+		}
+		if used {
+			out = append(out, name)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// AddConntrack adds n entries to the conntrack table of ns, and Conntrack
+// counts them: a flow the tests pretend predates the rules.
+func (k *Fake) AddConntrack(ns string, n int) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.get(ns).conntrack += n
+}
+
+// Conntrack is the number of conntrack entries of ns.
+func (k *Fake) Conntrack(ns string) int {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.get(ns).conntrack
+}
+
+// AddRule appends a rule to chain of table by hand, as a foreign tool (or
+// an attacker) would, creating a user chain if needed.
+func (k *Fake) AddRule(ns string, f Family, table, chain, spec string) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.get(ns).tables[f].add(table, chain, spec)
+}
+
+// Remove drops namespace ns with everything in it, as the kernel frees a
+// namespace.
+func (k *Fake) Remove(ns string) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	delete(k.ns, ns)
+}
+
+// fakeIPT is one family's tables of one Fake namespace: the filter and nat
+// tables with their built-in chains.
 type fakeIPT struct {
 	tables map[string]*fakeTable
 	// calls records every operation ("List filter OUTPUT", "restore"), so
@@ -178,7 +362,7 @@ func (k *fakeIPT) restoreLine(name *string, cur **fakeTable, line string) error 
 				continue
 			}
 			switch target := spec[i+1]; target {
-			case "ACCEPT", "DROP", "RETURN", "REJECT", "REDIRECT":
+			case "ACCEPT", "DROP", "RETURN", "REJECT", "REDIRECT", "MASQUERADE":
 			default:
 				if _, ok := t.rules[target]; !ok {
 					return fmt.Errorf("no chain/target %s", target)
@@ -287,4 +471,16 @@ func (k *fakeIPT) save() string {
 		b.WriteString("COMMIT\n")
 	}
 	return b.String()
+}
+
+// empty reports whether the tables hold nothing but empty built-in chains.
+func (k *fakeIPT) empty() bool {
+	for _, t := range k.tables {
+		for name, rules := range t.rules {
+			if !t.builtin[name] || len(rules) > 0 {
+				return false
+			}
+		}
+	}
+	return true
 }

@@ -1,4 +1,4 @@
-package sandbox
+package specconv
 
 import (
 	"errors"
@@ -8,7 +8,6 @@ import (
 	"net/netip"
 	"os"
 	"path"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -124,11 +123,75 @@ type SpecOptions struct {
 	Init string
 	// Terminal, when not nil, gives the process a pseudo-terminal of that
 	// initial size (process.terminal); nil: pipes.
-	Terminal *WindowSize
+	Terminal *pid1.WindowSize
 	// Seccomp says what conditional seccomp rules are evaluated against;
 	// its Caps are filled from the profile. The zero value means this
 	// machine.
 	Seccomp SeccompEnv
+}
+
+// checkHidden returns the paths to hide (masked), sorted and once each,
+// or why one cannot be.
+func checkHidden(paths []string) ([]string, error) {
+	hidden := slices.Clone(paths)
+	slices.Sort(hidden)
+	hidden = slices.Compact(hidden)
+	for _, h := range hidden {
+		if err := checkMountTarget(h); err != nil {
+			return nil, fmt.Errorf("hidden path %q: %w", h, err)
+		}
+	}
+	return hidden, nil
+}
+
+// checkSpecInputs checks what BuildSpec is given, and returns the user
+// (its home defaulted), the workspace, the working directory and the host
+// name the spec names.
+func checkSpecInputs(p *policy.Profile, opts SpecOptions) (user User, workspace, cwd, hostname string, err error) {
+	if p == nil {
+		return User{}, "", "", "", errors.New("building the container spec: no profile")
+	}
+	if len(opts.Args) == 0 || opts.Args[0] == "" {
+		return User{}, "", "", "", errors.New("building the container spec: no command to run")
+	}
+	if !isCleanAbs(opts.RootfsDir) {
+		return User{}, "", "", "", fmt.Errorf("building the container spec: rootfs %q is not an absolute clean path", opts.RootfsDir)
+	}
+	for _, e := range opts.Env {
+		name, _, ok := strings.Cut(e, "=")
+		if !ok || name == "" || strings.ContainsRune(e, 0) {
+			return User{}, "", "", "", fmt.Errorf("building the container spec: environment entry %q is not NAME=VALUE", e)
+		}
+	}
+	user = opts.User
+	if user.Home == "" {
+		user.Home = defaultHome(user.UID)
+	}
+	if !isCleanAbs(user.Home) {
+		return User{}, "", "", "", fmt.Errorf("building the container spec: home %q is not an absolute clean path", user.Home)
+	}
+	workspace = p.Filesystem.Workspace
+	if workspace == "" {
+		workspace = "/sandbox"
+	}
+	if err := checkMountTarget(workspace); err != nil {
+		return User{}, "", "", "", fmt.Errorf("filesystem.workspace %q: %w", workspace, err)
+	}
+	cwd = opts.Cwd
+	if cwd == "" {
+		cwd = workspace
+	}
+	if !isCleanAbs(cwd) {
+		return User{}, "", "", "", fmt.Errorf("building the container spec: working directory %q is not an absolute clean path", cwd)
+	}
+	hostname = opts.Hostname
+	if hostname == "" {
+		hostname = DefaultHostname
+	}
+	if !validHostname(hostname) {
+		return User{}, "", "", "", fmt.Errorf("building the container spec: %q is not a host name", hostname)
+	}
+	return user, workspace, cwd, hostname, nil
 }
 
 // BuildSpec returns the OCI runtime spec for one sandboxed command from a
@@ -174,48 +237,9 @@ type SpecOptions struct {
 // The root is read-only when the profile says so; otherwise it is what
 // RootfsDir is (PrepareRootfs makes it a throwaway overlay).
 func BuildSpec(p *policy.Profile, opts SpecOptions) (*specs.Spec, error) {
-	if p == nil {
-		return nil, errors.New("building the container spec: no profile")
-	}
-	if len(opts.Args) == 0 || opts.Args[0] == "" {
-		return nil, errors.New("building the container spec: no command to run")
-	}
-	if !isCleanAbs(opts.RootfsDir) {
-		return nil, fmt.Errorf("building the container spec: rootfs %q is not an absolute clean path", opts.RootfsDir)
-	}
-	for _, e := range opts.Env {
-		name, _, ok := strings.Cut(e, "=")
-		if !ok || name == "" || strings.ContainsRune(e, 0) {
-			return nil, fmt.Errorf("building the container spec: environment entry %q is not NAME=VALUE", e)
-		}
-	}
-	user := opts.User
-	if user.Home == "" {
-		user.Home = defaultHome(user.UID)
-	}
-	if !isCleanAbs(user.Home) {
-		return nil, fmt.Errorf("building the container spec: home %q is not an absolute clean path", user.Home)
-	}
-	workspace := p.Filesystem.Workspace
-	if workspace == "" {
-		workspace = "/sandbox"
-	}
-	if err := checkMountTarget(workspace); err != nil {
-		return nil, fmt.Errorf("filesystem.workspace %q: %w", workspace, err)
-	}
-	cwd := opts.Cwd
-	if cwd == "" {
-		cwd = workspace
-	}
-	if !isCleanAbs(cwd) {
-		return nil, fmt.Errorf("building the container spec: working directory %q is not an absolute clean path", cwd)
-	}
-	hostname := opts.Hostname
-	if hostname == "" {
-		hostname = DefaultHostname
-	}
-	if !validHostname(hostname) {
-		return nil, fmt.Errorf("building the container spec: %q is not a host name", hostname)
+	user, workspace, cwd, hostname, err := checkSpecInputs(p, opts)
+	if err != nil {
+		return nil, err
 	}
 
 	caps, err := normalizeCaps(p.Process.CapAdd)
@@ -237,13 +261,9 @@ func BuildSpec(p *policy.Profile, opts SpecOptions) (*specs.Spec, error) {
 	if err != nil {
 		return nil, err
 	}
-	hidden := slices.Clone(opts.HiddenPaths)
-	slices.Sort(hidden)
-	hidden = slices.Compact(hidden)
-	for _, h := range hidden {
-		if err := checkMountTarget(h); err != nil {
-			return nil, fmt.Errorf("hidden path %q: %w", h, err)
-		}
+	hidden, err := checkHidden(opts.HiddenPaths)
+	if err != nil {
+		return nil, err
 	}
 	args := slices.Clone(opts.Args)
 	if opts.Init != "" {
@@ -436,7 +456,32 @@ type mountSpec struct {
 }
 
 func buildMounts(p *policy.Profile, opts SpecOptions, user User, workspace string) ([]specs.Mount, error) {
-	sys := []specs.Mount{
+	ms := &mountSet{byDest: map[string]*mountSpec{}, volumeAt: map[string]bool{}}
+	if err := ms.addBinds(opts.Binds); err != nil {
+		return nil, err
+	}
+	if err := ms.addFiles(opts); err != nil {
+		return nil, err
+	}
+	if err := ms.planScratch(p, user); err != nil {
+		return nil, err
+	}
+	if err := ms.addWorkspace(p, opts.WorkspaceDir, workspace); err != nil {
+		return nil, err
+	}
+	ms.fillOwnedParents()
+	if err := ms.addScratch(user); err != nil {
+		return nil, err
+	}
+	if err := ms.addProtected(opts.Protected); err != nil {
+		return nil, err
+	}
+	return ms.build(opts.MaskPaths)
+}
+
+// systemMounts are the file systems every container has.
+func systemMounts() []specs.Mount {
+	return []specs.Mount{
 		{Destination: "/proc", Type: "proc", Source: "proc", Options: []string{"nosuid", "noexec", "nodev"}},
 		{Destination: "/dev", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "strictatime", "mode=755", "size=65536k"}},
 		{Destination: "/dev/pts", Type: "devpts", Source: "devpts", Options: []string{"nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"}},
@@ -445,54 +490,83 @@ func buildMounts(p *policy.Profile, opts SpecOptions, user User, workspace strin
 		{Destination: "/sys", Type: "sysfs", Source: "sysfs", Options: []string{"nosuid", "noexec", "nodev", "ro"}},
 		{Destination: "/sys/fs/cgroup", Type: "cgroup", Source: "cgroup", Options: []string{"nosuid", "noexec", "nodev", "relatime", "ro"}},
 	}
+}
 
-	byDest := map[string]*mountSpec{}
-	var order []string
-	add := func(ms mountSpec) error {
-		if prev, ok := byDest[ms.m.Destination]; ok {
-			return fmt.Errorf("%s and %s both mount %s", prev.key, ms.key, ms.m.Destination)
-		}
-		byDest[ms.m.Destination] = &ms
-		order = append(order, ms.m.Destination)
-		return nil
-	}
-	roBind := []string{"bind", "ro", "nosuid", "nodev", "noexec"}
-	bindOpts := func(writable bool) []string {
-		if writable {
-			return []string{"bind", "rw", "nosuid", "nodev"}
-		}
-		return []string{"bind", "ro", "nosuid", "nodev"}
-	}
+// roBind are the options of a read-only bind of a file that is never run.
+var roBind = []string{"bind", "ro", "nosuid", "nodev", "noexec"}
 
-	// The host paths the sandbox sees: the view's system directories,
-	// exposed paths, volumes.
-	volumeAt := map[string]bool{}
-	for _, b := range opts.Binds {
+func bindOpts(writable bool) []string {
+	if writable {
+		return []string{"bind", "rw", "nosuid", "nodev"}
+	}
+	return []string{"bind", "ro", "nosuid", "nodev"}
+}
+
+// mountSet is the container's mounts being planned: each destination
+// once, with where it came from for the error when two claim it.
+type mountSet struct {
+	byDest map[string]*mountSpec
+	order  []string
+	// volumeAt are the volumes' destinations: a volume replaces a tmpfs
+	// at the same path.
+	volumeAt map[string]bool
+	// tmpfs are the scratch tmpfs mounts, by destination.
+	tmpfs map[string]*scratchMount
+}
+
+// scratchMount is a tmpfs the container gets.
+type scratchMount struct {
+	size    int64
+	mode    uint32
+	opts    []string
+	owned   bool // owned by the sandbox user
+	key     string
+	profile bool
+}
+
+func (ms *mountSet) add(m mountSpec) error {
+	if prev, ok := ms.byDest[m.m.Destination]; ok {
+		return fmt.Errorf("%s and %s both mount %s", prev.key, m.key, m.m.Destination)
+	}
+	ms.byDest[m.m.Destination] = &m
+	ms.order = append(ms.order, m.m.Destination)
+	return nil
+}
+
+// addBinds adds the host paths the sandbox sees: the view's system
+// directories, exposed paths, volumes.
+func (ms *mountSet) addBinds(binds []ViewMount) error {
+	for _, b := range binds {
 		key := b.Origin
 		if key == "" {
 			key = b.Kind + " " + b.Path
 		}
 		if err := checkMountTarget(b.Path); err != nil {
-			return nil, fmt.Errorf("%s: %w", key, err)
+			return fmt.Errorf("%s: %w", key, err)
 		}
 		if !isCleanAbs(b.Source) {
-			return nil, fmt.Errorf("%s: host path %q is not an absolute clean path", key, b.Source)
+			return fmt.Errorf("%s: host path %q is not an absolute clean path", key, b.Source)
 		}
-		if err := add(mountSpec{m: specs.Mount{Destination: b.Path, Type: "bind", Source: b.Source, Options: bindOpts(b.Writable)}, key: key}); err != nil {
-			return nil, err
+		if err := ms.add(mountSpec{m: specs.Mount{Destination: b.Path, Type: "bind", Source: b.Source, Options: bindOpts(b.Writable)}, key: key}); err != nil {
+			return err
 		}
 		if b.Kind == MountVolume {
-			volumeAt[b.Path] = true
+			ms.volumeAt[b.Path] = true
 		}
 	}
+	return nil
+}
 
+// addFiles adds the init, the generated /etc files and the inspection
+// trust bundle.
+func (ms *mountSet) addFiles(opts SpecOptions) error {
 	if opts.Init != "" {
 		if !isCleanAbs(opts.Init) {
-			return nil, fmt.Errorf("init binary %q is not an absolute clean path", opts.Init)
+			return fmt.Errorf("init binary %q is not an absolute clean path", opts.Init)
 		}
-		if err := add(mountSpec{m: specs.Mount{Destination: pid1.Path, Type: "bind", Source: opts.Init,
+		if err := ms.add(mountSpec{m: specs.Mount{Destination: pid1.Path, Type: "bind", Source: opts.Init,
 			Options: []string{"bind", "ro", "nosuid", "nodev"}}, key: "the init"}); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	for _, f := range []struct{ src, dst string }{
@@ -503,105 +577,106 @@ func buildMounts(p *policy.Profile, opts SpecOptions, user User, workspace strin
 			continue
 		}
 		if !isCleanAbs(f.src) {
-			return nil, fmt.Errorf("%s source %q is not an absolute clean path", f.dst, f.src)
+			return fmt.Errorf("%s source %q is not an absolute clean path", f.dst, f.src)
 		}
-		if err := add(mountSpec{m: specs.Mount{Destination: f.dst, Type: "bind", Source: f.src, Options: roBind}, key: "generated " + f.dst}); err != nil {
-			return nil, err
-		}
-	}
-	if opts.TrustBundle != "" {
-		if !isCleanAbs(opts.TrustBundle) {
-			return nil, fmt.Errorf("trust bundle source %q is not an absolute clean path", opts.TrustBundle)
-		}
-		for _, dst := range opts.TrustPaths {
-			if err := checkMountTarget(dst); err != nil {
-				return nil, fmt.Errorf("trust bundle at %q: %w", dst, err)
-			}
-			if err := add(mountSpec{m: specs.Mount{Destination: dst, Type: "bind", Source: opts.TrustBundle, Options: roBind}, key: "the inspection trust bundle"}); err != nil {
-				return nil, err
-			}
+		if err := ms.add(mountSpec{m: specs.Mount{Destination: f.dst, Type: "bind", Source: f.src, Options: roBind}, key: "generated " + f.dst}); err != nil {
+			return err
 		}
 	}
+	if opts.TrustBundle == "" {
+		return nil
+	}
+	if !isCleanAbs(opts.TrustBundle) {
+		return fmt.Errorf("trust bundle source %q is not an absolute clean path", opts.TrustBundle)
+	}
+	for _, dst := range opts.TrustPaths {
+		if err := checkMountTarget(dst); err != nil {
+			return fmt.Errorf("trust bundle at %q: %w", dst, err)
+		}
+		if err := ms.add(mountSpec{m: specs.Mount{Destination: dst, Type: "bind", Source: opts.TrustBundle, Options: roBind}, key: "the inspection trust bundle"}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
 
-	// Scratch tmpfs mounts: the always-present ones merged with the
-	// profile's (a profile entry for the same path sets size and mode and
-	// adds options; the baseline options are never removed). A volume at
-	// the same path replaces a tmpfs.
-	type scratch struct {
-		size    int64
-		mode    uint32
-		opts    []string
-		owned   bool // owned by the sandbox user
-		key     string
-		profile bool
-	}
-	tmpfs := map[string]*scratch{
+// planScratch plans the scratch tmpfs mounts: the always-present ones
+// merged with the profile's (a profile entry for the same path sets size
+// and mode and adds options; the baseline options are never removed). A
+// volume at the same path replaces a tmpfs.
+func (ms *mountSet) planScratch(p *policy.Profile, user User) error {
+	ms.tmpfs = map[string]*scratchMount{
 		"/tmp":     {mode: 0o1777, opts: []string{"noexec", "nosuid", "nodev"}, key: "the sandbox's /tmp"},
 		"/var/tmp": {mode: 0o1777, opts: []string{"nosuid", "nodev"}, key: "the sandbox's /var/tmp"},
 		"/run":     {mode: 0o755, opts: []string{"noexec", "nosuid", "nodev"}, key: "the sandbox's /run"},
 	}
 	if err := checkMountTarget(user.Home); err != nil {
-		return nil, fmt.Errorf("home %q: %w", user.Home, err)
+		return fmt.Errorf("home %q: %w", user.Home, err)
 	}
-	if _, clash := tmpfs[user.Home]; clash {
-		return nil, fmt.Errorf("home %q is one of the sandbox's scratch directories", user.Home)
+	if _, clash := ms.tmpfs[user.Home]; clash {
+		return fmt.Errorf("home %q is one of the sandbox's scratch directories", user.Home)
 	}
-	tmpfs[user.Home] = &scratch{mode: 0o700, opts: []string{"nosuid", "nodev"}, owned: true, key: "the user's home"}
+	ms.tmpfs[user.Home] = &scratchMount{mode: 0o700, opts: []string{"nosuid", "nodev"}, owned: true, key: "the user's home"}
 	for _, t := range p.Filesystem.Tmpfs {
 		dest := policy.ExpandHome(t.Path, user.Home)
 		key := fmt.Sprintf("filesystem.tmpfs %s (%s)", t.Path, t.Source)
 		if err := checkMountTarget(dest); err != nil {
-			return nil, fmt.Errorf("%s: %w", key, err)
+			return fmt.Errorf("%s: %w", key, err)
 		}
 		for _, o := range t.Options {
 			if o != "nosuid" && o != "nodev" && o != "noexec" {
-				return nil, fmt.Errorf("%s: option %q is not nosuid, nodev or noexec", key, o)
+				return fmt.Errorf("%s: option %q is not nosuid, nodev or noexec", key, o)
 			}
 		}
 		underHome := strings.HasPrefix(t.Path, "~")
-		s, ok := tmpfs[dest]
+		s, ok := ms.tmpfs[dest]
 		switch {
 		case ok && s.profile:
-			return nil, fmt.Errorf("%s and %s both mount %s", s.key, key, dest)
+			return fmt.Errorf("%s and %s both mount %s", s.key, key, dest)
 		case ok && s.owned:
-			return nil, fmt.Errorf("%s mounts over the user's home %s; name a directory under it", key, dest)
+			return fmt.Errorf("%s mounts over the user's home %s; name a directory under it", key, dest)
 		case ok:
 			s.size, s.mode, s.key, s.profile = t.Size, t.EffectiveMode(), key, true
 			s.opts = append(s.opts, t.Options...)
 		default:
-			tmpfs[dest] = &scratch{size: t.Size, mode: t.EffectiveMode(), opts: slices.Clone(t.Options),
+			ms.tmpfs[dest] = &scratchMount{size: t.Size, mode: t.EffectiveMode(), opts: slices.Clone(t.Options),
 				owned: underHome, key: key, profile: true}
 		}
 	}
-	for dest := range volumeAt {
-		delete(tmpfs, dest)
+	for dest := range ms.volumeAt {
+		delete(ms.tmpfs, dest)
 	}
+	return nil
+}
 
-	// The workspace.
+// addWorkspace adds the workspace at workspace: the host's directory dir,
+// or a tmpfs the user owns.
+func (ms *mountSet) addWorkspace(p *policy.Profile, dir, workspace string) error {
 	switch {
-	case opts.WorkspaceDir != "":
-		if !isCleanAbs(opts.WorkspaceDir) || opts.WorkspaceDir == "/" {
-			return nil, fmt.Errorf("workspace directory %q: want an absolute clean path other than /", opts.WorkspaceDir)
+	case dir != "":
+		if !isCleanAbs(dir) || dir == "/" {
+			return fmt.Errorf("workspace directory %q: want an absolute clean path other than /", dir)
 		}
-		if err := add(mountSpec{m: specs.Mount{Destination: workspace, Type: "bind", Source: opts.WorkspaceDir,
-			Options: []string{"bind", "rw", "nosuid", "nodev"}}, key: "the workspace (filesystem.workspace)"}); err != nil {
-			return nil, err
-		}
+		return ms.add(mountSpec{m: specs.Mount{Destination: workspace, Type: "bind", Source: dir,
+			Options: []string{"bind", "rw", "nosuid", "nodev"}}, key: "the workspace (filesystem.workspace)"})
 	case p.Filesystem.MountCwd:
-		return nil, errors.New("filesystem.mount_cwd is set but no workspace directory was given")
+		return errors.New("filesystem.mount_cwd is set but no workspace directory was given")
 	default:
-		if s, ok := tmpfs[workspace]; ok {
-			return nil, fmt.Errorf("%s and the workspace (filesystem.workspace) both mount %s", s.key, workspace)
+		if s, ok := ms.tmpfs[workspace]; ok {
+			return fmt.Errorf("%s and the workspace (filesystem.workspace) both mount %s", s.key, workspace)
 		}
-		tmpfs[workspace] = &scratch{mode: 0o755, opts: []string{"nodev", "nosuid"}, owned: true, key: "the workspace (filesystem.workspace)"}
+		ms.tmpfs[workspace] = &scratchMount{mode: 0o755, opts: []string{"nodev", "nosuid"}, owned: true, key: "the workspace (filesystem.workspace)"}
+		return nil
 	}
+}
 
-	// Every directory between a tmpfs the user owns and a mount below it
-	// is a tmpfs the user owns too: the runtime would make it, as root,
-	// and the user could not create anything beside the mount (pip's
-	// ~/.local/lib beside ~/.local/share).
-	dests := slices.Collect(maps.Keys(tmpfs))
-	dests = append(dests, order...)
+// fillOwnedParents makes every directory between a tmpfs the user owns
+// and a mount below it a tmpfs the user owns too: the runtime would make
+// it, as root, and the user could not create anything beside the mount
+// (pip's ~/.local/lib beside ~/.local/share).
+func (ms *mountSet) fillOwnedParents() {
+	dests := slices.Collect(maps.Keys(ms.tmpfs))
+	dests = append(dests, ms.order...)
 	slices.Sort(dests)
 	for _, d := range dests {
 		parent := ""
@@ -610,16 +685,21 @@ func buildMounts(p *policy.Profile, opts SpecOptions, user User, workspace strin
 				parent = a
 			}
 		}
-		if s, ok := tmpfs[parent]; !ok || !s.owned {
+		if s, ok := ms.tmpfs[parent]; !ok || !s.owned {
 			continue
 		}
 		for dir := path.Dir(d); dir != parent && strings.HasPrefix(dir, parent+"/"); dir = path.Dir(dir) {
-			if _, ok := tmpfs[dir]; !ok {
-				tmpfs[dir] = &scratch{mode: 0o755, opts: []string{"nodev", "nosuid"}, owned: true, key: "a directory on the way to " + d}
+			if _, ok := ms.tmpfs[dir]; !ok {
+				ms.tmpfs[dir] = &scratchMount{mode: 0o755, opts: []string{"nodev", "nosuid"}, owned: true, key: "a directory on the way to " + d}
 			}
 		}
 	}
-	for dest, s := range tmpfs {
+}
+
+// addScratch adds the planned tmpfs mounts, those the user owns owned by
+// user.
+func (ms *mountSet) addScratch(user User) error {
+	for dest, s := range ms.tmpfs {
 		opts := slices.Clone(s.opts)
 		slices.Sort(opts)
 		opts = slices.Compact(opts)
@@ -630,43 +710,50 @@ func buildMounts(p *policy.Profile, opts SpecOptions, user User, workspace strin
 		if s.owned {
 			opts = append(opts, "uid="+strconv.FormatUint(uint64(user.UID), 10), "gid="+strconv.FormatUint(uint64(user.GID), 10))
 		}
-		if err := add(mountSpec{m: specs.Mount{Destination: dest, Type: "tmpfs", Source: "tmpfs", Options: opts}, key: s.key}); err != nil {
-			return nil, err
+		if err := ms.add(mountSpec{m: specs.Mount{Destination: dest, Type: "tmpfs", Source: "tmpfs", Options: opts}, key: s.key}); err != nil {
+			return err
 		}
 	}
+	return nil
+}
 
-	// Protected paths in the workspace and the writable volumes: pinned
-	// directories writable, the rest read-only (see PlanProtect).
-	for _, pp := range opts.Protected {
+// addProtected adds the protected paths in the workspace and the writable
+// volumes: pinned directories writable, the rest read-only (see
+// PlanProtect).
+func (ms *mountSet) addProtected(pps []ProtectedPath) error {
+	for _, pp := range pps {
 		key := fmt.Sprintf("filesystem.protect %s in %s", pp.Entry, pp.Root)
 		if err := checkMountTarget(pp.Path); err != nil {
-			return nil, fmt.Errorf("%s: %w", key, err)
+			return fmt.Errorf("%s: %w", key, err)
 		}
 		if !isCleanAbs(pp.Host) {
-			return nil, fmt.Errorf("%s: host path %q is not an absolute clean path", key, pp.Host)
+			return fmt.Errorf("%s: host path %q is not an absolute clean path", key, pp.Host)
 		}
-		if err := add(mountSpec{m: specs.Mount{Destination: pp.Path, Type: "bind", Source: pp.Host,
+		if err := ms.add(mountSpec{m: specs.Mount{Destination: pp.Path, Type: "bind", Source: pp.Host,
 			Options: bindOpts(pp.How == ProtectPinned)}, key: key}); err != nil {
-			return nil, err
+			return err
 		}
 	}
+	return nil
+}
 
-	// Parents before children: a path sorts after its prefix.
-	slices.Sort(order)
-	out := sys
-	for _, d := range order {
-		out = append(out, byDest[d].m)
+// build returns the system mounts, then the planned ones, parents before
+// children (a path sorts after its prefix), then the masks: last, so
+// nothing mounted later uncovers a masked file.
+func (ms *mountSet) build(maskPaths []string) ([]specs.Mount, error) {
+	slices.Sort(ms.order)
+	out := systemMounts()
+	for _, d := range ms.order {
+		out = append(out, ms.byDest[d].m)
 	}
-
-	// Masks last, so nothing mounted later uncovers a masked file.
-	masks := slices.Clone(opts.MaskPaths)
+	masks := slices.Clone(maskPaths)
 	slices.Sort(masks)
 	masks = slices.Compact(masks)
 	for _, m := range masks {
 		if err := checkMountTarget(m); err != nil {
 			return nil, fmt.Errorf("masked command %q: %w", m, err)
 		}
-		if _, ok := byDest[m]; ok {
+		if _, ok := ms.byDest[m]; ok {
 			return nil, fmt.Errorf("masked command %q is also a mount point", m)
 		}
 		out = append(out, specs.Mount{Destination: m, Type: "bind", Source: os.DevNull, Options: roBind})
@@ -674,30 +761,22 @@ func buildMounts(p *policy.Profile, opts SpecOptions, user User, workspace strin
 	return out, nil
 }
 
-// WriteEtcFiles writes the sandbox's resolv.conf (its only resolver is
-// nameserver, egressd's DNS listener) and hosts (localhost and hostname)
-// into dir, for SpecOptions.ResolvConf and Hosts.
-func WriteEtcFiles(dir string, nameserver netip.Addr, hostname string) (resolvConf, hosts string, err error) {
+// EtcFiles returns the sandbox's resolv.conf (its only resolver is
+// nameserver, egressd's DNS listener) and hosts (localhost and hostname),
+// for SpecOptions.ResolvConf and Hosts.
+func EtcFiles(nameserver netip.Addr, hostname string) (resolvConf, hosts []byte, err error) {
 	if !nameserver.IsValid() || nameserver.Zone() != "" {
-		return "", "", fmt.Errorf("writing resolv.conf: %q is not a nameserver address", nameserver)
+		return nil, nil, fmt.Errorf("writing resolv.conf: %q is not a nameserver address", nameserver)
 	}
 	if hostname == "" {
 		hostname = DefaultHostname
 	}
 	if !validHostname(hostname) {
-		return "", "", fmt.Errorf("writing hosts: %q is not a host name", hostname)
+		return nil, nil, fmt.Errorf("writing hosts: %q is not a host name", hostname)
 	}
-	resolvConf = filepath.Join(dir, "resolv.conf")
-	hosts = filepath.Join(dir, "hosts")
 	rc := "# generated by egressd: the sandbox's only resolver\nnameserver " + nameserver.Unmap().String() + "\n"
 	h := "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t" + hostname + "\n"
-	if err := os.WriteFile(resolvConf, []byte(rc), 0o644); err != nil {
-		return "", "", fmt.Errorf("writing resolv.conf: %w", err)
-	}
-	if err := os.WriteFile(hosts, []byte(h), 0o644); err != nil {
-		return "", "", fmt.Errorf("writing hosts: %w", err)
-	}
-	return resolvConf, hosts, nil
+	return []byte(rc), []byte(h), nil
 }
 
 // ToolchainDirs are the directories of toolchains installed for every

@@ -1,0 +1,602 @@
+package sandbox
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+
+	"github.com/egressd/egressd/firewall"
+)
+
+// FakeKernel is a Kernel in memory, for tests of this package and of
+// others (the launcher's): namespaces, links, mounts and owners are
+// records; the firewall is a firewall.Fake; a container's process and
+// egressd are goroutines the test drives. Nothing of the machine changes,
+// so a sandbox's whole life runs as any user. It records every operation
+// (Ops), can fail any of them (Fail), and says what is left (Leftovers),
+// which after a sandbox's Close must be nothing.
+type FakeKernel struct {
+	// Kernel is the kernel to hand Config.Kernel.
+	Kernel *Kernel
+	// Netfilter is the firewall's fake (the sandbox namespaces' rules by
+	// their path, the launcher's uplink chains in namespace "").
+	Netfilter *firewall.Fake
+
+	// Fail, if set, is asked before every operation (its name, as Ops
+	// lists them: "netns.create egs-…"); an error it returns fails the
+	// operation, which then changes nothing.
+	Fail func(op string) error
+	// Command, if set, is what every container's process does: it runs
+	// once the container starts, with the container's stdio, and its
+	// result is the process's exit status. It should return soon after
+	// p.Killed() closes. nil: the process exits 0 at once.
+	Command func(p *FakeProcess, stdio Stdio) int
+	// Taken are prefixes the launcher's namespace is said to use besides
+	// the fake links' (Links.Taken).
+	Taken []netip.Prefix
+
+	mu         sync.Mutex
+	ops        []string
+	namespaces map[string]NetNS
+	nextIno    uint64
+	links      map[string]*FakeLink
+	containers map[string]*FakeProcess
+	egressd    []*FakeEgressd
+	mounts     map[string]fakeMount
+	owners     map[string][2]int
+}
+
+// fakeMount is one mount: what it mounts, and for a file system of its own
+// (tmpfs, overlay) the entries its target held before, which it hid: what
+// was written into it is gone when it is unmounted, as on the kernel.
+type fakeMount struct {
+	source, fstype string
+	hid            map[string]bool
+}
+
+// FakeLink is a veth the fake made.
+type FakeLink struct {
+	Name      string
+	HostAddr  netip.Prefix
+	NsPath    string
+	NsAddr    netip.Prefix
+	Gateway   netip.Addr
+	Up        bool
+	Forwarded bool
+}
+
+// NewFakeKernel returns an empty fake kernel.
+func NewFakeKernel() *FakeKernel {
+	k := &FakeKernel{Netfilter: firewall.NewFake(), namespaces: map[string]NetNS{}, links: map[string]*FakeLink{},
+		containers: map[string]*FakeProcess{}, mounts: map[string]fakeMount{}, owners: map[string][2]int{}}
+	k.Kernel = &Kernel{Netns: fakeNamespaces{k}, Links: fakeLinks{k}, Firewall: firewall.New(k.Netfilter),
+		Runtime: fakeContainers{k}, Egressd: fakeEgressdStarter{k}, FS: fakeFS{k}}
+	return k
+}
+
+// do records op and asks Fail; k.mu is held.
+func (k *FakeKernel) do(op string) error {
+	k.ops = append(k.ops, op)
+	if k.Fail != nil {
+		return k.Fail(op)
+	}
+	return nil
+}
+
+// Ops returns every operation so far, in order, the firewall's included
+// ("netfilter restore IPv4 /run/netns/egs-…").
+func (k *FakeKernel) Ops() []string {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	out := slices.Clone(k.ops)
+	for _, op := range k.Netfilter.Ops() {
+		out = append(out, "netfilter "+op)
+	}
+	return out
+}
+
+// Leftovers lists what exists in the fake kernel: namespaces, links,
+// containers the runtime knows, running egressd processes, mounts, and
+// rules in any namespace (the launcher's included). Empty after every
+// sandbox made on it was closed.
+func (k *FakeKernel) Leftovers() []string {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	var out []string
+	for name := range k.namespaces {
+		out = append(out, "namespace "+name)
+	}
+	for name := range k.links {
+		out = append(out, "link "+name)
+	}
+	for id := range k.containers {
+		out = append(out, "container "+id)
+	}
+	for _, e := range k.egressd {
+		if !e.stopped() {
+			out = append(out, fmt.Sprintf("egressd pid %d in %s", e.pid, e.NsPath))
+		}
+	}
+	for target := range k.mounts {
+		out = append(out, "mount "+target)
+	}
+	for _, ns := range k.Netfilter.Namespaces() {
+		out = append(out, "rules in namespace "+strconv.Quote(ns))
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Container returns the process of container id, if the runtime knows it.
+func (k *FakeKernel) Container(id string) *FakeProcess {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.containers[id]
+}
+
+// Egressd returns every egressd the fake started, in order.
+func (k *FakeKernel) Egressd() []*FakeEgressd {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return slices.Clone(k.egressd)
+}
+
+// Link returns the link of that name, if it exists.
+func (k *FakeKernel) Link(name string) *FakeLink {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if l, ok := k.links[name]; ok {
+		c := *l
+		return &c
+	}
+	return nil
+}
+
+// Owner returns the owner Lchown gave path.
+func (k *FakeKernel) Owner(path string) (uid, gid int, ok bool) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	o, ok := k.owners[path]
+	return o[0], o[1], ok
+}
+
+// fakeNamespaces are FakeKernel's Namespaces.
+type fakeNamespaces struct{ k *FakeKernel }
+
+func (f fakeNamespaces) Create(name string) (NetNS, error) {
+	k := f.k
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if err := k.do("netns.create " + name); err != nil {
+		return NetNS{}, err
+	}
+	if _, ok := k.namespaces[name]; ok {
+		return NetNS{}, fmt.Errorf("creating network namespace %s: %w", name, os.ErrExist)
+	}
+	k.nextIno++
+	ns := NetNS{Name: name, Path: filepath.Join(NetnsDir, name), Dev: 4, Ino: 1000 + k.nextIno}
+	k.namespaces[name] = ns
+	return ns, nil
+}
+
+func (f fakeNamespaces) Open(name string) NetNS {
+	k := f.k
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.ops = append(k.ops, "netns.open "+name)
+	if ns, ok := k.namespaces[name]; ok {
+		return ns
+	}
+	return NetNS{Name: name, Path: filepath.Join(NetnsDir, name)}
+}
+
+func (f fakeNamespaces) Exists(name string) bool {
+	k := f.k
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	_, ok := k.namespaces[name]
+	return ok
+}
+
+// Remove kills what is still inside (an egressd or a container process
+// of the namespace: the teardown should have ended them first), then
+// drops the namespace and its rules.
+func (f fakeNamespaces) Remove(ns NetNS) error {
+	k := f.k
+	k.mu.Lock()
+	if err := k.do("netns.remove " + ns.Name); err != nil {
+		k.mu.Unlock()
+		return err
+	}
+	var inside []*FakeProcess
+	for _, p := range k.containers {
+		if p.Netns == ns.Path {
+			inside = append(inside, p)
+		}
+	}
+	var eg []*FakeEgressd
+	for _, e := range k.egressd {
+		if e.NsPath == ns.Path && !e.stopped() {
+			eg = append(eg, e)
+		}
+	}
+	delete(k.namespaces, ns.Name)
+	k.mu.Unlock()
+	for _, p := range inside {
+		p.kill()
+	}
+	for _, e := range eg {
+		e.exit(errors.New("signal: killed"))
+	}
+	k.Netfilter.Remove(ns.Path)
+	return nil
+}
+
+// fakeLinks are FakeKernel's Links.
+type fakeLinks struct{ k *FakeKernel }
+
+func (f fakeLinks) Taken(string) ([]netip.Prefix, error) {
+	k := f.k
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if err := k.do("links.taken"); err != nil {
+		return nil, err
+	}
+	out := slices.Clone(k.Taken)
+	for _, l := range k.links {
+		out = append(out, l.HostAddr.Masked())
+	}
+	return out, nil
+}
+
+func (f fakeLinks) AddVeth(_, hostIf string, hostAddr netip.Prefix, nsPath string) error {
+	k := f.k
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if err := k.do("links.add-veth " + hostIf); err != nil {
+		return err
+	}
+	if _, ok := k.links[hostIf]; ok {
+		return fmt.Errorf("uplink: a link named %s already exists", hostIf)
+	}
+	if !k.namespaceAt(nsPath) {
+		return fmt.Errorf("uplink: %s: no such namespace", nsPath)
+	}
+	k.links[hostIf] = &FakeLink{Name: hostIf, HostAddr: hostAddr, NsPath: nsPath}
+	return nil
+}
+
+func (k *FakeKernel) namespaceAt(path string) bool {
+	for _, ns := range k.namespaces {
+		if ns.Path == path {
+			return true
+		}
+	}
+	return false
+}
+
+func (f fakeLinks) Raise(_, hostIf, nsPath string, nsAddr netip.Prefix, gateway netip.Addr) error {
+	k := f.k
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if err := k.do("links.raise " + hostIf); err != nil {
+		return err
+	}
+	l, ok := k.links[hostIf]
+	if !ok || l.NsPath != nsPath {
+		return fmt.Errorf("uplink: finding %s: link not found", hostIf)
+	}
+	l.NsAddr, l.Gateway, l.Up, l.Forwarded = nsAddr, gateway, true, true
+	return nil
+}
+
+func (f fakeLinks) Down(_, hostIf string) error {
+	k := f.k
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if err := k.do("links.down " + hostIf); err != nil {
+		return err
+	}
+	if l, ok := k.links[hostIf]; ok {
+		l.Up = false
+	}
+	return nil
+}
+
+func (f fakeLinks) Delete(_, hostIf string) error {
+	k := f.k
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if err := k.do("links.delete " + hostIf); err != nil {
+		return err
+	}
+	delete(k.links, hostIf)
+	return nil
+}
+
+// fakeFS is FakeKernel's HostFS: mounts are records (a target must exist,
+// as for a real mount); nothing is mounted on the host.
+type fakeFS struct{ k *FakeKernel }
+
+func (f fakeFS) Mount(source, target, fstype string, _ uintptr, _ string) error {
+	k := f.k
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if err := k.do("fs.mount " + fstype + " " + target); err != nil {
+		return err
+	}
+	if _, err := os.Lstat(target); err != nil {
+		return err
+	}
+	m := fakeMount{source: source, fstype: fstype}
+	if fstype == "tmpfs" || fstype == "overlay" {
+		m.hid = map[string]bool{}
+		ents, _ := os.ReadDir(target)
+		for _, e := range ents {
+			m.hid[e.Name()] = true
+		}
+	}
+	k.mounts[target] = m
+	return nil
+}
+
+func (f fakeFS) Unmount(target string, _ int) error {
+	k := f.k
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if _, ok := k.mounts[target]; !ok {
+		if _, err := os.Lstat(target); err != nil {
+			return unix.ENOENT
+		}
+		return unix.EINVAL
+	}
+	if err := k.do("fs.unmount " + target); err != nil {
+		return err
+	}
+	m := k.mounts[target]
+	delete(k.mounts, target)
+	if m.hid != nil {
+		// What was written into the file system goes with it.
+		ents, _ := os.ReadDir(target)
+		for _, e := range ents {
+			if !m.hid[e.Name()] {
+				if err := os.RemoveAll(filepath.Join(target, e.Name())); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	return nil
+}
+
+func (f fakeFS) Lchown(path string, uid, gid int) error {
+	k := f.k
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if err := k.do(fmt.Sprintf("fs.lchown %d:%d %s", uid, gid, path)); err != nil {
+		return err
+	}
+	if _, err := os.Lstat(path); err != nil {
+		return err
+	}
+	k.owners[path] = [2]int{uid, gid}
+	return nil
+}
+
+// FakeProcess is a container's process 1 in a FakeKernel.
+type FakeProcess struct {
+	// ID is the container's id, Bundle its bundle, Spec the spec read from
+	// it (config.json) at start, Netns the namespace it joined.
+	ID, Bundle string
+	Spec       *specs.Spec
+	Netns      string
+
+	k        *FakeKernel
+	signals  chan syscall.Signal
+	killed   chan struct{}
+	killOnce sync.Once
+	done     chan struct{}
+	code     int
+}
+
+// Signals delivers the signals sent to the process.
+func (p *FakeProcess) Signals() <-chan syscall.Signal { return p.signals }
+
+// Killed is closed when the process is killed (SIGKILL, the runtime's
+// delete, its namespace removed).
+func (p *FakeProcess) Killed() <-chan struct{} { return p.killed }
+
+func (p *FakeProcess) kill() { p.killOnce.Do(func() { close(p.killed) }) }
+
+// Wait waits for the process to end; when ctx ends first it is killed.
+func (p *FakeProcess) Wait(ctx context.Context) (Exit, error) {
+	select {
+	case <-p.done:
+	case <-ctx.Done():
+		p.kill()
+		<-p.done
+		return Exit{Code: p.code}, fmt.Errorf("container %s: %w", p.ID, ctx.Err())
+	}
+	return Exit{Code: p.code}, nil
+}
+
+// Signal sends sig; SIGKILL kills.
+func (p *FakeProcess) Signal(sig syscall.Signal) error {
+	if sig == syscall.SIGKILL {
+		p.kill()
+		return nil
+	}
+	select {
+	case p.signals <- sig:
+	case <-p.done:
+	}
+	return nil
+}
+
+// fakeContainers are FakeKernel's Containers.
+type fakeContainers struct{ k *FakeKernel }
+
+func (f fakeContainers) Start(ctx context.Context, rt *Runtime, id, bundle string, stdio Stdio) (Process, error) {
+	k := f.k
+	k.mu.Lock()
+	err := k.do("runtime.start " + id)
+	_, exists := k.containers[id]
+	k.mu.Unlock()
+	if err != nil {
+		return nil, fmt.Errorf("%s run %s: %w", rt.Name, id, err)
+	}
+	if exists {
+		return nil, fmt.Errorf("%s run %s: container with given ID already exists", rt.Name, id)
+	}
+	data, err := os.ReadFile(filepath.Join(bundle, "config.json"))
+	if err != nil {
+		return nil, fmt.Errorf("%s run %s: %w", rt.Name, id, err)
+	}
+	var spec specs.Spec
+	if err := json.Unmarshal(data, &spec); err != nil {
+		return nil, fmt.Errorf("%s run %s: %w", rt.Name, id, err)
+	}
+	p := &FakeProcess{ID: id, Bundle: bundle, Spec: &spec, k: k, signals: make(chan syscall.Signal, 16),
+		killed: make(chan struct{}), done: make(chan struct{})}
+	for _, n := range spec.Linux.Namespaces {
+		if n.Type == specs.NetworkNamespace {
+			p.Netns = n.Path
+		}
+	}
+	k.mu.Lock()
+	k.containers[id] = p
+	cmd := k.Command
+	k.mu.Unlock()
+	go func() {
+		defer close(p.done)
+		if cmd == nil {
+			return
+		}
+		p.code = cmd(p, stdio)
+		select {
+		case <-p.killed:
+			p.code = 128 + int(syscall.SIGKILL)
+		default:
+		}
+	}()
+	return p, nil
+}
+
+func (f fakeContainers) Delete(_ context.Context, rt *Runtime, id string) error {
+	k := f.k
+	k.mu.Lock()
+	if err := k.do("runtime.delete " + id); err != nil {
+		k.mu.Unlock()
+		return err
+	}
+	p := k.containers[id]
+	delete(k.containers, id)
+	k.mu.Unlock()
+	if p != nil {
+		p.kill()
+		<-p.done
+	}
+	return nil
+}
+
+// FakeEgressd is an egressd a FakeKernel started.
+type FakeEgressd struct {
+	// NsPath is the namespace it runs in; Plan how it was started.
+	NsPath string
+	Plan   *EgressdPlan
+
+	pid      int
+	audit    *io.PipeWriter
+	auditEnd chan struct{}
+	done     chan struct{}
+	err      error
+	mu       sync.Mutex
+	once     sync.Once
+	isDone   bool
+	stop     bool
+}
+
+func (e *FakeEgressd) Pid() int              { return e.pid }
+func (e *FakeEgressd) Done() <-chan struct{} { return e.done }
+func (e *FakeEgressd) Err() error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.err
+}
+
+// Audit writes audit lines on its stdout, as egressd does.
+func (e *FakeEgressd) Audit(lines ...string) {
+	for _, l := range lines {
+		_, _ = io.WriteString(e.audit, strings.TrimSuffix(l, "\n")+"\n")
+	}
+}
+
+// Exit ends it as a crash would, with err.
+func (e *FakeEgressd) Exit(err error) { e.exit(err) }
+
+func (e *FakeEgressd) exit(err error) {
+	e.once.Do(func() {
+		e.mu.Lock()
+		e.err, e.isDone = err, true
+		e.mu.Unlock()
+		_ = e.audit.Close()
+		close(e.done)
+	})
+}
+
+func (e *FakeEgressd) stopped() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.isDone
+}
+
+// Stop ends it and waits for its audit stream to be read.
+func (e *FakeEgressd) Stop() error {
+	e.mu.Lock()
+	e.stop = true
+	e.mu.Unlock()
+	e.exit(nil)
+	<-e.auditEnd
+	return nil
+}
+
+// fakeEgressdStarter is FakeKernel's EgressdStarter.
+type fakeEgressdStarter struct{ k *FakeKernel }
+
+func (f fakeEgressdStarter) Start(_ context.Context, nsPath string, p *EgressdPlan, audit func(io.Reader)) (EgressdProcess, error) {
+	k := f.k
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if err := k.do("egressd.start " + nsPath); err != nil {
+		return nil, fmt.Errorf("starting egressd: %w", err)
+	}
+	if !k.namespaceAt(nsPath) {
+		return nil, fmt.Errorf("starting egressd: %s: no such namespace", nsPath)
+	}
+	if _, ok := k.mounts[filepath.Join(p.Dir, binaryName)]; !ok {
+		return nil, fmt.Errorf("starting egressd: its binary is not bound at %s", filepath.Join(p.Dir, binaryName))
+	}
+	pr, pw := io.Pipe()
+	e := &FakeEgressd{NsPath: nsPath, Plan: p, pid: 70000 + len(k.egressd), audit: pw, auditEnd: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(e.auditEnd)
+		audit(pr)
+		_ = pr.Close()
+	}()
+	k.egressd = append(k.egressd, e)
+	return e, nil
+}
