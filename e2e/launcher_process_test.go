@@ -295,7 +295,7 @@ func testLauncherBrokenRuntime(t *testing.T) {
 	lw := newLauncherWorld(t)
 	dir := t.TempDir()
 	rt := filepath.Join(dir, "broken-runtime")
-	script := "#!/bin/sh\ncase \" $* \" in *\" run \"*) echo 'broken-runtime: cannot create the container: cgroup out of cheese' >&2; exit 1;; esac\nexit 0\n"
+	script := "#!/bin/sh\ncase \" $* \" in *\" create \"*) echo 'broken-runtime: cannot create the container: cgroup out of cheese' >&2; exit 1;; esac\nexit 0\n"
 	if err := os.WriteFile(rt, []byte(script), 0o755); err != nil {
 		t.Fatal(err)
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -256,6 +257,12 @@ func (s *Sandbox) prepareContainer(ctx context.Context) error {
 	}
 	for _, w := range s.plan.Container.Warnings {
 		s.log().Warn(w)
+	}
+	for root, others := range sharedWith(s.plan.StateRoot, s.plan.StateDir, s.plan.Container.Protected) {
+		if len(others) > 0 {
+			s.log().Warn(fmt.Sprintf("%q is also a writable directory of the live sandbox(es) %s: each can change what the other finds there "+
+				"(never which host files it is shown: every mount is checked)", root, strings.Join(others, ", ")))
+		}
 	}
 	s.bundle = s.plan.Container.Bundle
 	return nil

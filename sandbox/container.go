@@ -123,10 +123,10 @@ func (r *Runtime) Run(ctx context.Context, id, bundleDir string, stdio Stdio) (E
 	return c.Wait(ctx)
 }
 
-// Start creates and starts the container id from bundleDir (`runc run
-// --detach --pid-file ... [--console-socket ...]`) and returns once its
-// process runs, streaming stdio. The runtime exits as soon as the
-// container runs; its process, which the runtime leaves behind, becomes
+// Start creates the container id from bundleDir (`runc create --pid-file
+// ... [--console-socket ...]`), then starts it (`runc start`), and returns
+// once its process runs, streaming stdio. The runtime exits as soon as the
+// container exists; its process, which the runtime leaves behind, becomes
 // the caller's child: Start makes the calling process a child subreaper
 // (prctl PR_SET_CHILD_SUBREAPER), so Wait can reap it and see how it
 // ended, and the cgroup stays for Wait to read until Delete. (A caller
@@ -138,12 +138,21 @@ func (r *Runtime) Run(ctx context.Context, id, bundleDir string, stdio Stdio) (E
 // container's output is held back until the runtime has said it started
 // it, so a failing runtime's own words, which it writes to the stream the
 // container inherits, are not mistaken for the command's.
-func (r *Runtime) Start(ctx context.Context, id, bundleDir string, stdio Stdio) (_ *Container, err error) {
+func (r *Runtime) Start(ctx context.Context, id, bundleDir string, stdio Stdio) (*Container, error) {
+	return r.start(ctx, id, bundleDir, stdio, nil)
+}
+
+// start is Start with check: when not nil, it is called with the pid of
+// the created container's process 1, after the runtime made every mount
+// and before anything of the command runs (the process is the runtime's,
+// waiting to be started); an error it returns destroys the container
+// (killed, reaped, deleted) and is start's.
+func (r *Runtime) start(ctx context.Context, id, bundleDir string, stdio Stdio, check func(pid int) error) (_ *Container, err error) {
 	logPath, pidPath, sockPath, err := prepareStart(id, bundleDir)
 	if err != nil {
 		return nil, err
 	}
-	args := []string{"--log", logPath, "--log-format", "json", "run", "--detach", "--pid-file", pidPath}
+	args := []string{"--log", logPath, "--log-format", "json", "create", "--pid-file", pidPath}
 	var closeAfterStart []io.Closer
 	defer func() {
 		for _, f := range closeAfterStart {
@@ -195,7 +204,8 @@ func (r *Runtime) Start(ctx context.Context, id, bundleDir string, stdio Stdio) 
 	}
 	pid, err := readPidFile(pidPath)
 	if err != nil {
-		return nil, fmt.Errorf("%s run %s: %w", r.Name, id, err)
+		_ = r.Delete(context.WithoutCancel(ctx), id)
+		return nil, fmt.Errorf("%s create %s: %w", r.Name, id, err)
 	}
 	// The runtime has exited, so its child, the container's process, is
 	// ours now (subreaper), unreaped until Wait: the pid cannot be reused.
@@ -203,16 +213,42 @@ func (r *Runtime) Start(ctx context.Context, id, bundleDir string, stdio Stdio) 
 	if err != nil {
 		return nil, fmt.Errorf("container %s: its process %d: %w", id, pid, err)
 	}
+	if err := r.startCreated(ctx, c, ln, stdio, check); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// startCreated receives the created container c's terminal (when ln is
+// its console socket), has check inspect it, starts it (`runc start`)
+// and releases its output. On any error the container is destroyed: its
+// process killed and reaped, the runtime's record deleted.
+func (r *Runtime) startCreated(ctx context.Context, c *Container, ln *net.UnixListener, stdio Stdio, check func(pid int) error) (err error) {
+	defer func() {
+		if err != nil {
+			_ = c.proc.Kill()
+			_, _ = c.proc.Wait() // our child: reaped at once after SIGKILL
+			_ = r.Delete(context.WithoutCancel(ctx), c.id)
+		}
+	}()
 	if ln != nil {
 		if c.master, err = receiveMaster(ln); err != nil {
-			_ = c.proc.Kill()
-			go func() { _, _ = c.proc.Wait() }() // reap it: it is our child
-			return nil, fmt.Errorf("container %s: receiving its terminal from %s: %w", id, r.Name, err)
+			return fmt.Errorf("container %s: receiving its terminal from %s: %w", c.id, r.Name, err)
 		}
+	}
+	if check != nil {
+		if err := check(c.proc.Pid); err != nil {
+			return err
+		}
+	}
+	if _, err := r.runShort(ctx, "start", c.id); err != nil {
+		return err
+	}
+	if ln != nil {
 		c.copyTerminal(stdio)
 	}
 	c.open(true)
-	return c, nil
+	return nil
 }
 
 // prepareStart checks a container's id and bundle, clears the runtime's
@@ -281,7 +317,7 @@ func (r *Runtime) failure(c *Container, id, logPath, out string, exitErr error) 
 	if msg == "" {
 		msg = exitErr.Error()
 	}
-	return fmt.Errorf("%s run %s: %s", r.Name, id, oneLineMsg(msg))
+	return fmt.Errorf("%s create %s: %s", r.Name, id, oneLineMsg(msg))
 }
 
 // pipes makes the container's stdin, stdout and stderr (the runtime's ends

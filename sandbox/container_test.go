@@ -16,14 +16,15 @@ import (
 )
 
 // fakeRuntime is a runtime of runc's command line that "runs" a container
-// by starting script in the background (the container's process, which it
-// leaves behind like `runc run --detach`), writing its pid to --pid-file,
-// and exiting. Any other command (delete, kill) succeeds.
+// by starting script in the background at `create` (the container's
+// process, which it leaves behind like `runc create`), writing its pid to
+// --pid-file, and exiting. Any other command (start, delete, kill)
+// succeeds.
 func fakeRuntime(t *testing.T, script string) *Runtime {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "fake-runtime")
 	body := `#!/bin/sh
-for a; do [ "$a" = run ] && run=1; done
+for a; do [ "$a" = create ] && run=1; done
 [ -n "$run" ] || exit 0
 while [ $# -gt 0 ]; do [ "$1" = --pid-file ] && pidfile=$2; shift; done
 exec 3<&0 # an asynchronous command's stdin would be /dev/null
@@ -102,7 +103,7 @@ func TestFailingRuntimeIsAnErrorWithItsWords(t *testing.T) {
 	}
 	var stdout, stderr bytes.Buffer
 	_, err = rt.Run(context.Background(), "egt-fake", t.TempDir(), Stdio{Stdout: &stdout, Stderr: &stderr})
-	if err == nil || !strings.Contains(err.Error(), "cannot start: out of cheese") || !strings.Contains(err.Error(), path+" run egt-fake") {
+	if err == nil || !strings.Contains(err.Error(), "cannot start: out of cheese") || !strings.Contains(err.Error(), path+" create egt-fake") {
 		t.Errorf("Run with a failing runtime: %v, want its message", err)
 	}
 	if stdout.Len()+stderr.Len() > 0 {

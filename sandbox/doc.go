@@ -9,7 +9,8 @@
 //	 launcher explain ◄───┘      │          uplink: Links + Firewall.InstallUplink
 //	 (Plan.Explain)              │          egressd: files, bind, Egressd.Start
 //	                             │          container: rootfs (FS), files, bundle
-//	                             └ Runtime.Start at Run
+//	                             └ at Run: bind sources opened (no links),
+//	                               runc create, every mount checked, runc start
 //
 // NewPlan turns the resolved profile and the launch's inputs into one Plan:
 // the sandbox id and state directory, the network namespace, the firewall

@@ -450,7 +450,8 @@ func (p *FakeProcess) Signal(sig syscall.Signal) error {
 // fakeContainers are FakeKernel's Containers.
 type fakeContainers struct{ k *FakeKernel }
 
-func (f fakeContainers) Start(ctx context.Context, rt *Runtime, id, bundle string, stdio Stdio) (Process, error) {
+// Start checks nothing of binds: the fake mounts nothing.
+func (f fakeContainers) Start(ctx context.Context, rt *Runtime, id, bundle string, stdio Stdio, binds []BindMount) (Process, error) {
 	k := f.k
 	k.mu.Lock()
 	err := k.do("runtime.start " + id)

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -90,7 +91,7 @@ func TestHostContainersStartRunsTheRuntime(t *testing.T) {
 	// The fake runtime's shell may reap a child that exits before it
 	// does itself; runc's container outlives runc.
 	rt := fakeRuntime(t, `sleep 0.2; exit 4`)
-	p, err := hostContainers{}.Start(context.Background(), rt, "egt-fake", t.TempDir(), Stdio{})
+	p, err := hostContainers{}.Start(context.Background(), rt, "egt-fake", t.TempDir(), Stdio{}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -98,7 +99,7 @@ func TestHostContainersStartRunsTheRuntime(t *testing.T) {
 		t.Errorf("Wait = %+v, %v", ex, err)
 	}
 	broken, _ := scriptRuntime(t, `echo "no cgroup for you" >&2; exit 1`)
-	if p, err := (hostContainers{}).Start(context.Background(), broken, "egt-fake", t.TempDir(), Stdio{}); err == nil || p != nil {
+	if p, err := (hostContainers{}).Start(context.Background(), broken, "egt-fake", t.TempDir(), Stdio{}, nil); err == nil || p != nil {
 		t.Errorf("Start with a failing runtime: %v, %v", p, err)
 	}
 }
@@ -382,5 +383,55 @@ func TestCreateRefusesAnUnplannableConfig(t *testing.T) {
 	}
 	if len(k.Ops()) != 0 {
 		t.Errorf("the kernel was touched: %q", k.Ops())
+	}
+}
+
+// TestBindSourceSwappedBeforeTheRuntimeIsRefused: a bind source that is,
+// or leads through, a symbolic link, or is not of its planned type, when
+// the host's Containers records it is refused before the runtime is asked
+// to create anything (THREATS I5; the privileged
+// TestSwappedSourceCannotRedirectAMount swaps during the runtime's mount).
+func TestBindSourceSwappedBeforeTheRuntimeIsRefused(t *testing.T) {
+	ws := t.TempDir()
+	decoy := t.TempDir()
+	for _, d := range []string{".git/hooks", "dir"} {
+		if err := os.MkdirAll(filepath.Join(ws, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(ws, "file"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(decoy, filepath.Join(ws, "link")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("dir", filepath.Join(ws, ".git/viadir")); err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name string
+		bind BindMount
+		want string
+	}{
+		{"a link", BindMount{Dest: "/w/link", Source: filepath.Join(ws, "link"), Root: ws}, "symbolic link"},
+		{"a link from /", BindMount{Dest: "/e", Source: filepath.Join(ws, "link")}, "symbolic link"},
+		{"through a link", BindMount{Dest: "/w/.git/viadir/x", Source: filepath.Join(ws, ".git/viadir/x"), Root: ws}, "symbolic link"},
+		{"a file planned a directory", BindMount{Dest: "/w/file", Source: filepath.Join(ws, "file"), Root: ws, Type: sourceDir}, "no longer a directory"},
+		{"a directory planned a file", BindMount{Dest: "/w/dir", Source: filepath.Join(ws, "dir"), Root: ws, Type: sourceFile}, "no longer a regular file"},
+		{"outside its root", BindMount{Dest: "/w/x", Source: decoy, Root: ws}, "is not in"},
+		{"a device", BindMount{Dest: "/w/zero", Source: "/dev/zero"}, "neither a directory nor a regular file"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			rt, calls := scriptRuntime(t, "exit 0")
+			ok := BindMount{Dest: "/w/.git/hooks", Source: filepath.Join(ws, ".git/hooks"), Root: ws, Type: sourceDir, ReadOnly: true}
+			_, err := hostContainers{}.Start(context.Background(), rt, "egt-fake", t.TempDir(), Stdio{}, []BindMount{ok, tc.bind})
+			if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), strconv.Quote(tc.bind.Dest)) {
+				t.Errorf("Start = %v, want an error naming %q and saying %q", err, tc.bind.Dest, tc.want)
+			}
+			if data, _ := os.ReadFile(calls); len(data) > 0 {
+				t.Errorf("the runtime was called: %s", data)
+			}
+		})
 	}
 }

@@ -90,8 +90,11 @@ type Links interface {
 // Containers runs containers with an OCI runtime.
 type Containers interface {
 	// Start creates and starts the container id from bundle and returns
-	// once its process runs (Runtime.Start).
-	Start(ctx context.Context, rt *Runtime, id, bundle string, stdio Stdio) (Process, error)
+	// once its process runs (Runtime.Start). Every bind mount of binds is
+	// of the object its source was when Start began, or the container is
+	// destroyed before anything runs in it and Start fails (the host's:
+	// see BindMount).
+	Start(ctx context.Context, rt *Runtime, id, bundle string, stdio Stdio, binds []BindMount) (Process, error)
 	// Delete removes the container, killing what is left of it; one that
 	// does not exist is no error.
 	Delete(ctx context.Context, rt *Runtime, id string) error

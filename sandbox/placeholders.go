@@ -171,6 +171,9 @@ func acquirePlaceholders(stateRoot, dir string, pps []specconv.ProtectedPath) er
 			if !slices.Contains(sh.Users, dir) {
 				sh.Users = append(sh.Users, dir)
 			}
+			if testHook != nil {
+				testHook("placeholders")
+			}
 			for _, pp := range byRoot[root] {
 				if pp.How != specconv.ProtectPlaceholder {
 					continue
@@ -192,31 +195,93 @@ func acquirePlaceholders(stateRoot, dir string, pps []specconv.ProtectedPath) er
 	return nil
 }
 
+// sharedWith lists, for each directory pps protect, the other live
+// sandboxes (their ids) whose records say they use it too: sandboxes
+// sharing a writable directory can change what each other finds there.
+func sharedWith(stateRoot, dir string, pps []specconv.ProtectedPath) map[string][]string {
+	out := map[string][]string{}
+	for _, pp := range pps {
+		if _, done := out[pp.HostRoot]; done {
+			continue
+		}
+		out[pp.HostRoot] = nil
+		_, recPath := shareFiles(stateRoot, pp.HostRoot)
+		data, err := os.ReadFile(recPath)
+		if err != nil {
+			continue
+		}
+		var sh placeholderShare
+		if json.Unmarshal(data, &sh) != nil || sh.Root != pp.HostRoot {
+			continue
+		}
+		for _, u := range sh.Users {
+			if u != dir && alive(u) {
+				out[pp.HostRoot] = append(out[pp.HostRoot], filepath.Base(u))
+			}
+		}
+	}
+	return out
+}
+
 // makePlaceholder makes pp's placeholder; made is false when the path
-// exists already.
+// exists already. It is made through its directory opened beneath the
+// protected directory without following a link (another sandbox sharing
+// the directory may swap a path for one), never by path.
 func makePlaceholder(pp specconv.ProtectedPath) (made bool, err error) {
-	mode := fs.FileMode(0o444)
+	parent, name, err := openParent(pp.HostRoot, pp.Host)
+	if err != nil {
+		return false, fmt.Errorf("protecting %s in %s: making its placeholder: %w", pp.Entry, pp.Root, err)
+	}
+	defer unix.Close(parent)
+	mode := uint32(0o444)
+	var fd int
 	if pp.Dir {
 		mode = 0o555
-		err = os.Mkdir(pp.Host, mode)
-	} else {
-		var f *os.File
-		f, err = os.OpenFile(pp.Host, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
+		err = unix.Mkdirat(parent, name, mode)
 		if err == nil {
-			_, err = f.WriteString(placeholderContent[pp.Entry])
-			err = errors.Join(err, f.Close())
+			fd, err = openNoLinksFlags(parent, name, unix.O_RDONLY|unix.O_DIRECTORY)
+		}
+	} else {
+		fd, err = openNoLinksFlags(parent, name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL)
+		if err == nil {
+			_, err = unix.Write(fd, []byte(placeholderContent[pp.Entry]))
 		}
 	}
 	switch {
-	case errors.Is(err, fs.ErrExist):
+	case errors.Is(err, unix.EEXIST):
 		return false, nil
 	case err != nil:
-		return false, fmt.Errorf("protecting %s in %s: making its placeholder %s: %w", pp.Entry, pp.Root, pp.Host, err)
+		return false, fmt.Errorf("protecting %s in %s: making its placeholder %q: %w", pp.Entry, pp.Root, pp.Host, err)
 	}
-	if err := os.Chmod(pp.Host, mode); err != nil { // exactly, whatever the umask
+	defer unix.Close(fd)
+	if err := unix.Fchmod(fd, mode); err != nil { // exactly, whatever the umask
 		return true, fmt.Errorf("protecting %s: %w", pp.Entry, err)
 	}
 	return true, nil
+}
+
+// openParent opens the directory of p (a path in root, root excluded)
+// beneath root, without following a link anywhere, and returns it with
+// p's last name.
+func openParent(root, p string) (fd int, name string, err error) {
+	rel, err := filepath.Rel(root, p)
+	if err != nil || rel == "." || rel == ".." || strings.HasPrefix(rel, "../") {
+		return -1, "", fmt.Errorf("%q is not in %q", p, root)
+	}
+	rfd, err := openNoLinks(unix.AT_FDCWD, root, unix.O_DIRECTORY, root)
+	if err != nil {
+		return -1, "", err
+	}
+	defer unix.Close(rfd)
+	fd, err = openNoLinks(rfd, filepath.Dir(rel), unix.O_DIRECTORY, filepath.Dir(p))
+	return fd, filepath.Base(rel), err
+}
+
+// openNoLinksFlags opens name in the directory dirfd with flags (not
+// O_PATH), never following a link (O_NOFOLLOW; O_CREAT files mode 0).
+func openNoLinksFlags(dirfd int, name string, flags int) (int, error) {
+	return openat2(dirfd, name, &unix.OpenHow{Flags: uint64(flags | unix.O_NOFOLLOW | unix.O_CLOEXEC),
+		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS})
 }
 
 // releasePlaceholders takes the sandbox with state directory dir out of
@@ -249,7 +314,7 @@ func releasePlaceholders(stateRoot, dir string) error {
 			// Deepest first: a placeholder may lie in another's directory.
 			slices.SortFunc(sh.Paths, func(a, b string) int { return strings.Compare(b, a) })
 			for _, p := range sh.Paths {
-				if err := removePlaceholder(p); err != nil {
+				if err := removePlaceholder(sh.Root, p); err != nil {
 					errs = append(errs, err)
 					left = append(left, p)
 				}
@@ -267,24 +332,37 @@ func releasePlaceholders(stateRoot, dir string) error {
 	return nil
 }
 
-func removePlaceholder(p string) error {
-	fi, err := os.Lstat(p)
-	if errors.Is(err, fs.ErrNotExist) {
+// removePlaceholder removes the placeholder p made in the protected
+// directory root, if it is still what the launcher made; through its
+// directory opened beneath root without following a link, never by path.
+func removePlaceholder(root, p string) error {
+	parent, name, err := openParent(root, p)
+	if errors.Is(err, unix.ENOENT) {
 		return nil
 	}
 	if err != nil {
-		return fmt.Errorf("removing placeholder %s: %w", p, err)
+		return fmt.Errorf("removing placeholder %q: %w; left in place", p, err)
 	}
+	defer unix.Close(parent)
+	var st unix.Stat_t
+	err = unix.Fstatat(parent, name, &st, unix.AT_SYMLINK_NOFOLLOW)
+	if errors.Is(err, unix.ENOENT) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("removing placeholder %q: %w", p, err)
+	}
+	perm := st.Mode & 0o7777
 	switch {
-	case fi.IsDir() && fi.Mode().Perm() == 0o555:
-		err = os.Remove(p) // fails, as it should, when not empty
-	case fi.Mode().IsRegular() && fi.Mode().Perm() == 0o444 && fi.Size() <= 2:
-		err = os.Remove(p)
+	case st.Mode&unix.S_IFMT == unix.S_IFDIR && perm == 0o555:
+		err = unix.Unlinkat(parent, name, unix.AT_REMOVEDIR) // fails, as it should, when not empty
+	case st.Mode&unix.S_IFMT == unix.S_IFREG && perm == 0o444 && st.Size <= 2:
+		err = unix.Unlinkat(parent, name, 0)
 	default:
 		err = errors.New("it changed since the launch made it; left in place")
 	}
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("removing placeholder %s: %w", p, err)
+	if err != nil && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("removing placeholder %q: %w", p, err)
 	}
 	return nil
 }

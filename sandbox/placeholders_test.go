@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/google/go-cmp/cmp"
+
 	"github.com/egressd/egressd/sandbox/specconv"
 	"golang.org/x/sys/unix"
 )
@@ -63,7 +65,7 @@ func TestPlaceholdersAreMadeAndRemovedOnlyIfUnchanged(t *testing.T) {
 		t.Fatal(err)
 	}
 	err = releasePlaceholders(stateRoot, dir)
-	if err == nil || !strings.Contains(err.Error(), ".envrc: it changed since the launch made it") {
+	if err == nil || !strings.Contains(err.Error(), ".envrc\": it changed since the launch made it") {
 		t.Errorf("releasePlaceholders: %v, want the changed .envrc reported", err)
 	}
 	for name, want := range map[string]bool{".envrc": true, ".idea": false, ".git/commondir": false, ".mcp.json": true, ".git": true} {
@@ -103,6 +105,10 @@ func TestPlaceholdersOutliveNoSandboxThatUsesThem(t *testing.T) {
 		}
 	}
 	die() // its launcher was killed: it never releases
+	// A launch sharing the directory with live sandboxes is told which.
+	if diff := cmp.Diff(map[string][]string{ws: {"egs-0000000b"}}, sharedWith(stateRoot, a, plan())); diff != "" {
+		t.Errorf("sharedWith (-want +got; the dead one is no user):\n%s", diff)
+	}
 	exists := func() bool {
 		_, err1 := os.Lstat(filepath.Join(ws, ".envrc"))
 		_, err2 := os.Lstat(filepath.Join(ws, ".vscode"))

@@ -270,13 +270,34 @@ func WriteBundle(dir string, spec *specs.Spec) error {
 // hostContainers runs containers with the runtime's binary (Containers).
 type hostContainers struct{}
 
-func (hostContainers) Start(ctx context.Context, rt *Runtime, id, bundle string, stdio Stdio) (Process, error) {
-	c, err := rt.Start(ctx, id, bundle, stdio)
+// Start opens and identifies every source of binds (recordBinds), has the
+// runtime create the container, verifies that each planned destination
+// shows its recorded object (boundObjects.verify), and only then starts it.
+func (hostContainers) Start(ctx context.Context, rt *Runtime, id, bundle string, stdio Stdio, binds []BindMount) (Process, error) {
+	objs, err := recordBinds(binds)
+	if err != nil {
+		return nil, err
+	}
+	defer objs.Close()
+	check := objs.verify
+	if testHook != nil {
+		testHook("create")
+		check = func(pid int) error { testHook("verify"); return objs.verify(pid) }
+	}
+	c, err := rt.start(ctx, id, bundle, stdio, check)
 	if err != nil {
 		return nil, err
 	}
 	return c, nil
 }
+
+// testHook, set only by tests, runs at "placeholders", before the
+// protected paths' placeholders of a directory are made, at "create",
+// between the recording of a container's bind sources and the runtime's
+// create, and at "verify", between the create and the check of its
+// mounts: where a sandbox sharing a directory would swap a path, and swap
+// it back.
+var testHook func(stage string)
 
 // Delete runs the runtime's delete, unless runc certainly has no record of
 // the container: runc (with its default state directory) removes one that

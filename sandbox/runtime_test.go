@@ -339,7 +339,7 @@ func TestRuntimeReportsBadSpec(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = rt.Delete(context.Background(), id) })
 	_, err = rt.Run(context.Background(), id, dir, Stdio{})
-	if err == nil || !strings.Contains(err.Error(), "runc run "+id) {
+	if err == nil || !strings.Contains(err.Error(), "runc create "+id) {
 		t.Errorf("Run with a missing rootfs: err = %v, want a runc error", err)
 	}
 }

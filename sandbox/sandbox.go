@@ -409,7 +409,7 @@ func (s *Sandbox) Run(ctx context.Context, stdio Stdio) (Result, error) {
 	}
 	start := time.Now()
 	s.container.Store(true)
-	c, err := s.k.Runtime.Start(runCtx, s.rt, s.id, s.bundle, stdio)
+	c, err := s.k.Runtime.Start(runCtx, s.rt, s.id, s.bundle, stdio, s.plan.Container.Binds(s.dir))
 	ex := Exit{Code: -1}
 	if err == nil {
 		s.mu.Lock()
