@@ -102,31 +102,64 @@ const (
 // DefaultProtect returns the paths every built-in profile protects inside
 // the workspace and every writable volume (filesystem.protect): the files
 // that make a host run code when a person works in that directory after
-// the sandbox did — git's hooks and configuration (and the files that
-// redirect them: commondir, per-worktree config, submodules' and linked
-// worktrees' git directories), shell start-up files, direnv, editors' and
-// AI agents' project settings. "NAME/" is a directory.
+// the sandbox did, without choosing to run them. "NAME/" is a directory.
 func DefaultProtect() []string { return slices.Clone(defaultProtect) }
 
 var defaultProtect = []string{
+	// git's hooks and configuration, and what redirects git to others:
+	// commondir, the per-worktree config, submodules' and linked
+	// worktrees' git directories; info/attributes, which git reads from
+	// .git and not from the tree (it selects the filters and diff drivers
+	// the configuration defines: .gitattributes does the same in the open,
+	// a tracked file a person sees in git diff, and is left as the
+	// project's). The sandbox scans what these name (see the sandbox
+	// package's PlanProtectRoots): included files, core.hooksPath, a .git
+	// file's git directory.
 	".git/hooks/",
 	".git/config",
 	".git/commondir",
 	".git/config.worktree",
 	".git/modules/",
 	".git/worktrees/",
+	".git/info/attributes",
 	".gitmodules",
 	".gitconfig",
+	// Shell start-up files: bash (login and interactive), sh, zsh (every
+	// zsh reads .zshenv), where the directory is a home or a ZDOTDIR.
 	".bashrc",
 	".bash_profile",
+	".bash_login",
 	".profile",
+	".zshenv",
 	".zshrc",
 	".zprofile",
+	".zlogin",
+	// direnv runs .envrc on cd.
 	".envrc",
+	// Editors' project settings that run programs: VS Code's tasks and
+	// launch configurations and its MCP servers, JetBrains' run
+	// configurations, Zed's tasks and language-server binaries, Emacs'
+	// directory variables (eval), Neovim's and Vim's exrc files, and dev
+	// containers' initializeCommand (run on the host).
 	".vscode/",
 	".idea/",
+	".zed/",
+	".dir-locals.el",
+	".nvim.lua",
+	".nvimrc",
+	".exrc",
+	".devcontainer/",
+	// AI agents' project settings: MCP servers (commands the agent
+	// starts), hooks and allowed commands of Claude Code, Cursor, Gemini
+	// CLI, Continue, Amazon Q and Roo Code; aider's lint and test commands.
 	".mcp.json",
 	".claude/",
+	".cursor/",
+	".gemini/",
+	".continue/",
+	".amazonq/",
+	".roo/",
+	".aider.conf.yml",
 }
 
 // readOnlyTmpfs are the scratch mounts of the read-only profiles.

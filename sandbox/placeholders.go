@@ -244,7 +244,7 @@ func makePlaceholder(pp specconv.ProtectedPath) (made bool, err error) {
 	} else {
 		fd, err = openNoLinksFlags(parent, name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL)
 		if err == nil {
-			_, err = unix.Write(fd, []byte(placeholderContent[pp.Entry]))
+			_, err = unix.Write(fd, []byte(pp.Content))
 		}
 	}
 	switch {
@@ -366,8 +366,3 @@ func removePlaceholder(root, p string) error {
 	}
 	return nil
 }
-
-// placeholderContent is what a placeholder file holds, where empty would
-// break the program that reads it: git takes an empty commondir for an
-// error, "." for the repository's own directory.
-var placeholderContent = map[string]string{".git/commondir": ".\n", "commondir": ".\n"}

@@ -133,7 +133,7 @@ func TestFlagsAreSettingsWithProvenance(t *testing.T) {
 		"--net", "none", "--memory", "512m", "--cpus", "1.5", "--pids-limit", "64", "--timeout", "90s", "--read-only=false",
 		"--tmpfs", "/work:size=64m", "--seccomp", "moderate", "--cap-add", "NET_BIND_SERVICE", "--user", "1000:1000",
 		"--mount-cwd", "--env", "FOO=bar", "--env", "MYVAR", "--pass-env", "OTHER", "--upstream-dns", "192.0.2.1,192.0.2.2:5353",
-		"--allow-host-user", "--expose", "/opt/toolchains", "--volume", "/srv/agents/42/claude:~/.claude", "--protect", ".cursor/",
+		"--allow-host-user", "--expose", "/opt/toolchains", "--volume", "/srv/agents/42/claude:~/.claude", "--protect", ".tool/",
 		"--unprotect", ".idea/", "--", "make", "test"}
 	cmdArgs, err := parseLaunch(fs, args)
 	if err != nil {
@@ -165,7 +165,7 @@ func TestFlagsAreSettingsWithProvenance(t *testing.T) {
 		`process.allow_host_user true`:                            "flag:--allow-host-user",
 		`filesystem.expose "/opt/toolchains"`:                     "flag:--expose",
 		`filesystem.volumes "/srv/agents/42/claude:~/.claude:rw"`: "flag:--volume",
-		`filesystem.protect ".cursor/"`:                           "flag:--protect",
+		`filesystem.protect ".tool/"`:                             "flag:--protect",
 		`filesystem.unprotect ".idea/"`:                           "flag:--unprotect",
 		`process.pids_limit 64`:                                   "flag:--pids-limit",
 		`process.memory "512MiB"`:                                 "flag:--memory",

@@ -274,7 +274,7 @@ func protectWritable(in Input, view *View, user User, host *accounts, workspaceD
 			dirs = append(dirs, writableDir{m.Source, m.Path, m.Origin})
 		}
 	}
-	var protected []ProtectedPath
+	var roots []ProtectRoot
 	var warnings []string
 	for _, w := range dirs {
 		fi, err := os.Stat(w.host)
@@ -292,11 +292,25 @@ func protectWritable(in Input, view *View, user User, host *accounts, workspaceD
 		if user.UID == 0 {
 			warnings = append(warnings, fmt.Sprintf("the command runs as root with %s: what it creates there is owned by root on the host", w.what))
 		}
-		pps, err := PlanProtect(w.host, w.path, p.Filesystem.EffectiveProtect(), user.UID != 0 && !host.isAccount(user.UID))
-		if err != nil {
-			return nil, nil, err
-		}
-		protected = append(protected, pps...)
+		roots = append(roots, ProtectRoot{Host: w.host, Path: w.path})
+	}
+	if len(roots) == 0 {
+		return nil, warnings, nil
+	}
+	// What git reads for these directories' repositories, wherever it
+	// lies: the system's and every account's global configuration too.
+	hostRoot := in.HostRoot
+	if hostRoot == "" {
+		hostRoot = "/"
+	}
+	gitConfigs := []string{filepath.Join(hostRoot, "etc/gitconfig")}
+	for _, h := range host.homes {
+		gitConfigs = append(gitConfigs, filepath.Join(h, ".gitconfig"), filepath.Join(h, ".config/git/config"))
+	}
+	protected, err := PlanProtectRoots(ProtectOptions{Roots: roots, Entries: p.Filesystem.EffectiveProtect(),
+		GitRefusesOwner: user.UID != 0 && !host.isAccount(user.UID), Homes: host.homes, GitConfigs: gitConfigs})
+	if err != nil {
+		return nil, nil, err
 	}
 	return protected, warnings, nil
 }
