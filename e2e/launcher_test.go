@@ -67,6 +67,7 @@ func TestLauncher(t *testing.T) {
 			{"NestedGitIncludeCannotSetAHook", testLauncherNestedGitIncludeCannotSetAHook},
 			{"GitfileTargetInsideTheWorkspaceIsProtected", testLauncherGitfileTargetInsideTheWorkspaceIsProtected},
 			{"AgentEditorAndShellSettingsCannotBeCreated", testLauncherAgentEditorAndShellSettingsCannotBeCreated},
+			{"RootSandboxCannotReadHostKeysUnderEtc", testLauncherRootSandboxCannotReadHostKeysUnderEtc},
 			{"UserInstallsWorkUnderStrict", testLauncherUserInstallsUnderStrict},
 			{"VolumeWritableUnderStrictAndOfflineButNotItsProtectedPaths", testLauncherVolumeWritableUnderReadOnlyProfiles},
 			{"UnwritableWorkspaceIsRefusedAndRootWarned", testLauncherWorkspacePreflight},

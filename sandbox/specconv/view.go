@@ -42,7 +42,8 @@ import (
 //     merged /usr (and the dynamic loader's path on every host);
 //   - etc: what programs read at run time (ld.so.cache, ssl certificates,
 //     alternatives, nsswitch, locale and time zone settings). What a host
-//     keeps secret there is hidden (HiddenEtcPaths), and the sandbox's own
+//     keeps secret there is hidden (hiddenPaths: what other users may not
+//     read, and HiddenEtcPaths), and the sandbox's own
 //     passwd, group, hosts and resolv.conf are mounted over the host's.
 //
 // Not shown: /var (package databases, logs, mail, spools, services' data:
@@ -52,18 +53,22 @@ import (
 // the top level.
 var SystemDirs = []string{"bin", "etc", "lib", "lib32", "lib64", "libx32", "sbin", "usr"}
 
-// HiddenEtcPaths are what the default view hides of the host's /etc
-// (masked: an empty read-only file, or an empty read-only directory, where
-// the host has the path): the password hashes, host keys and private keys
-// a root-owned file protects from everyone but root (a sandbox run as uid
-// 0 owns them too), the account lists that name the host's people, and
-// the world-readable files where hosts keep credentials or identity (apt
-// and container-runtime credentials, Kubernetes and k3s configuration,
-// network secrets, cloud-init configuration, /etc/environment, the machine
-// id, the host's name, the operator's egressd policies). Masking hides a
-// file; it cannot know every secret an operator keeps in /etc: use
-// --rootfs with an image for a sandbox that must see nothing of the host,
-// and do not run one as root where /etc holds more.
+// HiddenEtcPaths are what the default view hides of the host's /etc by
+// name (masked: an empty read-only file, or an empty read-only directory,
+// where the host has the path), besides what the rule hides (see
+// hiddenPaths): every entry of /etc the host keeps from its ordinary
+// users, a file other users may not read or a directory they may not
+// list, is hidden whatever its name, since a sandbox run as uid 0 would
+// own it (password hashes, private and host keys, sssd, service
+// credentials). The names are what the rule misses: the account lists
+// that name the host's people, and the files hosts keep world-readable
+// that hold credentials or identity (package-index and git credentials,
+// container-runtime, cluster, CI-runner, mail-relay and cloud
+// configuration, network secrets, /etc/environment, the machine id, the
+// host's name, the operator's egressd policies), and the secret ones that
+// some hosts leave readable. Masking hides a file; it cannot know every
+// secret an operator keeps world-readable in /etc: use --rootfs with an
+// image for a sandbox that must see nothing of the host.
 var HiddenEtcPaths = []string{
 	// Password hashes, and the account lists the sandbox's own passwd
 	// and group leave out (login names).
@@ -73,13 +78,24 @@ var HiddenEtcPaths = []string{
 	// Private keys and service credentials.
 	"/etc/ssl/private", "/etc/pki/tls/private", "/etc/letsencrypt", "/etc/krb5.keytab",
 	"/etc/ipsec.secrets", "/etc/ppp/chap-secrets", "/etc/ppp/pap-secrets", "/etc/openvpn",
-	"/etc/wpa_supplicant", "/etc/mysql/debian.cnf", "/etc/libvirt",
+	"/etc/wpa_supplicant", "/etc/mysql/debian.cnf", "/etc/libvirt", "/etc/sssd",
+	"/etc/ldap.secret", "/etc/pam_ldap.secret", "/etc/libnss-ldap.secret", "/etc/nslcd.conf",
+	"/etc/samba/private", "/etc/samba/smbpasswd", "/etc/davfs2/secrets", "/etc/rsyncd.secrets",
+	"/etc/ceph", "/etc/salt/pki", "/etc/puppetlabs/puppet/ssl", "/etc/chef",
+	"/etc/vault.d", "/etc/consul.d", "/etc/nomad.d",
+	// Mail relays' passwords.
+	"/etc/postfix/sasl_passwd", "/etc/postfix/sasl_passwd.db", "/etc/exim4/passwd.client",
+	"/etc/mail/authinfo", "/etc/msmtprc", "/etc/ssmtp", "/etc/fetchmailrc",
 	// The host's identity and environment.
 	"/etc/machine-id", "/etc/hostname", "/etc/environment",
-	// Package-repository, container-runtime, cluster, network and cloud
-	// credentials and configuration; the operator's egressd policies.
+	// Package-index and git credentials (tokens in index URLs, credential
+	// helpers), netrc files.
+	"/etc/pip.conf", "/etc/npmrc", "/etc/gitconfig", "/etc/netrc", "/etc/.netrc", "/etc/boto.cfg",
 	"/etc/apt/auth.conf", "/etc/apt/auth.conf.d",
-	"/etc/docker", "/etc/containerd", "/etc/kubernetes", "/etc/rancher",
+	// Container-runtime, cluster, CI-runner, network and cloud credentials
+	// and configuration; the operator's egressd policies.
+	"/etc/docker", "/etc/containerd", "/etc/containers/auth.json", "/etc/kubernetes", "/etc/rancher",
+	"/etc/gitlab-runner", "/etc/buildkite-agent",
 	"/etc/wireguard", "/etc/NetworkManager/system-connections", "/etc/netplan",
 	"/etc/cloud", "/etc/egressd",
 }
@@ -267,18 +283,70 @@ func underSystemDir(p string) string {
 	return ""
 }
 
-// hiddenPaths lists HiddenEtcPaths and the host's ssh host keys.
+// hiddenPaths lists what the view hides of hostRoot's /etc: HiddenEtcPaths,
+// the ssh keys (/etc/ssh/*key: host keys, a CA's key, whatever their
+// mode), and every entry other users may not read (a file without o+r, a
+// directory without o+rx; nothing below a hidden directory is listed).
+// Symbolic links are not followed: what a link in /etc leads to in /etc
+// is walked where it is, and the view shows nothing else it could lead to
+// but /usr. A walk that fails refuses the launch.
 func hiddenPaths(hostRoot string) ([]string, error) {
 	out := slices.Clone(HiddenEtcPaths)
-	keys, err := filepath.Glob(filepath.Join(hostRoot, "etc/ssh/ssh_host_*key"))
+	etc := filepath.Join(hostRoot, "etc")
+	keys, err := filepath.Glob(filepath.Join(etc, "ssh", "*key"))
 	if err != nil {
 		return nil, err
 	}
 	for _, k := range keys {
 		out = append(out, "/etc/ssh/"+filepath.Base(k))
 	}
+	err = filepath.WalkDir(etc, func(p string, d fs.DirEntry, err error) error {
+		switch {
+		case err != nil && p == etc && errors.Is(err, fs.ErrNotExist):
+			return fs.SkipAll
+		case err != nil:
+			return err
+		case p == etc || d.Type()&fs.ModeSymlink != 0:
+			return nil
+		}
+		fi, err := d.Info()
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil // gone since it was listed
+		} else if err != nil {
+			return err
+		}
+		if readableByOthers(fi.Mode()) {
+			return nil
+		}
+		out = append(out, "/etc/"+filepath.ToSlash(strings.TrimPrefix(p, etc+"/")))
+		if d.IsDir() {
+			return fs.SkipDir
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("the host view: finding what /etc keeps from other users: %w", err)
+	}
 	slices.Sort(out)
-	return out, nil
+	out = slices.Compact(out)
+	// What lies below a hidden directory is hidden with it.
+	kept := out[:0]
+	for _, h := range out {
+		if len(kept) > 0 && strings.HasPrefix(h, kept[len(kept)-1]+"/") {
+			continue
+		}
+		kept = append(kept, h)
+	}
+	return kept, nil
+}
+
+// readableByOthers reports whether a user that is neither a file's owner
+// nor in its group may read it (list and enter it, for a directory).
+func readableByOthers(m fs.FileMode) bool {
+	if m.IsDir() {
+		return m&0o005 == 0o005
+	}
+	return m&0o004 != 0
 }
 
 // checkHostPath resolves host (an absolute clean host path) through its

@@ -243,3 +243,51 @@ func TestTreeOfTheViewReportsMissingEntries(t *testing.T) {
 		t.Error("reading the view's own root as a file succeeded")
 	}
 }
+
+// TestHostViewHidesWhatEtcKeepsFromOtherUsers (THREATS I1): whatever its
+// name, a file of /etc other users may not read (0600, 0640) and a
+// directory they may not list are hidden, since a sandbox run as root
+// would read them; named world-readable credential files too; what every
+// user may read stays.
+func TestHostViewHidesWhatEtcKeepsFromOtherUsers(t *testing.T) {
+	host := fakeRoot(t, map[string]string{
+		"/etc/hosts":                        "",
+		"/etc/pip.conf":                     "[global]\nindex-url = https://user:token@pypi.example/simple\n",
+		"/etc/gitconfig":                    "[credential]\n\thelper = store\n",
+		"/etc/ssh/ssh_config":               "",
+		"/etc/ssh/ca_key":                   "",
+		"/etc/ssh/ca_key.pub":               "",
+		"/etc/app/token":                    "0600",
+		"/etc/app/group-only.conf":          "0640",
+		"/etc/app/public.conf":              "",
+		"/etc/gitlab-runner/config.toml":    "",
+		"/etc/vendor-secrets/inner/key.pem": "",
+		"/etc/listable-only/file":           "",
+	}, map[string]string{"/etc/link-to-token": "app/token"})
+	for p, mode := range map[string]os.FileMode{
+		"/etc/app/token": 0o600, "/etc/app/group-only.conf": 0o640,
+		"/etc/vendor-secrets": 0o700 | os.ModeDir, "/etc/listable-only": 0o750 | os.ModeDir,
+	} {
+		if err := os.Chmod(filepath.Join(host, p), mode); err != nil {
+			t.Fatal(err)
+		}
+	}
+	v, err := PlanView(builtin(t, "standard"), ViewOptions{HostRoot: host})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hidden := map[string]bool{}
+	for _, h := range v.Hidden {
+		hidden[h] = true
+	}
+	for p, want := range map[string]bool{
+		"/etc/app/token": true, "/etc/app/group-only.conf": true, "/etc/vendor-secrets": true, "/etc/listable-only": true,
+		"/etc/pip.conf": true, "/etc/gitconfig": true, "/etc/gitlab-runner": true, "/etc/ssh/ca_key": true,
+		"/etc/hosts": false, "/etc/app/public.conf": false, "/etc/ssh/ssh_config": false, "/etc/ssh/ca_key.pub": false,
+		"/etc/app": false, "/etc/link-to-token": false, "/etc/vendor-secrets/inner": false, // a link is not followed; below a hidden directory is hidden with it
+	} {
+		if hidden[p] != want {
+			t.Errorf("%s hidden = %v, want %v", p, hidden[p], want)
+		}
+	}
+}
