@@ -174,12 +174,19 @@ func TestSwappedSourceCannotRedirectAMount(t *testing.T) {
 			if err == nil {
 				t.Fatalf("the launch succeeded with %s swapped for a link; want it refused", tc.swap)
 			}
-			named := dest // the mount whose source or destination changed
+			named := strconv.Quote(dest) // the mount whose source or destination changed
 			if tc.stage == placeholders {
-				named = swapped // the directory a placeholder is made in
+				// The directory a placeholder is made in: named by the
+				// placeholder's refusal, or, when the swap is seen first
+				// (the placeholder re-plan), by the plan's refusal of a
+				// protected path that leads through a link.
+				named = strconv.Quote(swapped)
+				if strings.Contains(err.Error(), "is a symbolic link, which a mount cannot keep") {
+					named = "/sandbox/.git"
+				}
 			}
-			if !strings.Contains(err.Error(), strconv.Quote(named)) {
-				t.Errorf("error %q does not name %q", err, named)
+			if !strings.Contains(err.Error(), named) {
+				t.Errorf("error %q does not name %s", err, named)
 			}
 			t.Logf("refused: %v", err)
 		})
