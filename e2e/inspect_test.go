@@ -318,13 +318,7 @@ func testInspectCredential(t *testing.T) {
 	if got := rep.Header.Get("X-Api-Key"); got != strings.Repeat("*", len(secret)) {
 		t.Errorf("the API's reflection of the key reached the sandbox as %q, want it masked", got)
 	}
-	var seen string
-	for _, req := range lw.w.HTTPLog() {
-		if req.URI == "/v1/messages" {
-			seen = req.Header.Get("X-Api-Key")
-		}
-	}
-	if seen != secret {
+	if seen := lw.apiKeySeen("/v1/messages"); seen != secret {
 		t.Errorf("the API got x-api-key %q, want the secret", seen)
 	}
 	for _, a := range r.audit {
@@ -332,6 +326,17 @@ func testInspectCredential(t *testing.T) {
 			t.Errorf("the secret is in the audit log: %+v", a)
 		}
 	}
+}
+
+// apiKeySeen is the x-api-key of the last request for uri the world saw.
+func (lw *lworld) apiKeySeen(uri string) string {
+	var seen string
+	for _, req := range lw.w.HTTPLog() {
+		if req.URI == uri {
+			seen = req.Header.Get("X-Api-Key")
+		}
+	}
+	return seen
 }
 
 // scanSandboxForSecret waits for the sandbox to signal ready, finds its
@@ -492,13 +497,7 @@ func testInspectSecretEscapedInJSON(t *testing.T) {
 	if got := rep.Header.Get("X-Api-Key"); got == "" || strings.Trim(got, "*") != "" {
 		t.Errorf("the sandbox read the reflected key as %q, want only stars", got)
 	}
-	var seen string
-	for _, req := range lw.w.HTTPLog() {
-		if req.URI == "/v1/messages" {
-			seen = req.Header.Get("X-Api-Key")
-		}
-	}
-	if seen != secret {
+	if seen := lw.apiKeySeen("/v1/messages"); seen != secret {
 		t.Errorf("the API got x-api-key %q, want the secret", seen)
 	}
 }
@@ -524,27 +523,17 @@ secret = "MODEL_KEY"
 	script := sandboxPython + ` -c '
 import os, socket, ssl
 s = socket.create_connection(("127.0.0.1", 3128), timeout=10)
-s.sendall(b"CONNECT 198.51.100.10:443 HTTP/1.1
-Host: 198.51.100.10:443
-
-")
-print("connect=" + s.recv(200).split(b"
-")[0].decode())
+s.sendall(b"CONNECT 198.51.100.10:443 HTTP/1.1\r\nHost: 198.51.100.10:443\r\n\r\n")
+print("connect=" + s.recv(200).split(b"\r\n")[0].decode())
 t = ssl.create_default_context().wrap_socket(s, server_hostname="api.model.test")
-t.sendall(b"GET /ip-credential HTTP/1.1
-Host: api.model.test
-x-api-key: " + os.environ["MODEL_KEY"].encode() + b"
-Connection: close
-
-")
+t.sendall(b"GET /ip-credential HTTP/1.1\r\nHost: api.model.test\r\nx-api-key: " + os.environ["MODEL_KEY"].encode() + b"\r\nConnection: close\r\n\r\n")
 d = b""
 while True:
     x = t.recv(4096)
     if not x:
         break
     d += x
-print("status=" + d.split(b"
-")[0].decode())
+print("status=" + d.split(b"\r\n")[0].decode())
 '`
 	r := lw.runInspect(lopts{env: []string{"MODEL_KEY=" + secret}}, "--secret-env", "MODEL_KEY", "--", "sh", "-c", script)
 	if r.code != 0 {
