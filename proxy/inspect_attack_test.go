@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/http/httptrace"
+	"net/netip"
 	"net/textproto"
 	"net/url"
 	"strings"
@@ -348,12 +349,29 @@ secret = "MODEL_KEY"
 			if !tc.wantServed && err == nil && strings.Contains(body, "upstream") {
 				t.Errorf("request through the IP CONNECT of a name no rule allows was served: %q", body)
 			}
+			// The transparent path: a connection to 127.0.0.2 with the same
+			// ClientHello.
+			th := &transparentHarness{harness: ih.harness}
+			th.p.origDst = func(net.Conn) (netip.AddrPort, error) { return th.orig.Load().(netip.AddrPort), nil }
+			tln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			th.taddr = tln.Addr().String()
+			go th.p.ServeTransparent(tln)
+			body, err = tlsGetWithKey(th.dialTo(fmt.Sprintf("127.0.0.2:%d", ih.up.port)), "api.test", ih)
+			if tc.wantServed && (err != nil || !strings.Contains(body, "upstream GET")) {
+				t.Errorf("transparent request to 127.0.0.2: %q %v, want it served by api.test's own address", body, err)
+			}
+			if !tc.wantServed && err == nil && strings.Contains(body, "upstream") {
+				t.Errorf("transparent request to 127.0.0.2 for a name no rule allows was served: %q", body)
+			}
 			for _, r := range imp.requests() {
 				t.Errorf("the address outside api.test's resolution got %s %s with x-api-key %q", r.Method, r.URL, r.Header.Get("X-Api-Key"))
 			}
 			if tc.wantServed {
-				if reqs := ih.up.requests(); len(reqs) != 1 || reqs[0].Header.Get("X-Api-Key") != testSecret {
-					t.Errorf("api.test's own address got %d requests", len(reqs))
+				if reqs := ih.up.requests(); len(reqs) != 2 || reqs[0].Header.Get("X-Api-Key") != testSecret || reqs[1].Header.Get("X-Api-Key") != testSecret {
+					t.Errorf("api.test's own address got %d requests, want 2 with the key", len(reqs))
 				}
 			}
 		})
