@@ -12,7 +12,7 @@ import (
 )
 
 // inspectionOf resolves a policy file text and returns its matcher.
-func inspectionMatcher(t *testing.T, text string) *Matcher {
+func inspectionMatcher(t testing.TB, text string) *Matcher {
 	t.Helper()
 	f, err := ParseFile("p.toml", []byte(text))
 	if err != nil {
@@ -337,16 +337,7 @@ paths = ["/v1/**", "/Docs"]
 // gives it: case changed, percent-, JSON- or HTML-escaped (mixed, twice
 // over), base64 inside Basic credentials, at any alignment. Attack review 1.
 func TestPlaceholderInAnyCommonEncodingIsSeen(t *testing.T) {
-	m := inspectionMatcher(t, `version = 1
-[network]
-allow = ["api.model.test"]
-[[network.inspect]]
-host = "api.model.test"
-[[network.credentials]]
-host = "api.model.test"
-header = "x-api-key"
-secret = "MODEL_KEY"
-`)
+	m := inspectionMatcher(t, modelKeyPolicy)
 	ph := "egressd-placeholder-MODEL_KEY"
 	b64 := func(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
 	for name, s := range map[string]string{
@@ -377,3 +368,15 @@ secret = "MODEL_KEY"
 		}
 	}
 }
+
+// modelKeyPolicy inspects api.model.test with one credential, MODEL_KEY.
+const modelKeyPolicy = `version = 1
+[network]
+allow = ["api.model.test"]
+[[network.inspect]]
+host = "api.model.test"
+[[network.credentials]]
+host = "api.model.test"
+header = "x-api-key"
+secret = "MODEL_KEY"
+`
