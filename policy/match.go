@@ -97,6 +97,7 @@ func NewMatcher(n NetworkPolicy) (*Matcher, error) {
 		}
 	}
 	m.inspect, m.credentials = slices.Clone(n.Inspect), slices.Clone(n.Credentials)
+	m.placeholders = placeholderForms(m.credentials)
 	for i, a := range n.Self {
 		c, ok := canonAddr(a)
 		if !ok {

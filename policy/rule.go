@@ -685,4 +685,5 @@ type Matcher struct {
 	upstreams     []netip.AddrPort
 	inspect       []*InspectRule
 	credentials   []*Credential
+	placeholders  []placeholderForm // per credential: the forms its placeholder is recognised in
 }

@@ -160,7 +160,8 @@ func (p *Proxy) handleHTTP(cc *clientConn, br *bufio.Reader, h *requestHead, arr
 		Host:       hostHeaderFor(t, 80),
 	}
 	if body != nil {
-		out.Body, out.ContentLength = body, h.contentLength
+		// Scanned for a placeholder sent here and a _method form field (requestscan.go).
+		out.Body, out.ContentLength = scanRequestBody(body, m, m.Inspection(t.Name, t.Port), host, h.method, h.header), h.contentLength
 	}
 	trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
 		if ap, err := netip.ParseAddrPort(info.Conn.RemoteAddr().String()); err == nil {

@@ -68,6 +68,17 @@ type Inspect struct {
 	UpstreamRoots *x509.CertPool
 	// Secrets are the credentials' secret values, by name.
 	Secrets map[string]string
+
+	forms sync.Map // secret value → mask.Forms of it
+}
+
+// formsOf returns the forms (mask.Forms) of a secret value, computed once.
+func (c *Inspect) formsOf(secret string) []string {
+	if f, ok := c.forms.Load(secret); ok {
+		return f.([]string)
+	}
+	f, _ := c.forms.LoadOrStore(secret, mask.Forms(secret))
+	return f.([]string)
 }
 
 // SetInspect puts cfg in force for TLS sessions that start from now on
@@ -153,6 +164,23 @@ func (p *Proxy) inspectTLS(ctx context.Context, m *policy.Matcher, cc *clientCon
 		p.logDenial(a.kind, a.target, port, cc.client, a.addrs, denyf(0, audit.ReasonInspectUnset, "%s is inspected, but egressd has no inspection CA", name))
 		resetConn(cc.c)
 		return true
+	}
+	if dial.Addr.IsValid() {
+		// Admitted by its address (a CONNECT to an IP literal, or a
+		// transparent stream an allow IP rule admitted), the stream names
+		// an inspected host: its requests, and the credential egressd adds
+		// to them, go to the name's own vetted addresses, never to the
+		// address the sandbox chose (which may serve the name's certificate
+		// and be another machine altogether). A name no rule allows is
+		// refused: an IP rule admits an address, not a name.
+		if d := m.DecideName(name, port); !d.Allow {
+			p.logDenial(a.kind, a.target, port, cc.client, a.addrs, denyDecision(d,
+				fmt.Sprintf("(TLS server_name %s is inspected: its requests go only to the addresses it resolves to, so the name itself must be allowed)", name)))
+			resetConn(cc.c)
+			return true
+		}
+		prefer, dial = dial.Addr, policy.Target{Name: name, Port: port}
+		cc.setNameBasis(name)
 	}
 	cc.setInspected()
 	cc.shareBuffers() // net/http's goroutines read the peeked bytes
@@ -293,7 +321,7 @@ type inspectRequest struct {
 	canonical string // the path sent upstream, when path rules made it canonical
 	decision  policy.Decision
 	creds     []string // names of the secrets whose headers were set
-	secrets   []string // their values, masked in the response
+	forms     []string // their values in every form masked in the response (mask.Forms)
 	upAddr    atomic.Value
 	denial    *denial // a refusal, or a failure to serve an allowed request (the outcome its reason has)
 	failure   string  // why an allowed, answered request ended early
@@ -320,7 +348,7 @@ func (s *inspectSession) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	defer func() {
 		v := recover()
 		if v != nil { // the reverse proxy aborts a response the upstream broke off
-			rq.failure = fmt.Sprintf("response aborted: %v", v)
+			rq.failure = mask.String(fmt.Sprintf("response aborted: %v", v), rq.forms)
 		}
 		s.record(r, rq, cw, body)
 		if v != nil {
@@ -332,6 +360,11 @@ func (s *inspectSession) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.refuse(cw, r, dn)
 		return
 	}
+	// Every head written to the client is masked, the 1xx ones the
+	// reverse proxy passes on without ModifyResponse included; the
+	// trailers it copies after the body are masked once it returns.
+	cw.forms = rq.forms
+	defer maskHeader(cw.Header(), rq.forms)
 	ctx := context.WithValue(r.Context(), inspectRequestKey{}, rq)
 	ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
 		rq.upAddr.Store(info.Conn.RemoteAddr().String())
@@ -374,41 +407,28 @@ func (s *inspectSession) check(m *policy.Matcher, in *policy.Inspection, r *http
 		return &denial{status: http.StatusForbidden, reason: audit.Reason(d.Reason), decision: policy.Decision{
 			Reason: d.Reason, Rule: &policy.Rule{Text: d.RuleText(), Source: d.Rule.Source}}}
 	}
+	if dn := methodOverrideDenial(in, s.name, r.Header, r.RequestURI); dn != nil {
+		return dn
+	}
 	if dn := placeholderDenial(m, s.name, r.RequestURI, r.Header); dn != nil {
 		return dn
 	}
+	r.Body = scanRequestBody(r.Body, m, in, s.name, r.Method, r.Header)
 	for _, c := range in.Credentials {
+		if s.dial.Name != s.name { // inspectTLS dials an inspected name by its name only; fail closed if not
+			return denyf(http.StatusForbidden, audit.ReasonNoAllowRule, "the credential for %s goes only to the addresses %s resolves to, not %s", c.Host, s.name, s.dial)
+		}
 		v, ok := s.cfg.Secrets[c.Secret]
 		if !ok {
 			return denyf(http.StatusServiceUnavailable, audit.ReasonCredentialUnset, "the secret %s of the credential for %s was not given to egressd", c.Secret, c.Host)
 		}
 		r.Header[c.Header] = []string{c.Prefix + v}
-		rq.creds, rq.secrets = append(rq.creds, c.Secret), append(rq.secrets, v)
+		rq.creds, rq.forms = append(rq.creds, c.Secret), append(rq.forms, s.cfg.formsOf(v)...)
 	}
-	if len(rq.secrets) > 0 {
+	if len(rq.forms) > 0 {
 		// Plain bytes, so the response can be scanned for the secret.
 		r.Header.Set("Accept-Encoding", "identity")
 		r.Header.Del("Sec-Websocket-Extensions")
-	}
-	return nil
-}
-
-// placeholderDenial refuses a request that carries a credential's
-// placeholder (in its target or a header) to any host but the credential's
-// own: the sandbox, or whatever drives it, sending its key elsewhere.
-func placeholderDenial(m *policy.Matcher, host, target string, h http.Header) *denial {
-	deny := func(c *policy.Credential) *denial {
-		return denyf(http.StatusForbidden, audit.ReasonPlaceholder, "the placeholder of secret %s (for %s) sent to %s", c.Secret, c.Host, host)
-	}
-	if c := m.PlaceholderFor(host, target); c != nil {
-		return deny(c)
-	}
-	for _, vs := range h {
-		for _, v := range vs {
-			if c := m.PlaceholderFor(host, v); c != nil {
-				return deny(c)
-			}
-		}
 	}
 	return nil
 }
@@ -445,20 +465,22 @@ func (s *inspectSession) dialTLS(ctx context.Context, _, _ string) (net.Conn, er
 	return tc, nil
 }
 
-// modifyResponse masks the secrets in a response to a request that carried
-// a credential: every header, the body (decompressed from gzip first; any
-// other encoding is refused, since it cannot be scanned), the trailers, and
-// the stream of a WebSocket upgrade. Secrets become as many '*' as they have
-// bytes, so lengths and framing stay true.
+// modifyResponse masks the secrets, in every form mask.Forms lists, in a
+// response to a request that carried a credential: every header, the body
+// (decompressed from gzip first; any other encoding is refused, since it
+// cannot be scanned), the trailers, and the stream of a WebSocket upgrade.
+// Each form becomes as many '*' as it has bytes, so lengths and framing
+// stay true. (1xx heads, which the reverse proxy passes on without this
+// hook, are masked by the response writer.)
 func (s *inspectSession) modifyResponse(resp *http.Response) error {
 	rq, _ := resp.Request.Context().Value(inspectRequestKey{}).(*inspectRequest)
-	if rq == nil || len(rq.secrets) == 0 {
+	if rq == nil || len(rq.forms) == 0 {
 		return nil
 	}
-	maskHeader(resp.Header, rq.secrets)
+	maskHeader(resp.Header, rq.forms)
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		if rwc, ok := resp.Body.(io.ReadWriteCloser); ok {
-			resp.Body = &maskedStream{ReadWriteCloser: rwc, r: mask.NewSameLengthReader(rwc, rq.secrets)}
+			resp.Body = &maskedStream{ReadWriteCloser: rwc, r: mask.NewSameLengthReader(rwc, rq.forms)}
 		}
 		return nil
 	}
@@ -476,7 +498,7 @@ func (s *inspectSession) modifyResponse(resp *http.Response) error {
 	default:
 		return denyf(http.StatusBadGateway, audit.ReasonUpstreamError, "%s answered in Content-Encoding %q, which egressd cannot scan for the credential it sent", s.name, enc)
 	}
-	resp.Body = &maskedBody{r: mask.NewSameLengthReader(resp.Body, rq.secrets), body: resp.Body, resp: resp, secrets: rq.secrets}
+	resp.Body = &maskedBody{r: mask.NewSameLengthReader(resp.Body, rq.forms), body: resp.Body, resp: resp, forms: rq.forms}
 	return nil
 }
 
@@ -499,6 +521,14 @@ func (s *inspectSession) upstreamError(w http.ResponseWriter, r *http.Request, e
 		dn = denyf(http.StatusBadGateway, audit.ReasonUpstreamCert, "the certificate of %s does not verify: %v", s.name, err)
 	default:
 		dn = upstreamFailure(err)
+	}
+	if len(rq.forms) > 0 {
+		// An upstream error can quote what the upstream sent ("malformed
+		// HTTP response ..."): masked before the client or the audit
+		// record sees it.
+		masked := *dn
+		masked.detail, masked.internal = mask.String(dn.detail, rq.forms), mask.String(dn.internal, rq.forms)
+		dn = &masked
 	}
 	rq.denial = dn
 	s.refuse(w, r, dn)
@@ -633,40 +663,91 @@ func checkPlainRequest(m *policy.Matcher, t policy.Target, h *requestHead, targe
 		return "", &denial{status: http.StatusForbidden, reason: audit.Reason(d.Reason), decision: policy.Decision{
 			Reason: d.Reason, Rule: &policy.Rule{Text: d.RuleText(), Source: d.Rule.Source}}}
 	}
+	if dn := methodOverrideDenial(in, t.Name, h.header, target); dn != nil {
+		return "", dn
+	}
 	if hasQuery {
 		path += "?" + query
 	}
 	return path, nil
 }
 
-// maskHeader masks the secrets in every header value, each by as many
-// '*' as it has bytes (as in the body).
-func maskHeader(h http.Header, secrets []string) {
+// maskHeader masks the forms of the secrets in every header name and
+// value, each by as many '*' as it has bytes (as in the body).
+func maskHeader(h http.Header, forms []string) {
+	if len(forms) == 0 {
+		return
+	}
+	maskOne := func(v string) string {
+		for _, f := range forms {
+			if strings.Contains(v, f) {
+				v = strings.ReplaceAll(v, f, strings.Repeat("*", len(f)))
+			}
+		}
+		return v
+	}
 	for k, vs := range h {
 		for i, v := range vs {
-			for _, sec := range secrets {
-				if sec != "" && strings.Contains(v, sec) {
-					v = strings.ReplaceAll(v, sec, strings.Repeat("*", len(sec)))
-				}
-			}
-			h[k][i] = v
+			vs[i] = maskOne(v)
+		}
+		if mk := maskFold(k, forms); mk != k {
+			delete(h, k)
+			h[mk] = append(h[mk], vs...)
 		}
 	}
+}
+
+// maskFold masks the forms in a header name with ASCII case ignored:
+// net/http rewrites the case of the names it parses.
+func maskFold(name string, forms []string) string {
+	lower := asciiLower(name) // same length as name, so indexes carry over
+	var b []byte
+	for _, f := range forms {
+		lf := asciiLower(f)
+		for i := 0; ; {
+			k := strings.Index(lower[i:], lf)
+			if k < 0 {
+				break
+			}
+			if b == nil {
+				b = []byte(name)
+			}
+			for j := i + k; j < i+k+len(lf); j++ {
+				b[j] = '*'
+			}
+			i += k + len(lf)
+		}
+	}
+	if b == nil {
+		return name
+	}
+	return string(b)
+}
+
+// asciiLower is s with ASCII letters in lower case; other bytes stay.
+func asciiLower(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if 'A' <= c && c <= 'Z' {
+			b[i] = c + 'a' - 'A'
+		}
+	}
+	return string(b)
 }
 
 // maskedBody is a response body with the secrets masked; at its end it
 // masks the trailers too (the reverse proxy copies them after the body).
 type maskedBody struct {
-	r       io.Reader
-	body    io.ReadCloser
-	resp    *http.Response
-	secrets []string
+	r     io.Reader
+	body  io.ReadCloser
+	resp  *http.Response
+	forms []string
 }
 
 func (b *maskedBody) Read(p []byte) (int, error) {
 	n, err := b.r.Read(p)
 	if errors.Is(err, io.EOF) {
-		maskHeader(b.resp.Trailer, b.secrets)
+		maskHeader(b.resp.Trailer, b.forms)
 	}
 	return n, err
 }
@@ -742,16 +823,19 @@ func (l *oneConnListener) Addr() net.Addr { return l.conn.LocalAddr() }
 
 // countingResponseWriter records the status and body bytes written.
 // Unwrap lets http.ResponseController reach Flush and Hijack.
+// When forms is set, every head written is masked first (mask.Forms).
 type countingResponseWriter struct {
 	http.ResponseWriter
 	status int
 	n      int64
+	forms  []string
 }
 
 func (w *countingResponseWriter) WriteHeader(code int) {
 	if w.status == 0 || w.status/100 == 1 {
 		w.status = code
 	}
+	maskHeader(w.Header(), w.forms)
 	w.ResponseWriter.WriteHeader(code)
 }
 

@@ -60,7 +60,7 @@ allow = ["api.test:*", "other.test:*", "spliced.test:*", "127.0.0.1:*"]
 [[network.inspect]]
 host = "api.test"
 methods = ["GET", "POST"]
-paths = ["/v1/messages", "/v1/sse", "/v1/echo", "/v1/ws", "/v1/gzip", "/v1/files/**", "/v1/big"]
+paths = ["/v1/messages", "/v1/sse", "/v1/echo", "/v1/ws", "/v1/gzip", "/v1/files/**", "/v1/big", "/v1/reflect", "/v1/malformed"]
 block_paths = ["/v1/files/**"]
 
 [[network.inspect]]
@@ -115,8 +115,11 @@ func newInspectUpstream(t *testing.T) *inspectUpstream {
 }
 
 func (u *inspectUpstream) serve(w http.ResponseWriter, r *http.Request) {
+	body, _ := io.ReadAll(r.Body)
+	rc := r.Clone(context.Background())
+	rc.Body = io.NopCloser(strings.NewReader(string(body)))
 	u.mu.Lock()
-	u.reqs = append(u.reqs, r.Clone(context.Background()))
+	u.reqs = append(u.reqs, rc)
 	u.mu.Unlock()
 	switch r.URL.Path {
 	case "/v1/sse":
@@ -149,6 +152,8 @@ func (u *inspectUpstream) serve(w http.ResponseWriter, r *http.Request) {
 		buf := make([]byte, 64)
 		n, _ := brw.Read(buf)
 		fmt.Fprintf(c, "echo %s key %s", buf[:n], r.Header.Get("X-Api-Key"))
+	case "/v1/reflect", "/v1/malformed":
+		reflectKey(w, r)
 	default:
 		fmt.Fprintf(w, "upstream %s %s %s", r.Method, r.Host, r.URL.RequestURI())
 	}
@@ -170,6 +175,12 @@ type inspectHarness struct {
 
 func newInspectHarness(t *testing.T, opts ...func(*Config)) *inspectHarness {
 	t.Helper()
+	return newInspectHarnessWith(t, inspectTestPolicy, opts...)
+}
+
+// newInspectHarnessWith is newInspectHarness under another policy.
+func newInspectHarnessWith(t *testing.T, policyText string, opts ...func(*Config)) *inspectHarness {
+	t.Helper()
 	up := newInspectUpstream(t)
 	certPEM, keyPEM, err := inspectca.Generate("sandbox", 48*time.Hour)
 	if err != nil {
@@ -179,7 +190,7 @@ func newInspectHarness(t *testing.T, opts ...func(*Config)) *inspectHarness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := newHarness(t, inspectLive(t, inspectTestPolicy), append([]func(*Config){func(c *Config) {
+	h := newHarness(t, inspectLive(t, policyText), append([]func(*Config){func(c *Config) {
 		c.Inspect = &Inspect{CA: ca, UpstreamRoots: up.roots, Secrets: map[string]string{"MODEL_KEY": testSecret}}
 	}}, opts...)...)
 	for _, n := range []string{"api.test", "other.test", "spliced.test"} {

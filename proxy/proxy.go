@@ -774,6 +774,17 @@ func (cc *clientConn) setSNI(name string) {
 	cc.mu.Unlock()
 }
 
+// setNameBasis records that the stream, admitted by its address, is now
+// served by name (an inspected TLS name: inspect.go), so a reload
+// re-decides the name and guards the address it reaches.
+func (cc *clientConn) setNameBasis(name string) {
+	cc.mu.Lock()
+	if cc.basis != nil {
+		cc.basis.name, cc.basis.sni, cc.basis.byAddr, cc.basis.addr = name, "", false, netip.Addr{}
+	}
+	cc.mu.Unlock()
+}
+
 // closedReasonOr is closedReason, or s when egressd did not close it.
 func (cc *clientConn) closedReasonOr(s string) string {
 	if why := cc.closedReason(); why != "" {

@@ -21,6 +21,10 @@ const SecretMask = mask.Mask
 // launcher should warn about such values.
 const MinSecretLength = 4
 
+// CredentialWeakness says why egressd cannot reliably mask a credential's
+// secret value in its host's responses ("" when it can): mask.Weakness.
+func CredentialWeakness(value string) string { return mask.Weakness(value) }
+
 // NewMasker returns a writer that copies to w with every occurrence of any
 // of secrets replaced by SecretMask (mask.NewWriter: a secret split across
 // writes included). Close flushes what it held back; it does not close w.

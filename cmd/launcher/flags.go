@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -348,13 +349,21 @@ func (f *launchFlags) egressdPath(need bool) (string, error) {
 	return "", errors.New("filtered mode needs the egressd binary: not found next to the launcher or in PATH; give --egressd PATH")
 }
 
-// secretWarnings names the secrets too short to mask safely.
+// secretWarnings names the secrets too short to mask safely, and the
+// credentials' secrets egressd cannot reliably mask in their hosts'
+// responses (sandbox.CredentialWeakness).
 func secretWarnings(cfg sandbox.Config) []string {
 	var out []string
 	for _, s := range cfg.Secrets {
 		if len(s.Value) < sandbox.MinSecretLength {
 			out = append(out, fmt.Sprintf("secret %s is shorter than %d bytes: it is masked, and so is every other occurrence of those %s bytes in the output",
 				s.Name, sandbox.MinSecretLength, strconv.Itoa(len(s.Value))))
+		}
+		if cfg.Profile == nil || !slices.ContainsFunc(cfg.Profile.Network.Credentials, func(c *policy.Credential) bool { return c.Secret == s.Name }) {
+			continue
+		}
+		if why := sandbox.CredentialWeakness(s.Value); why != "" {
+			out = append(out, fmt.Sprintf("secret %s of network.credentials cannot be masked reliably in its host's responses: %s", s.Name, why))
 		}
 	}
 	return out

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/egressd/egressd/internal/inspectca"
+	"github.com/egressd/egressd/internal/mask"
 	"github.com/egressd/egressd/policy"
 	"github.com/egressd/egressd/proxy"
 )
@@ -61,6 +62,9 @@ func (d *Daemon) loadInspect(prof *policy.Profile) (*proxy.Inspect, error) {
 		if v == "" {
 			missing = append(missing, c.Secret)
 			continue
+		}
+		if why := mask.Weakness(v); why != "" {
+			d.log.Warn("a credential's secret cannot be masked reliably in its host's responses", "secret", c.Secret, "host", c.Host, "why", why)
 		}
 		ins.Secrets[c.Secret] = v
 	}

@@ -1,7 +1,11 @@
 // Package mask replaces secret values with "***" in a stream: the
 // launcher's copy of a sandbox's output, and egressd's copy of a response
 // from a host it gave a credential to (docs/inspection.md). A secret split
-// across writes is still found; only the literal value is.
+// across writes is still found. The masker finds the strings it is given;
+// Forms lists the escaped and encoded spellings of a secret a server
+// commonly reflects it in (JSON, URL, HTML, base64), for callers that must
+// mask those too, and Weakness says when a value's shape makes that
+// unreliable.
 package mask
 
 import (
@@ -29,8 +33,8 @@ var errMaskerClosed = errors.New("secret masker: write after close")
 // Close flushes the tail; it does not close w. Write and Close may be
 // called from several goroutines. Streams are masked separately: a secret
 // whose first half goes to stdout and second half to stderr is not seen.
-// Only the literal value is masked, not encodings of it (base64, URL
-// escaping, one character per line).
+// Only the given strings are masked: pass Forms of a secret to mask its
+// common encodings too (one character per line is never seen).
 func NewWriter(w io.Writer, secrets []string) io.WriteCloser {
 	m := &masker{w: w}
 	for _, s := range secrets {
