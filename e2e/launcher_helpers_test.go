@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -153,6 +154,9 @@ type lopts struct {
 	dir string
 	// upstream replaces the world's resolver as --upstream-dns.
 	upstream string
+	// wrap, if set, is a command the launcher runs under: wrap..., the
+	// launcher, its arguments (it must exec them, keeping the pid).
+	wrap []string
 }
 
 // lresult is one launcher run.
@@ -213,6 +217,10 @@ func (lw *lworld) runWith(o lopts, args ...string) lresult {
 	full = append(full, args...)
 	ctx, cancel := context.WithTimeout(context.Background(), launcherRunTimeout)
 	defer cancel()
+	if len(o.wrap) > 0 {
+		full = append(append(slices.Clone(o.wrap[1:]), bin), full...)
+		bin = o.wrap[0]
+	}
 	cmd := lw.w.Exec(ctx, bin, full...)
 	cmd.Dir = lw.ws
 	if o.dir != "" {

@@ -68,6 +68,7 @@ func TestLauncher(t *testing.T) {
 			{"GitfileTargetInsideTheWorkspaceIsProtected", testLauncherGitfileTargetInsideTheWorkspaceIsProtected},
 			{"AgentEditorAndShellSettingsCannotBeCreated", testLauncherAgentEditorAndShellSettingsCannotBeCreated},
 			{"RootSandboxCannotReadHostKeysUnderEtc", testLauncherRootSandboxCannotReadHostKeysUnderEtc},
+			{"ResolvConfSymlinkStillPointsAtEgressd", testLauncherResolvConfSymlinkStillPointsAtEgressd},
 			{"UserInstallsWorkUnderStrict", testLauncherUserInstallsUnderStrict},
 			{"VolumeWritableUnderStrictAndOfflineButNotItsProtectedPaths", testLauncherVolumeWritableUnderReadOnlyProfiles},
 			{"UnwritableWorkspaceIsRefusedAndRootWarned", testLauncherWorkspacePreflight},

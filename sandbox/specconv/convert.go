@@ -356,6 +356,9 @@ func (c *Container) generate(in Input, tree Tree) (SpecOptions, error) {
 		c.Files["ca-certificates.crt"] = bundle
 		opts.TrustBundle, opts.TrustPaths = filepath.Join(c.EtcDir, "ca-certificates.crt"), trustPaths(tree)
 	}
+	if opts.Links, err = linkedFiles(tree, generatedDests(opts)); err != nil {
+		return SpecOptions{}, err
+	}
 	return opts, nil
 }
 

@@ -108,6 +108,12 @@ type SpecOptions struct {
 	// Protected are the mounts that keep the protected paths of the
 	// workspace and the writable volumes (PlanProtect).
 	Protected []ProtectedPath
+	// Links are the generated files' destinations (ResolvConf, Hosts,
+	// Passwd, Group, TrustPaths) that are, or lie beyond, a symbolic link in
+	// the root, by destination (linkedFiles): each file is mounted where
+	// its links lead, if that may be (see placeFile), else the spec is
+	// refused. A destination not in it is mounted where it is.
+	Links map[string]LinkedFile
 	// HiddenPaths are paths of the view the sandbox cannot see, masked by
 	// the runtime where they exist (View.Hidden).
 	HiddenPaths []string
@@ -456,17 +462,18 @@ type mountSpec struct {
 }
 
 func buildMounts(p *policy.Profile, opts SpecOptions, user User, workspace string) ([]specs.Mount, error) {
-	ms := &mountSet{byDest: map[string]*mountSpec{}, volumeAt: map[string]bool{}}
+	ms := &mountSet{byDest: map[string]*mountSpec{}, volumeAt: map[string]bool{}, systemAt: map[string]bool{}}
 	if err := ms.addBinds(opts.Binds); err != nil {
-		return nil, err
-	}
-	if err := ms.addFiles(opts); err != nil {
 		return nil, err
 	}
 	if err := ms.planScratch(p, user); err != nil {
 		return nil, err
 	}
 	if err := ms.addWorkspace(p, opts.WorkspaceDir, workspace); err != nil {
+		return nil, err
+	}
+	// After the mounts they may lead into (placeFile).
+	if err := ms.addFiles(opts); err != nil {
 		return nil, err
 	}
 	ms.fillOwnedParents()
@@ -510,6 +517,9 @@ type mountSet struct {
 	// volumeAt are the volumes' destinations: a volume replaces a tmpfs
 	// at the same path.
 	volumeAt map[string]bool
+	// systemAt are the system directories' destinations (read-only binds,
+	// or throwaway overlays the launcher made for the sandbox).
+	systemAt map[string]bool
 	// tmpfs are the scratch tmpfs mounts, by destination.
 	tmpfs map[string]*scratchMount
 }
@@ -553,6 +563,9 @@ func (ms *mountSet) addBinds(binds []ViewMount) error {
 		if b.Kind == MountVolume {
 			ms.volumeAt[b.Path] = true
 		}
+		if b.Kind == MountSystem {
+			ms.systemAt[b.Path] = true
+		}
 	}
 	return nil
 }
@@ -569,17 +582,15 @@ func (ms *mountSet) addFiles(opts SpecOptions) error {
 			return err
 		}
 	}
-	for _, f := range []struct{ src, dst string }{
-		{opts.ResolvConf, "/etc/resolv.conf"}, {opts.Hosts, "/etc/hosts"},
-		{opts.Passwd, "/etc/passwd"}, {opts.Group, "/etc/group"},
-	} {
-		if f.src == "" {
-			continue
-		}
+	for _, f := range etcFiles(opts) {
 		if !isCleanAbs(f.src) {
 			return fmt.Errorf("%s source %q is not an absolute clean path", f.dst, f.src)
 		}
-		if err := ms.add(mountSpec{m: specs.Mount{Destination: f.dst, Type: "bind", Source: f.src, Options: roBind}, key: "generated " + f.dst}); err != nil {
+		dst, err := ms.placeFile(f.dst, opts.Links)
+		if err != nil {
+			return err
+		}
+		if err := ms.add(mountSpec{m: specs.Mount{Destination: dst, Type: "bind", Source: f.src, Options: roBind}, key: "generated " + f.dst}); err != nil {
 			return err
 		}
 	}
@@ -593,7 +604,11 @@ func (ms *mountSet) addFiles(opts SpecOptions) error {
 		if err := checkMountTarget(dst); err != nil {
 			return fmt.Errorf("trust bundle at %q: %w", dst, err)
 		}
-		if err := ms.add(mountSpec{m: specs.Mount{Destination: dst, Type: "bind", Source: opts.TrustBundle, Options: roBind}, key: "the inspection trust bundle"}); err != nil {
+		at, err := ms.placeFile(dst, opts.Links)
+		if err != nil {
+			return err
+		}
+		if err := ms.add(mountSpec{m: specs.Mount{Destination: at, Type: "bind", Source: opts.TrustBundle, Options: roBind}, key: "the inspection trust bundle"}); err != nil {
 			return err
 		}
 	}

@@ -25,8 +25,16 @@ const maxSymlinks = 40
 // the error of the first component that does not exist, if any. It reads
 // only the tree; mounts the runtime adds are not there.
 func (t Tree) resolve(p string) (string, error) {
+	r, _, err := t.resolveRest(p)
+	return r, err
+}
+
+// resolveRest is resolve, also returning what is left of the path after
+// the first component that does not exist (the components after it, links
+// not followed).
+func (t Tree) resolveRest(p string) (string, []string, error) {
 	if !path.IsAbs(p) {
-		return "", fmt.Errorf("%q is not an absolute path", p)
+		return "", nil, fmt.Errorf("%q is not an absolute path", p)
 	}
 	resolved := "/"
 	rest := strings.Split(p, "/")
@@ -44,29 +52,29 @@ func (t Tree) resolve(p string) (string, error) {
 		next := path.Join(resolved, c)
 		fi, err := t.lstat(next)
 		if err != nil {
-			return next, err
+			return next, rest, err
 		}
 		if fi.Mode()&fs.ModeSymlink == 0 {
 			if len(rest) > 0 && !fi.IsDir() && hasComponent(rest) {
-				return next, &fs.PathError{Op: "lookup", Path: next, Err: unix.ENOTDIR}
+				return next, nil, &fs.PathError{Op: "lookup", Path: next, Err: unix.ENOTDIR}
 			}
 			resolved = next
 			continue
 		}
 		links++
 		if links > maxSymlinks {
-			return next, &fs.PathError{Op: "lookup", Path: p, Err: unix.ELOOP}
+			return next, nil, &fs.PathError{Op: "lookup", Path: p, Err: unix.ELOOP}
 		}
 		target, err := t.readlink(next)
 		if err != nil {
-			return next, err
+			return next, nil, err
 		}
 		if path.IsAbs(target) {
 			resolved = "/"
 		}
 		rest = append(strings.Split(target, "/"), rest...)
 	}
-	return resolved, nil
+	return resolved, nil, nil
 }
 
 func hasComponent(parts []string) bool {
