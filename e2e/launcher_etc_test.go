@@ -135,7 +135,8 @@ func hostEtcLinked(t *testing.T, resolvConf, hosts string) []string {
 // testLauncherResolvConfSymlinkStillPointsAtEgressd runs sandboxes whose
 // /etc/resolv.conf and /etc/hosts are symbolic links, as on hosts with
 // systemd-resolved, resolvconf or NixOS: relative, absolute, and to a file
-// that does not exist, in the host view and in an image (--rootfs).
+// that does not exist, in the host view (bound read-only, or throwaway
+// overlays for root) and in an image (--rootfs).
 // Whatever the link, the sandbox reads the launcher's resolv.conf and
 // hosts: dig, getent (the C library) and Python resolve an allowed name
 // through egressd, a blocked name is denied, and the world's resolver never
@@ -156,13 +157,19 @@ for n in ("allowed.test", "blocked.test"):
 		{"absolute", "/run/resolvconf/resolv.conf", "/run/resolvconf/hosts"},
 		{"missing", "/var/lib/nothere/resolv.conf", "/nix/store/0-hosts/etc/hosts"},
 	} {
-		for _, view := range []string{"host", "image"} {
+		// host-root: a user that may own files there gets the host's
+		// system directories as throwaway overlays, not read-only binds.
+		for _, view := range []string{"host", "host-root", "image"} {
 			t.Run(view+"/"+tc.name, func(t *testing.T) {
 				var o lopts
 				args := []string{"--allow", "allowed.test", "--", "sh", "-c", script}
-				if view == "host" {
+				switch view {
+				case "host":
 					o.wrap = hostEtcLinked(t, tc.resolvConf, tc.hosts)
-				} else {
+				case "host-root":
+					o.wrap = hostEtcLinked(t, tc.resolvConf, tc.hosts)
+					args = append([]string{"--user", "0:0"}, args...)
+				default:
 					img := linkedEtcImage(t, tc.resolvConf, tc.hosts)
 					args = append([]string{"--rootfs", img, "--expose", "/usr/bin", "--expose", "/usr/lib", "--expose", "/usr/lib64"}, args...)
 				}
