@@ -3,6 +3,7 @@ package sandbox
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"net/netip"
@@ -359,5 +360,38 @@ func TestEgressdPolicyKeepsReportMode(t *testing.T) {
 	snap, _, err := policy.Resolve(policy.ResolveOptions{Files: []string{path}})
 	if err != nil || snap.Network.Mode != policy.ModeReport {
 		t.Fatalf("snapshot of a report-mode launch: mode %v, err %v", snap.Network.Mode, err)
+	}
+}
+
+// TestCommandOutputMasksTheFormsProgramsPrintASecretIn: a command that
+// prints its secret JSON-encoded (json.dumps of a dict), URL-encoded (a
+// query string it logs), HTML-escaped or base64-encoded (a Basic header it
+// logs) does not put the value in the launcher's output — split across
+// writes included.
+func TestCommandOutputMasksTheFormsProgramsPrintASecretIn(t *testing.T) {
+	secret := "sk-rev&iew<1234>abcd"
+	for name, shown := range map[string]string{
+		"literal":    secret,
+		"lower":      strings.ToLower(secret),
+		"json":       `sk-rev\u0026iew\u003c1234\u003eabcd`,
+		"url":        "sk-rev%26iew%3C1234%3Eabcd",
+		"html":       "sk-rev&amp;iew&lt;1234&gt;abcd",
+		"base64":     base64.StdEncoding.EncodeToString([]byte("user:" + secret)),
+		"base64-url": base64.URLEncoding.EncodeToString([]byte(secret)),
+	} {
+		var out strings.Builder
+		w := NewMasker(&out, []string{secret})
+		line := "token=" + shown + "\n"
+		for i := range len(line) { // one byte per write
+			if _, err := w.Write([]byte{line[i]}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := w.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if got := out.String(); strings.Contains(got, shown) || !strings.Contains(got, SecretMask) {
+			t.Errorf("%s: %q came out as %q", name, line, got)
+		}
 	}
 }

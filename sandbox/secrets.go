@@ -27,8 +27,28 @@ func CredentialWeakness(value string) string { return mask.Weakness(value) }
 
 // NewMasker returns a writer that copies to w with every occurrence of any
 // of secrets replaced by SecretMask (mask.NewWriter: a secret split across
-// writes included). Close flushes what it held back; it does not close w.
-func NewMasker(w io.Writer, secrets []string) io.WriteCloser { return mask.NewWriter(w, secrets) }
+// writes included), in each form OutputForms lists. Close flushes what it
+// held back; it does not close w.
+func NewMasker(w io.Writer, secrets []string) io.WriteCloser {
+	return mask.NewWriter(w, OutputForms(secrets))
+}
+
+// OutputForms are the spellings of secrets masked in a command's output:
+// each value as given and in lower case (egressd's refusals quote a
+// normalised name back to the command, which may print it), and the forms
+// programs commonly print a value in — JSON, URL and HTML escapes, base64
+// (mask.Forms). What a command encodes on purpose (its own cipher, a value
+// split in pieces) is not recognised: masking keeps secrets out of logs
+// by accident, it does not contain a command that holds them.
+func OutputForms(secrets []string) []string {
+	var all []string
+	for _, s := range secrets {
+		if s != "" {
+			all = append(all, s, strings.ToLower(s))
+		}
+	}
+	return mask.FormsOf(all)
+}
 
 // MaskSecrets returns s with every secret replaced by SecretMask.
 func MaskSecrets(s string, secrets []string) string { return mask.String(s, secrets) }
@@ -60,7 +80,9 @@ func NewLineMasker(secrets []string) *LineMasker {
 			continue
 		}
 		for _, v := range []string{s, strings.ToLower(s)} {
-			add(v)
+			for _, f := range mask.Forms(v) {
+				add(f)
+			}
 			add(audit.Escape(v, 0))
 			add(dnsPresentation(v))
 			add(url.PathEscape(v))

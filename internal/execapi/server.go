@@ -11,7 +11,6 @@ import (
 	"log/slog"
 	"math"
 	"net/http"
-	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -231,10 +230,7 @@ type prepared struct {
 // (egressd's refusals quote a normalised name back to the command, which
 // may print it): close flushes what the maskers held back.
 func (pr *prepared) job(stdout, stderr io.Writer) (job Job, close func()) {
-	forms := slices.Clone(pr.secrets)
-	for _, s := range pr.secrets {
-		forms = append(forms, strings.ToLower(s))
-	}
+	forms := sandbox.OutputForms(pr.secrets)
 	o, e := mask.NewWriter(stdout, forms), mask.NewWriter(stderr, forms)
 	return Job{Config: pr.cfg, Stdin: strings.NewReader(pr.req.Stdin), Stdout: o, Stderr: e}, func() {
 		_ = o.Close()
