@@ -19,6 +19,7 @@ import (
 	"github.com/egressd/egressd/internal/mask"
 	"github.com/egressd/egressd/policy"
 	"github.com/egressd/egressd/sandbox"
+	"github.com/egressd/egressd/sandbox/specconv"
 )
 
 // Defaults of the Options limits.
@@ -525,8 +526,16 @@ func (s *Server) failed(w http.ResponseWriter, pr *prepared, out Outcome, err er
 		s.opts.Logger.Info("execution canceled", "sandbox", out.SandboxID, "cause", pr.mask(oneLine(err.Error())), "duration_ms", took.Milliseconds())
 		return
 	}
-	s.metrics.result(resultError)
 	msg := pr.mask(oneLine(err.Error()))
+	var denied *specconv.CommandDeniedError
+	if errors.As(err, &denied) {
+		// The server's policy ([commands]) refuses what the request asked
+		// to run: the client's to change, not a failure of the server.
+		s.metrics.result(resultInvalid)
+		writeError(w, &requestError{status: http.StatusForbidden, msg: msg})
+		return
+	}
+	s.metrics.result(resultError)
 	s.opts.Logger.Warn("execution failed", "sandbox", out.SandboxID, "error", msg, "duration_ms", took.Milliseconds(), "queue_ms", wait.Milliseconds())
 	writeError(w, &requestError{status: http.StatusInternalServerError, msg: msg})
 }

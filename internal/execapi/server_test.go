@@ -20,6 +20,7 @@ import (
 
 	"github.com/egressd/egressd/policy"
 	"github.com/egressd/egressd/sandbox"
+	"github.com/egressd/egressd/sandbox/specconv"
 )
 
 // fakeExecutor runs jobs with run, recording each.
@@ -368,6 +369,20 @@ func TestSecretIsMaskedInEveryField(t *testing.T) {
 	}
 	check("error", r.body)
 	check("stream error", post(t, hs, "/v1/execute/stream", body).body)
+}
+
+// TestCommandTheServersPolicyRefusesIs403: a command the server's
+// [commands] section refuses is the client's to change (403, counted
+// invalid), never a server failure (500).
+func TestCommandTheServersPolicyRefusesIs403(t *testing.T) {
+	ex := &fakeExecutor{run: func(ctx context.Context, job Job) (Outcome, error) {
+		return Outcome{}, fmt.Errorf("planning: %w", &specconv.CommandDeniedError{Command: "nc", Reason: "blocked by commands.block"})
+	}}
+	_, hs := newTestServer(t, ex, Options{}, nil)
+	r := post(t, hs, "/v1/execute", `{"cmd":"nc"}`)
+	if r.status != http.StatusForbidden || !strings.Contains(r.body, "nc") {
+		t.Errorf("status %d body %s, want 403 naming the command", r.status, r.body)
+	}
 }
 
 // TestFullQueueGets429WithRetryAfter: with every slot busy, a request waits
