@@ -103,6 +103,15 @@ func (k *Fake) FlushConntrack(ns string) error {
 	return nil
 }
 
+func (k *Fake) CountConntrack(ns string) (int, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if err := k.do("count-conntrack", ns, IPv4); err != nil {
+		return 0, err
+	}
+	return k.get(ns).conntrack, nil
+}
+
 func (k *Fake) Sysctl(ns, key string) (string, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()

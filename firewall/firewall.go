@@ -215,6 +215,27 @@ func (fw *Firewall) Flush(ctx context.Context, nsPath string) error {
 	return nil
 }
 
+// FlushConntrack empties the conntrack table of the namespace at nsPath
+// (both families) and then counts what is in it: a pooled sandbox's reset
+// proves that no flow of the last tenant is left (THREATS G7). An entry
+// that is there after the flush is an error.
+func (fw *Firewall) FlushConntrack(nsPath string) error {
+	if nsPath == "" {
+		return errEmptyPath
+	}
+	if err := fw.nf.FlushConntrack(nsPath); err != nil {
+		return fmt.Errorf("flushing conntrack in %s: %w", nsPath, err)
+	}
+	n, err := fw.nf.CountConntrack(nsPath)
+	if err != nil {
+		return fmt.Errorf("counting conntrack entries in %s: %w", nsPath, err)
+	}
+	if n != 0 {
+		return fmt.Errorf("conntrack in %s holds %d entries after its flush", nsPath, n)
+	}
+	return nil
+}
+
 // DriftError is Verify's report that a namespace's firewall differs from its
 // config. Problems are sentences a person can act on, one per difference.
 type DriftError struct {

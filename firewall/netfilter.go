@@ -13,6 +13,7 @@ import (
 	"syscall"
 
 	"github.com/coreos/go-iptables/iptables"
+	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
 
@@ -39,6 +40,9 @@ type Netfilter interface {
 	// FlushConntrack deletes every conntrack entry of the namespace, both
 	// families.
 	FlushConntrack(ns string) error
+	// CountConntrack counts the namespace's conntrack entries, both
+	// families.
+	CountConntrack(ns string) (int, error)
 	// Sysctl reads /proc/sys/KEY ("net/ipv4/ping_group_range") as the
 	// namespace sees it, and SetSysctl writes it.
 	Sysctl(ns, key string) (string, error)
@@ -108,6 +112,21 @@ func (systemNetfilter) Restore(ctx context.Context, ns string, f Family, batch [
 }
 
 func (systemNetfilter) FlushConntrack(ns string) error { return inNetns(ns, flushConntrack) }
+
+func (systemNetfilter) CountConntrack(ns string) (int, error) {
+	n := 0
+	err := inNetns(ns, func() error {
+		for _, fam := range []netlink.InetFamily{unix.AF_INET, unix.AF_INET6} {
+			flows, err := netlink.ConntrackTableList(netlink.ConntrackTable, fam)
+			if err != nil {
+				return fmt.Errorf("listing the conntrack table: %w", err)
+			}
+			n += len(flows)
+		}
+		return nil
+	})
+	return n, err
+}
 
 func (systemNetfilter) Sysctl(ns, key string) (string, error) {
 	var out string

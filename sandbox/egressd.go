@@ -8,6 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -138,6 +140,8 @@ type egressdProc struct {
 	stopErr error
 	// auditDone is closed when its audit stream has ended.
 	auditDone chan struct{}
+	// admin is its admin endpoint's client (the unix socket in its dir).
+	admin *http.Client
 }
 
 func (e *egressdProc) Pid() int              { return e.pid }
@@ -172,7 +176,8 @@ func (hostEgressd) Start(ctx context.Context, nsPath string, p *EgressdPlan, aud
 	if timeout <= 0 {
 		timeout = DefaultReadyTimeout
 	}
-	e := &egressdProc{done: make(chan struct{}), auditDone: make(chan struct{}), stderr: newTailBuffer(16 << 10)}
+	e := &egressdProc{done: make(chan struct{}), auditDone: make(chan struct{}), stderr: newTailBuffer(16 << 10),
+		admin: adminClient(filepath.Join(p.Dir, adminSocket))}
 	readyR, readyW, err := os.Pipe()
 	if err != nil {
 		return nil, err
@@ -212,6 +217,38 @@ func (hostEgressd) Start(ctx context.Context, nsPath string, p *EgressdPlan, aud
 		audit(auditR)
 	}()
 	return e, e.waitReady(ctx, readyR, timeout)
+}
+
+// adminClient talks HTTP to the admin socket at sock.
+func adminClient(sock string) *http.Client {
+	return &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", sock)
+		},
+		DisableKeepAlives: true,
+	}}
+}
+
+// adminBodyLimit bounds what is read of an admin answer.
+const adminBodyLimit = 1 << 20
+
+// Admin implements EgressdProcess.
+func (e *egressdProc) Admin(ctx context.Context, method, path string) (int, []byte, error) {
+	req, err := http.NewRequestWithContext(ctx, method, "http://egressd-admin"+path, nil)
+	if err != nil {
+		return 0, nil, err
+	}
+	resp, err := e.admin.Do(req)
+	if err != nil {
+		return 0, nil, fmt.Errorf("egressd's admin endpoint: %w", err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, adminBodyLimit))
+	if err != nil {
+		return resp.StatusCode, body, fmt.Errorf("egressd's admin endpoint: %s %s: %w", method, path, err)
+	}
+	return resp.StatusCode, body, nil
 }
 
 // start starts the process from a thread inside the namespace; that
@@ -438,6 +475,16 @@ func newAuditSink(out io.Writer, m *LineMasker, onDenial func(Denial)) *auditSin
 	return &auditSink{out: out, mask: m, onDenial: onDenial, denials: map[denialKey]*Denial{}}
 }
 
+// retarget hands the stream to another tenant of a pooled sandbox: its
+// output, its secrets and its denial callback, with no denial of the last
+// tenant's kept.
+func (a *auditSink) retarget(out io.Writer, m *LineMasker, onDenial func(Denial)) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.out, a.mask, a.onDenial = out, m, onDenial
+	a.denials, a.order = map[denialKey]*Denial{}, nil
+}
+
 // consume reads JSON lines until r ends.
 func (a *auditSink) consume(r io.Reader) {
 	sc := bufio.NewScanner(r)
@@ -448,12 +495,15 @@ func (a *auditSink) consume(r io.Reader) {
 }
 
 func (a *auditSink) record(line []byte) {
+	a.mu.Lock()
+	mask, onDenial := a.mask, a.onDenial
+	a.mu.Unlock()
 	var rec audit.Record
 	if err := json.Unmarshal(line, &rec); err != nil {
-		a.write([]byte(a.mask.String(string(line)) + "\n"))
+		a.write([]byte(mask.String(string(line)) + "\n"))
 		return
 	}
-	a.mask.Record(&rec)
+	mask.Record(&rec)
 	if out, err := json.Marshal(&rec); err == nil {
 		a.write(append(out, '\n'))
 	}
@@ -474,8 +524,8 @@ func (a *auditSink) record(line []byte) {
 	first := *d
 	first.Addrs = slices.Clone(d.Addrs)
 	a.mu.Unlock()
-	if a.onDenial != nil {
-		a.onDenial(first)
+	if onDenial != nil {
+		onDenial(first)
 	}
 }
 

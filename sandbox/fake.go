@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -58,6 +59,7 @@ type FakeKernel struct {
 	egressd    []*FakeEgressd
 	mounts     map[string]fakeMount
 	owners     map[string][2]int
+	strays     map[string][]int
 }
 
 // fakeMount is one mount: what it mounts, and for a file system of its own
@@ -82,7 +84,8 @@ type FakeLink struct {
 // NewFakeKernel returns an empty fake kernel.
 func NewFakeKernel() *FakeKernel {
 	k := &FakeKernel{Netfilter: firewall.NewFake(), namespaces: map[string]NetNS{}, links: map[string]*FakeLink{},
-		containers: map[string]*FakeProcess{}, mounts: map[string]fakeMount{}, owners: map[string][2]int{}}
+		containers: map[string]*FakeProcess{}, mounts: map[string]fakeMount{}, owners: map[string][2]int{},
+		strays: map[string][]int{}}
 	k.Kernel = &Kernel{Netns: fakeNamespaces{k}, Links: fakeLinks{k}, Firewall: firewall.New(k.Netfilter),
 		Runtime: fakeContainers{k}, Egressd: fakeEgressdStarter{k}, FS: fakeFS{k}}
 	return k
@@ -174,6 +177,15 @@ func (k *FakeKernel) Owner(path string) (uid, gid int, ok bool) {
 	return o[0], o[1], ok
 }
 
+// Stray puts a process pid in the namespace at nsPath that no container
+// or egressd of the fake owns (one that escaped its container's cgroup,
+// say): Namespaces.Pids lists it until the namespace is removed.
+func (k *FakeKernel) Stray(nsPath string, pid int) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.strays[nsPath] = append(k.strays[nsPath], pid)
+}
+
 // fakeNamespaces are FakeKernel's Namespaces.
 type fakeNamespaces struct{ k *FakeKernel }
 
@@ -235,6 +247,7 @@ func (f fakeNamespaces) Remove(ns NetNS) error {
 		}
 	}
 	delete(k.namespaces, ns.Name)
+	delete(k.strays, ns.Path)
 	k.mu.Unlock()
 	for _, p := range inside {
 		p.kill()
@@ -244,6 +257,33 @@ func (f fakeNamespaces) Remove(ns NetNS) error {
 	}
 	k.Netfilter.Remove(ns.Path)
 	return nil
+}
+
+// Pids lists the running egressd and container processes of the
+// namespace (a container's process is 1 000 000 plus its index in the
+// runtime's list), and its strays.
+func (f fakeNamespaces) Pids(ns NetNS) []int {
+	k := f.k
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	var out []int
+	for _, e := range k.egressd {
+		if e.NsPath == ns.Path && !e.stopped() {
+			out = append(out, e.pid)
+		}
+	}
+	for _, p := range k.containers {
+		select {
+		case <-p.done:
+		default:
+			if p.Netns == ns.Path {
+				out = append(out, p.pid)
+			}
+		}
+	}
+	out = append(out, k.strays[ns.Path]...)
+	slices.Sort(out)
+	return out
 }
 
 // fakeLinks are FakeKernel's Links.
@@ -406,6 +446,7 @@ type FakeProcess struct {
 	Netns      string
 
 	k        *FakeKernel
+	pid      int
 	signals  chan syscall.Signal
 	killed   chan struct{}
 	killOnce sync.Once
@@ -471,7 +512,7 @@ func (f fakeContainers) Start(ctx context.Context, rt *Runtime, id, bundle strin
 	if err := json.Unmarshal(data, &spec); err != nil {
 		return nil, fmt.Errorf("%s run %s: %w", rt.Name, id, err)
 	}
-	p := &FakeProcess{ID: id, Bundle: bundle, Spec: &spec, k: k, signals: make(chan syscall.Signal, 16),
+	p := &FakeProcess{ID: id, Bundle: bundle, Spec: &spec, k: k, pid: 1000000 + len(k.ops), signals: make(chan syscall.Signal, 16),
 		killed: make(chan struct{}), done: make(chan struct{})}
 	for _, n := range spec.Linux.Namespaces {
 		if n.Type == specs.NetworkNamespace {
@@ -529,6 +570,11 @@ type FakeEgressd struct {
 	once     sync.Once
 	isDone   bool
 	stop     bool
+	// The admin endpoint's state (Admin).
+	source     string
+	generation uint64
+	held       int
+	adminFail  map[string]int
 }
 
 func (e *FakeEgressd) Pid() int              { return e.pid }
@@ -575,6 +621,66 @@ func (e *FakeEgressd) Stop() error {
 	return nil
 }
 
+// Hold makes it hold n connections that no reset closes (a stuck
+// handler): POST /reset then answers 500 and GET /state is not empty.
+func (e *FakeEgressd) Hold(n int) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.held = n
+}
+
+// FailAdmin makes every request "METHOD /path" to its admin endpoint
+// answer code from now on.
+func (e *FakeEgressd) FailAdmin(request string, code int) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.adminFail == nil {
+		e.adminFail = map[string]int{}
+	}
+	e.adminFail[request] = code
+}
+
+// Admin answers as egressd's admin endpoint does: POST /reload reads
+// policy.json from its directory (JSON, or 422) and puts it in force,
+// POST /reset puts deny-everything in force (500 while something is
+// held), GET /state says which and whether it holds anything. Every
+// answer is the state (docs/design.md, "Admin endpoint").
+func (e *FakeEgressd) Admin(ctx context.Context, method, path string) (int, []byte, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, nil, err
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.isDone {
+		return 0, nil, errors.New("egressd's admin endpoint: connection refused")
+	}
+	if code, ok := e.adminFail[method+" "+path]; ok {
+		return code, []byte(`{"error":"injected"}`), nil
+	}
+	code := http.StatusOK
+	switch method + " " + path {
+	case "POST /reload":
+		data, err := os.ReadFile(filepath.Join(e.Plan.Dir, policyFile))
+		if err != nil || !json.Valid(data) {
+			return http.StatusUnprocessableEntity, []byte(`{"error":"policy.json:1:1: not a policy"}`), nil
+		}
+		e.source = "policy"
+		e.generation++
+	case "POST /reset":
+		e.source = "reset"
+		e.generation++
+		if e.held > 0 {
+			code = http.StatusInternalServerError
+		}
+	case "GET /state":
+	default:
+		return http.StatusNotFound, []byte("404 page not found\n"), nil
+	}
+	body, _ := json.Marshal(map[string]any{"policy": map[string]any{"source": e.source, "generation": e.generation},
+		"proxy": map[string]any{"tunnels": e.held}, "empty": e.held == 0})
+	return code, body, nil
+}
+
 // fakeEgressdStarter is FakeKernel's EgressdStarter.
 type fakeEgressdStarter struct{ k *FakeKernel }
 
@@ -592,7 +698,8 @@ func (f fakeEgressdStarter) Start(_ context.Context, nsPath string, p *EgressdPl
 		return nil, fmt.Errorf("starting egressd: its binary is not bound at %s", filepath.Join(p.Dir, binaryName))
 	}
 	pr, pw := io.Pipe()
-	e := &FakeEgressd{NsPath: nsPath, Plan: p, pid: 70000 + len(k.egressd), audit: pw, auditEnd: make(chan struct{}), done: make(chan struct{})}
+	e := &FakeEgressd{NsPath: nsPath, Plan: p, pid: 70000 + len(k.egressd), audit: pw, auditEnd: make(chan struct{}), done: make(chan struct{}),
+		source: "policy", generation: 1}
 	go func() {
 		defer close(e.auditEnd)
 		audit(pr)

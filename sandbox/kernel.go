@@ -61,6 +61,9 @@ type Namespaces interface {
 	// removes its bind mount: the kernel frees the namespace, its links
 	// and its rules with its last reference. Idempotent.
 	Remove(ns NetNS) error
+	// Pids lists the processes whose network namespace is ns: a pooled
+	// sandbox's reset proves that only its egressd is left (Pool).
+	Pids(ns NetNS) []int
 }
 
 // Links makes a filtered sandbox's uplink: a veth pair from the launcher's
@@ -127,6 +130,10 @@ type EgressdProcess interface {
 	// Stop ends it (SIGTERM, SIGKILL after a grace) and waits for it and
 	// its audit stream. Idempotent.
 	Stop() error
+	// Admin sends one request to its admin endpoint (docs/design.md,
+	// "Admin endpoint": POST /reload, POST /reset, GET /state) and
+	// returns the status and body.
+	Admin(ctx context.Context, method, path string) (int, []byte, error)
 }
 
 // HostFS is what of the host's file systems only root may change: mounts,

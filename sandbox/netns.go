@@ -123,6 +123,14 @@ func (hostNamespaces) Remove(n NetNS) error {
 	return errors.Join(errs...)
 }
 
+// Pids lists the processes in the namespace n.
+func (hostNamespaces) Pids(n NetNS) []int {
+	if n.Ino == 0 {
+		return nil
+	}
+	return procsIn(n.Dev, n.Ino)
+}
+
 // netnsHandle returns a netlink handle whose sockets live in the namespace
 // at path.
 func netnsHandle(path string) (*netlink.Handle, error) {

@@ -1,0 +1,649 @@
+package sandbox
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/egressd/egressd/policy"
+)
+
+// PoolConfig is a warm pool's shape and bounds.
+type PoolConfig struct {
+	// Config is the shape every pooled sandbox is made with: its profile's
+	// network section (filtered mode, no inspection), upstream resolvers,
+	// mark, subnet, egressd binary and identity, rootfs, runtime, state
+	// directory and kernel. Its Args are never run (any command will do);
+	// its policy is in force only until the first reset.
+	Config Config
+	// Size is how many sandboxes the pool keeps warm (at least 1).
+	Size int
+	// MaxUses retires a sandbox after that many executions; 0 means no
+	// bound.
+	MaxUses int
+	// MaxAge retires a sandbox that old; 0 means no bound.
+	MaxAge time.Duration
+	// Logger receives a line for every sandbox destroyed because a reset
+	// or a check failed; nil discards them.
+	Logger *slog.Logger
+}
+
+// PoolStats are a pool's counts.
+type PoolStats struct {
+	// Size is the configured size; Idle, Busy and Creating how many
+	// pooled sandboxes are in each state now.
+	Size     int `json:"size"`
+	Idle     int `json:"idle"`
+	Busy     int `json:"busy"`
+	Creating int `json:"creating"`
+	// Created and Destroyed count pooled sandboxes made and removed;
+	// Retired of those destroyed reached MaxUses or MaxAge, Failed failed
+	// a reset or a check (each also logged).
+	Created   uint64 `json:"created"`
+	Destroyed uint64 `json:"destroyed"`
+	Retired   uint64 `json:"retired"`
+	Failed    uint64 `json:"failed"`
+	// Warm counts executions given a pooled sandbox, Cold those given a
+	// sandbox of their own (another shape than the pool's).
+	Warm uint64 `json:"warm"`
+	Cold uint64 `json:"cold"`
+}
+
+// Pool keeps warm sandboxes of one shape and hands them to tenant after
+// tenant (docs/design.md, "Pooled reuse"). What is pooled is the half of
+// a sandbox that does not depend on the tenant: the network namespace,
+// the uplink and its NAT, the firewall, and egressd under its
+// deny-everything policy. The container is made per execution on that
+// half and deleted at release, so its writable layer, its tmpfs mounts
+// and every process in it end with it.
+//
+// Acquire puts the tenant's policy in force (policy.json written, POST
+// /reload, GET /state shows it), re-installs and verifies the firewall,
+// and makes the tenant's container. Release deletes the container, checks
+// that only egressd is left in the namespace and that the container's
+// root is gone, resets egressd (POST /reset: deny-everything, empty),
+// flushes the namespace's conntrack table and checks it is empty, and
+// verifies the firewall; only then is the sandbox pooled again. A sandbox
+// failing any step is destroyed, never handed out again, and replaced in
+// the background.
+type Pool struct {
+	cfg  PoolConfig
+	base Config // cfg.Config, defaults applied
+	log  *slog.Logger
+
+	mu       sync.Mutex
+	idle     []*member
+	busy     int
+	creating int
+	closed   bool
+	stats    PoolStats
+	changed  chan struct{} // closed and replaced on every change
+	lastErr  error         // the last failure to make a sandbox
+	refills  sync.WaitGroup
+}
+
+// member is one pooled sandbox.
+type member struct {
+	s    *Sandbox
+	base *Plan // the plan it was made from
+	born time.Time
+	uses int
+	// generation is egressd's policy generation after its last reset.
+	generation uint64
+}
+
+// NewPool checks the pool's shape and starts making its sandboxes in the
+// background (Ready waits for them).
+func NewPool(cfg PoolConfig) (*Pool, error) {
+	if cfg.Size < 1 {
+		return nil, fmt.Errorf("pool size %d: want at least 1", cfg.Size)
+	}
+	if cfg.MaxUses < 0 || cfg.MaxAge < 0 {
+		return nil, errors.New("pool bounds: max uses and max age may not be negative")
+	}
+	base, err := cfg.Config.withDefaults()
+	if err != nil {
+		return nil, fmt.Errorf("pool shape: %w", err)
+	}
+	if base.Profile.Network.Mode != policy.ModeFiltered {
+		return nil, fmt.Errorf("pool shape: network mode %q; a pool holds filtered sandboxes only", base.Profile.Network.Mode)
+	}
+	base.ID = ""
+	probe, err := NewPlan(withID(base, ExplainID))
+	if err != nil {
+		return nil, fmt.Errorf("pool shape: %w", err)
+	}
+	if len(probe.Egressd.Files) > 0 {
+		return nil, errors.New("pool shape: a profile that inspects hosts is not pooled")
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	p := &Pool{cfg: cfg, base: base, log: log, changed: make(chan struct{})}
+	p.stats.Size = cfg.Size
+	p.mu.Lock()
+	p.refill()
+	p.mu.Unlock()
+	return p, nil
+}
+
+func withID(cfg Config, id string) Config {
+	cfg.ID = id
+	return cfg
+}
+
+// notify wakes Ready; p.mu is held.
+func (p *Pool) notify() {
+	close(p.changed)
+	p.changed = make(chan struct{})
+}
+
+// refill starts making sandboxes until the pool has Size of them; p.mu is
+// held.
+func (p *Pool) refill() {
+	for !p.closed && len(p.idle)+p.busy+p.creating < p.cfg.Size {
+		p.creating++
+		p.refills.Add(1)
+		go func() {
+			defer p.refills.Done()
+			m, err := p.create(context.Background())
+			p.mu.Lock()
+			p.creating--
+			if err != nil {
+				p.lastErr = err
+				p.notify()
+				p.mu.Unlock()
+				p.log.Warn("pool: making a sandbox failed", "error", err)
+				return
+			}
+			if p.closed {
+				p.mu.Unlock()
+				p.destroy(m)
+				return
+			}
+			p.idle = append(p.idle, m)
+			p.notify()
+			p.mu.Unlock()
+		}()
+	}
+}
+
+// Ready waits until every sandbox of the pool is idle, the last attempt
+// to make one failed (its error), or ctx ends.
+func (p *Pool) Ready(ctx context.Context) error {
+	for {
+		p.mu.Lock()
+		idle, creating, err, ch := len(p.idle), p.creating, p.lastErr, p.changed
+		p.mu.Unlock()
+		switch {
+		case idle >= p.cfg.Size:
+			return nil
+		case creating == 0 && err != nil:
+			return err
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// create makes one pooled sandbox: Apply of the pool's shape, its
+// container's root removed at once (every execution gets its own), and
+// egressd reset to deny-everything.
+func (p *Pool) create(ctx context.Context) (*member, error) {
+	s, err := Create(ctx, p.base)
+	if err != nil {
+		return nil, err
+	}
+	m := &member{s: s, base: s.plan, born: time.Now()}
+	err = s.dropContainer(ctx)
+	if err == nil {
+		m.generation, err = m.resetEgressd(ctx)
+	}
+	if err != nil {
+		if cerr := s.Close(); cerr != nil {
+			err = errors.Join(err, cerr)
+		}
+		return nil, fmt.Errorf("pooled sandbox %s: %w", s.ID(), err)
+	}
+	p.mu.Lock()
+	p.stats.Created++
+	p.mu.Unlock()
+	return m, nil
+}
+
+// Lease is a sandbox handed to one execution by Acquire: Run it once,
+// then give it back with Release.
+type Lease struct {
+	s    *Sandbox
+	m    *member // nil: a cold sandbox of its own
+	pool *Pool
+	once sync.Once
+	err  error
+}
+
+// ID names the sandbox.
+func (l *Lease) ID() string { return l.s.ID() }
+
+// Warm reports whether the sandbox came from the pool.
+func (l *Lease) Warm() bool { return l.m != nil }
+
+// Run runs the execution's command (Sandbox.Run).
+func (l *Lease) Run(ctx context.Context, stdio Stdio) (Result, error) { return l.s.Run(ctx, stdio) }
+
+// Signal signals the command (Sandbox.Signal).
+func (l *Lease) Signal(sig syscall.Signal) error { return l.s.Signal(sig) }
+
+// Denials are the execution's denied destinations; complete once
+// Release has returned.
+func (l *Lease) Denials() []Denial { return l.s.Denials() }
+
+// Timings are the phases of this execution (Sandbox.Timings).
+func (l *Lease) Timings() []Timing { return l.s.Timings() }
+
+// Acquire returns a sandbox ready to Run cfg's command: a pooled one with
+// the tenant's policy in force, its firewall re-installed and verified and
+// its container made, or, for a profile of another shape than the pool's
+// (another network mode, rootfs, runtime, resolvers, or inspection), a
+// sandbox of its own (Create). With no idle sandbox it makes one now,
+// pooled at release if the pool has room. cfg.ID, StateDir and Kernel are
+// the pool's.
+func (p *Pool) Acquire(ctx context.Context, cfg Config) (*Lease, error) {
+	m, err := p.take(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if m == nil {
+		if m, err = p.create(ctx); err != nil {
+			p.done(nil)
+			return nil, err
+		}
+	}
+	cfg.Kernel, cfg.StateDir = p.base.Kernel, p.base.StateDir
+	tp, err := NewPlan(withID(cfg, m.s.ID()))
+	if err != nil {
+		p.done(m)
+		return nil, fmt.Errorf("planning the sandbox: %w", err)
+	}
+	if !m.fits(tp) {
+		p.done(m)
+		s, err := Create(ctx, withID(cfg, ""))
+		if err != nil {
+			return nil, err
+		}
+		p.mu.Lock()
+		p.stats.Cold++
+		p.mu.Unlock()
+		return &Lease{s: s, pool: p}, nil
+	}
+	if err := m.lease(ctx, tp); err != nil {
+		p.fail(m, fmt.Errorf("acquire: %w", err))
+		return nil, fmt.Errorf("preparing pooled sandbox %s: %w", m.s.ID(), err)
+	}
+	p.mu.Lock()
+	p.stats.Warm++
+	p.mu.Unlock()
+	return &Lease{s: m.s, m: m, pool: p}, nil
+}
+
+// take takes an idle member (retiring those past MaxAge), waiting for one
+// being made; nil when there is none to wait for: the caller makes one.
+// It counts the caller busy.
+func (p *Pool) take(ctx context.Context) (*member, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for {
+		if p.closed {
+			return nil, errors.New("the sandbox pool is closed")
+		}
+		for len(p.idle) > 0 {
+			m := p.idle[len(p.idle)-1]
+			p.idle = p.idle[:len(p.idle)-1]
+			if p.cfg.MaxAge > 0 && time.Since(m.born) > p.cfg.MaxAge {
+				p.stats.Retired++
+				p.dropLocked(m)
+				continue
+			}
+			p.busy++
+			p.notify()
+			return m, nil
+		}
+		if p.creating == 0 {
+			p.busy++
+			p.notify()
+			return nil, nil
+		}
+		ch := p.changed
+		p.mu.Unlock()
+		select {
+		case <-ch:
+			p.mu.Lock()
+		case <-ctx.Done():
+			p.mu.Lock()
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// done puts m, a member Acquire did not hand out, back (nil: none).
+func (p *Pool) done(m *member) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.busy--
+	if m != nil {
+		p.pool(m)
+	}
+	p.notify()
+}
+
+// pool puts m back among the idle ones, or retires it when the pool is
+// full or closed; p.mu is held.
+func (p *Pool) pool(m *member) {
+	if p.closed || len(p.idle)+p.busy+p.creating >= p.cfg.Size {
+		p.dropLocked(m)
+		return
+	}
+	p.idle = append(p.idle, m)
+}
+
+// Release ends the lease: a cold sandbox is closed; a pooled one is reset
+// and checked (see Pool) and pooled again, or destroyed and replaced. The
+// error is the teardown's or the reset's, for the caller's log: the
+// execution's result stands either way. Release may be called more than
+// once; it returns the first call's error.
+func (l *Lease) Release() error {
+	l.once.Do(func() { l.err = l.pool.release(l) })
+	return l.err
+}
+
+func (p *Pool) release(l *Lease) error {
+	if l.m == nil {
+		return l.s.Close()
+	}
+	m := l.m
+	ctx, cancel := context.WithTimeout(context.Background(), teardownTimeout)
+	defer cancel()
+	if err := m.reset(ctx); err != nil {
+		p.fail(m, fmt.Errorf("release: %w", err))
+		return fmt.Errorf("resetting pooled sandbox %s: %w", m.s.ID(), err)
+	}
+	m.uses++
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.busy--
+	defer p.notify()
+	if (p.cfg.MaxUses > 0 && m.uses >= p.cfg.MaxUses) || (p.cfg.MaxAge > 0 && time.Since(m.born) > p.cfg.MaxAge) {
+		p.stats.Retired++
+		p.dropLocked(m)
+		return nil
+	}
+	p.pool(m)
+	return nil
+}
+
+// fail destroys m, which failed a step (err), and replaces it.
+func (p *Pool) fail(m *member, err error) {
+	p.log.Warn("pool: sandbox destroyed", "id", m.s.ID(), "error", err)
+	p.mu.Lock()
+	p.busy--
+	p.stats.Failed++
+	p.refill()
+	p.notify()
+	p.mu.Unlock()
+	p.destroy(m)
+}
+
+// dropLocked destroys m (retired, or not needed: the pool is full or
+// closed) and starts its replacement; p.mu is held. The destruction runs
+// in the background, but after Close before dropLocked returns.
+func (p *Pool) dropLocked(m *member) {
+	p.refill()
+	p.notify()
+	if p.closed {
+		p.mu.Unlock()
+		p.destroy(m)
+		p.mu.Lock()
+		return
+	}
+	p.refills.Add(1)
+	go func() {
+		defer p.refills.Done()
+		p.destroy(m)
+	}()
+}
+
+// destroy closes m's sandbox.
+func (p *Pool) destroy(m *member) {
+	if err := m.s.Close(); err != nil {
+		p.log.Warn("pool: tearing down a sandbox", "id", m.s.ID(), "error", err)
+	}
+	p.mu.Lock()
+	p.stats.Destroyed++
+	p.mu.Unlock()
+}
+
+// Stats returns the pool's counts.
+func (p *Pool) Stats() PoolStats {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	st := p.stats
+	st.Idle, st.Busy, st.Creating = len(p.idle), p.busy, p.creating
+	return st
+}
+
+// Close destroys every idle sandbox and waits for the background work
+// (refills, retirements) to end. A lease still out is destroyed at its
+// Release. Acquire fails from now on.
+func (p *Pool) Close() error {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return nil
+	}
+	p.closed = true
+	idle := p.idle
+	p.idle = nil
+	p.notify()
+	p.mu.Unlock()
+	var errs []error
+	for _, m := range idle {
+		if err := m.s.Close(); err != nil {
+			errs = append(errs, err)
+		}
+		p.mu.Lock()
+		p.stats.Destroyed++
+		p.mu.Unlock()
+	}
+	p.refills.Wait()
+	return errors.Join(errs...)
+}
+
+// fits reports whether the tenant's plan tp has m's shape: the same
+// network mode, firewall, uplink, egressd command line, no inspection,
+// and the same root and runtime for the container.
+func (m *member) fits(tp *Plan) bool {
+	b := m.base
+	if tp.Mode != b.Mode || tp.Firewall == nil || tp.Uplink == nil || tp.Egressd == nil {
+		return false
+	}
+	return reflect.DeepEqual(*tp.Firewall, *b.Firewall) && reflect.DeepEqual(*tp.Uplink, *b.Uplink) &&
+		slices.Equal(tp.Egressd.Args, b.Egressd.Args) && tp.Egressd.Binary == b.Egressd.Binary &&
+		tp.Egressd.UID == b.Egressd.UID && tp.Egressd.GID == b.Egressd.GID && len(tp.Egressd.Files) == 0 &&
+		tp.cfg.Rootfs == b.cfg.Rootfs && tp.cfg.HostRoot == b.cfg.HostRoot && sameRuntime(tp.cfg.Runtime, b.cfg.Runtime)
+}
+
+func sameRuntime(a, b *Runtime) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return a.Path == b.Path && a.Root == b.Root
+}
+
+// lease puts tenant plan tp on m: the tenant's policy in force and proven
+// so, the firewall re-installed and verified, the audit stream the
+// tenant's, the tenant's container made.
+func (m *member) lease(ctx context.Context, tp *Plan) error {
+	s := m.s
+	e := tp.Egressd
+	tmp := EgressdFile{Name: policyFile + ".new", Data: e.Policy}
+	if err := s.writeEgressdFile(tmp); err != nil {
+		return err
+	}
+	if err := os.Rename(filepath.Join(e.Dir, tmp.Name), filepath.Join(e.Dir, policyFile)); err != nil {
+		return fmt.Errorf("writing egressd's %s: %w", policyFile, err)
+	}
+	st, err := m.admin(ctx, http.MethodPost, "/reload", http.StatusOK)
+	if err != nil {
+		return err
+	}
+	if st, err = m.admin(ctx, http.MethodGet, "/state", http.StatusOK); err != nil {
+		return err
+	}
+	if st.Policy.Source != "policy" || st.Policy.Generation <= m.generation {
+		return fmt.Errorf("egressd's policy after the reload: source %q generation %d, want the tenant's (generation > %d)",
+			st.Policy.Source, st.Policy.Generation, m.generation)
+	}
+	if err := s.k.Firewall.Install(ctx, tp.Netns, *tp.Firewall); err != nil {
+		return err
+	}
+	if err := s.k.Firewall.Verify(ctx, tp.Netns, *tp.Firewall); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.plan, s.cfg, s.secrets = tp, tp.cfg, tp.secrets
+	s.ctr, s.pending, s.timings = nil, nil, nil
+	s.mu.Unlock()
+	s.container.Store(false)
+	s.exited.Store(false)
+	s.sink.retarget(tp.cfg.AuditLog, NewLineMasker(tp.secrets), tp.cfg.OnDenial)
+	return s.prepareContainer(ctx)
+}
+
+// reset takes the tenant's part off m and proves it gone (see Pool).
+func (m *member) reset(ctx context.Context) error {
+	s := m.s
+	if err := s.dropContainer(ctx); err != nil {
+		return err
+	}
+	eg := s.EgressdPID()
+	if left := slices.DeleteFunc(s.k.Netns.Pids(s.ns), func(pid int) bool { return pid == eg }); len(left) > 0 {
+		return fmt.Errorf("processes left in the sandbox's namespace after its container was deleted: %v", left)
+	}
+	gen, err := m.resetEgressd(ctx)
+	if err != nil {
+		return err
+	}
+	m.generation = gen
+	s.sink.retarget(nil, NewLineMasker(s.secrets), nil)
+	if err := s.k.Firewall.FlushConntrack(s.plan.Netns); err != nil {
+		return err
+	}
+	if err := s.k.Firewall.Verify(ctx, m.base.Netns, *m.base.Firewall); err != nil {
+		return err
+	}
+	if s.EgressdExited() {
+		return errors.New("egressd exited")
+	}
+	s.mu.Lock()
+	s.plan, s.cfg, s.secrets = m.base, m.base.cfg, nil
+	s.mu.Unlock()
+	return nil
+}
+
+// dropContainer deletes the sandbox's container (every process in it
+// killed) and removes its root, its placeholders, its generated files and
+// its bundle, and checks that the root's directories are gone.
+func (s *Sandbox) dropContainer(ctx context.Context) error {
+	if err := s.deleteContainer(ctx); err != nil {
+		return err
+	}
+	s.container.Store(false)
+	s.mu.Lock()
+	cleanup := s.rootfsCleanup
+	s.rootfsCleanup = nil
+	s.mu.Unlock()
+	if cleanup != nil {
+		if err := cleanup(); err != nil {
+			return fmt.Errorf("removing the container's root: %w", err)
+		}
+	}
+	c := s.plan.Container
+	for _, dir := range []string{c.Bundle, c.EtcDir} {
+		if err := removeTree(dir); err != nil {
+			return err
+		}
+	}
+	for _, d := range []string{"rootfs", "upper-tmpfs", "view"} {
+		if _, err := os.Lstat(filepath.Join(s.dir, d)); !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("the container's %s is still in %s after its removal (%v)", d, s.dir, err)
+		}
+	}
+	return nil
+}
+
+// resetEgressd puts egressd to deny-everything (POST /reset) and checks
+// that it says so and holds nothing; it returns the policy generation.
+func (m *member) resetEgressd(ctx context.Context) (uint64, error) {
+	st, err := m.admin(ctx, http.MethodPost, "/reset", http.StatusOK)
+	if err != nil {
+		return 0, err
+	}
+	if !st.Empty || st.Policy.Source != "reset" {
+		return 0, fmt.Errorf("egressd after its reset: source %q, empty %v; want deny-everything and nothing held", st.Policy.Source, st.Empty)
+	}
+	return st.Policy.Generation, nil
+}
+
+// egressdState is the part of egressd's GET /state a pool reads.
+type egressdState struct {
+	Policy struct {
+		Source     string `json:"source"`
+		Generation uint64 `json:"generation"`
+	} `json:"policy"`
+	Empty bool `json:"empty"`
+}
+
+// admin sends one request to m's egressd and wants status want and a
+// state in the answer.
+func (m *member) admin(ctx context.Context, method, path string, want int) (egressdState, error) {
+	var st egressdState
+	m.s.mu.Lock()
+	eg := m.s.eg
+	m.s.mu.Unlock()
+	if eg == nil {
+		return st, errors.New("the sandbox has no egressd")
+	}
+	code, body, err := eg.Admin(ctx, method, path)
+	if err != nil {
+		return st, err
+	}
+	if code != want {
+		return st, fmt.Errorf("egressd: %s %s: %d %s", method, path, code, oneLine(body))
+	}
+	if err := json.Unmarshal(body, &st); err != nil {
+		return st, fmt.Errorf("egressd: %s %s: %w", method, path, err)
+	}
+	return st, nil
+}
+
+// oneLine is an admin answer for an error message: one line, bounded.
+func oneLine(b []byte) string {
+	const max = 200
+	if len(b) > max {
+		b = b[:max]
+	}
+	return fmt.Sprintf("%q", b)
+}
