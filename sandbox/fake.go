@@ -643,8 +643,9 @@ func (e *FakeEgressd) FailAdmin(request string, code int) {
 // Admin answers as egressd's admin endpoint does: POST /reload reads
 // policy.json from its directory (JSON, or 422) and puts it in force,
 // POST /reset puts deny-everything in force (500 while something is
-// held), GET /state says which and whether it holds anything. Every
-// answer is the state (docs/design.md, "Admin endpoint").
+// held), GET /state says which and whether it holds anything. The
+// answers of reset and state are the state (docs/design.md, "Admin
+// endpoint").
 func (e *FakeEgressd) Admin(ctx context.Context, method, path string) (int, []byte, error) {
 	if err := ctx.Err(); err != nil {
 		return 0, nil, err
@@ -666,6 +667,7 @@ func (e *FakeEgressd) Admin(ctx context.Context, method, path string) (int, []by
 		}
 		e.source = "policy"
 		e.generation++
+		return code, []byte("reloaded\n"), nil
 	case "POST /reset":
 		e.source = "reset"
 		e.generation++

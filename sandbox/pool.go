@@ -75,7 +75,7 @@ type PoolStats struct {
 // flushes the namespace's conntrack table and checks it is empty, and
 // verifies the firewall; only then is the sandbox pooled again. A sandbox
 // failing any step is destroyed, never handed out again, and replaced in
-// the background.
+// the background (THREATS G9).
 type Pool struct {
 	cfg  PoolConfig
 	base Config // cfg.Config, defaults applied
@@ -505,11 +505,11 @@ func (m *member) lease(ctx context.Context, tp *Plan) error {
 	if err := os.Rename(filepath.Join(e.Dir, tmp.Name), filepath.Join(e.Dir, policyFile)); err != nil {
 		return fmt.Errorf("writing egressd's %s: %w", policyFile, err)
 	}
-	st, err := m.admin(ctx, http.MethodPost, "/reload", http.StatusOK)
-	if err != nil {
+	if _, err := m.admin(ctx, http.MethodPost, "/reload", http.StatusOK); err != nil {
 		return err
 	}
-	if st, err = m.admin(ctx, http.MethodGet, "/state", http.StatusOK); err != nil {
+	st, err := m.admin(ctx, http.MethodGet, "/state", http.StatusOK)
+	if err != nil {
 		return err
 	}
 	if st.Policy.Source != "policy" || st.Policy.Generation <= m.generation {
@@ -616,8 +616,9 @@ type egressdState struct {
 	Empty bool `json:"empty"`
 }
 
-// admin sends one request to m's egressd and wants status want and a
-// state in the answer.
+// admin sends one request to m's egressd and wants status want; the
+// answer of GET /state and POST /reset is the state (POST /reload's is
+// text, not read).
 func (m *member) admin(ctx context.Context, method, path string, want int) (egressdState, error) {
 	var st egressdState
 	m.s.mu.Lock()
@@ -632,6 +633,9 @@ func (m *member) admin(ctx context.Context, method, path string, want int) (egre
 	}
 	if code != want {
 		return st, fmt.Errorf("egressd: %s %s: %d %s", method, path, code, oneLine(body))
+	}
+	if path == "/reload" {
+		return st, nil
 	}
 	if err := json.Unmarshal(body, &st); err != nil {
 		return st, fmt.Errorf("egressd: %s %s: %w", method, path, err)

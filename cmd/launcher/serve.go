@@ -58,6 +58,9 @@ type serveFlags struct {
 	maxOutputBytes  int64
 	maxTimeout      time.Duration
 	shutdownTimeout time.Duration
+	pool            int
+	poolMaxUses     int
+	poolMaxAge      time.Duration
 }
 
 func newServeFlags() (*flag.FlagSet, *serveFlags) {
@@ -77,6 +80,9 @@ func newServeFlags() (*flag.FlagSet, *serveFlags) {
 	fs.Int64Var(&f.maxOutputBytes, "max-output-bytes", execapi.DefaultMaxOutputBytes, "output kept of each of stdout and stderr (`BYTES`); the rest is dropped, truncated: true")
 	fs.DurationVar(&f.maxTimeout, "max-timeout", execapi.DefaultMaxTimeout, "longest process.timeout a request may have (`DURATION`); a policy without one gets this")
 	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 30*time.Second, "after SIGTERM, how long running executions may finish before they are killed (`DURATION`)")
+	fs.IntVar(&f.pool, "pool", 0, "keep `N` sandboxes warm and reuse them between executions, reset and verified in between (0: a fresh sandbox per execution)")
+	fs.IntVar(&f.poolMaxUses, "pool-max-uses", 0, "retire a pooled sandbox after `N` executions (0: no bound)")
+	fs.DurationVar(&f.poolMaxAge, "pool-max-age", 0, "retire a pooled sandbox this old (`DURATION`; 0: no bound)")
 	return fs, f
 }
 
@@ -171,15 +177,15 @@ func serve(ctx context.Context, f *serveFlags, stderr io.Writer) error {
 	if _, _, err := policy.ResolveFiles(f.sb.profile, ps.get(), f.sb.overrides(), f.floor()); err != nil {
 		return fmt.Errorf("the server's policy: %w", err)
 	}
+	if err := checkStateDir(f.stateDir); err != nil {
+		return err
+	}
+	reapStaleServer(f.stateDir, log)
 	api, closeAPI, err := newServeAPI(f, ps, token, log)
 	if err != nil {
 		return err
 	}
 	defer closeAPI()
-	if err := checkStateDir(f.stateDir); err != nil {
-		return err
-	}
-	reapStaleServer(f.stateDir, log)
 	var ln net.Listener
 	if network == "unix" {
 		ln, err = listenUnix(addr)
@@ -208,8 +214,9 @@ func serveListenFlags(f *serveFlags) (network, addr, token string, err error) {
 	return network, addr, token, nil
 }
 
-// newServeAPI builds the execution API over cold sandboxes configured
-// like launch flags; closeAPI closes the audit log it opened.
+// newServeAPI builds the execution API over sandboxes configured like
+// launch flags, cold or from a warm pool (--pool); closeAPI closes the
+// pool (every pooled sandbox destroyed) and the audit log it opened.
 func newServeAPI(f *serveFlags, ps *policySet, token string, log *slog.Logger) (api *execapi.Server, closeAPI func(), err error) {
 	closeAPI = func() {}
 	rt, err := sandbox.NewRuntime(f.sb.runtime, "")
@@ -238,6 +245,22 @@ func newServeAPI(f *serveFlags, ps *policySet, token string, log *slog.Logger) (
 		cfg.Logger = log
 		return cfg, nil
 	}
+	var exec execapi.Executor = &execapi.Cold{}
+	if f.pool > 0 {
+		pool, err := newServePool(f, ps, configure, log)
+		if err != nil {
+			closeAPI()
+			return nil, func() {}, err
+		}
+		closeLog := closeAPI
+		closeAPI = func() {
+			if err := pool.Close(); err != nil {
+				log.Warn("closing the sandbox pool", "error", oneLine(err.Error()))
+			}
+			closeLog()
+		}
+		exec = &execapi.Warm{Pool: pool}
+	}
 	api, err = execapi.New(execapi.Options{
 		Files:           ps.get,
 		Profile:         f.sb.profile,
@@ -245,7 +268,7 @@ func newServeAPI(f *serveFlags, ps *policySet, token string, log *slog.Logger) (
 		Overrides:       f.sb.overrides(),
 		MaxTimeout:      f.maxTimeout,
 		Configure:       configure,
-		Executor:        &execapi.Cold{},
+		Executor:        exec,
 		MaxConcurrent:   f.maxConcurrent,
 		MaxQueue:        queueFlag(f.maxQueue),
 		QueueTimeout:    f.queueTimeout,
@@ -255,6 +278,25 @@ func newServeAPI(f *serveFlags, ps *policySet, token string, log *slog.Logger) (
 		Logger:          log,
 	})
 	return api, closeAPI, err
+}
+
+// newServePool starts the warm pool of --pool: sandboxes of the shape of
+// the server's own policy (what a request that asks for nothing gets).
+func newServePool(f *serveFlags, ps *policySet, configure func(*policy.Profile, []string) (sandbox.Config, error), log *slog.Logger) (*sandbox.Pool, error) {
+	p, _, err := policy.ResolveFiles(f.sb.profile, ps.get(), f.sb.overrides(), f.floor())
+	if err != nil {
+		return nil, fmt.Errorf("the server's policy: %w", err)
+	}
+	cfg, err := configure(p, []string{"true"})
+	if err != nil {
+		return nil, err
+	}
+	cfg.AuditLog = nil
+	pool, err := sandbox.NewPool(sandbox.PoolConfig{Config: cfg, Size: f.pool, MaxUses: f.poolMaxUses, MaxAge: f.poolMaxAge, Logger: log})
+	if err != nil {
+		return nil, fmt.Errorf("--pool: %w", err)
+	}
+	return pool, nil
 }
 
 // reapStaleServer removes what a server that died left behind: only in

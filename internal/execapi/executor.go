@@ -61,6 +61,8 @@ type ExecutorStats struct {
 	Idle int `json:"idle"`
 	// Busy is how many sandboxes run an execution now.
 	Busy int `json:"busy"`
+	// Pool is the warm pool's counts (sandbox.PoolStats); nil when cold.
+	Pool *sandbox.PoolStats `json:"pool,omitempty"`
 }
 
 // Cold runs each execution the way `launcher run` does: sandbox.Create,
@@ -100,4 +102,44 @@ func (c *Cold) Execute(ctx context.Context, job Job) (Outcome, error) {
 // Stats implements Executor.
 func (c *Cold) Stats() ExecutorStats {
 	return ExecutorStats{Mode: "cold", Busy: int(c.busy.Load())}
+}
+
+// Warm runs each execution in a sandbox of a warm pool (sandbox.Pool):
+// Acquire, Run, Release. The release (kill, reset, verify) is done before
+// the outcome is returned, so when a client has its answer nothing of its
+// execution runs any more. A request whose profile has another shape than
+// the pool's gets a sandbox of its own.
+type Warm struct {
+	Pool *sandbox.Pool
+}
+
+// Execute implements Executor.
+func (w *Warm) Execute(ctx context.Context, job Job) (Outcome, error) {
+	cfg := job.Config
+	cfg.OnDenial = job.OnDenial
+	l, err := w.Pool.Acquire(ctx, cfg)
+	if err != nil {
+		return Outcome{}, fmt.Errorf("setting up the sandbox: %w", err)
+	}
+	out := Outcome{SandboxID: l.ID()}
+	res, runErr := l.Run(ctx, sandbox.Stdio{Stdin: job.Stdin, Stdout: job.Stdout, Stderr: job.Stderr})
+	relErr := l.Release()
+	out.Result = res
+	out.Denials = l.Denials()
+	if relErr != nil {
+		out.Warnings = append(out.Warnings, fmt.Sprintf("releasing sandbox %s: %s (it was destroyed, not reused)", l.ID(), relErr))
+	}
+	if runErr != nil {
+		if ctx.Err() != nil {
+			return out, context.Cause(ctx)
+		}
+		return out, runErr
+	}
+	return out, nil
+}
+
+// Stats implements Executor.
+func (w *Warm) Stats() ExecutorStats {
+	st := w.Pool.Stats()
+	return ExecutorStats{Mode: "warm", Size: st.Size, Idle: st.Idle, Busy: st.Busy, Pool: &st}
 }

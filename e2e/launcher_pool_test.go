@@ -1,0 +1,336 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/egressd/egressd/e2e/fakenet"
+	"github.com/egressd/egressd/firewall"
+	"github.com/egressd/egressd/sandbox"
+)
+
+// TestServePool runs `launcher serve --pool` in the fake internet and
+// plays tenant A then tenant B on the same warm sandbox, as a client of
+// the API would: nothing of A — processes, connections, DNS answers,
+// learned addresses, files — reaches B, scored at the world's servers; a
+// sandbox whose check fails at release is destroyed; and the pool leaves
+// exactly its own sandboxes while it runs and nothing once it stops.
+func TestServePool(t *testing.T) {
+	fakenet.RequireRoot(t)
+	launcherBinary(t)
+	if left := launcherLeftovers(t); len(left) > 0 {
+		t.Fatalf("leftovers before the pool tests ran (not ours; refusing to judge): %v", left)
+	}
+	t.Run("group", func(t *testing.T) {
+		for _, tc := range []struct {
+			name string
+			fn   func(t *testing.T)
+		}{
+			{"TenantAsConnectionAndBackgroundProcessAreGoneForB", testPoolConnectionAndProcessGone},
+			{"TenantAsResolvedNameIsNXDOMAINAndItsAddressClosedForB", testPoolDNSGone},
+			{"TenantAsFilesAreGoneForB", testPoolFilesGone},
+			{"SandboxWithARuleAddedIsDestroyedNeverReused", testPoolVerificationFailure},
+			{"ExecutionsLeaveOnlyThePoolsSandboxesAndCloseLeavesNothing", testPoolLeavesOnlyItsOwn},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				t.Parallel()
+				tc.fn(t)
+			})
+		}
+	})
+	if left := launcherLeftovers(t); len(left) > 0 {
+		t.Errorf("the pool tests left behind: %v", left)
+	}
+}
+
+// poolServer is a `launcher serve --pool N` in its own state directory
+// (so its sandboxes are the egs-* entries there), once its pool is warm.
+type poolServer struct {
+	*server
+	stateDir string
+}
+
+func startPoolServer(t *testing.T, lw *lworld, n int, args ...string) *poolServer {
+	t.Helper()
+	stateDir := serveStateDir(t)
+	s := startServer(t, lw, append([]string{"--state-dir", stateDir, "--pool", fmt.Sprint(n)}, args...)...)
+	ps := &poolServer{server: s, stateDir: stateDir}
+	if !eventually(60*time.Second, func() bool { return ps.stats().Idle == n }) {
+		t.Fatalf("the pool never had %d idle sandboxes: %+v\n%s", n, ps.stats(), s.stderr.String())
+	}
+	return ps
+}
+
+// serveStateDir is a state directory of the test's own under /run,
+// checked empty when the test ends.
+func serveStateDir(t *testing.T) string {
+	t.Helper()
+	stateDir, err := os.MkdirTemp("/run", "serve-e2e-state-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(stateDir, 0o711); err != nil { // egressd, its own user, passes through
+		t.Fatal(err)
+	}
+	// Not RemoveAll: a sandbox left in it would still have mounts there.
+	// What stays is the uplinks' subnet lock.
+	t.Cleanup(func() {
+		_ = os.Remove(filepath.Join(stateDir, "subnet.lock"))
+		if err := os.Remove(stateDir); err != nil {
+			t.Errorf("the state directory is not empty at the end: %v", err)
+		}
+	})
+	return stateDir
+}
+
+// poolStats is GET /v1/pool's pool part.
+type poolStats struct {
+	Mode string `json:"mode"`
+	Idle int    `json:"idle"`
+	Pool struct {
+		Created   int `json:"created"`
+		Destroyed int `json:"destroyed"`
+		Failed    int `json:"failed"`
+		Warm      int `json:"warm"`
+		Cold      int `json:"cold"`
+	} `json:"pool"`
+}
+
+func (ps *poolServer) stats() poolStats {
+	var st poolStats
+	if err := json.Unmarshal([]byte(ps.get("/v1/pool")), &st); err != nil {
+		ps.t.Fatalf("GET /v1/pool: %v", err)
+	}
+	return st
+}
+
+// sandboxes lists the server's sandboxes (its state directory's).
+func (ps *poolServer) sandboxes() []string {
+	var ids []string
+	ents, _ := os.ReadDir(ps.stateDir)
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), sandbox.IDPrefix) {
+			ids = append(ids, e.Name())
+		}
+	}
+	return ids
+}
+
+// tenant is a request running script with allow as its allow list.
+func tenant(script string, allow ...string) map[string]any {
+	req := sh(script)
+	req["network"] = map[string]any{"allow": allow}
+	return req
+}
+
+func countURIPrefix(w *fakenet.World, prefix string) int {
+	n := 0
+	for _, r := range w.HTTPLog() {
+		if strings.HasPrefix(r.URI, prefix) {
+			n++
+		}
+	}
+	return n
+}
+
+// leakyClient keeps one TCP connection to allowed.test:80 and sends a
+// request on it every 0.2 s, forever, numbering them: /a-leak-N.
+const leakyClient = `import socket, time
+s = socket.create_connection(("allowed.test", 80), timeout=5)
+i = 0
+while True:
+    s.sendall(b"GET /a-leak-%d HTTP/1.1\r\nHost: allowed.test\r\n\r\n" % i)
+    s.recv(65536)
+    i += 1
+    time.sleep(0.2)
+`
+
+// rawSend connects to 203.0.113.10:80 by address and sends one request.
+const rawSend = `import socket, sys
+try:
+    s = socket.create_connection(("203.0.113.10", 80), timeout=3)
+    s.sendall(b"GET /b-raw HTTP/1.1\r\nHost: allowed.test\r\n\r\n")
+    print("raw:", s.recv(100)[:12])
+except Exception as e:
+    print("raw refused:", type(e).__name__)
+`
+
+func testPoolConnectionAndProcessGone(t *testing.T) {
+	lw := newLauncherWorld(t)
+	s := startPoolServer(t, lw, 1)
+	// Tenant A: a long-lived connection sending all the time, from a
+	// background process, and a sleeper; A's command returns at once.
+	a := s.execute(tenant("python3 -c '"+leakyClient+"' >/dev/null 2>&1 & sleep 300 >/dev/null 2>&1 & sleep 1; echo started", "allowed.test"))
+	if a.ExitCode != 0 || a.Stdout != "started\n" {
+		t.Fatalf("tenant A: %+v", a)
+	}
+	if !eventually(5*time.Second, func() bool { return countURIPrefix(lw.w, "/a-leak-") > 0 }) {
+		t.Fatalf("tenant A's connection never reached allowed.test: %+v", a)
+	}
+	sentByA := countURIPrefix(lw.w, "/a-leak-")
+	// Tenant B on the same sandbox denies allowed.test; for two seconds it
+	// looks for A's processes and tries A's path by name and by address.
+	b := s.execute(tenant("ps -eo args; "+curlPlain+" http://allowed.test/b-name; python3 -c '"+rawSend+"'; sleep 2", "other.test"))
+	if b.Sandbox != a.Sandbox {
+		t.Fatalf("tenant B ran in %s, A in %s: the pool did not reuse the sandbox", b.Sandbox, a.Sandbox)
+	}
+	if strings.Contains(b.Stdout, "a-leak") || strings.Contains(b.Stdout, "sleep 300") {
+		t.Errorf("tenant B sees tenant A's processes:\n%s", b.Stdout)
+	}
+	if procs := processesInNetns(filepath.Join(sandbox.NetnsDir, a.Sandbox)); len(procs) != 1 || !slices.Contains(slices.Collect(mapValues(procs)), "egressd") {
+		t.Errorf("processes in the pooled namespace between tenants: %v, want egressd alone", procs)
+	}
+	if got := countURIPrefix(lw.w, "/a-leak-"); got != sentByA {
+		t.Errorf("tenant A's connection sent %d more requests after its execution ended", got-sentByA)
+	}
+	if n := countURIPrefix(lw.w, "/b-"); n != 0 {
+		t.Errorf("the world served tenant B %d requests on A's path; want none\n%+v", n, b)
+	}
+	if st := s.stats(); st.Pool.Failed != 0 || st.Pool.Warm != 2 {
+		t.Errorf("pool after two tenants: %+v", st)
+	}
+}
+
+func mapValues(m map[int]string) func(func(string) bool) {
+	return func(yield func(string) bool) {
+		for _, v := range m {
+			if !yield(v) {
+				return
+			}
+		}
+	}
+}
+
+func testPoolDNSGone(t *testing.T) {
+	lw := newLauncherWorld(t)
+	s := startPoolServer(t, lw, 1)
+	a := s.execute(tenant(digScript+"q keep.test; "+curlPlain+" -o /dev/null -w '%{http_code}\\n' http://keep.test/a-dns", "keep.test"))
+	if !strings.Contains(a.Stdout, "keep.test status=NOERROR answer=203.0.113.10") || !strings.Contains(a.Stdout, "200") {
+		t.Fatalf("tenant A could not resolve and reach keep.test: %+v", a)
+	}
+	queries := lw.w.DNSQueries("keep.test")
+	b := s.execute(tenant(digScript+"q keep.test; "+curlPlain+" --noproxy '*' --resolve keep.test:80:203.0.113.10 http://keep.test/b-learned; python3 -c '"+rawSend+"'", "other.test"))
+	if b.Sandbox != a.Sandbox {
+		t.Fatalf("tenant B ran in %s, A in %s: the pool did not reuse the sandbox", b.Sandbox, a.Sandbox)
+	}
+	if !strings.Contains(b.Stdout, "keep.test status=NXDOMAIN answer=none") {
+		t.Errorf("tenant B's query for A's name: %q, want NXDOMAIN", b.Stdout)
+	}
+	if got := lw.w.DNSQueries("keep.test"); got != queries {
+		t.Errorf("tenant B's query for keep.test reached the world's DNS (%d → %d)", queries, got)
+	}
+	if n := countURIPrefix(lw.w, "/b-"); n != 0 {
+		t.Errorf("the world served tenant B %d requests to the address A's answer taught egressd\n%+v", n, b)
+	}
+}
+
+func testPoolFilesGone(t *testing.T) {
+	lw := newLauncherWorld(t)
+	s := startPoolServer(t, lw, 1)
+	const paths = `/sandbox/a-file /tmp/a-file "$HOME/a-file" /var/tmp/a-file /a-file`
+	a := s.execute(tenant(`for f in `+paths+`; do echo tenant-a > "$f" 2>/dev/null && echo "wrote $f"; done`, "allowed.test"))
+	t.Logf("tenant A:\n%s", a.Stdout)
+	for _, want := range []string{"wrote /sandbox/a-file", "wrote /tmp/a-file"} {
+		if !strings.Contains(a.Stdout, want) {
+			t.Fatalf("tenant A could not write %s: %+v", want, a)
+		}
+	}
+	b := s.execute(tenant(`for f in `+paths+`; do [ -e "$f" ] && echo "left $f: $(cat "$f")"; done; ls -A /tmp /sandbox; echo checked`, "other.test"))
+	if b.Sandbox != a.Sandbox {
+		t.Fatalf("tenant B ran in %s, A in %s: the pool did not reuse the sandbox", b.Sandbox, a.Sandbox)
+	}
+	if strings.Contains(b.Stdout, "left ") || strings.Contains(b.Stdout, "a-file") || !strings.HasSuffix(b.Stdout, "checked\n") {
+		t.Errorf("tenant B finds tenant A's files (A wrote:\n%s):\n%s", a.Stdout, b.Stdout)
+	}
+}
+
+func testPoolVerificationFailure(t *testing.T) {
+	lw := newLauncherWorld(t)
+	s := startPoolServer(t, lw, 1)
+	ids := s.sandboxes()
+	if len(ids) != 1 {
+		t.Fatalf("a pool of 1 has sandboxes %v", ids)
+	}
+	id := ids[0]
+	nsPath := filepath.Join(sandbox.NetnsDir, id)
+	// While tenant A runs, something adds a rule to the sandbox's
+	// firewall that lets everything out.
+	var wg sync.WaitGroup
+	var added error
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		time.Sleep(time.Second)
+		out, err := exec.Command("nsenter", "--net="+nsPath, "iptables", "-w", "-I", firewall.ChainOutput, "1", "-j", "ACCEPT").CombinedOutput()
+		if err != nil {
+			added = fmt.Errorf("%v: %s", err, out)
+		}
+	}()
+	a := s.execute(tenant("sleep 3; echo done", "allowed.test"))
+	wg.Wait()
+	if added != nil {
+		t.Fatalf("adding the rule: %v", added)
+	}
+	if a.Sandbox != id || !slices.ContainsFunc(a.Warnings, func(w string) bool { return strings.Contains(w, "destroyed") }) {
+		t.Errorf("tenant A's answer: sandbox %s, warnings %q; want %s and a warning that it was destroyed", a.Sandbox, a.Warnings, id)
+	}
+	if _, err := os.Stat(nsPath); err == nil {
+		t.Errorf("the sandbox whose firewall changed (%s) still exists", id)
+	}
+	b := s.execute(tenant(curlPlain+" http://allowed.test/b-open; echo exit=$?", "other.test"))
+	if b.Sandbox == id {
+		t.Errorf("tenant B was given the sandbox whose verification failed (%s)", id)
+	}
+	if n := countURIPrefix(lw.w, "/b-"); n != 0 {
+		t.Errorf("tenant B reached allowed.test (%d requests)\n%+v", n, b)
+	}
+	if st := s.stats(); st.Pool.Failed != 1 {
+		t.Errorf("pool: %+v, want one failed", st)
+	}
+}
+
+func testPoolLeavesOnlyItsOwn(t *testing.T) {
+	lw := newLauncherWorld(t)
+	s := startPoolServer(t, lw, 2)
+	pooled := s.sandboxes()
+	for i := range 10 {
+		if res := s.execute(sh(fmt.Sprintf("echo run-%d", i))); res.Stdout != fmt.Sprintf("run-%d\n", i) || !slices.Contains(pooled, res.Sandbox) {
+			t.Fatalf("execution %d: %+v; want it in one of the pool's sandboxes %v", i, res, pooled)
+		}
+	}
+	if got := s.sandboxes(); !slices.Equal(got, pooled) {
+		t.Errorf("after 10 executions the server has sandboxes %v, want the pool's %v", got, pooled)
+	}
+	containers := runcContainers(t)
+	for _, id := range pooled {
+		if _, err := os.Stat(filepath.Join(sandbox.NetnsDir, id)); err != nil {
+			t.Errorf("the pool's namespace %s: %v", id, err)
+		}
+		if slices.Contains(containers, id) {
+			t.Errorf("a container %s is left between executions (runc list)", id)
+		}
+		if procs := processesInNetns(filepath.Join(sandbox.NetnsDir, id)); len(procs) != 1 {
+			t.Errorf("processes in the idle sandbox %s: %v, want its egressd alone", id, procs)
+		}
+	}
+	if st := s.stats(); st.Pool.Created != 2 || st.Pool.Destroyed != 0 || st.Pool.Failed != 0 || st.Pool.Warm != 10 {
+		t.Errorf("pool after 10 executions: %+v", st)
+	}
+	s.stop()
+	left := launcherLeftovers(t)
+	for _, id := range pooled {
+		for _, l := range left {
+			if strings.Contains(l, id) {
+				t.Errorf("after the server stopped: %s", l)
+			}
+		}
+	}
+}
