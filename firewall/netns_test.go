@@ -1027,14 +1027,22 @@ func TestFlushEmptiesConntrack(t *testing.T) {
 		}
 		c.Close()
 	}
-	if n4, n6 := conntrackCount(t, ns.name, "ipv4"), conntrackCount(t, ns.name, "ipv6"); n4 == 0 || n6 == 0 {
+	n4, n6 := conntrackCount(t, ns.name, "ipv4"), conntrackCount(t, ns.name, "ipv6")
+	if n4 == 0 || n6 == 0 {
 		t.Fatalf("conntrack has %d IPv4 and %d IPv6 entries before Flush; the test needs both", n4, n6)
+	}
+	// The pool's count (netlink) sees what the conntrack tool sees.
+	if n, err := System().CountConntrack(ns.path); err != nil || n != n4+n6 {
+		t.Errorf("CountConntrack = %d, %v; the conntrack tool counts %d IPv4 and %d IPv6", n, err, n4, n6)
 	}
 	if err := Flush(context.Background(), ns.path); err != nil {
 		t.Fatalf("Flush: %v", err)
 	}
 	if n4, n6 := conntrackCount(t, ns.name, "ipv4"), conntrackCount(t, ns.name, "ipv6"); n4 != 0 || n6 != 0 {
 		t.Errorf("conntrack has %d IPv4 and %d IPv6 entries after Flush, want none", n4, n6)
+	}
+	if n, err := System().CountConntrack(ns.path); err != nil || n != 0 {
+		t.Errorf("CountConntrack after Flush = %d, %v; want 0", n, err)
 	}
 }
 
