@@ -68,8 +68,8 @@ type PoolStats struct {
 // and every process in it end with it.
 //
 // Acquire puts the tenant's policy in force (policy.json written, POST
-// /reload, GET /state shows it), re-installs and verifies the firewall,
-// and makes the tenant's container. Release deletes the container, checks
+// /reload, GET /state shows it), verifies the firewall (the tenant's rules
+// are the pool's shape's), and makes the tenant's container. Release deletes the container, checks
 // that only egressd is left in the namespace and that the container's
 // root is gone, resets egressd (POST /reset: deny-everything, empty),
 // flushes the namespace's conntrack table and checks it is empty, and
@@ -255,8 +255,8 @@ func (l *Lease) Denials() []Denial { return l.s.Denials() }
 func (l *Lease) Timings() []Timing { return l.s.Timings() }
 
 // Acquire returns a sandbox ready to Run cfg's command: a pooled one with
-// the tenant's policy in force, its firewall re-installed and verified and
-// its container made, or, for a profile of another shape than the pool's
+// the tenant's policy in force, its firewall verified and its container
+// made, or, for a profile of another shape than the pool's
 // (another network mode, rootfs, runtime, resolvers, or inspection), a
 // sandbox of its own (Create). With no idle sandbox it makes one now,
 // pooled at release if the pool has room. cfg.ID, StateDir and Kernel are
@@ -273,7 +273,9 @@ func (p *Pool) Acquire(ctx context.Context, cfg Config) (*Lease, error) {
 		}
 	}
 	cfg.Kernel, cfg.StateDir = p.base.Kernel, p.base.StateDir
+	planned := time.Now()
 	tp, err := NewPlan(withID(cfg, m.s.ID()))
+	planning := Timing{Phase: "plan", Duration: time.Since(planned)}
 	if err != nil {
 		p.done(m)
 		return nil, fmt.Errorf("planning the sandbox: %w", err)
@@ -293,6 +295,9 @@ func (p *Pool) Acquire(ctx context.Context, cfg Config) (*Lease, error) {
 		p.fail(m, fmt.Errorf("acquire: %w", err))
 		return nil, fmt.Errorf("preparing pooled sandbox %s: %w", m.s.ID(), err)
 	}
+	m.s.mu.Lock()
+	m.s.timings = append(m.s.timings, planning)
+	m.s.mu.Unlock()
 	p.mu.Lock()
 	p.stats.Warm++
 	p.mu.Unlock()
@@ -376,7 +381,10 @@ func (p *Pool) release(l *Lease) error {
 	m := l.m
 	ctx, cancel := context.WithTimeout(context.Background(), teardownTimeout)
 	defer cancel()
-	if err := m.reset(ctx); err != nil {
+	start := time.Now()
+	err := m.reset(ctx)
+	m.s.timed("reset", start)
+	if err != nil {
 		p.fail(m, fmt.Errorf("release: %w", err))
 		return fmt.Errorf("resetting pooled sandbox %s: %w", m.s.ID(), err)
 	}
@@ -492,14 +500,37 @@ func sameRuntime(a, b *Runtime) bool {
 	return a.Path == b.Path && a.Root == b.Root
 }
 
-// lease puts tenant plan tp on m: the tenant's policy in force and proven
-// so, the firewall re-installed and verified, the audit stream the
-// tenant's, the tenant's container made.
+// lease puts tenant plan tp on m: the audit stream the tenant's, then at
+// once the tenant's policy put in force and proven so, the firewall
+// verified, and the tenant's container made. The command
+// starts (Run) only after all three succeeded.
 func (m *member) lease(ctx context.Context, tp *Plan) error {
 	s := m.s
-	e := tp.Egressd
+	s.mu.Lock()
+	s.plan, s.cfg, s.secrets = tp, tp.cfg, tp.secrets
+	s.ctr, s.pending, s.timings = nil, nil, nil
+	s.mu.Unlock()
+	s.container.Store(false)
+	s.exited.Store(false)
+	s.sink.retarget(tp.cfg.AuditLog, NewLineMasker(tp.secrets), tp.cfg.OnDenial)
+	var errs joinedErrs
+	errs.parallel(
+		s.step("policy", func() error { return m.loadPolicy(ctx, tp.Egressd) }),
+		// The tenant's rules are the pool's (fits), which the release
+		// verified; verified again, not re-installed: a namespace whose
+		// rules changed while idle is destroyed, never repaired.
+		s.step("firewall", func() error { return s.k.Firewall.Verify(ctx, tp.Netns, *tp.Firewall) }),
+		s.step("container", func() error { return s.prepareContainer(ctx) }),
+	)
+	return errs.join()
+}
+
+// loadPolicy puts the tenant's policy snapshot in force in m's egressd:
+// written aside and renamed over policy.json, POST /reload, and GET
+// /state must show it (source policy, a generation past the last reset).
+func (m *member) loadPolicy(ctx context.Context, e *EgressdPlan) error {
 	tmp := EgressdFile{Name: policyFile + ".new", Data: e.Policy}
-	if err := s.writeEgressdFile(tmp); err != nil {
+	if err := m.s.writeEgressdFile(tmp); err != nil {
 		return err
 	}
 	if err := os.Rename(filepath.Join(e.Dir, tmp.Name), filepath.Join(e.Dir, policyFile)); err != nil {
@@ -516,42 +547,40 @@ func (m *member) lease(ctx context.Context, tp *Plan) error {
 		return fmt.Errorf("egressd's policy after the reload: source %q generation %d, want the tenant's (generation > %d)",
 			st.Policy.Source, st.Policy.Generation, m.generation)
 	}
-	if err := s.k.Firewall.Install(ctx, tp.Netns, *tp.Firewall); err != nil {
-		return err
-	}
-	if err := s.k.Firewall.Verify(ctx, tp.Netns, *tp.Firewall); err != nil {
-		return err
-	}
-	s.mu.Lock()
-	s.plan, s.cfg, s.secrets = tp, tp.cfg, tp.secrets
-	s.ctr, s.pending, s.timings = nil, nil, nil
-	s.mu.Unlock()
-	s.container.Store(false)
-	s.exited.Store(false)
-	s.sink.retarget(tp.cfg.AuditLog, NewLineMasker(tp.secrets), tp.cfg.OnDenial)
-	return s.prepareContainer(ctx)
+	return nil
 }
 
-// reset takes the tenant's part off m and proves it gone (see Pool).
+// reset takes the tenant's part off m and proves it gone (see Pool): the
+// container deleted and only egressd left in the namespace; then at once
+// the container's root removed, egressd reset and after it conntrack
+// flushed, and the firewall verified; and egressd still running.
 func (m *member) reset(ctx context.Context) error {
 	s := m.s
-	if err := s.dropContainer(ctx); err != nil {
+	if err := s.deleteContainer(ctx); err != nil {
 		return err
 	}
+	s.container.Store(false)
 	eg := s.EgressdPID()
 	if left := slices.DeleteFunc(s.k.Netns.Pids(s.ns), func(pid int) bool { return pid == eg }); len(left) > 0 {
 		return fmt.Errorf("processes left in the sandbox's namespace after its container was deleted: %v", left)
 	}
-	gen, err := m.resetEgressd(ctx)
-	if err != nil {
-		return err
-	}
-	m.generation = gen
-	s.sink.retarget(nil, NewLineMasker(s.secrets), nil)
-	if err := s.k.Firewall.FlushConntrack(s.plan.Netns); err != nil {
-		return err
-	}
-	if err := s.k.Firewall.Verify(ctx, m.base.Netns, *m.base.Firewall); err != nil {
+	var errs joinedErrs
+	errs.parallel(
+		s.removeRoot,
+		func() error {
+			gen, err := m.resetEgressd(ctx)
+			if err != nil {
+				return err
+			}
+			m.generation = gen
+			// egressd flushed its audit log in the reset: what comes later
+			// is nobody's to see.
+			s.sink.retarget(nil, NewLineMasker(s.secrets), nil)
+			return s.k.Firewall.FlushConntrack(m.base.Netns)
+		},
+		func() error { return s.k.Firewall.Verify(ctx, m.base.Netns, *m.base.Firewall) },
+	)
+	if err := errs.join(); err != nil {
 		return err
 	}
 	if s.EgressdExited() {
@@ -564,13 +593,19 @@ func (m *member) reset(ctx context.Context) error {
 }
 
 // dropContainer deletes the sandbox's container (every process in it
-// killed) and removes its root, its placeholders, its generated files and
-// its bundle, and checks that the root's directories are gone.
+// killed) and removes its root (removeRoot).
 func (s *Sandbox) dropContainer(ctx context.Context) error {
 	if err := s.deleteContainer(ctx); err != nil {
 		return err
 	}
 	s.container.Store(false)
+	return s.removeRoot()
+}
+
+// removeRoot removes the container's root, its placeholders, its
+// generated files and its bundle, and checks that the root's directories
+// are gone.
+func (s *Sandbox) removeRoot() error {
 	s.mu.Lock()
 	cleanup := s.rootfsCleanup
 	s.rootfsCleanup = nil
