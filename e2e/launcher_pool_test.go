@@ -24,31 +24,13 @@ import (
 // sandbox whose check fails at release is destroyed; and the pool leaves
 // exactly its own sandboxes while it runs and nothing once it stops.
 func TestServePool(t *testing.T) {
-	fakenet.RequireRoot(t)
-	launcherBinary(t)
-	if left := launcherLeftovers(t); len(left) > 0 {
-		t.Fatalf("leftovers before the pool tests ran (not ours; refusing to judge): %v", left)
-	}
-	t.Run("group", func(t *testing.T) {
-		for _, tc := range []struct {
-			name string
-			fn   func(t *testing.T)
-		}{
-			{"TenantAsConnectionAndBackgroundProcessAreGoneForB", testPoolConnectionAndProcessGone},
-			{"TenantAsResolvedNameIsNXDOMAINAndItsAddressClosedForB", testPoolDNSGone},
-			{"TenantAsFilesAreGoneForB", testPoolFilesGone},
-			{"SandboxWithARuleAddedIsDestroyedNeverReused", testPoolVerificationFailure},
-			{"ExecutionsLeaveOnlyThePoolsSandboxesAndCloseLeavesNothing", testPoolLeavesOnlyItsOwn},
-		} {
-			t.Run(tc.name, func(t *testing.T) {
-				t.Parallel()
-				tc.fn(t)
-			})
-		}
+	serveGroup(t, "pool", []serveCase{
+		{"TenantAsConnectionAndBackgroundProcessAreGoneForB", testPoolConnectionAndProcessGone},
+		{"TenantAsResolvedNameIsNXDOMAINAndItsAddressClosedForB", testPoolDNSGone},
+		{"TenantAsFilesAreGoneForB", testPoolFilesGone},
+		{"SandboxWithARuleAddedIsDestroyedNeverReused", testPoolVerificationFailure},
+		{"ExecutionsLeaveOnlyThePoolsSandboxesAndCloseLeavesNothing", testPoolLeavesOnlyItsOwn},
 	})
-	if left := launcherLeftovers(t); len(left) > 0 {
-		t.Errorf("the pool tests left behind: %v", left)
-	}
 }
 
 // poolServer is a `launcher serve --pool N` in its own state directory

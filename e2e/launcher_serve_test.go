@@ -28,23 +28,33 @@ import (
 // result is checked against what the command did and what the world saw.
 // When all have finished, the machine holds nothing of theirs.
 func TestServe(t *testing.T) {
+	serveGroup(t, "serve", []serveCase{
+		{"SequentialAndConcurrentExecutionsGetTheirOwnResults", testServeSequentialAndConcurrent},
+		{"DeniedNameIsReportedAndTheServerSawNothing", testServeDeniedName},
+		{"SecretIsMaskedInStdoutStderrAndDenials", testServeSecretMasked},
+		{"KilledServerLeavesNothingAfterTheRestartsReap", testServeKilledServerReaped},
+		{"SIGTERMLetsTheRunningExecutionFinish", testServeSIGTERMDrains},
+		{"SIGTERMKillsWhatOutlastsTheShutdownTimeout", testServeSIGTERMKills},
+	})
+}
+
+// serveCase is one test of a serve group.
+type serveCase struct {
+	name string
+	fn   func(t *testing.T)
+}
+
+// serveGroup runs cases in parallel, each with its own world and server,
+// refusing to judge a machine that holds sandboxes before they run and
+// checking that it holds none of theirs after.
+func serveGroup(t *testing.T, what string, cases []serveCase) {
 	fakenet.RequireRoot(t)
 	launcherBinary(t)
 	if left := launcherLeftovers(t); len(left) > 0 {
-		t.Fatalf("leftovers before the serve tests ran (not ours; refusing to judge): %v", left)
+		t.Fatalf("leftovers before the %s tests ran (not ours; refusing to judge): %v", what, left)
 	}
 	t.Run("group", func(t *testing.T) {
-		for _, tc := range []struct {
-			name string
-			fn   func(t *testing.T)
-		}{
-			{"SequentialAndConcurrentExecutionsGetTheirOwnResults", testServeSequentialAndConcurrent},
-			{"DeniedNameIsReportedAndTheServerSawNothing", testServeDeniedName},
-			{"SecretIsMaskedInStdoutStderrAndDenials", testServeSecretMasked},
-			{"KilledServerLeavesNothingAfterTheRestartsReap", testServeKilledServerReaped},
-			{"SIGTERMLetsTheRunningExecutionFinish", testServeSIGTERMDrains},
-			{"SIGTERMKillsWhatOutlastsTheShutdownTimeout", testServeSIGTERMKills},
-		} {
+		for _, tc := range cases {
 			t.Run(tc.name, func(t *testing.T) {
 				t.Parallel()
 				tc.fn(t)
@@ -52,7 +62,7 @@ func TestServe(t *testing.T) {
 		}
 	})
 	if left := launcherLeftovers(t); len(left) > 0 {
-		t.Errorf("the serve tests left behind: %v", left)
+		t.Errorf("the %s tests left behind: %v", what, left)
 	}
 }
 
@@ -452,21 +462,7 @@ func testServeSecretMasked(t *testing.T) {
 
 func testServeKilledServerReaped(t *testing.T) {
 	lw := newLauncherWorld(t)
-	stateDir, err := os.MkdirTemp("/run", "serve-e2e-state-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Chmod(stateDir, 0o711); err != nil { // egressd, its own user, passes through
-		t.Fatal(err)
-	}
-	// Not RemoveAll: a sandbox left in it would still have mounts there.
-	// What stays is the uplinks' subnet lock.
-	t.Cleanup(func() {
-		_ = os.Remove(filepath.Join(stateDir, "subnet.lock"))
-		if err := os.Remove(stateDir); err != nil {
-			t.Errorf("the state directory is not empty at the end: %v", err)
-		}
-	})
+	stateDir := serveStateDir(t)
 	s := startServer(t, lw, "--state-dir", stateDir)
 
 	// An execution that runs until the server dies.

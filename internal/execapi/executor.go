@@ -82,13 +82,26 @@ func (c *Cold) Execute(ctx context.Context, job Job) (Outcome, error) {
 	if err != nil {
 		return Outcome{}, fmt.Errorf("setting up the sandbox: %w", err)
 	}
+	return runAndEnd(ctx, job, s, s.Close, "tearing down sandbox %s: %s")
+}
+
+// ran is a sandbox an executor runs a job in.
+type ran interface {
+	ID() string
+	Run(ctx context.Context, stdio sandbox.Stdio) (sandbox.Result, error)
+	Denials() []sandbox.Denial
+}
+
+// runAndEnd runs job in s, ends it with end (its error a warning, worded
+// by warning with the sandbox's id and the error), and returns the outcome.
+func runAndEnd(ctx context.Context, job Job, s ran, end func() error, warning string) (Outcome, error) {
 	out := Outcome{SandboxID: s.ID()}
 	res, runErr := s.Run(ctx, sandbox.Stdio{Stdin: job.Stdin, Stdout: job.Stdout, Stderr: job.Stderr})
-	closeErr := s.Close()
+	endErr := end()
 	out.Result = res
 	out.Denials = s.Denials()
-	if closeErr != nil {
-		out.Warnings = append(out.Warnings, fmt.Sprintf("tearing down sandbox %s: %s", s.ID(), closeErr))
+	if endErr != nil {
+		out.Warnings = append(out.Warnings, fmt.Sprintf(warning, s.ID(), endErr))
 	}
 	if runErr != nil {
 		if ctx.Err() != nil {
@@ -121,21 +134,7 @@ func (w *Warm) Execute(ctx context.Context, job Job) (Outcome, error) {
 	if err != nil {
 		return Outcome{}, fmt.Errorf("setting up the sandbox: %w", err)
 	}
-	out := Outcome{SandboxID: l.ID()}
-	res, runErr := l.Run(ctx, sandbox.Stdio{Stdin: job.Stdin, Stdout: job.Stdout, Stderr: job.Stderr})
-	relErr := l.Release()
-	out.Result = res
-	out.Denials = l.Denials()
-	if relErr != nil {
-		out.Warnings = append(out.Warnings, fmt.Sprintf("releasing sandbox %s: %s (it was destroyed, not reused)", l.ID(), relErr))
-	}
-	if runErr != nil {
-		if ctx.Err() != nil {
-			return out, context.Cause(ctx)
-		}
-		return out, runErr
-	}
-	return out, nil
+	return runAndEnd(ctx, job, l, l.Release, "releasing sandbox %s: %s (it was destroyed, not reused)")
 }
 
 // Stats implements Executor.
