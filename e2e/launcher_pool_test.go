@@ -277,6 +277,9 @@ func testPoolVerificationFailure(t *testing.T) {
 	if st := s.stats(); st.Pool.Failed != 1 {
 		t.Errorf("pool: %+v, want one failed", st)
 	}
+	if m := s.get("/metrics"); !strings.Contains(m, `egressd_serve_pool_destroyed_total{reason="failed"} 1`) {
+		t.Errorf("metrics do not count the destroyed sandbox:\n%s", m)
+	}
 }
 
 func testPoolLeavesOnlyItsOwn(t *testing.T) {

@@ -322,6 +322,12 @@ func (p *Pool) take(ctx context.Context) (*member, error) {
 				p.dropLocked(m)
 				continue
 			}
+			if m.s.EgressdExited() {
+				p.log.Warn("pool: sandbox destroyed", "id", m.s.ID(), "error", "its egressd exited while idle")
+				p.stats.Failed++
+				p.dropLocked(m)
+				continue
+			}
 			p.busy++
 			p.notify()
 			return m, nil

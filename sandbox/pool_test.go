@@ -219,6 +219,39 @@ func TestPoolReloadRefusedIsAnErrorAndDestroys(t *testing.T) {
 	}
 }
 
+// TestPoolIdleSandboxWhoseEgressdDiedIsNeverHandedOut: an egressd that
+// exits while its sandbox is idle gets the sandbox destroyed at the next
+// acquire, which gets a fresh one.
+func TestPoolIdleSandboxWhoseEgressdDiedIsNeverHandedOut(t *testing.T) {
+	w := newPoolWorld(t, PoolConfig{Size: 1})
+	dead := w.k.Egressd()[0]
+	dead.Exit(fmt.Errorf("crashed"))
+	id := filepath.Base(dead.NsPath)
+	if !eventuallyTrue(func() bool { return w.p.idle[0].s.EgressdExited() }) {
+		t.Fatal("the sandbox never noticed its egressd exited")
+	}
+	l, _, err := w.run(w.tenant("a.test", "true"), nil)
+	if err != nil || l.ID() == id || !l.Warm() {
+		t.Fatalf("tenant got sandbox %s (warm %v, %v); %s's egressd had died", l.ID(), l.Warm(), err, id)
+	}
+	if w.k.Kernel.Netns.Exists(id) {
+		t.Errorf("the sandbox whose egressd died (%s) still exists", id)
+	}
+	if st := w.p.Stats(); st.Failed != 1 {
+		t.Errorf("stats %+v, want 1 failed", st)
+	}
+}
+
+func eventuallyTrue(cond func() bool) bool {
+	for range 200 {
+		if cond() {
+			return true
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return false
+}
+
 // TestPoolBoundsRetireAndRefill: MaxUses retires a sandbox after that
 // many executions and a fresh one replaces it; a profile of another shape
 // gets a sandbox of its own, closed at release.

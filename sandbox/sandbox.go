@@ -273,10 +273,13 @@ func (s *Sandbox) timed(phase string, start time.Time) {
 }
 
 func (s *Sandbox) log() *slog.Logger {
-	if s.cfg.Logger == nil {
+	s.mu.Lock() // a pool's lease changes cfg
+	l := s.cfg.Logger
+	s.mu.Unlock()
+	if l == nil {
 		return slog.New(slog.DiscardHandler)
 	}
-	return s.cfg.Logger
+	return l
 }
 
 // withDefaults fills cfg's zero values and checks what Create needs.

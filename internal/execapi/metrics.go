@@ -61,6 +61,7 @@ func newMetrics(s *Server) *metrics {
 			Name: "egressd_serve_queued",
 			Help: "Executions waiting for a slot.",
 		}, func() float64 { return float64(s.queued.Load()) }),
+		poolCollector{s.opts.Executor},
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
@@ -71,4 +72,42 @@ func (m *metrics) result(r string) { m.executions.WithLabelValues(r).Inc() }
 
 func (m *metrics) handler() http.Handler {
 	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
+}
+
+// poolCollector exports a warm executor's pool counts (nothing when cold).
+type poolCollector struct{ e Executor }
+
+var (
+	poolSandboxesDesc = prometheus.NewDesc("egressd_serve_pool_sandboxes",
+		"Pooled sandboxes by state: idle, busy, creating.", []string{"state"}, nil)
+	poolCreatedDesc = prometheus.NewDesc("egressd_serve_pool_created_total",
+		"Pooled sandboxes made.", nil, nil)
+	poolDestroyedDesc = prometheus.NewDesc("egressd_serve_pool_destroyed_total",
+		"Pooled sandboxes destroyed, by reason: failed (a reset or a check failed), retired (max uses or age), other (the pool was full or closed).", []string{"reason"}, nil)
+	poolExecutionsDesc = prometheus.NewDesc("egressd_serve_pool_executions_total",
+		"Executions the pool took, by sandbox: warm (a pooled one), cold (another shape: one of its own).", []string{"sandbox"}, nil)
+)
+
+func (c poolCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{poolSandboxesDesc, poolCreatedDesc, poolDestroyedDesc, poolExecutionsDesc} {
+		ch <- d
+	}
+}
+
+func (c poolCollector) Collect(ch chan<- prometheus.Metric) {
+	st := c.e.Stats().Pool
+	if st == nil {
+		return
+	}
+	gauge, counter := prometheus.GaugeValue, prometheus.CounterValue
+	ch <- prometheus.MustNewConstMetric(poolSandboxesDesc, gauge, float64(st.Idle), "idle")
+	ch <- prometheus.MustNewConstMetric(poolSandboxesDesc, gauge, float64(st.Busy), "busy")
+	ch <- prometheus.MustNewConstMetric(poolSandboxesDesc, gauge, float64(st.Creating), "creating")
+	ch <- prometheus.MustNewConstMetric(poolCreatedDesc, counter, float64(st.Created))
+	other := st.Destroyed - min(st.Destroyed, st.Failed+st.Retired)
+	ch <- prometheus.MustNewConstMetric(poolDestroyedDesc, counter, float64(st.Failed), "failed")
+	ch <- prometheus.MustNewConstMetric(poolDestroyedDesc, counter, float64(st.Retired), "retired")
+	ch <- prometheus.MustNewConstMetric(poolDestroyedDesc, counter, float64(other), "other")
+	ch <- prometheus.MustNewConstMetric(poolExecutionsDesc, counter, float64(st.Warm), "warm")
+	ch <- prometheus.MustNewConstMetric(poolExecutionsDesc, counter, float64(st.Cold), "cold")
 }
