@@ -284,15 +284,37 @@ func testPoolVerificationFailure(t *testing.T) {
 
 func testPoolLeavesOnlyItsOwn(t *testing.T) {
 	lw := newLauncherWorld(t)
-	s := startPoolServer(t, lw, 2)
+	s := startPoolServer(t, lw, 2, "--max-concurrent", "2")
 	pooled := s.sandboxes()
-	for i := range 10 {
-		if res := s.execute(sh(fmt.Sprintf("echo run-%d", i))); res.Stdout != fmt.Sprintf("run-%d\n", i) || !slices.Contains(pooled, res.Sandbox) {
-			t.Fatalf("execution %d: %+v; want it in one of the pool's sandboxes %v", i, res, pooled)
+	check := func(i int, res execResult) {
+		if res.Stdout != fmt.Sprintf("run-%d\n", i) || !slices.Contains(pooled, res.Sandbox) {
+			t.Errorf("execution %d: %+v; want it in one of the pool's sandboxes %v", i, res, pooled)
 		}
 	}
+	check(0, s.execute(sh("echo run-0")))
+	fds := openFDs(t, s.cmd.Process.Pid)
+	// Sequential, then two at a time (the pool's size).
+	for i := 1; i < 10; i++ {
+		check(i, s.execute(sh(fmt.Sprintf("echo run-%d", i))))
+	}
+	for i := 10; i < 30; i += 2 {
+		var wg sync.WaitGroup
+		for j := i; j < i+2; j++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				check(j, s.execute(sh(fmt.Sprintf("echo run-%d", j))))
+			}()
+		}
+		wg.Wait()
+	}
+	after := openFDs(t, s.cmd.Process.Pid)
+	t.Logf("the server's open descriptors: %d after the first execution, %d after 29 more", fds, after)
+	if after > fds+8 {
+		t.Errorf("the server's open descriptors grew from %d to %d over 29 executions", fds, after)
+	}
 	if got := s.sandboxes(); !slices.Equal(got, pooled) {
-		t.Errorf("after 10 executions the server has sandboxes %v, want the pool's %v", got, pooled)
+		t.Errorf("after 30 executions the server has sandboxes %v, want the pool's %v", got, pooled)
 	}
 	containers := runcContainers(t)
 	for _, id := range pooled {
@@ -306,8 +328,8 @@ func testPoolLeavesOnlyItsOwn(t *testing.T) {
 			t.Errorf("processes in the idle sandbox %s: %v, want its egressd alone", id, procs)
 		}
 	}
-	if st := s.stats(); st.Pool.Created != 2 || st.Pool.Destroyed != 0 || st.Pool.Failed != 0 || st.Pool.Warm != 10 {
-		t.Errorf("pool after 10 executions: %+v", st)
+	if st := s.stats(); st.Pool.Created != 2 || st.Pool.Destroyed != 0 || st.Pool.Failed != 0 || st.Pool.Warm != 30 {
+		t.Errorf("pool after 30 executions: %+v", st)
 	}
 	s.stop()
 	left := launcherLeftovers(t)
@@ -318,4 +340,14 @@ func testPoolLeavesOnlyItsOwn(t *testing.T) {
 			}
 		}
 	}
+}
+
+// openFDs counts the open file descriptors of process pid.
+func openFDs(t *testing.T, pid int) int {
+	t.Helper()
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
 }
