@@ -19,7 +19,7 @@ CGO_ENABLED=0 go build -o bin/ ./cmd/... ./e2e/cmd/fakeworld # static: the launc
 before=$(ip netns list | grep -c '^egs-' || true)
 ws=$(mktemp -d /tmp/egressd-demo.XXXXXX)
 trap 'rm -rf "$ws"' EXIT
-chmod 755 "$ws"
+chmod 0777 "$ws" # the sandbox user (no host account) may write its workspace: the launcher checks
 cd "$ws" # mounted at /sandbox (--mount-cwd): the world's CA goes there
 
 cat <<'TXT'

@@ -29,6 +29,7 @@ import (
 	"testing"
 
 	"github.com/egressd/egressd/e2e/fakenet"
+	"github.com/egressd/egressd/internal/privtest"
 )
 
 func main() { os.Exit(run()) }
@@ -62,6 +63,12 @@ func run() (code int) {
 			code = 1
 		}
 	}()
+	// Running this program is itself the request for namespaces that the
+	// privileged tests wait for a switch to make: as root it switches
+	// them on for its own process (fakenet checks the same switch).
+	if os.Geteuid() == 0 {
+		os.Setenv(privtest.Env, "1")
+	}
 	w := fakenet.Start(tb) // skips (and so returns 1) unless root
 	for _, r := range records {
 		name, ip, ok := strings.Cut(r, "=")
