@@ -904,23 +904,29 @@ func (p *Proxy) logFailure(a *allowed, d *denial) {
 		return
 	}
 	p.met.decision(string(a.kind), audit.OutcomeError, d.reason)
+	p.cfg.Audit.Log(a.record(audit.OutcomeError, d.reason, d.detailForAudit()))
+}
+
+// record is the audit record of a: what every record of an allowed
+// connection or request carries, with its outcome, reason and error text.
+func (a *allowed) record(outcome audit.Outcome, reason audit.Reason, errText string) audit.Record {
 	r := audit.Record{
 		Kind:       a.kind,
 		Target:     a.target,
 		Name:       a.name,
 		Port:       a.port,
 		Addrs:      a.addrs,
-		Decision:   audit.OutcomeError,
-		Reason:     d.reason,
+		Decision:   outcome,
+		Reason:     reason,
 		Client:     a.client,
-		Error:      d.detailForAudit(),
+		Error:      errText,
 		DurationMS: float64(time.Since(a.start).Microseconds()) / 1000,
 	}
 	if a.decision.Rule != nil {
 		r.Rule = a.decision.Rule.Text
-		r.Source = a.decision.Rule.Source.String()
+		r.Source = a.decision.Rule.SourceText()
 	}
-	p.cfg.Audit.Log(r)
+	return r
 }
 
 // allowed is an allow decision whose record is written when the connection
@@ -948,25 +954,8 @@ func (p *Proxy) finish(a *allowed, up, down int64, errText string) {
 	outcome := reason.OutcomeLetThrough(a.decision.WouldDeny)
 	p.met.decision(string(a.kind), outcome, reason)
 	p.met.relayed(up, down)
-	r := audit.Record{
-		Kind:       a.kind,
-		Target:     a.target,
-		Name:       a.name,
-		Port:       a.port,
-		Addrs:      a.addrs,
-		Decision:   outcome,
-		Reason:     reason,
-		Client:     a.client,
-		Error:      sanitizeLine(errText),
-		BytesUp:    up,
-		BytesDown:  down,
-		DurationMS: float64(time.Since(a.start).Microseconds()) / 1000,
-		Inspected:  a.inspected,
-	}
-	if a.decision.Rule != nil {
-		r.Rule = a.decision.Rule.Text
-		r.Source = a.decision.Rule.SourceText()
-	}
+	r := a.record(outcome, reason, sanitizeLine(errText))
+	r.BytesUp, r.BytesDown, r.Inspected = up, down, a.inspected
 	p.cfg.Audit.Log(r)
 }
 
