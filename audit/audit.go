@@ -169,8 +169,8 @@ func NewBuffered(w io.Writer, sandboxID string, o BufferOptions) *Logger {
 	return l
 }
 
-// recordScratch is the size of the pooled buffers records are encoded into
-// for an unbuffered write.
+// recordScratch is the size of the pooled buffers records are encoded
+// into.
 const recordScratch = 1024
 
 // Log writes r as one line. Time and SandboxID are filled when empty. A
@@ -192,26 +192,31 @@ func (l *Logger) Log(r Record) {
 		l.writeRecord(&r)
 		return
 	}
-	// Encoded straight into the batch, under the lock (about half a
-	// microsecond): a scratch buffer on the stack would make the resolver's
-	// short-lived query goroutines grow their stacks (copystack), which
-	// cost more than the copy saved.
+	// Encoded outside the lock into a pooled buffer (not one on the stack:
+	// that would make the resolver's short-lived query goroutines grow
+	// their stacks), then copied into the batch under it. Encoding under
+	// the lock (about half a microsecond) made it the resolver's most
+	// contended lock under load (bench/README.md, Issue 13).
+	bp := recordBufs.Get().(*[]byte)
+	b := l.encode((*bp)[:0], &r)
 	l.mu.Lock()
 	if l.closed {
 		l.mu.Unlock()
-		l.writeRecord(&r)
+		l.writeNow(b)
+		putRecordBuf(bp, b)
 		return
 	}
 	n0 := len(l.pending)
-	l.pending = l.encode(l.pending, &r)
-	if len(l.pending) > l.opts.MaxPending {
-		l.pending = l.pending[:n0]
+	if n0+len(b) > l.opts.MaxPending {
 		l.mu.Unlock()
+		putRecordBuf(bp, b)
 		l.dropped.Add(1)
 		return
 	}
+	l.pending = append(l.pending, b...)
 	full := len(l.pending) >= l.opts.FlushBytes
 	l.mu.Unlock()
+	putRecordBuf(bp, b)
 	if n0 == 0 {
 		signal(l.wake)
 	}
@@ -239,8 +244,8 @@ func (l *Logger) encode(b []byte, r *Record) []byte {
 	return append(out, '\n')
 }
 
-// recordBufs are the buffers records are encoded into on the way to an
-// unbuffered write.
+// recordBufs are the buffers records are encoded into on the way to a
+// write or to the batch.
 var recordBufs = sync.Pool{New: func() any { b := make([]byte, 0, recordScratch); return &b }}
 
 // writeRecord encodes r and writes it at once.
@@ -248,6 +253,12 @@ func (l *Logger) writeRecord(r *Record) {
 	bp := recordBufs.Get().(*[]byte)
 	b := l.encode((*bp)[:0], r)
 	l.writeNow(b)
+	putRecordBuf(bp, b)
+}
+
+// putRecordBuf gives bp back to recordBufs with b, what was encoded into
+// it, as its storage, unless b grew too large to keep.
+func putRecordBuf(bp *[]byte, b []byte) {
 	if cap(b) <= 16*recordScratch {
 		*bp = b[:0]
 		recordBufs.Put(bp)

@@ -534,7 +534,7 @@ func pslTails(f string) []string {
 			if rel != "" {
 				parent = rel + "." + f
 			}
-			for _, kid := range pslParents[parent] {
+			for _, kid := range pslParents()[parent] {
 				r := kid
 				if rel != "" {
 					r = kid + "." + rel
@@ -542,7 +542,7 @@ func pslTails(f string) []string {
 				add(r)
 				if kid != "*" {
 					probe(r)
-					if _, ok := pslParents[kid+"."+parent]; ok {
+					if _, ok := pslParents()[kid+"."+parent]; ok {
 						next = append(next, r)
 					}
 				}

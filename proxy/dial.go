@@ -93,7 +93,7 @@ func (p *Proxy) dialVetted(ctx context.Context, addrs []netip.AddrPort) (net.Con
 		}
 		tried = append(tried, ap.String())
 		start := time.Now()
-		c, err := p.dial(ctx, "tcp", ap.String())
+		c, err := p.dial(ctx, ap)
 		p.met.dialed(time.Since(start), err)
 		if err == nil {
 			return c, ap, tried, nil

@@ -17,7 +17,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/egressd/egressd/audit"
-	"github.com/egressd/egressd/internal/sockopt"
 	"github.com/egressd/egressd/policy"
 )
 
@@ -131,7 +130,7 @@ type Proxy struct {
 	met       *metrics
 	imet      *inspectMetrics
 	inspect   atomic.Pointer[Inspect]
-	dialer    net.Dialer
+	dialer    upstreamDialer
 	transport *http.Transport
 
 	mu        sync.Mutex
@@ -152,9 +151,9 @@ type Proxy struct {
 	// origDst finds a transparent connection's original destination
 	// (originalDst; tests inject one).
 	origDst func(net.Conn) (netip.AddrPort, error)
-	// dial connects to a vetted address (dialer.DialContext; tests inject
-	// one that reaches a stand-in server instead).
-	dial func(ctx context.Context, network, address string) (net.Conn, error)
+	// dial connects to a vetted address (dialer.dial; tests inject one
+	// that reaches a stand-in server instead).
+	dial func(ctx context.Context, ap netip.AddrPort) (net.Conn, error)
 	// firstWait is serverFirstWait (tests shorten it).
 	firstWait time.Duration
 	// pipes are the relay's splice pipes (splice.go).
@@ -226,12 +225,8 @@ func New(cfg Config) (*Proxy, error) {
 	for _, ap := range cfg.SelfAddrs {
 		p.self = append(p.self, netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()))
 	}
-	p.dialer = net.Dialer{
-		Timeout:   cfg.DialTimeout,
-		KeepAlive: 30 * time.Second,
-		Control:   sockopt.MarkControl(cfg.Mark),
-	}
-	p.dial = p.dialer.DialContext
+	p.dialer = upstreamDialer{mark: cfg.Mark, timeout: cfg.DialTimeout, keepAlive: 30 * time.Second}
+	p.dial = p.dialer.dial
 	p.firstWait = serverFirstWait
 	p.pipes = newPipePool(pipes)
 	if cfg.Metrics != nil {

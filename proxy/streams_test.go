@@ -95,13 +95,9 @@ func newStandIn(t testing.TB) *standIn {
 
 // dial is the proxy's dialer in the lab: every vetted address reaches the
 // stand-in, which learns which address was meant.
-func (s *standIn) dial(ctx context.Context, network, address string) (net.Conn, error) {
-	ap, err := netip.ParseAddrPort(address)
-	if err != nil {
-		return nil, fmt.Errorf("lab dialer: %q is not a vetted address: %w", address, err)
-	}
+func (s *standIn) dial(ctx context.Context, ap netip.AddrPort) (net.Conn, error) {
 	var d net.Dialer
-	c, err := d.DialContext(ctx, network, s.ln.Addr().String())
+	c, err := d.DialContext(ctx, "tcp", s.ln.Addr().String())
 	if err != nil {
 		return nil, err
 	}

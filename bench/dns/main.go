@@ -17,6 +17,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/pprof"
 	"syscall"
 	"time"
@@ -37,7 +38,22 @@ func main() {
 	cacheSize := flag.Int("cache", 0, "dnsfilter cache size in entries (0: default)")
 	duration := flag.Duration("duration", 10*time.Minute, "stop after this long")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
+	mutexProfile := flag.String("mutexprofile", "", "write a profile of contended locks (every 5th contention) to this file at exit")
 	flag.Parse()
+	if *mutexProfile != "" {
+		runtime.SetMutexProfileFraction(5)
+		defer func() {
+			f, err := os.Create(*mutexProfile)
+			if err != nil {
+				log.Print(err)
+				return
+			}
+			defer f.Close()
+			if err := pprof.Lookup("mutex").WriteTo(f, 0); err != nil {
+				log.Print(err)
+			}
+		}()
+	}
 	if *cpuProfile != "" {
 		f, err := os.Create(*cpuProfile)
 		if err != nil {

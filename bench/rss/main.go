@@ -4,6 +4,11 @@
 // policy that allows the sink by an IP rule (which lifts the loopback guard),
 // opens the tunnels through the explicit proxy, and reads VmRSS from
 // /proc/PID/status. Everything stops by itself.
+//
+// With -pages (as root: it reads /proc/PID/pagemap) it also says where the
+// idle process's resident pages are: anonymous or the binary's, and of the
+// binary's, how much of each ELF section and, when the binary has its
+// symbol table (built without -s), of each package's code and data.
 package main
 
 import (
@@ -25,13 +30,14 @@ import (
 func main() {
 	bin := flag.String("egressd", "bin/egressd", "egressd binary")
 	tunnels := flag.Int("tunnels", 1000, "tunnels to open")
+	pages := flag.Int("pages", 0, "print where the idle process's pages are, with this many packages (needs root)")
 	flag.Parse()
-	if err := run(*bin, *tunnels); err != nil {
+	if err := run(*bin, *tunnels, *pages); err != nil {
 		log.Fatal(err)
 	}
 }
 
-func run(bin string, n int) error {
+func run(bin string, n, pages int) error {
 	sink, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return err
@@ -109,6 +115,11 @@ func run(bin string, n int) error {
 		return err
 	}
 	fmt.Printf("idle_rss_kib %d\n", idle)
+	if pages > 0 {
+		if err := residency(os.Stdout, cmd.Process.Pid, bin, pages); err != nil {
+			return fmt.Errorf("reading the resident pages: %w", err)
+		}
+	}
 
 	conns := make([]net.Conn, 0, n)
 	defer func() {

@@ -29,3 +29,13 @@ func MarkControl(mark uint32) func(network, address string, c syscall.RawConn) e
 		return nil
 	}
 }
+
+// SetMark sets SO_MARK to mark on the socket fd, for a dialer that creates
+// its sockets itself. The error says that setting a mark needs
+// CAP_NET_ADMIN.
+func SetMark(fd int, mark uint32) error {
+	if err := syscall.SetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_MARK, int(mark)); err != nil {
+		return fmt.Errorf("setting SO_MARK=%d on the upstream socket (needs CAP_NET_ADMIN): %w", mark, err)
+	}
+	return nil
+}
