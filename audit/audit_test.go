@@ -271,4 +271,18 @@ func BenchmarkLog(b *testing.B) {
 		l.Close()
 		b.ReportMetric(float64(l.Dropped())/float64(b.N), "dropped/op")
 	})
+	b.Run("buffered-parallel", func(b *testing.B) {
+		// Many goroutines logging at once, as the resolver's query
+		// goroutines do: the batch lock is held only for the copy.
+		l := NewBuffered(f, "bench", BufferOptions{MaxPending: 256 << 20})
+		b.ReportAllocs()
+		b.SetParallelism(8)
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				l.Log(r)
+			}
+		})
+		l.Close()
+		b.ReportMetric(float64(l.Dropped())/float64(b.N), "dropped/op")
+	})
 }

@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -66,7 +67,22 @@ type standIn struct {
 	mu     sync.Mutex
 	dialed map[string]netip.AddrPort // the proxy's upstream local address → vetted address
 	events []upstreamEvent
-	wg     sync.WaitGroup
+	// serving counts the connections being served. Not a WaitGroup: one
+	// case's wait and the next case's connections are ordered only
+	// through the network, which the race detector does not see.
+	serving atomic.Int64
+}
+
+// waitIdle waits up to d until no connection is being served.
+func (s *standIn) waitIdle(d time.Duration) bool {
+	deadline := time.Now().Add(d)
+	for s.serving.Load() > 0 {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return true
 }
 
 func newStandIn(t testing.TB) *standIn {
@@ -85,11 +101,17 @@ func newStandIn(t testing.TB) *standIn {
 			if err != nil {
 				return
 			}
-			s.wg.Add(1)
+			s.serving.Add(1)
 			go s.serve(c)
 		}
 	}()
-	t.Cleanup(func() { ln.Close(); accepting.Wait(); s.wg.Wait() })
+	t.Cleanup(func() {
+		ln.Close()
+		accepting.Wait()
+		if !s.waitIdle(10 * time.Second) {
+			t.Errorf("the stand-in server still serves %d connections 10s after the test", s.serving.Load())
+		}
+	})
 	return s
 }
 
@@ -115,7 +137,7 @@ func (s *standIn) record(e upstreamEvent) {
 
 // serve reads one upstream connection as the real server would.
 func (s *standIn) serve(c net.Conn) {
-	defer s.wg.Done()
+	defer s.serving.Add(-1)
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
 	cr := &countingReader{r: c}
@@ -381,11 +403,7 @@ func (l *lab) run(t testing.TB, lp labPath, chunks []labChunk) labOutcome {
 		time.Sleep(2 * time.Millisecond)
 	}
 	l.p.transport.CloseIdleConnections()
-	done := make(chan struct{})
-	go func() { l.srv.wg.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(5 * time.Second):
+	if !l.srv.waitIdle(5 * time.Second) {
 		t.Fatalf("%s: the stand-in server is still reading 5s after egressd finished", lp)
 	}
 	out.events = l.srv.take()
