@@ -109,11 +109,18 @@ func newLauncherWorld(t *testing.T) *lworld {
 // using iptables-nft creates: what remains are chains and rules.
 func worldRules(t *testing.T, w *fakenet.World) string {
 	t.Helper()
+	return savedRules(t, "the world", func(tool string) (string, string, int) { return w.Run(t, tool) })
+}
+
+// savedRules is worldRules for any namespace: run runs a tool there
+// (where names the namespace in errors).
+func savedRules(t *testing.T, where string, run func(tool string) (stdout, stderr string, code int)) string {
+	t.Helper()
 	var b strings.Builder
 	for _, tool := range []string{"iptables-save", "ip6tables-save"} {
-		out, errOut, code := w.Run(t, tool)
+		out, errOut, code := run(tool)
 		if code != 0 {
-			t.Fatalf("%s in the world: exit %d: %s", tool, code, errOut)
+			t.Fatalf("%s in %s: exit %d: %s", tool, where, code, errOut)
 		}
 		for _, line := range strings.Split(out, "\n") {
 			switch {

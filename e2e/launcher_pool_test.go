@@ -45,10 +45,16 @@ func startPoolServer(t *testing.T, lw *lworld, n int, args ...string) *poolServe
 	stateDir := serveStateDir(t)
 	s := startServer(t, lw, append([]string{"--state-dir", stateDir, "--pool", fmt.Sprint(n)}, args...)...)
 	ps := &poolServer{server: s, stateDir: stateDir}
-	if !eventually(60*time.Second, func() bool { return ps.stats().Idle == n }) {
-		t.Fatalf("the pool never had %d idle sandboxes: %+v\n%s", n, ps.stats(), s.stderr.String())
-	}
+	ps.waitWarm(n)
 	return ps
+}
+
+// waitWarm waits until the pool has n idle sandboxes.
+func (ps *poolServer) waitWarm(n int) {
+	ps.t.Helper()
+	if !eventually(60*time.Second, func() bool { return ps.stats().Idle == n }) {
+		ps.t.Fatalf("the pool never had %d idle sandboxes: %+v\n%s", n, ps.stats(), ps.stderr.String())
+	}
 }
 
 // serveStateDir is a state directory of the test's own under /run,

@@ -100,6 +100,11 @@ type member struct {
 	uses int
 	// generation is egressd's policy generation after its last reset.
 	generation uint64
+	// denials are the last tenant's, taken from the audit stream at its
+	// reset, just before the stream became nobody's; kept says whether
+	// the reset got that far.
+	denials []Denial
+	kept    bool
 }
 
 // NewPool checks the pool's shape and starts making its sandboxes in the
@@ -233,6 +238,11 @@ type Lease struct {
 	pool *Pool
 	once sync.Once
 	err  error
+	// denials are the execution's, kept at the release (the sandbox's
+	// audit stream is then the next tenant's); kept says whether they were.
+	mu      sync.Mutex
+	denials []Denial
+	kept    bool
 }
 
 // ID names the sandbox.
@@ -248,8 +258,16 @@ func (l *Lease) Run(ctx context.Context, stdio Stdio) (Result, error) { return l
 func (l *Lease) Signal(sig syscall.Signal) error { return l.s.Signal(sig) }
 
 // Denials are the execution's denied destinations; complete once
-// Release has returned.
-func (l *Lease) Denials() []Denial { return l.s.Denials() }
+// Release has returned, and never another tenant's.
+func (l *Lease) Denials() []Denial {
+	l.mu.Lock()
+	denials, kept := l.denials, l.kept
+	l.mu.Unlock()
+	if kept {
+		return denials
+	}
+	return l.s.Denials()
+}
 
 // Timings are the phases of this execution (Sandbox.Timings).
 func (l *Lease) Timings() []Timing { return l.s.Timings() }
@@ -388,8 +406,12 @@ func (p *Pool) release(l *Lease) error {
 	ctx, cancel := context.WithTimeout(context.Background(), teardownTimeout)
 	defer cancel()
 	start := time.Now()
+	m.denials, m.kept = nil, false
 	err := m.reset(ctx)
 	m.s.timed("reset", start)
+	l.mu.Lock()
+	l.denials, l.kept = m.denials, m.kept
+	l.mu.Unlock()
 	if err != nil {
 		p.fail(m, fmt.Errorf("release: %w", err))
 		return fmt.Errorf("resetting pooled sandbox %s: %w", m.s.ID(), err)
@@ -580,7 +602,9 @@ func (m *member) reset(ctx context.Context) error {
 			}
 			m.generation = gen
 			// egressd flushed its audit log in the reset: what comes later
-			// is nobody's to see.
+			// is nobody's to see. The tenant's denials are kept for its
+			// answer first.
+			m.denials, m.kept = s.sink.list(), true
 			s.sink.retarget(nil, NewLineMasker(s.secrets), nil)
 			return s.k.Firewall.FlushConntrack(m.base.Netns)
 		},
