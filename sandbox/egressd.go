@@ -2,8 +2,11 @@ package sandbox
 
 import (
 	"bufio"
+	"bytes"
 	"cmp"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -140,6 +143,11 @@ type egressdProc struct {
 	stopErr error
 	// auditDone is closed when its audit stream has ended.
 	auditDone chan struct{}
+	// auditW is the launcher's own write end of the audit stream
+	// (AppendAudit's), closed by Stop once egressd has exited: the stream
+	// ends when both ends are closed.
+	auditMu sync.Mutex
+	auditW  *os.File
 	// admin is its admin endpoint's client (the unix socket in its dir).
 	admin *http.Client
 }
@@ -204,12 +212,13 @@ func (hostEgressd) Start(ctx context.Context, nsPath string, p *EgressdPlan, aud
 	e.cmd = cmd
 	err = e.start(nsPath)
 	readyW.Close()
-	auditW.Close()
 	if err != nil {
+		auditW.Close()
 		auditR.Close()
 		close(e.auditDone)
 		return nil, fmt.Errorf("starting egressd: %w", err)
 	}
+	e.auditW = auditW
 	e.pid = cmd.Process.Pid
 	go func() {
 		defer close(e.auditDone)
@@ -387,12 +396,30 @@ func (e *egressdProc) Stop() error {
 				}
 			}
 		}
+		e.auditMu.Lock()
+		if e.auditW != nil {
+			e.auditW.Close()
+			e.auditW = nil
+		}
+		e.auditMu.Unlock()
 		select {
 		case <-e.auditDone:
 		case <-time.After(2 * time.Second):
 		}
 	})
 	return e.stopErr
+}
+
+// AppendAudit writes line at the end of its audit stream, after all that
+// egressd wrote to it so far.
+func (e *egressdProc) AppendAudit(line []byte) error {
+	e.auditMu.Lock()
+	defer e.auditMu.Unlock()
+	if e.auditW == nil {
+		return errors.New("egressd's audit stream is closed")
+	}
+	_, err := e.auditW.Write(line)
+	return err
 }
 
 // egressdPolicy is the policy egressd enforces for a launch: the launch's
@@ -459,6 +486,67 @@ type auditSink struct {
 	out     io.Writer
 	denials map[denialKey]*Denial
 	order   []denialKey
+	// barriers are the lines barrier handed out and not yet read back.
+	barriers map[string]chan struct{}
+}
+
+// barrierPrefix starts a barrier line; egressd's lines are JSON objects.
+const barrierPrefix = "launcher-audit-barrier "
+
+// barrier returns a line to append to the audit stream (AppendAudit) and
+// a channel closed once the sink has read up to it: every record written
+// to the stream before it has been taken by then. The line is the sink's
+// alone (a random token), never recorded or copied out.
+func (a *auditSink) barrier() ([]byte, <-chan struct{}) {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	token := barrierPrefix + hex.EncodeToString(b[:])
+	ch := make(chan struct{})
+	a.mu.Lock()
+	if a.barriers == nil {
+		a.barriers = map[string]chan struct{}{}
+	}
+	a.barriers[token] = ch
+	a.mu.Unlock()
+	return []byte(token + "\n"), ch
+}
+
+// passed reports whether line is a barrier of the sink's, and lets its
+// waiter go.
+func (a *auditSink) passed(line []byte) bool {
+	if !bytes.HasPrefix(line, []byte(barrierPrefix)) {
+		return false
+	}
+	a.mu.Lock()
+	ch, ok := a.barriers[string(line)]
+	delete(a.barriers, string(line))
+	a.mu.Unlock()
+	if ok {
+		close(ch)
+	}
+	return ok
+}
+
+// syncAudit waits until the sandbox's sink has taken every audit record
+// egressd wrote before now (a reset flushes egressd's log first): a
+// barrier appended to the stream must be read back.
+func (s *Sandbox) syncAudit(ctx context.Context) error {
+	s.mu.Lock()
+	eg := s.eg
+	s.mu.Unlock()
+	if eg == nil {
+		return errors.New("the sandbox has no egressd")
+	}
+	line, seen := s.sink.barrier()
+	if err := eg.AppendAudit(line); err != nil {
+		return fmt.Errorf("egressd's audit stream: %w", err)
+	}
+	select {
+	case <-seen:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("egressd's audit stream was not read up to the reset: %w", ctx.Err())
+	}
 }
 
 type denialKey struct {
@@ -495,6 +583,9 @@ func (a *auditSink) consume(r io.Reader) {
 }
 
 func (a *auditSink) record(line []byte) {
+	if a.passed(line) {
+		return
+	}
 	a.mu.Lock()
 	mask, onDenial := a.mask, a.onDenial
 	a.mu.Unlock()

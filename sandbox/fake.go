@@ -592,6 +592,12 @@ func (e *FakeEgressd) Audit(lines ...string) {
 	}
 }
 
+// AppendAudit implements EgressdProcess.
+func (e *FakeEgressd) AppendAudit(line []byte) error {
+	_, err := e.audit.Write(line)
+	return err
+}
+
 // Exit ends it as a crash would, with err.
 func (e *FakeEgressd) Exit(err error) { e.exit(err) }
 

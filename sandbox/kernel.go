@@ -130,6 +130,9 @@ type EgressdProcess interface {
 	// Stop ends it (SIGTERM, SIGKILL after a grace) and waits for it and
 	// its audit stream. Idempotent.
 	Stop() error
+	// AppendAudit writes line at the end of its audit stream, after all
+	// egressd wrote to it so far (a pooled sandbox's barrier: Pool).
+	AppendAudit(line []byte) error
 	// Admin sends one request to its admin endpoint (docs/design.md,
 	// "Admin endpoint": POST /reload, POST /reset, GET /state) and
 	// returns the status and body.

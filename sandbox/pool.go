@@ -601,9 +601,12 @@ func (m *member) reset(ctx context.Context) error {
 				return err
 			}
 			m.generation = gen
-			// egressd flushed its audit log in the reset: what comes later
-			// is nobody's to see. The tenant's denials are kept for its
-			// answer first.
+			// egressd flushed its audit log in the reset: once the sink
+			// has read that far, the tenant's denials are complete and
+			// kept for its answer, and what comes later is nobody's to see.
+			if err := s.syncAudit(ctx); err != nil {
+				return err
+			}
 			m.denials, m.kept = s.sink.list(), true
 			s.sink.retarget(nil, NewLineMasker(s.secrets), nil)
 			return s.k.Firewall.FlushConntrack(m.base.Netns)
