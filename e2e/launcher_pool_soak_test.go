@@ -35,11 +35,13 @@ func TestServePoolSoak(t *testing.T) {
 
 // TestServePoolRestartAndTenants: a pool server killed with SIGKILL
 // leaves nothing once a new one reaped; two tenants running at once on a
-// pool of 2 reach only their own hosts, files and processes (THREATS G9).
+// pool of 2 reach only their own hosts, files and processes; what a
+// tenant wrote on a writable root is gone for the next (THREATS G9).
 func TestServePoolRestartAndTenants(t *testing.T) {
 	serveGroup(t, "pool restart and tenants", []serveCase{
 		{"KilledPoolServerLeavesNothingAfterTheRestartsReap", testPoolKilledServerReaped},
 		{"ConcurrentTenantsReachOnlyTheirOwnHostsFilesAndProcesses", testPoolConcurrentTenantsIsolated},
+		{"TenantAsFilesOnTheWritableRootAreGoneForB", testPoolWritableRootFilesGone},
 	})
 }
 
@@ -206,6 +208,25 @@ func countOf(fp []string, line string) int {
 		}
 	}
 	return n
+}
+
+// conntrackEntries lists the conntrack entries, both families, of the
+// namespace at nsPath (conntrack -L there).
+func conntrackEntries(t *testing.T, nsPath string) []string {
+	t.Helper()
+	var entries []string
+	for _, family := range []string{"ipv4", "ipv6"} {
+		out, err := exec.Command("nsenter", "--net="+nsPath, "conntrack", "-L", "-f", family).Output()
+		if err != nil {
+			t.Fatalf("conntrack -L -f %s in %s: %v", family, nsPath, err)
+		}
+		for _, line := range strings.Split(string(out), "\n") {
+			if strings.TrimSpace(line) != "" {
+				entries = append(entries, line)
+			}
+		}
+	}
+	return entries
 }
 
 // vmRSS is process pid's resident set (VmRSS) in KiB.
@@ -583,5 +604,36 @@ python3 -c '%[4]s'`, me, len(me), curlPlain, strings.ReplaceAll(rawSend, "/b-raw
 	}
 	if st := s.fullStats(); st.Warm != 2 || st.Failed != 0 {
 		t.Errorf("pool after two tenants: %+v", st)
+	}
+}
+
+// testPoolWritableRootFilesGone: a server whose policy runs commands as
+// root (under --floor open) on the standard profile's writable root, a
+// throwaway overlay: tenant A writes all over it, and tenant B, on the
+// same pooled sandbox, finds none of it (the built-in user can write only
+// tmpfs mounts, which TestServePool/TenantAsFilesAreGoneForB covers).
+func testPoolWritableRootFilesGone(t *testing.T) {
+	lw := newLauncherWorld(t)
+	pol := filepath.Join(t.TempDir(), "root.toml")
+	if err := os.WriteFile(pol, []byte("version = 1\n\n[process]\nuser = \"0:0\"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s := startPoolServer(t, lw, 1, "--floor", "open", "--policy", pol)
+	const paths = `/a-root /etc/a-root /usr/local/a-root /root/a-root /var/lib/a-root`
+	a := s.execute(tenant(`id -u; for f in `+paths+`; do echo tenant-a > "$f" 2>/dev/null && echo "wrote $f"; done`, "allowed.test"))
+	for _, want := range []string{"0\n", "wrote /a-root\n", "wrote /etc/a-root\n", "wrote /usr/local/a-root\n"} {
+		if !strings.Contains(a.Stdout, want) {
+			t.Fatalf("tenant A (root, writable root) did not print %q: %+v", want, a)
+		}
+	}
+	if _, err := os.Stat("/a-root"); err == nil {
+		t.Fatal("tenant A's /a-root is on the host's root: the writable root is not a throwaway overlay")
+	}
+	b := s.execute(tenant(`for f in `+paths+`; do [ -e "$f" ] && echo "left $f: $(cat "$f")"; done; echo checked`, "other.test"))
+	if b.Sandbox != a.Sandbox {
+		t.Fatalf("tenant B ran in %s, A in %s: the pool did not reuse the sandbox", b.Sandbox, a.Sandbox)
+	}
+	if b.Stdout != "checked\n" {
+		t.Errorf("tenant B finds tenant A's files on the writable root (A wrote:\n%s):\n%s", a.Stdout, b.Stdout)
 	}
 }

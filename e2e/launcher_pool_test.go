@@ -164,6 +164,10 @@ func testPoolConnectionAndProcessGone(t *testing.T) {
 		t.Fatalf("tenant A's connection never reached allowed.test: %+v", a)
 	}
 	sentByA := countURIPrefix(lw.w, "/a-leak-")
+	// Between the tenants: the pooled namespace tracks no flow of A's.
+	if !eventually(5*time.Second, func() bool { return len(conntrackEntries(t, filepath.Join(sandbox.NetnsDir, a.Sandbox))) == 0 }) {
+		t.Errorf("conntrack in the pooled namespace after tenant A's release: %q", conntrackEntries(t, filepath.Join(sandbox.NetnsDir, a.Sandbox)))
+	}
 	// Tenant B on the same sandbox denies allowed.test; for two seconds it
 	// looks for A's processes and tries A's path by name and by address.
 	b := s.execute(tenant("ps -eo args; "+curlPlain+" http://allowed.test/b-name; python3 -c '"+rawSend+"'; sleep 2", "other.test"))
