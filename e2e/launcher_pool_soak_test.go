@@ -3,8 +3,6 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
-	"io"
-	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -442,18 +440,7 @@ func testPoolKilledServerReaped(t *testing.T) {
 	fresh := poolFootprint(t, lw, s.stateDir, old)
 
 	// An execution that runs until the server dies.
-	running := make(chan struct{})
-	go func() {
-		defer close(running)
-		req, _ := http.NewRequest(http.MethodPost, "http://serve/v1/execute/stream",
-			strings.NewReader(`{"cmd": "sh", "args": ["-c", "echo started; sleep 30"], "network": {"allow": ["allowed.test"]}}`))
-		resp, err := s.client.Do(req)
-		if err != nil {
-			return
-		}
-		defer resp.Body.Close()
-		_, _ = io.Copy(io.Discard, resp.Body) // ends when the server dies
-	}()
+	running := s.streamInBackground(`{"cmd": "sh", "args": ["-c", "echo started; sleep 30"], "network": {"allow": ["allowed.test"]}}`)
 	var inFlight string
 	if !eventually(60*time.Second, func() bool {
 		for _, id := range oldIDs {

@@ -228,6 +228,24 @@ func (s *server) get(path string) string {
 	return string(out)
 }
 
+// streamInBackground sends body to POST /v1/execute/stream and reads the
+// events away; the channel closes when the stream ends (or the server
+// dies).
+func (s *server) streamInBackground(body string) <-chan struct{} {
+	running := make(chan struct{})
+	go func() {
+		defer close(running)
+		req, _ := http.NewRequest(http.MethodPost, "http://serve/v1/execute/stream", strings.NewReader(body))
+		resp, err := s.client.Do(req)
+		if err != nil {
+			return
+		}
+		defer resp.Body.Close()
+		_, _ = io.Copy(io.Discard, resp.Body)
+	}()
+	return running
+}
+
 // sh is a request running script under sh -c.
 func sh(script string) map[string]any {
 	return map[string]any{"cmd": "sh", "args": []string{"-c", script}}
@@ -466,18 +484,7 @@ func testServeKilledServerReaped(t *testing.T) {
 	s := startServer(t, lw, "--state-dir", stateDir)
 
 	// An execution that runs until the server dies.
-	running := make(chan struct{})
-	go func() {
-		defer close(running)
-		req, _ := http.NewRequest(http.MethodPost, "http://serve/v1/execute/stream",
-			strings.NewReader(`{"cmd": "sh", "args": ["-c", "echo started; sleep 120"], "network": {"allow": ["allowed.test"]}}`))
-		resp, err := s.client.Do(req)
-		if err != nil {
-			return
-		}
-		defer resp.Body.Close()
-		_, _ = io.Copy(io.Discard, resp.Body) // ends when the server dies
-	}()
+	running := s.streamInBackground(`{"cmd": "sh", "args": ["-c", "echo started; sleep 120"], "network": {"allow": ["allowed.test"]}}`)
 	var id string
 	if !eventually(60*time.Second, func() bool {
 		ents, _ := os.ReadDir(stateDir)
