@@ -181,11 +181,11 @@ func serve(ctx context.Context, f *serveFlags, stderr io.Writer) error {
 		return err
 	}
 	reapStaleServer(f.stateDir, log)
-	api, closeAPI, err := newServeAPI(f, ps, token, log)
-	if err != nil {
-		return err
-	}
-	defer closeAPI()
+	// The listener before the API: listenUnix narrows the umask while it
+	// makes the socket, and the umask is the whole process's; the pool
+	// (newServeAPI) makes sandboxes' directories from goroutines of its
+	// own, which must never be made under it (egressd could not pass
+	// through a directory made 0600).
 	var ln net.Listener
 	if network == "unix" {
 		ln, err = listenUnix(addr)
@@ -195,6 +195,12 @@ func serve(ctx context.Context, f *serveFlags, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	api, closeAPI, err := newServeAPI(f, ps, token, log)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	defer closeAPI()
 	return serveUntilStopped(ctx, f, ps, api, ln, log)
 }
 
@@ -451,7 +457,8 @@ func readToken(path string) (string, error) {
 
 // listenUnix listens on a unix socket at path with mode 0600. A path that
 // exists is refused unless it is a stale socket (nothing accepts on it),
-// which is removed.
+// which is removed. It changes the process's umask for a moment: call it
+// while no other goroutine makes files.
 func listenUnix(path string) (net.Listener, error) {
 	if fi, err := os.Lstat(path); err == nil {
 		if fi.Mode().Type() != os.ModeSocket {
