@@ -30,8 +30,15 @@
 // non-dumpable so that, without CAP_SYS_PTRACE, no sandbox process can
 // trace it or open its /proc files.
 //
+// In waiting mode (WaitArgs) the init starts no command until it has read
+// one Request from RequestFD, a pipe: a pooled sandbox's container is made
+// and started before its tenant is known, and the tenant's command,
+// environment (secrets included) and working directory come by the pipe,
+// never by a file. The init reads exactly one request, closes the pipe
+// and runs it; a malformed or oversized request, or none, makes it exit
+// 125 with a message. Either way the command inherits its stdio and no
+// other descriptor.
+//
 // Process 1 is not required: outside a pid namespace the init makes itself
-// a child subreaper, so orphans still come to it (which is also what a
-// pooled sandbox's idle init, whose commands arrive by `runc exec`, needs:
-// it reaps processes it never started).
+// a child subreaper, so orphans still come to it .
 package pid1

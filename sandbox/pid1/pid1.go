@@ -97,6 +97,9 @@ func Main(args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "launcher: "+format+"\n", a...)
 		return code
 	}
+	if len(args) == 1 && args[0] == waitFlag {
+		return waitAndRun(sigc, fail)
+	}
 	var size *WindowSize
 	for len(args) > 0 && args[0] != "--" {
 		v, ok := strings.CutPrefix(args[0], "-winsize=")
@@ -113,8 +116,41 @@ func Main(args []string, stderr io.Writer) int {
 	if len(args) < 2 {
 		return fail(ExitInitFailed, "init: no command (usage: %s [-winsize=ROWSxCOLS] -- CMD [ARGS...])", Path)
 	}
-	cmd := args[1:]
+	return run(args[1:], os.Environ(), size, sigc, fail)
+}
 
+// waitAndRun is waiting mode (WaitArgs): the init reads one request from
+// RequestFD, closes it (the command never inherits it, and nothing can
+// send a second one), moves to the request's working directory and runs
+// its command with its environment. The request's environment becomes
+// the init's own Go environment, for the command's lookup in PATH as
+// without waiting; /proc/1/environ (the one the runtime gave, which a
+// non-dumpable init shows nobody anyway) never holds it.
+func waitAndRun(sigc <-chan os.Signal, fail func(int, string, ...any) int) int {
+	f := os.NewFile(RequestFD, "execution request")
+	req, err := ReadRequest(io.LimitReader(f, 4+MaxRequest))
+	f.Close()
+	if err != nil {
+		return fail(ExitInitFailed, "init: the execution request: %v", err)
+	}
+	os.Clearenv()
+	for _, e := range req.Env {
+		name, value, _ := strings.Cut(e, "=")
+		if err := os.Setenv(name, value); err != nil {
+			return fail(ExitInitFailed, "init: the execution's environment: %v", err)
+		}
+	}
+	if err := os.Chdir(req.Cwd); err != nil {
+		return fail(ExitInitFailed, "init: the working directory %q: %v", req.Cwd, err)
+	}
+	// As the runtime sets a container's environment (one entry per name,
+	// the last one wins), so the command's is what it would be without
+	// waiting.
+	return run(req.Args, os.Environ(), nil, sigc, fail)
+}
+
+// run starts cmd with env as the init's only child and supervises it.
+func run(cmd, env []string, size *WindowSize, sigc <-chan os.Signal, fail func(int, string, ...any) int) int {
 	if os.Getpid() != 1 {
 		// Outside a pid namespace of its own, orphans would go to the
 		// machine's init; make them come here.
@@ -141,8 +177,11 @@ func Main(args []string, stderr io.Writer) int {
 		return fail(cannotRun(err), "cannot run the command %q: %v", cmd[0], lookupReason(err))
 	}
 
+	// The command inherits its stdio and nothing else, whatever the
+	// runtime (or whoever started the init) left open.
+	closeOnExecAbove2()
 	child, err := syscall.ForkExec(path, cmd, &syscall.ProcAttr{
-		Env:   os.Environ(),
+		Env:   env,
 		Files: []uintptr{0, 1, 2},
 		Sys:   &syscall.SysProcAttr{Setpgid: true, Foreground: tty, Ctty: 0},
 	})
@@ -217,6 +256,21 @@ func reap(child int) (status int, done bool) {
 			case ws.Signaled():
 				status = 128 + int(ws.Signal())
 			}
+		}
+	}
+}
+
+// closeOnExecAbove2 marks every descriptor above 2 close-on-exec
+// (close_range(2), or one by one from /proc/self/fd on a kernel without
+// it).
+func closeOnExecAbove2() {
+	if unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC) == nil {
+		return
+	}
+	ents, _ := os.ReadDir("/proc/self/fd")
+	for _, e := range ents {
+		if fd, err := strconv.Atoi(e.Name()); err == nil && fd > 2 {
+			unix.CloseOnExec(fd)
 		}
 	}
 }
