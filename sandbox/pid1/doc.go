@@ -40,5 +40,5 @@
 // other descriptor.
 //
 // Process 1 is not required: outside a pid namespace the init makes itself
-// a child subreaper, so orphans still come to it .
+// a child subreaper, so orphans still come to it.
 package pid1
