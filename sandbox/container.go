@@ -44,6 +44,11 @@ type Stdio struct {
 	// stdout and stderr alike, comes to Stdout; Stderr is unused. The
 	// bundle's spec must set process.terminal (Config.Terminal does).
 	Terminal *Terminal
+	// Request, when not nil, is passed to the container's process as
+	// file descriptor pid1.RequestFD (the runtime's --preserve-fds 1): a
+	// pooled container's waiting init reads its execution from it. The
+	// caller closes its copy once Start returned.
+	Request *os.File
 }
 
 // WindowSize is a terminal's size in characters.
@@ -177,7 +182,13 @@ func (r *Runtime) start(ctx context.Context, id, bundleDir string, stdio Stdio, 
 		defer ln.Close() // removes the socket file too
 		args = append(args, "--console-socket", sockPath)
 	}
+	if stdio.Request != nil {
+		args = append(args, "--preserve-fds", "1")
+	}
 	cmd := r.command(ctx, append(args, "--bundle", bundleDir, id)...)
+	if stdio.Request != nil {
+		cmd.ExtraFiles = []*os.File{stdio.Request} // fd 3: pid1.RequestFD
+	}
 	cmd.Dir = bundleDir
 	cmd.Env = []string{"PATH=" + specconv.DefaultPath}
 	// A terminal's ^C is the launcher's to handle, never the runtime's.

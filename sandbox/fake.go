@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/egressd/egressd/firewall"
+	"github.com/egressd/egressd/sandbox/pid1"
 )
 
 // FakeKernel is a Kernel in memory, for tests of this package and of
@@ -444,6 +445,9 @@ type FakeProcess struct {
 	ID, Bundle string
 	Spec       *specs.Spec
 	Netns      string
+	// Request is what a waiting init read (Stdio.Request); its command,
+	// environment and working directory are then in Spec too.
+	Request *pid1.Request
 
 	k        *FakeKernel
 	pid      int
@@ -452,6 +456,45 @@ type FakeProcess struct {
 	killOnce sync.Once
 	done     chan struct{}
 	code     int
+}
+
+// waitRequest is a waiting init's start (pid1 waiting mode): it reads one
+// request from req, closes it, and puts the request's command,
+// environment and working directory in Spec as the runtime would have
+// them without waiting. false: killed first, or a bad request (exit 125,
+// a message on stderr).
+func (p *FakeProcess) waitRequest(req *os.File, stdio Stdio) bool {
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		select {
+		case <-p.killed:
+			req.Close() // ends a Read in progress
+		case <-stop:
+		}
+	}()
+	r, err := pid1.ReadRequest(req)
+	req.Close()
+	select {
+	case <-p.killed:
+		p.code = 128 + int(syscall.SIGKILL)
+		return false
+	default:
+	}
+	if err != nil {
+		p.code = pid1.ExitInitFailed
+		if stdio.Stderr != nil {
+			fmt.Fprintf(stdio.Stderr, "launcher: init: the execution request: %v\n", err)
+		}
+		return false
+	}
+	p.k.mu.Lock()
+	proc := *p.Spec.Process
+	proc.Args, proc.Env, proc.Cwd = pid1.Args(r.Args, nil), r.Env, r.Cwd
+	p.Spec.Process = &proc
+	p.Request = &r
+	p.k.mu.Unlock()
+	return true
 }
 
 // Signals delivers the signals sent to the process.
@@ -497,6 +540,7 @@ func (f fakeContainers) Start(ctx context.Context, rt *Runtime, id, bundle strin
 	k.mu.Lock()
 	err := k.do("runtime.start " + id)
 	_, exists := k.containers[id]
+	pid := 1000000 + len(k.ops)
 	k.mu.Unlock()
 	if err != nil {
 		return nil, fmt.Errorf("%s run %s: %w", rt.Name, id, err)
@@ -512,12 +556,22 @@ func (f fakeContainers) Start(ctx context.Context, rt *Runtime, id, bundle strin
 	if err := json.Unmarshal(data, &spec); err != nil {
 		return nil, fmt.Errorf("%s run %s: %w", rt.Name, id, err)
 	}
-	p := &FakeProcess{ID: id, Bundle: bundle, Spec: &spec, k: k, pid: 1000000 + len(k.ops), signals: make(chan syscall.Signal, 16),
+	p := &FakeProcess{ID: id, Bundle: bundle, Spec: &spec, k: k, pid: pid, signals: make(chan syscall.Signal, 16),
 		killed: make(chan struct{}), done: make(chan struct{})}
 	for _, n := range spec.Linux.Namespaces {
 		if n.Type == specs.NetworkNamespace {
 			p.Netns = n.Path
 		}
+	}
+	var req *os.File
+	if stdio.Request != nil {
+		// The container's own copy of the request pipe (the caller closes
+		// its copy once Start returns), as the runtime passes it.
+		fd, err := unix.Dup(int(stdio.Request.Fd()))
+		if err != nil {
+			return nil, fmt.Errorf("%s run %s: %w", rt.Name, id, err)
+		}
+		req = os.NewFile(uintptr(fd), "request")
 	}
 	k.mu.Lock()
 	k.containers[id] = p
@@ -525,6 +579,9 @@ func (f fakeContainers) Start(ctx context.Context, rt *Runtime, id, bundle strin
 	k.mu.Unlock()
 	go func() {
 		defer close(p.done)
+		if req != nil && !p.waitRequest(req, stdio) {
+			return
+		}
 		if cmd == nil {
 			return
 		}

@@ -46,6 +46,10 @@ type PoolStats struct {
 	Idle     int `json:"idle"`
 	Busy     int `json:"busy"`
 	Creating int `json:"creating"`
+	// Resetting is how many are being reset after their lease, and their
+	// next container made, in the background (counted in neither Idle
+	// nor Busy).
+	Resetting int `json:"resetting"`
 	// Created and Destroyed count pooled sandboxes made and removed;
 	// Retired of those destroyed reached MaxUses or MaxAge, Failed failed
 	// a reset or a check (each also logged).
@@ -65,17 +69,19 @@ type PoolStats struct {
 // the uplink and its NAT, the firewall, and egressd under its
 // deny-everything policy. The container is made per execution on that
 // half and deleted at release, so its writable layer, its tmpfs mounts
-// and every process in it end with it.
+// and every process in it end with it; but it is made ahead, while the
+// sandbox is idle, its init waiting for the command (pool_warm.go).
 //
 // Acquire puts the tenant's policy in force (policy.json written, POST
-// /reload, GET /state shows it), verifies the firewall (the tenant's rules
-// are the pool's shape's), and makes the tenant's container. Release deletes the container, checks
-// that only egressd is left in the namespace and that the container's
-// root is gone, resets egressd (POST /reset: deny-everything, empty),
-// flushes the namespace's conntrack table and checks it is empty, and
-// verifies the firewall; only then is the sandbox pooled again. A sandbox
-// failing any step is destroyed, never handed out again, and replaced in
-// the background (THREATS G9).
+// /reload, GET /state shows it), and after a long idle verifies the
+// firewall again; Run sends the command to the waiting container.
+// Release resets egressd (POST /reset: deny-everything, empty, audit
+// flushed) and, in the background, deletes the container, checks that
+// only egressd is left in the namespace and that the container's root is
+// gone, flushes the namespace's conntrack table and checks it is empty,
+// verifies the firewall, and makes the next container; only then is the
+// sandbox pooled again. A sandbox failing any step is destroyed, never
+// handed out again, and replaced in the background (THREATS G9).
 type Pool struct {
 	cfg  PoolConfig
 	base Config // cfg.Config, defaults applied
@@ -83,8 +89,11 @@ type Pool struct {
 
 	mu       sync.Mutex
 	idle     []*member
-	busy     int
+	busy     int // leased or resetting
 	creating int
+	// resetting counts the busy members whose release runs in the
+	// background.
+	resetting int
 	closed   bool
 	stats    PoolStats
 	changed  chan struct{} // closed and replaced on every change
@@ -96,15 +105,16 @@ type Pool struct {
 type member struct {
 	s    *Sandbox
 	base *Plan // the plan it was made from
+	wait *Plan // base with the init waiting: its next containers' (waitingPlan)
 	born time.Time
 	uses int
 	// generation is egressd's policy generation after its last reset.
 	generation uint64
-	// denials are the last tenant's, taken from the audit stream at its
-	// reset, just before the stream became nobody's; kept says whether
-	// the reset got that far.
-	denials []Denial
-	kept    bool
+	// next is its pre-made container, started and waiting (pool_warm.go);
+	// nil between a lease's send and the next prestart.
+	next *waiting
+	// verified is when its firewall was last verified.
+	verified time.Time
 }
 
 // NewPool checks the pool's shape and starts making its sandboxes in the
@@ -122,6 +132,9 @@ func NewPool(cfg PoolConfig) (*Pool, error) {
 	}
 	if base.Profile.Network.Mode != policy.ModeFiltered {
 		return nil, fmt.Errorf("pool shape: network mode %q; a pool holds filtered sandboxes only", base.Profile.Network.Mode)
+	}
+	if base.Init == "" {
+		return nil, errors.New("pool shape: no init (Config.Init): a pooled sandbox's container is made ahead, its init waiting for the command")
 	}
 	base.ID = ""
 	probe, err := NewPlan(withID(base, ExplainID))
@@ -206,19 +219,23 @@ func (p *Pool) Ready(ctx context.Context) error {
 }
 
 // create makes one pooled sandbox: Apply of the pool's shape, its
-// container's root removed at once (every execution gets its own), and
-// egressd reset to deny-everything.
+// container's root removed at once, egressd reset to deny-everything, and
+// its first container made ahead, its init waiting (prestart).
 func (p *Pool) create(ctx context.Context) (*member, error) {
 	s, err := Create(ctx, p.base)
 	if err != nil {
 		return nil, err
 	}
-	m := &member{s: s, base: s.plan, born: time.Now()}
+	m := &member{s: s, base: s.plan, wait: waitingPlan(s.plan), born: time.Now(), verified: time.Now()}
 	err = s.dropContainer(ctx)
 	if err == nil {
 		m.generation, err = m.resetEgressd(ctx)
 	}
+	if err == nil {
+		err = m.prestart(ctx)
+	}
 	if err != nil {
+		m.discard()
 		if cerr := s.Close(); cerr != nil {
 			err = errors.Join(err, cerr)
 		}
@@ -238,11 +255,16 @@ type Lease struct {
 	pool *Pool
 	once sync.Once
 	err  error
-	// denials are the execution's, kept at the release (the sandbox's
-	// audit stream is then the next tenant's); kept says whether they were.
-	mu      sync.Mutex
-	denials []Denial
-	kept    bool
+
+	// What Release kept of a warm lease (the member goes on to its next
+	// tenant): its timings and denials; the background reset's timing and
+	// error once reset is closed.
+	mu       sync.Mutex
+	released bool
+	timings  []Timing
+	denials  []Denial
+	reset    chan struct{}
+	resetErr error
 }
 
 // ID names the sandbox.
@@ -251,34 +273,68 @@ func (l *Lease) ID() string { return l.s.ID() }
 // Warm reports whether the sandbox came from the pool.
 func (l *Lease) Warm() bool { return l.m != nil }
 
-// Run runs the execution's command (Sandbox.Run).
-func (l *Lease) Run(ctx context.Context, stdio Stdio) (Result, error) { return l.s.Run(ctx, stdio) }
+// Run runs the execution's command (Sandbox.Run); in a pooled sandbox, by
+// sending it to the container made ahead, whose init waits for it.
+func (l *Lease) Run(ctx context.Context, stdio Stdio) (Result, error) {
+	if l.m == nil {
+		return l.s.Run(ctx, stdio)
+	}
+	return l.s.run(ctx, stdio, l.m.send)
+}
 
 // Signal signals the command (Sandbox.Signal).
 func (l *Lease) Signal(sig syscall.Signal) error { return l.s.Signal(sig) }
 
-// Denials are the execution's denied destinations; complete once
-// Release has returned, and never another tenant's.
+// Denials are the execution's denied destinations, as egressd recorded
+// them up to Release, which has it flush its audit log.
 func (l *Lease) Denials() []Denial {
 	l.mu.Lock()
-	denials, kept := l.denials, l.kept
-	l.mu.Unlock()
-	if kept {
-		return denials
+	defer l.mu.Unlock()
+	if l.released {
+		return slices.Clone(l.denials)
 	}
 	return l.s.Denials()
 }
 
-// Timings are the phases of this execution (Sandbox.Timings).
-func (l *Lease) Timings() []Timing { return l.s.Timings() }
+// Timings are the phases of this execution (Sandbox.Timings); after
+// Release of a pooled sandbox, with "reset" (the background reset and the
+// next container, "next") once Wait has returned.
+func (l *Lease) Timings() []Timing {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.released {
+		return slices.Clone(l.timings)
+	}
+	return l.s.Timings()
+}
+
+// Wait waits for the background part of a pooled lease's Release (the
+// reset and its checks, and the next container made) and returns its
+// error: a sandbox failing it was destroyed, never handed out again. It
+// returns nil at once for a cold lease or one not released.
+func (l *Lease) Wait() error {
+	l.mu.Lock()
+	ch := l.reset
+	l.mu.Unlock()
+	if ch == nil {
+		return nil
+	}
+	<-ch
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.resetErr
+}
 
 // Acquire returns a sandbox ready to Run cfg's command: a pooled one with
-// the tenant's policy in force, its firewall verified and its container
-// made, or, for a profile of another shape than the pool's
-// (another network mode, rootfs, runtime, resolvers, or inspection), a
-// sandbox of its own (Create). With no idle sandbox it makes one now,
-// pooled at release if the pool has room. cfg.ID, StateDir and Kernel are
-// the pool's.
+// the tenant's policy in force (and its firewall verified again when it
+// was idle longer than reverifyAfter), its container made ahead and
+// waiting for the command, or, for a request of another shape than the
+// pool's (another network mode, rootfs, runtime, resolvers, inspection,
+// or a container spec differing in anything but the command, its
+// environment and working directory: sameContainer), a sandbox of its
+// own (Create). With no idle sandbox it waits for one being made or
+// reset, or, with none, makes one now, pooled at release if the pool has
+// room. cfg.ID, StateDir and Kernel are the pool's.
 func (p *Pool) Acquire(ctx context.Context, cfg Config) (*Lease, error) {
 	m, err := p.take(ctx)
 	if err != nil {
@@ -350,7 +406,7 @@ func (p *Pool) take(ctx context.Context) (*member, error) {
 			p.notify()
 			return m, nil
 		}
-		if p.creating == 0 {
+		if p.creating == 0 && p.resetting == 0 {
 			p.busy++
 			p.notify()
 			return nil, nil
@@ -388,9 +444,14 @@ func (p *Pool) pool(m *member) {
 	p.idle = append(p.idle, m)
 }
 
-// Release ends the lease: a cold sandbox is closed; a pooled one is reset
-// and checked (see Pool) and pooled again, or destroyed and replaced. The
-// error is the teardown's or the reset's, for the caller's log: the
+// Release ends the lease: a cold sandbox is closed; a pooled one has
+// egressd reset at once (deny-everything in force, the tenant's state and
+// connections dropped, its audit log flushed, so Denials are the
+// execution's) and the rest of its reset, its checks and its next
+// container run in the background (see Pool and Wait), after which it is
+// pooled again, or destroyed and replaced. The command's processes are
+// gone when Run returns (its init's end ends its pid namespace). The
+// error is the teardown's or egressd's reset's, for the caller's log: the
 // execution's result stands either way. Release may be called more than
 // once; it returns the first call's error.
 func (l *Lease) Release() error {
@@ -406,28 +467,92 @@ func (p *Pool) release(l *Lease) error {
 	ctx, cancel := context.WithTimeout(context.Background(), teardownTimeout)
 	defer cancel()
 	start := time.Now()
-	m.denials, m.kept = nil, false
-	err := m.reset(ctx)
-	m.s.timed("reset", start)
+	gen, err := m.resetEgressd(ctx)
+	m.s.timed("release", start)
 	l.mu.Lock()
-	l.denials, l.kept = m.denials, m.kept
+	l.released, l.timings, l.denials = true, m.s.Timings(), m.s.Denials()
+	l.reset = make(chan struct{})
 	l.mu.Unlock()
 	if err != nil {
+		err = fmt.Errorf("resetting pooled sandbox %s: %w", m.s.ID(), err)
 		p.fail(m, fmt.Errorf("release: %w", err))
-		return fmt.Errorf("resetting pooled sandbox %s: %w", m.s.ID(), err)
+		l.resetDone(nil, err)
+		return err
 	}
+	m.generation = gen
+	// egressd flushed its audit log in the reset: what comes later is
+	// nobody's to see.
+	m.s.sink.retarget(nil, NewLineMasker(nil), nil)
+	p.mu.Lock()
+	if p.closed {
+		// Destroyed now, not reset: nothing may start in the background
+		// once Close waits for it.
+		p.mu.Unlock()
+		l.resetDone(nil, nil)
+		p.mu.Lock()
+		p.busy--
+		p.dropLocked(m)
+		p.notify()
+		p.mu.Unlock()
+		return nil
+	}
+	p.resetting++
+	p.refills.Add(1)
+	p.mu.Unlock()
+	go func() {
+		defer p.refills.Done()
+		p.recycle(m, l)
+	}()
+	return nil
+}
+
+// resetDone records the background reset's timings and error on l.
+func (l *Lease) resetDone(timings []Timing, err error) {
+	l.mu.Lock()
+	l.timings = append(l.timings, timings...)
+	l.resetErr = err
+	l.mu.Unlock()
+	close(l.reset)
+}
+
+// recycle is the background part of m's release (l's): the rest of its
+// reset and its checks (member.reset), then its next container made
+// (prestart); only then is m pooled again. A member failing any step is
+// destroyed and replaced.
+func (p *Pool) recycle(m *member, l *Lease) {
+	ctx, cancel := context.WithTimeout(context.Background(), teardownTimeout)
+	defer cancel()
+	start := time.Now()
+	err := m.reset(ctx)
+	timings := []Timing{{Phase: "reset", Duration: time.Since(start)}}
+	if err == nil {
+		m.verified = time.Now()
+		next := time.Now()
+		err = m.prestart(ctx)
+		timings = append(timings, Timing{Phase: "next", Duration: time.Since(next)})
+	}
+	if err != nil {
+		err = fmt.Errorf("resetting pooled sandbox %s: %w", m.s.ID(), err)
+		p.mu.Lock()
+		p.resetting--
+		p.mu.Unlock()
+		p.fail(m, fmt.Errorf("release: %w", err))
+		l.resetDone(timings, err)
+		return
+	}
+	l.resetDone(timings, nil)
 	m.uses++
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.busy--
+	p.resetting--
 	defer p.notify()
 	if (p.cfg.MaxUses > 0 && m.uses >= p.cfg.MaxUses) || (p.cfg.MaxAge > 0 && time.Since(m.born) > p.cfg.MaxAge) {
 		p.stats.Retired++
 		p.dropLocked(m)
-		return nil
+		return
 	}
 	p.pool(m)
-	return nil
 }
 
 // fail destroys m, which failed a step (err), and replaces it.
@@ -461,8 +586,9 @@ func (p *Pool) dropLocked(m *member) {
 	}()
 }
 
-// destroy closes m's sandbox.
+// destroy ends m's waiting container, if any, and closes m's sandbox.
 func (p *Pool) destroy(m *member) {
+	m.discard()
 	if err := m.s.Close(); err != nil {
 		p.log.Warn("pool: tearing down a sandbox", "id", m.s.ID(), "error", err)
 	}
@@ -476,12 +602,12 @@ func (p *Pool) Stats() PoolStats {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	st := p.stats
-	st.Idle, st.Busy, st.Creating = len(p.idle), p.busy, p.creating
+	st.Idle, st.Busy, st.Creating, st.Resetting = len(p.idle), p.busy-p.resetting, p.creating, p.resetting
 	return st
 }
 
 // Close destroys every idle sandbox and waits for the background work
-// (refills, retirements) to end. A lease still out is destroyed at its
+// (refills, resets, retirements) to end. A lease still out is destroyed at its
 // Release. Acquire fails from now on.
 func (p *Pool) Close() error {
 	p.mu.Lock()
@@ -496,6 +622,7 @@ func (p *Pool) Close() error {
 	p.mu.Unlock()
 	var errs []error
 	for _, m := range idle {
+		m.discard()
 		if err := m.s.Close(); err != nil {
 			errs = append(errs, err)
 		}
@@ -509,7 +636,9 @@ func (p *Pool) Close() error {
 
 // fits reports whether the tenant's plan tp has m's shape: the same
 // network mode, firewall, uplink, egressd command line, no inspection,
-// and the same root and runtime for the container.
+// the same root and runtime for the container, and a container that
+// differs from the pool's only in what the request brings
+// (sameContainer).
 func (m *member) fits(tp *Plan) bool {
 	b := m.base
 	if tp.Mode != b.Mode || tp.Firewall == nil || tp.Uplink == nil || tp.Egressd == nil {
@@ -518,7 +647,8 @@ func (m *member) fits(tp *Plan) bool {
 	return reflect.DeepEqual(*tp.Firewall, *b.Firewall) && reflect.DeepEqual(*tp.Uplink, *b.Uplink) &&
 		slices.Equal(tp.Egressd.Args, b.Egressd.Args) && tp.Egressd.Binary == b.Egressd.Binary &&
 		tp.Egressd.UID == b.Egressd.UID && tp.Egressd.GID == b.Egressd.GID && len(tp.Egressd.Files) == 0 &&
-		tp.cfg.Rootfs == b.cfg.Rootfs && tp.cfg.HostRoot == b.cfg.HostRoot && sameRuntime(tp.cfg.Runtime, b.cfg.Runtime)
+		tp.cfg.Rootfs == b.cfg.Rootfs && tp.cfg.HostRoot == b.cfg.HostRoot && sameRuntime(tp.cfg.Runtime, b.cfg.Runtime) &&
+		sameContainer(tp.Container, b.Container)
 }
 
 func sameRuntime(a, b *Runtime) bool {
@@ -528,28 +658,45 @@ func sameRuntime(a, b *Runtime) bool {
 	return a.Path == b.Path && a.Root == b.Root
 }
 
-// lease puts tenant plan tp on m: the audit stream the tenant's, then at
-// once the tenant's policy put in force and proven so, the firewall
-// verified, and the tenant's container made. The command
-// starts (Run) only after all three succeeded.
+// reverifyAfter is how long a member may stay idle before an acquire
+// verifies its firewall again. Its release verified it with no process of
+// any tenant left, and nothing in the namespace can change it since (the
+// waiting init runs no command and has no capability; only host root
+// can); the re-verification after a long idle catches an operator's
+// change on the host. Under load members are reused within it and skip
+// the verification on the tenant's path.
+const reverifyAfter = 10 * time.Second
+
+// lease puts tenant plan tp on m: the audit stream the tenant's, then the
+// tenant's policy put in force and proven so, and, after a long idle, the
+// firewall verified again. The command is sent (Run) only after both
+// succeeded.
 func (m *member) lease(ctx context.Context, tp *Plan) error {
 	s := m.s
 	s.mu.Lock()
 	s.plan, s.cfg, s.secrets = tp, tp.cfg, tp.secrets
 	s.ctr, s.pending, s.timings = nil, nil, nil
 	s.mu.Unlock()
-	s.container.Store(false)
 	s.exited.Store(false)
 	s.sink.retarget(tp.cfg.AuditLog, NewLineMasker(tp.secrets), tp.cfg.OnDenial)
-	var errs joinedErrs
-	errs.parallel(
-		s.step("policy", func() error { return m.loadPolicy(ctx, tp.Egressd) }),
+	for _, w := range tp.Container.Warnings {
+		s.log().Warn(w)
+	}
+	steps := []func() error{s.step("policy", func() error { return m.loadPolicy(ctx, tp.Egressd) })}
+	if time.Since(m.verified) > reverifyAfter {
 		// The tenant's rules are the pool's (fits), which the release
 		// verified; verified again, not re-installed: a namespace whose
 		// rules changed while idle is destroyed, never repaired.
-		s.step("firewall", func() error { return s.k.Firewall.Verify(ctx, tp.Netns, *tp.Firewall) }),
-		s.step("container", func() error { return s.prepareContainer(ctx) }),
-	)
+		steps = append(steps, s.step("firewall", func() error {
+			err := s.k.Firewall.Verify(ctx, tp.Netns, *tp.Firewall)
+			if err == nil {
+				m.verified = time.Now()
+			}
+			return err
+		}))
+	}
+	var errs joinedErrs
+	errs.parallel(steps...)
 	return errs.join()
 }
 
@@ -578,12 +725,15 @@ func (m *member) loadPolicy(ctx context.Context, e *EgressdPlan) error {
 	return nil
 }
 
-// reset takes the tenant's part off m and proves it gone (see Pool): the
-// container deleted and only egressd left in the namespace; then at once
-// the container's root removed, egressd reset and after it conntrack
-// flushed, and the firewall verified; and egressd still running.
+// reset takes the rest of the tenant's part off m, after Release reset
+// egressd, and proves it gone (see Pool): the container deleted (a
+// waiting one no lease took ended first) and only egressd left in the
+// namespace; then at once the container's root removed, the namespace's
+// conntrack table flushed, and the firewall verified; and egressd still
+// running.
 func (m *member) reset(ctx context.Context) error {
 	s := m.s
+	m.discard()
 	if err := s.deleteContainer(ctx); err != nil {
 		return err
 	}
@@ -595,22 +745,7 @@ func (m *member) reset(ctx context.Context) error {
 	var errs joinedErrs
 	errs.parallel(
 		s.removeRoot,
-		func() error {
-			gen, err := m.resetEgressd(ctx)
-			if err != nil {
-				return err
-			}
-			m.generation = gen
-			// egressd flushed its audit log in the reset: once the sink
-			// has read that far, the tenant's denials are complete and
-			// kept for its answer, and what comes later is nobody's to see.
-			if err := s.syncAudit(ctx); err != nil {
-				return err
-			}
-			m.denials, m.kept = s.sink.list(), true
-			s.sink.retarget(nil, NewLineMasker(s.secrets), nil)
-			return s.k.Firewall.FlushConntrack(m.base.Netns)
-		},
+		func() error { return s.k.Firewall.FlushConntrack(m.base.Netns) },
 		func() error { return s.k.Firewall.Verify(ctx, m.base.Netns, *m.base.Firewall) },
 	)
 	if err := errs.join(); err != nil {

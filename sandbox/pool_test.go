@@ -3,16 +3,20 @@ package sandbox
 import (
 	"bytes"
 	"context"
+	"debug/elf"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/egressd/egressd/firewall"
 	"github.com/egressd/egressd/policy"
+	"github.com/egressd/egressd/sandbox/pid1"
 )
 
 // The warm pool on the fake kernel: what a pooled sandbox carries from one
@@ -33,11 +37,14 @@ func newPoolWorld(t *testing.T, pc PoolConfig) *poolWorld {
 	k := NewFakeKernel()
 	k.Command = func(p *FakeProcess, stdio Stdio) int {
 		if stdio.Stdout != nil {
-			fmt.Fprintf(stdio.Stdout, "%s\n", strings.Join(p.Spec.Process.Args, " "))
+			cmd, _ := pid1.Command(p.Spec.Process.Args)
+			fmt.Fprintf(stdio.Stdout, "%s\n", strings.Join(cmd, " "))
 		}
 		return 0
 	}
 	base := fakeConfig(t, k, "standard")
+	base.Init = filepath.Join(t.TempDir(), "init")
+	writeELF(t, base.Init, 0o755, elf.PT_LOAD)
 	pc.Config = base
 	p, err := NewPool(pc)
 	if err != nil {
@@ -67,7 +74,7 @@ func (w *poolWorld) tenant(allow string, args ...string) Config {
 }
 
 // run acquires a sandbox for cfg, runs it and releases it; it returns the
-// lease, the output and Release's error.
+// lease, the output and the error of Release and of its background reset.
 func (w *poolWorld) run(cfg Config, during func(l *Lease)) (*Lease, string, error) {
 	w.t.Helper()
 	ctx := context.Background()
@@ -82,7 +89,8 @@ func (w *poolWorld) run(cfg Config, during func(l *Lease)) (*Lease, string, erro
 	if during != nil {
 		during(l)
 	}
-	return l, out.String(), l.Release()
+	err = l.Release()
+	return l, out.String(), errors.Join(err, l.Wait())
 }
 
 func (w *poolWorld) egressd(id string) *FakeEgressd {
@@ -102,26 +110,42 @@ func (w *poolWorld) egressd(id string) *FakeEgressd {
 // deny-everything between them.
 func TestPoolTenantGetsItsOwnPolicyAndContainerOnTheWarmHalf(t *testing.T) {
 	w := newPoolWorld(t, PoolConfig{Size: 1})
+	var ranIn *FakeProcess
 	a, out, err := w.run(w.tenant("a-only.test", "echo", "tenant-a"), func(l *Lease) {
 		data, err := os.ReadFile(filepath.Join(w.p.base.StateDir, l.ID(), "egressd", policyFile))
 		if err != nil || !strings.Contains(string(data), "a-only.test") {
 			t.Errorf("egressd's policy during tenant A's lease: %s %v", data, err)
 		}
+		ranIn = w.k.Container(l.ID())
+		// What tenant A leaves in its container's files.
+		for _, d := range []string{"upper-tmpfs", "bundle", "etc"} {
+			if err := os.WriteFile(filepath.Join(w.p.base.StateDir, l.ID(), d, "left-by-a"), nil, 0o644); err != nil {
+				t.Error(err)
+			}
+		}
 	})
 	if err != nil || out != "echo tenant-a\n" || !a.Warm() {
 		t.Fatalf("tenant A: %q, %v, warm %v", out, err, a.Warm())
+	}
+	if ranIn == nil || ranIn.Request == nil || strings.Join(ranIn.Request.Args, " ") != "echo tenant-a" {
+		t.Fatalf("tenant A's command did not come by the request: %+v", ranIn)
 	}
 	e := w.egressd(a.ID())
 	code, body, _ := e.Admin(context.Background(), http.MethodGet, "/state")
 	if code != 200 || !strings.Contains(string(body), `"source":"reset"`) || !strings.Contains(string(body), `"empty":true`) {
 		t.Errorf("egressd between tenants: %d %s", code, body)
 	}
-	if w.k.Container(a.ID()) != nil {
-		t.Error("tenant A's container is still known to the runtime after release")
+	// The container A ran in is deleted with its files; the one waiting
+	// for B is another, made from scratch, that no command reached yet.
+	if next := w.k.Container(a.ID()); next == nil || next == ranIn || next.Request != nil {
+		t.Errorf("the container waiting after release: %+v; want a fresh one (A's was %p)", next, ranIn)
 	}
-	for _, d := range []string{"rootfs", "upper-tmpfs", "bundle", "etc"} {
-		if _, err := os.Lstat(filepath.Join(w.p.base.StateDir, a.ID(), d)); err == nil {
-			t.Errorf("tenant A's %s is still in the state directory after release", d)
+	if !slices.Contains(w.k.Ops(), "runtime.delete "+a.ID()) {
+		t.Error("tenant A's container was never deleted")
+	}
+	for _, d := range []string{"upper-tmpfs", "bundle", "etc"} {
+		if _, err := os.Lstat(filepath.Join(w.p.base.StateDir, a.ID(), d, "left-by-a")); err == nil {
+			t.Errorf("what tenant A left in its %s is still there after release", d)
 		}
 	}
 	b, out, err := w.run(w.tenant("b-only.test", "echo", "tenant-b"), func(l *Lease) {

@@ -392,6 +392,15 @@ var errTimedOut = errors.New("the sandbox's timeout expired")
 // returned with the result. A runtime that fails to start the container is an
 // error, never an exit status. Run may be called once.
 func (s *Sandbox) Run(ctx context.Context, stdio Stdio) (Result, error) {
+	return s.run(ctx, stdio, func(ctx context.Context, stdio Stdio) (Process, error) {
+		s.container.Store(true)
+		return s.k.Runtime.Start(ctx, s.rt, s.id, s.bundle, stdio, s.plan.Container.Binds(s.dir))
+	})
+}
+
+// run is Run with the container's process started by start (a pooled
+// sandbox's sends the command to its waiting container instead).
+func (s *Sandbox) run(ctx context.Context, stdio Stdio, start func(context.Context, Stdio) (Process, error)) (Result, error) {
 	if (s.cfg.Terminal != nil) != (stdio.Terminal != nil) {
 		return Result{ExitCode: -1}, errors.New("running the sandbox: a terminal needs both Config.Terminal and Stdio.Terminal")
 	}
@@ -410,9 +419,8 @@ func (s *Sandbox) Run(ctx context.Context, stdio Stdio) (Result, error) {
 		m := NewMasker(stdio.Stderr, s.secrets)
 		stdio.Stderr, closers = m, append(closers, m)
 	}
-	start := time.Now()
-	s.container.Store(true)
-	c, err := s.k.Runtime.Start(runCtx, s.rt, s.id, s.bundle, stdio, s.plan.Container.Binds(s.dir))
+	began := time.Now()
+	c, err := start(runCtx, stdio)
 	ex := Exit{Code: -1}
 	if err == nil {
 		s.mu.Lock()
@@ -427,7 +435,7 @@ func (s *Sandbox) Run(ctx context.Context, stdio Stdio) (Result, error) {
 		ex, err = c.Wait(runCtx)
 		s.exited.Store(ex.Code >= 0)
 	}
-	s.timed("run", start)
+	s.timed("run", began)
 	for _, c := range closers {
 		_ = c.Close()
 	}

@@ -118,9 +118,11 @@ func (c *Cold) Stats() ExecutorStats {
 }
 
 // Warm runs each execution in a sandbox of a warm pool (sandbox.Pool):
-// Acquire, Run, Release. The release (kill, reset, verify) is done before
-// the outcome is returned, so when a client has its answer nothing of its
-// execution runs any more. A request whose profile has another shape than
+// Acquire, Run, Release. When Run returns the command's processes are
+// gone (its init's end ends its pid namespace) and Release resets egressd
+// before the outcome is returned, so when a client has its answer nothing
+// of its execution runs any more; the rest of the reset and its checks
+// follow in the background. A request whose profile has another shape than
 // the pool's gets a sandbox of its own.
 type Warm struct {
 	Pool *sandbox.Pool
