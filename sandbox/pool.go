@@ -94,11 +94,11 @@ type Pool struct {
 	// resetting counts the busy members whose release runs in the
 	// background.
 	resetting int
-	closed   bool
-	stats    PoolStats
-	changed  chan struct{} // closed and replaced on every change
-	lastErr  error         // the last failure to make a sandbox
-	refills  sync.WaitGroup
+	closed    bool
+	stats     PoolStats
+	changed   chan struct{} // closed and replaced on every change
+	lastErr   error         // the last failure to make a sandbox
+	refills   sync.WaitGroup
 }
 
 // member is one pooled sandbox.

@@ -223,4 +223,3 @@ func containerShape(c *ContainerPlan) ContainerPlan {
 	out.Container = &sc
 	return out
 }
-
