@@ -567,7 +567,14 @@ func (f fakeContainers) Start(ctx context.Context, rt *Runtime, id, bundle strin
 	if stdio.Request != nil {
 		// The container's own copy of the request pipe (the caller closes
 		// its copy once Start returns), as the runtime passes it.
-		fd, err := unix.Dup(int(stdio.Request.Fd()))
+		// Not Fd(), which would make the pipe blocking and its Read
+		// deaf to Close.
+		rc, err := stdio.Request.SyscallConn()
+		fd, dupErr := -1, error(nil)
+		if err == nil {
+			err = rc.Control(func(f uintptr) { fd, dupErr = unix.Dup(int(f)) })
+		}
+		err = errors.Join(err, dupErr)
 		if err != nil {
 			return nil, fmt.Errorf("%s run %s: %w", rt.Name, id, err)
 		}

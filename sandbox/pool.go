@@ -402,6 +402,12 @@ func (p *Pool) take(ctx context.Context) (*member, error) {
 				p.dropLocked(m)
 				continue
 			}
+			if m.next == nil || m.next.proc.ended() {
+				p.log.Warn("pool: sandbox destroyed", "id", m.s.ID(), "error", "its waiting container ended while idle")
+				p.stats.Failed++
+				p.dropLocked(m)
+				continue
+			}
 			p.busy++
 			p.notify()
 			return m, nil

@@ -9,10 +9,13 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/google/go-cmp/cmp"
 
 	"github.com/egressd/egressd/firewall"
 	"github.com/egressd/egressd/policy"
@@ -201,7 +204,6 @@ func TestPoolSandboxFailingItsResetIsDestroyedNeverHandedOut(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			w := newPoolWorld(t, PoolConfig{Size: 1})
 			a, _, err := w.run(w.tenant("a.test", "true"), func(l *Lease) { tc.plant(w, l) })
-			w.k.Netfilter.Fail = nil
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("release: %v, want an error about %q", err, tc.want)
 			}
@@ -332,4 +334,236 @@ func TestPoolCloseLeavesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkNothingLeft(t, w.k, w.base.StateDir)
+}
+
+// configFieldRole says, for every field of Config, how a pooled sandbox
+// treats a tenant's value: "request" travels to the waiting init by the
+// pipe (or is the host's side of this one execution: its sinks, timeout,
+// secrets masking), "shape" is fixed by the pre-made container or the
+// pool's network half (a tenant's other value runs cold: fits), "pool"
+// is the pool's own and never the tenant's (Acquire overrides it).
+var configFieldRole = map[string]string{
+	"ID": "pool", "StateDir": "pool", "Kernel": "pool",
+	"Profile": "shape", // its parts: per key, TestPoolRequestOfAnotherShapeRunsCold
+	"Args":    "request", "CallerEnv": "request", "Secrets": "request", "Workdir": "request",
+	"AuditLog": "request", "OnDenial": "request", "Logger": "request",
+	"Rootfs": "shape", "HostRoot": "shape", "Runtime": "shape", "WorkspaceDir": "shape", "Hostname": "shape",
+	"Init": "shape", "Terminal": "shape", "Subnet": "shape", "ResolvConf": "shape", "EgressdPath": "shape",
+	"EgressdUID": "shape", "EgressdGID": "shape", "Mark": "shape", "ReadyTimeout": "shape",
+	"InspectUpstreamCA": "shape",
+}
+
+// TestPoolEveryConfigFieldHasARole: a field added to Config must be
+// placed in configFieldRole (and, if "shape", be covered by fits), so no
+// part of a tenant's request is silently served by the pool's shape.
+func TestPoolEveryConfigFieldHasARole(t *testing.T) {
+	typ := reflect.TypeOf(Config{})
+	for i := range typ.NumField() {
+		if _, ok := configFieldRole[typ.Field(i).Name]; !ok {
+			t.Errorf("Config.%s has no role in configFieldRole: say whether a pooled sandbox sends it by the request or runs another value cold", typ.Field(i).Name)
+		}
+	}
+}
+
+// TestPoolRequestOfAnotherShapeRunsCold: a request differing from the
+// pool's shape in anything the pre-made container fixed runs in a sandbox
+// of its own; one differing only in what the request carries runs warm,
+// with its command, environment and working directory the request's.
+func TestPoolRequestOfAnotherShapeRunsCold(t *testing.T) {
+	w := newPoolWorld(t, PoolConfig{Size: 1})
+	set := func(key string, values ...string) func(*Config) {
+		return func(c *Config) {
+			c.Profile = resolveWith(t, "standard", "", policy.Setting{Key: key, Values: values, Source: policy.Flag("--test")})
+		}
+	}
+	otherRoot := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(otherRoot, "bin"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(otherRoot, "bin", "echo"), []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name   string
+		change func(*Config)
+		warm   bool
+	}{
+		{"command", func(c *Config) { c.Args = []string{"echo", "other"} }, true},
+		{"secrets and caller env", func(c *Config) {
+			c.Secrets = []Secret{{Name: "TOKEN", Value: "s3cret"}}
+			c.CallerEnv = []string{"LANG=C"}
+		}, true},
+		{"workdir", func(c *Config) { c.Workdir = "/tmp" }, true},
+		{"allow list", set("network.allow", "other.test"), true},
+		{"timeout", set("process.timeout", "7s"), true},
+		{"memory", set("process.memory", "64m"), false},
+		{"cpus", set("process.cpus", "0.5"), false},
+		{"pids limit", set("process.pids_limit", "100"), false},
+		{"read-only root", set("filesystem.read_only", "true"), false},
+		{"no new privileges off", set("process.no_new_privileges", "false"), false},
+		{"tmpfs", set("filesystem.tmpfs", "/cache"), false},
+		{"hostname", func(c *Config) { c.Hostname = "other" }, false},
+		{"terminal", func(c *Config) { c.Terminal = &WindowSize{Rows: 24, Cols: 80} }, false},
+		{"rootfs", func(c *Config) { c.Rootfs = otherRoot }, false},
+		{"network mode none", set("network.mode", "none"), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := w.tenant("a.test", "echo", "hi")
+			tc.change(&cfg)
+			ctx := context.Background()
+			l, err := w.p.Acquire(ctx, cfg)
+			if err != nil {
+				t.Fatalf("acquire: %v", err)
+			}
+			defer func() {
+				if err := errors.Join(l.Release(), l.Wait()); err != nil {
+					t.Error(err)
+				}
+			}()
+			if l.Warm() != tc.warm {
+				t.Fatalf("warm %v, want %v", l.Warm(), tc.warm)
+			}
+			stdio := Stdio{}
+			if cfg.Terminal != nil {
+				stdio.Terminal = &Terminal{}
+			}
+			if _, err := l.Run(ctx, stdio); err != nil {
+				t.Fatalf("run: %v", err)
+			}
+			if !tc.warm {
+				return
+			}
+			p := w.k.Container(l.ID())
+			want := l.s.plan.Container.Spec.Process
+			if p == nil || p.Request == nil {
+				t.Fatal("the warm command did not come by a request")
+			}
+			cmd, _ := pid1.Command(want.Args)
+			if d := cmp.Diff(pid1.Request{Args: cmd, Env: want.Env, Cwd: want.Cwd}, *p.Request); d != "" {
+				t.Errorf("request (-the cold spec's +sent):\n%s", d)
+			}
+		})
+	}
+}
+
+// TestPoolLeaseNeverRunEndsItsWaitingContainer: a lease released without
+// running anything has its waiting container ended and deleted; the next
+// tenant gets a fresh one in the same sandbox.
+func TestPoolLeaseNeverRunEndsItsWaitingContainer(t *testing.T) {
+	w := newPoolWorld(t, PoolConfig{Size: 1})
+	ctx := context.Background()
+	l, err := w.p.Acquire(ctx, w.tenant("a.test", "echo", "never"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	unused := w.k.Container(l.ID())
+	if err := errors.Join(l.Release(), l.Wait()); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-unused.Killed():
+	default:
+		t.Error("the unused waiting container was not killed")
+	}
+	if unused.Request != nil {
+		t.Errorf("the unused waiting container got a request: %+v", unused.Request)
+	}
+	b, out, err := w.run(w.tenant("b.test", "echo", "b"), nil)
+	if err != nil || out != "echo b\n" || b.ID() != l.ID() {
+		t.Fatalf("tenant B: %q %v in %s (A had %s)", out, err, b.ID(), l.ID())
+	}
+}
+
+// TestPoolAcquireWaitsForTheResetInFlight: an acquire while the only
+// sandbox is being reset in the background waits for it (and gets it,
+// reset and with its next container) rather than making another; Close
+// waits for a reset in flight and leaves nothing.
+func TestPoolAcquireWaitsForTheResetInFlight(t *testing.T) {
+	w := newPoolWorld(t, PoolConfig{Size: 1})
+	slow := make(chan struct{})
+	w.k.Fail = func(op string) error {
+		if strings.HasPrefix(op, "runtime.delete ") {
+			<-slow
+		}
+		return nil
+	}
+	ctx := context.Background()
+	a, err := w.p.Acquire(ctx, w.tenant("a.test", "true"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Run(ctx, Stdio{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Release(); err != nil {
+		t.Fatal(err)
+	}
+	if st := w.p.Stats(); st.Resetting != 1 || st.Idle != 0 || st.Busy != 0 {
+		t.Errorf("stats while A's sandbox resets: %+v", st)
+	}
+	got := make(chan *Lease)
+	go func() {
+		b, err := w.p.Acquire(ctx, w.tenant("b.test", "true"))
+		if err != nil {
+			t.Error(err)
+		}
+		got <- b
+	}()
+	select {
+	case b := <-got:
+		t.Fatalf("tenant B got %v before A's sandbox was reset", b)
+	case <-time.After(100 * time.Millisecond):
+	}
+	close(slow)
+	b := <-got
+	if b == nil {
+		return
+	}
+	if b.ID() != a.ID() || !b.Warm() {
+		t.Errorf("tenant B got %s (warm %v), want A's reset sandbox %s", b.ID(), b.Warm(), a.ID())
+	}
+	if st := w.p.Stats(); st.Created != 1 {
+		t.Errorf("stats %+v: want no second sandbox made", st)
+	}
+	if _, err := b.Run(ctx, Stdio{}); err != nil {
+		t.Fatal(err)
+	}
+	slow = make(chan struct{})
+	if err := b.Release(); err != nil {
+		t.Fatal(err)
+	}
+	closed := make(chan error)
+	go func() { closed <- w.p.Close() }()
+	select {
+	case err := <-closed:
+		t.Fatalf("Close returned (%v) while a reset was in flight", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	close(slow)
+	if err := <-closed; err != nil {
+		t.Fatal(err)
+	}
+	checkNothingLeft(t, w.k, w.base.StateDir)
+}
+
+// TestPoolIdleSandboxWhoseWaitingInitEndedIsNeverHandedOut: a waiting
+// container that ends while idle (killed from the host) gets its sandbox
+// destroyed at the next acquire, which gets a fresh one.
+func TestPoolIdleSandboxWhoseWaitingInitEndedIsNeverHandedOut(t *testing.T) {
+	w := newPoolWorld(t, PoolConfig{Size: 1})
+	id := w.p.idle[0].s.ID()
+	w.k.Container(id).kill()
+	if !eventuallyTrue(func() bool { return w.p.idle[0].next.proc.ended() }) {
+		t.Fatal("the pool never saw its waiting container end")
+	}
+	l, out, err := w.run(w.tenant("a.test", "echo", "a"), nil)
+	if err != nil || out != "echo a\n" || l.ID() == id {
+		t.Fatalf("tenant got %s (%q, %v); %s's waiting container had ended", l.ID(), out, err, id)
+	}
+	if w.k.Kernel.Netns.Exists(id) {
+		t.Errorf("the sandbox whose waiting container ended (%s) still exists", id)
+	}
+	if st := w.p.Stats(); st.Failed != 1 {
+		t.Errorf("stats %+v, want 1 failed", st)
+	}
 }

@@ -29,7 +29,7 @@ import (
 
 // waiting is a member's pre-made container, its init waiting.
 type waiting struct {
-	proc Process
+	proc *watched
 	// req is the request pipe's write end (the read end is the init's
 	// pid1.RequestFD).
 	req *os.File
@@ -81,9 +81,51 @@ func (m *member) prestart(ctx context.Context) error {
 		w.stdin.feed(nil)
 		return err
 	}
-	w.proc = proc
+	w.proc = watch(proc)
 	m.next = w
 	return nil
+}
+
+// watched is a container's process whose end is watched from its start
+// (a waiting init that ends while idle is seen at the next acquire):
+// one goroutine waits for it, until it ends.
+type watched struct {
+	Process
+	done chan struct{}
+	ex   Exit
+	err  error
+}
+
+func watch(p Process) *watched {
+	w := &watched{Process: p, done: make(chan struct{})}
+	go func() {
+		defer close(w.done)
+		w.ex, w.err = p.Wait(context.Background())
+	}()
+	return w
+}
+
+// ended reports whether the process has ended.
+func (w *watched) ended() bool {
+	select {
+	case <-w.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// Wait waits for the process to end (killing it when ctx ends first) and
+// says how it ended (Process.Wait).
+func (w *watched) Wait(ctx context.Context) (Exit, error) {
+	select {
+	case <-w.done:
+	case <-ctx.Done():
+		_ = w.Signal(syscall.SIGKILL)
+		<-w.done
+		return w.ex, fmt.Errorf("the sandbox's container: %w", ctx.Err())
+	}
+	return w.ex, w.err
 }
 
 // send hands m's waiting container to the lease's execution: its output
