@@ -725,6 +725,7 @@ func (e *FakeEgressd) Admin(ctx context.Context, method, path string) (int, []by
 	if e.isDone {
 		return 0, nil, errors.New("egressd's admin endpoint: connection refused")
 	}
+	path, query, _ := strings.Cut(path, "?")
 	if code, ok := e.adminFail[method+" "+path]; ok {
 		return code, []byte(`{"error":"injected"}`), nil
 	}
@@ -737,7 +738,9 @@ func (e *FakeEgressd) Admin(ctx context.Context, method, path string) (int, []by
 		}
 		e.source = "policy"
 		e.generation++
-		return code, []byte("reloaded\n"), nil
+		if query != "state=1" {
+			return code, []byte("reloaded\n"), nil
+		}
 	case "POST /reset":
 		e.source = "reset"
 		e.generation++

@@ -707,8 +707,9 @@ func (m *member) lease(ctx context.Context, tp *Plan) error {
 }
 
 // loadPolicy puts the tenant's policy snapshot in force in m's egressd:
-// written aside and renamed over policy.json, POST /reload, and GET
-// /state must show it (source policy, a generation past the last reset).
+// written aside and renamed over policy.json, POST /reload, and the state
+// it answers (?state=1: GET /state's, after the reload) must show it
+// (source policy, a generation past the last reset).
 func (m *member) loadPolicy(ctx context.Context, e *EgressdPlan) error {
 	tmp := EgressdFile{Name: policyFile + ".new", Data: e.Policy}
 	if err := m.s.writeEgressdFile(tmp); err != nil {
@@ -717,10 +718,7 @@ func (m *member) loadPolicy(ctx context.Context, e *EgressdPlan) error {
 	if err := os.Rename(filepath.Join(e.Dir, tmp.Name), filepath.Join(e.Dir, policyFile)); err != nil {
 		return fmt.Errorf("writing egressd's %s: %w", policyFile, err)
 	}
-	if _, err := m.admin(ctx, http.MethodPost, "/reload", http.StatusOK); err != nil {
-		return err
-	}
-	st, err := m.admin(ctx, http.MethodGet, "/state", http.StatusOK)
+	st, err := m.admin(ctx, http.MethodPost, "/reload?state=1", http.StatusOK)
 	if err != nil {
 		return err
 	}
@@ -826,8 +824,8 @@ type egressdState struct {
 }
 
 // admin sends one request to m's egressd and wants status want; the
-// answer of GET /state and POST /reset is the state (POST /reload's is
-// text, not read).
+// answer, the state, is decoded (GET /state, POST /reset, POST
+// /reload?state=1).
 func (m *member) admin(ctx context.Context, method, path string, want int) (egressdState, error) {
 	var st egressdState
 	m.s.mu.Lock()
@@ -842,9 +840,6 @@ func (m *member) admin(ctx context.Context, method, path string, want int) (egre
 	}
 	if code != want {
 		return st, fmt.Errorf("egressd: %s %s: %d %s", method, path, code, oneLine(body))
-	}
-	if path == "/reload" {
-		return st, nil
 	}
 	if err := json.Unmarshal(body, &st); err != nil {
 		return st, fmt.Errorf("egressd: %s %s: %w", method, path, err)

@@ -55,13 +55,20 @@ func Handler(h Handlers) http.Handler {
 		}
 		fmt.Fprintln(w, "ready")
 	})
-	mux.HandleFunc("POST /reload", func(w http.ResponseWriter, _ *http.Request) {
+	mux.HandleFunc("POST /reload", func(w http.ResponseWriter, r *http.Request) {
 		if h.Reload == nil {
 			http.Error(w, "reload not supported", http.StatusNotImplemented)
 			return
 		}
 		if err := h.Reload(); err != nil {
 			http.Error(w, "reload refused, last good policy stays in force:\n"+err.Error(), http.StatusUnprocessableEntity)
+			return
+		}
+		// ?state=1: the answer is the state after the reload (GET
+		// /state's), which a pool reads to prove the tenant's policy in
+		// force without a second request.
+		if r.URL.Query().Get("state") == "1" && h.State != nil {
+			writeJSON(w, http.StatusOK, h.State())
 			return
 		}
 		fmt.Fprintln(w, "reloaded")

@@ -65,6 +65,7 @@ func TestAdminEndpoints(t *testing.T) {
 		{"GET", "/readyz", func() { ready = true }, 200, "ready"},
 		{"POST", "/reload", nil, 422, "policy.toml:3:1: unknown key"},
 		{"POST", "/reload", func() { reloadErr = nil }, 200, "reloaded"},
+		{"POST", "/reload?state=1", nil, 200, `"cache_entries": 3`},
 		{"GET", "/reload", nil, 405, ""},
 		{"GET", "/policy", nil, 200, `"network.mode": "filtered"`},
 		{"POST", "/reset", nil, 500, `"error": "reset incomplete: 2 connections still open"`},
