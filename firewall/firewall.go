@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 )
@@ -129,7 +130,9 @@ func (fw *Firewall) finishInstall(nsPath string) error {
 // Verify checks that the namespace at nsPath holds exactly what Install(cfg)
 // puts there: each of our chains rule for rule, a jump to each as rule 1 of
 // its built-in chain and no other reference to them, no chain the mode does
-// not use, and ping_group_range "1 0". A difference is reported as a
+// not use, and ping_group_range "1 0". It reads the rules with one
+// iptables-save per family (Netfilter.Dump), both at once: a pool verifies
+// a sandbox after every tenant. A difference is reported as a
 // *DriftError listing every problem; failing to read the state is another
 // error. Both mean the namespace must not be used.
 func Verify(ctx context.Context, nsPath string, cfg Config) error {
@@ -149,7 +152,16 @@ func (fw *Firewall) Verify(ctx context.Context, nsPath string, cfg Config) error
 	}
 	var problems [len(families)][]string
 	err := forEachFamily(func(f Family) error {
-		p, err := verify(ctx, fw.in(nsPath, f), f, cfg)
+		// One dump per family, read as the listings verify asks for.
+		dump, err := fw.nf.Dump(ctx, nsPath, f)
+		if err != nil {
+			return fmt.Errorf("verifying %s rules in %s: %w", f, nsPath, err)
+		}
+		saved, err := parseSave(dump)
+		if err != nil {
+			return fmt.Errorf("verifying %s rules in %s: %w", f, nsPath, err)
+		}
+		p, err := verify(ctx, saved, f, cfg)
 		if err != nil {
 			return fmt.Errorf("verifying %s rules in %s: %w", f, nsPath, err)
 		}
@@ -418,4 +430,96 @@ func diffLines(want, got []string) string {
 		}
 	}
 	return strings.TrimSuffix(b.String(), "\n")
+}
+
+// savedTables is one family's tables as iptables-save printed them, read
+// through the listings (`iptables -S`) verify asks for: Verify reads each
+// family once instead of listing chain by chain.
+type savedTables map[string]map[string]*savedChain
+
+type savedChain struct {
+	policy string // a built-in chain's policy; "-" for a user chain
+	rules  []string
+}
+
+// builtinChains are the built-in chains of the tables we read: a table
+// iptables-save does not print (never used in the namespace) has them,
+// empty, as `iptables -S` would show.
+var builtinChains = map[string][]string{
+	"filter": {"INPUT", "FORWARD", "OUTPUT"},
+	"nat":    {"PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"},
+}
+
+// parseSave reads iptables-save output: "*table", ":chain policy
+// [counters]", "-A chain rule", "COMMIT", comments. Anything else, or a
+// rule of an undeclared chain, is an error: what cannot be read is never
+// taken as verified.
+func parseSave(data []byte) (savedTables, error) {
+	out := savedTables{}
+	var table map[string]*savedChain
+	for i, line := range strings.Split(string(data), "\n") {
+		line = strings.TrimRight(line, "\r")
+		switch {
+		case line == "" || strings.HasPrefix(line, "#"):
+		case strings.HasPrefix(line, "*"):
+			name := line[1:]
+			if table != nil || name == "" || out[name] != nil {
+				return nil, fmt.Errorf("iptables-save line %d: table %q where none may start", i+1, name)
+			}
+			table = map[string]*savedChain{}
+			out[name] = table
+		case line == "COMMIT":
+			if table == nil {
+				return nil, fmt.Errorf("iptables-save line %d: COMMIT outside a table", i+1)
+			}
+			table = nil
+		case strings.HasPrefix(line, ":"):
+			f := strings.Fields(line[1:])
+			if table == nil || len(f) < 2 || table[f[0]] != nil {
+				return nil, fmt.Errorf("iptables-save line %d: bad chain line %q", i+1, line)
+			}
+			table[f[0]] = &savedChain{policy: f[1]}
+		case strings.HasPrefix(line, "-A "):
+			chain, _, _ := strings.Cut(line[3:], " ")
+			c := table[chain]
+			if table == nil || c == nil {
+				return nil, fmt.Errorf("iptables-save line %d: rule of an undeclared chain: %q", i+1, line)
+			}
+			c.rules = append(c.rules, line)
+		default:
+			return nil, fmt.Errorf("iptables-save line %d: unexpected %q", i+1, line)
+		}
+	}
+	if table != nil {
+		return nil, errors.New("iptables-save: a table without COMMIT")
+	}
+	return out, nil
+}
+
+// List is `iptables -t table -S chain` of the saved state.
+func (s savedTables) List(table, chain string) ([]string, error) {
+	t, ok := s[table]
+	if !ok {
+		if slices.Contains(builtinChains[table], chain) {
+			return []string{"-P " + chain + " ACCEPT"}, nil
+		}
+		return nil, fmt.Errorf("chain %s not in table %s", chain, table)
+	}
+	c, ok := t[chain]
+	if !ok {
+		return nil, fmt.Errorf("chain %s not in table %s", chain, table)
+	}
+	head := "-N " + chain
+	if c.policy != "-" {
+		head = "-P " + chain + " " + c.policy
+	}
+	return append([]string{head}, c.rules...), nil
+}
+
+// ChainExists reports whether the saved table has chain.
+func (s savedTables) ChainExists(table, chain string) (bool, error) {
+	if t, ok := s[table]; ok {
+		return t[chain] != nil, nil
+	}
+	return slices.Contains(builtinChains[table], chain), nil
 }

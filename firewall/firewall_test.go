@@ -540,3 +540,66 @@ func TestFirewallStepsFailClosed(t *testing.T) {
 		})
 	}
 }
+
+// TestVerifyReadsEachFamilyOnce: Verify reads the rules with one
+// iptables-save per family, not a listing per chain.
+func TestVerifyReadsEachFamilyOnce(t *testing.T) {
+	k := NewFake()
+	fw := New(k)
+	cfg := Config{Mode: policy.ModeFiltered, DNSPort: 53, TransparentPort: 15001, ExplicitProxyPort: 15002, Mark: 0x1}
+	if err := fw.InstallFresh(context.Background(), "/run/netns/x", cfg); err != nil {
+		t.Fatal(err)
+	}
+	before := len(k.Ops())
+	if err := fw.Verify(context.Background(), "/run/netns/x", cfg); err != nil {
+		t.Fatal(err)
+	}
+	var reads []string
+	for _, op := range k.Ops()[before:] {
+		if !strings.HasPrefix(op, "sysctl ") {
+			reads = append(reads, op)
+		}
+	}
+	slices.Sort(reads)
+	if d := cmp.Diff([]string{"dump IPv4 /run/netns/x", "dump IPv6 /run/netns/x"}, reads); d != "" {
+		t.Errorf("Verify's reads (-want +got):\n%s", d)
+	}
+}
+
+// TestParseSaveRefusesWhatItCannotRead: a dump that is not iptables-save
+// output is an error, never an empty (and so verified) ruleset.
+func TestParseSaveRefusesWhatItCannotRead(t *testing.T) {
+	for _, in := range []string{
+		"*filter\n:INPUT ACCEPT [0:0]\n",                  // no COMMIT
+		"*filter\n-A INPUT -j ACCEPT\nCOMMIT\n",           // undeclared chain
+		"-A INPUT -j ACCEPT\n",                            // outside a table
+		"*filter\n*nat\nCOMMIT\n",                         // nested
+		"*filter\n:INPUT ACCEPT\n:INPUT ACCEPT\nCOMMIT\n", // twice
+		"*filter\n-I INPUT 1 -j ACCEPT\nCOMMIT\n",         // not save output
+		"COMMIT\n",
+	} {
+		if s, err := parseSave([]byte(in)); err == nil {
+			t.Errorf("parseSave(%q) = %v, want an error", in, s)
+		}
+	}
+	s, err := parseSave([]byte("# c\n*filter\n:INPUT DROP [1:2]\n:EGRESSD-INPUT - [0:0]\n-A INPUT -j EGRESSD-INPUT\n-A EGRESSD-INPUT -j RETURN\nCOMMIT\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		table, chain string
+		want         []string
+	}{
+		{"filter", "INPUT", []string{"-P INPUT DROP", "-A INPUT -j EGRESSD-INPUT"}},
+		{"filter", "EGRESSD-INPUT", []string{"-N EGRESSD-INPUT", "-A EGRESSD-INPUT -j RETURN"}},
+		{"nat", "OUTPUT", []string{"-P OUTPUT ACCEPT"}}, // a table never used
+	} {
+		got, err := s.List(tc.table, tc.chain)
+		if d := cmp.Diff(tc.want, got); d != "" || err != nil {
+			t.Errorf("List(%s, %s): %v (-want +got):\n%s", tc.table, tc.chain, err, d)
+		}
+	}
+	if ok, _ := s.ChainExists("nat", "EGRESSD-OUTPUT"); ok {
+		t.Error("a chain of a table never used exists")
+	}
+}

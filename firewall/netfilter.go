@@ -34,6 +34,9 @@ type Netfilter interface {
 	List(ctx context.Context, ns string, f Family, table, chain string) ([]string, error)
 	// ChainExists reports whether chain exists in table.
 	ChainExists(ctx context.Context, ns string, f Family, table, chain string) (bool, error)
+	// Dump returns `iptables-save` for family f (ip6tables-save for
+	// IPv6): every table, chain and rule at once, without counters.
+	Dump(ctx context.Context, ns string, f Family) ([]byte, error)
 	// Restore applies batch with `iptables-restore --noflush` (ip6tables-
 	// for IPv6): each table's changes commit together or not at all.
 	Restore(ctx context.Context, ns string, f Family, batch []byte) error
@@ -103,6 +106,25 @@ func (systemNetfilter) ChainExists(ctx context.Context, ns string, f Family, tab
 	return ok, err
 }
 
+func (systemNetfilter) Dump(ctx context.Context, ns string, f Family) ([]byte, error) {
+	t, err := lookupTools()
+	if err != nil {
+		return nil, err
+	}
+	var out []byte
+	err = inNetns(ns, func() error {
+		cmd := exec.CommandContext(ctx, t.save[f])
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		var err error
+		if out, err = cmd.Output(); err != nil {
+			return fmt.Errorf("%s: %w: %s", filepath.Base(t.save[f]), err, strings.TrimSpace(stderr.String()))
+		}
+		return nil
+	})
+	return out, err
+}
+
 func (systemNetfilter) Restore(ctx context.Context, ns string, f Family, batch []byte) error {
 	t, err := lookupTools()
 	if err != nil {
@@ -170,6 +192,7 @@ const (
 // tools are both families' binaries, found in PATH.
 type tools struct {
 	restore [len(families)]string
+	save    [len(families)]string
 	// listing makes a family's go-iptables handle on first use: it runs
 	// `iptables --version`, which costs an exec, and only listings need it.
 	listing [len(families)]func() (*iptables.IPTables, error)
@@ -197,13 +220,16 @@ func lookupTools() (*tools, error) {
 		if f == IPv6 {
 			name, proto = "ip6tables", iptables.ProtocolIPv6
 		}
-		for _, tool := range []string{name, name + "-restore"} {
+		for _, tool := range []string{name, name + "-restore", name + "-save"} {
 			p, err := exec.LookPath(tool)
 			if err != nil {
 				return nil, fmt.Errorf("finding %s for the %s rules (both families are required, never one family alone): %w", tool, f, err)
 			}
-			if tool != name {
+			switch tool {
+			case name + "-restore":
 				t.restore[f] = p
+			case name + "-save":
+				t.save[f] = p
 			}
 		}
 		t.listing[f] = sync.OnceValues(func() (*iptables.IPTables, error) {

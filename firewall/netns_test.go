@@ -1053,7 +1053,7 @@ func TestInstallFailsClosedWithoutIP6tables(t *testing.T) {
 	ns := newTestNS(t)
 	before := saveRules(t, ns.name)
 	dir := t.TempDir()
-	for _, tool := range []string{"iptables", "iptables-restore"} {
+	for _, tool := range []string{"iptables", "iptables-restore", "iptables-save"} {
 		target, err := exec.LookPath(tool)
 		if err != nil {
 			t.Fatal(err)

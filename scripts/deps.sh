@@ -14,7 +14,7 @@ fi
 
 # command → Debian package providing it
 declare -A pkgs=(
-	[iptables]=iptables [ip6tables]=iptables [iptables-restore]=iptables
+	[iptables]=iptables [ip6tables]=iptables [iptables-restore]=iptables [iptables-save]=iptables [ip6tables-save]=iptables
 	[ip]=iproute2 [runc]=runc [curl]=curl [dig]=dnsutils [conntrack]=conntrack
 	[socat]=socat [nc]=netcat-openbsd [dnsperf]=dnsperf [openssl]=openssl
 	[python3]=python3 [strace]=strace [ping]=iputils-ping [git]=git [make]=make [gcc]=gcc
