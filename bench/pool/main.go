@@ -1,8 +1,18 @@
 // Command pool-bench measures an execution of `true` through a warm
-// sandbox.Pool (Acquire, Run, Release: the library call) beside a cold
-// sandbox (Create, Run, Close) in the same run, interleaved: median and
-// p99 of each, and the warm one's breakdown (acquire, run, release, which
-// includes the reset and its verification).
+// sandbox.Pool beside a cold sandbox (Create, Run, Close), in the same run:
+//
+//   - the library call, Acquire, Run, Release (the caller has the result
+//     and the denials), interleaved with the cold one, median and p99,
+//     with its breakdown: acquire (plan, policy), run (send to the waiting
+//     init, exit), release (egressd's reset), and the background part
+//     that follows it, off the caller's path (reset: delete, checks,
+//     conntrack, verify; next: the next container made and started);
+//   - back to back on a pool of 1 (each acquire waits for the last
+//     release's background part);
+//   - concurrent executions on a pool of 2 with 1, 2 and 4 clients:
+//     throughput and latency;
+//   - with -api, `launcher serve --pool 2` answering `POST /v1/execute` of
+//     `true` beside `launcher run true`, interleaved.
 //
 // It runs inside a throwaway network namespace (egbp-<pid>) standing for
 // the launcher's host namespace, re-executing itself there: the uplinks'
@@ -11,20 +21,28 @@
 // it: `true` sends nothing and the upstream resolver (192.0.2.53,
 // TEST-NET-1) is never asked.
 //
-//	go run ./bench/pool -egressd bin/egressd -init bin/launcher -n 200
+//	go run ./bench/pool -egressd bin/egressd -init bin/launcher -n 200 [-api bin/launcher]
 package main
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"log"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
+	"strings"
+	"sync"
+	"syscall"
 	"time"
 
 	"github.com/egressd/egressd/policy"
@@ -33,8 +51,10 @@ import (
 
 func main() {
 	egressdBin := flag.String("egressd", "bin/egressd", "egressd binary")
-	initBin := flag.String("init", "", "the sandboxes' init (a static launcher binary); none when empty")
+	initBin := flag.String("init", "", "the sandboxes' init (a static launcher binary); a pool needs one")
 	n := flag.Int("n", 200, "executions of each")
+	api := flag.String("api", "", "also measure `launcher serve --pool 2` (POST /v1/execute) beside `launcher run`, with this launcher binary")
+	skipLibrary := flag.Bool("api-only", false, "measure the API only (with -api)")
 	inside := flag.Bool("inside", false, "internal: run the measurement in the current namespace")
 	flag.Parse()
 	if os.Geteuid() != 0 {
@@ -42,7 +62,7 @@ func main() {
 	}
 	var err error
 	if *inside {
-		err = measure(*egressdBin, *initBin, *n)
+		err = measure(*egressdBin, *initBin, *api, *n, *skipLibrary)
 	} else {
 		err = inNamespace()
 	}
@@ -71,15 +91,31 @@ func inNamespace() error {
 	return cmd.Run()
 }
 
-func measure(egressdBin, initBin string, n int) (err error) {
+// row is one line of a report.
+type row struct {
+	name string
+	ds   []time.Duration
+}
+
+func report(rows []row) {
+	fmt.Printf("%-42s %10s %10s\n", "", "median", "p99")
+	for _, r := range rows {
+		if len(r.ds) > 0 {
+			fmt.Printf("%-42s %10s %10s\n", r.name, ms(pct(r.ds, 50)), ms(pct(r.ds, 99)))
+		}
+	}
+}
+
+func measure(egressdBin, initBin, api string, n int, apiOnly bool) (err error) {
 	egressdBin, err = filepath.Abs(egressdBin)
 	if err != nil {
 		return err
 	}
-	if initBin != "" {
-		if initBin, err = filepath.Abs(initBin); err != nil {
-			return err
-		}
+	if initBin == "" {
+		return errors.New("-init: a pool needs the init (a static launcher binary)")
+	}
+	if initBin, err = filepath.Abs(initBin); err != nil {
+		return err
 	}
 	p, _, err := policy.Resolve(policy.ResolveOptions{Profile: "standard", Overrides: []policy.Setting{
 		{Key: "network.upstream_dns", Values: []string{"192.0.2.53"}, Source: policy.Flag("--upstream-dns")}}})
@@ -95,47 +131,82 @@ func measure(egressdBin, initBin string, n int) (err error) {
 		return err
 	}
 	cfg := sandbox.Config{Profile: p, Args: []string{"true"}, EgressdPath: egressdBin, Init: initBin, StateDir: stateDir}
+	if !apiOnly {
+		if err := library(cfg, n); err != nil {
+			return err
+		}
+	}
+	if api != "" {
+		return apiBench(api, egressdBin, stateDir, n)
+	}
+	return nil
+}
+
+// newPool makes a pool of size of cfg's shape and waits for it.
+func newPool(cfg sandbox.Config, size int) (*sandbox.Pool, error) {
+	pool, err := sandbox.NewPool(sandbox.PoolConfig{Config: cfg, Size: size})
+	if err != nil {
+		return nil, err
+	}
+	start := time.Now()
+	if err := pool.Ready(context.Background()); err != nil {
+		return nil, errors.Join(err, pool.Close())
+	}
+	fmt.Printf("pool of %d warm after %s\n", size, ms(time.Since(start)))
+	return pool, nil
+}
+
+// warmCall is one library call: Acquire, Run, Release, with its parts.
+type warmCall struct {
+	acquire, run, release, total time.Duration
+	lease                        *sandbox.Lease
+}
+
+func execute(pool *sandbox.Pool, cfg sandbox.Config) (warmCall, error) {
 	ctx := context.Background()
-	pool, err := sandbox.NewPool(sandbox.PoolConfig{Config: cfg, Size: 1})
+	t0 := time.Now()
+	l, err := pool.Acquire(ctx, cfg)
+	if err != nil {
+		return warmCall{}, err
+	}
+	t1 := time.Now()
+	res, runErr := l.Run(ctx, sandbox.Stdio{})
+	t2 := time.Now()
+	relErr := l.Release()
+	t3 := time.Now()
+	if err := errors.Join(runErr, relErr); err != nil {
+		return warmCall{}, err
+	}
+	if res.ExitCode != 0 || !l.Warm() {
+		return warmCall{}, fmt.Errorf("exit %d, warm %v", res.ExitCode, l.Warm())
+	}
+	return warmCall{acquire: t1.Sub(t0), run: t2.Sub(t1), release: t3.Sub(t2), total: t3.Sub(t0), lease: l}, nil
+}
+
+// library measures the library call (see the package doc).
+func library(cfg sandbox.Config, n int) error {
+	pool, err := newPool(cfg, 1)
 	if err != nil {
 		return err
 	}
-	defer func() {
-		if cerr := pool.Close(); cerr != nil && err == nil {
-			err = cerr
-		}
-	}()
-	start := time.Now()
-	if err := pool.Ready(ctx); err != nil {
-		return err
-	}
-	fmt.Printf("pool of 1 warm after %s\n", ms(time.Since(start)))
+	defer pool.Close()
+	ctx := context.Background()
 	var acquire, run, release, warm, cold []time.Duration
 	phases := map[string][]time.Duration{}
 	for i := range n {
-		t0 := time.Now()
-		l, err := pool.Acquire(ctx, cfg)
+		c, err := execute(pool, cfg)
 		if err != nil {
 			return fmt.Errorf("warm execution %d: %w", i, err)
 		}
-		t1 := time.Now()
-		if _, err := l.Run(ctx, sandbox.Stdio{}); err != nil {
-			return errors.Join(fmt.Errorf("warm execution %d: %w", i, err), l.Release())
+		if err := c.lease.Wait(); err != nil {
+			return fmt.Errorf("warm execution %d's reset: %w", i, err)
 		}
-		t2 := time.Now()
-		if err := l.Release(); err != nil {
-			return fmt.Errorf("warm execution %d: %w", i, err)
-		}
-		t3 := time.Now()
-		for _, t := range l.Timings() {
+		for _, t := range c.lease.Timings() {
 			phases[t.Phase] = append(phases[t.Phase], t.Duration)
 		}
-		if !l.Warm() {
-			return fmt.Errorf("warm execution %d ran cold", i)
-		}
-		acquire, run, release, warm = append(acquire, t1.Sub(t0)), append(run, t2.Sub(t1)), append(release, t3.Sub(t2)), append(warm, t3.Sub(t0))
+		acquire, run, release, warm = append(acquire, c.acquire), append(run, c.run), append(release, c.release), append(warm, c.total)
 
-		t0 = time.Now()
+		t0 := time.Now()
 		s, err := sandbox.Create(ctx, cfg)
 		if err != nil {
 			return fmt.Errorf("cold execution %d: %w", i, err)
@@ -148,24 +219,171 @@ func measure(egressdBin, initBin string, n int) (err error) {
 	}
 	st := pool.Stats()
 	fmt.Printf("%d executions of `true` each, interleaved (pool: created %d, destroyed %d, failed %d)\n", n, st.Created, st.Destroyed, st.Failed)
-	fmt.Printf("%-28s %10s %10s\n", "", "median", "p99")
-	for _, row := range []struct {
-		name string
-		ds   []time.Duration
-	}{
+	report([]row{
 		{"cold: Create, Run, Close", cold},
 		{"warm: Acquire, Run, Release", warm},
 		{"  acquire", acquire},
-		{"  run", run},
-		{"  release (reset, verify)", release},
-	} {
-		fmt.Printf("%-28s %10s %10s\n", row.name, ms(pct(row.ds, 50)), ms(pct(row.ds, 99)))
-	}
-	for _, ph := range []string{"plan", "policy", "firewall", "container", "reset"} {
-		if ds := phases[ph]; len(ds) > 0 {
-			fmt.Printf("%-28s %10s %10s\n", "    "+ph, ms(pct(ds, 50)), ms(pct(ds, 99)))
+		{"    plan", phases["plan"]},
+		{"    policy (write, reload, state)", phases["policy"]},
+		{"    firewall (only after 10 s idle)", phases["firewall"]},
+		{"  run (send to the waiting init, exit)", run},
+		{"  release (egressd's reset)", release},
+		{"  background: reset and checks", phases["reset"]},
+		{"  background: next container", phases["next"]},
+	})
+	fmt.Printf("warm/cold median: %.2f\n", float64(pct(warm, 50))/float64(pct(cold, 50)))
+
+	// Back to back: each acquire waits for the last release's background
+	// part.
+	var b2b []time.Duration
+	start := time.Now()
+	for i := range n {
+		c, err := execute(pool, cfg)
+		if err != nil {
+			return fmt.Errorf("back-to-back execution %d: %w", i, err)
 		}
+		b2b = append(b2b, c.total)
 	}
+	elapsed := time.Since(start)
+	fmt.Printf("\nback to back on a pool of 1, %d executions: %.1f/s\n", n, float64(n)/elapsed.Seconds())
+	report([]row{{"warm: Acquire, Run, Release", b2b}})
+	if err := pool.Close(); err != nil {
+		return err
+	}
+	return concurrent(cfg, n)
+}
+
+// concurrent runs n executions on a pool of 2 from 1, 2 and 4 clients.
+func concurrent(cfg sandbox.Config, n int) error {
+	pool, err := newPool(cfg, 2)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	fmt.Printf("\nconcurrent executions on a pool of 2, %d each (%d cores)\n", n, runtime.NumCPU())
+	fmt.Printf("%-12s %12s %10s %10s %10s\n", "clients", "executions/s", "median", "p99", "extra made")
+	for _, clients := range []int{1, 2, 4} {
+		if err := pool.Ready(context.Background()); err != nil {
+			return err
+		}
+		before := pool.Stats().Created
+		var mu sync.Mutex
+		var ds []time.Duration
+		var errs []error
+		var wg sync.WaitGroup
+		next := make(chan int, n)
+		for i := range n {
+			next <- i
+		}
+		close(next)
+		start := time.Now()
+		for range clients {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for range next {
+					c, err := execute(pool, cfg)
+					mu.Lock()
+					if err != nil {
+						errs = append(errs, err)
+					} else {
+						ds = append(ds, c.total)
+					}
+					mu.Unlock()
+				}
+			}()
+		}
+		wg.Wait()
+		elapsed := time.Since(start)
+		if err := errors.Join(errs...); err != nil {
+			return fmt.Errorf("%d clients: %w", clients, err)
+		}
+		fmt.Printf("%-12d %12.1f %10s %10s %10d\n", clients, float64(n)/elapsed.Seconds(), ms(pct(ds, 50)), ms(pct(ds, 99)), pool.Stats().Created-before)
+	}
+	st := pool.Stats()
+	fmt.Printf("(pool: created %d, destroyed %d, failed %d, cold %d)\n", st.Created, st.Destroyed, st.Failed, st.Cold)
+	return nil
+}
+
+// apiBench measures `launcher serve --pool 2` answering POST /v1/execute
+// of `true` beside `launcher run true`, interleaved.
+func apiBench(launcher, egressdBin, stateDir string, n int) error {
+	launcher, err := filepath.Abs(launcher)
+	if err != nil {
+		return err
+	}
+	sock := filepath.Join(stateDir, "api.sock")
+	serveState := filepath.Join(stateDir, "serve")
+	if err := os.Mkdir(serveState, 0o711); err != nil {
+		return err
+	}
+	common := []string{"--egressd", egressdBin, "--upstream-dns", "192.0.2.53"}
+	srv := exec.Command(launcher, append([]string{"serve", "--listen", "unix:" + sock, "--pool", "2", "--state-dir", serveState}, common...)...)
+	var srvLog bytes.Buffer
+	srv.Stderr = &srvLog
+	if err := srv.Start(); err != nil {
+		return err
+	}
+	defer func() {
+		_ = srv.Process.Signal(syscall.SIGTERM)
+		_ = srv.Wait()
+	}()
+	client := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+	}}}
+	// Ready once the pool is warm.
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		resp, err := client.Get("http://serve/v1/pool")
+		if err == nil {
+			var st struct {
+				Idle int `json:"idle"`
+			}
+			_ = json.NewDecoder(resp.Body).Decode(&st)
+			resp.Body.Close()
+			if st.Idle == 2 {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("launcher serve never had 2 idle sandboxes:\n%s", srvLog.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	post := func() error {
+		resp, err := client.Post("http://serve/v1/execute", "application/json", strings.NewReader(`{"cmd":"true"}`))
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		var res struct {
+			ExitCode int    `json:"exit_code"`
+			Error    string `json:"error"`
+		}
+		if err := json.NewDecoder(resp.Body).Decode(&res); err != nil || resp.StatusCode != http.StatusOK || res.ExitCode != 0 {
+			return fmt.Errorf("POST /v1/execute: %d %+v %v", resp.StatusCode, res, err)
+		}
+		return nil
+	}
+	var warm, cold []time.Duration
+	for i := range n {
+		t0 := time.Now()
+		if err := post(); err != nil {
+			return fmt.Errorf("API execution %d: %w\n%s", i, err, srvLog.String())
+		}
+		warm = append(warm, time.Since(t0))
+		t0 = time.Now()
+		run := exec.Command(launcher, append([]string{"run"}, append(common, "--", "true")...)...)
+		if out, err := run.CombinedOutput(); err != nil {
+			return fmt.Errorf("launcher run %d: %v: %s", i, err, out)
+		}
+		cold = append(cold, time.Since(t0))
+	}
+	fmt.Printf("\nthe API: %d executions of `true` each, interleaved\n", n)
+	report([]row{
+		{"cold: launcher run true", cold},
+		{"warm: POST /v1/execute (serve --pool 2)", warm},
+	})
 	fmt.Printf("warm/cold median: %.2f\n", float64(pct(warm, 50))/float64(pct(cold, 50)))
 	return nil
 }
