@@ -79,7 +79,7 @@ type poolCollector struct{ e Executor }
 
 var (
 	poolSandboxesDesc = prometheus.NewDesc("egressd_serve_pool_sandboxes",
-		"Pooled sandboxes by state: idle, busy, creating.", []string{"state"}, nil)
+		"Pooled sandboxes by state: idle, busy, creating, resetting.", []string{"state"}, nil)
 	poolCreatedDesc = prometheus.NewDesc("egressd_serve_pool_created_total",
 		"Pooled sandboxes made.", nil, nil)
 	poolDestroyedDesc = prometheus.NewDesc("egressd_serve_pool_destroyed_total",
@@ -103,6 +103,7 @@ func (c poolCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(poolSandboxesDesc, gauge, float64(st.Idle), "idle")
 	ch <- prometheus.MustNewConstMetric(poolSandboxesDesc, gauge, float64(st.Busy), "busy")
 	ch <- prometheus.MustNewConstMetric(poolSandboxesDesc, gauge, float64(st.Creating), "creating")
+	ch <- prometheus.MustNewConstMetric(poolSandboxesDesc, gauge, float64(st.Resetting), "resetting")
 	ch <- prometheus.MustNewConstMetric(poolCreatedDesc, counter, float64(st.Created))
 	other := st.Destroyed - min(st.Destroyed, st.Failed+st.Retired)
 	ch <- prometheus.MustNewConstMetric(poolDestroyedDesc, counter, float64(st.Failed), "failed")
