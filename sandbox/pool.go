@@ -493,13 +493,11 @@ func (p *Pool) release(l *Lease) error {
 	if p.closed {
 		// Destroyed now, not reset: nothing may start in the background
 		// once Close waits for it.
-		p.mu.Unlock()
-		l.resetDone(nil, nil)
-		p.mu.Lock()
 		p.busy--
 		p.dropLocked(m)
 		p.notify()
 		p.mu.Unlock()
+		l.resetDone(nil, nil)
 		return nil
 	}
 	p.resetting++
@@ -522,20 +520,24 @@ func (l *Lease) resetDone(timings []Timing, err error) {
 }
 
 // recycle is the background part of m's release (l's): the rest of its
-// reset and its checks (member.reset), then its next container made
-// (prestart); only then is m pooled again. A member failing any step is
+// reset and its checks, and its next container made (member.reset,
+// prestart); only then is m pooled again. A member failing any step is
 // destroyed and replaced.
 func (p *Pool) recycle(m *member, l *Lease) {
 	ctx, cancel := context.WithTimeout(context.Background(), teardownTimeout)
 	defer cancel()
 	start := time.Now()
-	err := m.reset(ctx)
-	timings := []Timing{{Phase: "reset", Duration: time.Since(start)}}
+	var nextTook time.Duration
+	err := m.reset(ctx, func(ctx context.Context) error {
+		t := time.Now()
+		defer func() { nextTook = time.Since(t) }()
+		return m.prestart(ctx)
+	})
+	// "reset" is the whole background part, "next" the next container's
+	// share of it.
+	timings := []Timing{{Phase: "reset", Duration: time.Since(start)}, {Phase: "next", Duration: nextTook}}
 	if err == nil {
 		m.verified = time.Now()
-		next := time.Now()
-		err = m.prestart(ctx)
-		timings = append(timings, Timing{Phase: "next", Duration: time.Since(next)})
 	}
 	if err != nil {
 		err = fmt.Errorf("resetting pooled sandbox %s: %w", m.s.ID(), err)
@@ -546,19 +548,20 @@ func (p *Pool) recycle(m *member, l *Lease) {
 		l.resetDone(timings, err)
 		return
 	}
-	l.resetDone(timings, nil)
 	m.uses++
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	p.busy--
 	p.resetting--
-	defer p.notify()
 	if (p.cfg.MaxUses > 0 && m.uses >= p.cfg.MaxUses) || (p.cfg.MaxAge > 0 && time.Since(m.born) > p.cfg.MaxAge) {
 		p.stats.Retired++
 		p.dropLocked(m)
-		return
+	} else {
+		p.pool(m)
 	}
-	p.pool(m)
+	p.notify()
+	p.mu.Unlock()
+	// The lease's Wait returns once the pool counts m where it is.
+	l.resetDone(timings, nil)
 }
 
 // fail destroys m, which failed a step (err), and replaces it.
@@ -730,25 +733,37 @@ func (m *member) loadPolicy(ctx context.Context, e *EgressdPlan) error {
 }
 
 // reset takes the rest of the tenant's part off m, after Release reset
-// egressd, and proves it gone (see Pool): the container deleted (a
-// waiting one no lease took ended first) and only egressd left in the
-// namespace; then at once the container's root removed, the namespace's
-// conntrack table flushed, and the firewall verified; and egressd still
-// running.
-func (m *member) reset(ctx context.Context) error {
+// egressd, and proves it gone (see Pool), at once: the container deleted
+// (a waiting one no lease took ended first), only egressd left in the
+// namespace, the container's root removed, then next (the next
+// container); the namespace's conntrack table flushed and checked empty;
+// the firewall verified. Last, egressd must still run. The command's
+// processes ended with its container's pid namespace when Run returned,
+// so the flush and the verification need not wait for the delete: a
+// process left anyway fails the check of the namespace's processes, and
+// the sandbox with it.
+func (m *member) reset(ctx context.Context, next func(context.Context) error) error {
 	s := m.s
 	m.discard()
-	if err := s.deleteContainer(ctx); err != nil {
-		return err
-	}
-	s.container.Store(false)
-	eg := s.EgressdPID()
-	if left := slices.DeleteFunc(s.k.Netns.Pids(s.ns), func(pid int) bool { return pid == eg }); len(left) > 0 {
-		return fmt.Errorf("processes left in the sandbox's namespace after its container was deleted: %v", left)
-	}
 	var errs joinedErrs
 	errs.parallel(
-		s.removeRoot,
+		func() error {
+			if err := s.deleteContainer(ctx); err != nil {
+				return err
+			}
+			s.container.Store(false)
+			eg := s.EgressdPID()
+			if left := slices.DeleteFunc(s.k.Netns.Pids(s.ns), func(pid int) bool { return pid == eg }); len(left) > 0 {
+				return fmt.Errorf("processes left in the sandbox's namespace after its container was deleted: %v", left)
+			}
+			if err := s.removeRoot(); err != nil {
+				return err
+			}
+			s.mu.Lock()
+			s.plan, s.cfg, s.secrets = m.base, m.base.cfg, nil
+			s.mu.Unlock()
+			return next(ctx)
+		},
 		func() error { return s.k.Firewall.FlushConntrack(m.base.Netns) },
 		func() error { return s.k.Firewall.Verify(ctx, m.base.Netns, *m.base.Firewall) },
 	)
@@ -758,9 +773,6 @@ func (m *member) reset(ctx context.Context) error {
 	if s.EgressdExited() {
 		return errors.New("egressd exited")
 	}
-	s.mu.Lock()
-	s.plan, s.cfg, s.secrets = m.base, m.base.cfg, nil
-	s.mu.Unlock()
 	return nil
 }
 
