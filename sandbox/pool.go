@@ -733,29 +733,27 @@ func (m *member) loadPolicy(ctx context.Context, e *EgressdPlan) error {
 }
 
 // reset takes the rest of the tenant's part off m, after Release reset
-// egressd, and proves it gone (see Pool), at once: the container deleted
-// (a waiting one no lease took ended first), only egressd left in the
-// namespace, the container's root removed, then next (the next
-// container); the namespace's conntrack table flushed and checked empty;
-// the firewall verified. Last, egressd must still run. The command's
-// processes ended with its container's pid namespace when Run returned,
-// so the flush and the verification need not wait for the delete: a
-// process left anyway fails the check of the namespace's processes, and
-// the sandbox with it.
+// egressd, and proves it gone (see Pool): the container deleted (a
+// waiting one no lease took ended first) and only egressd left in the
+// namespace; then at once: the container's root removed and next (the
+// next container) made, the namespace's conntrack table flushed and
+// checked empty, and the firewall verified. Last, egressd must still
+// run. (The check of the namespace's processes runs alone: the
+// verification's iptables-save runs in the namespace.)
 func (m *member) reset(ctx context.Context, next func(context.Context) error) error {
 	s := m.s
 	m.discard()
+	if err := s.deleteContainer(ctx); err != nil {
+		return err
+	}
+	s.container.Store(false)
+	eg := s.EgressdPID()
+	if left := slices.DeleteFunc(s.k.Netns.Pids(s.ns), func(pid int) bool { return pid == eg }); len(left) > 0 {
+		return fmt.Errorf("processes left in the sandbox's namespace after its container was deleted: %v", left)
+	}
 	var errs joinedErrs
 	errs.parallel(
 		func() error {
-			if err := s.deleteContainer(ctx); err != nil {
-				return err
-			}
-			s.container.Store(false)
-			eg := s.EgressdPID()
-			if left := slices.DeleteFunc(s.k.Netns.Pids(s.ns), func(pid int) bool { return pid == eg }); len(left) > 0 {
-				return fmt.Errorf("processes left in the sandbox's namespace after its container was deleted: %v", left)
-			}
 			if err := s.removeRoot(); err != nil {
 				return err
 			}
