@@ -58,7 +58,8 @@ type PoolStats struct {
 	Retired   uint64 `json:"retired"`
 	Failed    uint64 `json:"failed"`
 	// Warm counts executions given a pooled sandbox, Cold those given a
-	// sandbox of their own (another shape than the pool's).
+	// sandbox of their own (another shape than the pool's, or every
+	// pooled one running an execution).
 	Warm uint64 `json:"warm"`
 	Cold uint64 `json:"cold"`
 }
@@ -333,20 +334,21 @@ func (l *Lease) Wait() error {
 // or a container spec differing in anything but the command, its
 // environment and working directory: sameContainer), a sandbox of its
 // own (Create). With no idle sandbox it waits for one being made or
-// reset, or, with none, makes one now, pooled at release if the pool has
-// room. cfg.ID, StateDir and Kernel are the pool's.
+// reset, or, with every one running an execution, gives a sandbox of its
+// own too. cfg.ID, StateDir and Kernel are the pool's.
 func (p *Pool) Acquire(ctx context.Context, cfg Config) (*Lease, error) {
 	m, err := p.take(ctx)
 	if err != nil {
 		return nil, err
 	}
-	if m == nil {
-		if m, err = p.create(ctx); err != nil {
-			p.done(nil)
-			return nil, err
-		}
-	}
 	cfg.Kernel, cfg.StateDir = p.base.Kernel, p.base.StateDir
+	if m == nil {
+		// Every pooled sandbox runs an execution: a sandbox of its own,
+		// cheaper than a pooled one made now (and one more waiting
+		// container) that the full pool would destroy at release.
+		p.done(nil)
+		return p.cold(ctx, cfg)
+	}
 	planned := time.Now()
 	tp, err := NewPlan(withID(cfg, m.s.ID()))
 	planning := Timing{Phase: "plan", Duration: time.Since(planned)}
@@ -356,14 +358,7 @@ func (p *Pool) Acquire(ctx context.Context, cfg Config) (*Lease, error) {
 	}
 	if !m.fits(tp) {
 		p.done(m)
-		s, err := Create(ctx, withID(cfg, ""))
-		if err != nil {
-			return nil, err
-		}
-		p.mu.Lock()
-		p.stats.Cold++
-		p.mu.Unlock()
-		return &Lease{s: s, pool: p}, nil
+		return p.cold(ctx, cfg)
 	}
 	if err := m.lease(ctx, tp); err != nil {
 		p.fail(m, fmt.Errorf("acquire: %w", err))
@@ -376,6 +371,18 @@ func (p *Pool) Acquire(ctx context.Context, cfg Config) (*Lease, error) {
 	p.stats.Warm++
 	p.mu.Unlock()
 	return &Lease{s: m.s, m: m, pool: p}, nil
+}
+
+// cold makes cfg a sandbox of its own (Create), closed at release.
+func (p *Pool) cold(ctx context.Context, cfg Config) (*Lease, error) {
+	s, err := Create(ctx, withID(cfg, ""))
+	if err != nil {
+		return nil, err
+	}
+	p.mu.Lock()
+	p.stats.Cold++
+	p.mu.Unlock()
+	return &Lease{s: s, pool: p}, nil
 }
 
 // take takes an idle member (retiring those past MaxAge), waiting for one

@@ -567,3 +567,31 @@ func TestPoolIdleSandboxWhoseWaitingInitEndedIsNeverHandedOut(t *testing.T) {
 		t.Errorf("stats %+v, want 1 failed", st)
 	}
 }
+
+// TestPoolEveryoneBusyGetsASandboxOfItsOwn: with every pooled sandbox
+// running an execution (none idle, being made or reset), an acquire gets
+// a cold sandbox, closed at its release, and the pool stays its size.
+func TestPoolEveryoneBusyGetsASandboxOfItsOwn(t *testing.T) {
+	w := newPoolWorld(t, PoolConfig{Size: 1})
+	ctx := context.Background()
+	a, err := w.p.Acquire(ctx, w.tenant("a.test", "true"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, out, err := w.run(w.tenant("b.test", "echo", "b"), nil)
+	if err != nil || b.Warm() || out != "echo b\n" {
+		t.Fatalf("tenant B while A runs: warm %v, %q, %v; want a sandbox of its own", b.Warm(), out, err)
+	}
+	if w.k.Kernel.Netns.Exists(b.ID()) {
+		t.Errorf("B's own sandbox %s is left after its release", b.ID())
+	}
+	if _, err := a.Run(ctx, Stdio{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := errors.Join(a.Release(), a.Wait()); err != nil {
+		t.Fatal(err)
+	}
+	if st := w.p.Stats(); st.Created != 1 || st.Cold != 1 || st.Warm != 1 || st.Idle != 1 {
+		t.Errorf("stats %+v", st)
+	}
+}
