@@ -133,11 +133,11 @@ func Convert(in Input) (*Container, error) {
 		return nil, fmt.Errorf("process.pids_limit %d (%s) is too low: the sandbox's init takes up to %d tasks itself (its threads count); "+
 			"give at least %d, or 0 for no limit", n, p.SourceOf("process.pids_limit"), pid1.Tasks, MinPidsLimit)
 	}
-	user, host, err := identity(in)
+	user, host, hidden, err := identity(in)
 	if err != nil {
 		return nil, err
 	}
-	view, workspaceDir, err := planContainerView(in, user, host)
+	view, workspaceDir, err := planContainerView(in, user, host, hidden)
 	if err != nil {
 		return nil, err
 	}
@@ -176,12 +176,19 @@ func Convert(in Input) (*Container, error) {
 // identity resolves the sandbox's user from the view's /etc (expose and
 // volumes cannot change it) and checks it against the host's accounts and
 // egressd's reserved ids.
-func identity(in Input) (User, *accounts, error) {
+func identity(in Input) (User, *accounts, []string, error) {
 	p := in.Profile
-	sys, err := planSystemView(in.HostRoot, in.Image, p, false)
+	sys, err := planSystemView(in.HostRoot, in.Image, p, false, nil)
 	if err != nil {
-		return User{}, nil, err
+		return User{}, nil, nil, err
 	}
+	user, host, err := identityIn(in, sys)
+	return user, host, sys.Hidden, err
+}
+
+// identityIn is identity in the system view sys.
+func identityIn(in Input, sys *View) (User, *accounts, error) {
+	p := in.Profile
 	user, err := ResolveUser(sys.Tree(), p.Process.User)
 	if err != nil {
 		return User{}, nil, err
@@ -216,11 +223,12 @@ func workspace(p *policy.Profile) string {
 // planContainerView plans the view for user, the workspace directory
 // checked and resolved through its links (it is bound, and protected,
 // where they lead).
-func planContainerView(in Input, user User, host *accounts) (*View, string, error) {
+func planContainerView(in Input, user User, host *accounts, hidden []string) (*View, string, error) {
 	p := in.Profile
 	vo := ViewOptions{HostRoot: in.HostRoot, Image: in.Image, Home: user.Home, Workspace: workspace(p),
 		WorkspaceDir: in.WorkspaceDir, StateDir: in.StateRoot, Homes: host.homes,
-		SystemWritable: !p.Filesystem.ReadOnly && (user.UID == 0 || host.isAccount(user.UID) || p.Process.AllowHostUser)}
+		SystemWritable: !p.Filesystem.ReadOnly && (user.UID == 0 || host.isAccount(user.UID) || p.Process.AllowHostUser),
+		hidden: &hidden}
 	if in.WorkspaceDir != "" {
 		what := fmt.Sprintf("the workspace (filesystem.mount_cwd, %s)", p.SourceOf("filesystem.mount_cwd"))
 		dir, err := checkHostPath(in.WorkspaceDir, what, vo)

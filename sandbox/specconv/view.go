@@ -174,13 +174,18 @@ type ViewOptions struct {
 	// a host account): any other user could not write a host directory
 	// anyway, and the binds cost less.
 	SystemWritable bool
+
+	// hidden, when not nil, is what the host view hides of /etc, as the
+	// same Convert found it a moment before (identity): /etc is walked
+	// once per plan, not twice.
+	hidden *[]string
 }
 
 // PlanView computes the view of a profile: the system directories (or the
 // image), the exposed paths and the volumes, each checked against what no
 // sandbox may see. It reads the host and changes nothing.
 func PlanView(p *policy.Profile, o ViewOptions) (*View, error) {
-	v, err := planSystemView(o.HostRoot, o.Image, p, o.SystemWritable)
+	v, err := planSystemView(o.HostRoot, o.Image, p, o.SystemWritable, o.hidden)
 	if err != nil {
 		return nil, err
 	}
@@ -238,7 +243,7 @@ func PlanView(p *policy.Profile, o ViewOptions) (*View, error) {
 // planSystemView is the view without exposed paths and volumes: the host's
 // system directories (read from hostRoot, "" meaning "/"; writable ones
 // become throwaway overlays), or the image.
-func planSystemView(hostRoot, image string, p *policy.Profile, writable bool) (*View, error) {
+func planSystemView(hostRoot, image string, p *policy.Profile, writable bool, known *[]string) (*View, error) {
 	if hostRoot == "" {
 		hostRoot = "/"
 	}
@@ -263,11 +268,15 @@ func planSystemView(hostRoot, image string, p *policy.Profile, writable bool) (*
 					Writable: writable, Origin: "the host view (" + p.Name + ")"})
 			}
 		}
-		hidden, err := hiddenPaths(hostRoot)
-		if err != nil {
-			return nil, err
+		if known != nil {
+			v.Hidden = slices.Clone(*known)
+		} else {
+			hidden, err := hiddenPaths(hostRoot)
+			if err != nil {
+				return nil, err
+			}
+			v.Hidden = hidden
 		}
-		v.Hidden = hidden
 	}
 	return v, nil
 }
