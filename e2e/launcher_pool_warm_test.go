@@ -14,6 +14,7 @@ echo "env: $(env | sort | tr '\n' ' ')"
 echo "init environ: $(tr '\0' ' ' 2>&1 </proc/1/environ)"
 echo "init fds: $(ls /proc/1/fd 2>&1 | tr '\n' ' ')"
 echo "second request: $(printf '\0\0\0\2{}' 2>&1 >/proc/1/fd/3 && echo sent)"
+echo "stdin: $(cat)"
 `
 
 // testPoolWarmCommandGetsWhatColdGets: a command sent to a pooled
@@ -27,6 +28,7 @@ func testPoolWarmCommandGetsWhatColdGets(t *testing.T) {
 	req := sh(probeRequest)
 	req["env"] = map[string]string{"GREETING": "hello"}
 	req["secrets"] = map[string]string{"API_TOKEN": "tok-6f1d2a9c"}
+	req["stdin"] = "from-the-request"
 	warm := s.execute(req)
 	if st := s.stats(); st.Pool.Warm != 1 || st.Pool.Cold != 0 {
 		t.Fatalf("the probe did not run warm: %+v", st)
@@ -63,6 +65,9 @@ func testPoolWarmCommandGetsWhatColdGets(t *testing.T) {
 		if strings.Contains(w[k], "API_TOKEN") || strings.Contains(w[k], "GREETING") || !strings.Contains(w[k], "Permission denied") {
 			t.Errorf("%s seen by the warm command: %q; want it unreadable and holding nothing of the request", k, w[k])
 		}
+	}
+	if w["stdin"] != "from-the-request" || c["stdin"] != w["stdin"] {
+		t.Errorf("stdin: warm %q, cold %q; want the request's", w["stdin"], c["stdin"])
 	}
 	if strings.Contains(w["second request"], "sent") {
 		t.Errorf("the warm command wrote to the init's request pipe: %q", w["second request"])

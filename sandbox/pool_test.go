@@ -6,6 +6,7 @@ import (
 	"debug/elf"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -39,8 +40,12 @@ func newPoolWorld(t *testing.T, pc PoolConfig) *poolWorld {
 	t.Helper()
 	k := NewFakeKernel()
 	k.Command = func(p *FakeProcess, stdio Stdio) int {
+		cmd, _ := pid1.Command(p.Spec.Process.Args)
+		if len(cmd) > 0 && cmd[0] == "cat" && stdio.Stdin != nil && stdio.Stdout != nil {
+			_, _ = io.Copy(stdio.Stdout, stdio.Stdin)
+			return 0
+		}
 		if stdio.Stdout != nil {
-			cmd, _ := pid1.Command(p.Spec.Process.Args)
 			fmt.Fprintf(stdio.Stdout, "%s\n", strings.Join(cmd, " "))
 		}
 		return 0
@@ -593,5 +598,29 @@ func TestPoolEveryoneBusyGetsASandboxOfItsOwn(t *testing.T) {
 	}
 	if st := w.p.Stats(); st.Created != 1 || st.Cold != 1 || st.Warm != 1 || st.Idle != 1 {
 		t.Errorf("stats %+v", st)
+	}
+}
+
+// TestPoolWarmCommandGetsItsStdio: the waiting container's stdio, made
+// before the tenant was known, carries the tenant's input and output, and
+// nothing of it reaches the next tenant.
+func TestPoolWarmCommandGetsItsStdio(t *testing.T) {
+	w := newPoolWorld(t, PoolConfig{Size: 1})
+	ctx := context.Background()
+	for _, in := range []string{"tenant A's input\n", "B's\n"} {
+		l, err := w.p.Acquire(ctx, w.tenant("a.test", "cat"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out bytes.Buffer
+		if _, err := l.Run(ctx, Stdio{Stdin: strings.NewReader(in), Stdout: &out}); err != nil {
+			t.Fatal(err)
+		}
+		if err := errors.Join(l.Release(), l.Wait()); err != nil {
+			t.Fatal(err)
+		}
+		if !l.Warm() || out.String() != in {
+			t.Errorf("warm %v, output %q; want %q", l.Warm(), out.String(), in)
+		}
 	}
 }
