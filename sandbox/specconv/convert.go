@@ -228,7 +228,7 @@ func planContainerView(in Input, user User, host *accounts, hidden []string) (*V
 	vo := ViewOptions{HostRoot: in.HostRoot, Image: in.Image, Home: user.Home, Workspace: workspace(p),
 		WorkspaceDir: in.WorkspaceDir, StateDir: in.StateRoot, Homes: host.homes,
 		SystemWritable: !p.Filesystem.ReadOnly && (user.UID == 0 || host.isAccount(user.UID) || p.Process.AllowHostUser),
-		hidden: &hidden}
+		hidden:         &hidden}
 	if in.WorkspaceDir != "" {
 		what := fmt.Sprintf("the workspace (filesystem.mount_cwd, %s)", p.SourceOf("filesystem.mount_cwd"))
 		dir, err := checkHostPath(in.WorkspaceDir, what, vo)
