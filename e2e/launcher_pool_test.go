@@ -32,6 +32,7 @@ func TestServePool(t *testing.T) {
 		{"SandboxWithARuleAddedIsDestroyedNeverReused", testPoolVerificationFailure},
 		{"ExecutionsLeaveOnlyThePoolsSandboxesAndCloseLeavesNothing", testPoolLeavesOnlyItsOwn},
 		{"WarmCommandGetsOnlyWhatAColdOneGets", testPoolWarmCommandGetsWhatColdGets},
+		{"WarmAnswerNamesItsDenialsAndNotTheLastTenants", testPoolWarmAnswerNamesItsDenials},
 	})
 }
 

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"slices"
 	"strings"
 	"testing"
 )
@@ -74,5 +75,28 @@ func testPoolWarmCommandGetsWhatColdGets(t *testing.T) {
 	}
 	if strings.Contains(warm.Stdout, "tok-6f1d2a9c") {
 		t.Errorf("the secret's value is in the output: %q", warm.Stdout)
+	}
+}
+
+// testPoolWarmAnswerNamesItsDenials: the answer of a warm execution lists
+// the destinations egressd denied it, as a cold one's does (the release
+// resets egressd, which flushes its audit log, before the answer), and
+// the next tenant's answer lists none of them.
+func testPoolWarmAnswerNamesItsDenials(t *testing.T) {
+	lw := newLauncherWorld(t)
+	s := startPoolServer(t, lw, 1)
+	a := s.execute(tenant(curlPlain+" http://blocked.test/a-denied; echo exit=$?", "allowed.test"))
+	if !slices.ContainsFunc(a.Denied, func(d execDenial) bool { return d.Target == "blocked.test" && d.Reason == "no-allow-rule" }) {
+		t.Errorf("tenant A's answer names no denial of blocked.test: %+v", a.Denied)
+	}
+	if n := lw.w.HTTPRequests("blocked.test"); n != 0 {
+		t.Errorf("the fake server for blocked.test saw %d requests", n)
+	}
+	b := s.execute(tenant("true", "allowed.test"))
+	if b.Sandbox != a.Sandbox || len(b.Denied) != 0 {
+		t.Errorf("tenant B (sandbox %s, A's %s) got denials %+v, want none", b.Sandbox, a.Sandbox, b.Denied)
+	}
+	if st := s.stats(); st.Pool.Warm != 2 {
+		t.Errorf("pool: %+v, want two warm executions", st)
 	}
 }
