@@ -357,7 +357,19 @@ func (p *Pool) Acquire(ctx context.Context, cfg Config) (*Lease, error) {
 		return nil, fmt.Errorf("planning the sandbox: %w", err)
 	}
 	if !m.fits(tp) {
-		p.done(m)
+		stale := false
+		if !m.sameNetwork(tp) {
+			// Another network shape than m's: the tenant's own, or the
+			// pool's as the host has it now (m is then replaced, not kept
+			// for tenants that no longer fit it).
+			_, err := p.replan(m)
+			stale = err != nil
+		}
+		if stale {
+			p.fail(m, errors.New("acquire: the pool's network shape changed on the host (its resolvers?)"))
+		} else {
+			p.done(m)
+		}
 		return p.cold(ctx, cfg)
 	}
 	if err := m.lease(ctx, tp); err != nil {
@@ -538,6 +550,11 @@ func (p *Pool) recycle(m *member, l *Lease) {
 	err := m.reset(ctx, func(ctx context.Context) error {
 		t := time.Now()
 		defer func() { nextTook = time.Since(t) }()
+		np, err := p.replan(m)
+		if err != nil {
+			return err
+		}
+		m.base, m.wait = np, waitingPlan(np)
 		return m.prestart(ctx)
 	})
 	// "reset" is the whole background part, "next" the next container's
@@ -656,6 +673,12 @@ func (p *Pool) Close() error {
 // differs from the pool's only in what the request brings
 // (sameContainer).
 func (m *member) fits(tp *Plan) bool {
+	return m.sameNetwork(tp) && sameContainer(tp.Container, m.base.Container)
+}
+
+// sameNetwork reports whether tp has the network half m was made with:
+// everything of fits but the container.
+func (m *member) sameNetwork(tp *Plan) bool {
 	b := m.base
 	if tp.Mode != b.Mode || tp.Firewall == nil || tp.Uplink == nil || tp.Egressd == nil {
 		return false
@@ -663,8 +686,25 @@ func (m *member) fits(tp *Plan) bool {
 	return reflect.DeepEqual(*tp.Firewall, *b.Firewall) && reflect.DeepEqual(*tp.Uplink, *b.Uplink) &&
 		slices.Equal(tp.Egressd.Args, b.Egressd.Args) && tp.Egressd.Binary == b.Egressd.Binary &&
 		tp.Egressd.UID == b.Egressd.UID && tp.Egressd.GID == b.Egressd.GID && len(tp.Egressd.Files) == 0 &&
-		tp.cfg.Rootfs == b.cfg.Rootfs && tp.cfg.HostRoot == b.cfg.HostRoot && sameRuntime(tp.cfg.Runtime, b.cfg.Runtime) &&
-		sameContainer(tp.Container, b.Container)
+		tp.cfg.Rootfs == b.cfg.Rootfs && tp.cfg.HostRoot == b.cfg.HostRoot && sameRuntime(tp.cfg.Runtime, b.cfg.Runtime)
+}
+
+// replan plans m's shape again, from the host as it is now: a change to
+// the network half (the resolvers in resolv.conf) is an error, since m's
+// egressd and firewall are of the old one, and m is to be replaced.
+// Given to m's next container (m.base, m.wait: only before its prestart),
+// a host change to the container's shape (an /etc entry made private, an
+// account) reaches the pool's next container instead of sending every
+// tenant cold.
+func (p *Pool) replan(m *member) (*Plan, error) {
+	np, err := NewPlan(withID(p.base, m.s.ID()))
+	if err != nil {
+		return nil, fmt.Errorf("planning the pool's shape again: %w", err)
+	}
+	if !m.sameNetwork(np) {
+		return nil, errors.New("the pool's network shape changed on the host (its resolvers?): the sandbox is replaced")
+	}
+	return np, nil
 }
 
 func sameRuntime(a, b *Runtime) bool {
@@ -758,6 +798,8 @@ func (m *member) reset(ctx context.Context, next func(context.Context) error) er
 	if left := slices.DeleteFunc(s.k.Netns.Pids(s.ns), func(pid int) bool { return pid == eg }); len(left) > 0 {
 		return fmt.Errorf("processes left in the sandbox's namespace after its container was deleted: %v", left)
 	}
+	// next may plan m again (replan): what the checks read is taken now.
+	netns, fw := m.base.Netns, *m.base.Firewall
 	var errs joinedErrs
 	errs.parallel(
 		func() error {
@@ -769,8 +811,8 @@ func (m *member) reset(ctx context.Context, next func(context.Context) error) er
 			s.mu.Unlock()
 			return next(ctx)
 		},
-		func() error { return s.k.Firewall.FlushConntrack(m.base.Netns) },
-		func() error { return s.k.Firewall.Verify(ctx, m.base.Netns, *m.base.Firewall) },
+		func() error { return s.k.Firewall.FlushConntrack(netns) },
+		func() error { return s.k.Firewall.Verify(ctx, netns, fw) },
 	)
 	if err := errs.join(); err != nil {
 		return err

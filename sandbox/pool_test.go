@@ -624,3 +624,43 @@ func TestPoolWarmCommandGetsItsStdio(t *testing.T) {
 		}
 	}
 }
+
+// TestPoolHostChangeToTheNetworkShapeReplacesTheSandbox: when the host's
+// resolvers change, the next reset finds the pool's network shape changed
+// and replaces the sandbox (its egressd forwards to the old ones) instead
+// of keeping one no tenant fits any more.
+func TestPoolHostChangeToTheNetworkShapeReplacesTheSandbox(t *testing.T) {
+	w := newPoolWorld(t, PoolConfig{Size: 1})
+	a, _, err := w.run(w.tenant("a.test", "true"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(w.base.ResolvConf, []byte("nameserver 192.0.2.54\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	l, err := w.p.Acquire(context.Background(), w.tenant("b.test", "true"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l.Warm() {
+		t.Error("a tenant planned with the new resolvers ran in the sandbox of the old ones")
+	}
+	if _, err := l.Run(context.Background(), Stdio{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := errors.Join(l.Release(), l.Wait()); err != nil {
+		t.Fatal(err)
+	}
+	if w.k.Kernel.Netns.Exists(a.ID()) {
+		t.Errorf("the sandbox of the old resolvers (%s) is kept", a.ID())
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := w.p.Ready(ctx); err != nil {
+		t.Fatal(err)
+	}
+	d, _, err := w.run(w.tenant("d.test", "true"), nil)
+	if err != nil || !d.Warm() || d.ID() == a.ID() {
+		t.Errorf("tenant D: warm %v in %s (%v); want a fresh sandbox of the new shape", d.Warm(), d.ID(), err)
+	}
+}
