@@ -180,7 +180,7 @@ func testPoolConnectionAndProcessGone(t *testing.T) {
 	if strings.Contains(b.Stdout, "a-leak") || strings.Contains(b.Stdout, "sleep 300") {
 		t.Errorf("tenant B sees tenant A's processes:\n%s", b.Stdout)
 	}
-	s.waitIdle(1)
+	s.waitWarm(1)
 	if procs := processesInNetns(filepath.Join(sandbox.NetnsDir, a.Sandbox)); !idleProcesses(procs) {
 		t.Errorf("processes in the pooled namespace between tenants: %v, want egressd and the next container's waiting init alone", procs)
 	}
@@ -192,15 +192,6 @@ func testPoolConnectionAndProcessGone(t *testing.T) {
 	}
 	if st := s.stats(); st.Pool.Failed != 0 || st.Pool.Warm != 2 {
 		t.Errorf("pool after two tenants: %+v", st)
-	}
-}
-
-// waitIdle waits until n of the pool's sandboxes are idle: reset, checked,
-// their next container waiting.
-func (ps *poolServer) waitIdle(n int) {
-	ps.t.Helper()
-	if !eventually(30*time.Second, func() bool { return ps.stats().Idle == n }) {
-		ps.t.Fatalf("the pool never had %d idle sandboxes: %+v\n%s", n, ps.stats(), ps.stderr.String())
 	}
 }
 
@@ -327,7 +318,7 @@ func testPoolLeavesOnlyItsOwn(t *testing.T) {
 		}
 	}
 	check(0, s.execute(sh("echo run-0")))
-	s.waitIdle(2)
+	s.waitWarm(2)
 	fds := openFDs(t, s.cmd.Process.Pid)
 	// Sequential, then two at a time (the pool's size).
 	for i := 1; i < 10; i++ {
@@ -344,7 +335,7 @@ func testPoolLeavesOnlyItsOwn(t *testing.T) {
 		}
 		wg.Wait()
 	}
-	s.waitIdle(2)
+	s.waitWarm(2)
 	after := openFDs(t, s.cmd.Process.Pid)
 	t.Logf("the server's open descriptors: %d after the first execution, %d after 29 more", fds, after)
 	if after > fds+8 {
@@ -381,16 +372,6 @@ func testPoolLeavesOnlyItsOwn(t *testing.T) {
 }
 
 // openFDs counts the open file descriptors of process pid.
-func countOf(ids []string, id string) int {
-	n := 0
-	for _, x := range ids {
-		if x == id {
-			n++
-		}
-	}
-	return n
-}
-
 func openFDs(t *testing.T, pid int) int {
 	t.Helper()
 	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))

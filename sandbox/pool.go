@@ -493,6 +493,12 @@ func (p *Pool) release(l *Lease) error {
 	defer cancel()
 	start := time.Now()
 	gen, err := m.resetEgressd(ctx)
+	if err == nil {
+		// egressd flushed its audit log in the reset: once the sink has
+		// read that far (a barrier appended to the stream came back), the
+		// tenant's denials are complete and kept for its answer.
+		err = m.s.syncAudit(ctx)
+	}
 	m.s.timed("release", start)
 	l.mu.Lock()
 	l.released, l.timings, l.denials = true, m.s.Timings(), m.s.Denials()
@@ -505,8 +511,7 @@ func (p *Pool) release(l *Lease) error {
 		return err
 	}
 	m.generation = gen
-	// egressd flushed its audit log in the reset: what comes later is
-	// nobody's to see.
+	// What egressd writes from now on is nobody's to see.
 	m.s.sink.retarget(nil, NewLineMasker(nil), nil)
 	p.mu.Lock()
 	if p.closed {
