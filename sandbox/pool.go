@@ -58,8 +58,7 @@ type PoolStats struct {
 	Retired   uint64 `json:"retired"`
 	Failed    uint64 `json:"failed"`
 	// Warm counts executions given a pooled sandbox, Cold those given a
-	// sandbox of their own (another shape than the pool's, or every
-	// pooled one running an execution).
+	// sandbox of their own (another shape than the pool's).
 	Warm uint64 `json:"warm"`
 	Cold uint64 `json:"cold"`
 }
@@ -334,21 +333,20 @@ func (l *Lease) Wait() error {
 // or a container spec differing in anything but the command, its
 // environment and working directory: sameContainer), a sandbox of its
 // own (Create). With no idle sandbox it waits for one being made or
-// reset, or, with every one running an execution, gives a sandbox of its
-// own too. cfg.ID, StateDir and Kernel are the pool's.
+// reset, or, with none, makes one now, pooled at release if the pool has
+// room. cfg.ID, StateDir and Kernel are the pool's.
 func (p *Pool) Acquire(ctx context.Context, cfg Config) (*Lease, error) {
 	m, err := p.take(ctx)
 	if err != nil {
 		return nil, err
 	}
-	cfg.Kernel, cfg.StateDir = p.base.Kernel, p.base.StateDir
 	if m == nil {
-		// Every pooled sandbox runs an execution: a sandbox of its own,
-		// cheaper than a pooled one made now (and one more waiting
-		// container) that the full pool would destroy at release.
-		p.done(nil)
-		return p.cold(ctx, cfg)
+		if m, err = p.create(ctx); err != nil {
+			p.done(nil)
+			return nil, err
+		}
 	}
+	cfg.Kernel, cfg.StateDir = p.base.Kernel, p.base.StateDir
 	planned := time.Now()
 	tp, err := NewPlan(withID(cfg, m.s.ID()))
 	planning := Timing{Phase: "plan", Duration: time.Since(planned)}
