@@ -10,8 +10,8 @@
 //   - back to back on a pool of 1 (each acquire waits for the last
 //     release's background part);
 //   - concurrent executions on a pool of 2 with 1, 2 and 4 clients:
-//     throughput and latency, and how many ran cold (every pooled
-//     sandbox running an execution when they came);
+//     throughput and latency, and how many got a pooled sandbox made for
+//     them (every pooled one running an execution when they came);
 //   - with -api, `launcher serve --pool 2` answering `POST /v1/execute` of
 //     `true` beside `launcher run true`, interleaved.
 //
@@ -270,12 +270,12 @@ func concurrent(cfg sandbox.Config, n int) error {
 	}
 	defer pool.Close()
 	fmt.Printf("\nconcurrent executions on a pool of 2, %d each (%d cores)\n", n, runtime.NumCPU())
-	fmt.Printf("%-12s %12s %10s %10s %10s\n", "clients", "executions/s", "median", "p99", "cold")
+	fmt.Printf("%-12s %12s %10s %10s %12s\n", "clients", "executions/s", "median", "p99", "made for one")
 	for _, clients := range []int{1, 2, 4} {
 		if err := pool.Ready(context.Background()); err != nil {
 			return err
 		}
-		before := pool.Stats().Cold
+		before := pool.Stats().Created
 		var mu sync.Mutex
 		var ds []time.Duration
 		var errs []error
@@ -307,7 +307,7 @@ func concurrent(cfg sandbox.Config, n int) error {
 		if err := errors.Join(errs...); err != nil {
 			return fmt.Errorf("%d clients: %w", clients, err)
 		}
-		fmt.Printf("%-12d %12.1f %10s %10s %10d\n", clients, float64(n)/elapsed.Seconds(), ms(pct(ds, 50)), ms(pct(ds, 99)), pool.Stats().Cold-before)
+		fmt.Printf("%-12d %12.1f %10s %10s %12d\n", clients, float64(n)/elapsed.Seconds(), ms(pct(ds, 50)), ms(pct(ds, 99)), pool.Stats().Created-before)
 	}
 	st := pool.Stats()
 	fmt.Printf("(pool: created %d, destroyed %d, failed %d, cold %d)\n", st.Created, st.Destroyed, st.Failed, st.Cold)
