@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 )
 
 // Firewall installs, verifies and removes this package's rules through a
@@ -229,24 +230,44 @@ func (fw *Firewall) Flush(ctx context.Context, nsPath string) error {
 
 // FlushConntrack empties the conntrack table of the namespace at nsPath
 // (both families) and then counts what is in it: a pooled sandbox's reset
-// proves that no flow of the last tenant is left (THREATS G7). An entry
-// that is there after the flush is an error.
+// proves that no flow of the last tenant is left (THREATS G7).
+//
+// A flow that egressd closed can still put an entry back after a flush: a
+// late packet of it (the peer's retransmitted FIN, answered by egressd's
+// TIME_WAIT socket, whose packets carry egressd's mark) is tracked anew.
+// Such an entry is flushed again, up to conntrackRounds flushes in all,
+// a little apart; an entry still there after the last one (something keeps
+// a flow alive) is an error, and the sandbox is not used again.
 func (fw *Firewall) FlushConntrack(nsPath string) error {
 	if nsPath == "" {
 		return errEmptyPath
 	}
-	if err := fw.nf.FlushConntrack(nsPath); err != nil {
-		return fmt.Errorf("flushing conntrack in %s: %w", nsPath, err)
+	n := 0
+	for round := range conntrackRounds {
+		if round > 0 {
+			time.Sleep(time.Duration(round) * conntrackPause)
+		}
+		if err := fw.nf.FlushConntrack(nsPath); err != nil {
+			return fmt.Errorf("flushing conntrack in %s: %w", nsPath, err)
+		}
+		var err error
+		if n, err = fw.nf.CountConntrack(nsPath); err != nil {
+			return fmt.Errorf("counting conntrack entries in %s: %w", nsPath, err)
+		}
+		if n == 0 {
+			return nil
+		}
 	}
-	n, err := fw.nf.CountConntrack(nsPath)
-	if err != nil {
-		return fmt.Errorf("counting conntrack entries in %s: %w", nsPath, err)
-	}
-	if n != 0 {
-		return fmt.Errorf("conntrack in %s holds %d entries after its flush", nsPath, n)
-	}
-	return nil
+	return fmt.Errorf("conntrack in %s holds %d entries after %d flushes", nsPath, n, conntrackRounds)
 }
+
+// conntrackRounds is how many times FlushConntrack flushes before an entry
+// that keeps coming back is an error, conntrackPause how long it waits
+// before the second (twice that before the third).
+const (
+	conntrackRounds = 3
+	conntrackPause  = 10 * time.Millisecond
+)
 
 // DriftError is Verify's report that a namespace's firewall differs from its
 // config. Problems are sentences a person can act on, one per difference.

@@ -603,3 +603,52 @@ func TestParseSaveRefusesWhatItCannotRead(t *testing.T) {
 		t.Error("a chain of a table never used exists")
 	}
 }
+
+// returningConntrack is a fake netfilter whose conntrack table gets an
+// entry back after each of the first comeBack flushes: the late packet of
+// a flow egressd closed, tracked anew after the flush.
+type returningConntrack struct {
+	*Fake
+	comeBack int
+	flushes  int
+}
+
+func (r *returningConntrack) FlushConntrack(ns string) error {
+	if err := r.Fake.FlushConntrack(ns); err != nil {
+		return err
+	}
+	r.flushes++
+	if r.flushes <= r.comeBack {
+		r.AddConntrack(ns, 1)
+	}
+	return nil
+}
+
+// TestConntrackEntryThatKeepsComingBackFailsTheFlush: an entry that comes
+// back after a flush is flushed again; one still there after every flush
+// is an error (a pooled sandbox's release then destroys it, THREATS G9),
+// never a table called empty.
+func TestConntrackEntryThatKeepsComingBackFailsTheFlush(t *testing.T) {
+	const ns = "/run/netns/x"
+	for _, tc := range []struct {
+		comeBack, wantFlushes int
+		wantErr               bool
+	}{
+		{comeBack: 0, wantFlushes: 1},
+		{comeBack: 1, wantFlushes: 2},
+		{comeBack: conntrackRounds - 1, wantFlushes: conntrackRounds},
+		{comeBack: conntrackRounds, wantFlushes: conntrackRounds, wantErr: true},
+		{comeBack: 100, wantFlushes: conntrackRounds, wantErr: true},
+	} {
+		k := &returningConntrack{Fake: NewFake(), comeBack: tc.comeBack}
+		k.AddConntrack(ns, 3)
+		err := New(k).FlushConntrack(ns)
+		if (err != nil) != tc.wantErr || k.flushes != tc.wantFlushes {
+			t.Errorf("an entry back after %d flushes: %d flushes, %v; want %d flushes, error %v",
+				tc.comeBack, k.flushes, err, tc.wantFlushes, tc.wantErr)
+		}
+		if tc.wantErr && (err == nil || !strings.Contains(err.Error(), "1 entries after 3 flushes")) {
+			t.Errorf("error %v does not say what is left", err)
+		}
+	}
+}

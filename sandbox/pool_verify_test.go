@@ -77,9 +77,10 @@ func runInPrivateNetns(t *testing.T) bool {
 }
 
 // plantingNetfilter is the kernel's netfilter, except that once armed
-// for a namespace its next conntrack flush there is followed by a
-// conntrack entry put in with conntrack(8): an entry the flush did not
-// remove, on the real kernel, just where a pool's release checks.
+// for a namespace every conntrack flush there is followed by a conntrack
+// entry put in with conntrack(8): a flow that comes back after every flush
+// (firewall.FlushConntrack flushes again an entry that came back once), on
+// the real kernel, just where a pool's release checks.
 type plantingNetfilter struct {
 	firewall.Netfilter
 	mu    sync.Mutex
@@ -102,7 +103,6 @@ func (p *plantingNetfilter) FlushConntrack(ns string) error {
 	if p.armed != ns {
 		return nil
 	}
-	p.armed = ""
 	out, err := exec.Command("nsenter", "--net="+ns, "conntrack", "-I", "-p", "tcp", "-s", "10.200.0.2", "-d", "203.0.113.10",
 		"--sport", "40000", "--dport", "80", "--state", "ESTABLISHED", "--timeout", "300", "-u", "SEEN_REPLY,ASSURED").CombinedOutput()
 	if err != nil {
