@@ -48,15 +48,17 @@ func Create(ctx context.Context, cfg Config) (*Sandbox, error) {
 //	filtered: state dir, namespace (lo) ─┬─ firewall (filtered)              ─┐
 //	                                     ├─ uplink: veth /30, route, NAT      ├─ ready
 //	                                     ├─ egressd serve (netns, ready-fd)   │
-//	                                     └─ rootfs overlay, files, bundle    ─┘
+//	                                     └─ root, files, bundle; created     ─┘
 //	none:     state dir, namespace (lo) ─┬─ firewall (none)
-//	                                     └─ rootfs overlay, files, bundle
-//	host:     state dir, rootfs overlay, files, bundle (the host's network)
+//	                                     └─ root, files, bundle; created
+//	host:     state dir, root, files, bundle; created (the host's network)
 //
-// The branches run at once; none of them starts a workload, and the
-// container starts (Run) only after all of them succeeded, so no sandbox
-// process ever runs without its firewall. On any error everything made so
-// far is removed (Close) and the error says which step failed.
+// The branches run at once. The container's is the runtime's create with
+// its mounts checked (createContainer): the container's process 1 then
+// waits, and nothing of the command runs until Run starts it, after all
+// the branches succeeded, so no sandbox process ever runs without its
+// firewall. On any error everything made so far is removed (Close: a
+// created container is destroyed) and the error says which step failed.
 func Apply(ctx context.Context, p *Plan) (s *Sandbox, err error) {
 	s = &Sandbox{plan: p, cfg: p.cfg, k: p.cfg.Kernel, mode: p.Mode, rt: p.Runtime, secrets: p.secrets, egStopping: make(chan struct{})}
 	if s.k == nil {
@@ -102,7 +104,7 @@ func Apply(ctx context.Context, p *Plan) (s *Sandbox, err error) {
 	if p.Egressd != nil {
 		steps = append(steps, s.step("egressd", func() error { return s.startEgressd(ctx) }))
 	}
-	steps = append(steps, s.step("container", func() error { return s.prepareContainer(ctx) }))
+	steps = append(steps, s.step("container", func() error { return s.prepareContainer(ctx, nil) }))
 	errs.parallel(steps...)
 	s.timed("setup", setup)
 	if err := errs.join(); err != nil {
@@ -246,8 +248,11 @@ func (s *Sandbox) watchEgressd(e EgressdProcess) {
 	}
 }
 
-// prepareContainer makes the sandbox's container as planned.
-func (s *Sandbox) prepareContainer(ctx context.Context) error {
+// prepareContainer makes the sandbox's container as planned: its root,
+// files and bundle, then the runtime's create (createContainer), with
+// request, when not nil, the container's pid1.RequestFD (a pooled
+// sandbox's waiting init: prestart).
+func (s *Sandbox) prepareContainer(ctx context.Context, request *os.File) error {
 	cleanup, err := s.plan.makeContainer(ctx, s.k.FS)
 	s.mu.Lock()
 	s.rootfsCleanup = cleanup
@@ -265,7 +270,24 @@ func (s *Sandbox) prepareContainer(ctx context.Context) error {
 		}
 	}
 	s.bundle = s.plan.Container.Bundle
+	c, err := s.createContainer(ctx, request)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.created = c
+	s.mu.Unlock()
 	return nil
+}
+
+// createContainer has the runtime create the sandbox's container (its
+// mounts checked: Containers.Create). Nothing of the command runs until
+// its Start, which Run calls only once every step of the setup succeeded.
+func (s *Sandbox) createContainer(ctx context.Context, request *os.File) (Created, error) {
+	t := time.Now()
+	defer s.timed("runtime.create", t)
+	s.container.Store(true)
+	return s.k.Runtime.Create(ctx, s.rt, s.id, s.bundle, Streams{Terminal: s.cfg.Terminal != nil, Request: request}, s.plan.Container.Binds(s.dir))
 }
 
 // makeContainer makes the plan's container (makeContainer). Sandboxes

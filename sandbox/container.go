@@ -2,6 +2,7 @@ package sandbox
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -44,10 +45,19 @@ type Stdio struct {
 	// stdout and stderr alike, comes to Stdout; Stderr is unused. The
 	// bundle's spec must set process.terminal (Config.Terminal does).
 	Terminal *Terminal
+}
+
+// Streams is what a container is created with (Runtime.Create,
+// Containers.Create): its standard streams' kind, and the pipe a waiting
+// init reads its execution from.
+type Streams struct {
+	// Terminal: a pseudo-terminal instead of pipes; the Stdio given to
+	// Start must then have a Terminal, and only then.
+	Terminal bool
 	// Request, when not nil, is passed to the container's process as
 	// file descriptor pid1.RequestFD (the runtime's --preserve-fds 1): a
 	// pooled container's waiting init reads its execution from it. The
-	// caller closes its copy once Start returned.
+	// caller closes its copy once Create returned.
 	Request *os.File
 }
 
@@ -79,13 +89,17 @@ type Exit struct {
 	OOMKills, PidsLimitHits uint64
 }
 
-// Container is a container whose process Start started.
+// Container is a container the runtime created (Runtime.Create): its
+// process 1 exists, waiting for Start, which starts the command.
 type Container struct {
 	id   string
+	rt   *Runtime
 	proc *os.Process
 
-	master *os.File // the terminal's master end (nil with pipes)
-	outs   []*os.File
+	master *os.File    // the terminal's master end (nil with pipes)
+	stdin  *os.File    // our end of the stdin pipe, until Start hands it on
+	outs   [2]*os.File // our ends of the stdout and stderr pipes
+	sinks  [2]io.Writer
 	copies sync.WaitGroup // the output copies
 	done   chan struct{}  // closed when Wait has reaped the process
 
@@ -93,6 +107,8 @@ type Container struct {
 	started  atomic.Bool   // the runtime started the container
 	openOnce sync.Once
 	heldBack limitedBuffer // the output of a runtime that failed
+
+	endOnce sync.Once // Start or Destroy, whichever comes first
 }
 
 // limitedBuffer keeps the first 64 KiB written to it, and discards the
@@ -128,43 +144,61 @@ func (r *Runtime) Run(ctx context.Context, id, bundleDir string, stdio Stdio) (E
 	return c.Wait(ctx)
 }
 
-// Start creates the container id from bundleDir (`runc create --pid-file
-// ... [--console-socket ...]`), then starts it (`runc start`), and returns
-// once its process runs, streaming stdio. The runtime exits as soon as the
-// container exists; its process, which the runtime leaves behind, becomes
-// the caller's child: Start makes the calling process a child subreaper
-// (prctl PR_SET_CHILD_SUBREAPER), so Wait can reap it and see how it
-// ended, and the cgroup stays for Wait to read until Delete. (A caller
-// that lives long must reap other orphans that come to it.)
-//
-// A runtime that fails is an error carrying its message (its JSON log in
-// the bundle, else what it printed), never an exit status: an error here
-// means the command never ran or was killed as the runtime failed. The
-// container's output is held back until the runtime has said it started
-// it, so a failing runtime's own words, which it writes to the stream the
-// container inherits, are not mistaken for the command's.
+// Start creates the container id from bundleDir (Create) and starts it
+// (Container.Start), streaming stdio.
 func (r *Runtime) Start(ctx context.Context, id, bundleDir string, stdio Stdio) (*Container, error) {
-	return r.start(ctx, id, bundleDir, stdio, nil)
+	c, err := r.Create(ctx, id, bundleDir, Streams{Terminal: stdio.Terminal != nil})
+	if err != nil {
+		return nil, err
+	}
+	if err := c.Start(ctx, stdio); err != nil {
+		return nil, err
+	}
+	return c, nil
 }
 
-// start is Start with check: when not nil, it is called with the pid of
+// Create creates the container id from bundleDir (`runc create --pid-file
+// ... [--console-socket ...]`) and returns it created: its process 1 (the
+// runtime's init) exists with every namespace and mount made, and waits
+// for Start: nothing of the command runs before. The runtime exits as soon
+// as the container exists; its process, which the runtime leaves behind,
+// becomes the caller's child: Create makes the calling process a child
+// subreaper (prctl PR_SET_CHILD_SUBREAPER), so Wait can reap it and see
+// how it ended, and the cgroup stays for Wait to read until Delete. (A
+// caller that lives long must reap other orphans that come to it.) The
+// container's standard streams are pipes of ours or, with
+// streams.Terminal, a pseudo-terminal made inside it, whose master end the
+// runtime passes over a console socket; Start connects them to the
+// caller's. streams.Request is the container's process's from its create.
+//
+// A runtime that fails is an error carrying its message (its JSON log in
+// the bundle, else what it printed), never an exit status. The container's
+// output is held back until the runtime has said it started it, so a
+// failing runtime's own words, which it writes to the stream the container
+// inherits, are not mistaken for the command's. A created container that
+// is never started must be destroyed (Destroy).
+func (r *Runtime) Create(ctx context.Context, id, bundleDir string, streams Streams) (*Container, error) {
+	return r.create(ctx, id, bundleDir, streams, nil)
+}
+
+// create is Create with check: when not nil, it is called with the pid of
 // the created container's process 1, after the runtime made every mount
 // and before anything of the command runs (the process is the runtime's,
 // waiting to be started); an error it returns destroys the container
-// (killed, reaped, deleted) and is start's.
-func (r *Runtime) start(ctx context.Context, id, bundleDir string, stdio Stdio, check func(pid int) error) (_ *Container, err error) {
+// (killed, reaped, deleted) and is create's.
+func (r *Runtime) create(ctx context.Context, id, bundleDir string, streams Streams, check func(pid int) error) (_ *Container, err error) {
 	logPath, pidPath, sockPath, err := prepareStart(id, bundleDir)
 	if err != nil {
 		return nil, err
 	}
 	args := []string{"--log", logPath, "--log-format", "json", "create", "--pid-file", pidPath}
-	var closeAfterStart []io.Closer
+	var closeAfterRun []io.Closer
 	defer func() {
-		for _, f := range closeAfterStart {
+		for _, f := range closeAfterRun {
 			f.Close()
 		}
 	}()
-	c := &Container{id: id, done: make(chan struct{}), gate: make(chan struct{})}
+	c := &Container{id: id, rt: r, done: make(chan struct{}), gate: make(chan struct{})}
 	defer func() {
 		if err != nil {
 			c.open(false)
@@ -172,7 +206,7 @@ func (r *Runtime) start(ctx context.Context, id, bundleDir string, stdio Stdio, 
 		}
 	}()
 	var ln *net.UnixListener
-	if stdio.Terminal != nil {
+	if streams.Terminal {
 		if len(sockPath) >= len(unix.RawSockaddrUnix{}.Path) {
 			return nil, fmt.Errorf("console socket path %s is too long for a unix socket", sockPath)
 		}
@@ -182,12 +216,12 @@ func (r *Runtime) start(ctx context.Context, id, bundleDir string, stdio Stdio, 
 		defer ln.Close() // removes the socket file too
 		args = append(args, "--console-socket", sockPath)
 	}
-	if stdio.Request != nil {
+	if streams.Request != nil {
 		args = append(args, "--preserve-fds", "1")
 	}
 	cmd := r.command(ctx, append(args, "--bundle", bundleDir, id)...)
-	if stdio.Request != nil {
-		cmd.ExtraFiles = []*os.File{stdio.Request} // fd 3: pid1.RequestFD
+	if streams.Request != nil {
+		cmd.ExtraFiles = []*os.File{streams.Request} // fd 3: pid1.RequestFD
 	}
 	cmd.Dir = bundleDir
 	cmd.Env = []string{"PATH=" + specconv.DefaultPath}
@@ -196,21 +230,21 @@ func (r *Runtime) start(ctx context.Context, id, bundleDir string, stdio Stdio, 
 	cmd.WaitDelay = killGrace
 	// What the runtime prints itself, for its error message.
 	var runtimeOut bytes.Buffer
-	closeAfterStart, err = c.wireStdio(cmd, stdio, &runtimeOut)
+	closeAfterRun, err = c.wireStdio(cmd, streams.Terminal, &runtimeOut)
 	if err != nil {
 		return nil, err
 	}
 
 	if err := cmd.Run(); err != nil {
 		if ctx.Err() != nil {
-			return nil, fmt.Errorf("starting container %s: %w", id, ctx.Err())
+			return nil, fmt.Errorf("creating container %s: %w", id, ctx.Err())
 		}
 		// What the runtime wrote to the streams it shares with the
 		// container is its own: take it for the message.
-		for _, f := range closeAfterStart {
+		for _, f := range closeAfterRun {
 			f.Close()
 		}
-		closeAfterStart = nil
+		closeAfterRun = nil
 		return nil, r.failure(c, id, logPath, runtimeOut.String(), err)
 	}
 	pid, err := readPidFile(pidPath)
@@ -224,41 +258,92 @@ func (r *Runtime) start(ctx context.Context, id, bundleDir string, stdio Stdio, 
 	if err != nil {
 		return nil, fmt.Errorf("container %s: its process %d: %w", id, pid, err)
 	}
-	if err := r.startCreated(ctx, c, ln, stdio, check); err != nil {
+	if err := c.inspect(ctx, ln, check); err != nil {
 		return nil, err
 	}
 	return c, nil
 }
 
-// startCreated receives the created container c's terminal (when ln is
-// its console socket), has check inspect it, starts it (`runc start`)
-// and releases its output. On any error the container is destroyed: its
-// process killed and reaped, the runtime's record deleted.
-func (r *Runtime) startCreated(ctx context.Context, c *Container, ln *net.UnixListener, stdio Stdio, check func(pid int) error) (err error) {
+// inspect receives the created container c's terminal (when ln is its
+// console socket) and has check inspect it. On any error the container is
+// destroyed.
+func (c *Container) inspect(ctx context.Context, ln *net.UnixListener, check func(pid int) error) (err error) {
 	defer func() {
 		if err != nil {
-			_ = c.proc.Kill()
-			_, _ = c.proc.Wait() // our child: reaped at once after SIGKILL
-			_ = r.Delete(context.WithoutCancel(ctx), c.id)
+			_ = c.destroy(ctx)
 		}
 	}()
 	if ln != nil {
 		if c.master, err = receiveMaster(ln); err != nil {
-			return fmt.Errorf("container %s: receiving its terminal from %s: %w", c.id, r.Name, err)
+			return fmt.Errorf("container %s: receiving its terminal from %s: %w", c.id, c.rt.Name, err)
 		}
 	}
 	if check != nil {
-		if err := check(c.proc.Pid); err != nil {
-			return err
-		}
+		return check(c.proc.Pid)
 	}
-	if _, err := r.runShort(ctx, "start", c.id); err != nil {
+	return nil
+}
+
+// Start starts the created container (`runc start`: its process 1 goes on
+// to run the command) and connects its streams to stdio, whose Terminal
+// must be set when, and only when, the container was created with one.
+// On any error the container is destroyed (Destroy) and nothing of the
+// command ran. Start, or Destroy, is called once.
+func (c *Container) Start(ctx context.Context, stdio Stdio) (err error) {
+	first := false
+	c.endOnce.Do(func() { first = true })
+	if !first {
+		return fmt.Errorf("container %s: started or destroyed already", c.id)
+	}
+	defer func() {
+		if err != nil {
+			_ = c.destroy(ctx)
+		}
+	}()
+	if (stdio.Terminal != nil) != (c.master != nil) {
+		return fmt.Errorf("container %s: a terminal needs one at create and at start", c.id)
+	}
+	if _, err := c.rt.runShort(ctx, "start", c.id); err != nil {
 		return err
 	}
-	if ln != nil {
+	if c.master != nil {
 		c.copyTerminal(stdio)
+	} else {
+		for i, w := range []io.Writer{stdio.Stdout, stdio.Stderr} {
+			c.sinks[i] = cmp.Or[io.Writer](w, io.Discard)
+		}
+		if stdio.Stdin == nil {
+			c.stdin.Close()
+		} else {
+			go copyStdin(c.stdin, stdio.Stdin, nil)
+		}
+		c.stdin = nil // copyStdin's, or closed
 	}
 	c.open(true)
+	return nil
+}
+
+// Destroy removes a container that was created and never started: its
+// process killed and reaped, the runtime's record deleted, our ends of its
+// streams closed. After Start it does nothing (Delete removes a started
+// one).
+func (c *Container) Destroy(ctx context.Context) error {
+	first := false
+	c.endOnce.Do(func() { first = true })
+	if !first {
+		return nil
+	}
+	return c.destroy(ctx)
+}
+
+func (c *Container) destroy(ctx context.Context) error {
+	_ = c.proc.Kill()
+	_, _ = c.proc.Wait() // our child: reaped at once after SIGKILL
+	c.open(false)
+	c.closeFiles()
+	if err := c.rt.Delete(context.WithoutCancel(ctx), c.id); err != nil {
+		return fmt.Errorf("deleting container %s: %w", c.id, err)
+	}
 	return nil
 }
 
@@ -291,13 +376,13 @@ func prepareStart(id, bundleDir string) (logPath, pidPath, sockPath string, err 
 // container inherits the runtime's stdio: pipes of ours, whose output is
 // copied once the runtime said it started. The files returned are the
 // command's ends, to close once it ran (also after an error).
-func (c *Container) wireStdio(cmd *exec.Cmd, stdio Stdio, out *bytes.Buffer) ([]io.Closer, error) {
-	if stdio.Terminal != nil {
+func (c *Container) wireStdio(cmd *exec.Cmd, terminal bool, out *bytes.Buffer) ([]io.Closer, error) {
+	if terminal {
 		cmd.Stdout, cmd.Stderr = out, out
 		return nil, nil
 	}
 	var ends []io.Closer
-	files, err := c.pipes(stdio)
+	files, err := c.pipes()
 	for _, f := range files {
 		if f != nil {
 			ends = append(ends, f)
@@ -307,7 +392,7 @@ func (c *Container) wireStdio(cmd *exec.Cmd, stdio Stdio, out *bytes.Buffer) ([]
 		return ends, err
 	}
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = files[0], files[1], files[2]
-	c.copyOutput(stdio)
+	c.copyOutput()
 	return ends, nil
 }
 
@@ -331,49 +416,30 @@ func (r *Runtime) failure(c *Container, id, logPath, out string, exitErr error) 
 	return fmt.Errorf("%s create %s: %s", r.Name, id, oneLineMsg(msg))
 }
 
-// pipes makes the container's stdin, stdout and stderr (the runtime's ends
-// returned, ours kept) and starts copying stdin.
-func (c *Container) pipes(stdio Stdio) (files [3]*os.File, err error) {
-	devnull := func() (*os.File, error) { return os.Open(os.DevNull) }
-	if stdio.Stdin == nil {
-		if files[0], err = devnull(); err != nil {
-			return files, err
-		}
-	} else {
-		pr, pw, err := os.Pipe()
-		if err != nil {
-			return files, fmt.Errorf("stdin pipe: %w", err)
-		}
-		files[0] = pr
-		go copyStdin(pw, stdio.Stdin, nil)
+// pipes makes the container's stdin, stdout and stderr pipes: the
+// runtime's ends returned, ours kept (Start connects them to the caller's
+// streams, or to nothing).
+func (c *Container) pipes() (files [3]*os.File, err error) {
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return files, fmt.Errorf("stdin pipe: %w", err)
 	}
-	for i, w := range []io.Writer{stdio.Stdout, stdio.Stderr} {
-		if w == nil {
-			if files[i+1], err = os.OpenFile(os.DevNull, os.O_WRONLY, 0); err != nil {
-				return files, err
-			}
-			continue
-		}
+	files[0], c.stdin = pr, pw
+	for i := range c.outs {
 		pr, pw, err := os.Pipe()
 		if err != nil {
 			return files, fmt.Errorf("output pipe: %w", err)
 		}
-		files[i+1] = pw
-		c.outs = append(c.outs, pr)
+		files[i+1], c.outs[i] = pw, pr
 	}
 	return files, nil
 }
 
 // copyOutput starts copying the output pipes once the runtime said the
-// container runs (open); when it failed, what came is discarded.
-func (c *Container) copyOutput(stdio Stdio) {
-	j := 0
-	for _, w := range []io.Writer{stdio.Stdout, stdio.Stderr} {
-		if w == nil {
-			continue
-		}
-		r := c.outs[j]
-		j++
+// container runs (open), to the sinks Start set; when it failed, what came
+// is discarded.
+func (c *Container) copyOutput() {
+	for i, r := range c.outs {
 		c.copies.Add(1)
 		go func() {
 			defer c.copies.Done()
@@ -383,7 +449,7 @@ func (c *Container) copyOutput(stdio Stdio) {
 				_, _ = io.Copy(&c.heldBack, r)
 				return
 			}
-			_, _ = io.Copy(w, r)
+			_, _ = io.Copy(c.sinks[i], r)
 		}()
 	}
 }
@@ -580,11 +646,10 @@ func (c *Container) waitCopies() {
 }
 
 func (c *Container) closeFiles() {
-	for _, f := range c.outs {
-		f.Close()
-	}
-	if c.master != nil {
-		c.master.Close()
+	for _, f := range append(c.outs[:], c.master, c.stdin) {
+		if f != nil {
+			f.Close()
+		}
 	}
 }
 

@@ -445,12 +445,16 @@ type FakeProcess struct {
 	ID, Bundle string
 	Spec       *specs.Spec
 	Netns      string
-	// Request is what a waiting init read (Stdio.Request); its command,
+	// Request is what a waiting init read (Streams.Request); its command,
 	// environment and working directory are then in Spec too.
 	Request *pid1.Request
 
 	k        *FakeKernel
 	pid      int
+	terminal bool
+	start    chan struct{} // closed by Start
+	stdio    Stdio         // Start's
+	endOnce  sync.Once     // Start or Destroy
 	signals  chan syscall.Signal
 	killed   chan struct{}
 	killOnce sync.Once
@@ -497,6 +501,48 @@ func (p *FakeProcess) waitRequest(req *os.File, stdio Stdio) bool {
 	return true
 }
 
+// Started is closed when the container is started: the command (Command)
+// runs from then on, never before.
+func (p *FakeProcess) Started() <-chan struct{} { return p.start }
+
+// Start starts the created container: the command runs (FakeKernel's
+// Command). On error the container is destroyed.
+func (p *FakeProcess) Start(ctx context.Context, stdio Stdio) error {
+	first := false
+	p.endOnce.Do(func() { first = true })
+	if !first {
+		return fmt.Errorf("container %s: started or destroyed already", p.ID)
+	}
+	k := p.k
+	k.mu.Lock()
+	err := k.do("runtime.start " + p.ID)
+	k.mu.Unlock()
+	if err == nil && (stdio.Terminal != nil) != p.terminal {
+		err = errors.New("a terminal needs one at create and at start")
+	}
+	if err != nil {
+		_ = p.destroy(ctx)
+		return fmt.Errorf("runc start %s: %w", p.ID, err)
+	}
+	p.stdio = stdio
+	close(p.start)
+	return nil
+}
+
+// Destroy kills and deletes a container never started.
+func (p *FakeProcess) Destroy(ctx context.Context) error {
+	first := false
+	p.endOnce.Do(func() { first = true })
+	if !first {
+		return nil
+	}
+	return p.destroy(ctx)
+}
+
+func (p *FakeProcess) destroy(ctx context.Context) error {
+	return fakeContainers{p.k}.Delete(ctx, nil, p.ID)
+}
+
 // Signals delivers the signals sent to the process.
 func (p *FakeProcess) Signals() <-chan syscall.Signal { return p.signals }
 
@@ -534,49 +580,50 @@ func (p *FakeProcess) Signal(sig syscall.Signal) error {
 // fakeContainers are FakeKernel's Containers.
 type fakeContainers struct{ k *FakeKernel }
 
-// Start checks nothing of binds: the fake mounts nothing.
-func (f fakeContainers) Start(ctx context.Context, rt *Runtime, id, bundle string, stdio Stdio, binds []BindMount) (Process, error) {
+// Create checks nothing of binds: the fake mounts nothing. The process
+// runs the command (Command) once started, never before.
+func (f fakeContainers) Create(ctx context.Context, rt *Runtime, id, bundle string, streams Streams, binds []BindMount) (Created, error) {
 	k := f.k
 	k.mu.Lock()
-	err := k.do("runtime.start " + id)
+	err := k.do("runtime.create " + id)
 	_, exists := k.containers[id]
 	pid := 1000000 + len(k.ops)
 	k.mu.Unlock()
 	if err != nil {
-		return nil, fmt.Errorf("%s run %s: %w", rt.Name, id, err)
+		return nil, fmt.Errorf("%s create %s: %w", rt.Name, id, err)
 	}
 	if exists {
-		return nil, fmt.Errorf("%s run %s: container with given ID already exists", rt.Name, id)
+		return nil, fmt.Errorf("%s create %s: container with given ID already exists", rt.Name, id)
 	}
 	data, err := os.ReadFile(filepath.Join(bundle, "config.json"))
 	if err != nil {
-		return nil, fmt.Errorf("%s run %s: %w", rt.Name, id, err)
+		return nil, fmt.Errorf("%s create %s: %w", rt.Name, id, err)
 	}
 	var spec specs.Spec
 	if err := json.Unmarshal(data, &spec); err != nil {
-		return nil, fmt.Errorf("%s run %s: %w", rt.Name, id, err)
+		return nil, fmt.Errorf("%s create %s: %w", rt.Name, id, err)
 	}
-	p := &FakeProcess{ID: id, Bundle: bundle, Spec: &spec, k: k, pid: pid, signals: make(chan syscall.Signal, 16),
-		killed: make(chan struct{}), done: make(chan struct{})}
+	p := &FakeProcess{ID: id, Bundle: bundle, Spec: &spec, k: k, pid: pid, terminal: streams.Terminal, start: make(chan struct{}),
+		signals: make(chan syscall.Signal, 16), killed: make(chan struct{}), done: make(chan struct{})}
 	for _, n := range spec.Linux.Namespaces {
 		if n.Type == specs.NetworkNamespace {
 			p.Netns = n.Path
 		}
 	}
 	var req *os.File
-	if stdio.Request != nil {
+	if streams.Request != nil {
 		// The container's own copy of the request pipe (the caller closes
-		// its copy once Start returns), as the runtime passes it.
+		// its copy once Create returns), as the runtime passes it.
 		// Not Fd(), which would make the pipe blocking and its Read
 		// deaf to Close.
-		rc, err := stdio.Request.SyscallConn()
+		rc, err := streams.Request.SyscallConn()
 		fd, dupErr := -1, error(nil)
 		if err == nil {
 			err = rc.Control(func(f uintptr) { fd, dupErr = unix.Dup(int(f)) })
 		}
 		err = errors.Join(err, dupErr)
 		if err != nil {
-			return nil, fmt.Errorf("%s run %s: %w", rt.Name, id, err)
+			return nil, fmt.Errorf("%s create %s: %w", rt.Name, id, err)
 		}
 		req = os.NewFile(uintptr(fd), "request")
 	}
@@ -586,13 +633,22 @@ func (f fakeContainers) Start(ctx context.Context, rt *Runtime, id, bundle strin
 	k.mu.Unlock()
 	go func() {
 		defer close(p.done)
-		if req != nil && !p.waitRequest(req, stdio) {
+		select {
+		case <-p.start:
+		case <-p.killed:
+			p.code = 128 + int(syscall.SIGKILL)
+			if req != nil {
+				req.Close()
+			}
+			return
+		}
+		if req != nil && !p.waitRequest(req, p.stdio) {
 			return
 		}
 		if cmd == nil {
 			return
 		}
-		p.code = cmd(p, stdio)
+		p.code = cmd(p, p.stdio)
 		select {
 		case <-p.killed:
 			p.code = 128 + int(syscall.SIGKILL)

@@ -91,16 +91,19 @@ func TestHostContainersStartRunsTheRuntime(t *testing.T) {
 	// The fake runtime's shell may reap a child that exits before it
 	// does itself; runc's container outlives runc.
 	rt := fakeRuntime(t, `sleep 0.2; exit 4`)
-	p, err := hostContainers{}.Start(context.Background(), rt, "egt-fake", t.TempDir(), Stdio{}, nil)
+	p, err := hostContainers{}.Create(context.Background(), rt, "egt-fake", t.TempDir(), Streams{}, nil)
 	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Start(context.Background(), Stdio{}); err != nil {
 		t.Fatal(err)
 	}
 	if ex, err := p.Wait(context.Background()); err != nil || ex.Code != 4 {
 		t.Errorf("Wait = %+v, %v", ex, err)
 	}
 	broken, _ := scriptRuntime(t, `echo "no cgroup for you" >&2; exit 1`)
-	if p, err := (hostContainers{}).Start(context.Background(), broken, "egt-fake", t.TempDir(), Stdio{}, nil); err == nil || p != nil {
-		t.Errorf("Start with a failing runtime: %v, %v", p, err)
+	if p, err := (hostContainers{}).Create(context.Background(), broken, "egt-fake", t.TempDir(), Streams{}, nil); err == nil || p != nil {
+		t.Errorf("Create with a failing runtime: %v, %v", p, err)
 	}
 }
 
@@ -425,9 +428,9 @@ func TestBindSourceSwappedBeforeTheRuntimeIsRefused(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			rt, calls := scriptRuntime(t, "exit 0")
 			ok := BindMount{Dest: "/w/.git/hooks", Source: filepath.Join(ws, ".git/hooks"), Root: ws, Type: sourceDir, ReadOnly: true}
-			_, err := hostContainers{}.Start(context.Background(), rt, "egt-fake", t.TempDir(), Stdio{}, []BindMount{ok, tc.bind})
+			_, err := hostContainers{}.Create(context.Background(), rt, "egt-fake", t.TempDir(), Streams{}, []BindMount{ok, tc.bind})
 			if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), strconv.Quote(tc.bind.Dest)) {
-				t.Errorf("Start = %v, want an error naming %q and saying %q", err, tc.bind.Dest, tc.want)
+				t.Errorf("Create = %v, want an error naming %q and saying %q", err, tc.bind.Dest, tc.want)
 			}
 			if data, _ := os.ReadFile(calls); len(data) > 0 {
 				t.Errorf("the runtime was called: %s", data)

@@ -92,15 +92,29 @@ type Links interface {
 
 // Containers runs containers with an OCI runtime.
 type Containers interface {
-	// Start creates and starts the container id from bundle and returns
-	// once its process runs (Runtime.Start). Every bind mount of binds is
-	// of the object its source was when Start began, or the container is
-	// destroyed before anything runs in it and Start fails (the host's:
-	// see BindMount).
-	Start(ctx context.Context, rt *Runtime, id, bundle string, stdio Stdio, binds []BindMount) (Process, error)
+	// Create creates the container id from bundle (Runtime.Create), with
+	// its streams (a terminal or pipes, and a waiting init's request
+	// pipe), and returns it created: its
+	// process 1 waits, and nothing of the command runs before its Start.
+	// Every bind mount of binds is of the object its source was when
+	// Create began, or the container is destroyed and Create fails (the
+	// host's: see BindMount).
+	Create(ctx context.Context, rt *Runtime, id, bundle string, streams Streams, binds []BindMount) (Created, error)
 	// Delete removes the container, killing what is left of it; one that
 	// does not exist is no error.
 	Delete(ctx context.Context, rt *Runtime, id string) error
+}
+
+// Created is a container Containers.Create made.
+type Created interface {
+	// Start starts the command (Container.Start) with its streams
+	// connected to stdio; on error the container is destroyed and the
+	// command never ran. Then Process's methods apply.
+	Start(ctx context.Context, stdio Stdio) error
+	// Destroy kills, reaps and deletes a container never started; after
+	// Start it does nothing.
+	Destroy(ctx context.Context) error
+	Process
 }
 
 // Process is a started container's process 1.

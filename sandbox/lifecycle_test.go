@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -260,7 +261,7 @@ func TestLifecycleTeardownOnEveryWayOut(t *testing.T) {
 			}
 		}},
 		{name: "runtime fails", fail: "runtime.start", run: func(t *testing.T, s *Sandbox, k *FakeKernel) {
-			if _, err := s.Run(context.Background(), Stdio{}); err == nil || !strings.Contains(err.Error(), "runc run") {
+			if _, err := s.Run(context.Background(), Stdio{}); err == nil || !strings.Contains(err.Error(), "runc start") {
 				t.Errorf("Run with a failing runtime: %v", err)
 			}
 		}},
@@ -348,6 +349,7 @@ func TestLifecycleTeardownStopsTheWorkloadBeforeTheNamespace(t *testing.T) {
 	for k.Container(s.ID()) == nil {
 		time.Sleep(time.Millisecond)
 	}
+	<-k.Container(s.ID()).Started()
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -712,4 +714,97 @@ func TestLifecycleStateDirectoryThatCannotBeClaimed(t *testing.T) {
 		}
 	}
 	checkNothingLeft(t, k, cfg.StateDir)
+}
+
+// TestLifecycleCommandCannotRunBeforeTheFirewall: the runtime creates the
+// container while the firewall, the uplink and egressd come up, but the
+// command starts only once all of them are in force; when one of them
+// fails, the created container is destroyed and the command never ran.
+func TestLifecycleCommandCannotRunBeforeTheFirewall(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		fail error // the firewall's install
+	}{
+		{name: "setup succeeds"},
+		{name: "firewall fails", fail: errors.New("injected firewall failure")},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			k := NewFakeKernel()
+			var ran atomic.Int32
+			var missing []string // what was not in force when the command ran
+			k.Command = func(p *FakeProcess, stdio Stdio) int {
+				ran.Add(1)
+				if !slices.Contains(k.Netfilter.Namespaces(), p.Netns) {
+					missing = append(missing, "the firewall")
+				}
+				if l := k.Link(p.ID); l == nil || !l.Up {
+					missing = append(missing, "the uplink")
+				}
+				if eg := k.Egressd(); len(eg) != 1 || eg[0].NsPath != p.Netns || eg[0].stopped() {
+					missing = append(missing, "egressd")
+				}
+				return 0
+			}
+			cfg := fakeConfig(t, k, "standard")
+			cfg.ID = "egs-0a1b2c3d"
+			// The firewall's install waits until the container exists:
+			// the two overlap, and a container that could run before
+			// its firewall would do so now.
+			var once sync.Once
+			k.Netfilter.Fail = func(op, ns string, f firewall.Family) error {
+				if op != "restore" || ns == "" {
+					return nil
+				}
+				var err error
+				once.Do(func() {
+					deadline := time.Now().Add(5 * time.Second)
+					for k.Container(cfg.ID) == nil && time.Now().Before(deadline) {
+						time.Sleep(time.Millisecond)
+					}
+					c := k.Container(cfg.ID)
+					if c == nil {
+						t.Error("the container was not created while the firewall went in")
+						return
+					}
+					select {
+					case <-c.Started():
+						t.Error("the container started before its firewall was installed")
+					case <-time.After(20 * time.Millisecond):
+					}
+					err = tc.fail
+				})
+				return err
+			}
+			s, err := Create(context.Background(), cfg)
+			if tc.fail != nil {
+				if err == nil || !strings.Contains(err.Error(), tc.fail.Error()) {
+					t.Errorf("Create = %v, want the firewall's failure", err)
+				}
+				if s != nil {
+					s.Close()
+				}
+				if slices.ContainsFunc(k.Ops(), func(o string) bool { return strings.HasPrefix(o, "runtime.start") }) {
+					t.Errorf("the container was started: %q", k.Ops())
+				}
+				if ran.Load() != 0 {
+					t.Error("the command ran")
+				}
+				checkNothingLeft(t, k, cfg.StateDir)
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res, err := s.Run(context.Background(), Stdio{}); err != nil || res.ExitCode != 0 {
+				t.Errorf("Run = %+v, %v", res, err)
+			}
+			if err := s.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if ran.Load() != 1 || len(missing) > 0 {
+				t.Errorf("the command ran %d times, without %v", ran.Load(), missing)
+			}
+			checkNothingLeft(t, k, cfg.StateDir)
+		})
+	}
 }

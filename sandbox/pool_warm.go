@@ -18,8 +18,9 @@ import (
 
 // A pooled member's next container is made and started while the member
 // is idle (docs/design.md, "Pooled reuse"): its bundle, the runtime's
-// create, the check of its mounts and the runtime's start, with the init
-// waiting for its execution (pid1 waiting mode). Only what differs per
+// create (Containers.Create, the request pipe preserved), the check of its
+// mounts and the runtime's start (Created.Start), with the init waiting
+// for its execution (pid1 waiting mode). Only what differs per
 // execution — the command, its environment with the secrets, its working
 // directory — comes later, by a pipe (pid1.Request); everything else of
 // the container's spec is the pool's shape, and a tenant whose spec
@@ -57,31 +58,42 @@ func waitingPlan(b *Plan) *Plan {
 }
 
 // prestart makes m's next container (see above) and starts it, its init
-// waiting. On error what it made is for the caller's reset or teardown.
+// waiting: its root and bundle, the runtime's create with the request
+// pipe's read end preserved as the init's pid1.RequestFD and the mounts
+// checked (prepareContainer: Containers.Create, THREATS I5), then the
+// runtime's start. On error what it made is for the caller's reset or
+// teardown.
 func (m *member) prestart(ctx context.Context) error {
 	s := m.s
 	s.mu.Lock()
 	s.plan, s.cfg, s.secrets = m.wait, m.wait.cfg, nil
 	s.mu.Unlock()
-	if err := s.prepareContainer(ctx); err != nil {
-		return err
-	}
 	r, wr, err := os.Pipe()
 	if err != nil {
 		return fmt.Errorf("the request pipe: %w", err)
 	}
-	w := &waiting{req: wr, stdin: newStdinGate()}
-	s.container.Store(true)
 	s.exited.Store(false)
-	proc, err := s.k.Runtime.Start(ctx, s.rt, s.id, s.bundle,
-		Stdio{Stdin: w.stdin, Stdout: &w.stdout, Stderr: &w.stderr, Request: r}, m.wait.Container.Binds(s.dir))
-	r.Close()
+	err = s.prepareContainer(ctx, r)
+	r.Close() // the init's copy is its own
+	s.mu.Lock()
+	c := s.created
+	s.created = nil
+	s.mu.Unlock()
 	if err != nil {
+		wr.Close()
+		if c != nil {
+			_ = c.Destroy(ctx)
+		}
+		return err
+	}
+	w := &waiting{req: wr, stdin: newStdinGate()}
+	if err := c.Start(ctx, Stdio{Stdin: w.stdin, Stdout: &w.stdout, Stderr: &w.stderr}); err != nil {
+		// Start destroyed the container.
 		wr.Close()
 		w.stdin.feed(nil)
 		return err
 	}
-	w.proc = watch(proc)
+	w.proc = watch(c)
 	m.next = w
 	return nil
 }

@@ -270,10 +270,13 @@ func WriteBundle(dir string, spec *specs.Spec) error {
 // hostContainers runs containers with the runtime's binary (Containers).
 type hostContainers struct{}
 
-// Start opens and identifies every source of binds (recordBinds), has the
-// runtime create the container, verifies that each planned destination
-// shows its recorded object (boundObjects.verify), and only then starts it.
-func (hostContainers) Start(ctx context.Context, rt *Runtime, id, bundle string, stdio Stdio, binds []BindMount) (Process, error) {
+// Create opens and identifies every source of binds (recordBinds), has the
+// runtime create the container, and verifies that each planned destination
+// shows its recorded object (boundObjects.verify); a container that fails
+// the check is destroyed. Once made, a mount shows the object it was made
+// of whatever later happens to the source's path, so the check holds until
+// the container is started, however long after.
+func (hostContainers) Create(ctx context.Context, rt *Runtime, id, bundle string, streams Streams, binds []BindMount) (Created, error) {
 	objs, err := recordBinds(binds)
 	if err != nil {
 		return nil, err
@@ -282,9 +285,13 @@ func (hostContainers) Start(ctx context.Context, rt *Runtime, id, bundle string,
 	check := objs.verify
 	if testHook != nil {
 		testHook("create")
-		check = func(pid int) error { testHook("verify"); return objs.verify(pid) }
+		check = func(pid int) error {
+			testHook("verify")
+			defer testHook("verified")
+			return objs.verify(pid)
+		}
 	}
-	c, err := rt.start(ctx, id, bundle, stdio, check)
+	c, err := rt.create(ctx, id, bundle, streams, check)
 	if err != nil {
 		return nil, err
 	}
@@ -294,9 +301,9 @@ func (hostContainers) Start(ctx context.Context, rt *Runtime, id, bundle string,
 // testHook, set only by tests, runs at "placeholders", before the
 // protected paths' placeholders of a directory are made, at "create",
 // between the recording of a container's bind sources and the runtime's
-// create, and at "verify", between the create and the check of its
-// mounts: where a sandbox sharing a directory would swap a path, and swap
-// it back.
+// create, at "verify", between the create and the check of its mounts,
+// and at "verified", after the check: where a sandbox sharing a directory
+// would swap a path, and swap it back.
 var testHook func(stage string)
 
 // Delete runs the runtime's delete, unless runc certainly has no record of

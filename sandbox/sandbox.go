@@ -169,6 +169,8 @@ type Sandbox struct {
 
 	container atomic.Bool      // the runtime may know the container
 	exited    atomic.Bool      // Run reaped the container's process 1
+	created   Created          // the container created, not yet started (mu)
+	closing   bool             // Close has begun (mu)
 	ctr       Process          // the started container (mu)
 	pending   []syscall.Signal // sent before ctr was known (mu)
 	secrets   []string
@@ -392,10 +394,36 @@ var errTimedOut = errors.New("the sandbox's timeout expired")
 // returned with the result. A runtime that fails to start the container is an
 // error, never an exit status. Run may be called once.
 func (s *Sandbox) Run(ctx context.Context, stdio Stdio) (Result, error) {
-	return s.run(ctx, stdio, func(ctx context.Context, stdio Stdio) (Process, error) {
-		s.container.Store(true)
-		return s.k.Runtime.Start(ctx, s.rt, s.id, s.bundle, stdio, s.plan.Container.Binds(s.dir))
-	})
+	return s.run(ctx, stdio, s.start)
+}
+
+// start starts the container Apply created (the runtime's start): the
+// cold path's start function of run.
+func (s *Sandbox) start(ctx context.Context, stdio Stdio) (Process, error) {
+	s.mu.Lock()
+	c, closing := s.created, s.closing
+	s.created = nil
+	s.mu.Unlock()
+	if closing {
+		if c != nil {
+			_ = c.Destroy(ctx)
+		}
+		return nil, errors.New("running the sandbox: it is being torn down")
+	}
+	if c == nil {
+		// Not made by Apply (a Sandbox of a test's own making).
+		var err error
+		if c, err = s.createContainer(ctx, nil); err != nil {
+			return nil, err
+		}
+	}
+	t := time.Now()
+	err := c.Start(ctx, stdio)
+	s.timed("runtime.start", t)
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
 }
 
 // run is Run with the container's process started by start (a pooled
@@ -505,6 +533,9 @@ const teardownTimeout = 30 * time.Second
 // Close is idempotent, and safe after a partial Apply.
 func (s *Sandbox) Close() error {
 	s.closeOnce.Do(func() {
+		s.mu.Lock()
+		s.closing = true
+		s.mu.Unlock()
 		start := time.Now()
 		s.closeErr = s.teardown()
 		s.timed("teardown", start)
@@ -557,8 +588,20 @@ func (s *Sandbox) teardown() error {
 	return errs.join()
 }
 
-// deleteContainer has the runtime delete the container, if it may know it.
+// deleteContainer has the runtime delete the container, if it may know it
+// (a container created and never started is destroyed: its process killed
+// and reaped too).
 func (s *Sandbox) deleteContainer(ctx context.Context) error {
+	s.mu.Lock()
+	c := s.created
+	s.created = nil
+	s.mu.Unlock()
+	if c != nil {
+		if err := c.Destroy(ctx); err != nil {
+			return fmt.Errorf("deleting container %s: %w", s.id, err)
+		}
+		return nil
+	}
 	if !s.container.Load() || s.rt == nil {
 		return nil
 	}
