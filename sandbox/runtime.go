@@ -16,11 +16,14 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/egressd/egressd/sandbox/specconv"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
-// DefaultRuntime is the OCI runtime used when none is named.
+// DefaultRuntime is the OCI runtime used when none is named and crun
+// cannot be (NewRuntime).
 const DefaultRuntime = "runc"
 
 // KnownRuntimes are the runtime names NewRuntime accepts besides a path.
@@ -41,7 +44,8 @@ const (
 // Runtime runs containers with an OCI runtime binary (runc's command line:
 // crun and runsc accept the same commands used here).
 type Runtime struct {
-	// Name is what was asked for ("runc", "crun", "runsc" or a path).
+	// Name is what was asked for ("runc", "crun", "runsc" or a path), or
+	// the one chosen when none was.
 	Name string
 	// Path is the binary.
 	Path string
@@ -49,17 +53,22 @@ type Runtime struct {
 	// runtime's default (/run/runc for runc as root), where `runc list`
 	// shows the containers.
 	Root string
+	// Why says why this runtime runs the containers: named, or chosen
+	// (and why crun was not, when it was not).
+	Why string
 }
 
 // NewRuntime finds the OCI runtime name (a known name looked up in PATH, or
 // a path to a binary) and returns it with state directory root ("" for the
-// runtime's default).
+// runtime's default). With no name it chooses: crun where it is installed
+// and works on the host's cgroup layout (it starts a container in a third
+// of runc's time), else runc.
 func NewRuntime(name, root string) (*Runtime, error) {
-	if name == "" {
-		name = DefaultRuntime
-	}
 	if root != "" && !filepath.IsAbs(root) {
 		return nil, fmt.Errorf("runtime state directory %q is not an absolute path", root)
+	}
+	if name == "" {
+		return chooseRuntime(root, exec.LookPath, hostCgroupMode())
 	}
 	var p string
 	if strings.Contains(name, "/") {
@@ -85,7 +94,74 @@ func NewRuntime(name, root string) (*Runtime, error) {
 			return nil, fmt.Errorf("runtime %s not found: install it or use --runtime %s", name, DefaultRuntime)
 		}
 	}
-	return &Runtime{Name: name, Path: p, Root: root}, nil
+	return &Runtime{Name: name, Path: p, Root: root, Why: "named (--runtime)"}, nil
+}
+
+// chooseRuntime is NewRuntime without a name: crun when lookPath finds it
+// and layout is one crun runs on, else runc.
+func chooseRuntime(root string, lookPath func(string) (string, error), layout cgroupMode) (*Runtime, error) {
+	why := ""
+	if p, err := lookPath("crun"); err != nil {
+		why = "crun is not installed"
+	} else if refusal := layout.crunRefusal(); refusal != "" {
+		why = "crun is installed but " + refusal
+	} else {
+		return &Runtime{Name: "crun", Path: p, Root: root, Why: "chosen: crun is installed and runs on this host's cgroups (" + layout.String() + ")"}, nil
+	}
+	p, err := lookPath(DefaultRuntime)
+	if err != nil {
+		return nil, fmt.Errorf("no OCI runtime found: install runc (or crun), or name one with --runtime PATH (%s)", why)
+	}
+	return &Runtime{Name: DefaultRuntime, Path: p, Root: root, Why: "chosen: " + why}, nil
+}
+
+// cgroupMode is how the host mounts its cgroups, as far as the choice of
+// runtime cares (cgroupLayout is where the launcher's own cgroups are).
+type cgroupMode struct {
+	// Unified: /sys/fs/cgroup is cgroup v2 itself.
+	Unified bool
+	// Hybrid: v1 hierarchies with a v2 one at /sys/fs/cgroup/unified,
+	// whose available controllers are HybridControllers.
+	Hybrid            bool
+	HybridControllers []string
+}
+
+// hostCgroupMode reads the host's cgroup layout.
+func hostCgroupMode() cgroupMode {
+	var st unix.Statfs_t
+	if unix.Statfs("/sys/fs/cgroup", &st) == nil && st.Type == unix.CGROUP2_SUPER_MAGIC {
+		return cgroupMode{Unified: true}
+	}
+	var l cgroupMode
+	if unix.Statfs("/sys/fs/cgroup/unified", &st) == nil && st.Type == unix.CGROUP2_SUPER_MAGIC {
+		l.Hybrid = true
+		data, _ := os.ReadFile("/sys/fs/cgroup/unified/cgroup.controllers")
+		l.HybridControllers = strings.Fields(string(data))
+	}
+	return l
+}
+
+func (l cgroupMode) String() string {
+	switch {
+	case l.Unified:
+		return "v2, unified"
+	case l.Hybrid && len(l.HybridControllers) > 0:
+		return "hybrid v1 + v2, controllers " + strings.Join(l.HybridControllers, " ") + " on v2"
+	case l.Hybrid:
+		return "hybrid v1 + v2, no controller on v2"
+	}
+	return "v1"
+}
+
+// crunRefusal says why crun cannot run containers on l, or "". crun
+// (1.8) refuses a hybrid layout whose v2 hierarchy has controllers:
+// "cgroups in hybrid mode not supported, drop all controllers from
+// cgroupv2".
+func (l cgroupMode) crunRefusal() string {
+	if l.Hybrid && len(l.HybridControllers) > 0 {
+		return "refuses this host's cgroup layout (" + l.String() + "; crun: \"cgroups in hybrid mode not supported, drop all controllers from cgroupv2\")"
+	}
+	return ""
 }
 
 // checkID refuses a container id that is not 1-128 letters, digits, '_',

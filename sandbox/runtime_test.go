@@ -572,3 +572,58 @@ func TestOpenProfileRunsOnTheHostNetwork(t *testing.T) {
 		t.Errorf("stdout %q, want %q", r.stdout, want)
 	}
 }
+
+// TestChooseRuntimeTakesCrunOnlyWhereItRuns: without --runtime, crun runs
+// the containers where it is installed and the host's cgroup layout is
+// one it accepts; runc otherwise, and the choice says why.
+func TestChooseRuntimeTakesCrunOnlyWhereItRuns(t *testing.T) {
+	installed := func(names ...string) func(string) (string, error) {
+		return func(name string) (string, error) {
+			if slices.Contains(names, name) {
+				return "/usr/bin/" + name, nil
+			}
+			return "", exec.ErrNotFound
+		}
+	}
+	hybrid := cgroupMode{Hybrid: true, HybridControllers: []string{"hugetlb"}}
+	for _, tc := range []struct {
+		name      string
+		lookPath  func(string) (string, error)
+		mode      cgroupMode
+		want, why string
+		err       string
+	}{
+		{"v2 with crun", installed("runc", "crun"), cgroupMode{Unified: true}, "crun", "crun is installed and runs on this host's cgroups (v2, unified)", ""},
+		{"v1 with crun", installed("runc", "crun"), cgroupMode{}, "crun", "(v1)", ""},
+		{"hybrid, v2 without controllers", installed("runc", "crun"), cgroupMode{Hybrid: true}, "crun", "no controller on v2", ""},
+		{"hybrid, controllers on v2", installed("runc", "crun"), hybrid, "runc",
+			`crun is installed but refuses this host's cgroup layout (hybrid v1 + v2, controllers hugetlb on v2; crun: "cgroups in hybrid mode not supported`, ""},
+		{"no crun", installed("runc"), cgroupMode{Unified: true}, "runc", "crun is not installed", ""},
+		{"crun only, hybrid", installed("crun"), hybrid, "", "", "no OCI runtime found: install runc (or crun), or name one with --runtime PATH (crun is installed but refuses"},
+		{"none", installed(), cgroupMode{Unified: true}, "", "", "no OCI runtime found"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rt, err := chooseRuntime("/state", tc.lookPath, tc.mode)
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Errorf("chooseRuntime = %+v, %v; want an error saying %q", rt, err, tc.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rt.Name != tc.want || rt.Path != "/usr/bin/"+tc.want || rt.Root != "/state" || !strings.Contains(rt.Why, tc.why) {
+				t.Errorf("chooseRuntime = %+v, want %s because %q", rt, tc.want, tc.why)
+			}
+		})
+	}
+	// This host: whatever it chose, it says why; crun only if it runs here.
+	rt, err := NewRuntime("", "")
+	if err != nil {
+		t.Skipf("no runtime on this host: %v", err)
+	}
+	if rt.Why == "" || (rt.Name == "crun") != (hostCgroupMode().crunRefusal() == "") {
+		t.Errorf("NewRuntime() = %+v on a host of cgroups %s", rt, hostCgroupMode())
+	}
+}

@@ -242,6 +242,9 @@ func (s *Sandbox) EgressdPID() int {
 	return s.eg.Pid()
 }
 
+// Runtime returns the OCI runtime that runs the sandbox's container.
+func (s *Sandbox) Runtime() *Runtime { return s.rt }
+
 // Plan returns the plan the sandbox was made from.
 func (s *Sandbox) Plan() *Plan { return s.plan }
 
@@ -260,8 +263,9 @@ func (s *Sandbox) Denials() []Denial {
 }
 
 // Timings returns how long each phase took so far. Create's parallel
-// phases (firewall, uplink, egressd, container) overlap; "setup" is their
-// wall time.
+// phases (firewall, uplink, egressd, container, the last including
+// runtime.create) overlap; "setup" is their wall time. Run's are
+// runtime.start and run (from the start to the end of the command).
 func (s *Sandbox) Timings() []Timing {
 	s.mu.Lock()
 	defer s.mu.Unlock()

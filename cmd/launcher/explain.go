@@ -40,10 +40,11 @@ func cmdExplain(args []string, stdout, stderr io.Writer) int {
 		fail(stderr, err)
 		return exitLauncher
 	}
+	rt := runtimeChoice(cfg.Runtime, f.runtime)
 	if f.json {
-		err = writeExplainJSON(stdout, warnings, ex)
+		err = writeExplainJSON(stdout, warnings, ex, rt)
 	} else {
-		err = writeExplainText(stdout, stderr, p, warnings, ex)
+		err = writeExplainText(stdout, stderr, p, warnings, ex, rt)
 	}
 	if err != nil {
 		fail(stderr, err)
@@ -52,8 +53,29 @@ func cmdExplain(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
+// explainRuntime is the OCI runtime a run would use, and why (or why
+// there is none).
+type explainRuntime struct {
+	Name  string `json:"name,omitempty"`
+	Path  string `json:"path,omitempty"`
+	Why   string `json:"why,omitempty"`
+	Error string `json:"error,omitempty"`
+}
+
+// runtimeChoice is the runtime a run would use: rt, the one --runtime
+// named, or else the one NewRuntime chooses on this host.
+func runtimeChoice(rt *sandbox.Runtime, named string) explainRuntime {
+	if rt == nil {
+		var err error
+		if rt, err = sandbox.NewRuntime(named, ""); err != nil {
+			return explainRuntime{Error: err.Error()}
+		}
+	}
+	return explainRuntime{Name: rt.Name, Path: rt.Path, Why: rt.Why}
+}
+
 // writeExplainJSON writes the plan as `explain --json` shows it.
-func writeExplainJSON(stdout io.Writer, warnings []policy.Warning, ex *sandbox.Explanation) error {
+func writeExplainJSON(stdout io.Writer, warnings []policy.Warning, ex *sandbox.Explanation, rt explainRuntime) error {
 	out := struct {
 		Profile   []policy.Provenance      `json:"profile"`
 		Warnings  []string                 `json:"warnings,omitempty"`
@@ -64,8 +86,9 @@ func writeExplainJSON(stdout io.Writer, warnings []policy.Warning, ex *sandbox.E
 		View      *specconv.View           `json:"view"`
 		Protected []specconv.ProtectedPath `json:"protected,omitempty"`
 		Init      any                      `json:"init,omitempty"`
+		Runtime   explainRuntime           `json:"runtime"`
 		Spec      any                      `json:"spec"`
-	}{Profile: ex.Profile, Uplink: ex.Uplink, Egressd: ex.Egressd, User: ex.User, View: ex.View, Protected: ex.Protected, Init: ex.Init, Spec: ex.Spec}
+	}{Profile: ex.Profile, Uplink: ex.Uplink, Egressd: ex.Egressd, User: ex.User, View: ex.View, Protected: ex.Protected, Init: ex.Init, Runtime: rt, Spec: ex.Spec}
 	for _, w := range warnings {
 		out.Warnings = append(out.Warnings, w.String())
 	}
@@ -80,7 +103,7 @@ func writeExplainJSON(stdout io.Writer, warnings []policy.Warning, ex *sandbox.E
 
 // writeExplainText writes the plan as `explain` shows it to a person: the
 // warnings on stderr, the rest on stdout.
-func writeExplainText(stdout, stderr io.Writer, p *policy.Profile, warnings []policy.Warning, ex *sandbox.Explanation) error {
+func writeExplainText(stdout, stderr io.Writer, p *policy.Profile, warnings []policy.Warning, ex *sandbox.Explanation, rt explainRuntime) error {
 	for _, w := range warnings {
 		fmt.Fprintf(stderr, "launcher: %s\n", oneLine(w.String()))
 	}
@@ -112,6 +135,11 @@ func writeExplainText(stdout, stderr io.Writer, p *policy.Profile, warnings []po
 	}
 	if ex.Spec.Process.Terminal {
 		fmt.Fprintf(stdout, "\n# Terminal: a pseudo-terminal made inside the sandbox, %dx%d\n", ex.Spec.Process.ConsoleSize.Height, ex.Spec.Process.ConsoleSize.Width)
+	}
+	if rt.Error != "" {
+		fmt.Fprintf(stdout, "\n# OCI runtime: none usable (%s)\n", rt.Error)
+	} else {
+		fmt.Fprintf(stdout, "\n# OCI runtime: %s (%s)\n%s\n", rt.Name, rt.Path, rt.Why)
 	}
 	spec, err := json.MarshalIndent(ex.Spec, "", "  ")
 	if err != nil {

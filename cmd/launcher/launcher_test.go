@@ -352,7 +352,7 @@ func TestExplainJSONHasTheThreeParts(t *testing.T) {
 		t.Fatalf("exit %d: %s", code, stderr.String())
 	}
 	for _, want := range []string{"# Profile \"standard\"", "network.mode", "builtin:standard", "# Firewall, IPv4", "-j REDIRECT --to-ports 15001",
-		"# Init, the sandbox's process 1", pid1.Path + ": ", "passes SIGHUP SIGINT SIGQUIT SIGTERM", "# OCI runtime spec", `"args": [`} {
+		"# Init, the sandbox's process 1", pid1.Path + ": ", "# OCI runtime: ", "passes SIGHUP SIGINT SIGQUIT SIGTERM", "# OCI runtime spec", `"args": [`} {
 		if !strings.Contains(stdout.String(), want) {
 			t.Errorf("explain output lacks %q", want)
 		}
@@ -360,8 +360,9 @@ func TestExplainJSONHasTheThreeParts(t *testing.T) {
 }
 
 func TestTimingsLine(t *testing.T) {
-	got := formatTimings(2*time.Millisecond, 1500*time.Microsecond, []sandbox.Timing{{Phase: "run", Duration: 60 * time.Millisecond}, {Phase: "netns", Duration: 3 * time.Millisecond}, {Phase: "firewall", Duration: 20 * time.Millisecond}}, 100*time.Millisecond)
-	if want := "prepare=2.0ms reap=1.5ms netns=3.0ms firewall=20.0ms run=60.0ms total=100.0ms"; got != want {
+	got := formatTimings("runc", 2*time.Millisecond, 1500*time.Microsecond, []sandbox.Timing{{Phase: "run", Duration: 60 * time.Millisecond}, {Phase: "netns", Duration: 3 * time.Millisecond},
+		{Phase: "runtime.start", Duration: 9 * time.Millisecond}, {Phase: "firewall", Duration: 20 * time.Millisecond}, {Phase: "runtime.create", Duration: 30 * time.Millisecond}}, 100*time.Millisecond)
+	if want := "runtime=runc prepare=2.0ms reap=1.5ms netns=3.0ms firewall=20.0ms runtime.create=30.0ms runtime.start=9.0ms run=60.0ms total=100.0ms"; got != want {
 		t.Errorf("formatTimings = %q, want %q", got, want)
 	}
 }

@@ -136,7 +136,9 @@ func cmdRun(ctx context.Context, args []string, stdin io.Reader, stdout, stderr 
 	out.logw.crlf.Store(false)
 	closeErr := s.Close()
 	report := runReport{f: f, p: p, s: s, words: out.words, res: res, runErr: runErr, closeErr: closeErr, ctx: ctx,
-		timings: func() string { return formatTimings(prepTime, reapTime, s.Timings(), time.Since(start)) }}
+		timings: func() string {
+			return formatTimings(s.Runtime().Name, prepTime, reapTime, s.Timings(), time.Since(start))
+		}}
 	return report.print(stderr, sigs.exitCode)
 }
 
@@ -301,17 +303,19 @@ func secretValues(cfg sandbox.Config) []string {
 	return out
 }
 
-// formatTimings renders the phases for --timings, in the order they
-// happen: "prepare=2.0ms reap=0.1ms netns=3.2ms firewall=... total=...".
-// prepare is the flags and the profile's resolution; total runs from the
-// start of the run command to the end of the teardown.
-func formatTimings(prepare, reap time.Duration, ts []sandbox.Timing, total time.Duration) string {
-	order := []string{"netns", "firewall", "uplink", "egressd", "container", "setup", "create", "run", "teardown"}
+// formatTimings renders the runtime that ran the container and the phases
+// for --timings, in the order they happen: "runtime=runc prepare=2.0ms
+// reap=0.1ms netns=3.2ms firewall=... total=...". prepare is the flags and
+// the profile's resolution; total runs from the start of the run command
+// to the end of the teardown.
+func formatTimings(runtime string, prepare, reap time.Duration, ts []sandbox.Timing, total time.Duration) string {
+	order := []string{"netns", "firewall", "uplink", "egressd", "container", "runtime.create", "setup", "create",
+		"runtime.start", "run", "teardown"}
 	got := map[string]time.Duration{}
 	for _, t := range ts {
 		got[t.Phase] = t.Duration
 	}
-	parts := []string{"prepare=" + ms(prepare), "reap=" + ms(reap)}
+	parts := []string{"runtime=" + runtime, "prepare=" + ms(prepare), "reap=" + ms(reap)}
 	for _, name := range order {
 		if d, ok := got[name]; ok {
 			parts = append(parts, name+"="+ms(d))
