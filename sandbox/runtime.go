@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -68,7 +69,7 @@ func NewRuntime(name, root string) (*Runtime, error) {
 		return nil, fmt.Errorf("runtime state directory %q is not an absolute path", root)
 	}
 	if name == "" {
-		return chooseRuntime(root, exec.LookPath, hostCgroupMode())
+		return chooseRuntime(root, exec.LookPath, hostCgroupMode(), runtimeOCIMax)
 	}
 	var p string
 	if strings.Contains(name, "/") {
@@ -97,22 +98,69 @@ func NewRuntime(name, root string) (*Runtime, error) {
 	return &Runtime{Name: name, Path: p, Root: root, Why: "named (--runtime)"}, nil
 }
 
-// chooseRuntime is NewRuntime without a name: crun when lookPath finds it
-// and layout is one crun runs on, else runc.
-func chooseRuntime(root string, lookPath func(string) (string, error), layout cgroupMode) (*Runtime, error) {
+// chooseRuntime is NewRuntime without a name: crun when lookPath finds
+// it, mode is a cgroup layout crun runs on, and ociMax (crun features)
+// says it takes the spec's version (crun refuses a spec of an ociVersion
+// it does not know: crun 1.8 takes 1.0 and 1.1 only); else runc.
+func chooseRuntime(root string, lookPath func(string) (string, error), mode cgroupMode, ociMax func(path string) (string, error)) (*Runtime, error) {
 	why := ""
 	if p, err := lookPath("crun"); err != nil {
 		why = "crun is not installed"
-	} else if refusal := layout.crunRefusal(); refusal != "" {
+	} else if refusal := mode.crunRefusal(); refusal != "" {
 		why = "crun is installed but " + refusal
+	} else if max, err := ociMax(p); err != nil || !versionAtLeast(max, specs.Version) {
+		if err != nil {
+			why = fmt.Sprintf("crun is installed but cannot say which spec versions it runs (%s features: %v), and the spec is %s", p, err, specs.Version)
+		} else {
+			why = fmt.Sprintf("crun is installed but runs specs up to %s, and the spec is %s", max, specs.Version)
+		}
 	} else {
-		return &Runtime{Name: "crun", Path: p, Root: root, Why: "chosen: crun is installed and runs on this host's cgroups (" + layout.String() + ")"}, nil
+		return &Runtime{Name: "crun", Path: p, Root: root, Why: "chosen: crun is installed, runs on this host's cgroups (" + mode.String() + ") and takes spec " + specs.Version}, nil
 	}
 	p, err := lookPath(DefaultRuntime)
 	if err != nil {
 		return nil, fmt.Errorf("no OCI runtime found: install runc (or crun), or name one with --runtime PATH (%s)", why)
 	}
 	return &Runtime{Name: DefaultRuntime, Path: p, Root: root, Why: "chosen: " + why}, nil
+}
+
+// runtimeOCIMax asks the runtime at path for the newest spec version it
+// runs (`features`: ociVersionMax).
+func runtimeOCIMax(path string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var stdout, stderr bytes.Buffer
+	cmd := exec.CommandContext(ctx, path, "features")
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return "", fmt.Errorf("%v: %s", err, oneLineMsg(strings.TrimSpace(stderr.String()+stdout.String())))
+	}
+	var f struct {
+		OCIVersionMax string `json:"ociVersionMax"`
+	}
+	if err := json.Unmarshal(stdout.Bytes(), &f); err != nil || f.OCIVersionMax == "" {
+		return "", fmt.Errorf("no ociVersionMax in its answer")
+	}
+	return f.OCIVersionMax, nil
+}
+
+// versionAtLeast reports whether version a ("1.2.0", "1.0.2-dev") is at
+// least b, comparing major, minor and patch numbers (a suffix after '-'
+// makes it a pre-release of its numbers: less).
+func versionAtLeast(a, b string) bool {
+	parse := func(v string) (n [3]int, pre bool) {
+		v, suffix, _ := strings.Cut(v, "-")
+		for i, part := range strings.SplitN(v, ".", 3) {
+			n[i], _ = strconv.Atoi(part)
+		}
+		return n, suffix != ""
+	}
+	na, preA := parse(a)
+	nb, preB := parse(b)
+	if c := slices.Compare(na[:], nb[:]); c != 0 {
+		return c > 0
+	}
+	return !preA || preB
 }
 
 // cgroupMode is how the host mounts its cgroups, as far as the choice of

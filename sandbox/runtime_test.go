@@ -21,6 +21,7 @@ import (
 	"github.com/egressd/egressd/internal/privtest"
 	"github.com/egressd/egressd/policy"
 	"github.com/egressd/egressd/sandbox/specconv"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
 func requireRootForContainers(t testing.TB) {
@@ -586,24 +587,34 @@ func TestChooseRuntimeTakesCrunOnlyWhereItRuns(t *testing.T) {
 		}
 	}
 	hybrid := cgroupMode{Hybrid: true, HybridControllers: []string{"hugetlb"}}
+	takes := func(max string) func(string) (string, error) {
+		return func(string) (string, error) { return max, nil }
+	}
+	old := func(string) (string, error) { return "", errors.New("exit status 1: unknown command features") }
 	for _, tc := range []struct {
 		name      string
 		lookPath  func(string) (string, error)
 		mode      cgroupMode
+		ociMax    func(string) (string, error)
 		want, why string
 		err       string
 	}{
-		{"v2 with crun", installed("runc", "crun"), cgroupMode{Unified: true}, "crun", "crun is installed and runs on this host's cgroups (v2, unified)", ""},
-		{"v1 with crun", installed("runc", "crun"), cgroupMode{}, "crun", "(v1)", ""},
-		{"hybrid, v2 without controllers", installed("runc", "crun"), cgroupMode{Hybrid: true}, "crun", "no controller on v2", ""},
-		{"hybrid, controllers on v2", installed("runc", "crun"), hybrid, "runc",
+		{"v2 with crun", installed("runc", "crun"), cgroupMode{Unified: true}, takes("1.3.0"), "crun",
+			"crun is installed, runs on this host's cgroups (v2, unified) and takes spec " + specs.Version, ""},
+		{"v1 with crun", installed("runc", "crun"), cgroupMode{}, takes("1.4.0"), "crun", "(v1)", ""},
+		{"hybrid, v2 without controllers", installed("runc", "crun"), cgroupMode{Hybrid: true}, takes("1.3.1"), "crun", "no controller on v2", ""},
+		{"hybrid, controllers on v2", installed("runc", "crun"), hybrid, takes("1.3.0"), "runc",
 			`crun is installed but refuses this host's cgroup layout (hybrid v1 + v2, controllers hugetlb on v2; crun: "cgroups in hybrid mode not supported`, ""},
-		{"no crun", installed("runc"), cgroupMode{Unified: true}, "runc", "crun is not installed", ""},
-		{"crun only, hybrid", installed("crun"), hybrid, "", "", "no OCI runtime found: install runc (or crun), or name one with --runtime PATH (crun is installed but refuses"},
-		{"none", installed(), cgroupMode{Unified: true}, "", "", "no OCI runtime found"},
+		{"crun of an older spec", installed("runc", "crun"), cgroupMode{Unified: true}, takes("1.2.0"), "runc",
+			"crun is installed but runs specs up to 1.2.0, and the spec is " + specs.Version, ""},
+		{"crun of a pre-release", installed("runc", "crun"), cgroupMode{Unified: true}, takes(specs.Version + "-dev"), "runc", "runs specs up to", ""},
+		{"crun without features", installed("runc", "crun"), cgroupMode{Unified: true}, old, "runc", "cannot say which spec versions it runs", ""},
+		{"no crun", installed("runc"), cgroupMode{Unified: true}, takes("1.3.0"), "runc", "crun is not installed", ""},
+		{"crun only, hybrid", installed("crun"), hybrid, takes("1.3.0"), "", "", "no OCI runtime found: install runc (or crun), or name one with --runtime PATH (crun is installed but refuses"},
+		{"none", installed(), cgroupMode{Unified: true}, takes("1.3.0"), "", "", "no OCI runtime found"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			rt, err := chooseRuntime("/state", tc.lookPath, tc.mode)
+			rt, err := chooseRuntime("/state", tc.lookPath, tc.mode, tc.ociMax)
 			if tc.err != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.err) {
 					t.Errorf("chooseRuntime = %+v, %v; want an error saying %q", rt, err, tc.err)
@@ -623,7 +634,7 @@ func TestChooseRuntimeTakesCrunOnlyWhereItRuns(t *testing.T) {
 	if err != nil {
 		t.Skipf("no runtime on this host: %v", err)
 	}
-	if rt.Why == "" || (rt.Name == "crun") != (hostCgroupMode().crunRefusal() == "") {
+	if rt.Why == "" || (rt.Name == "crun" && hostCgroupMode().crunRefusal() != "") {
 		t.Errorf("NewRuntime() = %+v on a host of cgroups %s", rt, hostCgroupMode())
 	}
 }

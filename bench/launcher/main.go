@@ -76,8 +76,9 @@ func (f *launcherFigures) print(title, profile string) {
 	fmt.Printf("%s: launcher run --profile %s -- true, %d runs (wall time, from exec to exit)\n", title, profile, len(f.walls))
 	fmt.Printf("  %-22s median %7s   p90 %7s   min %7s\n", "wall", ms(median(f.walls)), ms(pct(f.walls, 90)), ms(slices.Min(f.walls)))
 	fmt.Printf("  %-22s median %7s   (user+system, every process of the run)\n", "cpu", ms(median(f.cpus)))
-	fmt.Println("phases (--timings; firewall, uplink, egressd and container run in parallel inside setup):")
-	for _, k := range []string{"prepare", "reap", "netns", "firewall", "uplink", "egressd", "container", "setup", "create", "run", "teardown", "total"} {
+	fmt.Println("phases (--timings; firewall, uplink, egressd and container, runtime.create included, run in parallel inside setup):")
+	for _, k := range []string{"prepare", "reap", "netns", "firewall", "uplink", "egressd", "container", "runtime.create", "setup", "create",
+		"runtime.start", "run", "teardown", "total"} {
 		if v := f.phases[k]; len(v) > 0 {
 			fmt.Printf("  %-22s median %7s   p90 %7s\n", k, ms(median(v)), ms(pct(v, 90)))
 		}
@@ -137,7 +138,7 @@ func run(launcherBin, baselineBin, egressdBin, profile string, n, interrupts int
 			return err
 		}
 	}
-	runcOnce, cleanup, err := runcRunner(nsPath, profile, egressdBin)
+	runcOnce, bareOnce, cleanup, err := runcRunner(nsPath, profile, egressdBin)
 	if err != nil {
 		return err
 	}
@@ -145,8 +146,20 @@ func run(launcherBin, baselineBin, egressdBin, profile string, n, interrupts int
 	if _, _, err := runcOnce(); err != nil { // warm up
 		return err
 	}
+	if _, _, err := bareOnce("runc"); err != nil {
+		return err
+	}
+	// crun, where it runs here; else why not.
+	crun := ""
+	if _, err := exec.LookPath("crun"); err == nil {
+		if _, _, err := bareOnce("crun"); err != nil {
+			fmt.Printf("crun run: cannot run here: %v\n", err)
+		} else {
+			crun = "crun"
+		}
+	}
 	// Interleaved, so all share whatever else the machine is doing.
-	var runcWalls, runcCPU []time.Duration
+	var runcWalls, runcCPU, bareWalls, bareCPU, crunWalls, crunCPU []time.Duration
 	for i := range n {
 		// Alternate which goes first, so neither always runs on the
 		// other's warm caches.
@@ -161,6 +174,16 @@ func run(launcherBin, baselineBin, egressdBin, profile string, n, interrupts int
 			return err
 		}
 		runcWalls, runcCPU = append(runcWalls, w), append(runcCPU, c)
+		if w, c, err = bareOnce("runc"); err != nil {
+			return err
+		}
+		bareWalls, bareCPU = append(bareWalls, w), append(bareCPU, c)
+		if crun != "" {
+			if w, c, err = bareOnce(crun); err != nil {
+				return err
+			}
+			crunWalls, crunCPU = append(crunWalls, w), append(crunCPU, c)
+		}
 	}
 	for range interrupts {
 		for _, f := range figs {
@@ -198,9 +221,18 @@ func run(launcherBin, baselineBin, egressdBin, profile string, n, interrupts int
 		}
 		diff("SIGINT to exit", figs[0].interrupts, figs[1].interrupts)
 	}
-	fmt.Printf("runc run of true, same spec, no launcher, %d runs (interleaved with the above; created, waited for and deleted)\n", n)
-	fmt.Printf("  %-22s median %7s   p90 %7s   min %7s\n", "runc run", ms(median(runcWalls)), ms(pct(runcWalls, 90)), ms(slices.Min(runcWalls)))
-	fmt.Printf("  %-22s median %7s\n", "cpu", ms(median(runcCPU)))
+	fmt.Printf("the runtime alone, true with the same spec (no init), no launcher, %d runs each (interleaved with the above)\n", n)
+	row := func(name string, walls, cpus []time.Duration) {
+		if len(walls) > 0 {
+			fmt.Printf("  %-34s median %7s   p90 %7s   min %7s   cpu %7s\n", name, ms(median(walls)), ms(pct(walls, 90)), ms(slices.Min(walls)), ms(median(cpus)))
+		}
+	}
+	row("runc run (one runc process)", bareWalls, bareCPU)
+	row("runc create, start, wait, delete", runcWalls, runcCPU)
+	row("crun run", crunWalls, crunCPU)
+	for _, f := range figs {
+		fmt.Printf("  %-34s median %+7.1fms  (%s)\n", "launcher − runc run", float64((median(f.walls)-median(bareWalls)).Microseconds())/1000, f.bin)
+	}
 	return nil
 }
 
@@ -309,18 +341,23 @@ func launcherRun(nsPath, launcherBin, egressdBin, profile string) (time.Duration
 // to the namespace at nsPath), and returns a function that runs it once
 // and reports its wall and CPU time (runc removes a container that ran to
 // its end; as in the launcher, delete runs only if it did not).
-func runcRunner(nsPath, profile, egressdBin string) (run func() (wall, cpu time.Duration, err error), cleanup func(), err error) {
+//
+// bare runs the runtime named (runc or crun) as one `run` in the
+// foreground, as a person would: it creates, starts, waits for and
+// deletes the container itself.
+func runcRunner(nsPath, profile, egressdBin string) (run func() (wall, cpu time.Duration, err error),
+	bare func(runtime string) (wall, cpu time.Duration, err error), cleanup func(), err error) {
 	p, _, err := policy.Resolve(policy.ResolveOptions{Profile: profile})
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	rt, err := sandbox.NewRuntime("runc", "")
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	dir, err := os.MkdirTemp("/run", "egb-runc-")
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	ctx := context.Background()
 	cfg := sandbox.Config{Profile: p, Args: []string{"true"}, EgressdPath: egressdBin}
@@ -333,7 +370,7 @@ func runcRunner(nsPath, profile, egressdBin string) (run func() (wall, cpu time.
 	}
 	if err != nil {
 		cleanup()
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	data, err := os.ReadFile(filepath.Join(c.Bundle, "config.json"))
 	var spec specs.Spec
@@ -342,7 +379,7 @@ func runcRunner(nsPath, profile, egressdBin string) (run func() (wall, cpu time.
 	}
 	if err != nil {
 		cleanup()
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	i := 0
 	run = func() (time.Duration, time.Duration, error) {
@@ -366,7 +403,27 @@ func runcRunner(nsPath, profile, egressdBin string) (run func() (wall, cpu time.
 		}
 		return wall, childrenCPU() - c0, nil
 	}
-	return run, cleanup, nil
+	bare = func(runtime string) (time.Duration, time.Duration, error) {
+		i++
+		id := fmt.Sprintf("egb-%d-%d", os.Getpid(), i)
+		spec.Linux.CgroupsPath = id
+		if err := sandbox.WriteBundle(c.Bundle, &spec); err != nil {
+			return 0, 0, err
+		}
+		cmd := exec.Command(runtime, "run", "--bundle", c.Bundle, id)
+		var out bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &out
+		c0 := childrenCPU()
+		start := time.Now()
+		err := cmd.Run()
+		wall := time.Since(start)
+		if err != nil {
+			_ = exec.Command(runtime, "delete", "--force", id).Run()
+			return 0, 0, fmt.Errorf("%s run: %v: %s", runtime, err, strings.TrimSpace(out.String()))
+		}
+		return wall, childrenCPU() - c0, nil
+	}
+	return run, bare, cleanup, nil
 }
 
 // childrenCPU is the user+system time of every waited-for descendant.

@@ -177,7 +177,7 @@ func sandboxFlags(fs *flag.FlagSet, f *launchFlags) {
 	fs.StringVar(&f.upstreamCA, "inspect-upstream-ca", "", "PEM `FILE` egressd verifies inspected hosts' certificates against (default: the host's trust store)")
 	fs.StringVar(&f.floor, "floor", "", "security floor `PROFILE`: refuse a profile less restrictive (default $EGRESSD_SECURITY_FLOOR)")
 	fs.StringVar(&f.rootfs, "rootfs", "", "image `DIR` to build the container's root on (default: the host view: the host's system directories)")
-	fs.StringVar(&f.runtime, "runtime", "", "OCI runtime: runc, crun, runsc or a `PATH` (default: crun where it is installed and runs on the host's cgroups, else runc)")
+	fs.StringVar(&f.runtime, "runtime", "", "OCI runtime: runc, crun, runsc or a `PATH` (default: crun where it is installed and runs on the host's cgroups and the spec's version, else runc)")
 	fs.Var(upstreamFlag{&f.upstream}, "upstream-dns", "upstream resolvers `IP[:PORT][,...]` (default: network.upstream_dns, else /etc/resolv.conf)")
 	fs.StringVar(&f.subnet, "subnet", sandbox.DefaultSubnet.String(), "IPv4 `CIDR` the uplink's /30 is taken from")
 	fs.StringVar(&f.auditLog, "audit-log", "", "append egressd's audit records (JSON lines) to `FILE`")
