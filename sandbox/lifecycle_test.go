@@ -808,3 +808,78 @@ func TestLifecycleCommandCannotRunBeforeTheFirewall(t *testing.T) {
 		})
 	}
 }
+
+// TestLifecycleTeardownStepFailingLeavesOnlyItsOwn: the teardown's steps
+// run at once; one that fails (the runtime's delete, the veth's, the
+// namespace's, an unmount) leaves what it removes and says so, and every
+// other step still removes all of its own.
+func TestLifecycleTeardownStepFailingLeavesOnlyItsOwn(t *testing.T) {
+	for _, tc := range []struct {
+		fail  string   // the operation that fails (a prefix)
+		left  []string // what may be left (prefixes of Leftovers)
+		blocK bool     // the command still runs at the teardown
+		noErr bool     // the failure is no error: what it would do is done otherwise
+	}{
+		{fail: "runtime.delete", left: []string{"container "}},
+		{fail: "runtime.delete", left: []string{"container "}, blocK: true},
+		{fail: "links.delete", left: []string{"link "}},
+		{fail: "links.down", noErr: true}, // not down: deleted all the same
+		{fail: "netns.remove", left: []string{"namespace ", `rules in namespace "/run/netns/`}},
+		{fail: "fs.unmount ", left: []string{"mount "}},
+	} {
+		name := tc.fail
+		if tc.blocK {
+			name += " running"
+		}
+		t.Run(name, func(t *testing.T) {
+			k := NewFakeKernel()
+			if tc.blocK {
+				k.Command = func(p *FakeProcess, stdio Stdio) int { <-p.Killed(); return 137 }
+			}
+			cfg := fakeConfig(t, k, "standard")
+			s, err := Create(context.Background(), cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			done := make(chan struct{})
+			go func() { defer close(done); s.Run(context.Background(), Stdio{}) }()
+			if tc.blocK {
+				for k.Container(s.ID()) == nil {
+					time.Sleep(time.Millisecond)
+				}
+				<-k.Container(s.ID()).Started()
+			} else {
+				<-done
+			}
+			boom := errors.New("injected teardown failure")
+			k.Fail = func(op string) error {
+				if strings.HasPrefix(op, tc.fail) {
+					return boom
+				}
+				return nil
+			}
+			err = s.Close()
+			k.Fail = nil
+			if tc.blocK {
+				// The runtime's delete failed: nothing killed the command
+				// but the namespace's removal (its processes, by pid).
+				select {
+				case <-done:
+				case <-time.After(5 * time.Second):
+					t.Fatal("the command outlived the teardown")
+				}
+			}
+			if !errors.Is(err, boom) && !tc.noErr || err != nil && tc.noErr {
+				t.Errorf("Close = %v, want the injected failure: %v", err, !tc.noErr)
+			}
+			for _, l := range k.Leftovers() {
+				if !slices.ContainsFunc(tc.left, func(p string) bool { return strings.HasPrefix(l, p) }) {
+					t.Errorf("left %q, which no failing step holds (%s failed)", l, tc.fail)
+				}
+			}
+			if eg := k.Egressd(); len(eg) != 1 || !eg[0].stopped() {
+				t.Error("egressd still runs")
+			}
+		})
+	}
+}

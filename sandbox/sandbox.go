@@ -518,23 +518,28 @@ func (s *Sandbox) Signal(sig syscall.Signal) error {
 // teardownTimeout bounds Close's runtime and iptables commands.
 const teardownTimeout = 30 * time.Second
 
-// Close removes everything the sandbox made, in this order:
+// Close removes everything the sandbox made. Its independent steps run at
+// once:
 //
-//  1. at once: the container (runc delete --force: every process in it is
-//     killed; when Run saw its process 1 end, its removal runs beside all
-//     the steps below instead), egressd (SIGTERM, SIGKILL after 2 s), the
-//     veth pair (the sandbox's only way out) and the uplink's NAT and
-//     FORWARD chains;
-//  2. the network namespace: any process still in it is killed by pid,
-//     then its bind mount is removed and the kernel frees it with its
-//     firewall rules (there is nothing to flush first: the rules live and
-//     die with the namespace, and flushing them while anything could still
-//     run inside would only open a window);
-//  3. the rootfs overlay and its tmpfs, egressd's binary mount;
-//  4. the state directory (never crossing a mount point), and the lock.
+//   - the container (runc delete --force: every process in it is killed;
+//     a container created and never started is destroyed);
+//   - egressd (SIGTERM, SIGKILL after 2 s) and its binary's mount, and the
+//     veth pair (the sandbox's only way out) with the uplink's NAT and
+//     FORWARD chains; once both are done and nothing of the container runs
+//     any more, the network namespace: any process still in it is killed
+//     by pid, then its bind mount is removed and the kernel frees it with
+//     its firewall rules (there is nothing to flush first: the rules live
+//     and die with the namespace, and flushing them while anything could
+//     still run inside would only open a window);
+//   - once nothing of the container runs any more, its root (the overlay
+//     and its tmpfs) and the protected paths' placeholders;
 //
-// Every step runs even when an earlier one fails; the errors are joined.
-// Close is idempotent, and safe after a partial Apply.
+// and then the state directory (never crossing a mount point) and the
+// lock. Nothing of the container runs any more once Run has reaped its
+// process 1 (every process of its pid namespace dies with it), or else
+// once the runtime's delete returned. Every step runs even when another
+// fails; the errors are joined. Close is idempotent, and safe after a
+// partial Apply.
 func (s *Sandbox) Close() error {
 	s.closeOnce.Do(func() {
 		s.mu.Lock()
@@ -552,40 +557,52 @@ func (s *Sandbox) teardown() error {
 	defer cancel()
 	var errs joinedErrs
 	s.mu.Lock()
-	ns, up, eg := s.ns, s.up, s.eg
+	ns, up, eg, rootfsCleanup := s.ns, s.up, s.eg, s.rootfsCleanup
 	s.mu.Unlock()
 	// A container whose process 1 Run reaped has no process left: its
 	// removal (the runtime's record and cgroup) neither waits for nor
-	// holds up any other step, so it runs beside all of them. Otherwise
-	// it goes first, with egressd and the uplink: nothing of the sandbox
-	// may run on once its namespace and mounts go.
-	var late sync.WaitGroup
-	first := func() error { return s.deleteContainer(ctx) }
-	if s.exited.Load() {
-		late.Add(1)
-		go func() { defer late.Done(); errs.add(s.deleteContainer(ctx)) }()
-		first = func() error { return nil }
+	// holds up any other step. Otherwise the namespace and the root wait
+	// for it: nothing of the sandbox may run on once they go.
+	exited, containerGone := s.exited.Load(), make(chan struct{})
+	if exited {
+		close(containerGone)
 	}
 	errs.parallel(
-		first,
-		func() error { return s.stopEgressd(eg) },
 		func() error {
-			if up != nil {
-				return s.removeUplink(ctx, up)
+			err := s.step("runtime.delete", func() error { return s.deleteContainer(ctx) })()
+			if !exited {
+				close(containerGone)
+			}
+			return err
+		},
+		func() error {
+			var errs joinedErrs
+			errs.parallel(
+				s.step("egressd.stop", func() error { return s.stopEgressd(eg) }),
+				s.step("uplink.remove", func() error {
+					if up != nil {
+						return s.removeUplink(ctx, up)
+					}
+					return nil
+				}),
+			)
+			<-containerGone
+			if ns.Path != "" {
+				errs.add(s.step("netns.remove", func() error { return s.k.Netns.Remove(ns) })())
+			}
+			return errs.join()
+		},
+		func() error {
+			<-containerGone
+			if rootfsCleanup != nil {
+				return s.step("rootfs.remove", rootfsCleanup)()
 			}
 			return nil
 		},
 	)
-	if ns.Path != "" {
-		errs.add(s.k.Netns.Remove(ns))
-	}
-	if s.rootfsCleanup != nil {
-		errs.add(s.rootfsCleanup())
-	}
 	if s.dir != "" {
-		errs.add(s.removeStateDir())
+		errs.add(s.step("statedir.remove", s.removeStateDir)())
 	}
-	late.Wait()
 	if s.lock != nil {
 		s.lock.Close()
 	}

@@ -76,9 +76,10 @@ func (f *launcherFigures) print(title, profile string) {
 	fmt.Printf("%s: launcher run --profile %s -- true, %d runs (wall time, from exec to exit)\n", title, profile, len(f.walls))
 	fmt.Printf("  %-22s median %7s   p90 %7s   min %7s\n", "wall", ms(median(f.walls)), ms(pct(f.walls, 90)), ms(slices.Min(f.walls)))
 	fmt.Printf("  %-22s median %7s   (user+system, every process of the run)\n", "cpu", ms(median(f.cpus)))
-	fmt.Println("phases (--timings; firewall, uplink, egressd and container, runtime.create included, run in parallel inside setup):")
+	fmt.Println("phases (--timings; firewall, uplink, egressd and container, runtime.create included, run in parallel inside setup;")
+	fmt.Println("runtime.delete to rootfs.remove in parallel inside teardown, statedir.remove after them):")
 	for _, k := range []string{"prepare", "reap", "netns", "firewall", "uplink", "egressd", "container", "runtime.create", "setup", "create",
-		"runtime.start", "run", "teardown", "total"} {
+		"runtime.start", "run", "teardown", "total", "runtime.delete", "egressd.stop", "uplink.remove", "netns.remove", "rootfs.remove", "statedir.remove"} {
 		if v := f.phases[k]; len(v) > 0 {
 			fmt.Printf("  %-22s median %7s   p90 %7s\n", k, ms(median(v)), ms(pct(v, 90)))
 		}

@@ -361,8 +361,9 @@ func TestExplainJSONHasTheThreeParts(t *testing.T) {
 
 func TestTimingsLine(t *testing.T) {
 	got := formatTimings("runc", 2*time.Millisecond, 1500*time.Microsecond, []sandbox.Timing{{Phase: "run", Duration: 60 * time.Millisecond}, {Phase: "netns", Duration: 3 * time.Millisecond},
-		{Phase: "runtime.start", Duration: 9 * time.Millisecond}, {Phase: "firewall", Duration: 20 * time.Millisecond}, {Phase: "runtime.create", Duration: 30 * time.Millisecond}}, 100*time.Millisecond)
-	if want := "runtime=runc prepare=2.0ms reap=1.5ms netns=3.0ms firewall=20.0ms runtime.create=30.0ms runtime.start=9.0ms run=60.0ms total=100.0ms"; got != want {
+		{Phase: "runtime.start", Duration: 9 * time.Millisecond}, {Phase: "firewall", Duration: 20 * time.Millisecond}, {Phase: "runtime.create", Duration: 30 * time.Millisecond},
+		{Phase: "netns.remove", Duration: 4 * time.Millisecond}}, 100*time.Millisecond)
+	if want := "runtime=runc prepare=2.0ms reap=1.5ms netns=3.0ms firewall=20.0ms runtime.create=30.0ms runtime.start=9.0ms run=60.0ms total=100.0ms netns.remove=4.0ms"; got != want {
 		t.Errorf("formatTimings = %q, want %q", got, want)
 	}
 }

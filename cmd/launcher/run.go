@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -305,9 +306,10 @@ func secretValues(cfg sandbox.Config) []string {
 
 // formatTimings renders the runtime that ran the container and the phases
 // for --timings, in the order they happen: "runtime=runc prepare=2.0ms
-// reap=0.1ms netns=3.2ms firewall=... total=...". prepare is the flags and
-// the profile's resolution; total runs from the start of the run command
-// to the end of the teardown.
+// reap=0.1ms netns=3.2ms firewall=... total=... runtime.delete=...", the
+// teardown's own steps (which run at once inside teardown) last. prepare
+// is the flags and the profile's resolution; total runs from the start of
+// the run command to the end of the teardown.
 func formatTimings(runtime string, prepare, reap time.Duration, ts []sandbox.Timing, total time.Duration) string {
 	order := []string{"netns", "firewall", "uplink", "egressd", "container", "runtime.create", "setup", "create",
 		"runtime.start", "run", "teardown"}
@@ -322,6 +324,11 @@ func formatTimings(runtime string, prepare, reap time.Duration, ts []sandbox.Tim
 		}
 	}
 	parts = append(parts, "total="+ms(total))
+	for _, t := range ts {
+		if !slices.Contains(order, t.Phase) {
+			parts = append(parts, t.Phase+"="+ms(t.Duration))
+		}
+	}
 	return strings.Join(parts, " ")
 }
 
