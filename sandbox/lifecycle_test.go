@@ -337,19 +337,7 @@ func TestLifecycleTeardownStopsTheWorkloadBeforeTheNamespace(t *testing.T) {
 	k := NewFakeKernel()
 	k.Command = func(p *FakeProcess, stdio Stdio) int { <-p.Killed(); return 137 }
 	cfg := fakeConfig(t, k, "standard")
-	s, err := Create(context.Background(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		s.Run(context.Background(), Stdio{})
-	}()
-	for k.Container(s.ID()) == nil {
-		time.Sleep(time.Millisecond)
-	}
-	<-k.Container(s.ID()).Started()
+	s, done := runInBackground(t, k, cfg, true)
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -815,40 +803,29 @@ func TestLifecycleCommandCannotRunBeforeTheFirewall(t *testing.T) {
 // other step still removes all of its own.
 func TestLifecycleTeardownStepFailingLeavesOnlyItsOwn(t *testing.T) {
 	for _, tc := range []struct {
-		fail  string   // the operation that fails (a prefix)
-		left  []string // what may be left (prefixes of Leftovers)
-		blocK bool     // the command still runs at the teardown
-		noErr bool     // the failure is no error: what it would do is done otherwise
+		fail    string   // the operation that fails (a prefix)
+		left    []string // what may be left (prefixes of Leftovers)
+		running bool     // the command still runs at the teardown
+		noErr   bool     // the failure is no error: what it would do is done otherwise
 	}{
 		{fail: "runtime.delete", left: []string{"container "}},
-		{fail: "runtime.delete", left: []string{"container "}, blocK: true},
+		{fail: "runtime.delete", left: []string{"container "}, running: true},
 		{fail: "links.delete", left: []string{"link "}},
 		{fail: "links.down", noErr: true}, // not down: deleted all the same
 		{fail: "netns.remove", left: []string{"namespace ", `rules in namespace "/run/netns/`}},
 		{fail: "fs.unmount ", left: []string{"mount "}},
 	} {
 		name := tc.fail
-		if tc.blocK {
+		if tc.running {
 			name += " running"
 		}
 		t.Run(name, func(t *testing.T) {
 			k := NewFakeKernel()
-			if tc.blocK {
+			if tc.running {
 				k.Command = func(p *FakeProcess, stdio Stdio) int { <-p.Killed(); return 137 }
 			}
-			cfg := fakeConfig(t, k, "standard")
-			s, err := Create(context.Background(), cfg)
-			if err != nil {
-				t.Fatal(err)
-			}
-			done := make(chan struct{})
-			go func() { defer close(done); s.Run(context.Background(), Stdio{}) }()
-			if tc.blocK {
-				for k.Container(s.ID()) == nil {
-					time.Sleep(time.Millisecond)
-				}
-				<-k.Container(s.ID()).Started()
-			} else {
+			s, done := runInBackground(t, k, fakeConfig(t, k, "standard"), tc.running)
+			if !tc.running {
 				<-done
 			}
 			boom := errors.New("injected teardown failure")
@@ -858,9 +835,9 @@ func TestLifecycleTeardownStepFailingLeavesOnlyItsOwn(t *testing.T) {
 				}
 				return nil
 			}
-			err = s.Close()
+			err := s.Close()
 			k.Fail = nil
-			if tc.blocK {
+			if tc.running {
 				// The runtime's delete failed: nothing killed the command
 				// but the namespace's removal (its processes, by pid).
 				select {
@@ -882,4 +859,24 @@ func TestLifecycleTeardownStepFailingLeavesOnlyItsOwn(t *testing.T) {
 			}
 		})
 	}
+}
+
+// runInBackground creates the sandbox of cfg on k and runs it in a
+// goroutine; with started, it returns once the container started. done
+// is closed when Run returns.
+func runInBackground(t *testing.T, k *FakeKernel, cfg Config, started bool) (*Sandbox, <-chan struct{}) {
+	t.Helper()
+	s, err := Create(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.Run(context.Background(), Stdio{})
+	}()
+	if started {
+		<-k.Container(s.ID()).Started() // created by Create
+	}
+	return s, done
 }
