@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
 	"slices"
@@ -312,6 +313,65 @@ func TestCreateRunCloseNoNetwork(t *testing.T) {
 	}
 	if s.Denials() != nil || s.EgressdPID() != 0 {
 		t.Error("a --net none sandbox has no egressd")
+	}
+}
+
+// TestCreatedContainerRunsNothingUntilStarted: Create leaves the container
+// created by the runtime (its process 1 waiting) and nothing of the
+// command runs until Run starts it; a sandbox closed without a Run
+// destroys it (no runtime record, no process), and the command never ran.
+// The same command, run, does leave its mark: the check can fail.
+func TestCreatedContainerRunsNothingUntilStarted(t *testing.T) {
+	rt := requireRunc(t)
+	ws := t.TempDir()
+	if err := os.Chmod(ws, 0o777); err != nil { // the sandbox user writes it
+		t.Fatal(err)
+	}
+	p := resolveWith(t, "standard", "", policy.Setting{Key: "network.mode", Values: []string{"none"}},
+		policy.Setting{Key: "filesystem.mount_cwd", Values: []string{"true"}})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	launch := func(mark string) *Sandbox {
+		t.Helper()
+		s, err := Create(ctx, Config{Profile: p, Runtime: rt, StateDir: testStateDir(t), WorkspaceDir: ws,
+			Args: []string{"sh", "-c", "echo ran > " + mark}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	s := launch("never")
+	cs, err := rt.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := slices.IndexFunc(cs, func(c ContainerState) bool { return c.ID == s.ID() })
+	if i < 0 || cs[i].Status != "created" || cs[i].Pid <= 1 {
+		t.Fatalf("after Create the runtime shows %+v, want container %s created", cs, s.ID())
+	}
+	pid := cs[i].Pid
+	time.Sleep(300 * time.Millisecond)
+	if err := s.Close(); err != nil {
+		t.Errorf("Close: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(ws, "never")); err == nil {
+		t.Error("the command of a container never started ran")
+	}
+	if err := unix.Kill(pid, 0); err == nil || !errors.Is(err, unix.ESRCH) {
+		t.Errorf("the created container's process %d is still there: %v", pid, err)
+	}
+	cs, _ = rt.List(ctx)
+	if slices.ContainsFunc(cs, func(c ContainerState) bool { return c.ID == s.ID() }) {
+		t.Errorf("the runtime still knows container %s", s.ID())
+	}
+
+	s = launch("started")
+	defer s.Close()
+	if res, err := s.Run(ctx, Stdio{}); err != nil || res.ExitCode != 0 {
+		t.Fatalf("Run = %+v, %v", res, err)
+	}
+	if _, err := os.Stat(filepath.Join(ws, "started")); err != nil {
+		t.Errorf("the command that was started left no mark: %v", err)
 	}
 }
 
