@@ -66,7 +66,7 @@ const (
 )
 
 // Binds lists the container's bind mounts (every "bind" mount of its spec)
-// for the runtime's check (Containers.Start). stateDir is the sandbox's
+// for the runtime's check (Containers.Create). stateDir is the sandbox's
 // state directory, whose files the launcher made itself.
 func (c *ContainerPlan) Binds(stateDir string) []BindMount {
 	writable := map[string]bool{} // destinations another sandbox may write below

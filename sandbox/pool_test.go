@@ -205,6 +205,26 @@ func TestPoolSandboxFailingItsResetIsDestroyedNeverHandedOut(t *testing.T) {
 			}
 		}, "conntrack"},
 		{"egressd exited", func(w *poolWorld, l *Lease) { w.egressd(l.ID()).Exit(fmt.Errorf("crashed")) }, "egressd"},
+		{"next container's mounts not what was checked", func(w *poolWorld, l *Lease) {
+			w.k.mu.Lock()
+			defer w.k.mu.Unlock()
+			w.k.Fail = func(op string) error {
+				if op == "runtime.create "+l.ID() {
+					return errors.New(`the sandbox's mount "/sandbox": it shows another object than its source`)
+				}
+				return nil
+			}
+		}, "shows another object"},
+		{"next container's start fails", func(w *poolWorld, l *Lease) {
+			w.k.mu.Lock()
+			defer w.k.mu.Unlock()
+			w.k.Fail = func(op string) error {
+				if op == "runtime.start "+l.ID() {
+					return errors.New("injected start failure")
+				}
+				return nil
+			}
+		}, "injected start failure"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			w := newPoolWorld(t, PoolConfig{Size: 1})
@@ -665,5 +685,45 @@ func TestPoolHostChangeToTheNetworkShapeReplacesTheSandbox(t *testing.T) {
 	d, _, err := w.run(w.tenant("d.test", "true"), nil)
 	if err != nil || !d.Warm() || d.ID() == a.ID() {
 		t.Errorf("tenant D: warm %v in %s (%v); want a fresh sandbox of the new shape", d.Warm(), d.ID(), err)
+	}
+}
+
+// TestPoolWaitingContainerIsCreatedCheckedAndStartedBeforeTheAcquire: a
+// pooled sandbox's next container is made through the cold path's
+// Containers.Create (where the mounts are checked, THREATS I5) and then
+// started, both before any tenant acquires it; the acquire and the run
+// call no runtime at all (the command goes to the waiting init by its
+// request pipe, given to the container at its create).
+func TestPoolWaitingContainerIsCreatedCheckedAndStartedBeforeTheAcquire(t *testing.T) {
+	w := newPoolWorld(t, PoolConfig{Size: 1})
+	runtimeOps := func() []string {
+		return slices.DeleteFunc(w.k.Ops(), func(op string) bool { return !strings.HasPrefix(op, "runtime.") })
+	}
+	before := runtimeOps()
+	ctx := context.Background()
+	l, err := w.p.Acquire(ctx, w.tenant("a.test", "echo", "warm"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	if _, err := l.Run(ctx, Stdio{Stdout: &out}); err != nil || out.String() != "echo warm\n" || !l.Warm() {
+		t.Fatalf("run: %q, %v, warm %v", out.String(), err, l.Warm())
+	}
+	if during := runtimeOps()[len(before):]; len(during) > 0 {
+		t.Errorf("the acquire and the run called the runtime: %q; want nothing (the container was made ahead)", during)
+	}
+	create, start := slices.Index(before, "runtime.create "+l.ID()), slices.Index(before, "runtime.start "+l.ID())
+	if create < 0 || start < create {
+		t.Errorf("before the acquire, runtime ops %q: want runtime.create %s, then runtime.start", before, l.ID())
+	}
+	if err := errors.Join(l.Release(), l.Wait()); err != nil {
+		t.Fatal(err)
+	}
+	// At release, in the background: the tenant's container deleted, the
+	// next one created, then started.
+	after := runtimeOps()[len(before):]
+	del, create2, start2 := slices.Index(after, "runtime.delete "+l.ID()), slices.Index(after, "runtime.create "+l.ID()), slices.Index(after, "runtime.start "+l.ID())
+	if del < 0 || create2 < del || start2 < create2 {
+		t.Errorf("at release, runtime ops %q: want runtime.delete, runtime.create, runtime.start of %s in that order", after, l.ID())
 	}
 }
