@@ -99,7 +99,22 @@ type Pool struct {
 	changed   chan struct{} // closed and replaced on every change
 	lastErr   error         // the last failure to make a sandbox
 	refills   sync.WaitGroup
+	// failures counts the attempts to make a sandbox that failed in a
+	// row (none succeeded since); retrying is set while a retry waits;
+	// stop ends its wait when the pool closes.
+	failures int
+	retrying bool
+	stop     chan struct{}
 }
+
+// The pool tries again to make a sandbox that failed after
+// retryFirst, doubled after each failure in a row up to retryMax: a
+// transient failure (a namespace, a start-up under load) never leaves it
+// short for good, and one that persists is not tried in a tight loop.
+const (
+	retryFirst = time.Second
+	retryMax   = 30 * time.Second
+)
 
 // member is one pooled sandbox.
 type member struct {
@@ -148,7 +163,7 @@ func NewPool(cfg PoolConfig) (*Pool, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	p := &Pool{cfg: cfg, base: base, log: log, changed: make(chan struct{})}
+	p := &Pool{cfg: cfg, base: base, log: log, changed: make(chan struct{}), stop: make(chan struct{})}
 	p.stats.Size = cfg.Size
 	p.mu.Lock()
 	p.refill()
@@ -180,11 +195,14 @@ func (p *Pool) refill() {
 			p.creating--
 			if err != nil {
 				p.lastErr = err
+				p.failures++
+				wait := p.retryLocked()
 				p.notify()
 				p.mu.Unlock()
-				p.log.Warn("pool: making a sandbox failed", "error", err)
+				p.log.Warn("pool: making a sandbox failed", "error", err, "retry_in", wait)
 				return
 			}
+			p.failures = 0
 			if p.closed {
 				p.mu.Unlock()
 				p.destroy(m)
@@ -195,6 +213,33 @@ func (p *Pool) refill() {
 			p.mu.Unlock()
 		}()
 	}
+}
+
+// retryLocked schedules the next refill after a failure to make a
+// sandbox, unless one is scheduled or the pool is closed, and says after
+// how long (0: none scheduled); p.mu is held.
+func (p *Pool) retryLocked() time.Duration {
+	if p.closed || p.retrying {
+		return 0
+	}
+	wait := retryFirst << min(p.failures-1, 5)
+	wait = min(wait, retryMax)
+	p.retrying = true
+	p.refills.Add(1)
+	go func() {
+		defer p.refills.Done()
+		t := time.NewTimer(wait)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-p.stop:
+		}
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		p.retrying = false
+		p.refill()
+	}()
+	return wait
 }
 
 // Ready waits until every sandbox of the pool is idle, the last attempt
@@ -652,6 +697,7 @@ func (p *Pool) Close() error {
 		return nil
 	}
 	p.closed = true
+	close(p.stop)
 	idle := p.idle
 	p.idle = nil
 	p.notify()

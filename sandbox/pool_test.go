@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -726,4 +727,83 @@ func TestPoolWaitingContainerIsCreatedCheckedAndStartedBeforeTheAcquire(t *testi
 	if del < 0 || create2 < del || start2 < create2 {
 		t.Errorf("at release, runtime ops %q: want runtime.delete, runtime.create, runtime.start of %s in that order", after, l.ID())
 	}
+}
+
+// TestPoolFailureToMakeASandboxIsTriedAgain: a sandbox the pool fails to
+// make (the first two namespaces refused) is tried again after a pause,
+// and the pool is whole again, never left short for good; the failure is
+// logged with when it is tried again.
+func TestPoolFailureToMakeASandboxIsTriedAgain(t *testing.T) {
+	k := NewFakeKernel()
+	k.Command = func(*FakeProcess, Stdio) int { return 0 }
+	refused := 0
+	k.Fail = func(op string) error {
+		if strings.HasPrefix(op, "netns.create ") && refused < 2 {
+			refused++
+			return errors.New("injected: no namespace")
+		}
+		return nil
+	}
+	base := fakeConfig(t, k, "standard")
+	base.Init = filepath.Join(t.TempDir(), "init")
+	writeELF(t, base.Init, 0o755, elf.PT_LOAD)
+	var logged lockedBuffer
+	p, err := NewPool(PoolConfig{Config: base, Size: 2, Logger: slog.New(slog.NewTextHandler(&logged, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := p.Close(); err != nil {
+			t.Errorf("closing the pool: %v", err)
+		}
+		checkNothingLeft(t, k, base.StateDir)
+	})
+	deadline := time.Now().Add(20 * time.Second)
+	for p.Stats().Idle < 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the pool stayed short after its failures: %+v", p.Stats())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if st := p.Stats(); st.Created != 2 || st.Idle != 2 {
+		t.Errorf("stats %+v: want 2 made and idle", st)
+	}
+	if got := logged.String(); !strings.Contains(got, "injected: no namespace") || !strings.Contains(got, "retry_in=1s") {
+		t.Errorf("log %q does not say what failed and when it is tried again", got)
+	}
+}
+
+// TestPoolClosedWhileARetryWaitsEndsIt: Close does not wait out a retry's
+// pause, and nothing is made after it.
+func TestPoolClosedWhileARetryWaitsEndsIt(t *testing.T) {
+	k := NewFakeKernel()
+	k.Fail = func(op string) error {
+		if strings.HasPrefix(op, "netns.create ") {
+			return errors.New("injected: no namespace")
+		}
+		return nil
+	}
+	base := fakeConfig(t, k, "standard")
+	base.Init = filepath.Join(t.TempDir(), "init")
+	writeELF(t, base.Init, 0o755, elf.PT_LOAD)
+	p, err := NewPool(PoolConfig{Config: base, Size: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := p.Ready(ctx); err == nil {
+		t.Fatal("Ready with every namespace refused: no error")
+	}
+	start := time.Now()
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d > retryFirst/2 {
+		t.Errorf("Close took %v: it waited out the retry's pause", d)
+	}
+	if st := p.Stats(); st.Created != 0 {
+		t.Errorf("stats %+v: made a sandbox after Close", st)
+	}
+	checkNothingLeft(t, k, base.StateDir)
 }
