@@ -33,6 +33,7 @@ func TestServePool(t *testing.T) {
 		{"ExecutionsLeaveOnlyThePoolsSandboxesAndCloseLeavesNothing", testPoolLeavesOnlyItsOwn},
 		{"WarmCommandGetsOnlyWhatAColdOneGets", testPoolWarmCommandGetsWhatColdGets},
 		{"WarmAnswerNamesItsDenialsAndNotTheLastTenants", testPoolWarmAnswerNamesItsDenials},
+		{"TenantAsClosedConnectionsAreNotListedForB", testPoolClosedConnectionsNotListed},
 	})
 }
 
@@ -382,4 +383,64 @@ func openFDs(t *testing.T, pid int) int {
 		t.Fatal(err)
 	}
 	return len(ents)
+}
+
+// tcpSockets prints every TCP socket of the namespace that is not
+// listening, as /proc/net/tcp and tcp6 list them: "STATE REMOTE".
+const tcpSockets = `import socket, struct
+for f in ("/proc/net/tcp", "/proc/net/tcp6"):
+    for line in open(f).read().splitlines()[1:]:
+        p = line.split()
+        st, rem = p[3], p[2]
+        if st == "0A":
+            continue
+        a, port = rem.split(":")
+        raw = bytes.fromhex(a)
+        if len(raw) == 4:
+            ip = socket.inet_ntop(socket.AF_INET, struct.pack("<I", int(a, 16)))
+        else:
+            ip = socket.inet_ntop(socket.AF_INET6, b"".join(struct.pack("<I", int(a[i:i+8], 16)) for i in range(0, 32, 8)))
+        print("socket", st, ip, int(port, 16))
+print("listed")
+`
+
+// testPoolClosedConnectionsNotListed: the connections egressd made for
+// tenant A, closed by A's clients, by A's end or by the reset, leave
+// nothing in the pooled namespace's socket table (TIME_WAIT, FIN_WAIT)
+// from which tenant B could read where A went (THREATS G9; attack review
+// 2 read A's destination in /proc/net/tcp in every run).
+func testPoolClosedConnectionsNotListed(t *testing.T) {
+	lw := newLauncherWorld(t)
+	s := startPoolServer(t, lw, 1)
+	const closedByA = `import socket
+for i in range(3):
+    c = socket.create_connection(("allowed.test", 80), timeout=5)
+    c.sendall(b"GET /a-tw-%d HTTP/1.1\r\nHost: allowed.test\r\nConnection: close\r\n\r\n" % i)
+    while c.recv(4096):
+        pass
+    c.close()
+left = socket.create_connection(("allowed.test", 80), timeout=5)
+left.sendall(b"GET /a-tw-open HTTP/1.1\r\nHost: allowed.test\r\n\r\n")
+left.recv(4096)
+print("done")
+`
+	a := s.execute(tenant(curlPlain+" -o /dev/null -w '%{http_code}\\n' http://allowed.test/a-tw-proxy; python3 -c '"+closedByA+"'", "allowed.test"))
+	if !strings.Contains(a.Stdout, "200") || !strings.Contains(a.Stdout, "done") {
+		t.Fatalf("tenant A could not reach allowed.test: %+v", a)
+	}
+	if n := countURIPrefix(lw.w, "/a-tw-"); n != 5 {
+		t.Fatalf("the world served tenant A %d of its 5 requests", n)
+	}
+	b := s.execute(tenant("python3 -c '"+tcpSockets+"'", "other.test"))
+	if b.Sandbox != a.Sandbox {
+		t.Fatalf("tenant B ran in %s, A in %s: the pool did not reuse the sandbox", b.Sandbox, a.Sandbox)
+	}
+	if !strings.Contains(b.Stdout, "listed") {
+		t.Fatalf("tenant B could not list the sockets: %+v", b)
+	}
+	for _, line := range strings.Split(b.Stdout, "\n") {
+		if strings.HasPrefix(line, "socket ") {
+			t.Errorf("tenant B lists a socket of A's connections: %q", line)
+		}
+	}
 }

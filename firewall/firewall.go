@@ -544,3 +544,32 @@ func (s savedTables) ChainExists(table, chain string) (bool, error) {
 	}
 	return slices.Contains(builtinChains[table], chain), nil
 }
+
+// tcpMaxTimeWaitKey bounds the TCP sockets a namespace keeps after their
+// close (TIME_WAIT, and FIN_WAIT2 of orphans); 0 keeps none.
+const tcpMaxTimeWaitKey = "net/ipv4/tcp_max_tw_buckets"
+
+// KeepNoClosedConnections makes the namespace at nsPath keep no TCP
+// socket after its close (net.ipv4.tcp_max_tw_buckets 0, read back). A
+// pooled sandbox's namespace outlives its tenants: a connection egressd
+// closed for tenant A would otherwise stay listed, with its destination,
+// in /proc/net/tcp and sock_diag for up to a minute, for tenant B to read
+// (THREATS G9). Without TIME_WAIT a late duplicate segment of a closed
+// connection is answered with a reset instead of being absorbed, which an
+// egress proxy's short-lived upstream connections can afford.
+func (fw *Firewall) KeepNoClosedConnections(nsPath string) error {
+	if nsPath == "" {
+		return errEmptyPath
+	}
+	if err := fw.nf.SetSysctl(nsPath, tcpMaxTimeWaitKey, "0"); err != nil {
+		return fmt.Errorf("setting net.ipv4.tcp_max_tw_buckets to 0 in %s: %w", nsPath, err)
+	}
+	v, err := fw.nf.Sysctl(nsPath, tcpMaxTimeWaitKey)
+	if err != nil {
+		return fmt.Errorf("reading net.ipv4.tcp_max_tw_buckets in %s: %w", nsPath, err)
+	}
+	if strings.TrimSpace(v) != "0" {
+		return fmt.Errorf("net.ipv4.tcp_max_tw_buckets in %s is %q after setting it to 0", nsPath, strings.TrimSpace(v))
+	}
+	return nil
+}

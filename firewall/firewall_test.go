@@ -652,3 +652,26 @@ func TestConntrackEntryThatKeepsComingBackFailsTheFlush(t *testing.T) {
 		}
 	}
 }
+
+// TestKeepNoClosedConnectionsSetsAndReadsBack: the namespace's
+// tcp_max_tw_buckets is set to 0 and read back; a write that fails or
+// does not hold is an error.
+func TestKeepNoClosedConnectionsSetsAndReadsBack(t *testing.T) {
+	const ns = "/run/netns/x"
+	k := NewFake()
+	if err := New(k).KeepNoClosedConnections(ns); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := k.Sysctl(ns, tcpMaxTimeWaitKey); err != nil || strings.TrimSpace(v) != "0" {
+		t.Errorf("tcp_max_tw_buckets = %q, %v; want 0", v, err)
+	}
+	k.Fail = func(op, _ string, _ Family) error {
+		if op == "set-sysctl" {
+			return errors.New("read-only file system")
+		}
+		return nil
+	}
+	if err := New(k).KeepNoClosedConnections(ns); err == nil || !strings.Contains(err.Error(), "tcp_max_tw_buckets") {
+		t.Errorf("a refused write: %v", err)
+	}
+}

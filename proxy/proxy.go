@@ -837,7 +837,11 @@ func (cc *clientConn) closeBy(reason string) {
 	}
 	resetConn(cc.c)
 	if up != nil {
-		_ = up.Close()
+		// Reset, not closed: a connection ended this way keeps no
+		// closing state (FIN_WAIT, TIME_WAIT) in the namespace, which
+		// would name its destination to the next tenant of a pooled
+		// sandbox (THREATS G9).
+		resetConn(up)
 	}
 }
 

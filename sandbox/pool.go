@@ -272,7 +272,12 @@ func (p *Pool) create(ctx context.Context) (*member, error) {
 		return nil, err
 	}
 	m := &member{s: s, base: s.plan, wait: waitingPlan(s.plan), born: time.Now(), verified: time.Now()}
-	err = s.dropContainer(ctx)
+	// The namespace outlives its tenants: it keeps no closed connection
+	// (TIME_WAIT) whose destination the next could read.
+	err = s.k.Firewall.KeepNoClosedConnections(s.plan.Netns)
+	if err == nil {
+		err = s.dropContainer(ctx)
+	}
 	if err == nil {
 		m.generation, err = m.resetEgressd(ctx)
 	}

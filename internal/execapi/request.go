@@ -116,6 +116,17 @@ func decodeRequest(body io.Reader, max int64) (*Request, error) {
 		if r.Secrets[name] == "" {
 			return nil, badRequest("secrets: %s is empty (an empty value cannot be masked)", name)
 		}
+		if strings.IndexByte(r.Secrets[name], 0) >= 0 {
+			return nil, badRequest("secrets: %s holds a NUL byte (an environment value cannot)", name)
+		}
+	}
+	// env's names are checked as the launcher's --env checks NAME=value;
+	// a name holding "=" would be read as a shorter name and a value that
+	// starts with the rest, so it is refused here.
+	for _, name := range sortedKeys(r.Env) {
+		if !policy.ValidEnvName(name) {
+			return nil, badRequest("env: %s is not a variable name (letters, digits and _, not starting with a digit)", strconv.Quote(name))
+		}
 	}
 	return &r, nil
 }
