@@ -47,6 +47,18 @@ var Forwarded = []os.Signal{
 	syscall.SIGCONT, syscall.SIGTSTP,
 }
 
+// Absorbed are the signals whose default in a Go program is to crash it
+// with a dump of its goroutines: sent by the sandbox (process 1 gets a
+// signal from inside its namespace only when it handles it, and a Go
+// program handles every one), they would end the init, its command with
+// it, and put the dump on the command's stderr as if the command had
+// failed. The init takes them and does nothing: a fault of its own
+// still crashes it (the runtime's synchronous signals are not these).
+var Absorbed = []os.Signal{
+	syscall.SIGABRT, syscall.SIGILL, syscall.SIGTRAP, syscall.SIGSYS,
+	syscall.SIGBUS, syscall.SIGFPE, syscall.SIGSEGV, syscall.SIGSTKFLT,
+}
+
 // WindowSize is a terminal's size in characters.
 type WindowSize struct{ Rows, Cols uint16 }
 
@@ -86,6 +98,8 @@ func Main(args []string, stderr io.Writer) int {
 	// once it runs, never lost nor taken as the init's own death.
 	sigc := make(chan os.Signal, 64)
 	signal.Notify(sigc, append([]os.Signal{syscall.SIGCHLD}, Forwarded...)...)
+	// Never read: a signal that finds it full is dropped.
+	signal.Notify(make(chan os.Signal, 1), Absorbed...)
 	// One P: the init needs no parallelism, and every OS thread it starts
 	// counts against the sandbox's pids limit.
 	runtime.GOMAXPROCS(1)

@@ -158,6 +158,36 @@ func TestSignalsReachTheCommandsGroup(t *testing.T) {
 	}
 }
 
+// TestSignalThatWouldCrashAGoProgramLeavesTheInitRunning: the signals
+// whose Go default is a crash with a goroutine dump, sent to the init
+// (as a sandbox process can send them to process 1), neither end it nor
+// its command, and put nothing on its stderr; the command's own status
+// is the init's (attack review 2: `kill -ABRT 1` ended the command with
+// exit 2 and 8 KiB of the init's dump).
+func TestSignalThatWouldCrashAGoProgramLeavesTheInitRunning(t *testing.T) {
+	c := initCmd(t, nil, "sh", "-c", "sleep 1; exit 7")
+	var stderr bytes.Buffer
+	c.Stderr = &stderr
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if !eventually(2*time.Second, func() bool { return childOf(c.Process.Pid) > 0 }) {
+		_ = c.Process.Kill()
+		t.Fatal("the init never started its command")
+	}
+	for _, sig := range Absorbed {
+		if err := c.Process.Signal(sig); err != nil {
+			t.Fatalf("%v: %v", sig, err)
+		}
+	}
+	if code := exitCode(t, c.Wait()); code != 7 {
+		t.Errorf("exit %d, want the command's 7", code)
+	}
+	if stderr.Len() != 0 {
+		t.Errorf("the init wrote to stderr: %.300q", stderr.String())
+	}
+}
+
 // childOf is a child of pid, or 0.
 func childOf(pid int) int {
 	ents, _ := os.ReadDir("/proc")
