@@ -61,6 +61,7 @@ type FakeKernel struct {
 	mounts     map[string]fakeMount
 	owners     map[string][2]int
 	strays     map[string][]int
+	sockets    map[string][]string // by namespace path: Sockets's lines
 }
 
 // fakeMount is one mount: what it mounts, and for a file system of its own
@@ -86,7 +87,7 @@ type FakeLink struct {
 func NewFakeKernel() *FakeKernel {
 	k := &FakeKernel{Netfilter: firewall.NewFake(), namespaces: map[string]NetNS{}, links: map[string]*FakeLink{},
 		containers: map[string]*FakeProcess{}, mounts: map[string]fakeMount{}, owners: map[string][2]int{},
-		strays: map[string][]int{}}
+		strays: map[string][]int{}, sockets: map[string][]string{}}
 	k.Kernel = &Kernel{Netns: fakeNamespaces{k}, Links: fakeLinks{k}, Firewall: firewall.New(k.Netfilter),
 		Runtime: fakeContainers{k}, Egressd: fakeEgressdStarter{k}, FS: fakeFS{k}}
 	return k
@@ -187,6 +188,15 @@ func (k *FakeKernel) Stray(nsPath string, pid int) {
 	k.strays[nsPath] = append(k.strays[nsPath], pid)
 }
 
+// Socket puts a TCP socket that is not listening ("STATE LOCAL
+// REMOTE") in the namespace at nsPath: Namespaces.Sockets lists it until
+// the namespace is removed.
+func (k *FakeKernel) Socket(nsPath, line string) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.sockets[nsPath] = append(k.sockets[nsPath], line)
+}
+
 // fakeNamespaces are FakeKernel's Namespaces.
 type fakeNamespaces struct{ k *FakeKernel }
 
@@ -249,6 +259,7 @@ func (f fakeNamespaces) Remove(ns NetNS) error {
 	}
 	delete(k.namespaces, ns.Name)
 	delete(k.strays, ns.Path)
+	delete(k.sockets, ns.Path)
 	k.mu.Unlock()
 	for _, p := range inside {
 		p.kill()
@@ -285,6 +296,16 @@ func (f fakeNamespaces) Pids(ns NetNS) []int {
 	out = append(out, k.strays[ns.Path]...)
 	slices.Sort(out)
 	return out
+}
+
+func (f fakeNamespaces) Sockets(ns NetNS) ([]string, error) {
+	k := f.k
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if err := k.do("netns.sockets " + ns.Name); err != nil {
+		return nil, err
+	}
+	return slices.Clone(k.sockets[ns.Path]), nil
 }
 
 // fakeLinks are FakeKernel's Links.

@@ -64,6 +64,13 @@ type Namespaces interface {
 	// Pids lists the processes whose network namespace is ns: a pooled
 	// sandbox's reset proves that only its egressd is left (Pool).
 	Pids(ns NetNS) []int
+	// Sockets lists the TCP sockets of ns that are not listening, both
+	// families, as "STATE LOCAL REMOTE" (/proc/net/tcp's hexadecimal
+	// fields), and the UDP sockets holding unread datagrams: a pooled
+	// sandbox's reset proves that no connection or query of the last
+	// tenant is left, open, closing, or queued for egressd to take
+	// (Pool). A namespace it cannot read is an error.
+	Sockets(ns NetNS) ([]string, error)
 }
 
 // Links makes a filtered sandbox's uplink: a veth pair from the launcher's

@@ -131,6 +131,67 @@ func (hostNamespaces) Pids(n NetNS) []int {
 	return procsIn(n.Dev, n.Ino)
 }
 
+func (hostNamespaces) Sockets(n NetNS) ([]string, error) {
+	if n.Ino == 0 {
+		return nil, fmt.Errorf("network namespace %s: not open", n.Path)
+	}
+	// /proc/PID/net is the network namespace of process PID: any process
+	// in n shows n's sockets. One that ends while it is read is an error
+	// (and the reset's caller tries again).
+	pids := procsIn(n.Dev, n.Ino)
+	if len(pids) == 0 {
+		return nil, fmt.Errorf("network namespace %s: no process in it to read its sockets through", n.Path)
+	}
+	var out []string
+	for _, f := range []string{"tcp", "tcp6", "udp", "udp6"} {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/net/%s", pids[0], f))
+		if err != nil {
+			return nil, fmt.Errorf("reading the sockets of %s: %w", n.Path, err)
+		}
+		if strings.HasPrefix(f, "tcp") {
+			out = append(out, openTCPSockets(string(b))...)
+		} else {
+			out = append(out, queuedUDPSockets(string(b))...)
+		}
+	}
+	return out, nil
+}
+
+// queuedUDPSockets are the sockets of a /proc/net/udp or udp6 table with
+// datagrams waiting to be read, each as "udp LOCAL REMOTE queued=TX:RX":
+// a query of the last tenant's still queued at egressd's DNS port would
+// be answered under the next tenant's policy.
+func queuedUDPSockets(table string) []string {
+	var out []string
+	for i, line := range strings.Split(table, "\n") {
+		f := strings.Fields(line)
+		if i == 0 || len(f) < 5 {
+			continue
+		}
+		if _, rx, _ := strings.Cut(f[4], ":"); strings.Trim(rx, "0") != "" {
+			out = append(out, "udp "+f[1]+" "+f[2]+" queued="+f[4])
+		}
+	}
+	return out
+}
+
+// tcpListen is /proc/net/tcp's state of a listening socket.
+const tcpListen = "0A"
+
+// openTCPSockets are the sockets of a /proc/net/tcp or tcp6 table that
+// are not listening, each as "STATE LOCAL REMOTE".
+func openTCPSockets(table string) []string {
+	var out []string
+	for i, line := range strings.Split(table, "\n") {
+		f := strings.Fields(line)
+		if i == 0 || len(f) < 4 || f[3] == tcpListen {
+			continue
+		}
+		out = append(out, f[3]+" "+f[1]+" "+f[2])
+	}
+	return out
+}
+
 // netnsHandle returns a netlink handle whose sockets live in the namespace
 // at path.
 func netnsHandle(path string) (*netlink.Handle, error) {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -131,5 +132,37 @@ func TestFreshFirewallIsWhatInstallPuts(t *testing.T) {
 				t.Errorf("Verify after the fresh install: %v", err)
 			}
 		})
+	}
+}
+
+// TestOpenTCPSocketsLeavesOutListeners: the sockets a pooled reset must
+// not find are every row of /proc/net/tcp but the listening ones.
+func TestOpenTCPSocketsLeavesOutListeners(t *testing.T) {
+	const table = `  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:0C38 00000000:0000 0A 00000000:00000000 00:00000000 00000000 65530        0 1 1 ffff 100 0 0 10 0
+   1: 0100007F:0C38 0100007F:D431 08 00000000:00000000 00:00000000 00000000     0        0 0 1 ffff 20 4 30 10 -1
+   2: B2A8C80A:9E64 0A7100CB:0050 06 00000000:00000000 03:00001770 00000000     0        0 0 3 ffff
+`
+	got := openTCPSockets(table)
+	want := []string{"08 0100007F:0C38 0100007F:D431", "06 B2A8C80A:9E64 0A7100CB:0050"}
+	if !slices.Equal(got, want) {
+		t.Errorf("openTCPSockets = %q, want %q", got, want)
+	}
+	if got := openTCPSockets(""); len(got) != 0 {
+		t.Errorf("an empty table: %q", got)
+	}
+}
+
+// TestQueuedUDPSocketsAreThoseWithUnreadDatagrams: a UDP socket is left
+// by a reset only when datagrams wait in it.
+func TestQueuedUDPSocketsAreThoseWithUnreadDatagrams(t *testing.T) {
+	const table = `   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops
+  100: 0100007F:3ACD 00000000:0000 07 00000000:00000000 00:00000000 00000000 65530        0 1 2 ffff 0
+  101: 0100007F:3ACD 00000000:0000 07 00000000:00000340 00:00000000 00000000 65530        0 2 2 ffff 0
+`
+	got := queuedUDPSockets(table)
+	want := []string{"udp 0100007F:3ACD 00000000:0000 queued=00000000:00000340"}
+	if !slices.Equal(got, want) {
+		t.Errorf("queuedUDPSockets = %q, want %q", got, want)
 	}
 }

@@ -874,7 +874,36 @@ func (m *member) reset(ctx context.Context, next func(context.Context) error) er
 	if s.EgressdExited() {
 		return errors.New("egressd exited")
 	}
-	return nil
+	return s.noConnectionsLeft(ctx)
+}
+
+// socketsSettle bounds how long a reset waits for the namespace's TCP
+// sockets to end: egressd reset every connection and the namespace keeps
+// none closed, so only one whose closing still awaits its peer's answer
+// (an RTT) may remain a moment.
+const socketsSettle = time.Second
+
+// noConnectionsLeft checks that the sandbox's namespace holds no TCP
+// socket but egressd's listeners, waiting up to socketsSettle: a
+// connection open, closing (which names its destination in /proc/net/tcp
+// to the next tenant) or still queued for egressd to accept (which
+// egressd would otherwise take and decide under the next tenant's
+// policy) fails the reset (THREATS G9).
+func (s *Sandbox) noConnectionsLeft(ctx context.Context) error {
+	deadline := time.Now().Add(socketsSettle)
+	for {
+		left, err := s.k.Netns.Sockets(s.ns)
+		if err == nil && len(left) == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			if err != nil {
+				return fmt.Errorf("reading the sockets of the sandbox's namespace: %w", err)
+			}
+			return fmt.Errorf("TCP sockets left in the sandbox's namespace after its reset (state local remote): %v", left)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // dropContainer deletes the sandbox's container (every process in it

@@ -191,6 +191,12 @@ func TestPoolSandboxFailingItsResetIsDestroyedNeverHandedOut(t *testing.T) {
 			w.k.Netfilter.AddRule(filepath.Join(NetnsDir, l.ID()), firewall.IPv4, "filter", firewall.ChainOutput, "-j ACCEPT")
 		}, "firewall"},
 		{"process left", func(w *poolWorld, l *Lease) { w.k.Stray(filepath.Join(NetnsDir, l.ID()), 4242) }, "4242"},
+		// A's connection still queued on egressd's explicit proxy port
+		// (a process of A's connected, wrote a request and died before
+		// egressd accepted it): egressd would decide it under B's policy.
+		{"connection queued for egressd", func(w *poolWorld, l *Lease) {
+			w.k.Socket(filepath.Join(NetnsDir, l.ID()), "08 0100007F:0C38 0100007F:A1B2")
+		}, "0100007F:0C38"},
 		{"egressd holds a connection", func(w *poolWorld, l *Lease) { w.egressd(l.ID()).Hold(1) }, "/reset: 500"},
 		{"egressd refuses its reset", func(w *poolWorld, l *Lease) {
 			w.egressd(l.ID()).FailAdmin("POST /reset", http.StatusServiceUnavailable)
