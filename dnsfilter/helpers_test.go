@@ -1,7 +1,6 @@
 package dnsfilter
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -17,6 +16,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/egressd/egressd/audit"
+	"github.com/egressd/egressd/internal/syncbuf"
 	"github.com/egressd/egressd/policy"
 )
 
@@ -204,32 +204,17 @@ func (u *testUpstream) setOverride(f func(r *dns.Msg, tcp bool) *dns.Msg) {
 	u.override = f
 }
 
-// syncBuffer is a bytes.Buffer safe for the audit logger's writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
+// syncBuffer is the audit logger's sink, read as records.
+type syncBuffer struct{ syncbuf.Buffer }
 
 // reset drops the records written so far (the tests' audit Logger writes
 // each record as it is logged).
-func (s *syncBuffer) reset() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.b.Reset()
-}
+func (s *syncBuffer) reset() { s.Reset() }
 
 func (s *syncBuffer) records(t *testing.T) []audit.Record {
 	t.Helper()
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	var out []audit.Record
-	for _, line := range strings.Split(strings.TrimSpace(s.b.String()), "\n") {
+	for _, line := range strings.Split(strings.TrimSpace(s.String()), "\n") {
 		if line == "" {
 			continue
 		}

@@ -17,13 +17,13 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/egressd/egressd/e2e/fakenet"
 	"github.com/egressd/egressd/firewall"
+	"github.com/egressd/egressd/internal/syncbuf"
 	"github.com/egressd/egressd/policy"
 )
 
@@ -98,7 +98,7 @@ type egressd struct {
 	fw         firewall.Config
 
 	cmd    *exec.Cmd
-	stderr *lockedBuffer
+	stderr *syncbuf.Buffer
 	exited chan struct{}
 }
 
@@ -145,7 +145,7 @@ func startEgressdWith(t *testing.T, w *fakenet.World, s *fakenet.Sandbox, o star
 		policyPath: filepath.Join(dir, "policy.toml"),
 		auditPath:  filepath.Join(dir, "audit.jsonl"),
 		adminAddr:  "unix:" + filepath.Join(dir, "admin.sock"),
-		stderr:     &lockedBuffer{},
+		stderr:     &syncbuf.Buffer{},
 		exited:     make(chan struct{}),
 	}
 	if o.adminTCP != "" {
@@ -900,23 +900,7 @@ func assertNothingLeavesWithEgressdDead(t *testing.T, w *fakenet.World, ns runne
 
 // ---- small things --------------------------------------------------------
 
-// lockedBuffer is a bytes.Buffer safe for a process's output and readers.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
+// syncbuf.Buffer is a bytes.Buffer safe for a process's output and readers.
 
 // eventually polls cond every 50ms until it holds or timeout passes.
 func eventually(timeout time.Duration, cond func() bool) bool {

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/egressd/egressd/e2e/fakenet"
+	"github.com/egressd/egressd/internal/syncbuf"
 	"github.com/egressd/egressd/sandbox"
 )
 
@@ -238,7 +239,7 @@ func (lw *lworld) runWith(o lopts, args ...string) lresult {
 	// only if it does not finish that.
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
 	cmd.WaitDelay = 20 * time.Second
-	var out, errOut lockedBuffer
+	var out, errOut syncbuf.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errOut
 	if o.stdout != nil {
 		cmd.Stdout = io.MultiWriter(&out, o.stdout)

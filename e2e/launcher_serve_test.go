@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/egressd/egressd/e2e/fakenet"
+	"github.com/egressd/egressd/internal/syncbuf"
 	"github.com/egressd/egressd/sandbox"
 )
 
@@ -72,7 +73,7 @@ type server struct {
 	lw     *lworld
 	sock   string
 	cmd    *exec.Cmd
-	stderr *lockedBuffer
+	stderr *syncbuf.Buffer
 	exited chan struct{}
 	client *http.Client
 }
@@ -96,7 +97,7 @@ func startServerAt(t *testing.T, lw *lworld, sock string, args ...string) *serve
 	full := append([]string{"serve", "--listen", "unix:" + sock, "--egressd", egressdBin, "--upstream-dns", dnsAddr.String()}, args...)
 	cmd := lw.w.Exec(context.Background(), launcherBinary(t), full...)
 	cmd.Env = cleanEnv()
-	s := &server{t: t, lw: lw, sock: sock, cmd: cmd, stderr: &lockedBuffer{}, exited: make(chan struct{})}
+	s := &server{t: t, lw: lw, sock: sock, cmd: cmd, stderr: &syncbuf.Buffer{}, exited: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = s.stderr, s.stderr
 	s.client = &http.Client{Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/egressd/egressd/e2e/fakenet"
+	"github.com/egressd/egressd/internal/syncbuf"
 	"github.com/egressd/egressd/sandbox"
 	"github.com/egressd/egressd/sandbox/pid1"
 )
@@ -753,7 +754,7 @@ func testLauncherSIGTERM(t *testing.T) {
 	lw := newLauncherWorld(t)
 	started := make(chan int, 1)
 	done := make(chan lresult, 1)
-	var out lockedBuffer
+	var out syncbuf.Buffer
 	go func() {
 		done <- lw.runWith(lopts{started: func(p int) { started <- p }, stdout: &out}, "--", "sh", "-c", "trap 'exit 42' TERM; echo up; sleep 60 & wait")
 	}()

@@ -18,6 +18,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/egressd/egressd/e2e/fakenet"
+	"github.com/egressd/egressd/internal/syncbuf"
 )
 
 // Issue #11: the example Kubernetes pod (deploy/kubernetes/sandbox-pod.yaml),
@@ -150,8 +151,8 @@ type simPod struct {
 	init     asUser
 
 	cmd    *exec.Cmd
-	audit  *lockedBuffer // the sidecar's stdout (--audit-log=-)
-	log    *lockedBuffer // its stderr (--log-format=json)
+	audit  *syncbuf.Buffer // the sidecar's stdout (--audit-log=-)
+	log    *syncbuf.Buffer // its stderr (--log-format=json)
 	exited chan struct{}
 }
 
@@ -253,7 +254,7 @@ func startPod(t *testing.T, w *fakenet.World, s *fakenet.Sandbox, ex examplePod,
 		workload: asUser{s: s, uid: ex.workloadUID, gid: ex.workloadGID, caps: "-all"},
 		egressd:  asUser{s: s, uid: ex.egressdUID, gid: ex.egressdGID, caps: "-all"},
 		init:     asUser{s: s, uid: 0, gid: 0, caps: "-all,+net_admin,+net_raw"},
-		audit:    &lockedBuffer{}, log: &lockedBuffer{}, exited: make(chan struct{}),
+		audit:    &syncbuf.Buffer{}, log: &syncbuf.Buffer{}, exited: make(chan struct{}),
 	}
 
 	// The pod's sysctl (securityContext.sysctls), set where the namespace is

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/egressd/egressd/audit"
+	"github.com/egressd/egressd/internal/syncbuf"
 	"github.com/egressd/egressd/policy"
 )
 
@@ -129,23 +130,12 @@ type fakeLearned map[netip.Addr][]string
 func (l fakeLearned) LearnedNames(a netip.Addr) []string { return l[a] }
 
 // auditSink collects audit lines.
-type auditSink struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (s *auditSink) Write(b []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.Write(b)
-}
+type auditSink struct{ syncbuf.Buffer }
 
 func (s *auditSink) records(t testing.TB) []audit.Record {
 	t.Helper()
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	var out []audit.Record
-	for line := range strings.SplitSeq(strings.TrimSpace(s.buf.String()), "\n") {
+	for line := range strings.SplitSeq(strings.TrimSpace(s.String()), "\n") {
 		if line == "" {
 			continue
 		}

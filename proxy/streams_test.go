@@ -408,9 +408,7 @@ func (l *lab) run(t testing.TB, lp labPath, chunks []labChunk) labOutcome {
 	}
 	out.events = l.srv.take()
 	out.records = l.sink.records(t)
-	l.sink.mu.Lock()
-	l.sink.buf.Reset()
-	l.sink.mu.Unlock()
+	l.sink.Reset()
 	return out
 }
 

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/egressd/egressd/internal/ptytest"
+	"github.com/egressd/egressd/internal/syncbuf"
 	"golang.org/x/sys/unix"
 )
 
@@ -112,7 +113,7 @@ func TestHostContainersStartRunsTheRuntime(t *testing.T) {
 func TestTerminalIsCopiedAndResized(t *testing.T) {
 	master, slave := ptytest.Open(t)
 	resize := make(chan WindowSize, 1)
-	var out lockedBuffer
+	var out syncbuf.Buffer
 	in, inW, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)

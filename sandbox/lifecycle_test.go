@@ -22,6 +22,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/egressd/egressd/firewall"
+	"github.com/egressd/egressd/internal/syncbuf"
 	"github.com/egressd/egressd/policy"
 	"github.com/egressd/egressd/sandbox/specconv"
 )
@@ -285,7 +286,7 @@ func TestLifecycleTeardownOnEveryWayOut(t *testing.T) {
 				settings = append(settings, policy.Setting{Key: "process.timeout", Values: []string{tc.timeout}})
 			}
 			cfg := fakeConfig(t, k, "standard", settings...)
-			var logs lockedBuffer
+			var logs syncbuf.Buffer
 			cfg.Logger = slog.New(slog.NewTextHandler(&logs, nil))
 			s, err := Create(context.Background(), cfg)
 			if err != nil {
@@ -310,23 +311,6 @@ func TestLifecycleTeardownOnEveryWayOut(t *testing.T) {
 			}
 		})
 	}
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // TestLifecycleTeardownStopsTheWorkloadBeforeTheNamespace: nothing of the
@@ -403,7 +387,7 @@ func TestLifecycleSignalsReachTheCommand(t *testing.T) {
 func TestLifecycleDenialsComeFromEgressdsAuditStream(t *testing.T) {
 	k := NewFakeKernel()
 	cfg := fakeConfig(t, k, "standard")
-	var audit lockedBuffer
+	var audit syncbuf.Buffer
 	cfg.AuditLog = &audit
 	var live []Denial
 	cfg.OnDenial = func(d Denial) { live = append(live, d) }

@@ -20,6 +20,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/egressd/egressd/firewall"
+	"github.com/egressd/egressd/internal/syncbuf"
 	"github.com/egressd/egressd/policy"
 	"github.com/egressd/egressd/sandbox/pid1"
 )
@@ -753,7 +754,7 @@ func TestPoolFailureToMakeASandboxIsTriedAgain(t *testing.T) {
 	base := fakeConfig(t, k, "standard")
 	base.Init = filepath.Join(t.TempDir(), "init")
 	writeELF(t, base.Init, 0o755, elf.PT_LOAD)
-	var logged lockedBuffer
+	var logged syncbuf.Buffer
 	p, err := NewPool(PoolConfig{Config: base, Size: 2, Logger: slog.New(slog.NewTextHandler(&logged, nil))})
 	if err != nil {
 		t.Fatal(err)

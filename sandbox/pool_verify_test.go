@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/egressd/egressd/firewall"
+	"github.com/egressd/egressd/internal/syncbuf"
 	"github.com/egressd/egressd/policy"
 	"github.com/google/go-cmp/cmp"
 )
@@ -182,7 +183,7 @@ func TestPoolSandboxFailingAKernelCheckIsDestroyedNeverHandedOut(t *testing.T) {
 			nf := &plantingNetfilter{Netfilter: firewall.System()}
 			k := HostKernel()
 			k.Firewall = firewall.New(nf)
-			var log lockedBuffer
+			var log syncbuf.Buffer
 			tenant := func(allow string, args ...string) Config {
 				return Config{Profile: resolveWith(t, "standard", "", policy.Setting{Key: "network.allow", Values: []string{allow}, Source: policy.Flag("--allow")}),
 					Args: args, EgressdPath: egressd, Init: launcher, ResolvConf: rc, StateDir: state, Kernel: k}

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -19,6 +18,7 @@ import (
 	"time"
 
 	"github.com/egressd/egressd/audit"
+	"github.com/egressd/egressd/internal/syncbuf"
 	"github.com/miekg/dns"
 )
 
@@ -40,27 +40,10 @@ func TestMain(m *testing.M) {
 // served is one `egressd serve` process.
 type served struct {
 	cmd    *exec.Cmd
-	stderr *syncBuf
+	stderr *syncbuf.Buffer
 	waited chan error
 	// proxy, dns and admin are the listeners' addresses.
 	proxy, dns string
-}
-
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // freePort returns a loopback address:port nothing listens on now.
@@ -84,7 +67,7 @@ func startServe(t *testing.T, shellPrefix string, args ...string) *served {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &served{stderr: &syncBuf{}, waited: make(chan error, 1), proxy: freePort(t), dns: freePort(t)}
+	s := &served{stderr: &syncbuf.Buffer{}, waited: make(chan error, 1), proxy: freePort(t), dns: freePort(t)}
 	args = append([]string{"serve", "--proxy-listen", s.proxy, "--dns-listen", s.dns, "--transparent-listen", freePort(t),
 		"--upstream-dns", "127.0.0.1:9", "--ready-fd", "3", "--log-format", "json"}, args...)
 	if shellPrefix != "" {

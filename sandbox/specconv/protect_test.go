@@ -4,14 +4,14 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"time"
-
-	"golang.org/x/sys/unix"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"golang.org/x/sys/unix"
 
 	"github.com/egressd/egressd/policy"
-	"github.com/google/go-cmp/cmp"
 )
 
 func planOf(pps []ProtectedPath) map[string]string {
