@@ -6,6 +6,8 @@ import (
 	"testing"
 
 	"github.com/miekg/dns"
+
+	"github.com/egressd/egressd/internal/baredns"
 )
 
 // packWriter is a dns.ResponseWriter that packs a reply given as a message
@@ -68,22 +70,7 @@ func BenchmarkServeDNSDenied(b *testing.B) {
 // the baseline the cached path is measured against (reply built from
 // memory, packed).
 func BenchmarkServeDNSBare(b *testing.B) {
-	ip := net.IPv4(198, 51, 100, 1).To4()
-	h := dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
-		resp := new(dns.Msg)
-		resp.SetReply(r)
-		resp.RecursionAvailable = true
-		if len(r.Question) == 1 && r.Question[0].Qtype == dns.TypeA {
-			resp.Answer = []dns.RR{&dns.A{
-				Hdr: dns.RR_Header{Name: r.Question[0].Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 300},
-				A:   ip,
-			}}
-		}
-		if o := r.IsEdns0(); o != nil {
-			resp.SetEdns0(1232, false)
-		}
-		_ = w.WriteMsg(resp)
-	})
+	h := baredns.Handler()
 	req := new(dns.Msg)
 	req.SetQuestion("www.example.test.", dns.TypeA)
 	w := &packWriter{remote: &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 40000}, buf: make([]byte, 0, 512)}

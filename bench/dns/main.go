@@ -26,6 +26,7 @@ import (
 
 	"github.com/egressd/egressd/audit"
 	"github.com/egressd/egressd/dnsfilter"
+	"github.com/egressd/egressd/internal/baredns"
 	"github.com/egressd/egressd/policy"
 )
 
@@ -143,22 +144,7 @@ func startBare(addr string) (*dns.Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	ip := net.IPv4(198, 51, 100, 1).To4()
-	srv := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
-		resp := new(dns.Msg)
-		resp.SetReply(r)
-		resp.RecursionAvailable = true
-		if len(r.Question) == 1 && r.Question[0].Qtype == dns.TypeA {
-			resp.Answer = []dns.RR{&dns.A{
-				Hdr: dns.RR_Header{Name: r.Question[0].Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 300},
-				A:   ip,
-			}}
-		}
-		if o := r.IsEdns0(); o != nil {
-			resp.SetEdns0(1232, false)
-		}
-		_ = w.WriteMsg(resp)
-	})}
+	srv := &dns.Server{PacketConn: pc, Handler: baredns.Handler()}
 	started := make(chan struct{})
 	srv.NotifyStartedFunc = func() { close(started) }
 	errc := make(chan error, 1)
