@@ -420,7 +420,7 @@ func ParsePathPattern(text string) (*PathPattern, error) {
 	}
 	pp := compilePathPattern(text, wild == 0)
 	pp.folded = pp
-	if lower := lowerASCII(text); lower != text {
+	if lower := LowerASCII(text); lower != text {
 		pp.folded = compilePathPattern(lower, wild == 0)
 	}
 	return pp, nil
@@ -447,7 +447,7 @@ func (pp *PathPattern) MatchBlock(p string) bool {
 	if f == nil {
 		f = pp
 	}
-	lp := lowerASCII(p)
+	lp := LowerASCII(p)
 	if f.Match(lp) {
 		return true
 	}
@@ -457,9 +457,10 @@ func (pp *PathPattern) MatchBlock(p string) bool {
 	return lp != "*" && f.Match(lp+"/")
 }
 
-// lowerASCII returns s with ASCII upper-case letters in lower case; it
-// allocates only when s has one.
-func lowerASCII(s string) string {
+// LowerASCII returns s with ASCII upper-case letters in lower case (other
+// bytes, UTF-8 included, stay, so indexes into s carry over); it allocates
+// only when s has one.
+func LowerASCII(s string) string {
 	for i := 0; i < len(s); i++ {
 		if 'A' <= s[i] && s[i] <= 'Z' {
 			b := []byte(s)

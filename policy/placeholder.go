@@ -35,7 +35,7 @@ type placeholderForm struct {
 func placeholderForms(creds []*Credential) []placeholderForm {
 	out := make([]placeholderForm, len(creds))
 	for i, c := range creds {
-		out[i].folded = lowerASCII(c.Placeholder)
+		out[i].folded = LowerASCII(c.Placeholder)
 		seen := map[string]bool{}
 		for _, enc := range []*base64.Encoding{base64.RawStdEncoding, base64.RawURLEncoding} {
 			for align := range 3 {
@@ -74,7 +74,7 @@ func (m *Matcher) PlaceholderFor(host, s string) *Credential {
 			}
 		}
 		if !didDecode {
-			decoded, didDecode = lowerASCII(UnescapeLoose(s)), true
+			decoded, didDecode = LowerASCII(UnescapeLoose(s)), true
 		}
 		if strings.Contains(decoded, f.folded) {
 			return c

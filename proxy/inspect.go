@@ -700,10 +700,10 @@ func maskHeader(h http.Header, forms []string) {
 // maskFold masks the forms in a header name with ASCII case ignored:
 // net/http rewrites the case of the names it parses.
 func maskFold(name string, forms []string) string {
-	lower := asciiLower(name) // same length as name, so indexes carry over
+	lower := policy.LowerASCII(name) // same length as name, so indexes carry over
 	var b []byte
 	for _, f := range forms {
-		lf := asciiLower(f)
+		lf := policy.LowerASCII(f)
 		for i := 0; ; {
 			k := strings.Index(lower[i:], lf)
 			if k < 0 {
@@ -720,17 +720,6 @@ func maskFold(name string, forms []string) string {
 	}
 	if b == nil {
 		return name
-	}
-	return string(b)
-}
-
-// asciiLower is s with ASCII letters in lower case; other bytes stay.
-func asciiLower(s string) string {
-	b := []byte(s)
-	for i, c := range b {
-		if 'A' <= c && c <= 'Z' {
-			b[i] = c + 'a' - 'A'
-		}
 	}
 	return string(b)
 }

@@ -287,7 +287,7 @@ func sequencePattern(seq []atom) (pattern string, ips bool, err error) {
 	var m []atom
 	for _, a := range seq {
 		if a.kind == aLit {
-			a.lit = asciiLower(a.lit)
+			a.lit = policy.LowerASCII(a.lit)
 		}
 		if n := len(m); n > 0 {
 			last := &m[n-1]
@@ -369,17 +369,6 @@ func emptyIsInvalid(m []atom, i int) bool {
 	leftDot := i == 0 || m[i-1].kind == aLit && strings.HasSuffix(m[i-1].lit, ".")
 	rightDot := i == len(m)-1 || m[i+1].kind == aLit && strings.HasPrefix(m[i+1].lit, ".")
 	return leftDot && rightDot
-}
-
-// asciiLower lower-cases ASCII letters only (literals are ASCII here).
-func asciiLower(s string) string {
-	b := []byte(s)
-	for i, c := range b {
-		if 'A' <= c && c <= 'Z' {
-			b[i] = c + 'a' - 'A'
-		}
-	}
-	return string(b)
 }
 
 func nameChar(c byte) bool {
