@@ -9,9 +9,9 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/egressd/egressd/audit"
+	"github.com/egressd/egressd/internal/metrics"
 	"github.com/egressd/egressd/policy"
 )
 
@@ -119,7 +119,7 @@ type Config struct {
 	Logger *slog.Logger
 	// Metrics registers the egressd_dns_* metrics. nil → not registered
 	// (the counters still run, unexported).
-	Metrics prometheus.Registerer
+	Metrics *metrics.Registry
 
 	// Now is the clock, for tests. nil → time.Now.
 	Now func() time.Time

@@ -299,7 +299,7 @@ func TestAnswersPointingAtPrivateAddressesAreStripped(t *testing.T) {
 	if !errors.As(err, &de) || de.Decision.Reason != policy.ReasonGuardedAddress {
 		t.Errorf("Resolve of an all-private name: %v, want guarded-address denial", err)
 	}
-	if got := metricValue(t, e.srv.m.stripped); got < 12 {
+	if got := e.srv.m.stripped.Value(); got < 12 {
 		t.Errorf("stripped records metric = %v, want at least 12", got)
 	}
 }
@@ -588,7 +588,7 @@ func TestCacheIsBounded(t *testing.T) {
 			t.Fatalf("cache holds %d entries after %d names, bound is 8", n, i+1)
 		}
 	}
-	if got := metricValue(t, e.srv.m.cacheEntries); got != 8 {
+	if got := e.metricValue("egressd_dns_cache_entries"); got != 8 {
 		t.Errorf("cache entries gauge %v, want 8", got)
 	}
 	// The most recent names are cached; the oldest were evicted.
@@ -727,7 +727,7 @@ func TestRateLimitPerClient(t *testing.T) {
 	if diff := cmp.Diff([]string{"NOERROR", "NOERROR", "NOERROR", "NOERROR", "NOERROR", "REFUSED"}, got); diff != "" {
 		t.Errorf("after 1s (-want +got):\n%s", diff)
 	}
-	if got := metricValue(t, e.srv.m.queries[audit.ReasonDNSRate]); got != 3 {
+	if got := e.srv.m.queries[audit.ReasonDNSRate].Value(); got != 3 {
 		t.Errorf("rate-limited metric %v, want 3", got)
 	}
 	// Audit: at most one rate-limited record per client per second.
@@ -1225,7 +1225,7 @@ func TestEveryQueryHasItsOutcome(t *testing.T) {
 		if tc.reason == audit.ReasonQTypeNotForwarded && r.Rule != "*.example.test" {
 			t.Errorf("qtype-not-forwarded names the rule that allowed the name: %+v", r)
 		}
-		if got := metricValue(t, e.srv.m.queriesVec.WithLabelValues(string(tc.outcome), string(tc.reason))); got < 1 {
+		if got := e.srv.m.queriesVec.WithLabelValues(string(tc.outcome), string(tc.reason)).Value(); got < 1 {
 			t.Errorf("%s: egressd_dns_queries_total{result=%q,reason=%q} = %v", tc.name, tc.outcome, tc.reason, got)
 		}
 	}

@@ -12,10 +12,10 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
-	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 
 	"github.com/egressd/egressd/audit"
+	"github.com/egressd/egressd/internal/metrics"
+	"github.com/egressd/egressd/internal/metrics/metricstest"
 	"github.com/egressd/egressd/internal/syncbuf"
 	"github.com/egressd/egressd/policy"
 )
@@ -272,14 +272,14 @@ type testEnv struct {
 	live  *policy.Live
 	clock *fakeClock
 	audit *syncBuffer
-	reg   *prometheus.Registry
+	reg   *metrics.Registry
 }
 
 // newEnv starts a Server allowing allow and blocking block, with an
 // unlimited query rate and a fake clock unless mod changes them.
 func newEnv(t *testing.T, up *testUpstream, allow, block []string, mod func(*Config)) *testEnv {
 	t.Helper()
-	e := &testEnv{t: t, up: up, live: &policy.Live{}, clock: newFakeClock(), audit: &syncBuffer{}, reg: prometheus.NewRegistry()}
+	e := &testEnv{t: t, up: up, live: &policy.Live{}, clock: newFakeClock(), audit: &syncBuffer{}, reg: metrics.NewRegistry()}
 	e.live.Store(matcher(t, allow, block))
 	cfg := Config{
 		Policy:    e.live,
@@ -358,19 +358,12 @@ func answerAddrs(m *dns.Msg) []string {
 
 func rcode(m *dns.Msg) string { return dns.RcodeToString[m.Rcode] }
 
-// metricValue reads a counter or gauge.
-func metricValue(t *testing.T, c prometheus.Metric) float64 {
-	t.Helper()
-	var m dto.Metric
-	if err := c.Write(&m); err != nil {
-		t.Fatal(err)
+// metricValue reads an unlabelled series of the resolver's registry.
+func (e *testEnv) metricValue(name string) float64 {
+	e.t.Helper()
+	v, ok := metricstest.Value(e.t, e.reg, name, nil)
+	if !ok {
+		e.t.Fatalf("no series %s", name)
 	}
-	switch {
-	case m.Counter != nil:
-		return m.Counter.GetValue()
-	case m.Gauge != nil:
-		return m.Gauge.GetValue()
-	}
-	t.Fatalf("metric %v is neither counter nor gauge", c.Desc())
-	return 0
+	return v
 }

@@ -4,12 +4,11 @@ import (
 	"fmt"
 	"slices"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/egressd/egressd/audit"
+	"github.com/egressd/egressd/internal/metrics"
 )
 
-// metrics are the resolver's Prometheus metrics:
+// dnsMetrics are the resolver's Prometheus metrics:
 //
 //	egressd_dns_queries_total{result,reason}       client queries by outcome and reason (audit.Reasons)
 //	egressd_dns_cache_hits_total                   answers served from the cache
@@ -19,58 +18,43 @@ import (
 //	egressd_dns_upstream_errors_total              exchanges that failed (timeout, network, bad reply)
 //	egressd_dns_guard_stripped_records_total       A/AAAA records removed by the address guard
 //	egressd_dns_learned_addresses                  addresses in the learned-address table now
-type metrics struct {
-	queries         map[audit.Reason]prometheus.Counter
-	queriesVec      *prometheus.CounterVec
-	cacheHits       prometheus.Counter
-	cacheMisses     prometheus.Counter
-	upstreamOK      prometheus.Observer
-	upstreamErr     prometheus.Observer
-	upstreamDur     *prometheus.HistogramVec
-	upstreamErrors  prometheus.Counter
-	stripped        prometheus.Counter
-	cacheEntries    prometheus.GaugeFunc
-	learnedEntries  prometheus.GaugeFunc
-	registerTargets []prometheus.Collector
+type dnsMetrics struct {
+	queries        map[audit.Reason]*metrics.Counter
+	queriesVec     *metrics.CounterVec
+	cacheHits      *metrics.Counter
+	cacheMisses    *metrics.Counter
+	upstreamOK     *metrics.Histogram
+	upstreamErr    *metrics.Histogram
+	upstreamDur    *metrics.HistogramVec
+	upstreamErrors *metrics.Counter
+	stripped       *metrics.Counter
+	// cacheLen and learnedLen are the gauges egressd_dns_cache_entries and
+	// egressd_dns_learned_addresses, read at scrape time.
+	cacheLen, learnedLen func() int
+	registerTargets      []metrics.Collector
 }
 
-func newMetrics(cacheLen, learnedLen func() int) *metrics {
-	m := &metrics{
-		queries: map[audit.Reason]prometheus.Counter{},
-		queriesVec: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "egressd_dns_queries_total",
-			Help: "Client DNS queries by result (allow, deny, error) and reason (docs/audit.md).",
-		}, []string{"result", "reason"}),
-		cacheHits: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "egressd_dns_cache_hits_total",
-			Help: "Lookups answered from the DNS cache.",
-		}),
-		cacheMisses: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "egressd_dns_cache_misses_total",
-			Help: "Lookups not in the DNS cache (forwarded upstream).",
-		}),
-		upstreamDur: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name:    "egressd_dns_upstream_duration_seconds",
-			Help:    "Duration of one exchange with an upstream resolver, by result (ok, error).",
-			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
-		}, []string{"result"}),
-		upstreamErrors: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "egressd_dns_upstream_errors_total",
-			Help: "Upstream exchanges that failed (timeout, network error, mismatched or malformed reply).",
-		}),
-		stripped: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "egressd_dns_guard_stripped_records_total",
-			Help: "A/AAAA records removed from answers by the address guard.",
-		}),
+func newMetrics(cacheLen, learnedLen func() int) *dnsMetrics {
+	m := &dnsMetrics{
+		queries: map[audit.Reason]*metrics.Counter{},
+		queriesVec: metrics.NewCounterVec("egressd_dns_queries_total",
+			"Client DNS queries by result (allow, deny, error) and reason (docs/audit.md).", "result", "reason"),
+		cacheHits:   metrics.NewCounter("egressd_dns_cache_hits_total", "Lookups answered from the DNS cache."),
+		cacheMisses: metrics.NewCounter("egressd_dns_cache_misses_total", "Lookups not in the DNS cache (forwarded upstream)."),
+		upstreamDur: metrics.NewHistogramVec("egressd_dns_upstream_duration_seconds",
+			"Duration of one exchange with an upstream resolver, by result (ok, error).",
+			[]float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5}, "result"),
+		upstreamErrors: metrics.NewCounter("egressd_dns_upstream_errors_total",
+			"Upstream exchanges that failed (timeout, network error, mismatched or malformed reply)."),
+		stripped: metrics.NewCounter("egressd_dns_guard_stripped_records_total",
+			"A/AAAA records removed from answers by the address guard."),
+		cacheLen:   cacheLen,
+		learnedLen: learnedLen,
 	}
-	m.cacheEntries = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Name: "egressd_dns_cache_entries",
-		Help: "Answers in the DNS cache.",
-	}, func() float64 { return float64(cacheLen()) })
-	m.learnedEntries = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Name: "egressd_dns_learned_addresses",
-		Help: "Addresses in the DNS learned-address table.",
-	}, func() float64 { return float64(learnedLen()) })
+	cacheEntries := metrics.NewGaugeFunc("egressd_dns_cache_entries", "Answers in the DNS cache.",
+		func() float64 { return float64(cacheLen()) })
+	learnedEntries := metrics.NewGaugeFunc("egressd_dns_learned_addresses", "Addresses in the DNS learned-address table.",
+		func() float64 { return float64(learnedLen()) })
 	for _, ri := range audit.Reasons {
 		if slices.Contains(ri.Kinds, audit.KindDNS) {
 			m.queries[ri.Reason] = m.queriesVec.WithLabelValues(string(ri.Outcome), string(ri.Reason))
@@ -78,16 +62,16 @@ func newMetrics(cacheLen, learnedLen func() int) *metrics {
 	}
 	m.upstreamOK = m.upstreamDur.WithLabelValues("ok")
 	m.upstreamErr = m.upstreamDur.WithLabelValues("error")
-	m.registerTargets = []prometheus.Collector{
+	m.registerTargets = []metrics.Collector{
 		m.queriesVec, m.cacheHits, m.cacheMisses, m.upstreamDur, m.upstreamErrors,
-		m.stripped, m.cacheEntries, m.learnedEntries,
+		m.stripped, cacheEntries, learnedEntries,
 	}
 	return m
 }
 
 // query counts one client query with its outcome (the reason's, or
 // would-deny in report mode) and reason.
-func (m *metrics) query(o audit.Outcome, r audit.Reason) {
+func (m *dnsMetrics) query(o audit.Outcome, r audit.Reason) {
 	c, ok := m.queries[r]
 	if !ok || o != r.Outcome() { // a would-deny, or a reason the table does not give the resolver: still counted
 		c = m.queriesVec.WithLabelValues(string(o), string(r))
@@ -95,17 +79,12 @@ func (m *metrics) query(o audit.Outcome, r audit.Reason) {
 	c.Inc()
 }
 
-func (m *metrics) register(r prometheus.Registerer) error {
+func (m *dnsMetrics) register(r *metrics.Registry) error {
 	if r == nil {
 		return nil
 	}
-	for i, c := range m.registerTargets {
-		if err := r.Register(c); err != nil {
-			for _, done := range m.registerTargets[:i] {
-				r.Unregister(done)
-			}
-			return fmt.Errorf("registering DNS metrics: %w", err)
-		}
+	if err := r.Register(m.registerTargets...); err != nil {
+		return fmt.Errorf("registering DNS metrics: %w", err)
 	}
 	return nil
 }

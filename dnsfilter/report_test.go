@@ -65,7 +65,7 @@ func TestReportModeAnswersWouldDenyAndStillGuards(t *testing.T) {
 	if diff := cmp.Diff([]string{"new.test"}, e.srv.LearnedNames(netip.MustParseAddr("203.0.113.7"))); diff != "" {
 		t.Errorf("learned names of a would-deny answer (-want +got):\n%s", diff)
 	}
-	if got := metricValue(t, e.srv.m.queriesVec.WithLabelValues("would-deny", "no-allow-rule")); got != 2 {
+	if got := e.srv.m.queriesVec.WithLabelValues("would-deny", "no-allow-rule").Value(); got != 2 {
 		t.Errorf("egressd_dns_queries_total{would-deny,no-allow-rule} = %v, want 2", got)
 	}
 	// The proxy's lookups: a would-deny name resolves; the guard holds.

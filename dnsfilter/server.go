@@ -32,7 +32,7 @@ type Server struct {
 	policy  PolicySource
 	audit   *audit.Logger
 	log     *slog.Logger
-	m       *metrics
+	m       *dnsMetrics
 	cache   *cache
 	learned *learnedTable
 	limiter *limiter

@@ -48,7 +48,7 @@ type upstreams struct {
 	timeout   time.Duration
 	sem       chan struct{}
 	preferred atomic.Uint32
-	m         *metrics
+	m         *dnsMetrics
 	tcp       *dns.Client
 	closed    atomic.Bool
 	bufs      sync.Pool
@@ -64,7 +64,7 @@ type udpConn struct {
 	uses int
 }
 
-func newUpstreams(addrs []netip.AddrPort, mark uint32, timeout time.Duration, maxInflight int, m *metrics) *upstreams {
+func newUpstreams(addrs []netip.AddrPort, mark uint32, timeout time.Duration, maxInflight int, m *dnsMetrics) *upstreams {
 	u := &upstreams{
 		timeout: timeout,
 		sem:     make(chan struct{}, maxInflight),

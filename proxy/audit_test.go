@@ -16,9 +16,10 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/egressd/egressd/audit"
+	"github.com/egressd/egressd/internal/metrics"
+	"github.com/egressd/egressd/internal/metrics/metricstest"
 )
 
 // One audit line per decision: denials at once, allows when they end,
@@ -150,17 +151,13 @@ func TestUpstreamPoolNotSharedAcrossHosts(t *testing.T) {
 }
 
 func TestMetricsRegistered(t *testing.T) {
-	reg := prometheus.NewRegistry()
+	reg := metrics.NewRegistry()
 	h := newHarness(t, policyOf(t, "allow 127.0.0.1:*"), func(c *Config) { c.Metrics = reg })
 	h.connect("denied.test:443")
 	h.audit.waitRecords(t, 1)
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
 	var names []string
-	for _, mf := range mfs {
-		names = append(names, mf.GetName())
+	for name := range metricstest.Parse(t, reg) {
+		names = append(names, name)
 	}
 	if decisionCount(t, reg, "connect", "deny", "no-allow-rule") != 1 {
 		t.Errorf("decisions{connect,deny,no-allow-rule} is not 1")

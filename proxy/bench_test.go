@@ -11,9 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/egressd/egressd/audit"
+	"github.com/egressd/egressd/internal/metrics"
 	"github.com/egressd/egressd/internal/minrelay"
 	"github.com/egressd/egressd/policy"
 )
@@ -67,7 +66,7 @@ func benchEgressdTunnels(b *testing.B, base tunnelCost, sink string, mark uint32
 	al := audit.NewBuffered(io.Discard, "bench", audit.BufferOptions{})
 	defer al.Close()
 	p, err := New(Config{Policy: &live, Logger: slog.New(slog.DiscardHandler), MaxTunnels: -1, MaxTunnelsPerDest: -1,
-		Audit: al, Metrics: prometheus.NewRegistry(), Mark: mark})
+		Audit: al, Metrics: metrics.NewRegistry(), Mark: mark})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -21,11 +21,10 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/egressd/egressd/audit"
 	"github.com/egressd/egressd/internal/inspectca"
 	"github.com/egressd/egressd/internal/mask"
+	"github.com/egressd/egressd/internal/metrics"
 	"github.com/egressd/egressd/policy"
 )
 
@@ -105,28 +104,24 @@ const (
 // host is the inspect entry's host pattern, so the label set is bounded by
 // the policy, not by what the sandbox asks for.
 type inspectMetrics struct {
-	requests   *prometheus.CounterVec
-	handshakes *prometheus.CounterVec
+	requests   *metrics.CounterVec
+	handshakes *metrics.CounterVec
 }
 
-func newInspectMetrics(reg prometheus.Registerer) (*inspectMetrics, error) {
+func newInspectMetrics(reg *metrics.Registry) (*inspectMetrics, error) {
 	m := &inspectMetrics{
-		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "egressd_proxy_inspected_requests_total",
-			Help: "Requests inside inspected TLS sessions, by the inspect entry's host pattern, result (allow, deny, error) and reason.",
-		}, []string{"host", "result", "reason"}),
-		handshakes: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "egressd_proxy_inspect_handshake_failures_total",
-			Help: "TLS handshakes with sandbox clients that failed in inspected sessions (a client that does not trust the inspection CA, or pins certificates), by host pattern.",
-		}, []string{"host"}),
+		requests: metrics.NewCounterVec("egressd_proxy_inspected_requests_total",
+			"Requests inside inspected TLS sessions, by the inspect entry's host pattern, result (allow, deny, error) and reason.",
+			"host", "result", "reason"),
+		handshakes: metrics.NewCounterVec("egressd_proxy_inspect_handshake_failures_total",
+			"TLS handshakes with sandbox clients that failed in inspected sessions (a client that does not trust the inspection CA, or pins certificates), by host pattern.",
+			"host"),
 	}
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.handshakes} {
-		if err := reg.Register(c); err != nil {
-			return nil, fmt.Errorf("registering inspection metrics: %w", err)
-		}
+	if err := reg.Register(m.requests, m.handshakes); err != nil {
+		return nil, fmt.Errorf("registering inspection metrics: %w", err)
 	}
 	return m, nil
 }

@@ -19,11 +19,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
-
 	"github.com/egressd/egressd/audit"
 	"github.com/egressd/egressd/internal/inspectca"
+	"github.com/egressd/egressd/internal/metrics"
+	"github.com/egressd/egressd/internal/metrics/metricstest"
 	"github.com/egressd/egressd/policy"
 )
 
@@ -586,7 +585,7 @@ func TestReloadThatInspectsASplicedHostClosesItsTunnel(t *testing.T) {
 // (a label set the policy bounds), result and reason, and failed client
 // handshakes.
 func TestInspectionMetricsCountByHostAndResult(t *testing.T) {
-	reg := prometheus.NewRegistry()
+	reg := metrics.NewRegistry()
 	ih := newInspectHarness(t, func(c *Config) { c.Metrics = reg })
 	c := ih.client(false)
 	doReq(t, c, "GET", ih.url("api.test", "/v1/messages"), nil)
@@ -605,23 +604,15 @@ func TestInspectionMetricsCountByHostAndResult(t *testing.T) {
 		}
 	}
 	waitFor("the handshake failure to be counted", func() bool {
-		return counterValue(ih.p.imet.handshakes.WithLabelValues("api.test")) == 1
+		n, _ := metricstest.Value(t, reg, "egressd_proxy_inspect_handshake_failures_total", map[string]string{"host": "api.test"})
+		return n == 1
 	})
-	if n := counterValue(ih.p.imet.requests.WithLabelValues("api.test", "allow", "allowed-by")); n != 1 {
-		t.Errorf("allowed requests counted %v, want 1", n)
+	for _, result := range []struct{ result, reason string }{{"allow", "allowed-by"}, {"deny", "blocked-by"}} {
+		labels := map[string]string{"host": "api.test", "result": result.result, "reason": result.reason}
+		if n, _ := metricstest.Value(t, reg, "egressd_proxy_inspected_requests_total", labels); n != 1 {
+			t.Errorf("%v requests counted %v, want 1", labels, n)
+		}
 	}
-	if n := counterValue(ih.p.imet.requests.WithLabelValues("api.test", "deny", "blocked-by")); n != 1 {
-		t.Errorf("blocked requests counted %v, want 1", n)
-	}
-}
-
-// counterValue reads a counter.
-func counterValue(c prometheus.Counter) float64 {
-	var m dto.Metric
-	if err := c.Write(&m); err != nil {
-		return -1
-	}
-	return m.GetCounter().GetValue()
 }
 
 // THREATS A1 holds for inspected names too: a ClientHello for another

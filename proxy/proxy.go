@@ -14,9 +14,8 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/egressd/egressd/audit"
+	"github.com/egressd/egressd/internal/metrics"
 	"github.com/egressd/egressd/policy"
 )
 
@@ -92,7 +91,7 @@ type Config struct {
 	Logger *slog.Logger
 	// Metrics registers the egressd_proxy_* collectors (see metrics.go).
 	// Nil registers none.
-	Metrics prometheus.Registerer
+	Metrics *metrics.Registry
 	// SelfAddrs are egressd's own listening address:ports (DNS, admin,
 	// metrics, both proxy listeners). The proxy never dials one, whatever
 	// the policy says (THREATS C6). The addresses of the listeners passed
@@ -127,7 +126,7 @@ var ErrClosed = errors.New("proxy: closed")
 type Proxy struct {
 	cfg       Config
 	log       *slog.Logger
-	met       *metrics
+	met       *proxyMetrics
 	imet      *inspectMetrics
 	inspect   atomic.Pointer[Inspect]
 	dialer    upstreamDialer
@@ -231,10 +230,9 @@ func New(cfg Config) (*Proxy, error) {
 	p.pipes = newPipePool(pipes)
 	if cfg.Metrics != nil {
 		pp := p.pipes
-		err := cfg.Metrics.Register(prometheus.NewCounterFunc(prometheus.CounterOpts{
-			Name: "egressd_proxy_relay_copied_chunks_total",
-			Help: "Chunks the relay moved through a user-space buffer because every splice pipe was in use.",
-		}, func() float64 { return float64(pp.copiedChunks.Load()) }))
+		err := cfg.Metrics.Register(metrics.NewCounterFunc("egressd_proxy_relay_copied_chunks_total",
+			"Chunks the relay moved through a user-space buffer because every splice pipe was in use.",
+			func() float64 { return float64(pp.copiedChunks.Load()) }))
 		if err != nil {
 			return nil, fmt.Errorf("registering proxy metrics: %w", err)
 		}

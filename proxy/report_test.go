@@ -10,9 +10,10 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/egressd/egressd/audit"
+	"github.com/egressd/egressd/internal/metrics"
+	"github.com/egressd/egressd/internal/metrics/metricstest"
 	"github.com/egressd/egressd/policy"
 )
 
@@ -50,7 +51,7 @@ func reportPolicy(t *testing.T, defaults []uint16, rules ...string) *policy.Live
 func TestReportModeRelaysWouldDenyAndAuditsIt(t *testing.T) {
 	rec := newTCPRecorder(t, "127.0.0.1:0")
 	up := newUpstreamHTTP(t)
-	reg := prometheus.NewRegistry()
+	reg := metrics.NewRegistry()
 	// 127.0.0.1:* lifts the guard for the test servers on loopback only.
 	h := newHarness(t, reportPolicy(t, nil, "allow 127.0.0.1:*", "block *.evil.test"), func(c *Config) { c.Metrics = reg })
 	h.res.set("new.test", "127.0.0.1")
@@ -165,25 +166,8 @@ func TestReportModeRefusesUnidentifiedStreams(t *testing.T) {
 }
 
 // decisionCount reads egressd_proxy_decisions_total{kind,result,reason}.
-func decisionCount(t *testing.T, reg *prometheus.Registry, kind, result, reason string) float64 {
+func decisionCount(t *testing.T, reg *metrics.Registry, kind, result, reason string) float64 {
 	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != "egressd_proxy_decisions_total" {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			l := map[string]string{}
-			for _, lp := range m.GetLabel() {
-				l[lp.GetName()] = lp.GetValue()
-			}
-			if l["kind"] == kind && l["result"] == result && l["reason"] == reason {
-				return m.GetCounter().GetValue()
-			}
-		}
-	}
-	return 0
+	n, _ := metricstest.Value(t, reg, "egressd_proxy_decisions_total", map[string]string{"kind": kind, "result": result, "reason": reason})
+	return n
 }

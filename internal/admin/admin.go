@@ -17,9 +17,6 @@ import (
 	"os"
 	"strings"
 	"time"
-
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
 // Handlers are the daemon's hooks. Nil hooks answer 501.
@@ -38,8 +35,9 @@ type Handlers struct {
 	State func() any
 	// Policy returns the resolved policy with provenance, JSON-encodable.
 	Policy func() any
-	// Gatherer supplies /metrics; nil serves no metrics.
-	Gatherer prometheus.Gatherer
+	// Metrics serves GET /metrics (a *metrics.Registry); nil serves no
+	// metrics.
+	Metrics http.Handler
 }
 
 // Handler returns the admin HTTP handler.
@@ -102,8 +100,8 @@ func Handler(h Handlers) http.Handler {
 		}
 		writeJSON(w, http.StatusOK, h.State())
 	})
-	if h.Gatherer != nil {
-		mux.Handle("GET /metrics", promhttp.HandlerFor(h.Gatherer, promhttp.HandlerOpts{}))
+	if h.Metrics != nil {
+		mux.Handle("GET /metrics", h.Metrics)
 	}
 	return mux
 }

@@ -10,12 +10,12 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/prometheus/client_golang/prometheus"
+	"github.com/egressd/egressd/internal/metrics"
 )
 
 func TestAdminEndpoints(t *testing.T) {
-	reg := prometheus.NewRegistry()
-	c := prometheus.NewCounter(prometheus.CounterOpts{Name: "egressd_test_things_total", Help: "t"})
+	reg := metrics.NewRegistry()
+	c := metrics.NewCounter("egressd_test_things_total", "t")
 	reg.MustRegister(c)
 	c.Inc()
 	ready := false
@@ -27,9 +27,9 @@ func TestAdminEndpoints(t *testing.T) {
 		Reset: func(context.Context) (any, error) {
 			return map[string]int{"cache_entries": 0}, resetErr
 		},
-		State:    func() any { return map[string]int{"cache_entries": 3} },
-		Policy:   func() any { return map[string]string{"network.mode": "filtered"} },
-		Gatherer: reg,
+		State:   func() any { return map[string]int{"cache_entries": 3} },
+		Policy:  func() any { return map[string]string{"network.mode": "filtered"} },
+		Metrics: reg,
 	})
 	sock := filepath.Join(t.TempDir(), "admin.sock")
 	ln, err := Listen("unix:" + sock)

@@ -31,13 +31,11 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-
 	"github.com/egressd/egressd/audit"
 	"github.com/egressd/egressd/dnsfilter"
 	"github.com/egressd/egressd/internal/admin"
 	"github.com/egressd/egressd/internal/buildinfo"
+	"github.com/egressd/egressd/internal/metrics"
 	"github.com/egressd/egressd/internal/watch"
 	"github.com/egressd/egressd/policy"
 	"github.com/egressd/egressd/proxy"
@@ -165,7 +163,7 @@ type Daemon struct {
 	cfg   Config
 	log   *slog.Logger
 	live  livePolicy
-	reg   *prometheus.Registry
+	reg   *metrics.Registry
 	audit *audit.Logger
 
 	dns   *dnsfilter.Server
@@ -177,12 +175,12 @@ type Daemon struct {
 	reloadMu     sync.Mutex
 	self         []netip.Addr
 	ready        atomic.Bool
-	reloadsOK    prometheus.Counter
-	reloadsError prometheus.Counter
+	reloadsOK    *metrics.Counter
+	reloadsError *metrics.Counter
 	// lastReloadOK is 1 when the last load succeeded; lastReloadTime the
 	// time of the last load that did (the first load included).
-	lastReloadOK   prometheus.Gauge
-	lastReloadTime prometheus.Gauge
+	lastReloadOK   *metrics.Gauge
+	lastReloadTime *metrics.Gauge
 	// reset is the state of POST /reset (reset.go).
 	reset resetState
 }
@@ -199,26 +197,21 @@ func New(cfg Config) (_ *Daemon, err error) {
 	if len(cfg.DNSListen)+len(cfg.ProxyListen)+len(cfg.TransparentListen) == 0 {
 		return nil, errors.New("nothing to serve: give at least one of --dns-listen, --proxy-listen, --transparent-listen")
 	}
-	d := &Daemon{cfg: cfg, log: cfg.Logger, reg: prometheus.NewRegistry()}
+	d := &Daemon{cfg: cfg, log: cfg.Logger, reg: metrics.NewRegistry()}
 	// Every open tunnel costs descriptors: take all the process may have,
 	// and cap tunnels at what that leaves room for (proxy.Config.FDLimit).
 	fdLimit, fdWas, err := raiseNoFile()
 	if err != nil {
 		return nil, err
 	}
-	d.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	d.reloadsOK = prometheus.NewCounter(prometheus.CounterOpts{Name: "egressd_policy_reloads_total", Help: "Policy reloads that took effect."})
-	d.reloadsError = prometheus.NewCounter(prometheus.CounterOpts{Name: "egressd_policy_reload_failures_total", Help: "Policy reloads refused (the last good policy stayed in force)."})
-	d.lastReloadOK = prometheus.NewGauge(prometheus.GaugeOpts{Name: "egressd_policy_last_reload_successful", Help: "1 if the last load of the policy (at start or a reload) succeeded, 0 if it was refused."})
-	d.lastReloadTime = prometheus.NewGauge(prometheus.GaugeOpts{Name: "egressd_policy_last_reload_success_timestamp_seconds", Help: "When the policy in force was loaded (Unix time)."})
+	d.reloadsOK = metrics.NewCounter("egressd_policy_reloads_total", "Policy reloads that took effect.")
+	d.reloadsError = metrics.NewCounter("egressd_policy_reload_failures_total", "Policy reloads refused (the last good policy stayed in force).")
+	d.lastReloadOK = metrics.NewGauge("egressd_policy_last_reload_successful", "1 if the last load of the policy (at start or a reload) succeeded, 0 if it was refused.")
+	d.lastReloadTime = metrics.NewGauge("egressd_policy_last_reload_success_timestamp_seconds", "When the policy in force was loaded (Unix time).")
 	b := buildinfo.Get()
-	build := prometheus.NewGauge(prometheus.GaugeOpts{
-		Name:        "egressd_build_info",
-		Help:        "1, labelled with the build of egressd that is running.",
-		ConstLabels: prometheus.Labels{"version": b.Version, "commit": b.Commit, "goversion": b.GoVersion},
-	})
-	build.Set(1)
-	d.reg.MustRegister(d.reloadsOK, d.reloadsError, d.lastReloadOK, d.lastReloadTime, build)
+	build := metrics.NewFunc("egressd_build_info", "1, labelled with the build of egressd that is running.", metrics.TypeGauge,
+		[]string{"version", "commit", "goversion"}, func(emit func(float64, ...string)) { emit(1, b.Version, b.Commit, b.GoVersion) })
+	d.reg.MustRegister(metrics.NewRuntimeCollector(), d.reloadsOK, d.reloadsError, d.lastReloadOK, d.lastReloadTime, build)
 	d.reset.register(d.reg)
 	if cfg.Audit != nil {
 		// One writer for the resolver and the proxy: batched, never making
@@ -227,14 +220,13 @@ func New(cfg Config) (_ *Daemon, err error) {
 			d.log.Warn("audit records dropped: the audit log is written slower than decisions are made", "dropped", n)
 		}})
 	}
-	d.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
-		Name: "egressd_audit_dropped_records_total",
-		Help: "Audit records not written because the audit log was too slow to take them (never a decision held up).",
-	}, func() float64 { return float64(d.audit.Dropped()) }))
-	d.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
-		Name: "egressd_audit_write_errors_total",
-		Help: "Audit records whose write failed (the decision was enforced; its record is lost).",
-	}, func() float64 { return float64(d.audit.WriteErrors()) }))
+	d.reg.MustRegister(
+		metrics.NewCounterFunc("egressd_audit_dropped_records_total",
+			"Audit records not written because the audit log was too slow to take them (never a decision held up).",
+			func() float64 { return float64(d.audit.Dropped()) }),
+		metrics.NewCounterFunc("egressd_audit_write_errors_total",
+			"Audit records whose write failed (the decision was enforced; its record is lost).",
+			func() float64 { return float64(d.audit.WriteErrors()) }))
 	defer func() {
 		if err != nil {
 			d.closeListeners()
@@ -497,12 +489,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	if d.adminLn != nil {
 		h := admin.Handler(admin.Handlers{
-			Ready:    d.ready.Load,
-			Reload:   d.Reload,
-			Reset:    d.resetForAdmin,
-			State:    func() any { return d.State() },
-			Policy:   d.policyView,
-			Gatherer: d.reg,
+			Ready:   d.ready.Load,
+			Reload:  d.Reload,
+			Reset:   d.resetForAdmin,
+			State:   func() any { return d.State() },
+			Policy:  d.policyView,
+			Metrics: d.reg,
 		})
 		goServe("admin endpoint", func() error { return admin.Serve(ctx, d.adminLn, h) })
 	}
@@ -587,7 +579,7 @@ func (d *Daemon) closeListeners() {
 }
 
 // Registry is the daemon's metrics registry (for tests).
-func (d *Daemon) Registry() *prometheus.Registry { return d.reg }
+func (d *Daemon) Registry() *metrics.Registry { return d.reg }
 
 // ProxyAddrs, TransparentAddrs and DNSAddrs return the bound addresses
 // (useful with port 0).

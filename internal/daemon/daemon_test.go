@@ -13,10 +13,10 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
-	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 
 	"github.com/egressd/egressd/audit"
+	"github.com/egressd/egressd/internal/metrics"
+	"github.com/egressd/egressd/internal/metrics/metricstest"
 	"github.com/egressd/egressd/policy"
 )
 
@@ -296,13 +296,7 @@ func TestResolvConfIsTheLastFallback(t *testing.T) {
 	}
 }
 
-func counterValue(c prometheus.Counter) float64 {
-	var m dto.Metric
-	if err := c.Write(&m); err != nil {
-		return -1
-	}
-	return m.GetCounter().GetValue()
-}
+func counterValue(c *metrics.Counter) float64 { return c.Value() }
 
 // TestRuleSourcesNameTheOriginalRule: a policy another tool wrote for
 // egressd (the launcher's snapshot) keeps each rule's original source
@@ -344,19 +338,9 @@ func TestReloadAndBuildSeries(t *testing.T) {
 	}
 	t.Cleanup(d.closeListeners)
 	value := func(name string) (float64, map[string]string) {
-		mfs, err := d.reg.Gather()
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, mf := range mfs {
-			if mf.GetName() != name {
-				continue
-			}
+		if mf, ok := metricstest.Parse(t, d.reg)[name]; ok {
 			m := mf.GetMetric()[0]
-			labels := map[string]string{}
-			for _, l := range m.GetLabel() {
-				labels[l.GetName()] = l.GetValue()
-			}
+			labels := metricstest.Labels(m)
 			switch {
 			case m.Gauge != nil:
 				return m.GetGauge().GetValue(), labels

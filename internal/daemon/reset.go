@@ -9,9 +9,8 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/egressd/egressd/dnsfilter"
+	"github.com/egressd/egressd/internal/metrics"
 	"github.com/egressd/egressd/policy"
 	"github.com/egressd/egressd/proxy"
 )
@@ -69,13 +68,13 @@ type resetState struct {
 	// put the files (the last tenant's policy) back in force.
 	held        atomic.Bool
 	generations atomic.Uint64
-	resets      prometheus.Counter
-	failures    prometheus.Counter
+	resets      *metrics.Counter
+	failures    *metrics.Counter
 }
 
-func (r *resetState) register(reg *prometheus.Registry) {
-	r.resets = prometheus.NewCounter(prometheus.CounterOpts{Name: "egressd_resets_total", Help: "Resets between tenants (POST /reset): the deny-everything policy put in force and the last tenant's state dropped."})
-	r.failures = prometheus.NewCounter(prometheus.CounterOpts{Name: "egressd_reset_failures_total", Help: "Resets after which something was still open or held when the deadline came (POST /reset answers 500 with the state)."})
+func (r *resetState) register(reg *metrics.Registry) {
+	r.resets = metrics.NewCounter("egressd_resets_total", "Resets between tenants (POST /reset): the deny-everything policy put in force and the last tenant's state dropped.")
+	r.failures = metrics.NewCounter("egressd_reset_failures_total", "Resets after which something was still open or held when the deadline came (POST /reset answers 500 with the state).")
 	reg.MustRegister(r.resets, r.failures)
 }
 

@@ -85,7 +85,7 @@ type Options struct {
 type Server struct {
 	opts    Options
 	mux     *http.ServeMux
-	metrics *metrics
+	metrics *serveMetrics
 	token   [sha256.Size]byte
 
 	slots    chan struct{}
