@@ -31,13 +31,14 @@ func main() {
 	bin := flag.String("egressd", "bin/egressd", "egressd binary")
 	tunnels := flag.Int("tunnels", 1000, "tunnels to open")
 	pages := flag.Int("pages", 0, "print where the idle process's pages are, with this many packages (needs root)")
+	settle := flag.Duration("settle", 2*time.Second, "wait this long after ready before reading the idle RSS (past 2m: after the runtime's first forced GC)")
 	flag.Parse()
-	if err := run(*bin, *tunnels, *pages); err != nil {
+	if err := run(*bin, *tunnels, *pages, *settle); err != nil {
 		log.Fatal(err)
 	}
 }
 
-func run(bin string, n, pages int) error {
+func run(bin string, n, pages int, settle time.Duration) error {
 	sink, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return err
@@ -109,7 +110,7 @@ func run(bin string, n, pages int) error {
 	case <-time.After(30 * time.Second):
 		return fmt.Errorf("egressd not ready after 30s")
 	}
-	time.Sleep(2 * time.Second)
+	time.Sleep(settle)
 	idle, err := rss(cmd.Process.Pid)
 	if err != nil {
 		return err

@@ -425,3 +425,15 @@ func BenchmarkHistogramObserve(b *testing.B) {
 		}
 	})
 }
+
+// go_gc_gogc_percent is GOGC as the runtime reads it.
+func TestGOGCIsReadAsTheRuntimeReadsIt(t *testing.T) {
+	for env, want := range map[string]float64{"": 100, "off": -1, "50": 50, "x": 100} {
+		t.Setenv("GOGC", env)
+		r := metrics.NewRegistry()
+		r.MustRegister(metrics.NewRuntimeCollector())
+		if got, _ := metricstest.Value(t, r, "go_gc_gogc_percent", nil); got != want {
+			t.Errorf("GOGC=%q: go_gc_gogc_percent = %v, want %v", env, got, want)
+		}
+	}
+}

@@ -6,7 +6,6 @@ import (
 	"os"
 	"runtime"
 	"runtime/debug"
-	rtmetrics "runtime/metrics"
 	"strconv"
 	"strings"
 	"syscall"
@@ -50,7 +49,7 @@ type familySpec struct {
 
 var runtimeFamilies = []familySpec{
 	{"go_gc_duration_seconds", "A summary of the wall-time pause (stop-the-world) duration in garbage collection cycles.", TypeSummary, nil},
-	{"go_gc_gogc_percent", "Heap size target percentage configured by the user, otherwise 100. This value is set by the GOGC environment variable, and the runtime/debug.SetGCPercent function.", TypeGauge, nil},
+	{"go_gc_gogc_percent", "Heap size target percentage configured by the user, otherwise 100. This value is set by the GOGC environment variable (egressd never changes it at run time).", TypeGauge, nil},
 	{"go_gc_gomemlimit_bytes", "Go runtime memory limit configured by the user, otherwise math.MaxInt64. This value is set by the GOMEMLIMIT environment variable, and the runtime/debug.SetMemoryLimit function.", TypeGauge, nil},
 	{"go_goroutines", "Number of goroutines that currently exist.", TypeGauge, nil},
 	{"go_info", "Information about the Go environment.", TypeGauge, []string{"version"}},
@@ -131,13 +130,9 @@ func (c *runtimeCollector) collect(w *writer) {
 	w.sample(d, "_sum", nil, "", "", gc.PauseTotal.Seconds())
 	w.sample(d, "_count", nil, "", "", float64(gc.NumGC))
 
-	rt := []rtmetrics.Sample{{Name: "/gc/gogc:percent"}, {Name: "/gc/gomemlimit:bytes"}, {Name: "/sched/gomaxprocs:threads"}}
-	rtmetrics.Read(rt)
-	for i, name := range []string{"go_gc_gogc_percent", "go_gc_gomemlimit_bytes", "go_sched_gomaxprocs_threads"} {
-		if rt[i].Value.Kind() == rtmetrics.KindUint64 {
-			c.one(w, name, float64(rt[i].Value.Uint64()))
-		}
-	}
+	c.one(w, "go_gc_gogc_percent", float64(gogc()))
+	c.one(w, "go_gc_gomemlimit_bytes", float64(debug.SetMemoryLimit(-1))) // a negative limit only reads it
+	c.one(w, "go_sched_gomaxprocs_threads", float64(runtime.GOMAXPROCS(0)))
 	c.one(w, "go_goroutines", float64(runtime.NumGoroutine()))
 	c.one(w, "go_info", 1, runtime.Version())
 	threads, _ := runtime.ThreadCreateProfile(nil)
@@ -175,6 +170,22 @@ func (c *runtimeCollector) collect(w *writer) {
 		c.one(w, "process_network_receive_bytes_total", in)
 		c.one(w, "process_network_transmit_bytes_total", out)
 	}
+}
+
+// gogc is the GC percentage as the runtime read it from GOGC at start
+// ("off": -1, unset or not a number: 100). Nothing in egressd or the
+// launcher calls debug.SetGCPercent, so that is the setting in force; the
+// runtime/metrics package that would read it costs every process a
+// package initialisation (its table of descriptions) that this saves.
+func gogc() int {
+	v := os.Getenv("GOGC")
+	if v == "off" {
+		return -1
+	}
+	if n, err := strconv.Atoi(v); err == nil {
+		return n
+	}
+	return 100
 }
 
 func tvSeconds(tv syscall.Timeval) float64 { return float64(tv.Sec) + float64(tv.Usec)/1e6 }
