@@ -24,6 +24,7 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -75,16 +76,19 @@ func newDesc(name, help string, typ Type, labels []string) *desc {
 	for i := range d.order {
 		d.order[i] = i
 	}
-	slices.SortFunc(d.order, func(a, b int) int {
-		switch {
-		case labels[a] < labels[b]:
-			return -1
-		case labels[a] > labels[b]:
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(d.order, func(a, b int) int { return strings.Compare(labels[a], labels[b]) })
 	return d
+}
+
+// compare orders two series' label values (in declared order) as they are
+// written: by label name, then value.
+func (d *desc) compare(a, b []string) int {
+	for _, i := range d.order {
+		if c := strings.Compare(a[i], b[i]); c != 0 {
+			return c
+		}
+	}
+	return 0
 }
 
 func (d *desc) names() []string {
@@ -345,19 +349,10 @@ func (v *vec[T]) each(f func(values []string, s *T)) {
 		kids = append(kids, kid{k, s})
 	}
 	v.mu.RUnlock()
-	slices.SortFunc(kids, func(a, b kid) int {
-		for _, i := range v.d.order {
-			if a.k[i] != b.k[i] {
-				if a.k[i] < b.k[i] {
-					return -1
-				}
-				return 1
-			}
-		}
-		return 0
-	})
+	n := len(v.d.labels)
+	slices.SortFunc(kids, func(a, b kid) int { return v.d.compare(a.k[:n], b.k[:n]) })
 	for _, kd := range kids {
-		f(kd.k[:len(v.d.labels)], kd.s)
+		f(kd.k[:n], kd.s)
 	}
 }
 
@@ -447,17 +442,7 @@ func (c *funcCollector) collect(w *writer) {
 		}
 		all = append(all, series{slices.Clone(values), v})
 	})
-	slices.SortStableFunc(all, func(a, b series) int {
-		for _, i := range c.d.order {
-			if a.values[i] != b.values[i] {
-				if a.values[i] < b.values[i] {
-					return -1
-				}
-				return 1
-			}
-		}
-		return 0
-	})
+	slices.SortStableFunc(all, func(a, b series) int { return c.d.compare(a.values, b.values) })
 	for _, s := range all {
 		w.sample(c.d, "", s.values, "", "", s.v)
 	}

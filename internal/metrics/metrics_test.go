@@ -437,3 +437,26 @@ func TestGOGCIsReadAsTheRuntimeReadsIt(t *testing.T) {
 		}
 	}
 }
+
+// FuzzLabelValueCannotBreakTheExposition: whatever a label value holds,
+// the exposition parses, has exactly the one series, and gives the value
+// back (bytes that are not UTF-8 as U+FFFD).
+func FuzzLabelValueCannotBreakTheExposition(f *testing.F) {
+	for _, s := range []string{"", "a", `"`, `\`, "\n", `x"} 1` + "\nforged 1", "\xff", "é\x80", "{le=\"1\"}"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		r := metrics.NewRegistry()
+		cv := metrics.NewCounterVec("t_total", "T.", "host")
+		r.MustRegister(cv)
+		cv.WithLabelValues(s).Add(2)
+		fams := parse(t, r)
+		if len(fams) != 1 || len(fams["t_total"].GetMetric()) != 1 {
+			t.Fatalf("label value %q: families %v", s, keys(fams))
+		}
+		m := fams["t_total"].GetMetric()[0]
+		if got, want := labelsOf(m)["host"], string([]rune(s)); got != want || m.GetCounter().GetValue() != 2 {
+			t.Fatalf("label value %q came back as %q = %v", s, got, m.GetCounter().GetValue())
+		}
+	})
+}
