@@ -377,3 +377,22 @@ func TestReloadAndBuildSeries(t *testing.T) {
 type failingWriter struct{}
 
 func (failingWriter) Write([]byte) (int, error) { return 0, errors.New("disk full") }
+
+// TestMetricsMatchTheDocs: every egressd_* family egressd serve registers
+// is in docs/metrics.md's table with its type, and every family the table
+// lists is registered (a labelled family is registered before its first
+// series, so this holds whatever traffic came).
+func TestMetricsMatchTheDocs(t *testing.T) {
+	pol := filepath.Join(t.TempDir(), "policy.toml")
+	writePolicy(t, pol, "version = 1\nprofile = \"strict\"\n[network]\nallow = [\"a.test\"]\n")
+	d, err := New(Config{PolicyFiles: []string{pol}, DNSListen: []string{"127.0.0.1:0"}, ProxyListen: []string{"127.0.0.1:0"},
+		UpstreamDNS: []string{"127.0.0.1:53"}, Audit: failingWriter{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(d.closeListeners)
+	metricstest.MatchesDocs(t, d.Registry(), "../../docs/metrics.md", "egressd_")
+	if typ := d.Registry().Families()["process_resident_memory_bytes"]; typ != metrics.TypeGauge {
+		t.Errorf("process_resident_memory_bytes is a %q, want a gauge", typ)
+	}
+}

@@ -2,8 +2,6 @@ package execapi
 
 import (
 	"context"
-	"fmt"
-	"sort"
 	"strings"
 	"testing"
 
@@ -29,32 +27,22 @@ func TestPoolMetricsSeries(t *testing.T) {
 	e := &poolExecutor{sandbox.PoolStats{Idle: 2, Busy: 1, Creating: 3, Resetting: 4, Created: 10, Destroyed: 6, Failed: 1, Retired: 2, Warm: 7, Cold: 5}}
 	m := newMetrics(&Server{opts: Options{Executor: e}})
 	got := map[string]string{}
-	for name, f := range metricstest.Parse(t, m.reg) {
-		if !strings.HasPrefix(name, "egressd_serve_pool") {
-			continue
-		}
-		for _, s := range f.GetMetric() {
-			l := metricstest.Labels(s)
-			var keys []string
-			for k, v := range l {
-				keys = append(keys, k+"="+v)
-			}
-			sort.Strings(keys)
-			v := s.GetGauge().GetValue() + s.GetCounter().GetValue()
-			got[fmt.Sprintf("%s %s %v", f.GetType(), name, keys)] = fmt.Sprint(v)
+	for k, v := range metricstest.Series(t, m.reg) {
+		if strings.Contains(k, " egressd_serve_pool") {
+			got[k] = v
 		}
 	}
 	want := map[string]string{
-		"GAUGE egressd_serve_pool_sandboxes [state=idle]":             "2",
-		"GAUGE egressd_serve_pool_sandboxes [state=busy]":             "1",
-		"GAUGE egressd_serve_pool_sandboxes [state=creating]":         "3",
-		"GAUGE egressd_serve_pool_sandboxes [state=resetting]":        "4",
-		"COUNTER egressd_serve_pool_created_total []":                 "10",
-		"COUNTER egressd_serve_pool_destroyed_total [reason=failed]":  "1",
-		"COUNTER egressd_serve_pool_destroyed_total [reason=retired]": "2",
-		"COUNTER egressd_serve_pool_destroyed_total [reason=other]":   "3",
-		"COUNTER egressd_serve_pool_executions_total [sandbox=warm]":  "7",
-		"COUNTER egressd_serve_pool_executions_total [sandbox=cold]":  "5",
+		"GAUGE egressd_serve_pool_sandboxes map[state:idle]":             "2",
+		"GAUGE egressd_serve_pool_sandboxes map[state:busy]":             "1",
+		"GAUGE egressd_serve_pool_sandboxes map[state:creating]":         "3",
+		"GAUGE egressd_serve_pool_sandboxes map[state:resetting]":        "4",
+		"COUNTER egressd_serve_pool_created_total map[]":                 "10",
+		"COUNTER egressd_serve_pool_destroyed_total map[reason:failed]":  "1",
+		"COUNTER egressd_serve_pool_destroyed_total map[reason:retired]": "2",
+		"COUNTER egressd_serve_pool_destroyed_total map[reason:other]":   "3",
+		"COUNTER egressd_serve_pool_executions_total map[sandbox:warm]":  "7",
+		"COUNTER egressd_serve_pool_executions_total map[sandbox:cold]":  "5",
 	}
 	if d := cmp.Diff(want, got); d != "" {
 		t.Errorf("pool series (-want +got):\n%s", d)
@@ -66,4 +54,11 @@ func TestPoolMetricsSeries(t *testing.T) {
 			t.Errorf("a cold executor exposes %s", name)
 		}
 	}
+}
+
+// TestServeMetricsMatchTheDocs: the egressd_serve_* families and their
+// types are the ones docs/serve.md lists, no more, no fewer.
+func TestServeMetricsMatchTheDocs(t *testing.T) {
+	m := newMetrics(&Server{opts: Options{Executor: &poolExecutor{}}})
+	metricstest.MatchesDocs(t, m.reg, "../../docs/serve.md", "egressd_serve_")
 }

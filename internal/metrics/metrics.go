@@ -45,8 +45,8 @@ const (
 // Counter, Gauge, Histogram, the Vecs, NewFunc's and NewRuntimeCollector's
 // results are Collectors.
 type Collector interface {
-	// names returns the families the collector writes (fixed).
-	names() []string
+	// descs returns the families the collector writes (fixed).
+	descs() []*desc
 	// collect writes the collector's families to w.
 	collect(w *writer)
 }
@@ -91,11 +91,11 @@ func (d *desc) compare(a, b []string) int {
 	return 0
 }
 
-func (d *desc) names() []string {
+func (d *desc) descs() []*desc {
 	if d == nil { // a series of a Vec: registered through its Vec
 		return nil
 	}
-	return []string{d.name}
+	return []*desc{d}
 }
 
 // validName reports whether s is a metric name ([a-zA-Z_:][a-zA-Z0-9_:]*)
@@ -156,7 +156,7 @@ func (c *Counter) Value() float64 {
 	return float64(c.n.Load()) + math.Float64frombits(c.frac.Load())
 }
 
-func (c *Counter) names() []string { return c.d.names() }
+func (c *Counter) descs() []*desc { return c.d.descs() }
 
 func (c *Counter) collect(w *writer) {
 	w.family(c.d)
@@ -193,7 +193,7 @@ func (g *Gauge) SetToCurrentTime() { g.Set(float64(time.Now().UnixNano()) / 1e9)
 // Value returns the gauge's value.
 func (g *Gauge) Value() float64 { return math.Float64frombits(g.bits.Load()) }
 
-func (g *Gauge) names() []string { return g.d.names() }
+func (g *Gauge) descs() []*desc { return g.d.descs() }
 
 func (g *Gauge) collect(w *writer) {
 	w.family(g.d)
@@ -250,7 +250,7 @@ func (h *Histogram) Count() uint64 {
 	return n
 }
 
-func (h *Histogram) names() []string { return h.d.names() }
+func (h *Histogram) descs() []*desc { return h.d.descs() }
 
 func (h *Histogram) collect(w *writer) {
 	w.family(h.d)
@@ -334,7 +334,7 @@ func (v *vec[T]) with(values []string) *T {
 	return s
 }
 
-func (v *vec[T]) names() []string { return v.d.names() }
+func (v *vec[T]) descs() []*desc { return v.d.descs() }
 
 // each calls f for every series, sorted by label values in the order they
 // are written.
@@ -369,7 +369,7 @@ func NewCounterVec(name, help string, labels ...string) *CounterVec {
 // values are fixed: it saves the lookup.
 func (c *CounterVec) WithLabelValues(values ...string) *Counter { return c.v.with(values) }
 
-func (c *CounterVec) names() []string { return c.v.names() }
+func (c *CounterVec) descs() []*desc { return c.v.descs() }
 
 func (c *CounterVec) collect(w *writer) {
 	w.family(c.v.d)
@@ -392,7 +392,7 @@ func NewHistogramVec(name, help string, buckets []float64, labels ...string) *Hi
 // CounterVec.WithLabelValues).
 func (h *HistogramVec) WithLabelValues(values ...string) *Histogram { return h.v.with(values) }
 
-func (h *HistogramVec) names() []string { return h.v.names() }
+func (h *HistogramVec) descs() []*desc { return h.v.descs() }
 
 func (h *HistogramVec) collect(w *writer) {
 	w.family(h.v.d)
@@ -427,7 +427,7 @@ func NewCounterFunc(name, help string, f func() float64) Collector {
 	return NewFunc(name, help, TypeCounter, nil, func(emit func(float64, ...string)) { emit(f()) })
 }
 
-func (c *funcCollector) names() []string { return c.d.names() }
+func (c *funcCollector) descs() []*desc { return c.d.descs() }
 
 func (c *funcCollector) collect(w *writer) {
 	w.family(c.d)

@@ -34,15 +34,15 @@ func (r *Registry) Register(cs ...Collector) error {
 	defer r.mu.Unlock()
 	seen := map[string]bool{}
 	for _, c := range cs {
-		ns := c.names()
-		if len(ns) == 0 {
+		ds := c.descs()
+		if len(ds) == 0 {
 			return fmt.Errorf("registering metrics: a %T that is a series of a labelled family (register the family)", c)
 		}
-		for _, n := range ns {
-			if r.names[n] || seen[n] {
-				return fmt.Errorf("registering metrics: %s is already registered", n)
+		for _, d := range ds {
+			if r.names[d.name] || seen[d.name] {
+				return fmt.Errorf("registering metrics: %s is already registered", d.name)
 			}
-			seen[n] = true
+			seen[d.name] = true
 		}
 	}
 	for n := range seen {
@@ -58,6 +58,20 @@ func (r *Registry) MustRegister(cs ...Collector) {
 	if err := r.Register(cs...); err != nil {
 		panic(err)
 	}
+}
+
+// Families returns the type of every registered family by name, whether
+// or not it has a series yet (a list to check documentation against).
+func (r *Registry) Families() map[string]Type {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := map[string]Type{}
+	for _, c := range r.cols {
+		for _, d := range c.descs() {
+			out[d.name] = d.typ
+		}
+	}
+	return out
 }
 
 // WriteText writes every family in the text format 0.0.4, sorted by name;

@@ -97,15 +97,15 @@ var memStats = []memStatSpec{
 	{"go_memstats_sys_bytes", "Number of bytes obtained from system.", TypeGauge, func(m *runtime.MemStats) float64 { return float64(m.Sys) }},
 }
 
-func (c *runtimeCollector) names() []string {
-	var n []string
+func (c *runtimeCollector) descs() []*desc {
+	var ds []*desc
 	for _, f := range runtimeFamilies {
-		n = append(n, f.name)
+		ds = append(ds, c.family[f.name])
 	}
 	for _, g := range c.gauges {
-		n = append(n, g.d.name)
+		ds = append(ds, g.d)
 	}
-	return n
+	return ds
 }
 
 func (c *runtimeCollector) one(w *writer, name string, v float64, labelValues ...string) {
