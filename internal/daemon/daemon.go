@@ -142,8 +142,10 @@ type snapshot struct {
 	// inspect is what HTTPS inspection needs (the CA, the upstream trust
 	// store, the secrets); nil when the policy inspects no host.
 	inspect *proxy.Inspect
-	// id is which policy this is, for GET /state (reset.go); put sets it.
-	id policyID
+	// id is which policy this is, for GET /state (reset.go), and digest
+	// its Digest (computed on first use); put sets both.
+	id     policyID
+	digest func() string
 }
 
 // livePolicy is the snapshot in force, as the enforcement points read it

@@ -396,3 +396,19 @@ func TestMetricsMatchTheDocs(t *testing.T) {
 		t.Errorf("process_resident_memory_bytes is a %q, want a gauge", typ)
 	}
 }
+
+// TestStateDigestIsComputedWhenAsked: the policy digest GET /state shows
+// is the resolved policy's, though put no longer computes it up front.
+func TestStateDigestIsComputedWhenAsked(t *testing.T) {
+	pol := filepath.Join(t.TempDir(), "policy.toml")
+	writePolicy(t, pol, "version = 1\nprofile = \"strict\"\n[network]\nallow = [\"a.test\"]\n")
+	d, err := New(Config{PolicyFiles: []string{pol}, DNSListen: []string{"127.0.0.1:0"}, UpstreamDNS: []string{"127.0.0.1:53"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(d.closeListeners)
+	got := d.State().Policy.Digest
+	if want := digest(d.live.p.Load().profile); got != want || !strings.HasPrefix(got, "sha256:") {
+		t.Errorf("digest %q, want %q", got, want)
+	}
+}

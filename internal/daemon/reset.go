@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -82,10 +83,14 @@ func (r *resetState) register(reg *metrics.Registry) {
 // held (or before serving).
 func (d *Daemon) put(snap *snapshot, source string) {
 	n := snap.profile.Network
+	prof := snap.profile
+	// The digest is computed when GET /state first asks for it: it encodes
+	// the whole resolved policy by reflection (encoding/json), work a
+	// sidecar nobody inspects never needs to page in.
+	snap.digest = sync.OnceValue(func() string { return digest(prof) })
 	snap.id = policyID{
 		Source:       source,
 		Generation:   d.reset.generations.Add(1),
-		Digest:       digest(snap.profile),
 		AllowRules:   len(n.Allow),
 		BlockRules:   len(n.Block),
 		InspectRules: len(n.Inspect),
@@ -218,12 +223,14 @@ type State struct {
 
 // State counts what egressd holds now.
 func (d *Daemon) State() State {
+	snap := d.live.p.Load()
 	st := State{
-		Policy:        d.live.p.Load().id,
+		Policy:        snap.id,
 		HeldForReload: d.reset.held.Load(),
 		DNS:           d.dns.State(),
 		Proxy:         d.proxy.State(),
 	}
+	st.Policy.Digest = snap.digest()
 	st.Empty = st.DNS.Empty() && st.Proxy.Empty()
 	return st
 }
