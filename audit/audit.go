@@ -17,6 +17,8 @@ import (
 	"bytes"
 	"io"
 	"math"
+	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -83,6 +85,30 @@ type Record struct {
 	BytesUp    int64   `json:"bytes_up,omitempty"`
 	BytesDown  int64   `json:"bytes_down,omitempty"`
 	DurationMS float64 `json:"duration_ms,omitempty"`
+
+	// AddrValues are addresses the writer renders into Target, Addrs and
+	// Client. A record read back from JSON has only the text fields.
+	AddrValues AddrValues `json:"-"`
+}
+
+// AddrValues say what a Record's Target, Addrs and Client say, as values,
+// for a caller that holds addresses (the proxy): the writer renders them,
+// so logging a record costs the caller no text (bench/README.md, Issue
+// 13, third pass).
+type AddrValues struct {
+	// Target is written as "target" when Record.Target is empty.
+	Target netip.Addr
+	// Dialed are written in "addrs", as ip:port, after Record.Addrs.
+	Dialed []netip.AddrPort
+	// Client is written as "client" when Record.Client is empty.
+	Client netip.AddrPort
+}
+
+// Equal reports whether v and o hold the same addresses. (go-cmp compares
+// AddrValues with it, so a cmp.Diff of Records needs no option for
+// netip's unexported fields.)
+func (v AddrValues) Equal(o AddrValues) bool {
+	return v.Target == o.Target && v.Client == o.Client && slices.Equal(v.Dialed, o.Dialed)
 }
 
 // BufferOptions configure a buffered Logger. Zero fields take the defaults.

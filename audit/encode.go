@@ -3,6 +3,8 @@ package audit
 import (
 	"errors"
 	"math"
+	"net/netip"
+	"slices"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -37,7 +39,11 @@ func (r *Record) AppendJSON(b []byte) ([]byte, error) {
 		b = appendString(append(b, `,"sandbox_id":`...), r.SandboxID)
 	}
 	b = appendString(append(b, `,"kind":`...), string(r.Kind))
-	b = appendString(append(b, `,"target":`...), r.Target)
+	if r.Target == "" && r.AddrValues.Target.IsValid() {
+		b = appendAddr(append(b, `,"target":`...), r.AddrValues.Target)
+	} else {
+		b = appendString(append(b, `,"target":`...), r.Target)
+	}
 	if r.Name != "" {
 		b = appendString(append(b, `,"name":`...), r.Name)
 	}
@@ -45,13 +51,19 @@ func (r *Record) AppendJSON(b []byte) ([]byte, error) {
 	if r.QType != "" {
 		b = appendString(append(b, `,"qtype":`...), r.QType)
 	}
-	if len(r.Addrs) > 0 {
+	if len(r.Addrs) > 0 || len(r.AddrValues.Dialed) > 0 {
 		b = append(b, `,"addrs":[`...)
 		for i, a := range r.Addrs {
 			if i > 0 {
 				b = append(b, ',')
 			}
 			b = appendString(b, a)
+		}
+		for i, a := range r.AddrValues.Dialed {
+			if i > 0 || len(r.Addrs) > 0 {
+				b = append(b, ',')
+			}
+			b = appendAddrPort(b, a)
 		}
 		b = append(b, ']')
 	}
@@ -65,6 +77,8 @@ func (r *Record) AppendJSON(b []byte) ([]byte, error) {
 	}
 	if r.Client != "" {
 		b = appendString(append(b, `,"client":`...), r.Client)
+	} else if r.AddrValues.Client.IsValid() {
+		b = appendAddrPort(append(b, `,"client":`...), r.AddrValues.Client)
 	}
 	if r.Method != "" {
 		b = appendString(append(b, `,"method":`...), r.Method)
@@ -100,6 +114,47 @@ func (r *Record) AppendJSON(b []byte) ([]byte, error) {
 }
 
 const hexDigits = "0123456789abcdef"
+
+// appendAddrPort appends ap as a JSON string, as netip.AddrPort.String
+// writes it: "ip:port", "[ip]:port" for IPv6. The text needs no escaping
+// unless the address has a zone, which may hold any byte, or is invalid:
+// those take String's text through appendString.
+func appendAddrPort(b []byte, ap netip.AddrPort) []byte {
+	if a := ap.Addr(); !a.IsValid() || a.Zone() != "" {
+		return appendString(b, ap.String())
+	}
+	return append(ap.AppendTo(append(b, '"')), '"')
+}
+
+// appendAddr appends a as a JSON string, as netip.Addr.String writes it.
+func appendAddr(b []byte, a netip.Addr) []byte {
+	if !a.IsValid() || a.Zone() != "" {
+		return appendString(b, a.String())
+	}
+	return append(a.AppendTo(append(b, '"')), '"')
+}
+
+// textual returns r with its AddrValues rendered into Target, Addrs and
+// Client, as AppendJSON writes them: what encoding/json must write for
+// AppendJSON's output to be right (encode_test.go).
+func (r *Record) textual() Record {
+	t := *r
+	v := t.AddrValues
+	if t.Target == "" && v.Target.IsValid() {
+		t.Target = v.Target.String()
+	}
+	if len(v.Dialed) > 0 {
+		t.Addrs = slices.Clone(t.Addrs)
+		for _, a := range v.Dialed {
+			t.Addrs = append(t.Addrs, a.String())
+		}
+	}
+	if t.Client == "" && v.Client.IsValid() {
+		t.Client = v.Client.String()
+	}
+	t.AddrValues = AddrValues{}
+	return t
+}
 
 // appendString appends s as a JSON string the way encoding/json does with
 // HTML escaping on (its default): ", \ and control bytes escaped (\b \f \n

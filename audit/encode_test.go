@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"math"
 	"math/rand/v2"
+	"net/netip"
 	"reflect"
 	"testing"
 	"time"
@@ -24,7 +25,8 @@ type recordFiller struct {
 }
 
 var (
-	timeType = reflect.TypeFor[time.Time]()
+	timeType       = reflect.TypeFor[time.Time]()
+	addrValuesType = reflect.TypeFor[AddrValues]()
 	// strAtoms are the pieces random strings are built of: plain text and
 	// every class of byte encoding/json treats specially.
 	strAtoms = []string{
@@ -92,6 +94,50 @@ func (f recordFiller) time() time.Time {
 	return time.Unix(sec, nsec).In(zones[f.pick(len(zones))])
 }
 
+// addr returns an address of every kind the writer renders: IPv4, IPv6,
+// IPv4-mapped, with a zone (any bytes), and invalid.
+func (f recordFiller) addr() netip.Addr {
+	var b16 [16]byte
+	for i := range 2 {
+		u := f.u64()
+		for j := range 8 {
+			b16[8*i+j] = byte(u >> (8 * j))
+		}
+	}
+	switch f.pick(6) {
+	case 0:
+		return netip.AddrFrom4([4]byte(b16[:4]))
+	case 1:
+		return netip.AddrFrom16(b16)
+	case 2:
+		return netip.AddrFrom16(netip.AddrFrom4([4]byte(b16[:4])).As16()) // ::ffff:a.b.c.d
+	case 3:
+		return netip.AddrFrom16(b16).WithZone(f.str())
+	case 4:
+		return netip.Addr{}
+	}
+	return netip.MustParseAddr("203.0.113.7")
+}
+
+func (f recordFiller) addrPort() netip.AddrPort {
+	return netip.AddrPortFrom(f.addr(), uint16(f.u64()))
+}
+
+// addrValues fills each of AddrValues' fields, or leaves it zero.
+func (f recordFiller) addrValues() AddrValues {
+	var v AddrValues
+	if f.pick(3) != 0 {
+		v.Target = f.addr()
+	}
+	for range f.pick(4) {
+		v.Dialed = append(v.Dialed, f.addrPort())
+	}
+	if f.pick(3) != 0 {
+		v.Client = f.addrPort()
+	}
+	return v
+}
+
 // fill sets every field of r, each left at its zero value now and then.
 func (f recordFiller) fill(t testing.TB, r *Record) {
 	v := reflect.ValueOf(r).Elem()
@@ -105,6 +151,8 @@ func (f recordFiller) fill(t testing.TB, r *Record) {
 			if f.pick(8) != 0 {
 				fv.Set(reflect.ValueOf(f.time()))
 			}
+		case sf.Type == addrValuesType:
+			fv.Set(reflect.ValueOf(f.addrValues()))
 		case sf.Type.Kind() == reflect.String:
 			fv.SetString(f.str())
 		case sf.Type.Kind() == reflect.Bool:
@@ -133,10 +181,12 @@ func (f recordFiller) fill(t testing.TB, r *Record) {
 }
 
 // checkSameAsEncodingJSON fails t unless AppendJSON writes what
-// json.Marshal writes for r, or both refuse it.
+// json.Marshal writes for r (its address values rendered as text:
+// Record.textual), or both refuse it.
 func checkSameAsEncodingJSON(t testing.TB, r *Record) {
 	t.Helper()
-	want, wantErr := json.Marshal(r)
+	tr := r.textual()
+	want, wantErr := json.Marshal(&tr)
 	prefix := []byte("prefix:")
 	got, gotErr := r.AppendJSON(prefix)
 	if (wantErr != nil) != (gotErr != nil) {
@@ -173,6 +223,21 @@ func TestEveryFieldIsEncoded(t *testing.T) {
 		t.Run(sf.Name, func(t *testing.T) {
 			r := base
 			fv := reflect.ValueOf(&r).Elem().Field(i)
+			if sf.Type == addrValuesType {
+				// Each address alone, and beside its text field.
+				for _, v := range []AddrValues{
+					{Target: netip.MustParseAddr("2001:db8::1")},
+					{Dialed: []netip.AddrPort{netip.MustParseAddrPort("[2001:db8::1]:443"), netip.MustParseAddrPort("192.0.2.1:80")}},
+					{Client: netip.MustParseAddrPort("192.0.2.1:40000")},
+				} {
+					r := base
+					r.AddrValues = v
+					checkSameAsEncodingJSON(t, &r)
+					r.Target, r.Addrs, r.Client = "t", []string{"a"}, "c"
+					checkSameAsEncodingJSON(t, &r)
+				}
+				return
+			}
 			switch sf.Type.Kind() {
 			case reflect.String:
 				fv.SetString("x<\"\n")
@@ -254,4 +319,36 @@ func BenchmarkEncodeRecord(b *testing.B) {
 			_, _ = json.Marshal(&r)
 		}
 	})
+}
+
+// TestAddrValuesAreWrittenAsTheirText: the proxy hands the writer
+// addresses as values; the line must read as if it had written the text.
+func TestAddrValuesAreWrittenAsTheirText(t *testing.T) {
+	at := time.Date(2026, 12, 3, 19, 0, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		name string
+		r    Record
+		want string
+	}{
+		{"values only", Record{Time: at, Kind: KindConnect, Port: 443, AddrValues: AddrValues{
+			Target: netip.MustParseAddr("192.0.2.7"),
+			Dialed: []netip.AddrPort{netip.MustParseAddrPort("192.0.2.7:443")},
+			Client: netip.MustParseAddrPort("[2001:db8::2]:40000"),
+		}}, `{"time":"2026-12-03T19:00:00Z","kind":"connect","target":"192.0.2.7","port":443,"addrs":["192.0.2.7:443"],"decision":"","reason":"","client":"[2001:db8::2]:40000"}`},
+		{"text wins, dialed follow addrs", Record{Time: at, Kind: KindConnect, Target: "a.test", Port: 443, Addrs: []string{"192.0.2.9"}, Client: "10.0.0.1:1", AddrValues: AddrValues{
+			Target: netip.MustParseAddr("192.0.2.7"),
+			Dialed: []netip.AddrPort{netip.MustParseAddrPort("[2001:db8::1]:443")},
+			Client: netip.MustParseAddrPort("192.0.2.1:2"),
+		}}, `{"time":"2026-12-03T19:00:00Z","kind":"connect","target":"a.test","port":443,"addrs":["192.0.2.9","[2001:db8::1]:443"],"decision":"","reason":"","client":"10.0.0.1:1"}`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := tc.r.AppendJSON(nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if string(got) != tc.want {
+				t.Errorf("got  %s\nwant %s", got, tc.want)
+			}
+		})
+	}
 }

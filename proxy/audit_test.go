@@ -39,8 +39,14 @@ func TestAuditLinePerDecision(t *testing.T) {
 	h.request(fmt.Sprintf("POST http://allowed.test:%d/p HTTP/1.1\r\nHost: allowed.test:%d\r\nContent-Length: 5\r\n\r\nhello", up.port, up.port))
 	h.audit.waitRecords(t, 3)
 	h.request("GET http://nope.test/ HTTP/1.1\r\nHost: nope.test\r\n\r\n")
+	h.audit.waitRecords(t, 4)
+	// An IP-literal target: the record's target and addrs are written
+	// from the addresses the proxy hands the audit writer as values.
+	c, _, _ = h.connect(fmt.Sprintf("127.0.0.1:%d", rec.port))
+	echo(t, c, "012345678\n")
+	c.Close()
 
-	rs := h.audit.waitRecords(t, 4)
+	rs := h.audit.waitRecords(t, 5)
 	upstream := fmt.Sprintf("127.0.0.1:%d", rec.port)
 	httpUp := fmt.Sprintf("127.0.0.1:%d", up.port)
 	want := []audit.Record{
@@ -51,6 +57,8 @@ func TestAuditLinePerDecision(t *testing.T) {
 		{Kind: audit.KindHTTP, Target: "allowed.test", Port: up.port, Addrs: []string{httpUp}, Decision: "allow",
 			Reason: "allowed-by", Rule: "allowed.test:*", Source: "policy.toml:1", BytesUp: 5, BytesDown: int64(len(fmt.Sprintf("hello allowed.test:%d /p body=5", up.port)))},
 		{Kind: audit.KindHTTP, Target: "nope.test", Port: 80, Decision: "deny", Reason: "no-allow-rule"},
+		{Kind: audit.KindConnect, Target: "127.0.0.1", Port: rec.port, Addrs: []string{upstream}, Decision: "allow",
+			Reason: "allowed-by", Rule: "127.0.0.1:*", Source: "policy.toml:2", BytesUp: 10, BytesDown: 10},
 	}
 	if diff := cmp.Diff(want, rs, cmpopts.IgnoreFields(audit.Record{}, "Time", "SandboxID", "Client", "DurationMS"), cmpopts.EquateEmpty()); diff != "" {
 		t.Errorf("audit records (-want +got):\n%s", diff)

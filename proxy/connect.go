@@ -110,8 +110,21 @@ func (d *upstreamDialer) connect(ctx context.Context, ap netip.AddrPort) (net.Co
 	return c, nil
 }
 
+// dialWatcher is a context that wakes a pending dial itself (lifetime):
+// await registers the socket with it instead of a context.AfterFunc,
+// whose closure, context and channels a tunnel would otherwise allocate.
+type dialWatcher interface {
+	// watchDial registers f, whose connect is under way, to have its
+	// write deadline set in the past when the context ends; false: it has
+	// ended already.
+	watchDial(f *os.File) bool
+	// unwatchDial undoes watchDial; it returns before f may be closed.
+	unwatchDial()
+}
+
 // await waits until the handshake on f's socket completed or failed, for
-// at most the timeout, or until ctx is cancelled.
+// at most the timeout, or until ctx is cancelled. The dialer's deferred
+// close of f runs after the deferred unwatchDial.
 func (d *upstreamDialer) await(ctx context.Context, f *os.File) error {
 	deadline := time.Now().Add(d.timeout)
 	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
@@ -120,7 +133,12 @@ func (d *upstreamDialer) await(ctx context.Context, f *os.File) error {
 	if err := f.SetWriteDeadline(deadline); err != nil {
 		return err
 	}
-	if ctx.Done() != nil {
+	if w, ok := ctx.(dialWatcher); ok {
+		if !w.watchDial(f) {
+			return ctx.Err()
+		}
+		defer w.unwatchDial()
+	} else if ctx.Done() != nil {
 		stop := context.AfterFunc(ctx, func() { _ = f.SetWriteDeadline(aLongTimeAgo) })
 		defer stop()
 	}

@@ -82,30 +82,30 @@ func (p *Proxy) vetTarget(ctx context.Context, m *policy.Matcher, t policy.Targe
 
 // dialVetted connects to the first of addrs that answers, each attempt
 // bounded by DialTimeout, with the socket mark set. It returns the
-// connection, the address it reached and every address tried.
-func (p *Proxy) dialVetted(ctx context.Context, addrs []netip.AddrPort) (net.Conn, netip.AddrPort, []string, error) {
-	tried := make([]string, 0, len(addrs))
+// connection, the address it reached and every address tried (a prefix
+// of addrs).
+func (p *Proxy) dialVetted(ctx context.Context, addrs []netip.AddrPort) (net.Conn, netip.AddrPort, []netip.AddrPort, error) {
 	var errs []error
-	for _, ap := range addrs {
+	for i, ap := range addrs {
 		if err := ctx.Err(); err != nil {
 			errs = append(errs, err)
-			break
+			return nil, netip.AddrPort{}, addrs[:i], fmt.Errorf("connecting upstream: %w", errors.Join(errs...))
 		}
-		tried = append(tried, ap.String())
 		start := time.Now()
 		c, err := p.dial(ctx, ap)
 		p.met.dialed(time.Since(start), err)
 		if err == nil {
-			return c, ap, tried, nil
+			return c, ap, addrs[:i+1], nil
 		}
 		errs = append(errs, err)
 	}
-	return nil, netip.AddrPort{}, tried, fmt.Errorf("connecting upstream: %w", errors.Join(errs...))
+	return nil, netip.AddrPort{}, addrs, fmt.Errorf("connecting upstream: %w", errors.Join(errs...))
 }
 
-// dialTarget vets t and dials it.
-func (p *Proxy) dialTarget(ctx context.Context, m *policy.Matcher, t policy.Target, prefer netip.Addr) (net.Conn, netip.AddrPort, []string, error) {
-	var buf [4]netip.AddrPort // most targets: an IP literal, or a name with a few addresses
+// dialTarget vets t and dials it. The vetted addresses are appended to
+// buf (a tunnel passes room it owns, so the tried list it keeps for its
+// record costs no allocation); the tried ones are returned.
+func (p *Proxy) dialTarget(ctx context.Context, m *policy.Matcher, t policy.Target, prefer netip.Addr, buf []netip.AddrPort) (net.Conn, netip.AddrPort, []netip.AddrPort, error) {
 	addrs, err := p.vetTarget(ctx, m, t, prefer, buf[:0])
 	if err != nil {
 		return nil, netip.AddrPort{}, nil, err

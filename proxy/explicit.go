@@ -3,7 +3,6 @@ package proxy
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"errors"
 	"io"
 	"net/http"
@@ -60,9 +59,9 @@ func (p *Proxy) serveRequests(cc *clientConn, br *bufio.Reader, arr arrival) {
 		}
 		_ = c.SetReadDeadline(time.Now().Add(p.cfg.HeaderTimeout))
 		raw, err := readRequestHead(br, maxHeadBytes)
-		var h *requestHead
+		var h requestHead // on the stack for a CONNECT (handleHTTP gets a copy)
 		if err == nil {
-			h, err = parseRequestHead(raw)
+			err = h.parse(raw)
 		}
 		if err != nil {
 			p.refuseHead(cc, raw, br, err)
@@ -94,10 +93,11 @@ func (p *Proxy) serveRequests(cc *clientConn, br *bufio.Reader, arr arrival) {
 				answerAndClose(c, h.target, d)
 				return
 			}
-			p.handleConnect(cc, br, h)
+			p.handleConnect(cc, br, &h)
 			return
 		}
-		if !p.handleHTTP(cc, br, h, arr) {
+		hh := h
+		if !p.handleHTTP(cc, br, &hh, arr) {
 			return
 		}
 	}
@@ -145,7 +145,6 @@ func (p *Proxy) handleConnect(cc *clientConn, br *bufio.Reader, h *requestHead) 
 		answerAndClose(c, h.target, d)
 		return
 	}
-	host, target := hostOf(t), t.String()
 	m := p.cfg.Policy.Current()
 	d := m.Decide(t)
 	if !d.Allow {
@@ -153,44 +152,48 @@ func (p *Proxy) handleConnect(cc *clientConn, br *bufio.Reader, h *requestHead) 
 		if t.Addr.IsValid() {
 			dn = denyAddr(d, t.Addr)
 		}
-		p.logDenial(audit.KindConnect, host, t.Port, cc.client, nil, dn)
-		answerAndClose(c, target, dn)
+		p.logDenial(audit.KindConnect, hostOf(t), t.Port, cc.client, nil, dn)
+		answerAndClose(c, t.String(), dn)
 		return
 	}
-	key := target
-	if !p.acquireDest(key) {
-		dn := denyf(http.StatusServiceUnavailable, audit.ReasonMaxTunnelsPerDest, "%d tunnels open to %s (--max-tunnels-per-dest)", p.cfg.MaxTunnelsPerDest, key)
-		p.logDenial(audit.KindConnect, host, t.Port, cc.client, nil, dn)
-		answerAndClose(c, target, dn)
+	if !p.acquireDest(t) {
+		dn := denyf(http.StatusServiceUnavailable, audit.ReasonMaxTunnelsPerDest, "%d tunnels open to %s (--max-tunnels-per-dest)", p.cfg.MaxTunnelsPerDest, t)
+		p.logDenial(audit.KindConnect, hostOf(t), t.Port, cc.client, nil, dn)
+		answerAndClose(c, t.String(), dn)
 		return
 	}
-	defer p.releaseDest(key)
+	defer p.releaseDest(t)
 
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	// What the tunnel's decision was made on and what its record will say,
-	// in one allocation.
+	// What the tunnel's decision was made on, what its record will say,
+	// its relay and its lifetime, in one allocation.
 	st := &struct {
 		basis
 		allowed
 		relay relay
+		life  lifetime
+		// dialable holds the vetted addresses (an IP literal, or a name's
+		// first few), so the record's tried list is no allocation.
+		dialable [4]netip.AddrPort
 	}{
-		basis:   basis{name: t.Name, addr: t.Addr, port: t.Port, byAddr: t.Addr.IsValid()},
-		allowed: allowed{kind: audit.KindConnect, target: host, port: t.Port, client: cc.client, decision: d, start: start},
+		basis: basis{name: t.Name, addr: t.Addr, port: t.Port, byAddr: t.Addr.IsValid()},
+		// An IP-literal target goes to the record as the address: the
+		// audit writer renders it (no text per tunnel).
+		allowed: allowed{kind: audit.KindConnect, target: t.Name, targetAddr: t.Addr, port: t.Port, client: cc.client, decision: d, start: start},
 	}
-	b, a := &st.basis, &st.allowed
-	if dn := cc.decided(m, b, nil, cancel); dn != nil {
-		p.logDenial(audit.KindConnect, host, t.Port, cc.client, nil, dn)
-		answerAndClose(c, target, dn)
+	b, a, ctx := &st.basis, &st.allowed, &st.life
+	defer ctx.end()
+	if dn := cc.decided(m, b, nil, ctx); dn != nil {
+		p.logDenial(audit.KindConnect, a.targetText(), t.Port, cc.client, nil, dn)
+		answerAndClose(c, t.String(), dn)
 		return
 	}
 	// An inspected name gets no tunnel: egressd dials per request (inspect.go).
 	var r *relay
 	if !m.Inspects(t.Name, t.Port) {
-		up, ap, tried, err := p.dialTarget(ctx, m, t, netip.Addr{})
+		up, ap, tried, err := p.dialTarget(ctx, m, t, netip.Addr{}, st.dialable[:0])
 		a.addrs = tried
 		if err != nil {
-			p.refuseAfterAllow(cc, a, target, err, true)
+			p.refuseAfterAllow(cc, a, t.String(), err, true)
 			return
 		}
 		cc.setUpstream(up, ap.Addr())
@@ -227,7 +230,7 @@ func (p *Proxy) handleConnect(cc *clientConn, br *bufio.Reader, h *requestHead) 
 			p.finish(a, 0, down, cc.closedReasonOr("client sent nothing"))
 			return
 		}
-		p.logDenial(audit.KindConnect, host, t.Port, cc.client, a.addrs, dn)
+		p.logDenial(audit.KindConnect, a.targetText(), t.Port, cc.client, a.addrs, dn)
 		return
 	}
 	if kind == streamHTTP {
@@ -236,7 +239,7 @@ func (p *Proxy) handleConnect(cc *clientConn, br *bufio.Reader, h *requestHead) 
 		// absolute-form one (a splice would pass every request after the
 		// first undecided). No HTTP server speaks first.
 		if r != nil && !r.detach() {
-			p.logDenial(audit.KindConnect, host, t.Port, cc.client, a.addrs,
+			p.logDenial(audit.KindConnect, a.targetText(), t.Port, cc.client, a.addrs,
 				denyf(0, audit.ReasonBadRequest, "HTTP request after the server spoke first"))
 			resetConn(c)
 			return

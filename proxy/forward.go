@@ -62,7 +62,7 @@ func (p *Proxy) dialForTransport(ctx context.Context, _, addr string) (net.Conn,
 		return nil, &denial{status: http.StatusBadRequest, reason: audit.ReasonInvalidName, detail: err.Error()}
 	}
 	prefer, _ := ctx.Value(preferKey{}).(netip.Addr)
-	c, _, _, err := p.dialTarget(ctx, p.cfg.Policy.Current(), t, prefer)
+	c, _, _, err := p.dialTarget(ctx, p.cfg.Policy.Current(), t, prefer, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -127,7 +127,7 @@ func (p *Proxy) handleHTTP(cc *clientConn, br *bufio.Reader, h *requestHead, arr
 		return false
 	}
 	u.Scheme, u.Host = "http", dial.String() // the pool key: the vetted origin
-	key := dial.String()
+	key := dial
 	if !p.acquireDest(key) {
 		dn := denyf(http.StatusServiceUnavailable, audit.ReasonMaxTunnelsPerDest, "%d requests open to %s (--max-tunnels-per-dest)", p.cfg.MaxTunnelsPerDest, key)
 		p.logDenial(audit.KindHTTP, host, t.Port, cc.client, nil, dn)
@@ -136,9 +136,9 @@ func (p *Proxy) handleHTTP(cc *clientConn, br *bufio.Reader, h *requestHead, arr
 	}
 	defer p.releaseDest(key)
 
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	if dn := cc.decided(m, b, nil, cancel); dn != nil {
+	life := new(lifetime)
+	defer life.end()
+	if dn := cc.decided(m, b, nil, life); dn != nil {
 		p.logDenial(audit.KindHTTP, host, t.Port, cc.client, nil, dn)
 		answerAndClose(c, target, dn)
 		return false
@@ -165,11 +165,11 @@ func (p *Proxy) handleHTTP(cc *clientConn, br *bufio.Reader, h *requestHead, arr
 	}
 	trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
 		if ap, err := netip.ParseAddrPort(info.Conn.RemoteAddr().String()); err == nil {
-			a.addrs = []string{ap.String()}
+			a.addrs = []netip.AddrPort{ap}
 			cc.setAddr(ap.Addr().Unmap())
 		}
 	}}
-	ctx = httptrace.WithClientTrace(ctx, trace)
+	ctx := httptrace.WithClientTrace(life, trace)
 	if orig.IsValid() {
 		ctx = context.WithValue(ctx, preferKey{}, orig.Addr())
 	}

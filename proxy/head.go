@@ -51,7 +51,11 @@ type requestHead struct {
 	proto string
 	// major is the major version; a request other than HTTP/1 is refused
 	// (505) before it is decided or forwarded.
-	major  int
+	major int
+	// fields are the head's header lines, each ending in CRLF, checked.
+	fields string
+	// header is the fields as an http.Header, for a request egressd
+	// forwards; nil for a CONNECT, which is decided on its request line.
 	header http.Header
 	// host is the Host header value; hasHost says whether there was one.
 	host    string
@@ -129,38 +133,57 @@ func bufferedHead(br *bufio.Reader, max int) ([]byte, bool) {
 	return nil, false
 }
 
-// parseRequestHead parses a head read by readRequestHead.
-func parseRequestHead(b []byte) (*requestHead, error) {
+// parse parses a head read by readRequestHead into h.
+//
+// The head is checked field by field without a map; the framing and
+// connection-level headers are found by name, case-insensitively, as
+// http.Header's canonical keys would find them. Only a request that is
+// forwarded (anything but CONNECT) gets its fields as an http.Header: a
+// CONNECT is decided on its request line alone, so it costs one string
+// (the head's text, which the method, target and Host are slices of) and
+// no map (bench/README.md, Issue 13, third pass).
+func (h *requestHead) parse(b []byte) error {
+	*h = requestHead{contentLength: -1}
 	if !bytes.HasSuffix(b, []byte("\r\n\r\n")) && !bytes.Equal(b, []byte("\r\n")) {
-		return nil, badHead("head does not end with an empty line")
+		return badHead("head does not end with an empty line")
 	}
 	text := string(b[:len(b)-2]) // every line with its CRLF; the strings below are slices of it
 	if text == "" {
-		return nil, badHead("empty line instead of a request line")
+		return badHead("empty line instead of a request line")
 	}
 	n := strings.Count(text, "\r\n") // lines
 	if strings.Count(text, "\r")+strings.Count(text, "\n") != 2*n {
-		return nil, badHead("bare CR or LF inside the head")
+		return badHead("bare CR or LF inside the head")
 	}
 	first, rest, _ := strings.Cut(text, "\r\n")
-	h := &requestHead{header: make(http.Header, n-1), contentLength: -1}
 	if err := h.parseRequestLine(first); err != nil {
-		return nil, err
+		return err
 	}
 	if n-1 > maxHeaderLines {
-		return nil, badHead("more than %d header fields", maxHeaderLines)
+		return badHead("more than %d header fields", maxHeaderLines)
 	}
+	h.fields = rest
+	var f headerCounts
 	for rest != "" {
 		var l string
 		l, rest, _ = strings.Cut(rest, "\r\n")
-		if err := h.addField(l); err != nil {
-			return nil, err
+		name, value, err := checkField(l)
+		if err != nil {
+			return err
+		}
+		f.count(h, name, value)
+	}
+	if err := h.interpret(&f); err != nil {
+		return err
+	}
+	if h.method != http.MethodConnect {
+		h.header = make(http.Header, n-1)
+		for name, value := range h.eachField {
+			key := textproto.CanonicalMIMEHeaderKey(name)
+			h.header[key] = append(h.header[key], value)
 		}
 	}
-	if err := h.interpret(); err != nil {
-		return nil, err
-	}
-	return h, nil
+	return nil
 }
 
 func (h *requestHead) parseRequestLine(l string) error {
@@ -206,51 +229,102 @@ func parseHTTPVersion(s string) (major, minor int, ok bool) {
 	return int(s[5] - '0'), int(s[7] - '0'), true
 }
 
-func (h *requestHead) addField(l string) error {
+// checkField checks one header line and returns its name and its value
+// without the surrounding blanks.
+func checkField(l string) (name, value string, err error) {
 	if l == "" {
-		return badHead("empty header line")
+		return "", "", badHead("empty header line")
 	}
 	if l[0] == ' ' || l[0] == '\t' {
-		return badHead("obsolete line folding")
+		return "", "", badHead("obsolete line folding")
 	}
 	name, value, ok := strings.Cut(l, ":")
 	if !ok {
-		return badHead("header line without a colon")
+		return "", "", badHead("header line without a colon")
 	}
 	if name == "" || !isToken(name) {
-		return badHead("bad header name %q (no whitespace before the colon)", name)
+		return "", "", badHead("bad header name %q (no whitespace before the colon)", name)
 	}
 	value = strings.Trim(value, " \t")
 	for i := 0; i < len(value); i++ {
 		if c := value[i]; (c < 0x20 && c != '\t') || c == 0x7f {
-			return badHead("control byte %#02x in header %s", c, name)
+			return "", "", badHead("control byte %#02x in header %s", c, name)
 		}
 	}
-	key := textproto.CanonicalMIMEHeaderKey(name)
-	h.header[key] = append(h.header[key], value)
-	return nil
+	return name, value, nil
+}
+
+// eachField yields the head's header fields in order (name as sent, value
+// trimmed), as an iter.Seq2. They were checked by parse.
+func (h *requestHead) eachField(yield func(name, value string) bool) {
+	for rest := h.fields; rest != ""; {
+		var l string
+		l, rest, _ = strings.Cut(rest, "\r\n")
+		name, value, _ := strings.Cut(l, ":")
+		if !yield(name, strings.Trim(value, " \t")) {
+			return
+		}
+	}
+}
+
+// headerCounts are the framing headers of a head, counted while its fields
+// are checked: how many of each, and the first value.
+type headerCounts struct {
+	hosts, contentLengths, transferEncodings int
+	contentLength, transferEncoding          string
+}
+
+// count notes one field; a header name is a token (checked), so
+// strings.EqualFold compares it as http.Header's canonical key would.
+func (f *headerCounts) count(h *requestHead, name, value string) {
+	switch {
+	case strings.EqualFold(name, "Host"):
+		if f.hosts == 0 {
+			h.host = value
+		}
+		f.hosts++
+	case strings.EqualFold(name, "Content-Length"):
+		if f.contentLengths == 0 {
+			f.contentLength = value
+		}
+		f.contentLengths++
+	case strings.EqualFold(name, "Transfer-Encoding"):
+		if f.transferEncodings == 0 {
+			f.transferEncoding = value
+		}
+		f.transferEncodings++
+	}
+}
+
+// values returns every value of the header name, in order (for messages).
+func (h *requestHead) values(name string) []string {
+	var out []string
+	for n, v := range h.eachField {
+		if strings.EqualFold(n, name) {
+			out = append(out, v)
+		}
+	}
+	return out
 }
 
 // interpret checks framing and the connection-level headers.
-func (h *requestHead) interpret() error {
-	hdr := h.header
-	if v := hdr["Host"]; len(v) > 1 {
-		return badHead("%d Host headers", len(v))
-	} else if len(v) == 1 {
-		h.host, h.hasHost = v[0], true
+func (h *requestHead) interpret(f *headerCounts) error {
+	if f.hosts > 1 {
+		h.host = ""
+		return badHead("%d Host headers", f.hosts)
 	}
-	cl, hasCL := hdr["Content-Length"]
-	te, hasTE := hdr["Transfer-Encoding"]
+	h.hasHost = f.hosts == 1
+	hasCL, hasTE := f.contentLengths > 0, f.transferEncodings > 0
 	if hasCL && hasTE {
 		return badHead("both Content-Length and Transfer-Encoding (ambiguous framing)")
 	}
 	if hasCL {
-		if len(cl) != 1 {
-			return badHead("%d Content-Length headers", len(cl))
+		if f.contentLengths != 1 {
+			return badHead("%d Content-Length headers", f.contentLengths)
 		}
-		n, ok := parseContentLength(cl[0])
+		n, ok := parseContentLength(f.contentLength)
 		if !ok {
-			return badHead("bad Content-Length %q", cl[0])
+			return badHead("bad Content-Length %q", f.contentLength)
 		}
 		h.contentLength = n
 	}
@@ -258,8 +332,8 @@ func (h *requestHead) interpret() error {
 		if h.proto == "HTTP/1.0" {
 			return badHead("Transfer-Encoding in an HTTP/1.0 request")
 		}
-		if len(te) != 1 || !strings.EqualFold(te[0], "chunked") {
-			return badHead("Transfer-Encoding %q (only a single \"chunked\" is accepted)", strings.Join(te, ", "))
+		if f.transferEncodings != 1 || !strings.EqualFold(f.transferEncoding, "chunked") {
+			return badHead("Transfer-Encoding %q (only a single \"chunked\" is accepted)", strings.Join(h.values("Transfer-Encoding"), ", "))
 		}
 		h.chunked = true
 	}
@@ -267,34 +341,35 @@ func (h *requestHead) interpret() error {
 		return badHead("CONNECT with a body")
 	}
 	h.keepAlive = h.proto == "HTTP/1.1"
-	for _, v := range hdr["Connection"] {
-		for tok := range strings.SplitSeq(v, ",") {
-			tok = strings.TrimSpace(tok)
-			switch {
-			case tok == "":
-			case strings.EqualFold(tok, "close"):
-				h.keepAlive = false
-			case strings.EqualFold(tok, "keep-alive"):
-				if h.proto == "HTTP/1.0" {
-					h.keepAlive = true
+	closes := false
+	for name, v := range h.eachField {
+		switch {
+		case strings.EqualFold(name, "Connection"):
+			for tok := range strings.SplitSeq(v, ",") {
+				tok = strings.TrimSpace(tok)
+				switch {
+				case tok == "":
+				case strings.EqualFold(tok, "close"):
+					closes = true
+				case strings.EqualFold(tok, "keep-alive"):
+					if h.proto == "HTTP/1.0" {
+						h.keepAlive = true
+					}
+				default:
+					if !isToken(tok) {
+						return badHead("bad Connection option %q", tok)
+					}
 				}
-			default:
-				if !isToken(tok) {
-					return badHead("bad Connection option %q", tok)
-				}
+			}
+		case strings.EqualFold(name, "Expect"):
+			if strings.EqualFold(strings.TrimSpace(v), "100-continue") {
+				h.expectContinue = true
 			}
 		}
 	}
 	// A 1.0 "Connection: keep-alive, close" still closes.
-	for _, v := range hdr["Connection"] {
-		if hasToken(v, "close") {
-			h.keepAlive = false
-		}
-	}
-	for _, v := range hdr["Expect"] {
-		if strings.EqualFold(strings.TrimSpace(v), "100-continue") {
-			h.expectContinue = true
-		}
+	if closes {
+		h.keepAlive = false
 	}
 	return nil
 }

@@ -445,7 +445,7 @@ func (s *inspectSession) rewrite(pr *httputil.ProxyRequest) {
 // verifies the upstream's certificate for the name.
 func (s *inspectSession) dialTLS(ctx context.Context, _, _ string) (net.Conn, error) {
 	p := s.p
-	c, _, _, err := p.dialTarget(ctx, p.cfg.Policy.Current(), s.dial, s.prefer)
+	c, _, _, err := p.dialTarget(ctx, p.cfg.Policy.Current(), s.dial, s.prefer, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -573,7 +573,7 @@ func (s *inspectSession) record(r *http.Request, rq *inspectRequest, cw *countin
 		Kind:       audit.KindHTTPS,
 		Target:     s.name,
 		Port:       s.port,
-		Client:     s.cc.client,
+		AddrValues: audit.AddrValues{Client: s.cc.client},
 		Method:     sanitizeLine(r.Method),
 		Path:       rq.path,
 		Status:     cw.status,

@@ -186,9 +186,9 @@ func TestParseRequestHead(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			br := bufio.NewReader(strings.NewReader(tc.in))
 			raw, err := readRequestHead(br, maxHeadBytes)
-			var h *requestHead
+			var h requestHead
 			if err == nil {
-				h, err = parseRequestHead(raw)
+				err = h.parse(raw)
 			}
 			if tc.want == nil {
 				if err == nil {
@@ -348,6 +348,24 @@ func FuzzParseRequestHead(f *testing.F) {
 		"CONNECT a.test:443 HTTP/1.1\r\n\r\n",
 		"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n",
 		"GET / HTTP/1.0\r\nConnection: keep-alive, Upgrade\r\nUpgrade: h2c\r\n\r\n",
+		// Each refusal of a header field or of the framing.
+		"CONNECT a.test:443 HTTP/1.1\r\nHost: a.test:443\r\n\r\n",
+		"CONNECT a.test:443 HTTP/1.1\r\nhost: a\r\nHOST: b\r\n\r\n",
+		"CONNECT a.test:443 HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+		"CONNECT a.test:443 HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n",
+		"CONNECT a.test:443 HTTP/1.0\r\nConnection: keep-alive, close\r\nExpect: 100-continue\r\n\r\n",
+		"CONNECT a.test:443 HTTP/1.1\r\nConnection: a b\r\n\r\n",
+		"CONNECT a.test:443 HTTP/1.1\r\n X: folded\r\n\r\n",
+		"CONNECT a.test:443 HTTP/1.1\r\nX : y\r\n\r\n",
+		"CONNECT a.test:443 HTTP/1.1\r\nX: \x01\r\n\r\n",
+		"CONNECT a.test:443 HTTP/1.1\r\nX\r\n\r\n",
+		"CONNECT a.test:443 HTTP/1.1\r\nX: a\rb\r\n\r\n",
+		"GET http://a.test/ HTTP/1.1\r\nHost: a.test\r\nContent-Length: 4\r\ncontent-length: 4\r\n\r\n",
+		"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n",
+		"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+		"POST / HTTP/1.1\r\nContent-Length: +4\r\n\r\n",
+		"POST / HTTP/1.1\r\nexpect: 100-Continue\r\nconnection: CLOSE\r\ncontent-length: 1\r\n\r\n",
+		"GET / HTTP/1.1\r\nConnection: close\r\nConnection: Upgrade\r\nUpgrade: h2c\r\nX-A: 1\r\nx-a: 2\r\n\r\n",
 	} {
 		f.Add([]byte(s))
 	}
@@ -357,8 +375,9 @@ func FuzzParseRequestHead(f *testing.F) {
 		if err != nil {
 			return
 		}
-		h, err := parseRequestHead(raw)
-		if err != nil {
+		sameAsMapParser(t, raw) // headoracle_test.go
+		var h requestHead
+		if err := h.parse(raw); err != nil {
 			return
 		}
 		if h.contentLength >= 0 && h.chunked {

@@ -135,7 +135,7 @@ type Proxy struct {
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
 	conns     map[*clientConn]struct{}
-	perDest   map[string]int
+	perDest   map[policy.Target]int
 	self      []netip.AddrPort
 	closing   bool
 	drained   chan struct{} // closed when closing and conns is empty
@@ -215,7 +215,7 @@ func New(cfg Config) (*Proxy, error) {
 		imet:      imet,
 		listeners: make(map[net.Listener]struct{}),
 		conns:     make(map[*clientConn]struct{}),
-		perDest:   make(map[string]int),
+		perDest:   make(map[policy.Target]int),
 		stopWatch: make(chan struct{}),
 		watchDone: make(chan struct{}),
 		refusing:  make(chan struct{}, maxRefusing),
@@ -327,7 +327,7 @@ func (p *Proxy) admit(c net.Conn, explicit bool) (*clientConn, audit.Reason) {
 	if p.cfg.MaxTunnels > 0 && len(p.conns) >= p.cfg.MaxTunnels {
 		return nil, audit.ReasonMaxTunnels
 	}
-	cc := &clientConn{p: p, c: c, client: addrText(c.RemoteAddr()), accepted: time.Now(), explicit: explicit, released: make(chan struct{})}
+	cc := &clientConn{p: p, c: c, client: clientAddr(c), accepted: time.Now(), explicit: explicit, released: make(chan struct{})}
 	p.conns[cc] = struct{}{}
 	p.handlers.Add(1)
 	p.met.open.Inc()
@@ -363,7 +363,7 @@ func (p *Proxy) refuseAtAccept(c net.Conn, explicit bool, why audit.Reason) {
 	}
 	p.met.refTunnels.Inc()
 	d := denyf(http.StatusServiceUnavailable, audit.ReasonMaxTunnels, "%d connections open (--max-tunnels)", p.cfg.MaxTunnels)
-	client := c.RemoteAddr().String()
+	client := clientAddr(c)
 	if !explicit {
 		resetConn(c)
 		p.logDenial(audit.KindTCP, "", 0, client, nil, d)
@@ -397,8 +397,10 @@ func answerAndClose(c net.Conn, target string, d *denial) {
 	_ = c.Close()
 }
 
-// acquireDest reserves one slot of the per-destination cap.
-func (p *Proxy) acquireDest(key string) bool {
+// acquireDest reserves one slot of the per-destination cap. The key is
+// the destination as a value: rendering it as text cost each tunnel two
+// allocations.
+func (p *Proxy) acquireDest(key policy.Target) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.cfg.MaxTunnelsPerDest > 0 && p.perDest[key] >= p.cfg.MaxTunnelsPerDest {
@@ -409,7 +411,7 @@ func (p *Proxy) acquireDest(key string) bool {
 	return true
 }
 
-func (p *Proxy) releaseDest(key string) {
+func (p *Proxy) releaseDest(key policy.Target) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.perDest[key] <= 1 {
@@ -569,9 +571,11 @@ const (
 // clientConn is one client connection, registered from accept to close
 // with the inputs of the decision in force on it.
 type clientConn struct {
-	p        *Proxy
-	c        net.Conn
-	client   string
+	p *Proxy
+	c net.Conn
+	// client is c's remote address (IPv4-mapped as IPv4), invalid when c
+	// is not TCP (a test's pipe).
+	client   netip.AddrPort
 	accepted time.Time
 	// explicit: accepted on the explicit listener (else the transparent).
 	explicit bool
@@ -582,7 +586,9 @@ type clientConn struct {
 	state    connState
 	basis    *basis
 	upstream net.Conn
-	cancel   context.CancelFunc
+	// life is the lifetime of the decided tunnel or request, ended by
+	// closeBy; nil between requests.
+	life     *lifetime
 	relaying bool
 	closedBy string
 
@@ -697,14 +703,14 @@ func (cc *clientConn) currentBasis() *basis {
 // must not go on: it was closed by Reevaluate, Reset or Shutdown meanwhile,
 // or a policy reload since m denies it (a reload that Reevaluate ran
 // before this registration would otherwise miss).
-func (cc *clientConn) decided(m *policy.Matcher, b *basis, upstream net.Conn, cancel context.CancelFunc) *denial {
+func (cc *clientConn) decided(m *policy.Matcher, b *basis, upstream net.Conn, life *lifetime) *denial {
 	cc.mu.Lock()
 	if cc.closedBy != "" {
 		why := cc.closedBy
 		cc.mu.Unlock()
 		return denyf(http.StatusServiceUnavailable, audit.ReasonShuttingDown, "%s", why)
 	}
-	cc.state, cc.basis, cc.upstream, cc.cancel = stateActive, b, upstream, cancel
+	cc.state, cc.basis, cc.upstream, cc.life = stateActive, b, upstream, life
 	cc.mu.Unlock()
 	if cur := cc.p.cfg.Policy.Current(); cur != m {
 		if d := recheck(cur, b); d != nil {
@@ -798,7 +804,7 @@ func (cc *clientConn) setAddr(a netip.Addr) {
 // undecided clears the decision after a request ends.
 func (cc *clientConn) undecided() {
 	cc.mu.Lock()
-	cc.basis, cc.upstream, cc.cancel = nil, nil, nil
+	cc.basis, cc.upstream, cc.life = nil, nil, nil
 	cc.mu.Unlock()
 }
 
@@ -821,17 +827,18 @@ func (cc *clientConn) closedReason() string {
 	return cc.closedBy
 }
 
-// closeBy closes the connection (with a reset) and its upstream, and
-// cancels its in-flight request; the handler sees the errors and ends.
+// closeBy closes the connection (with a reset) and its upstream, and ends
+// the lifetime of its tunnel or in-flight request (a pending dial, resolve
+// or upstream exchange); the handler sees the errors and ends.
 func (cc *clientConn) closeBy(reason string) {
 	cc.mu.Lock()
 	if cc.closedBy == "" {
 		cc.closedBy = reason
 	}
-	up, cancel := cc.upstream, cc.cancel
+	up, life := cc.upstream, cc.life
 	cc.mu.Unlock()
-	if cancel != nil {
-		cancel()
+	if life != nil {
+		life.end()
 	}
 	resetConn(cc.c)
 	if up != nil {
@@ -843,15 +850,15 @@ func (cc *clientConn) closeBy(reason string) {
 	}
 }
 
-// addrText is a's text as net.Addr.String writes it, rendered in one
-// allocation for a TCP address (an IPv4-mapped address as IPv4, as
-// TCPAddr.String does).
-func addrText(a net.Addr) string {
-	if ta, ok := a.(*net.TCPAddr); ok {
+// clientAddr is c's remote address as the audit records it, the value
+// (rendered by the audit writer: no text per connection); an IPv4-mapped
+// address as IPv4, as TCPAddr.String writes it. Invalid when c is not TCP.
+func clientAddr(c net.Conn) netip.AddrPort {
+	if ta, ok := c.RemoteAddr().(*net.TCPAddr); ok {
 		ap := ta.AddrPort()
-		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()).String()
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 	}
-	return a.String()
+	return netip.AddrPort{}
 }
 
 // resetConn closes c with a TCP reset (SO_LINGER 0) when it is TCP, so a
@@ -865,28 +872,29 @@ func resetConn(c net.Conn) {
 
 // logDenial writes the audit record of a denial (or of a failure, the
 // outcome its reason has: audit.Reason.Outcome), immediately.
-func (p *Proxy) logDenial(kind audit.Kind, target string, port uint16, client string, addrs []string, d *denial) {
+func (p *Proxy) logDenial(kind audit.Kind, target string, port uint16, client netip.AddrPort, dialed []netip.AddrPort, d *denial) {
 	outcome := d.reason.Outcome()
 	p.met.decision(string(kind), outcome, d.reason)
 	name := d.name
 	if name == target {
 		name = ""
 	}
-	if len(addrs) == 0 && d.addr.IsValid() {
+	var addrs []string
+	if len(dialed) == 0 && d.addr.IsValid() {
 		addrs = []string{d.addr.String()}
 	}
 	p.cfg.Audit.Log(audit.Record{
-		Kind:     kind,
-		Target:   sanitizeLine(target),
-		Name:     name,
-		Port:     port,
-		Addrs:    addrs,
-		Decision: outcome,
-		Reason:   d.reason,
-		Rule:     d.ruleText(),
-		Source:   d.ruleSource(),
-		Client:   client,
-		Error:    d.detailForAudit(),
+		Kind:       kind,
+		Target:     sanitizeLine(target),
+		Name:       name,
+		Port:       port,
+		Addrs:      addrs,
+		Decision:   outcome,
+		Reason:     d.reason,
+		Rule:       d.ruleText(),
+		Source:     d.ruleSource(),
+		Error:      d.detailForAudit(),
+		AddrValues: audit.AddrValues{Dialed: dialed, Client: client},
 	})
 	p.log.Debug("refused", "kind", kind, "target", sanitizeLine(target), "port", port, "client", client, "reason", d.text())
 }
@@ -897,7 +905,7 @@ func (p *Proxy) logDenial(kind audit.Kind, target string, port uint16, client st
 // allow (every address guarded, a blocked CNAME target) is a denial.
 func (p *Proxy) logFailure(a *allowed, d *denial) {
 	if d.reason.Outcome() != audit.OutcomeError || d.decision.Reason != "" {
-		p.logDenial(a.kind, a.target, a.port, a.client, a.addrs, d)
+		p.logDenial(a.kind, a.targetText(), a.port, a.client, a.addrs, d)
 		return
 	}
 	p.met.decision(string(a.kind), audit.OutcomeError, d.reason)
@@ -912,10 +920,9 @@ func (a *allowed) record(outcome audit.Outcome, reason audit.Reason, errText str
 		Target:     a.target,
 		Name:       a.name,
 		Port:       a.port,
-		Addrs:      a.addrs,
 		Decision:   outcome,
 		Reason:     reason,
-		Client:     a.client,
+		AddrValues: audit.AddrValues{Target: a.targetAddr, Dialed: a.addrs, Client: a.client},
 		Error:      errText,
 		DurationMS: float64(time.Since(a.start).Microseconds()) / 1000,
 	}
@@ -929,18 +936,31 @@ func (a *allowed) record(outcome audit.Outcome, reason audit.Reason, errText str
 // allowed is an allow decision whose record is written when the connection
 // or request ends, with its byte counts and duration.
 type allowed struct {
-	kind   audit.Kind
-	target string
+	kind audit.Kind
+	// target is the name or address asked for; an IP-literal CONNECT
+	// target may be given as targetAddr instead (target empty), which the
+	// audit writer renders.
+	target     string
+	targetAddr netip.Addr
 	// name is the learned name a connection to an address was allowed
 	// on (tcp), for the record's "name".
 	name     string
 	port     uint16
-	client   string
+	client   netip.AddrPort
 	decision policy.Decision
 	start    time.Time
-	addrs    []string
+	// addrs are the addresses dialled, in order (the last reached).
+	addrs []netip.AddrPort
 	// inspected: the connection's TLS was terminated (inspect.go).
 	inspected bool
+}
+
+// targetText is a's target as text.
+func (a *allowed) targetText() string {
+	if a.target == "" && a.targetAddr.IsValid() {
+		return a.targetAddr.String()
+	}
+	return a.target
 }
 
 // finish writes the record of an allowed connection or request (a

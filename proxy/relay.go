@@ -61,7 +61,10 @@ func (r *relay) copyDown() {
 // run writes prefix (the bytes peeked from the client) upstream and calls
 // sent (prefix's buffer may be reused from then on), then copies
 // client→upstream until the client's end of stream, waits for the other
-// direction and closes both. It returns the bytes each way.
+// direction and closes the upstream. It returns the bytes each way. The
+// client connection, half-closed both ways by then, is closed by its
+// handler on return (runHandler): closing it here too made that second
+// Close fail, and allocate its error, on every tunnel.
 func (r *relay) run(prefix []byte, sent func()) (up, down int64, err error) {
 	if len(prefix) > 0 {
 		n, werr := r.upstream.Write(prefix)
@@ -83,7 +86,6 @@ func (r *relay) run(prefix []byte, sent func()) (up, down int64, err error) {
 		closeWrite(r.upstream)
 	}
 	r.downDone.Wait()
-	_ = r.client.Close()
 	_ = r.upstream.Close()
 	if err == nil {
 		err = r.downErr

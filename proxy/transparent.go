@@ -150,7 +150,7 @@ func (p *Proxy) transparentTLS(cc *clientConn, orig netip.AddrPort, prefix []byt
 		resetConn(c)
 		return
 	}
-	ctx, done, ok := p.admitTunnel(cc, audit.KindTLS, name, port, dial.String(), m, b)
+	ctx, done, ok := p.admitTunnel(cc, audit.KindTLS, name, port, dial, m, b)
 	if !ok {
 		return
 	}
@@ -159,7 +159,7 @@ func (p *Proxy) transparentTLS(cc *clientConn, orig netip.AddrPort, prefix []byt
 	if p.inspectTLS(ctx, m, cc, nil, prefix, a, name, dial, orig.Addr()) {
 		return // the name is inspected: egressd terminates the TLS (inspect.go)
 	}
-	up, ap, tried, err := p.dialTarget(ctx, m, dial, orig.Addr())
+	up, ap, tried, err := p.dialTarget(ctx, m, dial, orig.Addr(), nil)
 	a.addrs = tried
 	if err != nil {
 		p.refuseAfterAllow(cc, a, "", err, false)
@@ -265,22 +265,22 @@ func nameOnly(name string, port uint16, d policy.Decision, where string) *denial
 // decision basis b, so a reload re-decides it; the returned context ends
 // when a reload denies it. On refusal it logs, resets the client and
 // reports false. done releases what it took.
-func (p *Proxy) admitTunnel(cc *clientConn, kind audit.Kind, target string, port uint16, key string, m *policy.Matcher, b *basis) (ctx context.Context, done func(), ok bool) {
+func (p *Proxy) admitTunnel(cc *clientConn, kind audit.Kind, target string, port uint16, key policy.Target, m *policy.Matcher, b *basis) (ctx context.Context, done func(), ok bool) {
 	if !p.acquireDest(key) {
 		dn := denyf(0, audit.ReasonMaxTunnelsPerDest, "%d tunnels open to %s (--max-tunnels-per-dest)", p.cfg.MaxTunnelsPerDest, key)
 		p.logDenial(kind, target, port, cc.client, nil, dn)
 		resetConn(cc.c)
 		return nil, nil, false
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	if dn := cc.decided(m, b, nil, cancel); dn != nil {
-		cancel()
+	life := new(lifetime)
+	if dn := cc.decided(m, b, nil, life); dn != nil {
+		life.end()
 		p.releaseDest(key)
 		p.logDenial(kind, target, port, cc.client, nil, dn)
 		resetConn(cc.c)
 		return nil, nil, false
 	}
-	return ctx, func() { cancel(); p.releaseDest(key) }, true
+	return life, func() { life.end(); p.releaseDest(key) }, true
 }
 
 // transparentRaw serves a connection decided on its address. When its
@@ -300,7 +300,7 @@ func (p *Proxy) transparentRaw(cc *clientConn, orig netip.AddrPort, prefix []byt
 		resetConn(c)
 		return
 	}
-	ctx, done, ok := p.admitTunnel(cc, audit.KindTCP, target, port, orig.String(), m, b)
+	ctx, done, ok := p.admitTunnel(cc, audit.KindTCP, target, port, policy.Target{Addr: orig.Addr(), Port: orig.Port()}, m, b)
 	if !ok {
 		return
 	}

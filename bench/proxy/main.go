@@ -5,6 +5,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"cmp"
 	"context"
@@ -17,7 +18,10 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
+	"os/exec"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -27,6 +31,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/egressd/egressd/audit"
+	"github.com/egressd/egressd/internal/metrics"
 	"github.com/egressd/egressd/internal/minrelay"
 	"github.com/egressd/egressd/internal/sockopt"
 	"github.com/egressd/egressd/policy"
@@ -42,6 +48,9 @@ var (
 	transparent = flag.Bool("transparent", false, "also measure the transparent path (run inside run.sh's netns with its REDIRECT rules)")
 	only        = flag.String("only", "", "measure only paths whose name contains this")
 	mark        = flag.Uint("mark", 0x1e5, "SO_MARK of egressd's and the relay's upstream sockets (transparent mode)")
+	procs       = flag.Bool("procs", false, "run the CONNECT relay and egressd each in a process of its own, and report each one's CPU per 1000 new tunnels")
+	smokescreen = flag.String("smokescreen", "", "path of a smokescreen binary: measure it too, as a CONNECT proxy in a process of its own (implies -procs)")
+	serve       = flag.String("serve", "", "internal: serve one CONNECT proxy (relay or egressd) on loopback, print its address, run until stdin closes")
 )
 
 const (
@@ -57,21 +66,48 @@ type path struct {
 	name string
 	// dial returns a connection that carries payload to the sink.
 	dial func() (net.Conn, error)
+	// pid is the process that does the path's proxying when it has one to
+	// itself (-procs): its CPU per new tunnel is reported. 0: in this
+	// process.
+	pid int
+	// noBulk: the bulk test cannot run through it. smokescreen (goproxy)
+	// closes a tunnel when the client half-closes, so the sink's count
+	// after the client's end of stream never comes back.
+	noBulk bool
 }
 
 func main() {
 	flag.Parse()
 	log.SetFlags(0)
+	if *serve != "" {
+		serveChild(*serve)
+		return
+	}
 	sink := startSink("127.0.0.1:0")
 	sinkAddr := sink.Addr().String()
 
-	relay := startRelayConnect()
-	p, explicit := startEgressd()
+	relay, relayPID := "", 0
+	explicit, egressdPID := "", 0
+	var p *proxy.Proxy
+	if *procs || *smokescreen != "" {
+		relay, relayPID = startChild("relay")
+		explicit, egressdPID = startChild("egressd")
+	} else {
+		relay = startRelayConnect()
+		p, explicit = startEgressd()
+	}
+	if *transparent && p == nil {
+		p, _ = startEgressd() // the transparent path is measured in this process
+	}
 
 	paths := []path{
-		{"direct", func() (net.Conn, error) { return net.Dial("tcp", sinkAddr) }},
-		{"relay-connect (io.Copy splice)", func() (net.Conn, error) { return dialConnect(relay, sinkAddr) }},
-		{"egressd-connect", func() (net.Conn, error) { return dialConnect(explicit, sinkAddr) }},
+		{name: "direct", dial: func() (net.Conn, error) { return net.Dial("tcp", sinkAddr) }},
+		{name: "relay-connect (io.Copy splice)", dial: func() (net.Conn, error) { return dialConnect(relay, sinkAddr) }, pid: relayPID},
+		{name: "egressd-connect", dial: func() (net.Conn, error) { return dialConnect(explicit, sinkAddr) }, pid: egressdPID},
+	}
+	if *smokescreen != "" {
+		addr, pid := startSmokescreen(*smokescreen)
+		paths = append(paths, path{name: "smokescreen-connect", dial: func() (net.Conn, error) { return dialConnect(addr, sinkAddr) }, pid: pid, noBulk: true})
 	}
 	if *transparent {
 		startSink(net.JoinHostPort(egressdTAddr, fmt.Sprint(sinkTPort)))
@@ -81,8 +117,8 @@ func main() {
 		check(err)
 		go p.ServeTransparent(ln)
 		paths = append(paths,
-			path{"relay-transparent (splice)", func() (net.Conn, error) { return net.Dial("tcp", net.JoinHostPort(relayTAddr, fmt.Sprint(sinkTPort))) }},
-			path{"egressd-transparent", func() (net.Conn, error) {
+			path{name: "relay-transparent (splice)", dial: func() (net.Conn, error) { return net.Dial("tcp", net.JoinHostPort(relayTAddr, fmt.Sprint(sinkTPort))) }},
+			path{name: "egressd-transparent", dial: func() (net.Conn, error) {
 				return net.Dial("tcp", net.JoinHostPort(egressdTAddr, fmt.Sprint(sinkTPort)))
 			}},
 		)
@@ -101,7 +137,9 @@ func main() {
 	bulk := make(map[string][]float64)
 	for r := 0; r < *rounds; r++ {
 		for _, pa := range sel {
-			bulk[pa.name] = append(bulk[pa.name], bulkOnce(pa))
+			if !pa.noBulk {
+				bulk[pa.name] = append(bulk[pa.name], bulkOnce(pa))
+			}
 		}
 	}
 	fmt.Printf("%-32s %12s %10s\n", "path", "MiB/s", "vs relay")
@@ -122,14 +160,32 @@ func main() {
 		p50, p99 time.Duration
 	}
 	rates := make(map[string][]rateRes)
+	// CPU of a path's own process over all its rounds, and its tunnels.
+	cpu := make(map[string]time.Duration)
+	tunnels := make(map[string]int64)
 	for r := 0; r < *rateRounds; r++ {
 		for _, pa := range sel {
-			rt, p50, p99 := rateOnce(pa)
+			var c0 time.Duration
+			if pa.pid != 0 {
+				c0 = processCPU(pa.pid)
+			}
+			rt, p50, p99, n := rateOnce(pa)
+			if pa.pid != 0 {
+				time.Sleep(50 * time.Millisecond) // the proxy's side of the last tunnels
+				cpu[pa.name] += processCPU(pa.pid) - c0
+				tunnels[pa.name] += n
+			}
 			rates[pa.name] = append(rates[pa.name], rateRes{rt, p50, p99})
 		}
 	}
 	direct50 := time.Duration(0)
-	fmt.Printf("%-32s %12s %10s %10s %10s %14s\n", "path", "conn/s", "vs relay", "p50", "p99", "p50 added")
+	fmt.Printf("%-32s %12s %10s %10s %10s %14s %12s %10s\n", "path", "conn/s", "vs relay", "p50", "p99", "p50 added", "CPU-ms/1000", "vs relay")
+	cpuPer1000 := make(map[string][]float64)
+	for _, pa := range sel {
+		if tunnels[pa.name] > 0 {
+			cpuPer1000[pa.name] = []float64{float64(cpu[pa.name].Milliseconds()) / float64(tunnels[pa.name]) * 1000}
+		}
+	}
 	rateMedians := make(map[string][]float64)
 	for _, pa := range sel {
 		for _, x := range rates[pa.name] {
@@ -147,12 +203,21 @@ func main() {
 		if direct50 > 0 && pa.name != "direct" {
 			added = (mid.p50 - direct50).Round(time.Microsecond).String()
 		}
-		fmt.Printf("%-32s %12.0f %10s %10s %10s %14s\n", pa.name, mid.rate, ratio(mid.rate, rateMedians, pa.name),
-			mid.p50.Round(time.Microsecond), mid.p99.Round(time.Microsecond), added)
+		cpuText, cpuRatio := "-", ""
+		if c := cpuPer1000[pa.name]; len(c) > 0 {
+			cpuText, cpuRatio = fmt.Sprintf("%.0f", c[0]), ratio(c[0], cpuPer1000, pa.name)
+		}
+		fmt.Printf("%-32s %12.0f %10s %10s %10s %14s %12s %10s\n", pa.name, mid.rate, ratio(mid.rate, rateMedians, pa.name),
+			mid.p50.Round(time.Microsecond), mid.p99.Round(time.Microsecond), added, cpuText, cpuRatio)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	_ = p.Shutdown(ctx)
+	if len(cpuPer1000) > 0 {
+		fmt.Println("(CPU-ms/1000: user+system time of the path's own process over all its rate rounds, per 1000 tunnels)")
+	}
+	if p != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = p.Shutdown(ctx)
+	}
 }
 
 // ratio compares v with the minimal relay of the same kind.
@@ -194,8 +259,9 @@ func bulkOnce(pa path) float64 {
 }
 
 // rateOnce opens connections through pa from several workers for rateDur:
-// each sends one byte and waits for it to come back.
-func rateOnce(pa path) (float64, time.Duration, time.Duration) {
+// each sends one byte and waits for it to come back. It returns the rate,
+// the latencies' p50 and p99, and the number of connections.
+func rateOnce(pa path) (float64, time.Duration, time.Duration, int64) {
 	var (
 		mu    sync.Mutex
 		lats  []time.Duration
@@ -233,7 +299,7 @@ func rateOnce(pa path) (float64, time.Duration, time.Duration) {
 	el := time.Since(start)
 	slices.Sort(lats)
 	p := func(q float64) time.Duration { return lats[min(len(lats)-1, int(q*float64(len(lats))))] }
-	return float64(count.Load()) / el.Seconds(), p(0.50), p(0.99)
+	return float64(count.Load()) / el.Seconds(), p(0.50), p(0.99), count.Load()
 }
 
 // echoByte asks the sink for an echo. It is a control byte, which cannot
@@ -284,7 +350,10 @@ func startSink(addr string) net.Listener {
 }
 
 // startEgressd runs egressd's proxy with an explicit listener; the policy
-// allows the loopback sink and the transparent destinations by IP rule.
+// allows the loopback sink and the transparent destinations by IP rule. As
+// egressd serve runs it, the metrics are registered and every decision goes
+// through the batched audit writer (into /dev/null: its encoding and its
+// writes, no disk).
 func startEgressd() (*proxy.Proxy, string) {
 	var np policy.NetworkPolicy
 	for _, text := range []string{"127.0.0.1:*", egressdTAddr + ":*"} {
@@ -296,7 +365,10 @@ func startEgressd() (*proxy.Proxy, string) {
 	check(err)
 	var live policy.Live
 	live.Store(m)
-	cfg := proxy.Config{Policy: &live, Logger: slog.New(slog.DiscardHandler), MaxTunnels: -1, MaxTunnelsPerDest: -1}
+	null, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
+	check(err)
+	cfg := proxy.Config{Policy: &live, Logger: slog.New(slog.DiscardHandler), MaxTunnels: -1, MaxTunnelsPerDest: -1,
+		Audit: audit.NewBuffered(null, "proxybench", audit.BufferOptions{}), Metrics: metrics.NewRegistry()}
 	if *transparent {
 		cfg.Mark = uint32(*mark)
 	}
@@ -325,7 +397,9 @@ func dialConnect(addr, target string) (net.Conn, error) {
 		}
 		head = append(head, buf[:n]...)
 	}
-	if !bytes.HasPrefix(head, []byte("HTTP/1.1 200")) {
+	// "HTTP/1.1 200 Connection established" (egressd, the relay) or
+	// "HTTP/1.0 200 OK" (smokescreen, through goproxy).
+	if len(head) < 12 || !bytes.HasPrefix(head, []byte("HTTP/1.")) || string(head[8:12]) != " 200" {
 		c.Close()
 		return nil, fmt.Errorf("CONNECT: %q", head)
 	}
@@ -403,4 +477,90 @@ func check(err error) {
 	if err != nil && !errors.Is(err, syscall.EINTR) {
 		log.Fatal(err)
 	}
+}
+
+// serveChild is the -serve mode: one CONNECT proxy in this process, its
+// address on stdout, until stdin closes (the parent ended).
+func serveChild(name string) {
+	var addr string
+	switch name {
+	case "relay":
+		addr = startRelayConnect()
+	case "egressd":
+		_, addr = startEgressd()
+	default:
+		log.Fatalf("-serve %q: want relay or egressd", name)
+	}
+	fmt.Println(addr)
+	_, _ = io.Copy(io.Discard, os.Stdin)
+}
+
+// startChild runs this program with -serve name and returns the address
+// it serves and its pid. The child ends when this process does (its stdin
+// closes).
+func startChild(name string) (string, int) {
+	cmd := exec.Command(os.Args[0], "-serve", name)
+	return startProxyProcess(cmd, func(out *bufio.Reader) string {
+		line, err := out.ReadString('\n')
+		check(err)
+		return strings.TrimSpace(line)
+	})
+}
+
+// startSmokescreen runs stripe/smokescreen on a free loopback port,
+// allowed to reach the loopback sink (it refuses private ranges unless
+// told), its request log (one JSON line per request, its decision record)
+// into /dev/null, and returns its address and pid.
+func startSmokescreen(bin string) (string, int) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	check(err)
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	cmd := exec.Command(bin, "--listen-ip", "127.0.0.1", "--listen-port", strconv.Itoa(port), "--allow-range", "127.0.0.1/32")
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	return startProxyProcess(cmd, func(*bufio.Reader) string {
+		for i := 0; ; i++ {
+			c, err := net.Dial("tcp", addr)
+			if err == nil {
+				c.Close()
+				return addr
+			}
+			if i == 100 {
+				log.Fatalf("smokescreen did not listen on %s: %v", addr, err)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	})
+}
+
+// startProxyProcess starts cmd with its stdin a pipe this process holds
+// open (a child of ours ends when it closes; smokescreen is killed with
+// this process: Pdeathsig) and returns what ready reads from its stdout.
+func startProxyProcess(cmd *exec.Cmd, ready func(*bufio.Reader) string) (string, int) {
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	stdin, err := cmd.StdinPipe()
+	check(err)
+	stdout, err := cmd.StdoutPipe()
+	check(err)
+	cmd.Stderr = nil // smokescreen's request log: discarded (/dev/null)
+	check(cmd.Start())
+	children = append(children, stdin)
+	return ready(bufio.NewReader(stdout)), cmd.Process.Pid
+}
+
+// children are the stdin pipes of the proxy processes: held open for the
+// life of this process.
+var children []io.WriteCloser
+
+// processCPU is pid's user+system time so far (/proc/pid/stat, in clock
+// ticks of 10 ms).
+func processCPU(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	check(err)
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+2:]))
+	utime, err := strconv.ParseInt(f[11], 10, 64)
+	check(err)
+	stime, err := strconv.ParseInt(f[12], 10, 64)
+	check(err)
+	return time.Duration(utime+stime) * 10 * time.Millisecond
 }

@@ -5,11 +5,18 @@
 # measured too; otherwise only direct / relay / CONNECT. Extra arguments go
 # to the Go program (e.g. -rounds 3 -only egressd).
 # STRACE=1 also counts the syscalls of one CONNECT bulk transfer.
+# SMOKESCREEN=<version> (e.g. v0.1.0) also measures stripe/smokescreen, built
+# from the Go module proxy into the temp dir (never into egressd's go.mod),
+# each CONNECT proxy then in a process of its own (-procs: CPU per tunnel).
 set -euo pipefail
 cd "$(dirname "$0")"
 bin=$(mktemp -d)/proxybench
 trap 'rm -rf "$(dirname "$bin")"' EXIT
 go build -o "$bin" .
+if [ -n "${SMOKESCREEN:-}" ]; then
+  (cd "$(dirname "$bin")" && GOBIN="$(dirname "$bin")" GOFLAGS=-mod=mod go install "github.com/stripe/smokescreen@$SMOKESCREEN")
+  set -- -smokescreen "$(dirname "$bin")/smokescreen" "$@"
+fi
 if [ "$(id -u)" != 0 ]; then
   exec "$bin" "$@"
 fi
