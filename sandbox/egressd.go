@@ -126,6 +126,11 @@ func egressdArgs(s egressdFlags) []string {
 		"--sandbox-id", s.sandboxID,
 		"--ready-fd", "3",
 		"--shutdown-grace", "1s",
+		// The launcher writes the policy and reloads it itself (POST
+		// /reload): no file watcher, whose inotify instance makes
+		// egressd's exit wait ~15 ms for the kernel (its SRCU grace
+		// period), on every sandbox's teardown.
+		"--watch-policy=false",
 	}, s.extra...)
 }
 

@@ -188,6 +188,7 @@ func TestEgressdArgs(t *testing.T) {
 		"--admin-listen unix:/run/x/egressd/admin.sock",
 		"--upstream-dns 192.0.2.53:53,192.0.2.54:5353",
 		"--mark 17735", "--audit-log -", "--sandbox-id egs-1", "--ready-fd 3",
+		"--watch-policy=false",
 	} {
 		if !strings.Contains(joined, want) {
 			t.Errorf("egressd args lack %q: %s", want, joined)

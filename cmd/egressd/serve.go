@@ -45,6 +45,7 @@ type serveOptions struct {
 	profile, floor, adminListen, upstream, auditLog, logFormat, sandboxID string
 	logLevel, ruleSources                                                 string
 	mark                                                                  uint
+	watchPolicy                                                           bool
 	readyFD                                                               int
 	cfg                                                                   daemon.Config
 }
@@ -71,6 +72,7 @@ func newServeFlags(stderr io.Writer) (*flag.FlagSet, *serveOptions) {
 	fs.StringVar(&o.adminListen, "admin-listen", "", "admin endpoint `ADDR|unix:PATH` (/healthz /readyz /metrics /reload /policy); empty: none")
 	fs.StringVar(&o.upstream, "upstream-dns", "", "upstream resolvers `ADDR[,ADDR]`, as network.upstream_dns on top of the policy (default: the policy's, else /etc/resolv.conf)")
 	fs.UintVar(&o.mark, "mark", 0, "SO_MARK `N` set on every upstream socket (needs CAP_NET_ADMIN); 0: none")
+	fs.BoolVar(&o.watchPolicy, "watch-policy", true, "re-read the policy files when they change; false: only on SIGHUP and POST /reload")
 	fs.StringVar(&o.auditLog, "audit-log", "", "write one JSON line per decision to `PATH` (- for stdout); empty: none")
 	fs.DurationVar(&cfg.AuditFlushInterval, "audit-flush-interval", 0, "the longest an audit record waits to be written (default 100ms): what a SIGKILL can lose")
 	fs.StringVar(&o.logFormat, "log-format", "text", "operational log format on stderr: `text|json`")
@@ -126,6 +128,7 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		}
 		cfg.RuleSources = srcs
 	}
+	cfg.NoWatch = !o.watchPolicy
 	cfg.PolicyFiles, cfg.Profile, cfg.Floor, cfg.AdminListen, cfg.SandboxID, cfg.Mark = o.policies, o.profile, o.floor, o.adminListen, o.sandboxID, uint32(o.mark)
 	if len(o.allow) > 0 {
 		cfg.Overrides = append(cfg.Overrides, policy.Setting{Key: "network.allow", Values: o.allow, Source: policy.Flag("--allow")})

@@ -164,25 +164,48 @@ func auditTargets(t *testing.T, path string) []string {
 // TestAuditRecordsAreAllWrittenOnSIGTERM: the audit writer batches
 // records, and a SIGTERM (what a supervisor sends) writes every one before
 // egressd exits.
+//
+// Also as the launcher runs it: its policy from a file it reloads itself
+// (--watch-policy=false), so no file watcher is stopped on the way out.
 func TestAuditRecordsAreAllWrittenOnSIGTERM(t *testing.T) {
-	log := filepath.Join(t.TempDir(), "audit.log")
-	// An interval longer than the test: only the shutdown can write them.
-	s := startServe(t, "", "--profile", "strict", "--audit-log", log, "--audit-flush-interval", "1h")
-	const n = 300
-	askDenied(t, s.dns, n)
-	if got := auditTargets(t, log); len(got) != 0 {
-		t.Logf("%d records written before SIGTERM (a batch filled)", len(got))
+	for _, tc := range []struct {
+		name string
+		args []string
+	}{
+		{"built-in profile", []string{"--profile", "strict"}},
+		{"unwatched policy file", []string{"--policy", strictPolicyFile(t), "--watch-policy=false"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			log := filepath.Join(t.TempDir(), "audit.log")
+			// An interval longer than the test: only the shutdown can write them.
+			s := startServe(t, "", append(tc.args, "--audit-log", log, "--audit-flush-interval", "1h")...)
+			const n = 300
+			askDenied(t, s.dns, n)
+			if got := auditTargets(t, log); len(got) != 0 {
+				t.Logf("%d records written before SIGTERM (a batch filled)", len(got))
+			}
+			s.stop(t, syscall.SIGTERM)
+			got := auditTargets(t, log)
+			if len(got) != n {
+				t.Fatalf("%d audit records after SIGTERM, want %d\nstderr:\n%s", len(got), n, s.stderr)
+			}
+			for i, target := range got {
+				if want := fmt.Sprintf("q%d.denied.test", i); target != want {
+					t.Fatalf("record %d is for %q, want %q", i, target, want)
+				}
+			}
+		})
 	}
-	s.stop(t, syscall.SIGTERM)
-	got := auditTargets(t, log)
-	if len(got) != n {
-		t.Fatalf("%d audit records after SIGTERM, want %d\nstderr:\n%s", len(got), n, s.stderr)
+}
+
+// strictPolicyFile writes a policy file of the strict profile.
+func strictPolicyFile(t *testing.T) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "policy.toml")
+	if err := os.WriteFile(p, []byte("version = 1\nprofile = \"strict\"\n"), 0o644); err != nil {
+		t.Fatal(err)
 	}
-	for i, target := range got {
-		if want := fmt.Sprintf("q%d.denied.test", i); target != want {
-			t.Fatalf("record %d is for %q, want %q", i, target, want)
-		}
-	}
+	return p
 }
 
 // TestAuditRecordsOlderThanTheIntervalSurviveSIGKILL: a record waits at

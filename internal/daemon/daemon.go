@@ -45,8 +45,15 @@ import (
 // per field; cmd/egressd fills it from flags.
 type Config struct {
 	// PolicyFiles are applied in order on the built-in Profile; they are
-	// watched and re-read on change. Empty means the built-in profile alone.
+	// watched and re-read on change (unless NoWatch). Empty means the
+	// built-in profile alone.
 	PolicyFiles []string
+	// NoWatch leaves the policy files unwatched: they are re-read only on
+	// Reload (SIGHUP, POST /reload). For a policy its writer reloads
+	// explicitly (the launcher's egressd): no inotify instance, whose
+	// close at exit waits for the kernel's SRCU grace period (~15 ms of
+	// every stop).
+	NoWatch bool
 	// Profile is the built-in base profile; "" lets the files choose.
 	Profile string
 	// Overrides are applied after the files on every load (e.g. --allow).
@@ -500,7 +507,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		})
 		goServe("admin endpoint", func() error { return admin.Serve(ctx, d.adminLn, h) })
 	}
-	if len(d.cfg.PolicyFiles) > 0 {
+	if len(d.cfg.PolicyFiles) > 0 && !d.cfg.NoWatch {
 		w, err := watch.New(d.cfg.PolicyFiles, 0)
 		if err != nil {
 			// Reload by SIGHUP and POST /reload still works; say so loudly.

@@ -169,6 +169,31 @@ func TestReloadAppliesResolverSettings(t *testing.T) {
 	}
 }
 
+// TestUnwatchedPolicyReloadsOnlyWhenAsked: with NoWatch (the launcher's
+// egressd) an edit of the policy file changes nothing until Reload (SIGHUP,
+// POST /reload) reads it.
+func TestUnwatchedPolicyReloadsOnlyWhenAsked(t *testing.T) {
+	up, _ := startUpstream(t)
+	pol := filepath.Join(t.TempDir(), "policy.toml")
+	writePolicy(t, pol, "version = 1\nprofile = \"strict\"\n[network]\nallow = [\"a.test\"]\n")
+	d, dnsAddr := startDaemon(t, Config{PolicyFiles: []string{pol}, NoWatch: true, DNSListen: []string{"127.0.0.1:0"}, UpstreamDNS: []string{up}})
+	writePolicy(t, pol, "version = 1\nprofile = \"strict\"\n[network]\nallow = [\"b.test\"]\n")
+	// A watcher would have reloaded well within this (its debounce).
+	time.Sleep(500 * time.Millisecond)
+	if n := counterValue(d.reloadsOK); n != 0 {
+		t.Fatalf("%v reloads without a request", n)
+	}
+	if rc := query(t, dnsAddr, "b.test"); rc != dns.RcodeNameError {
+		t.Fatalf("b.test before the reload: rcode %s, want NXDOMAIN", dns.RcodeToString[rc])
+	}
+	if err := d.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if rc := query(t, dnsAddr, "b.test"); rc != dns.RcodeSuccess {
+		t.Errorf("b.test after the reload: rcode %s, want NOERROR", dns.RcodeToString[rc])
+	}
+}
+
 // startDaemon runs a daemon from cfg until the test ends and returns it
 // with its first DNS address.
 func startDaemon(t *testing.T, cfg Config) (*Daemon, string) {
