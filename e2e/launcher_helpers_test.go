@@ -95,14 +95,47 @@ func newLauncherWorld(t *testing.T) *lworld {
 		if after := worldRules(t, w); after != lw.before {
 			t.Errorf("the launcher left rules in the world:\nbefore:\n%s\nafter:\n%s", lw.before, after)
 		}
-		out, _, _ := w.Run(t, "ip", "-o", "link", "show")
-		for _, line := range strings.Split(out, "\n") {
-			if strings.Contains(line, sandbox.IDPrefix) {
-				t.Errorf("the launcher left a link in the world: %s", line)
-			}
+		for _, l := range sandboxLinks(func() string { out, _, _ := w.Run(t, "ip", "-o", "link", "show"); return out }) {
+			t.Errorf("the launcher left a link in the world: %s", l)
 		}
 	})
 	return lw
+}
+
+// linkGoneWait bounds how long a sandbox's veth may outlive its network
+// namespace: the launcher removes the namespace, and the kernel removes
+// the pair in its own cleanup of it, after the launcher returned
+// (docs/design.md, "Teardown").
+const linkGoneWait = 10 * time.Second
+
+// sandboxLinks lists the sandboxes' veths (named by their ids) in show's
+// `ip -o link show` output. One whose sandbox's namespace is gone is being
+// removed by the kernel: it is waited for, up to linkGoneWait, and listed
+// only if it is still there then.
+func sandboxLinks(show func() string) []string {
+	deadline := time.Now().Add(linkGoneWait)
+	for {
+		var live, dying []string
+		for _, line := range strings.Split(show(), "\n") {
+			f := strings.Fields(line)
+			if len(f) < 2 {
+				continue
+			}
+			name := strings.TrimSuffix(strings.SplitN(f[1], "@", 2)[0], ":")
+			if !strings.HasPrefix(name, sandbox.IDPrefix) {
+				continue
+			}
+			if _, err := os.Stat(filepath.Join(sandbox.NetnsDir, name)); err == nil {
+				live = append(live, name)
+			} else {
+				dying = append(dying, name)
+			}
+		}
+		if len(dying) == 0 || time.Now().After(deadline) {
+			return append(live, dying...)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // worldRules is the world's iptables-save and ip6tables-save output without
@@ -339,11 +372,8 @@ func launcherLeftovers(t *testing.T) []string {
 			left = append(left, "container "+id)
 		}
 	}
-	links, _ := exec.Command("ip", "-o", "link", "show").Output()
-	for _, line := range strings.Split(string(links), "\n") {
-		if f := strings.Fields(line); len(f) > 1 && strings.HasPrefix(f[1], sandbox.IDPrefix) {
-			left = append(left, "link "+strings.TrimSuffix(f[1], ":"))
-		}
+	for _, l := range sandboxLinks(func() string { out, _ := exec.Command("ip", "-o", "link", "show").Output(); return string(out) }) {
+		left = append(left, "link "+l)
 	}
 	return left
 }

@@ -138,11 +138,8 @@ func poolFootprint(t *testing.T, lw *lworld, stateDir string, inScope func(id st
 	for _, id := range runcContainers(t) {
 		add("container", id)
 	}
-	wout, _, _ := lw.w.Run(t, "ip", "-o", "link", "show")
-	for _, line := range strings.Split(wout, "\n") {
-		if f := strings.Fields(line); len(f) > 1 && strings.Contains(f[1], sandbox.IDPrefix) {
-			add("world-link", strings.TrimSuffix(strings.SplitN(f[1], "@", 2)[0], ":"))
-		}
+	for _, l := range sandboxLinks(func() string { out, _, _ := lw.w.Run(t, "ip", "-o", "link", "show"); return out }) {
+		add("world-link", l)
 	}
 	own := map[string]int{}
 	for _, line := range strings.Split(lw.before, "\n") {

@@ -237,7 +237,8 @@ func (f fakeNamespaces) Exists(name string) bool {
 
 // Remove kills what is still inside (an egressd or a container process
 // of the namespace: the teardown should have ended them first), then
-// drops the namespace and its rules.
+// drops the namespace, its rules and the veth pairs with an end in it (the
+// kernel removes them in its cleanup of the namespace).
 func (f fakeNamespaces) Remove(ns NetNS) error {
 	k := f.k
 	k.mu.Lock()
@@ -258,6 +259,11 @@ func (f fakeNamespaces) Remove(ns NetNS) error {
 		}
 	}
 	delete(k.namespaces, ns.Name)
+	for name, l := range k.links {
+		if l.NsPath == ns.Path {
+			delete(k.links, name) // a veth pair goes with either end's namespace
+		}
+	}
 	delete(k.strays, ns.Path)
 	delete(k.sockets, ns.Path)
 	k.mu.Unlock()

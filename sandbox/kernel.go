@@ -59,7 +59,8 @@ type Namespaces interface {
 	Exists(name string) bool
 	// Remove kills every process still in ns, by pid, then unmounts and
 	// removes its bind mount: the kernel frees the namespace, its links
-	// and its rules with its last reference. Idempotent.
+	// (a veth pair with an end in it included, both ends) and its rules
+	// with its last reference, in its own time. Idempotent.
 	Remove(ns NetNS) error
 	// Pids lists the processes whose network namespace is ns: a pooled
 	// sandbox's reset proves that only its egressd is left (Pool).

@@ -322,6 +322,13 @@ func TestLifecycleTeardownStopsTheWorkloadBeforeTheNamespace(t *testing.T) {
 	k.Command = func(p *FakeProcess, stdio Stdio) int { <-p.Killed(); return 137 }
 	cfg := fakeConfig(t, k, "standard")
 	s, done := runInBackground(t, k, cfg, true)
+	var chainsAtRemove atomic.Bool
+	k.Fail = func(op string) error {
+		if strings.HasPrefix(op, "netns.remove") {
+			chainsAtRemove.Store(strings.Contains(k.Netfilter.Save("", firewall.IPv4), "EGS-"))
+		}
+		return nil
+	}
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -331,10 +338,18 @@ func TestLifecycleTeardownStopsTheWorkloadBeforeTheNamespace(t *testing.T) {
 		return slices.IndexFunc(ops, func(op string) bool { return strings.HasPrefix(op, prefix) })
 	}
 	remove := at("netns.remove")
-	for _, before := range []string{"runtime.delete", "links.down", "links.delete"} {
-		if i := at(before); i < 0 || i > remove {
-			t.Errorf("%s at %d, namespace removed at %d: %q", before, i, remove, ops)
-		}
+	if i := at("runtime.delete"); i < 0 || i > remove {
+		t.Errorf("runtime.delete at %d, namespace removed at %d: %q", i, remove, ops)
+	}
+	// The veth goes with the namespace (the kernel's cleanup), not by
+	// an explicit, slow deletion; its chains are removed after that.
+	if slices.ContainsFunc(ops, func(op string) bool {
+		return strings.HasPrefix(op, "links.down") || strings.HasPrefix(op, "links.delete")
+	}) {
+		t.Errorf("the veth was deleted explicitly although its namespace went: %q", ops)
+	}
+	if !chainsAtRemove.Load() {
+		t.Error("the uplink's chains were gone before the namespace: they must stay while its veth may carry anything")
 	}
 	if !k.Egressd()[0].stopped() {
 		t.Error("egressd still runs")
@@ -794,8 +809,7 @@ func TestLifecycleTeardownStepFailingLeavesOnlyItsOwn(t *testing.T) {
 	}{
 		{fail: "runtime.delete", left: []string{"container "}},
 		{fail: "runtime.delete", left: []string{"container "}, running: true},
-		{fail: "links.delete", left: []string{"link "}},
-		{fail: "links.down", noErr: true}, // not down: deleted all the same
+		// The namespace stays: its veth is deleted explicitly instead.
 		{fail: "netns.remove", left: []string{"namespace ", `rules in namespace "/run/netns/`}},
 		{fail: "fs.unmount ", left: []string{"mount "}},
 	} {

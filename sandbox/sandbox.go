@@ -523,14 +523,16 @@ const teardownTimeout = 30 * time.Second
 //
 //   - the container (runc delete --force: every process in it is killed;
 //     a container created and never started is destroyed);
-//   - egressd (SIGTERM, SIGKILL after 2 s) and its binary's mount, and the
-//     veth pair (the sandbox's only way out) with the uplink's NAT and
-//     FORWARD chains; once both are done and nothing of the container runs
-//     any more, the network namespace: any process still in it is killed
-//     by pid, then its bind mount is removed and the kernel frees it with
-//     its firewall rules (there is nothing to flush first: the rules live
-//     and die with the namespace, and flushing them while anything could
-//     still run inside would only open a window);
+//   - egressd (SIGTERM, SIGKILL after 2 s) and its binary's mount; once
+//     it has exited and nothing of the container runs any more, the
+//     network namespace: any process still in it is killed by pid, then
+//     its bind mount is removed and the kernel frees it with its firewall
+//     rules and the veth pair (the sandbox's only way out; there is
+//     nothing to flush first: the rules live and die with the namespace,
+//     and flushing them while anything could still run inside would only
+//     open a window); then the uplink's NAT and FORWARD chains in the
+//     launcher's namespace (removeUplink: when the namespace could not be
+//     removed, the veth is set down and deleted explicitly);
 //   - once nothing of the container runs any more, its root (the overlay
 //     and its tmpfs) and the protected paths' placeholders;
 //
@@ -577,18 +579,19 @@ func (s *Sandbox) teardown() error {
 		},
 		func() error {
 			var errs joinedErrs
-			errs.parallel(
-				s.step("egressd.stop", func() error { return s.stopEgressd(eg) }),
-				s.step("uplink.remove", func() error {
-					if up != nil {
-						return s.removeUplink(ctx, up)
-					}
-					return nil
-				}),
-			)
+			errs.add(s.step("egressd.stop", func() error { return s.stopEgressd(eg) })())
 			<-containerGone
+			// Nothing of the sandbox runs any more: its namespace goes,
+			// and the veth pair with it (removeUplink), then the uplink's
+			// chains.
+			nsGone := false
 			if ns.Path != "" {
-				errs.add(s.step("netns.remove", func() error { return s.k.Netns.Remove(ns) })())
+				err := s.step("netns.remove", func() error { return s.k.Netns.Remove(ns) })()
+				errs.add(err)
+				nsGone = err == nil && ns.Ino != 0
+			}
+			if up != nil {
+				errs.add(s.step("uplink.remove", func() error { return s.removeUplink(ctx, up, nsGone) })())
 			}
 			return errs.join()
 		},

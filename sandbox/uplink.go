@@ -156,16 +156,28 @@ func (s *Sandbox) setupUplink(ctx context.Context) error {
 	return s.k.Firewall.InstallUplink(ctx, u.nat(prefix))
 }
 
-// removeUplink deletes the veth pair (both ends go together; the sandbox
-// loses its way out at once) and the uplink's chains. Parts that are
-// already gone are not errors, so it is safe after a partial setup and
-// twice.
+// removeUplink removes the uplink's NAT and FORWARD chains and, unless
+// nsGone, the veth pair. Parts that are already gone are not errors, so it
+// is safe after a partial setup and twice.
 //
-// The veth is set down first, which stops traffic at once; deleting it and
-// removing the chains then run side by side, so NAT never goes away while
-// the link still carries anything.
-func (s *Sandbox) removeUplink(ctx context.Context, u *uplink) error {
+// nsGone says the teardown removed the sandbox's namespace (nothing of the
+// sandbox runs any more, and its bind mount is gone): the pair then goes
+// with it, in the kernel's own cleanup of the namespace, which waits for
+// the RCU grace periods of the links' unregistration off the launcher's
+// path (an explicit RTM_DELLINK waits 20 ms or more for them). The chains
+// are removed after that, while the launcher still holds the sandbox's id
+// (its state directory), so they are gone before any later link could
+// take the name they match (docs/launcher.md, "Teardown").
+//
+// Otherwise (the namespace could not be removed, or was never known) the
+// veth is set down, which stops its traffic at once, then deleted beside
+// the chains' removal, so NAT never goes away while the link still
+// carries anything.
+func (s *Sandbox) removeUplink(ctx context.Context, u *uplink, nsGone bool) error {
 	ns, link := u.plan.LauncherNetns, u.plan.Link
+	if nsGone {
+		return s.k.Firewall.RemoveUplink(ctx, u.plan.nat(u.prefix))
+	}
 	if err := s.k.Links.Down(ns, link); err != nil {
 		// Not down: keep the chains until the link is gone.
 		return errors.Join(s.k.Links.Delete(ns, link), s.k.Firewall.RemoveUplink(ctx, u.plan.nat(u.prefix)))
@@ -295,11 +307,31 @@ func createVeth(host *netlink.Handle, hostIf string, nsFd *os.File) error {
 		if !errors.Is(lastErr, unix.EEXIST) && !errors.Is(lastErr, unix.EBUSY) {
 			break
 		}
-		if _, err := host.LinkByName(hostIf); err == nil {
+		if _, err := host.LinkByName(hostIf); err == nil && !linkGoes(host, hostIf, dyingLinkWait) {
 			return fmt.Errorf("uplink: a link named %s already exists", hostIf)
 		}
 	}
 	return fmt.Errorf("uplink: creating veth %s: %w", hostIf, lastErr)
+}
+
+// dyingLinkWait bounds how long AddVeth waits for a link of the name it
+// wants to go: the veth of a sandbox of the same id whose namespace was
+// just removed goes in the kernel's cleanup of that namespace (Close does
+// not wait for it), within milliseconds. Any other link of that name is
+// never taken over.
+const dyingLinkWait = time.Second
+
+// linkGoes reports whether the link named name is gone within wait.
+func linkGoes(h *netlink.Handle, name string, wait time.Duration) bool {
+	deadline := time.Now().Add(wait)
+	for time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+		var nf netlink.LinkNotFoundError
+		if _, err := h.LinkByName(name); errors.As(err, &nf) {
+			return true
+		}
+	}
+	return false
 }
 
 // Raise configures the sandbox's end, brings both up and routes the

@@ -131,7 +131,7 @@ func TestUplinkSetupAndRemoveLeaveNothing(t *testing.T) {
 	defer cancel()
 	if err := s.setupUplink(ctx); err != nil {
 		if s.up != nil {
-			_ = s.removeUplink(ctx, s.up)
+			_ = s.removeUplink(ctx, s.up, false)
 		}
 		t.Fatalf("setup: %v", err)
 	}
@@ -192,10 +192,10 @@ func TestUplinkSetupAndRemoveLeaveNothing(t *testing.T) {
 		t.Errorf("sandbox → launcher over the uplink: %q, %v", got, err)
 	}
 
-	if err := s.removeUplink(ctx, u); err != nil {
+	if err := s.removeUplink(ctx, u, false); err != nil {
 		t.Fatalf("remove: %v", err)
 	}
-	if err := s.removeUplink(ctx, u); err != nil {
+	if err := s.removeUplink(ctx, u, false); err != nil {
 		t.Errorf("second remove: %v", err)
 	}
 	after := inNS(t, host, "iptables-save") + inNS(t, host, "ip", "-o", "link")
@@ -268,13 +268,61 @@ func TestUplinkRemoveAfterPartialSetup(t *testing.T) {
 	if err := firewall.System().Restore(ctx, host.Path, firewall.IPv4, []byte(half)); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.removeUplink(ctx, u); err != nil {
+	if err := s.removeUplink(ctx, u, false); err != nil {
 		t.Fatalf("remove after a partial setup: %v", err)
 	}
 	if saved := inNS(t, host, "iptables-save"); strings.Contains(saved, "EGS-") {
 		t.Errorf("chains left:\n%s", saved)
 	}
-	if err := s.removeUplink(ctx, u); err != nil {
+	if err := s.removeUplink(ctx, u, false); err != nil {
 		t.Errorf("remove with nothing there: %v", err)
+	}
+}
+
+// TestUplinkGoesWithTheNamespace: once the sandbox's namespace is removed,
+// the kernel removes the veth pair on its own (the teardown does not wait
+// for it), the chains are gone as soon as removeUplink returns, and a
+// sandbox of the same id made at once (same link name) is not refused for
+// the dying link: AddVeth waits for it to go.
+func TestUplinkGoesWithTheNamespace(t *testing.T) {
+	requireRootNetns(t)
+	host := testNetNS(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	before := normaliseSave(inNS(t, host, "iptables-save")) + inNS(t, host, "ip", "-o", "link") + inNS(t, host, "ip", "route")
+	id := newID()
+	for round := range 2 {
+		sb, err := hostNamespaces{}.Create(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := uplinkSandbox(t, host, sb, netip.MustParsePrefix("10.201.0.0/29"))
+		err = s.setupUplink(ctx)
+		if rerr := (hostNamespaces{}).Remove(sb); rerr != nil {
+			t.Fatalf("removing the namespace: %v", rerr)
+		}
+		if err != nil {
+			t.Fatalf("round %d: setup: %v", round, err)
+		}
+		if err := s.removeUplink(ctx, s.up, true); err != nil {
+			t.Fatalf("round %d: remove: %v", round, err)
+		}
+		if saved := inNS(t, host, "iptables-save"); strings.Contains(saved, "EGS-") {
+			t.Fatalf("round %d: chains left once removeUplink returned:\n%s", round, saved)
+		}
+		if links := inNS(t, host, "ip", "-o", "link"); strings.Contains(links, id) {
+			t.Logf("round %d: the veth is still there (the kernel is removing it) when removeUplink returned", round)
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		after := normaliseSave(inNS(t, host, "iptables-save")) + inNS(t, host, "ip", "-o", "link") + inNS(t, host, "ip", "route")
+		if after == before {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the launcher's namespace still differs 10 s after the sandbox's namespace went:\nbefore:\n%s\nafter:\n%s", before, after)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
