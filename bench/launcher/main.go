@@ -30,6 +30,7 @@ import (
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
+	"github.com/egressd/egressd/internal/nsthread"
 	"github.com/egressd/egressd/policy"
 	"github.com/egressd/egressd/sandbox"
 )
@@ -256,17 +257,17 @@ func sandboxContainers(rt *sandbox.Runtime) (map[string]bool, error) {
 // launcher SIGINT once the sandbox's sleep runs (as Ctrl-C would), and
 // returns the time from the signal to the launcher's exit.
 func interruptRun(nsPath, launcherBin, egressdBin, profile string) (time.Duration, error) {
-	cmd := exec.Command("nsenter", "--net="+nsPath, "--", launcherBin, "run", "--profile", profile,
+	cmd := exec.Command(launcherBin, "run", "--profile", profile,
 		"--egressd", egressdBin, "--upstream-dns", "192.0.2.53", "--quiet", "--", "sleep", "30")
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
+	if err := startIn(nsPath, cmd); err != nil {
 		return 0, err
 	}
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
-	// nsenter execs the launcher: same pid. The sandbox's sleep is the
-	// launcher's descendant in the sandbox's network namespace.
+	// The sandbox's sleep is the launcher's descendant in the sandbox's
+	// network namespace.
 	deadline := time.Now().Add(30 * time.Second)
 	for !sleepRunsFor(cmd.Process.Pid) {
 		if time.Now().After(deadline) {
@@ -305,14 +306,24 @@ func sleepRunsFor(pid int) bool {
 	return false
 }
 
+// startIn starts cmd in the network namespace at nsPath: forked from a
+// thread inside it, so no nsenter process runs before the launcher (its
+// exec would count in the launcher's wall time and not in runc's).
+func startIn(nsPath string, cmd *exec.Cmd) error {
+	return nsthread.InNetns(nsPath, cmd.Start)
+}
+
 // launcherRun runs the launcher once inside the namespace at nsPath.
 func launcherRun(nsPath, launcherBin, egressdBin, profile string) (time.Duration, map[string]time.Duration, error) {
-	cmd := exec.Command("nsenter", "--net="+nsPath, "--", launcherBin, "run", "--profile", profile,
+	cmd := exec.Command(launcherBin, "run", "--profile", profile,
 		"--egressd", egressdBin, "--upstream-dns", "192.0.2.53", "--quiet", "--timings", "--", "true")
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	start := time.Now()
-	err := cmd.Run()
+	err := startIn(nsPath, cmd)
+	if err == nil {
+		err = cmd.Wait()
+	}
 	wall := time.Since(start)
 	if err != nil {
 		return 0, nil, fmt.Errorf("launcher: %v: %s", err, stderr.String())
