@@ -381,7 +381,22 @@ func launcherLeftovers(t *testing.T) []string {
 // runcContainers lists the ids of runc's containers (its default root).
 func runcContainers(t *testing.T) []string {
 	t.Helper()
-	out, err := exec.Command("runc", "list", "--format", "json").Output()
+	// runc list has failed once (exit 1, a make test run while other
+	// work made and removed containers on the machine): it is asked
+	// again, a few times, before its failure counts, and what it said is
+	// kept for the message.
+	var out []byte
+	var err error
+	for try := 0; try < 5; try++ {
+		var stderr bytes.Buffer
+		cmd := exec.Command("runc", "list", "--format", "json")
+		cmd.Stderr = &stderr
+		if out, err = cmd.Output(); err == nil {
+			break
+		}
+		err = fmt.Errorf("%w: %s", err, strings.TrimSpace(stderr.String()))
+		time.Sleep(50 * time.Millisecond)
+	}
 	if err != nil {
 		t.Errorf("runc list: %v", err)
 	}
