@@ -102,40 +102,22 @@ func newLauncherWorld(t *testing.T) *lworld {
 	return lw
 }
 
-// linkGoneWait bounds how long a sandbox's veth may outlive its network
-// namespace: the launcher removes the namespace, and the kernel removes
-// the pair in its own cleanup of it, after the launcher returned
-// (docs/design.md, "Teardown").
-const linkGoneWait = 10 * time.Second
-
-// sandboxLinks lists the sandboxes' veths (named by their ids) in show's
-// `ip -o link show` output. One whose sandbox's namespace is gone is being
-// removed by the kernel: it is waited for, up to linkGoneWait, and listed
-// only if it is still there then.
+// sandboxLinks lists the sandboxes' veths (named by their ids) in `ip -o
+// link show` output. The launcher returns only once its sandbox's veth is
+// gone (taken by the kernel with the namespace, or deleted), so any one
+// listed after a launcher returned is left behind.
 func sandboxLinks(show func() string) []string {
-	deadline := time.Now().Add(linkGoneWait)
-	for {
-		var live, dying []string
-		for _, line := range strings.Split(show(), "\n") {
-			f := strings.Fields(line)
-			if len(f) < 2 {
-				continue
-			}
-			name := strings.TrimSuffix(strings.SplitN(f[1], "@", 2)[0], ":")
-			if !strings.HasPrefix(name, sandbox.IDPrefix) {
-				continue
-			}
-			if _, err := os.Stat(filepath.Join(sandbox.NetnsDir, name)); err == nil {
-				live = append(live, name)
-			} else {
-				dying = append(dying, name)
-			}
+	var names []string
+	for _, line := range strings.Split(show(), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 {
+			continue
 		}
-		if len(dying) == 0 || time.Now().After(deadline) {
-			return append(live, dying...)
+		if name := strings.TrimSuffix(strings.SplitN(f[1], "@", 2)[0], ":"); strings.HasPrefix(name, sandbox.IDPrefix) {
+			names = append(names, name)
 		}
-		time.Sleep(20 * time.Millisecond)
 	}
+	return names
 }
 
 // worldRules is the world's iptables-save and ip6tables-save output without

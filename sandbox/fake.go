@@ -16,6 +16,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
@@ -50,6 +51,11 @@ type FakeKernel struct {
 	// Taken are prefixes the launcher's namespace is said to use besides
 	// the fake links' (Links.Taken).
 	Taken []netip.Prefix
+	// Pinned, if set, says whether something still references the
+	// namespace at a path when it is removed (an orphaned socket's
+	// retransmissions, a host process's fd): its bind mount goes, but the
+	// kernel keeps it, and the veth pairs with an end in it, until then.
+	Pinned func(nsPath string) bool
 
 	mu         sync.Mutex
 	ops        []string
@@ -259,8 +265,9 @@ func (f fakeNamespaces) Remove(ns NetNS) error {
 		}
 	}
 	delete(k.namespaces, ns.Name)
+	pinned := k.Pinned != nil && k.Pinned(ns.Path)
 	for name, l := range k.links {
-		if l.NsPath == ns.Path {
+		if l.NsPath == ns.Path && !pinned {
 			delete(k.links, name) // a veth pair goes with either end's namespace
 		}
 	}
@@ -394,6 +401,17 @@ func (f fakeLinks) Delete(_, hostIf string) error {
 	}
 	delete(k.links, hostIf)
 	return nil
+}
+
+func (f fakeLinks) Gone(_, hostIf string, _ time.Duration) (bool, error) {
+	k := f.k
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if err := k.do("links.gone " + hostIf); err != nil {
+		return false, err
+	}
+	_, ok := k.links[hostIf]
+	return !ok, nil
 }
 
 // fakeFS is FakeKernel's HostFS: mounts are records (a target must exist,

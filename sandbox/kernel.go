@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/netip"
 	"syscall"
+	"time"
 
 	"github.com/egressd/egressd/firewall"
 )
@@ -96,6 +97,11 @@ type Links interface {
 	// periods). A link that is gone is no error for either.
 	Down(launcherNS, hostIf string) error
 	Delete(launcherNS, hostIf string) error
+	// Gone reports whether no link named hostIf is in the launcher's
+	// namespace, waiting up to within for it to go (the kernel's cleanup
+	// of a removed namespace takes its veth pair with it, in its own time;
+	// a namespace something still references keeps it).
+	Gone(launcherNS, hostIf string, within time.Duration) (bool, error)
 }
 
 // Containers runs containers with an OCI runtime.

@@ -357,6 +357,44 @@ func TestLifecycleTeardownStopsTheWorkloadBeforeTheNamespace(t *testing.T) {
 	checkNothingLeft(t, k, cfg.StateDir)
 }
 
+// TestLifecycleTeardownDeletesTheVethOfANamespaceSomethingStillHolds: a
+// namespace whose bind mount is gone but that something still references
+// (egressd's socket left as an orphan by a hostile upstream that stops
+// acknowledging, retransmitting for minutes) keeps its veth up, addressed
+// and routed; the teardown sees the link still there and deletes it before
+// it removes the chains, so nothing of the sandbox's uplink outlives the
+// launcher (review 3).
+func TestLifecycleTeardownDeletesTheVethOfANamespaceSomethingStillHolds(t *testing.T) {
+	k := NewFakeKernel()
+	k.Pinned = func(string) bool { return true }
+	k.Command = func(p *FakeProcess, stdio Stdio) int { <-p.Killed(); return 137 }
+	cfg := fakeConfig(t, k, "standard")
+	s, done := runInBackground(t, k, cfg, true)
+	var chainsAtDown atomic.Bool
+	k.Fail = func(op string) error {
+		if strings.HasPrefix(op, "links.down") {
+			chainsAtDown.Store(strings.Contains(k.Netfilter.Save("", firewall.IPv4), "EGS-"))
+		}
+		return nil
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	<-done
+	ops := k.Ops()
+	at := func(prefix string) int {
+		return slices.IndexFunc(ops, func(op string) bool { return strings.HasPrefix(op, prefix) })
+	}
+	remove, gone, down, del := at("netns.remove"), at("links.gone"), at("links.down"), at("links.delete")
+	if remove < 0 || gone < remove || down < gone || del < down {
+		t.Errorf("want the namespace removed, then the link looked for, set down and deleted; got netns.remove at %d, links.gone at %d, links.down at %d, links.delete at %d: %q", remove, gone, down, del, ops)
+	}
+	if !chainsAtDown.Load() {
+		t.Error("the uplink's chains were gone before its veth was down: they must stay while the link may carry anything")
+	}
+	checkNothingLeft(t, k, cfg.StateDir)
+}
+
 // TestLifecycleSignalsReachTheCommand: a signal sent before the container
 // runs is delivered once it does, later ones at once.
 func TestLifecycleSignalsReachTheCommand(t *testing.T) {

@@ -169,6 +169,10 @@ func (s *Sandbox) setupUplink(ctx context.Context) error {
 // (its state directory), so they are gone before any later link could
 // take the name they match (docs/launcher.md, "Teardown").
 //
+// The launcher waits for the link to be gone (vethGoneWait) before it
+// removes the chains; one still there after that (its namespace is held
+// by something else) is deleted as below.
+//
 // Otherwise (the namespace could not be removed, or was never known) the
 // veth is set down, which stops its traffic at once, then deleted beside
 // the chains' removal, so NAT never goes away while the link still
@@ -176,7 +180,20 @@ func (s *Sandbox) setupUplink(ctx context.Context) error {
 func (s *Sandbox) removeUplink(ctx context.Context, u *uplink, nsGone bool) error {
 	ns, link := u.plan.LauncherNetns, u.plan.Link
 	if nsGone {
-		return s.k.Firewall.RemoveUplink(ctx, u.plan.nat(u.prefix))
+		// Removing the bind mount frees the namespace only when nothing
+		// else references it. A socket of egressd's left as an orphan
+		// (closed with bytes an upstream never acknowledged: it
+		// retransmits for minutes) or a host process's reference keeps it,
+		// and the veth up, addressed and routed with it: then the link is
+		// deleted here, as when the namespace could not be removed. The
+		// chains go only once the link has.
+		gone, err := s.k.Links.Gone(ns, link, vethGoneWait)
+		if err == nil && gone {
+			return s.k.Firewall.RemoveUplink(ctx, u.plan.nat(u.prefix))
+		}
+		if err != nil {
+			s.log().Warn("waiting for the veth to go with its namespace; deleting it", "link", link, "err", err)
+		}
 	}
 	if err := s.k.Links.Down(ns, link); err != nil {
 		// Not down: keep the chains until the link is gone.
@@ -321,17 +338,34 @@ func createVeth(host *netlink.Handle, hostIf string, nsFd *os.File) error {
 // never taken over.
 const dyingLinkWait = time.Second
 
+// vethGoneWait bounds how long the teardown waits for the kernel's cleanup
+// of a removed namespace to take its veth pair (2–10 ms here, more under
+// load) before it deletes the link itself.
+const vethGoneWait = 200 * time.Millisecond
+
 // linkGoes reports whether the link named name is gone within wait.
 func linkGoes(h *netlink.Handle, name string, wait time.Duration) bool {
 	deadline := time.Now().Add(wait)
-	for time.Now().Before(deadline) {
-		time.Sleep(5 * time.Millisecond)
+	for {
 		var nf netlink.LinkNotFoundError
 		if _, err := h.LinkByName(name); errors.As(err, &nf) {
 			return true
 		}
+		if !time.Now().Before(deadline) {
+			return false
+		}
+		time.Sleep(2 * time.Millisecond)
 	}
-	return false
+}
+
+// Gone waits up to within for hostIf to leave the launcher's namespace.
+func (hostLinks) Gone(launcherNS, hostIf string, within time.Duration) (bool, error) {
+	h, err := launcherHandle(launcherNS)
+	if err != nil {
+		return false, fmt.Errorf("netlink: %w", err)
+	}
+	defer h.Close()
+	return linkGoes(h, hostIf, within), nil
 }
 
 // Raise configures the sandbox's end, brings both up and routes the
