@@ -359,9 +359,11 @@ func (l *Lease) Timings() []Timing {
 }
 
 // Wait waits for the background part of a pooled lease's Release (the
-// reset and its checks, and the next container made) and returns its
-// error: a sandbox failing it was destroyed, never handed out again. It
-// returns nil at once for a cold lease or one not released.
+// reset and its checks, and the next container made; the sandbox
+// destroyed when it is retired or the pool is full) and returns its
+// error: a sandbox failing it was destroyed, never handed out again. When
+// it returns, the sandbox is idle in the pool or destroyed and counted so
+// (Stats). It returns nil at once for a cold lease or one not released.
 func (l *Lease) Wait() error {
 	l.mu.Lock()
 	ch := l.reset
@@ -501,20 +503,21 @@ func (p *Pool) done(m *member) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.busy--
-	if m != nil {
-		p.pool(m)
+	if m != nil && !p.keep(m) {
+		p.dropLocked(m)
 	}
 	p.notify()
 }
 
-// pool puts m back among the idle ones, or retires it when the pool is
-// full or closed; p.mu is held.
-func (p *Pool) pool(m *member) {
+// keep puts m back among the idle ones and reports whether it did: not
+// when the pool is full or closed (m is then the caller's to destroy);
+// p.mu is held.
+func (p *Pool) keep(m *member) bool {
 	if p.closed || len(p.idle)+p.busy+p.creating >= p.cfg.Size {
-		p.dropLocked(m)
-		return
+		return false
 	}
 	p.idle = append(p.idle, m)
+	return true
 }
 
 // Release ends the lease: a cold sandbox is closed; a pooled one has
@@ -629,15 +632,26 @@ func (p *Pool) recycle(m *member, l *Lease) {
 	p.mu.Lock()
 	p.busy--
 	p.resetting--
+	kept := false
 	if (p.cfg.MaxUses > 0 && m.uses >= p.cfg.MaxUses) || (p.cfg.MaxAge > 0 && time.Since(m.born) > p.cfg.MaxAge) {
 		p.stats.Retired++
-		p.dropLocked(m)
 	} else {
-		p.pool(m)
+		kept = p.keep(m)
+	}
+	if !kept {
+		p.refill() // m's replacement, when the pool is short
 	}
 	p.notify()
 	p.mu.Unlock()
-	// The lease's Wait returns once the pool counts m where it is.
+	if !kept {
+		// Destroyed here, as the rest of the release's background part,
+		// not in a goroutine of its own: the lease's Wait must not
+		// return while m's namespace and egressd are still there and m
+		// is counted nowhere (neither idle nor destroyed).
+		p.destroy(m)
+	}
+	// The lease's Wait returns once the pool counts m where it is: idle,
+	// or destroyed.
 	l.resetDone(timings, nil)
 }
 

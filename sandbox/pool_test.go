@@ -14,6 +14,7 @@ import (
 	"reflect"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -629,6 +630,52 @@ func TestPoolEveryoneBusyGetsOneMadeForIt(t *testing.T) {
 	}
 	if st := w.p.Stats(); st.Created != 2 || st.Destroyed != 1 || st.Warm != 2 || st.Idle != 1 || st.Cold != 0 {
 		t.Errorf("stats %+v", st)
+	}
+}
+
+// TestPoolLeaseWaitReturnsOnceItsRetiredSandboxIsGone: a sandbox
+// retired at its release (MaxUses) is destroyed in the release's
+// background part, and the lease's Wait returns only once it is gone
+// from the host and counted destroyed: a caller that waited never sees
+// the sandbox counted nowhere, nor its namespace still there.
+func TestPoolLeaseWaitReturnsOnceItsRetiredSandboxIsGone(t *testing.T) {
+	w := newPoolWorld(t, PoolConfig{Size: 1, MaxUses: 1})
+	slow := make(chan struct{})
+	unblock := sync.OnceFunc(func() { close(slow) })
+	t.Cleanup(unblock) // before the pool's Close, which waits for the destruction
+	w.k.Fail = func(op string) error {
+		if strings.HasPrefix(op, "netns.remove ") {
+			<-slow
+		}
+		return nil
+	}
+	ctx := context.Background()
+	a, err := w.p.Acquire(ctx, w.tenant("a.test", "true"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Run(ctx, Stdio{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Release(); err != nil {
+		t.Fatal(err)
+	}
+	waited := make(chan error, 1)
+	go func() { waited <- a.Wait() }()
+	select {
+	case err := <-waited:
+		t.Fatalf("Wait returned (%v) while the retired sandbox %s was still being destroyed (stats %+v)", err, a.ID(), w.p.Stats())
+	case <-time.After(100 * time.Millisecond):
+	}
+	unblock()
+	if err := <-waited; err != nil {
+		t.Fatal(err)
+	}
+	if w.k.Kernel.Netns.Exists(a.ID()) {
+		t.Errorf("the retired sandbox %s still exists after Wait", a.ID())
+	}
+	if st := w.p.Stats(); st.Retired != 1 || st.Destroyed != 1 {
+		t.Errorf("stats after Wait %+v: want the retired sandbox counted destroyed", st)
 	}
 }
 
