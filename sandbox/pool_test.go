@@ -104,6 +104,40 @@ func (w *poolWorld) run(cfg Config, during func(l *Lease)) (*Lease, string, erro
 	return l, out.String(), errors.Join(err, l.Wait())
 }
 
+// released acquires a sandbox for cfg, runs it and releases it, its
+// reset left in the background.
+func (w *poolWorld) released(cfg Config) *Lease {
+	w.t.Helper()
+	ctx := context.Background()
+	l, err := w.p.Acquire(ctx, cfg)
+	if err != nil {
+		w.t.Fatalf("acquire: %v", err)
+	}
+	if _, err := l.Run(ctx, Stdio{}); err != nil {
+		w.t.Fatalf("run: %v", err)
+	}
+	if err := l.Release(); err != nil {
+		w.t.Fatalf("release: %v", err)
+	}
+	return l
+}
+
+// blockOps makes the fake kernel's operations starting with prefix wait
+// until unblock is called; the test's end calls it too, before the
+// pool's Close waits for them.
+func (w *poolWorld) blockOps(prefix string) (unblock func()) {
+	slow := make(chan struct{})
+	unblock = sync.OnceFunc(func() { close(slow) })
+	w.t.Cleanup(unblock)
+	w.k.Fail = func(op string) error {
+		if strings.HasPrefix(op, prefix) {
+			<-slow
+		}
+		return nil
+	}
+	return unblock
+}
+
 func (w *poolWorld) egressd(id string) *FakeEgressd {
 	for _, e := range w.k.Egressd() {
 		if e.NsPath == filepath.Join(NetnsDir, id) && !e.stopped() {
@@ -514,24 +548,9 @@ func TestPoolLeaseNeverRunEndsItsWaitingContainer(t *testing.T) {
 // waits for a reset in flight and leaves nothing.
 func TestPoolAcquireWaitsForTheResetInFlight(t *testing.T) {
 	w := newPoolWorld(t, PoolConfig{Size: 1})
-	slow := make(chan struct{})
-	w.k.Fail = func(op string) error {
-		if strings.HasPrefix(op, "runtime.delete ") {
-			<-slow
-		}
-		return nil
-	}
+	unblock := w.blockOps("runtime.delete ")
 	ctx := context.Background()
-	a, err := w.p.Acquire(ctx, w.tenant("a.test", "true"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := a.Run(ctx, Stdio{}); err != nil {
-		t.Fatal(err)
-	}
-	if err := a.Release(); err != nil {
-		t.Fatal(err)
-	}
+	a := w.released(w.tenant("a.test", "true"))
 	if st := w.p.Stats(); st.Resetting != 1 || st.Idle != 0 || st.Busy != 0 {
 		t.Errorf("stats while A's sandbox resets: %+v", st)
 	}
@@ -548,7 +567,7 @@ func TestPoolAcquireWaitsForTheResetInFlight(t *testing.T) {
 		t.Fatalf("tenant B got %v before A's sandbox was reset", b)
 	case <-time.After(100 * time.Millisecond):
 	}
-	close(slow)
+	unblock()
 	b := <-got
 	if b == nil {
 		return
@@ -562,7 +581,7 @@ func TestPoolAcquireWaitsForTheResetInFlight(t *testing.T) {
 	if _, err := b.Run(ctx, Stdio{}); err != nil {
 		t.Fatal(err)
 	}
-	slow = make(chan struct{})
+	unblock = w.blockOps("runtime.delete ")
 	if err := b.Release(); err != nil {
 		t.Fatal(err)
 	}
@@ -573,7 +592,7 @@ func TestPoolAcquireWaitsForTheResetInFlight(t *testing.T) {
 		t.Fatalf("Close returned (%v) while a reset was in flight", err)
 	case <-time.After(100 * time.Millisecond):
 	}
-	close(slow)
+	unblock()
 	if err := <-closed; err != nil {
 		t.Fatal(err)
 	}
@@ -640,26 +659,8 @@ func TestPoolEveryoneBusyGetsOneMadeForIt(t *testing.T) {
 // the sandbox counted nowhere, nor its namespace still there.
 func TestPoolLeaseWaitReturnsOnceItsRetiredSandboxIsGone(t *testing.T) {
 	w := newPoolWorld(t, PoolConfig{Size: 1, MaxUses: 1})
-	slow := make(chan struct{})
-	unblock := sync.OnceFunc(func() { close(slow) })
-	t.Cleanup(unblock) // before the pool's Close, which waits for the destruction
-	w.k.Fail = func(op string) error {
-		if strings.HasPrefix(op, "netns.remove ") {
-			<-slow
-		}
-		return nil
-	}
-	ctx := context.Background()
-	a, err := w.p.Acquire(ctx, w.tenant("a.test", "true"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := a.Run(ctx, Stdio{}); err != nil {
-		t.Fatal(err)
-	}
-	if err := a.Release(); err != nil {
-		t.Fatal(err)
-	}
+	unblock := w.blockOps("netns.remove ")
+	a := w.released(w.tenant("a.test", "true"))
 	waited := make(chan error, 1)
 	go func() { waited <- a.Wait() }()
 	select {
