@@ -313,19 +313,19 @@ func TestLifecycleTeardownOnEveryWayOut(t *testing.T) {
 	}
 }
 
-// TestLifecycleTeardownStopsTheWorkloadBeforeTheNamespace: nothing of the
-// sandbox is still running when its namespace goes (the fake's Remove
-// would kill it, as the real one does by pid, and Leftovers would not
-// tell).
-func TestLifecycleTeardownStopsTheWorkloadBeforeTheNamespace(t *testing.T) {
-	k := NewFakeKernel()
+// teardownOps closes a running sandbox of k (whose command runs until it
+// is killed) and returns the kernel operations in order, an index lookup
+// by prefix, whether the uplink's chains were still in place when the
+// first operation with prefix chainsAt began, and the state dir.
+func teardownOps(t *testing.T, k *FakeKernel, chainsAt string) (ops []string, at func(prefix string) int, chainsThen bool, stateDir string) {
+	t.Helper()
 	k.Command = func(p *FakeProcess, stdio Stdio) int { <-p.Killed(); return 137 }
 	cfg := fakeConfig(t, k, "standard")
 	s, done := runInBackground(t, k, cfg, true)
-	var chainsAtRemove atomic.Bool
+	var chains, seen atomic.Bool
 	k.Fail = func(op string) error {
-		if strings.HasPrefix(op, "netns.remove") {
-			chainsAtRemove.Store(strings.Contains(k.Netfilter.Save("", firewall.IPv4), "EGS-"))
+		if strings.HasPrefix(op, chainsAt) && !seen.Swap(true) {
+			chains.Store(strings.Contains(k.Netfilter.Save("", firewall.IPv4), "EGS-"))
 		}
 		return nil
 	}
@@ -333,28 +333,36 @@ func TestLifecycleTeardownStopsTheWorkloadBeforeTheNamespace(t *testing.T) {
 		t.Fatal(err)
 	}
 	<-done
-	ops := k.Ops()
-	at := func(prefix string) int {
+	ops = k.Ops()
+	at = func(prefix string) int {
 		return slices.IndexFunc(ops, func(op string) bool { return strings.HasPrefix(op, prefix) })
 	}
+	return ops, at, chains.Load(), cfg.StateDir
+}
+
+// TestLifecycleTeardownStopsTheWorkloadBeforeTheNamespace: nothing of the
+// sandbox is still running when its namespace goes (the fake's Remove
+// would kill it, as the real one does by pid, and Leftovers would not
+// tell).
+func TestLifecycleTeardownStopsTheWorkloadBeforeTheNamespace(t *testing.T) {
+	k := NewFakeKernel()
+	ops, at, chainsAtRemove, stateDir := teardownOps(t, k, "netns.remove")
 	remove := at("netns.remove")
 	if i := at("runtime.delete"); i < 0 || i > remove {
 		t.Errorf("runtime.delete at %d, namespace removed at %d: %q", i, remove, ops)
 	}
 	// The veth goes with the namespace (the kernel's cleanup), not by
 	// an explicit, slow deletion; its chains are removed after that.
-	if slices.ContainsFunc(ops, func(op string) bool {
-		return strings.HasPrefix(op, "links.down") || strings.HasPrefix(op, "links.delete")
-	}) {
+	if at("links.down") >= 0 || at("links.delete") >= 0 {
 		t.Errorf("the veth was deleted explicitly although its namespace went: %q", ops)
 	}
-	if !chainsAtRemove.Load() {
+	if !chainsAtRemove {
 		t.Error("the uplink's chains were gone before the namespace: they must stay while its veth may carry anything")
 	}
 	if !k.Egressd()[0].stopped() {
 		t.Error("egressd still runs")
 	}
-	checkNothingLeft(t, k, cfg.StateDir)
+	checkNothingLeft(t, k, stateDir)
 }
 
 // TestLifecycleTeardownDeletesTheVethOfANamespaceSomethingStillHolds: a
@@ -367,32 +375,15 @@ func TestLifecycleTeardownStopsTheWorkloadBeforeTheNamespace(t *testing.T) {
 func TestLifecycleTeardownDeletesTheVethOfANamespaceSomethingStillHolds(t *testing.T) {
 	k := NewFakeKernel()
 	k.Pinned = func(string) bool { return true }
-	k.Command = func(p *FakeProcess, stdio Stdio) int { <-p.Killed(); return 137 }
-	cfg := fakeConfig(t, k, "standard")
-	s, done := runInBackground(t, k, cfg, true)
-	var chainsAtDown atomic.Bool
-	k.Fail = func(op string) error {
-		if strings.HasPrefix(op, "links.down") {
-			chainsAtDown.Store(strings.Contains(k.Netfilter.Save("", firewall.IPv4), "EGS-"))
-		}
-		return nil
-	}
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
-	<-done
-	ops := k.Ops()
-	at := func(prefix string) int {
-		return slices.IndexFunc(ops, func(op string) bool { return strings.HasPrefix(op, prefix) })
-	}
+	ops, at, chainsAtDown, stateDir := teardownOps(t, k, "links.down")
 	remove, gone, down, del := at("netns.remove"), at("links.gone"), at("links.down"), at("links.delete")
 	if remove < 0 || gone < remove || down < gone || del < down {
 		t.Errorf("want the namespace removed, then the link looked for, set down and deleted; got netns.remove at %d, links.gone at %d, links.down at %d, links.delete at %d: %q", remove, gone, down, del, ops)
 	}
-	if !chainsAtDown.Load() {
+	if !chainsAtDown {
 		t.Error("the uplink's chains were gone before its veth was down: they must stay while the link may carry anything")
 	}
-	checkNothingLeft(t, k, cfg.StateDir)
+	checkNothingLeft(t, k, stateDir)
 }
 
 // TestLifecycleSignalsReachTheCommand: a signal sent before the container
