@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/egressd/egressd/e2e/fakenet"
+	"github.com/egressd/egressd/sandbox"
 )
 
 // TestHostileUpstreamThatStopsAcknowledgingLeavesNoVethOfAFinishedSandbox:
@@ -76,13 +77,13 @@ print("sent")
 	out, _, _ := lw.w.Run(t, "ip", "-o", "addr", "show")
 	var left []string
 	for _, l := range strings.Split(out, "\n") {
-		if strings.Contains(l, " egs-") {
+		if strings.Contains(l, " "+sandbox.IDPrefix) {
 			left = append(left, strings.Join(strings.Fields(l)[:4], " "))
 		}
 	}
 	routes, _, _ := lw.w.Run(t, "ip", "route", "show")
 	for _, l := range strings.Split(routes, "\n") {
-		if strings.Contains(l, " egs-") {
+		if strings.Contains(l, " "+sandbox.IDPrefix) {
 			left = append(left, "route "+l)
 		}
 	}
